@@ -66,9 +66,9 @@ class EmbeddingConfig(_Strict):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(4096, ge=1)
     lr: float = Field(0.01, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    negatives: int = Field(1, ge=1)
-    loss: Literal["bpr", "sampled_softmax"] = "sampled_softmax"
+    weight_decay: float = Field(3e-3, ge=0)
+    negatives: int = Field(8, ge=1)
+    loss: Literal["bpr", "sampled_softmax"] = "bpr"
     temperature: float = Field(0.1, gt=0)
     seed: int = 0
 
@@ -89,7 +89,7 @@ class IndexConfig(_Strict):
 class RankerConfig(_Strict):
     candidates: int = Field(200, ge=10)
     hidden: int = Field(64, ge=4)
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(30, ge=1)
     lr: float = Field(0.003, gt=0)
     batch_size: int = Field(2048, ge=1)
     session_len: int = Field(20, ge=1, description="last N events that make the session context")

@@ -1,0 +1,199 @@
+"""`recserve`: the embedded stack, the offline chain, the registry."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from recserve.config import Config, ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="recserve: real-time personalization served from a Ray cluster.")
+registry_app = typer.Typer(no_args_is_help=True, help="Inspect the artifact registry.")
+app.add_typer(registry_app, name="registry")
+console = Console()
+err = Console(stderr=True)
+
+
+def _cfg(config: Optional[Path]) -> Config:
+    try:
+        return load_config(config)
+    except ConfigError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[red]error:[/red] {e}")
+    raise typer.Exit(2)
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="recserve.yaml (default ./recserve.yaml or $RECSERVE_CONFIG)")
+
+
+@app.command()
+def up(config: Optional[Path] = ConfigOpt,
+       no_ray: bool = typer.Option(False, "--no-ray", help="start Redis only")):
+    """Start the embedded stack: a real redis-server (AOF everysec) and a local Ray head with the jobs API."""
+    from recserve.stack import Stack, StackError
+
+    cfg = _cfg(config)
+    try:
+        info = Stack(cfg).up(with_ray=not no_ray)
+    except StackError as e:
+        _fail(e)
+    console.print(f"redis  {info.redis_url}" + (" (started)" if info.redis_started else " (external)"))
+    if info.ray_address:
+        console.print(f"ray    {info.ray_address}  jobs API {info.dashboard_url}")
+        console.print(f"submit: ray job submit --address {info.dashboard_url} --working-dir . -- "
+                      f"python -m pipelines.train_embeddings --help")
+
+
+@app.command()
+def down(config: Optional[Path] = ConfigOpt):
+    """Stop what `recserve up` started (and nothing else)."""
+    from recserve.stack import Stack
+
+    stopped = Stack(_cfg(config)).down()
+    console.print("stopped: " + (", ".join(stopped) if stopped else "nothing (the stack was not up)"))
+
+
+@app.command()
+def status(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")):
+    """Show whether the stack is up, and what is in the registry."""
+    from recserve.registry import Registry
+    from recserve.stack import Stack
+
+    cfg = _cfg(config)
+    st = Stack(cfg).status()
+    st["registry"] = {"uri": cfg.registry_uri, "artifacts": Registry(cfg.registry_uri, cfg.registry.keep).list()}
+    if as_json:
+        print(json.dumps(st, indent=2, default=str))
+    else:
+        console.print_json(json.dumps(st, default=str))
+    if not st["running"]:
+        raise typer.Exit(1)
+
+
+@registry_app.command("list")
+def registry_list(config: Optional[Path] = ConfigOpt, registry: Optional[str] = typer.Option(None, "--registry")):
+    """Artifacts, their versions and where `latest` points."""
+    from recserve.registry import Registry
+
+    cfg = _cfg(config)
+    reg = Registry(registry or cfg.registry_uri, cfg.registry.keep)
+    t = Table("artifact", "latest", "versions")
+    for name, info in sorted(reg.list().items()):
+        t.add_row(name, str(info["latest"]), ", ".join(info["versions"]))
+    console.print(t)
+
+
+def _prepare_dataset(cfg: Config, dataset: str, data_dir: Optional[Path], out: Path, no_ray: bool = False) -> Path:
+    from recserve.data import generate_world, import_movielens
+
+    if dataset == "movielens":
+        if data_dir is None:
+            cand = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
+            data_dir = cand if cand.exists() else None
+        if data_dir is None:
+            raise ValueError("--data-dir is required for --dataset movielens (a folder with ratings.csv and movies.csv)")
+        meta = import_movielens(data_dir, out)
+        for r in meta.get("rejected", []):
+            err.print(f"[yellow]skipped[/yellow] {r['file']} line {r['line']}: {r['cause']}")
+    elif dataset == "generated":
+        meta = generate_world(cfg.world, out, use_ray=not no_ray)
+    else:
+        raise ValueError(f"--dataset must be 'movielens' or 'generated', not {dataset!r}")
+    console.print(f"dataset {dataset}: {meta['n_events']} events, {meta['n_users']} users, {meta['n_items']} items")
+    return out
+
+
+@app.command("eval")
+def eval_cmd(dataset: str = typer.Option("movielens", help="movielens | generated"),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir",
+                                                     help="MovieLens folder (ratings.csv + movies.csv, or .dat)"),
+             out: Path = typer.Option(Path("benchmarks/results/eval.json"), help="JSON report (.md/.png beside it)"),
+             registry: Optional[str] = typer.Option(None, help="registry for this run's artifacts "
+                                                              "(default <data_dir>/eval-registry/<dataset>)"),
+             config: Optional[Path] = ConfigOpt):
+    """Run the whole offline chain on a temporal split and print the comparison table:
+    data -> train_embeddings -> build_index -> train_ranker -> evaluate."""
+    from recserve import jobs
+    from recserve.registry import Registry, RegistryError
+    from recserve.schemas import DataError
+
+    cfg = _cfg(config)
+    reg = Registry(registry or str(Path(cfg.data_dir) / "eval-registry" / dataset), cfg.registry.keep)
+    try:
+        for name in ("embeddings", "index", "ranker", "evaluation"):
+            reg.check_writable(name)
+        ds_dir = _prepare_dataset(cfg, dataset, data_dir, Path(cfg.data_dir) / "datasets" / f"eval-{dataset}")
+        h = cfg.eval.holdout
+        emb = jobs.train_embeddings(cfg, ds_dir, h, reg)
+        idx = jobs.build_index(cfg, emb, reg)
+        rk = jobs.train_ranker(cfg, ds_dir, h, reg, emb)
+        report = jobs.evaluate(cfg, ds_dir, reg, out, versions={"embeddings": emb, "index": idx, "ranker": rk})
+    except (DataError, RegistryError, ValueError, FileNotFoundError) as e:
+        _fail(e)
+    console.print(jobs.markdown_table(report, cfg.eval.k))
+    if "targets" in report:
+        console.print(json.dumps(report["targets"]))
+    console.print(f"wrote {out} (+ .md, .png)")
+
+
+@app.command()
+def demo(movielens: Optional[Path] = typer.Option(None, "--movielens", help="use this MovieLens folder instead "
+                                                                             "of a generated world"),
+         config: Optional[Path] = ConfigOpt):
+    """Bring the stack up, build a dataset, run the offline chain (reusing what a previous run built)."""
+    from recserve import jobs
+    from recserve.registry import Registry, RegistryError
+    from recserve.schemas import DataError
+    from recserve.stack import Stack, StackError
+
+    cfg = _cfg(config)
+    try:
+        info = Stack(cfg).up()
+        console.print(f"stack up: redis {info.redis_url}, ray {info.ray_address}, jobs API {info.dashboard_url}")
+        reg = Registry(cfg.registry_uri, cfg.registry.keep)
+        name = "movielens" if movielens else "generated"
+        ds_dir = Path(cfg.data_dir) / "datasets" / name
+        if not (ds_dir / "meta.json").exists():
+            _prepare_dataset(cfg, name, movielens, ds_dir)
+        else:
+            console.print(f"reusing dataset {ds_dir}")
+        fp = jobs.dataset_fingerprint(ds_dir)
+        emb = reg.latest("embeddings")
+        if emb is None or reg.manifest("embeddings", emb)["lineage"].get("dataset_fingerprint") != fp:
+            emb = jobs.train_embeddings(cfg, ds_dir, 0.0, reg)
+        else:
+            console.print(f"reusing embeddings {emb}")
+        idx = reg.latest("index")
+        if idx is None or reg.manifest("index", idx)["lineage"].get("embeddings") != emb:
+            idx = jobs.build_index(cfg, emb, reg)
+        else:
+            console.print(f"reusing index {idx}")
+        rk = reg.latest("ranker")
+        if rk is None or reg.manifest("ranker", rk)["lineage"].get("embeddings") != emb:
+            rk = jobs.train_ranker(cfg, ds_dir, 0.0, reg, emb)
+        else:
+            console.print(f"reusing ranker {rk}")
+    except (StackError, DataError, RegistryError, ValueError) as e:
+        _fail(e)
+    console.print(f"ready: embeddings {emb}, index {idx}, ranker {rk} in {cfg.registry_uri}")
+    console.print("the serving application is not part of this build yet; `recserve status` shows the stack, "
+                  "`recserve down` stops it")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,186 @@
+"""Sharded FAISS indexes: hash routing, building shard files and their manifest, and searching a
+shard set with filters applied inside the search (FAISS ID selectors, never over-fetching).
+
+Routing: `item_hash(item_id)` maps an id to [0, 2**32); each shard owns a half-open hash range.
+Adding shards later splits ranges, so the manifest stores ranges, not a modulus.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from recserve.config import IndexConfig
+
+HASH_SPACE = 1 << 32
+
+
+def item_hash(ids: np.ndarray | int) -> np.ndarray:
+    """splitmix64 of the id, top 32 bits: stable across processes and platforms."""
+    x = np.asarray(ids, dtype=np.int64).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(32)).astype(np.int64)
+
+
+def even_ranges(n: int) -> list[tuple[int, int]]:
+    edges = [HASH_SPACE * k // n for k in range(n + 1)]
+    return [(edges[k], edges[k + 1]) for k in range(n)]
+
+
+def shard_of(ids: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
+    h = item_hash(ids)
+    starts = np.array([lo for lo, _ in ranges], dtype=np.int64)
+    return np.searchsorted(starts, h, side="right") - 1
+
+
+def padded_dim(dim: int, cfg: IndexConfig) -> int:
+    if cfg.kind != "ivfpq":
+        return dim
+    return -(-dim // cfg.pq_m) * cfg.pq_m
+
+
+def make_index(dim: int, cfg: IndexConfig, n_train: int) -> faiss.Index:
+    """An empty FAISS index of the configured kind, storage and metric (wrapped to take item ids)."""
+    metric = faiss.METRIC_INNER_PRODUCT if cfg.metric == "ip" else faiss.METRIC_L2
+    sq = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
+    if cfg.kind == "flat":
+        base = faiss.IndexFlat(dim, metric) if cfg.storage == "fp32" else \
+            faiss.IndexScalarQuantizer(dim, sq[cfg.storage], metric)
+    elif cfg.kind == "hnsw":
+        base = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, metric) if cfg.storage == "fp32" else \
+            faiss.IndexHNSWSQ(dim, sq[cfg.storage], cfg.hnsw_m, metric)
+        base.hnsw.efConstruction = cfg.ef_construction
+        base.hnsw.efSearch = cfg.ef_search
+    else:
+        nlist = max(1, min(cfg.ivf_nlist, n_train // 39 if n_train >= 39 else 1))
+        quant = faiss.IndexFlat(dim, metric)
+        base = faiss.IndexIVFPQ(quant, dim, nlist, cfg.pq_m, 8, metric)
+        base.nprobe = min(cfg.nprobe, nlist)
+    return faiss.IndexIDMap2(base)  # the python wrapper keeps `base` (and a quantizer) alive
+
+
+def pad(x: np.ndarray, dim: int) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.shape[1] == dim:
+        return x
+    out = np.zeros((x.shape[0], dim), dtype=np.float32)
+    out[:, : x.shape[1]] = x
+    return out
+
+
+def build_shard(ids: np.ndarray, vectors: np.ndarray, cfg: IndexConfig) -> faiss.Index:
+    dim = padded_dim(vectors.shape[1], cfg)
+    x = pad(vectors, dim)
+    idx = make_index(dim, cfg, len(x))
+    base = faiss.downcast_index(idx.index)
+    if not base.is_trained:
+        if len(x) == 0:
+            raise ValueError("cannot train an IVF-PQ shard on no vectors")
+        rng = np.random.default_rng(0)
+        sample = x[rng.choice(len(x), size=min(len(x), 50_000), replace=False)]
+        if len(sample) < 256:  # PQ needs at least 2**nbits training points
+            sample = np.concatenate([sample] * (256 // max(len(sample), 1) + 1))
+        base.train(sample)
+    if len(x):
+        idx.add_with_ids(x, np.asarray(ids, dtype=np.int64))
+    return idx
+
+
+@dataclass
+class BuiltIndex:
+    manifest: dict
+    seconds: float
+
+
+def build_sharded(item_ids: np.ndarray, vectors: np.ndarray, cfg: IndexConfig, out_dir: str | Path,
+                  version: str | None = None, progress=None) -> BuiltIndex:
+    """Write one FAISS file per shard plus `manifest.json` (routing table, counts, kind, dimension)."""
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not np.isfinite(vectors).all():
+        raise ValueError("item vectors hold NaN or infinite values; retrain the embeddings")
+    ranges = even_ranges(cfg.num_shards)
+    owner = shard_of(item_ids, ranges)
+    shards = []
+    for s, (lo, hi) in enumerate(ranges):
+        sel = owner == s
+        idx = build_shard(item_ids[sel], vectors[sel], cfg)
+        fname = f"shard_{s:04d}.faiss"
+        faiss.write_index(idx, str(out / fname))
+        shards.append({"shard": s, "hash_lo": lo, "hash_hi": hi, "file": fname, "count": int(sel.sum())})
+        if progress:
+            progress({"shard": s + 1, "shards": cfg.num_shards, "count": int(sel.sum())})
+    manifest = {"kind": cfg.kind, "metric": cfg.metric, "storage": cfg.storage, "dim": int(vectors.shape[1]),
+                "padded_dim": padded_dim(vectors.shape[1], cfg), "count": int(len(item_ids)),
+                "num_shards": cfg.num_shards, "hash": "splitmix64>>32", "shards": shards,
+                "params": cfg.model_dump(), "version": version}
+    (out / "routing.json").write_text(json.dumps(manifest, indent=2))
+    return BuiltIndex(manifest, time.perf_counter() - t0)
+
+
+def search_params(index: faiss.Index, k: int, selector: faiss.IDSelector | None, cfg_ef: int | None = None):
+    base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    if isinstance(base, faiss.IndexHNSW):
+        p = faiss.SearchParametersHNSW()
+        p.efSearch = max(cfg_ef or base.hnsw.efSearch, k)
+    elif isinstance(base, faiss.IndexIVF):
+        p = faiss.SearchParametersIVF()
+        p.nprobe = base.nprobe
+    else:
+        p = faiss.SearchParameters()
+    if selector is not None:
+        p.sel = selector
+    return p
+
+
+class ShardSet:
+    """The shards of one index artifact loaded in-process (memory-mapped where the kind allows)."""
+
+    def __init__(self, directory: str | Path, mmap: bool = True):
+        self.dir = Path(directory)
+        self.manifest = json.loads((self.dir / "routing.json").read_text())
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        self.shards = []
+        for s in self.manifest["shards"]:
+            path = str(self.dir / s["file"])
+            try:
+                self.shards.append(faiss.read_index(path, flags))
+            except RuntimeError:  # kinds that cannot be mapped are read into memory
+                self.shards.append(faiss.read_index(path))
+        self.dim = self.manifest["dim"]
+        self.padded = self.manifest["padded_dim"]
+
+    def search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Global top-k ids and scores per query; `exclude[q]` ids never come back (selector inside
+        the search), so a query gets k results whenever k eligible items exist."""
+        q = pad(queries, self.padded)
+        n = len(q)
+        all_ids = np.full((n, k * len(self.shards)), -1, dtype=np.int64)
+        all_sc = np.full((n, k * len(self.shards)), -np.inf, dtype=np.float32)
+        for s, idx in enumerate(self.shards):
+            sl = slice(s * k, (s + 1) * k)
+            if exclude is None:
+                p = search_params(idx, k, None)
+                D, I = idx.search(q, k, params=p)
+                all_ids[:, sl], all_sc[:, sl] = I, D
+            else:
+                for r in range(n):
+                    sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(exclude[r], dtype=np.int64)))
+                    D, I = idx.search(q[r:r + 1], k, params=search_params(idx, k, sel))
+                    all_ids[r, sl], all_sc[r, sl] = I[0], D[0]
+        if self.manifest["metric"] == "l2":
+            all_sc = np.where(all_ids >= 0, -all_sc, -np.inf)
+        all_sc = np.where(all_ids >= 0, all_sc, -np.inf)
+        order = np.argsort(-all_sc, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(all_ids, order, axis=1), np.take_along_axis(all_sc, order, axis=1)

@@ -1,0 +1,162 @@
+"""The ranking model: a small torch MLP over `features.FEATURE_NAMES`, trained listwise (softmax
+over each user's candidate list) on the future of a temporal split of the training data."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recserve.config import RankerConfig
+from recserve.evaluation import Interactions, topk_excluding
+from recserve.features import FEATURE_NAMES, ItemStats, SessionContext, build_item_stats, candidate_features, \
+    session_context
+
+
+class RankerNet(torch.nn.Module):
+    def __init__(self, n_features: int, hidden: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(n_features, hidden), torch.nn.ReLU(),
+            torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+            torch.nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std).squeeze(-1)
+
+
+@dataclass
+class RankingInputs:
+    """Everything needed to compute features for one interaction log."""
+
+    data: Interactions
+    stats: ItemStats
+    contexts: list[SessionContext]   # per dense user index
+    t_ref: np.ndarray                # per dense user index: time of the user's last train event
+
+
+def category_index(items: pd.DataFrame | None, item_ids: np.ndarray) -> np.ndarray:
+    if items is None:
+        return np.zeros(len(item_ids), dtype=np.int64)
+    cats = items.set_index("item_id")["category"].reindex(item_ids).fillna("unknown")
+    _, codes = np.unique(cats.to_numpy().astype(str), return_inverse=True)
+    return codes.astype(np.int64)
+
+
+def ranking_inputs(data: Interactions, items: pd.DataFrame | None, item_vectors: np.ndarray,
+                   cfg: RankerConfig) -> RankingInputs:
+    tr = data.train
+    u, i, ts = tr["uidx"].to_numpy(), tr["iidx"].to_numpy(), tr["ts"].to_numpy()
+    item_cat = category_index(items, data.item_ids)
+    stats = build_item_stats(u, i, ts, data.n_items, item_cat, item_vectors)
+    order = np.lexsort((ts, u))
+    u, i, ts = u[order], i[order], ts[order]
+    bounds = np.searchsorted(u, np.arange(data.n_users + 1))
+    contexts, t_ref = [], np.zeros(data.n_users, dtype=np.int64)
+    for x in range(data.n_users):
+        a, b = bounds[x], bounds[x + 1]
+        contexts.append(session_context(i[a:b], item_cat, ts[a:b], cfg.session_len))
+        t_ref[x] = ts[b - 1] if b > a else 0
+    return RankingInputs(data, stats, contexts, t_ref)
+
+
+def retrieve_exact(user_vectors: np.ndarray, item_vectors: np.ndarray, seen, users: np.ndarray,
+                   n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n items by inner product with seen items excluded (the offline stand-in for the index)."""
+    scores = user_vectors[users] @ item_vectors.T
+    cand = topk_excluding(scores, seen, users, n)
+    sc = np.take_along_axis(scores, np.maximum(cand, 0), axis=1)
+    return cand, sc
+
+
+def feature_tensor(inp: RankingInputs, users: np.ndarray, cand: np.ndarray, cand_scores: np.ndarray,
+                   cfg: RankerConfig) -> np.ndarray:
+    X = np.zeros((len(users), cand.shape[1], len(FEATURE_NAMES)), dtype=np.float32)
+    for r, u in enumerate(users.tolist()):
+        valid = cand[r] >= 0
+        X[r, valid] = candidate_features(inp.contexts[u], cand[r][valid], cand_scores[r][valid], inp.stats,
+                                         int(inp.t_ref[u]), cfg.trending_window_s)
+    return X
+
+
+def train_ranker_model(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, cfg: RankerConfig,
+                       progress: Callable[[dict], None] | None = None) -> tuple[RankerNet, list[dict]]:
+    """Listwise training: softmax cross-entropy over each user's candidates against the items
+    that user went on to interact with."""
+    torch.manual_seed(cfg.seed)
+    keep = Y.sum(axis=1) > 0
+    X, Y, mask = X[keep], Y[keep], mask[keep]
+    if len(X) == 0:
+        raise ValueError("no user has a future interaction among their candidates: the ranker has nothing "
+                         "to learn from (more data, or more ranker.candidates)")
+    model = RankerNet(X.shape[-1], cfg.hidden)
+    flat = X[mask]
+    model.mean.copy_(torch.from_numpy(flat.mean(axis=0)))
+    model.std.copy_(torch.from_numpy(flat.std(axis=0) + 1e-6))
+    Xt, Yt, Mt = torch.from_numpy(X), torch.from_numpy(Y.astype(np.float32)), torch.from_numpy(mask)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    g = torch.Generator().manual_seed(cfg.seed)
+    bs = max(1, cfg.batch_size // X.shape[1])
+    history = []
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(Xt), generator=g)
+        total = 0.0
+        for s in range(0, len(perm), bs):
+            idx = perm[s:s + bs]
+            logits = model(Xt[idx]).masked_fill(~Mt[idx], -1e9)
+            y = Yt[idx]
+            loss = -(torch.log_softmax(logits, dim=1) * y).sum(1).div(y.sum(1)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        rec = {"epoch": epoch + 1, "epochs": cfg.epochs, "loss": total / len(perm),
+               "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        if progress:
+            progress(rec)
+    return model, history
+
+
+def score(model: RankerNet, X: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(X)).numpy()
+
+
+def rerank(model: RankerNet, X: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
+    s = score(model, X)
+    s = np.where(cand >= 0, s, -np.inf)
+    order = np.argsort(-s, axis=1)[:, :k]
+    return np.take_along_axis(cand, order, axis=1)
+
+
+def save_model(model: RankerNet, path, meta: dict) -> None:
+    buf = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), "n_features": len(FEATURE_NAMES),
+                "hidden": model.net[0].out_features, "features": FEATURE_NAMES, "meta": meta}, buf)
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def load_model(path) -> tuple[RankerNet, dict]:
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if blob.get("features") != FEATURE_NAMES:
+        raise ValueError(f"ranker at {path} was trained on features {blob.get('features')}, this code computes "
+                         f"{FEATURE_NAMES}; retrain it with `python -m pipelines.train_ranker`")
+    model = RankerNet(blob["n_features"], blob["hidden"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model, blob.get("meta", {})
+
+
+def describe(model: RankerNet) -> str:
+    return json.dumps({"features": FEATURE_NAMES, "hidden": model.net[0].out_features})
