@@ -89,6 +89,7 @@ class IndexConfig(_Strict):
 class RankerConfig(_Strict):
     candidates: int = Field(200, ge=10)
     hidden: int = Field(64, ge=4)
+    ensemble: int = Field(5, ge=1, description="MLPs trained with different seeds; scores averaged")
     epochs: int = Field(30, ge=1)
     lr: float = Field(0.003, gt=0)
     batch_size: int = Field(2048, ge=1)

@@ -96,6 +96,8 @@ def _train_mf_remote(pairs: tuple[np.ndarray, np.ndarray], n_users: int, n_items
 
     @ray.remote(num_cpus=1)
     def train_task(ds, n_users, n_items, logq, ecfg, label):
+        ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
+
         def batches(epoch):
             # a full Ray Data shuffle per epoch: every epoch sees the pairs in a new order
             for b in ds.random_shuffle(seed=ecfg.seed + epoch).iter_torch_batches(batch_size=ecfg.batch_size):
@@ -243,7 +245,8 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
     @ray.remote(num_cpus=1)
     def fit(X, Y, mask, rcfg):
         def progress(rec):
-            print(f"[train_ranker] epoch {rec['epoch']}/{rec['epochs']} loss={rec['loss']:.4f}", flush=True)
+            print(f"[train_ranker] member {rec['member']}/{rec['members']} epoch {rec['epoch']}/{rec['epochs']} "
+                  f"loss={rec['loss']:.4f}", flush=True)
         return train_ranker_model(X, Y, mask, rcfg, progress)
 
     model, history = ray.get(fit.remote(X, Y, cand >= 0, cfg.ranker))

@@ -19,18 +19,26 @@ from recserve.features import FEATURE_NAMES, ItemStats, SessionContext, build_it
     session_context
 
 
+def _mlp(n_features: int, hidden: int) -> torch.nn.Sequential:
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_features, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 1))
+
+
 class RankerNet(torch.nn.Module):
-    def __init__(self, n_features: int, hidden: int):
+    """An ensemble of small MLPs over standardised features; the score is their mean."""
+
+    def __init__(self, n_features: int, hidden: int, members: int = 1):
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_features))
         self.register_buffer("std", torch.ones(n_features))
-        self.net = torch.nn.Sequential(
-            torch.nn.Linear(n_features, hidden), torch.nn.ReLU(),
-            torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-            torch.nn.Linear(hidden, 1))
+        self.members = torch.nn.ModuleList(_mlp(n_features, hidden) for _ in range(members))
+        self.hidden = hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std).squeeze(-1)
+        z = (x - self.mean) / self.std
+        return torch.stack([m(z).squeeze(-1) for m in self.members]).mean(0)
 
 
 @dataclass
@@ -91,39 +99,44 @@ def train_ranker_model(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, cfg: Rank
                        progress: Callable[[dict], None] | None = None) -> tuple[RankerNet, list[dict]]:
     """Listwise training: softmax cross-entropy over each user's candidates against the items
     that user went on to interact with."""
-    torch.manual_seed(cfg.seed)
     keep = Y.sum(axis=1) > 0
     X, Y, mask = X[keep], Y[keep], mask[keep]
     if len(X) == 0:
         raise ValueError("no user has a future interaction among their candidates: the ranker has nothing "
                          "to learn from (more data, or more ranker.candidates)")
-    model = RankerNet(X.shape[-1], cfg.hidden)
+    model = RankerNet(X.shape[-1], cfg.hidden, cfg.ensemble)
     flat = X[mask]
     model.mean.copy_(torch.from_numpy(flat.mean(axis=0)))
     model.std.copy_(torch.from_numpy(flat.std(axis=0) + 1e-6))
     Xt, Yt, Mt = torch.from_numpy(X), torch.from_numpy(Y.astype(np.float32)), torch.from_numpy(mask)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
-    g = torch.Generator().manual_seed(cfg.seed)
+    Zt = (Xt - model.mean) / model.std
     bs = max(1, cfg.batch_size // X.shape[1])
     history = []
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(len(Xt), generator=g)
-        total = 0.0
-        for s in range(0, len(perm), bs):
-            idx = perm[s:s + bs]
-            logits = model(Xt[idx]).masked_fill(~Mt[idx], -1e9)
-            y = Yt[idx]
-            loss = -(torch.log_softmax(logits, dim=1) * y).sum(1).div(y.sum(1)).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        rec = {"epoch": epoch + 1, "epochs": cfg.epochs, "loss": total / len(perm),
-               "seconds": time.perf_counter() - t0}
-        history.append(rec)
-        if progress:
-            progress(rec)
+    for m_i, member in enumerate(model.members):
+        torch.manual_seed(cfg.seed + m_i)
+        for layer in member:
+            if isinstance(layer, torch.nn.Linear):
+                layer.reset_parameters()
+        opt = torch.optim.Adam(member.parameters(), lr=cfg.lr, weight_decay=1e-5)
+        g = torch.Generator().manual_seed(cfg.seed + m_i)
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            perm = torch.randperm(len(Xt), generator=g)
+            total = 0.0
+            for s in range(0, len(perm), bs):
+                idx = perm[s:s + bs]
+                logits = member(Zt[idx]).squeeze(-1).masked_fill(~Mt[idx], -1e9)
+                y = Yt[idx]
+                loss = -(torch.log_softmax(logits, dim=1) * y).sum(1).div(y.sum(1)).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            rec = {"member": m_i + 1, "members": len(model.members), "epoch": epoch + 1, "epochs": cfg.epochs,
+                   "loss": total / len(perm), "seconds": time.perf_counter() - t0}
+            history.append(rec)
+            if progress:
+                progress(rec)
     return model, history
 
 
@@ -141,8 +154,8 @@ def rerank(model: RankerNet, X: np.ndarray, cand: np.ndarray, k: int) -> np.ndar
 
 def save_model(model: RankerNet, path, meta: dict) -> None:
     buf = io.BytesIO()
-    torch.save({"state_dict": model.state_dict(), "n_features": len(FEATURE_NAMES),
-                "hidden": model.net[0].out_features, "features": FEATURE_NAMES, "meta": meta}, buf)
+    torch.save({"state_dict": model.state_dict(), "n_features": len(FEATURE_NAMES), "hidden": model.hidden,
+                "members": len(model.members), "features": FEATURE_NAMES, "meta": meta}, buf)
     with open(path, "wb") as f:
         f.write(buf.getvalue())
 
@@ -152,11 +165,11 @@ def load_model(path) -> tuple[RankerNet, dict]:
     if blob.get("features") != FEATURE_NAMES:
         raise ValueError(f"ranker at {path} was trained on features {blob.get('features')}, this code computes "
                          f"{FEATURE_NAMES}; retrain it with `python -m pipelines.train_ranker`")
-    model = RankerNet(blob["n_features"], blob["hidden"])
+    model = RankerNet(blob["n_features"], blob["hidden"], blob.get("members", 1))
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, blob.get("meta", {})
 
 
 def describe(model: RankerNet) -> str:
-    return json.dumps({"features": FEATURE_NAMES, "hidden": model.net[0].out_features})
+    return json.dumps({"features": FEATURE_NAMES, "hidden": model.hidden, "members": len(model.members)})

@@ -135,14 +135,14 @@ class Registry:
         staging = self._p(name, ".staging", uuid.uuid4().hex)
         try:
             self.fs.create_dir(staging, recursive=True)
-            local = pafs.LocalFileSystem()
             for f in sorted(src_dir.rglob("*")):
                 if f.is_file() and f.name != MANIFEST:
                     rel = f.relative_to(src_dir).as_posix()
                     if "/" in rel:
                         self.fs.create_dir(staging + "/" + rel.rsplit("/", 1)[0], recursive=True)
-                    pafs.copy_files(str(f), staging + "/" + rel, source_filesystem=local,
-                                    destination_filesystem=self.fs)
+                    with open(f, "rb") as src, self.fs.open_output_stream(staging + "/" + rel) as dst:
+                        while chunk := src.read(8 << 20):
+                            dst.write(chunk)
             files = sorted(p.relative_to(src_dir).as_posix() for p in src_dir.rglob("*")
                            if p.is_file() and p.name != MANIFEST)
             for attempt in range(20):

@@ -149,6 +149,8 @@ def start_ray_head(temp_dir: Path, gcs_port: int, dashboard_port: int, num_cpus:
         args += ["--num-cpus", str(num_cpus)]
     run_env = dict(os.environ)
     run_env.setdefault("RAY_AUTH_MODE", "disabled")
+    # jobs submitted with `python -m ...` run this environment's python
+    run_env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + run_env.get("PATH", "")
     run_env.update(env or {})
     res = subprocess.run(args, capture_output=True, text=True, env=run_env, timeout=180)
     if res.returncode != 0:

@@ -1,0 +1,66 @@
+"""Shared fixtures: one real redis-server and one real local Ray head (started the way
+`recserve up` starts them) per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_ML = ROOT.parent / "shared" / "data" / "ml-latest-small"
+
+
+def small_config(data_dir: Path, **extra):
+    from recserve.config import load_config
+    from recserve.stack import free_port
+
+    overrides = {
+        "data_dir": str(data_dir),
+        "redis.port": str(free_port()),
+        "ray.gcs_port": str(free_port()),
+        "ray.dashboard_port": str(free_port()),
+        "ray.num_cpus": "2",
+        "ray.object_store_mb": "300",
+        "world.n_users": "300", "world.n_items": "200", "world.events_per_user": "30",
+        "world.users_per_block": "100", "world.n_categories": "8",
+        "embeddings.epochs": "4", "embeddings.dim": "16", "embeddings.negatives": "2",
+        "ranker.epochs": "3", "ranker.candidates": "50", "ranker.ensemble": "2",
+        "index.num_shards": "2", "eval.als_iterations": "3",
+    }
+    overrides.update({k: str(v) for k, v in extra.items()})
+    return load_config(environ={}, overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """The embedded stack (real redis-server + Ray head with the jobs API), shared by the session."""
+    from recserve.stack import Stack
+
+    cfg = small_config(tmp_path_factory.mktemp("stack"))
+    st = Stack(cfg)
+    info = st.up()
+    import ray
+
+    ray.init(address=info.ray_address, log_to_driver=False)
+    yield cfg, info
+    ray.shutdown()
+    st.down()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server of its own (for tests that need Redis but not Ray)."""
+    from recserve.stack import free_port, start_redis, stop_pid
+
+    port = free_port()
+    proc = start_redis(tmp_path_factory.mktemp("redis"), "127.0.0.1", port)
+    yield f"redis://127.0.0.1:{port}/0"
+    stop_pid(proc.pid)
