@@ -21,17 +21,16 @@ console = Console()
 err = Console(stderr=True)
 
 
+def _fail(e: Exception):
+    print(f"error: {e}", file=sys.stderr)  # unwrapped, so the whole cause stays on one line
+    raise typer.Exit(2)
+
+
 def _cfg(config: Optional[Path]) -> Config:
     try:
         return load_config(config)
     except ConfigError as e:
-        err.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2)
-
-
-def _fail(e: Exception) -> None:
-    err.print(f"[red]error:[/red] {e}")
-    raise typer.Exit(2)
+        _fail(e)
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="recserve.yaml (default ./recserve.yaml or $RECSERVE_CONFIG)")

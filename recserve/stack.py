@@ -89,20 +89,21 @@ def start_redis(data_dir: Path, host: str, port: int, appendfsync: str = "everys
                          f"or choose another port (RECSERVE_REDIS__PORT=...)")
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "redis.log"
+    boot = data_dir / "redis.start.out"  # errors before redis opens its log file land here
     args = [find_redis_server(), "--bind", host, "--port", str(port), "--dir", str(data_dir),
             "--appendonly", "yes", "--appendfsync", appendfsync, "--appendfilename", "appendonly.aof",
             "--dbfilename", "dump.rdb", "--save", "3600 1 300 100 60 10000", "--logfile", str(log),
             "--daemonize", "no", "--protected-mode", "no"]
     if maxmemory_mb:
         args += ["--maxmemory", f"{maxmemory_mb}mb"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(boot, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     client = redis.Redis(host=host, port=port, socket_connect_timeout=0.5)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise StackError(f"redis-server exited at start with code {proc.returncode}; its log "
-                             f"({log}) ends with:\n{_tail(log)}")
+            raise StackError(f"redis-server exited at start with code {proc.returncode}; its output ends "
+                             f"with:\n{_tail(boot)}\n{_tail(log) if log.exists() else ''}")
         try:
             if client.ping():
                 return proc
@@ -141,10 +142,15 @@ def start_ray_head(temp_dir: Path, gcs_port: int, dashboard_port: int, num_cpus:
             raise StackError(f"port {port} is taken: the {what} cannot start there. Stop what uses it "
                              f"or choose another port ({key}=...)")
     temp_dir.mkdir(parents=True, exist_ok=True)
+    # Ray's fixed default ports (agent 52365, client 10001, ...) would clash with a second head on
+    # the same machine (the tests' and the demo's): take free ones.
     args = [_ray_bin(), "start", "--head", "--port", str(gcs_port), "--node-ip-address", "127.0.0.1",
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
             "--include-dashboard", "true", "--temp-dir", str(temp_dir.resolve()),
-            "--object-store-memory", str(object_store_mb * 1024 * 1024), "--disable-usage-stats"]
+            "--object-store-memory", str(object_store_mb * 1024 * 1024), "--disable-usage-stats",
+            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+            "--ray-client-server-port", str(free_port())]
     if num_cpus:
         args += ["--num-cpus", str(num_cpus)]
     run_env = dict(os.environ)
@@ -159,6 +165,7 @@ def start_ray_head(temp_dir: Path, gcs_port: int, dashboard_port: int, num_cpus:
     address = f"127.0.0.1:{gcs_port}"
     dash = f"http://127.0.0.1:{dashboard_port}"
     _wait_dashboard(dash, timeout=60)
+    _wait_jobs_accepted(dash, timeout=90)
     return address, dash
 
 
@@ -177,6 +184,28 @@ def _wait_dashboard(url: str, timeout: float) -> None:
             last = str(e)
         time.sleep(0.5)
     raise StackError(f"Ray's jobs API at {url} did not come up within {timeout}s ({last})")
+
+
+def _wait_jobs_accepted(url: str, timeout: float) -> None:
+    """The head answers before its job agent registers; submit a no-op job until it is accepted,
+    so that `ray job submit` right after `recserve up` works."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    deadline = time.monotonic() + timeout
+    last = ""
+    client = JobSubmissionClient(url)
+    while time.monotonic() < deadline:
+        try:
+            job = client.submit_job(entrypoint="true", metadata={"recserve": "readiness probe"})
+            while time.monotonic() < deadline:
+                st = client.get_job_status(job)
+                if st in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+                    return
+                time.sleep(0.2)
+        except (RuntimeError, ConnectionError) as e:
+            last = str(e)
+            time.sleep(0.5)
+    raise StackError(f"Ray's jobs API at {url} does not accept jobs after {timeout}s ({last})")
 
 
 def ray_processes(temp_dir: str) -> list[psutil.Process]:
@@ -249,10 +278,10 @@ class Stack:
                 info.ray_address = self.cfg.ray.address
             elif with_ray:
                 temp_dir = (self.data_dir / "ray").resolve()
+                info.ray_temp_dir = str(temp_dir)  # set first: a failed start is cleaned up below
                 info.ray_address, info.dashboard_url = start_ray_head(
                     temp_dir, self.cfg.ray.gcs_port, self.cfg.ray.dashboard_port, self.cfg.ray.num_cpus,
                     self.cfg.ray.object_store_mb)
-                info.ray_temp_dir = str(temp_dir)
                 info.ray_started = True
         except BaseException:
             if redis_proc is not None:
