@@ -172,13 +172,13 @@ class ShardSet:
             sl = slice(s * k, (s + 1) * k)
             if exclude is None:
                 p = search_params(idx, k, None)
-                D, I = idx.search(q, k, params=p)
-                all_ids[:, sl], all_sc[:, sl] = I, D
+                dist, ids = idx.search(q, k, params=p)
+                all_ids[:, sl], all_sc[:, sl] = ids, dist
             else:
                 for r in range(n):
                     sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(exclude[r], dtype=np.int64)))
-                    D, I = idx.search(q[r:r + 1], k, params=search_params(idx, k, sel))
-                    all_ids[r, sl], all_sc[r, sl] = I[0], D[0]
+                    dist, ids = idx.search(q[r:r + 1], k, params=search_params(idx, k, sel))
+                    all_ids[r, sl], all_sc[r, sl] = ids[0], dist[0]
         if self.manifest["metric"] == "l2":
             all_sc = np.where(all_ids >= 0, -all_sc, -np.inf)
         all_sc = np.where(all_ids >= 0, all_sc, -np.inf)

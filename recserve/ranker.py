@@ -15,8 +15,14 @@ import torch
 
 from recserve.config import RankerConfig
 from recserve.evaluation import Interactions, topk_excluding
-from recserve.features import FEATURE_NAMES, ItemStats, SessionContext, build_item_stats, candidate_features, \
-    session_context
+from recserve.features import (
+    FEATURE_NAMES,
+    ItemStats,
+    SessionContext,
+    build_item_stats,
+    candidate_features,
+    session_context,
+)
 
 
 def _mlp(n_features: int, hidden: int) -> torch.nn.Sequential:

@@ -208,21 +208,32 @@ def _wait_jobs_accepted(url: str, timeout: float) -> None:
     raise StackError(f"Ray's jobs API at {url} does not accept jobs after {timeout}s ({last})")
 
 
-def ray_processes(temp_dir: str) -> list[psutil.Process]:
-    """Processes that belong to the Ray head started with this temp dir."""
-    out = []
+def ray_processes(temp_dir: str, gcs_address: str | None = None) -> list[psutil.Process]:
+    """Processes of the Ray head started with this temp dir (or pointing at its GCS address), and
+    their children (agents rename themselves, so they are found through their parent)."""
+    found: dict[int, psutil.Process] = {}
+    marks = [temp_dir] + ([f"{gcs_address.rsplit(':', 1)[-1]}"] if gcs_address else [])
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if temp_dir in cmd and p.pid != os.getpid():
-            out.append(p)
-    return out
+        if p.pid == os.getpid() or "ray" not in cmd:
+            continue
+        if temp_dir in cmd or (gcs_address and f":{marks[-1]}" in cmd and "--address" in cmd):
+            found[p.pid] = p
+    for p in list(found.values()):
+        try:
+            for c in p.children(recursive=True):
+                found.setdefault(c.pid, c)
+        except psutil.NoSuchProcess:
+            pass
+    found.pop(os.getpid(), None)
+    return list(found.values())
 
 
-def stop_ray(temp_dir: str, timeout: float = 15.0) -> int:
-    procs = ray_processes(temp_dir)
+def stop_ray(temp_dir: str, gcs_address: str | None = None, timeout: float = 15.0) -> int:
+    procs = ray_processes(temp_dir, gcs_address)
     for p in procs:
         try:
             p.terminate()
@@ -308,7 +319,7 @@ class Stack:
         if info is None:
             return stopped
         if info.ray_started and info.ray_temp_dir:
-            n = stop_ray(info.ray_temp_dir)
+            n = stop_ray(info.ray_temp_dir, info.ray_address)
             stopped.append(f"ray head ({n} processes)")
         if info.redis_started and info.redis_pid:
             try:

@@ -4,8 +4,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from recserve.config import WorldConfig
-from recserve.data import LoadReport, World, generate_world, import_movielens, load_movielens, read_events, \
-    temporal_split
+from recserve.data import (
+    LoadReport,
+    World,
+    generate_world,
+    import_movielens,
+    load_movielens,
+    read_events,
+    temporal_split,
+)
 from recserve.schemas import EVENTS_SCHEMA, ITEMS_SCHEMA, DataError
 
 SMALL = WorldConfig(n_users=120, n_items=80, n_categories=5, events_per_user=20, users_per_block=50, seed=7)
@@ -13,7 +20,7 @@ SMALL = WorldConfig(n_users=120, n_items=80, n_categories=5, events_per_user=20,
 
 def test_world_is_deterministic_and_canonical(tmp_path):
     a = generate_world(SMALL, tmp_path / "a", use_ray=False)
-    b = generate_world(SMALL, tmp_path / "b", use_ray=False)
+    generate_world(SMALL, tmp_path / "b", use_ray=False)
     ea, eb = read_events(tmp_path / "a"), read_events(tmp_path / "b")
     pd.testing.assert_frame_equal(ea, eb)
     assert a["n_events"] == len(ea) > 120 * 3
