@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import time
+from pathlib import Path
+
 from pipelines._cli import parser, run, setup
 from recserve.jobs import ensure_ray, say
 
@@ -15,6 +20,7 @@ def main(argv=None):
     p.add_argument("--events-per-user", type=float, help="mean events per user")
     p.add_argument("--seed", type=int, help="world.seed")
     p.add_argument("--no-ray", action="store_true", help="generate in this process (small worlds, tests)")
+    p.add_argument("--report", help="also write the result (counts, seconds) as JSON to this file")
     args = p.parse_args(argv)
 
     def go():
@@ -29,9 +35,17 @@ def main(argv=None):
             ensure_ray(cfg)
         log(f"{cfg.world.n_users} users in {-(-cfg.world.n_users // cfg.world.users_per_block)} blocks, "
             f"{cfg.world.n_items} items")
+        t0 = time.perf_counter()
         meta = generate_world(cfg.world, args.out, use_ray=not args.no_ray)
-        log(f"wrote {meta['n_events']} events to {args.out}")
-        return {"out": args.out, "n_events": meta["n_events"], "n_users": meta["n_users"], "n_items": meta["n_items"]}
+        seconds = time.perf_counter() - t0
+        log(f"wrote {meta['n_events']} events to {args.out} in {seconds:.1f}s")
+        result = {"out": args.out, "n_events": meta["n_events"], "n_users": meta["n_users"],
+                  "n_items": meta["n_items"], "seconds": round(seconds, 1), "events_per_s": round(meta["n_events"] / seconds),
+                  "ray": not args.no_ray, "cpus": os.cpu_count()}
+        if args.report:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.report).write_text(json.dumps(result, indent=2))
+        return result
 
     run(go)
 

@@ -49,7 +49,12 @@ def padded_dim(dim: int, cfg: IndexConfig) -> int:
 
 
 def make_index(dim: int, cfg: IndexConfig, n_train: int) -> faiss.Index:
-    """An empty FAISS index of the configured kind, storage and metric (wrapped to take item ids)."""
+    """An empty FAISS index of the configured kind, storage and metric, wrapped to take item ids."""
+    return faiss.IndexIDMap2(make_base_index(dim, cfg, n_train))  # the wrapper keeps the base alive
+
+
+def make_base_index(dim: int, cfg: IndexConfig, n_train: int) -> faiss.Index:
+    """An empty FAISS index of the configured kind, storage and metric (sequential labels)."""
     metric = faiss.METRIC_INNER_PRODUCT if cfg.metric == "ip" else faiss.METRIC_L2
     sq = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
     if cfg.kind == "flat":
@@ -65,7 +70,7 @@ def make_index(dim: int, cfg: IndexConfig, n_train: int) -> faiss.Index:
         quant = faiss.IndexFlat(dim, metric)
         base = faiss.IndexIVFPQ(quant, dim, nlist, cfg.pq_m, 8, metric)
         base.nprobe = min(cfg.nprobe, nlist)
-    return faiss.IndexIDMap2(base)  # the python wrapper keeps `base` (and a quantizer) alive
+    return base
 
 
 def pad(x: np.ndarray, dim: int) -> np.ndarray:
