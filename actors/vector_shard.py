@@ -112,6 +112,11 @@ class ShardReplica:
     def version(self) -> int:
         return self.core.version
 
+    def set_ef_search(self, ef: int) -> int:
+        """Change HNSW efSearch in place (a search-time knob: no rebuild)."""
+        self.core.cfg = self.core.cfg.model_copy(update={"ef_search": int(ef)})
+        return self.core.cfg.ef_search
+
     def ping(self) -> bool:
         return True
 

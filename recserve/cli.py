@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="recserve: real-time personalization served from a Ray cluster.")
 registry_app = typer.Typer(no_args_is_help=True, help="Inspect the artifact registry.")
 app.add_typer(registry_app, name="registry")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each writes JSON under benchmarks/results/.")
+app.add_typer(bench_app, name="bench")
 console = Console()
 err = Console(stderr=True)
 
@@ -188,6 +190,21 @@ def demo(movielens: Optional[Path] = typer.Option(None, "--movielens", help="use
     console.print(f"ready: embeddings {emb}, index {idx}, ranker {rk} in {cfg.registry_uri}")
     console.print("the serving application is not part of this build yet; `recserve status` shows the stack, "
                   "`recserve down` stops it")
+
+
+@bench_app.command("index")
+def bench_index(out: Path = typer.Option(Path("benchmarks/results/index.json")),
+                n: int = typer.Option(1_000_000, help="vectors"), dim: int = typer.Option(64),
+                shards: int = typer.Option(4), ef_search: int = typer.Option(100),
+                ef_construction: int = typer.Option(80), queries: int = typer.Option(1000),
+                batch: int = typer.Option(64)):
+    """Sharded index on Ray actors vs one plain FAISS index: recall, throughput, latency, storage,
+    snapshot/restore, filtered recall."""
+    from scripts.bench_index import run
+
+    res = run(n=n, dim=dim, shards=shards, ef_search=ef_search, ef_construction=ef_construction,
+              n_queries=queries, batch=batch, out=out, log=lambda m: console.print(f"[bench index] {m}"))
+    console.print_json(json.dumps(res))
 
 
 def main() -> None:  # pragma: no cover

@@ -115,6 +115,8 @@ class IndexRouter:
         cfg = IndexConfig(**man["params"])
         rt = cls(root, cfg, man["dim"], version=str(man.get("version") or artifact_dir.name), **kw)
         metas_path = None
+        if not items_meta and (artifact_dir / "items_meta.json").exists():
+            metas_path = str(artifact_dir / "items_meta.json")  # written by build_index
         if items_meta:
             metas_path = str(Path(root) / "items_meta.json")
             Path(root).mkdir(parents=True, exist_ok=True)
@@ -261,6 +263,13 @@ class IndexRouter:
             out.append({"shard": g.shard, "hash_lo": g.lo, "hash_hi": g.hi, "wal_head": g.wal.head,
                         "replicas": reps})
         return {"version": self.version, "generation": self.generation, "shards": out}
+
+    def set_ef_search(self, ef: int) -> None:
+        """efSearch of every shard replica (HNSW), changed while serving."""
+        if ef < 1:
+            raise ValueError("ef_search must be >= 1")
+        ray.get([r.handle.set_ef_search.remote(ef) for g in self.groups for r in g.replicas])
+        self.cfg = self.cfg.model_copy(update={"ef_search": ef})
 
     def refresh(self) -> None:
         """Ask every replica for its version; lagging ones replay the log."""

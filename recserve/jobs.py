@@ -193,12 +193,26 @@ def build_index(cfg: Config, embeddings_version: str | None = None, registry: Re
                     "num_shards": icfg.num_shards, "hash": "splitmix64>>32", "shards": shards,
                     "params": icfg.model_dump(), "embeddings_version": emb["version"]}
         Path(tmp, "routing.json").write_text(json.dumps(manifest, indent=2))
+        _write_items_meta(reg, emb["version"], ids, Path(tmp) / "items_meta.json")
         seconds = time.perf_counter() - t0
         v = reg.publish("index", tmp, metrics={"build_s": seconds, "count": int(len(ids))},
                         params=icfg.model_dump(), lineage={"embeddings": emb["version"]},
                         extra={"routing": {k: manifest[k] for k in ("kind", "metric", "dim", "num_shards", "shards")}})
     log(f"published index {v} ({icfg.num_shards} shards, {len(ids)} vectors, {seconds:.1f}s)")
     return v
+
+
+def _write_items_meta(reg: Registry, emb_version: str, ids: np.ndarray, path: Path) -> None:
+    """Category and attributes of the indexed items (from the embeddings' dataset), so that the
+    shards can filter inside the search."""
+    ds = reg.manifest("embeddings", emb_version).get("lineage", {}).get("dataset")
+    if not ds or not (Path(ds) / "items.parquet").exists():
+        return
+    items = read_items(ds).set_index("item_id")
+    items = items[items.index.isin(ids)]
+    meta = {str(i): {"category": c, "attributes": json.loads(a) if a else {}}
+            for i, c, a in zip(items.index.tolist(), items["category"].tolist(), items["attributes"].tolist())}
+    path.write_text(json.dumps(meta))
 
 
 # ---------------------------------------------------------------------------------- ranker

@@ -309,10 +309,14 @@ class ShardCore:
         with self.lock:
             if self.index is None or self.count == 0:
                 return ids, scores
-            groups: dict[str, list[int]] = {}
-            for r, f in enumerate(flts):
-                groups.setdefault(f.key(), []).append(r)
-            for rows in groups.values():
+            if isinstance(filters, list):  # per-query filters: one FAISS call per distinct filter
+                groups: dict[str, list[int]] = {}
+                for r, f in enumerate(flts):
+                    groups.setdefault(f.key(), []).append(r)
+                row_groups = list(groups.values())
+            else:
+                row_groups = [list(range(len(q)))]
+            for rows in row_groups:
                 sel, _keep = self._selector(flts[rows[0]])
                 d, lab = self.index.search(qp[rows], k, params=self._params(k, sel))
                 valid = lab >= 0

@@ -61,6 +61,18 @@ def test_offline_chain_publishes_versions(world, stack, tmp_path):
     assert routing["num_shards"] == cfg.index.num_shards and routing["dim"] == cfg.embeddings.dim + 1
     assert sum(s["count"] for s in routing["shards"]) == routing["count"]
     assert reg.manifest("ranker", rk)["lineage"]["embeddings"] == emb
+    # the published index serves from VectorShard actors, filtering by the items' categories
+    from recserve.index_router import IndexRouter
+
+    meta = json.loads((reg.fetch("index", idx) / "items_meta.json").read_text())
+    cat = next(iter(meta.values()))["category"]
+    rt = IndexRouter.from_artifact(reg.fetch("index", idx), tmp_path / "live", replicas=1)
+    try:
+        users = jobs.load_embeddings(reg, emb)["user_vectors"][:3]
+        got, _ = rt.search(users, 5, {"categories": [cat]})
+        assert (got >= 0).any() and all(meta[str(int(i))]["category"] == cat for i in got.ravel() if i >= 0)
+    finally:
+        rt.shutdown()
     assert reg.latest("evaluation") == report["version"]
 
 
