@@ -63,6 +63,7 @@ class ShardReplica:
             self.restored_from = "artifact"
         if self.core is None:
             self.core = ShardCore(dim, self.cfg, name=name)
+        self.core.background_rebuild = True  # rebuilds never stall the actor's queries
         self.core.index, self.core.use_gpu = _gpu_index(self.core.index, use_gpu) if self.core.index is not None \
             else (None, False)
         self.replayed = self.catch_up()

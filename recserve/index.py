@@ -106,9 +106,18 @@ class BuiltIndex:
     seconds: float
 
 
+def routing_manifest(cfg: IndexConfig, dim: int, shards: list[dict], count: int, **extra) -> dict:
+    """The manifest (`routing.json`) of a sharded index artifact: routing table, counts, kind, dimension."""
+    return {"kind": cfg.kind, "metric": cfg.metric, "storage": cfg.storage, "dim": int(dim),
+            "padded_dim": padded_dim(dim, cfg), "count": int(count), "num_shards": len(shards),
+            "hash": "splitmix64>>32", "shards": sorted(shards, key=lambda r: r["shard"]),
+            "params": cfg.model_dump(), **extra}
+
+
 def build_sharded(item_ids: np.ndarray, vectors: np.ndarray, cfg: IndexConfig, out_dir: str | Path,
                   version: str | None = None, progress=None) -> BuiltIndex:
-    """Write one FAISS file per shard plus `manifest.json` (routing table, counts, kind, dimension)."""
+    """Write one FAISS file per shard plus `routing.json` in this process (the Ray job builds the
+    shards in parallel tasks instead)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,66 +135,31 @@ def build_sharded(item_ids: np.ndarray, vectors: np.ndarray, cfg: IndexConfig, o
         shards.append({"shard": s, "hash_lo": lo, "hash_hi": hi, "file": fname, "count": int(sel.sum())})
         if progress:
             progress({"shard": s + 1, "shards": cfg.num_shards, "count": int(sel.sum())})
-    manifest = {"kind": cfg.kind, "metric": cfg.metric, "storage": cfg.storage, "dim": int(vectors.shape[1]),
-                "padded_dim": padded_dim(vectors.shape[1], cfg), "count": int(len(item_ids)),
-                "num_shards": cfg.num_shards, "hash": "splitmix64>>32", "shards": shards,
-                "params": cfg.model_dump(), "version": version}
+    manifest = routing_manifest(cfg, vectors.shape[1], shards, len(item_ids), version=version)
     (out / "routing.json").write_text(json.dumps(manifest, indent=2))
     return BuiltIndex(manifest, time.perf_counter() - t0)
 
 
-def search_params(index: faiss.Index, k: int, selector: faiss.IDSelector | None, cfg_ef: int | None = None):
-    base = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    if isinstance(base, faiss.IndexHNSW):
-        p = faiss.SearchParametersHNSW()
-        p.efSearch = max(cfg_ef or base.hnsw.efSearch, k)
-    elif isinstance(base, faiss.IndexIVF):
-        p = faiss.SearchParametersIVF()
-        p.nprobe = base.nprobe
-    else:
-        p = faiss.SearchParameters()
-    if selector is not None:
-        p.sel = selector
-    return p
-
-
 class ShardSet:
-    """The shards of one index artifact loaded in-process (memory-mapped where the kind allows)."""
+    """The shards of one index artifact loaded in this process (memory-mapped where the kind
+    allows), searched with the same code as the shard actors, and merged to a global top-k."""
 
     def __init__(self, directory: str | Path, mmap: bool = True):
+        from recserve.vector_shard import ShardCore
+
         self.dir = Path(directory)
         self.manifest = json.loads((self.dir / "routing.json").read_text())
-        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-        self.shards = []
-        for s in self.manifest["shards"]:
-            path = str(self.dir / s["file"])
-            try:
-                self.shards.append(faiss.read_index(path, flags))
-            except RuntimeError:  # kinds that cannot be mapped are read into memory
-                self.shards.append(faiss.read_index(path))
+        cfg = IndexConfig(**self.manifest["params"])
         self.dim = self.manifest["dim"]
-        self.padded = self.manifest["padded_dim"]
+        self.shards = [ShardCore.from_artifact(self.dir / s["file"], cfg, f"shard{s['shard']}", self.dim, mmap=mmap)
+                       for s in self.manifest["shards"]]
 
     def search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Global top-k ids and scores per query; `exclude[q]` ids never come back (selector inside
+        """Global top-k ids and scores per query; `exclude[q]` ids never come back (a selector inside
         the search), so a query gets k results whenever k eligible items exist."""
-        q = pad(queries, self.padded)
-        n = len(q)
-        all_ids = np.full((n, k * len(self.shards)), -1, dtype=np.int64)
-        all_sc = np.full((n, k * len(self.shards)), -np.inf, dtype=np.float32)
-        for s, idx in enumerate(self.shards):
-            sl = slice(s * k, (s + 1) * k)
-            if exclude is None:
-                p = search_params(idx, k, None)
-                dist, ids = idx.search(q, k, params=p)
-                all_ids[:, sl], all_sc[:, sl] = ids, dist
-            else:
-                for r in range(n):
-                    sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.asarray(exclude[r], dtype=np.int64)))
-                    dist, ids = idx.search(q[r:r + 1], k, params=search_params(idx, k, sel))
-                    all_ids[r, sl], all_sc[r, sl] = ids[0], dist[0]
-        if self.manifest["metric"] == "l2":
-            all_sc = np.where(all_ids >= 0, -all_sc, -np.inf)
-        all_sc = np.where(all_ids >= 0, all_sc, -np.inf)
-        order = np.argsort(-all_sc, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(all_ids, order, axis=1), np.take_along_axis(all_sc, order, axis=1)
+        filters = None if exclude is None else [{"exclude_ids": np.asarray(e).tolist()} for e in exclude]
+        parts = [s.search(queries, k, filters) for s in self.shards]
+        ids = np.concatenate([p[0] for p in parts], axis=1)
+        sc = np.concatenate([p[1] for p in parts], axis=1)
+        order = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sc, order, axis=1)

@@ -186,12 +186,8 @@ def build_index(cfg: Config, embeddings_version: str | None = None, registry: Re
             lo, hi = ranges[s]
             shards.append({"shard": s, "hash_lo": lo, "hash_hi": hi, "file": fname, "count": int((owner == s).sum())})
             log(f"shard {len(shards)}/{icfg.num_shards} built ({shards[-1]['count']} vectors)")
-        shards.sort(key=lambda r: r["shard"])
-        from recserve.index import padded_dim
-        manifest = {"kind": icfg.kind, "metric": icfg.metric, "storage": icfg.storage, "dim": int(vecs.shape[1]),
-                    "padded_dim": padded_dim(vecs.shape[1], icfg), "count": int(len(ids)),
-                    "num_shards": icfg.num_shards, "hash": "splitmix64>>32", "shards": shards,
-                    "params": icfg.model_dump(), "embeddings_version": emb["version"]}
+        from recserve.index import routing_manifest
+        manifest = routing_manifest(icfg, vecs.shape[1], shards, len(ids), embeddings_version=emb["version"])
         Path(tmp, "routing.json").write_text(json.dumps(manifest, indent=2))
         _write_items_meta(reg, emb["version"], ids, Path(tmp) / "items_meta.json")
         seconds = time.perf_counter() - t0

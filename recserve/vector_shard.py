@@ -92,7 +92,7 @@ class ShardCore:
     """A mutable FAISS shard (see the module docstring)."""
 
     def __init__(self, dim: int, cfg: IndexConfig, name: str = "shard", rebuild_ratio: float = 0.2,
-                 use_gpu: bool = False):
+                 use_gpu: bool = False, background_rebuild: bool = False):
         self.dim = dim
         self.cfg = cfg
         self.name = name
@@ -102,6 +102,9 @@ class ShardCore:
         self._reset(self._fresh_index())
         self.version = 0              # highest sequence applied
         self.rebuilds = 0
+        self.background_rebuild = background_rebuild
+        self._journal: list[tuple] | None = None   # writes made while a background rebuild runs
+        self._rebuild_thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- state
     def _fresh_index(self) -> faiss.Index | None:
@@ -165,6 +168,9 @@ class ShardCore:
                 self._add(ids[fresh], x[fresh], [m for m, f in zip(metas, fresh) if f])
                 for i, s in zip(ids[fresh].tolist(), per[fresh].tolist()):
                     self.item_seq[i] = s
+                if self._journal is not None:
+                    self._journal.append(("upsert", ids[fresh], x[fresh], [m for m, f in zip(metas, fresh) if f],
+                                          per[fresh]))
             self.version = max(self.version, int(per.max()) if len(per) else self.version)
             self._maybe_rebuild()
             return self.version
@@ -177,6 +183,8 @@ class ShardCore:
             self._tombstone([i for i in gone if i in self.item_slot])
             for i in gone:
                 self.item_seq[i] = seq
+            if self._journal is not None and gone:
+                self._journal.append(("delete", gone, seq))
             self.version = max(self.version, seq)
             self._maybe_rebuild()
             return self.version
@@ -218,22 +226,48 @@ class ShardCore:
         return base
 
     def _maybe_rebuild(self) -> None:
-        if len(self.live) and self.tombstones > self.rebuild_ratio * len(self.live):
+        if not len(self.live) or self.tombstones <= self.rebuild_ratio * len(self.live):
+            return
+        if not self.background_rebuild:
             self.rebuild()
+        elif self._rebuild_thread is None or not self._rebuild_thread.is_alive():
+            self._rebuild_thread = threading.Thread(target=self.rebuild, name=f"{self.name}-rebuild", daemon=True)
+            self._rebuild_thread.start()
+
+    def wait_rebuild(self, timeout: float | None = None) -> None:
+        t = self._rebuild_thread
+        if t is not None:
+            t.join(timeout)
 
     def rebuild(self) -> None:
-        """Rebuild the index from the live vectors (drops tombstones; graph indexes need this)."""
+        """Rebuild the index from the live vectors (drops tombstones; graph indexes need this).
+        The new index is built aside while the old one keeps serving and taking writes; the writes
+        made meanwhile are journalled and replayed onto the new index before it is swapped in."""
         with self.lock:
             live_slots = np.flatnonzero(self.live)
             ids = self.slot_item[live_slots]
             vecs = self._reconstruct(live_slots)
             metas = [self.item_meta[int(i)] for i in ids]
-            seqs = dict(self.item_seq)
-            version = self.version
-            self._reset(self._fresh_index())
-            self._add(ids, vecs, metas)
-            self.item_seq = seqs
-            self.version = version
+            self._journal = []
+        try:
+            fresh = ShardCore(self.dim, self.cfg, self.name, rebuild_ratio=float("inf"), use_gpu=self.use_gpu)
+            fresh._add(ids, vecs, metas)   # the slow part, outside the lock
+        except BaseException:
+            with self.lock:
+                self._journal = None
+            raise
+        with self.lock:
+            for op in self._journal:
+                if op[0] == "upsert":
+                    _, j_ids, j_x, j_metas, j_seqs = op
+                    fresh._tombstone([int(i) for i in j_ids if int(i) in fresh.item_slot])
+                    fresh._add(j_ids, j_x, j_metas)
+                else:
+                    fresh._tombstone([i for i in op[1] if i in fresh.item_slot])
+            for name in ("index", "slot_item", "live", "slot_cat", "item_slot", "item_meta", "cat_codes",
+                         "attr_slots"):
+                setattr(self, name, getattr(fresh, name))
+            self._journal = None
             self.rebuilds += 1
 
     def _reconstruct(self, slots: np.ndarray) -> np.ndarray:

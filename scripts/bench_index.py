@@ -54,12 +54,12 @@ def recall(got: np.ndarray, truth: np.ndarray, k: int = 10) -> float:
     return float(np.mean([len(set(a[:k].tolist()) & set(b[:k].tolist())) / k for a, b in zip(got, truth)]))
 
 
-def _qps(fn, batches: list[np.ndarray], min_s: float = 3.0) -> float:
-    fn(batches[0])  # warm
+def _qps(fn, batches: list[np.ndarray], min_s: float = 3.0, **kw) -> float:
+    fn(batches[0], **kw)  # warm
     n, t0 = 0, time.perf_counter()
     while True:
         for b in batches:
-            fn(b)
+            fn(b, **kw)
             n += len(b)
         if time.perf_counter() - t0 >= min_s:
             return n / (time.perf_counter() - t0)
@@ -102,7 +102,7 @@ def run(n: int = 1_000_000, dim: int = 64, shards: int = 4, ef_search: int = 100
         raw.hnsw.efSearch = ef_search
         res["raw_build_s"] = round(time.perf_counter() - t0, 2)
         batches = [q[s:s + batch] for s in range(0, len(q), batch)]
-        res["raw_faiss_qps"] = round(_qps(lambda b: raw.search(b, 10), batches), 1)
+        res["raw_faiss_qps"] = round(_qps(raw.search, batches, k=10), 1)
         res["raw_recall_at_10"] = recall(raw.search(q, 10)[1], truth)
         del raw
 
@@ -117,14 +117,14 @@ def run(n: int = 1_000_000, dim: int = 64, shards: int = 4, ef_search: int = 100
         res["actor_load_s"] = round(time.perf_counter() - t0, 2)
         got = np.vstack([rt.search(b, 10)[0] for b in batches])
         res["recall_at_10"] = recall(got, truth)
-        res["actor_qps"] = round(_qps(lambda b: rt.search(b, 10), batches), 1)
+        res["actor_qps"] = round(_qps(rt.search, batches, k=10), 1)
         res["actor_vs_raw"] = round(res["actor_qps"] / res["raw_faiss_qps"], 3)
         # the same total candidate budget as the single index: efSearch / shards per shard
         split_ef = max(10, ef_search // shards)
         rt.set_ef_search(split_ef)
         res["split_ef_per_shard"] = split_ef
         res["split_ef_recall_at_10"] = recall(np.vstack([rt.search(b, 10)[0] for b in batches]), truth)
-        res["split_ef_actor_qps"] = round(_qps(lambda b: rt.search(b, 10), batches), 1)
+        res["split_ef_actor_qps"] = round(_qps(rt.search, batches, k=10), 1)
         res["split_ef_actor_vs_raw"] = round(res["split_ef_actor_qps"] / res["raw_faiss_qps"], 3)
         rt.set_ef_search(ef_search)
         lat = []

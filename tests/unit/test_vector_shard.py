@@ -117,6 +117,21 @@ def test_rebuild_past_tombstone_threshold():
     assert all(int(i) % 10 == 5 for i in got.ravel() - 10)
 
 
+def test_background_rebuild_keeps_serving_and_journals_writes():
+    ids, x, metas = _data(n=2000)
+    core = ShardCore(D, IndexConfig(kind="hnsw"), "t", rebuild_ratio=0.2, background_rebuild=True)
+    core.upsert(ids, x, metas)
+    core.delete(ids[:500])               # past the threshold: a rebuild starts in the background
+    core.upsert([99999], x[:1], [{"category": "late"}])   # a write while it may be running
+    core.delete(ids[600:601])
+    assert (core.search(x[700:703], 1)[0][:, 0] == ids[700:703]).all()  # still serving
+    core.wait_rebuild(30)
+    assert core.rebuilds >= 1 and core.tombstones <= 2
+    assert core.count == 2000 - 500 - 1 + 1
+    assert core.search(x[:1], 1, {"categories": ["late"]})[0][0, 0] == 99999
+    assert int(ids[600]) not in core.search(x[600:601], 5)[0][0]
+
+
 def test_snapshot_restore_and_corruption(tmp_path):
     ids, x, metas = _data(n=200)
     cfg = IndexConfig(kind="flat", storage="fp16")
