@@ -142,7 +142,18 @@ class IndexRouter:
         rep.unhealthy_until = time.monotonic() + self.cooldown_s
 
     def search(self, queries, k: int, filters: dict | list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Global top-k (ids, scores) per query, scatter-gathered over all shards."""
+        """Global top-k (ids, scores) per query, scatter-gathered over all shards. A search that
+        started on a routing table retired meanwhile (rebalance, swap) is retried on the new one."""
+        for _ in range(3):
+            groups = self.groups
+            try:
+                return self._search(groups, queries, k, filters)
+            except IndexUnavailable:
+                if groups is self.groups:
+                    raise
+        return self._search(self.groups, queries, k, filters)
+
+    def _search(self, groups: list[ShardGroup], queries, k: int, filters) -> tuple[np.ndarray, np.ndarray]:
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
@@ -154,7 +165,6 @@ class IndexRouter:
             raise ShardError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
         for f in (filters if isinstance(filters, list) else [filters]):
             Filter.parse(f)  # bad filters fail here, before any shard sees them
-        groups = self.groups
         q_ref = ray.put(q)
         pending = {}
         tried: dict[int, set[str]] = {g.shard: set() for g in groups}

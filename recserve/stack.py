@@ -290,9 +290,15 @@ class Stack:
             elif with_ray:
                 temp_dir = (self.data_dir / "ray").resolve()
                 info.ray_temp_dir = str(temp_dir)  # set first: a failed start is cleaned up below
+                # jobs run in an unpacked copy of their working dir: tell them where the stack's
+                # data (and so the registry) really is
+                job_env = {"RECSERVE_DATA_DIR": str(self.data_dir.resolve())}
+                if self.cfg.registry.uri:
+                    job_env["RECSERVE_REGISTRY__URI"] = self.cfg.registry.uri if "://" in self.cfg.registry.uri \
+                        else str(Path(self.cfg.registry.uri).resolve())
                 info.ray_address, info.dashboard_url = start_ray_head(
                     temp_dir, self.cfg.ray.gcs_port, self.cfg.ray.dashboard_port, self.cfg.ray.num_cpus,
-                    self.cfg.ray.object_store_mb)
+                    self.cfg.ray.object_store_mb, env=job_env)
                 info.ray_started = True
         except BaseException:
             if redis_proc is not None:

@@ -85,17 +85,21 @@ def _cli(args, env_extra=None, timeout=300):
 def test_ray_job_submit_publishes_a_version(world, stack, tmp_path):
     cfg, info = stack
     ds, _ = world
-    reg_dir = tmp_path / "jobreg"
     ray_bin = str(Path(sys.executable).parent / "ray")
+    # no --registry: the job, running in an unpacked copy of the working dir, still publishes into
+    # the stack's own registry (the head passes the stack's data dir to its jobs)
     cmd = [ray_bin, "job", "submit", "--address", info.dashboard_url, "--working-dir", str(ROOT), "--",
-           "python", "-m", "pipelines.train_embeddings", "--dataset", str(ds), "--registry", str(reg_dir),
+           "python", "-m", "pipelines.train_embeddings", "--dataset", str(ds),
            "--set", "embeddings.epochs=2", "--set", "embeddings.dim=8"]
+    before = Registry(cfg.registry_uri).versions("embeddings")
     t0 = time.time()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
                          env=dict(os.environ, RAY_ADDRESS=info.dashboard_url))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "epoch 2/2" in res.stdout  # progress reached the submitter
-    assert Registry(reg_dir).latest("embeddings") == "v000001", res.stdout[-2000:]
+    after = Registry(cfg.registry_uri).versions("embeddings")
+    assert len(after) == len(before) + 1, res.stdout[-2000:]
+    assert Registry(cfg.registry_uri).latest("embeddings") == after[-1]
     assert time.time() - t0 < 300
 
 
