@@ -1,0 +1,169 @@
+"""HTTP API v1 schemas and the error contract: bad input gets a 4xx JSON error
+`{"error": {"code", "message", "field"}}` naming the field, never a 5xx, and changes nothing.
+
+`install_error_handlers(app)` makes a FastAPI app answer that way (validation errors, non-JSON
+bodies, bodies over `MAX_BODY_BYTES`); the Serve ingress uses it, and unit tests call it on a bare app.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from recserve.schemas import EVENT_TYPES
+
+MAX_BODY_BYTES = 1 << 20
+MAX_EVENTS = 1000
+MAX_K = 100
+MAX_FUTURE_S = 300          # an event more than 5 min in the future is rejected
+MAX_PAST_S = 30 * 86400     # ... and one older than 30 days
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+Scalar = str | int | float | bool
+
+
+class Filters(_Strict):
+    categories: list[str] | None = Field(None, max_length=100)
+    attributes: dict[str, list[Scalar]] | None = None
+    exclude_ids: list[int] | None = Field(None, max_length=10_000)
+
+
+class RecommendRequest(_Strict):
+    user_id: int = Field(ge=0)
+    k: int = Field(10, ge=1, le=MAX_K)
+    context: dict[str, Scalar] = Field(default_factory=dict)
+    filters: Filters | None = None
+    explain: bool = False
+
+
+class Item(BaseModel):
+    item_id: int
+    score: float
+    reasons: list[str] = Field(default_factory=list)
+
+
+class RecommendResponse(BaseModel):
+    request_id: str
+    items: list[Item]
+    degradation_level: int
+    model_versions: dict[str, str]
+    took_ms: float
+
+
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+
+
+class Event(_Strict):
+    event_id: str | None = Field(None, min_length=1, max_length=128)
+    user_id: int = Field(ge=0)
+    item_id: int = Field(ge=0)
+    event_type: EventType
+    value: float = 1.0
+    ts: int | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("value must be a finite number")
+        return v
+
+    @field_validator("ts")
+    @classmethod
+    def _recent(cls, v: int | None) -> int | None:
+        if v is None:
+            return v
+        now = time.time()
+        if v > now + MAX_FUTURE_S:
+            raise ValueError(f"ts {v} is more than {MAX_FUTURE_S}s in the future")
+        if v < now - MAX_PAST_S:
+            raise ValueError(f"ts {v} is more than {MAX_PAST_S // 86400} days in the past; load history "
+                             f"through the offline jobs instead")
+        return v
+
+
+class EventsRequest(_Strict):
+    events: list[Event] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class FeedbackRequest(_Strict):
+    request_id: str = Field(min_length=1, max_length=128)
+    item_id: int = Field(ge=0)
+    reward: float = Field(ge=0.0, le=1.0)
+
+
+class CatalogueItem(_Strict):
+    item_id: int = Field(ge=0)
+    title: str = Field("", max_length=500)
+    category: str = Field(min_length=1, max_length=200)
+    attributes: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
+    vector: list[float] | None = None
+
+    @field_validator("vector")
+    @classmethod
+    def _finite_vec(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and not all(math.isfinite(x) for x in v):
+            raise ValueError("vector holds NaN or infinite values")
+        return v
+
+
+class ItemsRequest(_Strict):
+    items: list[CatalogueItem] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "field": field}}
+
+
+def install_error_handlers(app) -> None:
+    """4xx JSON errors naming the field for every kind of bad input."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        errs = exc.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request", "type": "invalid"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or None
+        if first.get("type") == "json_invalid":
+            return JSONResponse(error_body("invalid_json", "the body is not valid JSON: " + first["msg"]), 400)
+        if first.get("type") == "extra_forbidden":
+            msg = f"unknown field {field!r}"
+        else:
+            msg = f"{field}: {first['msg']}" if field else first["msg"]
+        if len(errs) > 1:
+            msg += f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})"
+        return JSONResponse(error_body("invalid_request", msg, field), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 429: "overloaded"}.get(
+            exc.status_code, "http_error")
+        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        n = request.headers.get("content-length")
+        if n is not None and n.isdigit() and int(n) > MAX_BODY_BYTES:
+            return JSONResponse(error_body("body_too_large", f"the body is {n} bytes; the limit is "
+                                                             f"{MAX_BODY_BYTES} (send events in batches of up to "
+                                                             f"{MAX_EVENTS})"), 413)
+        if request.method in ("POST", "PUT") and n is None:
+            body = await request.body()  # chunked: read and check the size
+            if len(body) > MAX_BODY_BYTES:
+                return JSONResponse(error_body("body_too_large", f"the body is over {MAX_BODY_BYTES} bytes"), 413)
+        ctype = request.headers.get("content-type", "")
+        if request.method in ("POST", "PUT") and ctype and "json" not in ctype:
+            return JSONResponse(error_body("unsupported_media_type", f"send JSON (content-type "
+                                                                     f"application/json), not {ctype!r}"), 415)
+        return await call_next(request)
