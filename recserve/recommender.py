@@ -1,0 +1,148 @@
+"""The online recommendation path as a plain class (the Serve `Router` deployment will hold one):
+user context -> candidates from the sharded index (filters and seen items inside the search) ->
+ranker over the shared features -> bandit exploration -> template reasons.
+
+It loads one registry generation (embeddings, index, ranker) and the dataset they were trained
+on (for popularity, trending, co-visitation and each user's history). An unknown user gets
+popular items (cold start); when the index cannot answer, popular items too, at a lower level.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recserve.config import Config
+from recserve.evaluation import build_interactions
+from recserve.features import FEATURE_NAMES, SessionContext, candidate_features
+from recserve.registry import Registry
+
+LEVEL_FULL, LEVEL_TEMPLATES, LEVEL_BATCH, LEVEL_CACHED, LEVEL_POPULAR = 0, 1, 2, 3, 4
+
+
+@dataclass
+class Recommendation:
+    request_id: str
+    items: list[dict]
+    degradation_level: int
+    model_versions: dict[str, str]
+    took_ms: float
+    signals: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"request_id": self.request_id, "items": self.items, "degradation_level": self.degradation_level,
+                "model_versions": self.model_versions, "took_ms": round(self.took_ms, 2)}
+
+
+def template_reasons(feat: np.ndarray, category: str, explored: bool) -> list[str]:
+    """Reasons from the signals that ranked the item (the Explainer's template tier)."""
+    f = dict(zip(FEATURE_NAMES, feat.tolist()))
+    out = []
+    if f["session_cat_share"] >= 0.2:
+        out.append(f"you have been looking at {category}")
+    elif f["history_cat_share"] >= 0.2:
+        out.append(f"you often choose {category}")
+    if f["covisit"] > 0.5:
+        out.append("often viewed with items you just saw")
+    if f["log_trending"] >= 2.0:
+        out.append("trending now")
+    if explored:
+        out.append("something new for you")
+    return out or ["matches your taste"]
+
+
+class Recommender:
+    def __init__(self, cfg: Config, registry: Registry, index_router, bandit=None):
+        from recserve.data import read_events, read_items
+        from recserve.jobs import load_embeddings
+        from recserve.ranker import load_model, ranking_inputs
+
+        self.cfg = cfg
+        self.index = index_router
+        self.bandit = bandit
+        emb = load_embeddings(registry)
+        self.versions = {"embeddings": emb["version"], "index": registry.resolve("index"),
+                         "ranker": registry.resolve("ranker")}
+        self.model, _ = load_model(registry.fetch("ranker") / "ranker.pt")
+        dataset = registry.manifest("embeddings", emb["version"])["lineage"]["dataset"]
+        events, items = read_events(dataset), read_items(dataset)
+        self.data = build_interactions(events, events.iloc[:0], items)
+        if not (np.array_equal(self.data.item_ids, emb["item_ids"]) and
+                np.array_equal(self.data.user_ids, emb["user_ids"])):
+            raise ValueError(f"embeddings {emb['version']} were not trained on all of {dataset} (holdout?): "
+                             f"serve a version trained with --holdout 0")
+        self.user_vectors = emb["user_vectors"]
+        self.inputs = ranking_inputs(self.data, items, emb["item_vectors"], cfg.ranker)
+        self.user_index = self.data.user_index()
+        cats = items.set_index("item_id")["category"].reindex(self.data.item_ids).fillna("").to_numpy()
+        self.item_category = cats
+        self.t_data = int(events["ts"].max())
+        self.popular = np.argsort(-self.inputs.stats.popularity)[:1000]
+
+    # ------------------------------------------------------------------ helpers
+    def _seen(self, u: int) -> np.ndarray:
+        m = self.data.matrix
+        return self.data.item_ids[m.indices[m.indptr[u]:m.indptr[u + 1]]]
+
+    def _popular(self, k: int, filters: dict | None, exclude: set[int]) -> list[dict]:
+        cats = set((filters or {}).get("categories") or [])
+        out = []
+        for d in self.popular:
+            iid = int(self.data.item_ids[d])
+            if iid in exclude or (cats and self.item_category[d] not in cats):
+                continue
+            out.append({"item_id": iid, "score": float(np.log1p(self.inputs.stats.popularity[d])),
+                        "reasons": ["popular right now"]})
+            if len(out) == k:
+                break
+        return out
+
+    # --------------------------------------------------------------- recommend
+    def recommend(self, user_id: int, k: int = 10, filters: dict | None = None, explain: bool = False,
+                  context: SessionContext | None = None) -> Recommendation:
+        t0 = time.perf_counter()
+        rid = uuid.uuid4().hex
+        filters = dict(filters or {})
+        exclude = set(int(i) for i in filters.get("exclude_ids") or [])
+        u = self.user_index.get(int(user_id))
+        if u is None:  # cold start
+            return Recommendation(rid, self._popular(k, filters, exclude), LEVEL_FULL, self.versions,
+                                  (time.perf_counter() - t0) * 1000, {"cold_start": True})
+        seen = self._seen(u)
+        search_filter = {key: v for key, v in filters.items() if key in ("categories", "attributes") and v}
+        search_filter["exclude_ids"] = sorted(exclude | set(seen.tolist()))
+        n = max(k, self.cfg.ranker.candidates)
+        try:
+            ids, scores = self.index.search(self.user_vectors[u][None, :], n, search_filter)
+        except Exception:  # noqa: BLE001 - any index failure degrades, never errors
+            return Recommendation(rid, self._popular(k, filters, exclude | set(seen.tolist())), LEVEL_POPULAR,
+                                  self.versions, (time.perf_counter() - t0) * 1000, {"index": "unavailable"})
+        ids, scores = ids[0], scores[0]
+        keep = ids >= 0
+        ids, scores = ids[keep], scores[keep]
+        dense = np.searchsorted(self.data.item_ids, ids)
+        ctx = context or self.inputs.contexts[u]
+        t_ref = max(int(ctx.last_ts), self.t_data)
+        X = candidate_features(ctx, dense, scores, self.inputs.stats, t_ref, self.cfg.ranker.trending_window_s)
+        from recserve.ranker import score as rank_score
+
+        s = rank_score(self.model, X[None, :, :])[0] if len(dense) else np.zeros(0)
+        order = np.argsort(-s, kind="stable")
+        ranked = [int(ids[j]) for j in order]
+        pos = {int(ids[j]): j for j in order}
+        if self.bandit is not None and ranked:
+            slate = self.bandit.select(ranked, k)
+            chosen, explored = slate.items, slate.explored
+            self.bandit.log_impression(rid, int(user_id), slate)
+        else:
+            chosen, explored = ranked[:k], [False] * min(k, len(ranked))
+        items = []
+        for iid, ex in zip(chosen, explored):
+            j = pos[iid]
+            reasons = template_reasons(X[j], str(self.item_category[dense[j]]), ex) if explain else []
+            items.append({"item_id": iid, "score": float(s[j]), "reasons": reasons})
+        level = LEVEL_TEMPLATES if explain else LEVEL_FULL  # the LLM explainer is a later issue
+        return Recommendation(rid, items, level, self.versions, (time.perf_counter() - t0) * 1000)
