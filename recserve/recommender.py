@@ -17,7 +17,7 @@ import numpy as np
 
 from recserve.config import Config
 from recserve.evaluation import build_interactions
-from recserve.features import FEATURE_NAMES, SessionContext, candidate_features
+from recserve.features import FEATURE_NAMES, candidate_features
 from recserve.registry import Registry
 
 LEVEL_FULL, LEVEL_TEMPLATES, LEVEL_BATCH, LEVEL_CACHED, LEVEL_POPULAR = 0, 1, 2, 3, 4
@@ -101,16 +101,14 @@ class Recommender:
         return out
 
     # --------------------------------------------------------------- recommend
-    def recommend(self, user_id: int, k: int = 10, filters: dict | None = None, explain: bool = False,
-                  context: SessionContext | None = None) -> Recommendation:
+    def candidates(self, user_id: int, k: int, filters: dict | None) -> dict:
+        """Stage 1 (before ranking): candidates and their features, or a finished fallback answer."""
         t0 = time.perf_counter()
-        rid = uuid.uuid4().hex
         filters = dict(filters or {})
         exclude = set(int(i) for i in filters.get("exclude_ids") or [])
         u = self.user_index.get(int(user_id))
         if u is None:  # cold start
-            return Recommendation(rid, self._popular(k, filters, exclude), LEVEL_FULL, self.versions,
-                                  (time.perf_counter() - t0) * 1000, {"cold_start": True})
+            return {"done": (self._popular(k, filters, exclude), LEVEL_FULL), "t0": t0}
         seen = self._seen(u)
         search_filter = {key: v for key, v in filters.items() if key in ("categories", "attributes") and v}
         search_filter["exclude_ids"] = sorted(exclude | set(seen.tolist()))
@@ -118,18 +116,24 @@ class Recommender:
         try:
             ids, scores = self.index.search(self.user_vectors[u][None, :], n, search_filter)
         except Exception:  # noqa: BLE001 - any index failure degrades, never errors
-            return Recommendation(rid, self._popular(k, filters, exclude | set(seen.tolist())), LEVEL_POPULAR,
-                                  self.versions, (time.perf_counter() - t0) * 1000, {"index": "unavailable"})
+            return {"done": (self._popular(k, filters, exclude | set(seen.tolist())), LEVEL_POPULAR), "t0": t0}
         ids, scores = ids[0], scores[0]
         keep = ids >= 0
         ids, scores = ids[keep], scores[keep]
         dense = np.searchsorted(self.data.item_ids, ids)
-        ctx = context or self.inputs.contexts[u]
+        ctx = self.inputs.contexts[u]
         t_ref = max(int(ctx.last_ts), self.t_data)
         X = candidate_features(ctx, dense, scores, self.inputs.stats, t_ref, self.cfg.ranker.trending_window_s)
-        from recserve.ranker import score as rank_score
+        return {"ids": ids, "dense": dense, "X": X, "t0": t0}
 
-        s = rank_score(self.model, X[None, :, :])[0] if len(dense) else np.zeros(0)
+    def finish(self, stage: dict, scores: np.ndarray | None, user_id: int, k: int, explain: bool) -> Recommendation:
+        """Stage 2: order by the ranker's scores, explore, explain, answer."""
+        rid = uuid.uuid4().hex
+        if "done" in stage:
+            items, level = stage["done"]
+            return Recommendation(rid, items, level, self.versions, (time.perf_counter() - stage["t0"]) * 1000)
+        ids, dense, X = stage["ids"], stage["dense"], stage["X"]
+        s = scores if scores is not None else np.zeros(len(ids))
         order = np.argsort(-s, kind="stable")
         ranked = [int(ids[j]) for j in order]
         pos = {int(ids[j]): j for j in order}
@@ -145,4 +149,12 @@ class Recommender:
             reasons = template_reasons(X[j], str(self.item_category[dense[j]]), ex) if explain else []
             items.append({"item_id": iid, "score": float(s[j]), "reasons": reasons})
         level = LEVEL_TEMPLATES if explain else LEVEL_FULL  # the LLM explainer is a later issue
-        return Recommendation(rid, items, level, self.versions, (time.perf_counter() - t0) * 1000)
+        return Recommendation(rid, items, level, self.versions, (time.perf_counter() - stage["t0"]) * 1000)
+
+    def recommend(self, user_id: int, k: int = 10, filters: dict | None = None, explain: bool = False) -> Recommendation:
+        """Both stages in this process, ranking with the local model."""
+        from recserve.ranker import score as rank_score
+
+        stage = self.candidates(user_id, k, filters)
+        scores = rank_score(self.model, stage["X"][None])[0] if "X" in stage and len(stage["X"]) else None
+        return self.finish(stage, scores, user_id, k, explain)
