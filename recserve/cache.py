@@ -36,6 +36,7 @@ class ResponseCache:
         self._by_user: dict[Hashable, set[Hashable]] = {}
         self._inflight: dict[Hashable, asyncio.Future] = {}
         self._generation: dict[Hashable, int] = {}
+        self._epoch = 0   # bumped by clear(): results computed before it are not stored
         self.stats = CacheStats()
 
     def __len__(self) -> int:
@@ -79,6 +80,16 @@ class ResponseCache:
         self.stats.invalidations += 1
         return len(keys)
 
+    def clear(self) -> int:
+        """Drop everything (a catalogue change: a deleted item must not be served from cache)."""
+        n = len(self._data)
+        self._data.clear()
+        self._by_user.clear()
+        for user in list(self._generation):
+            self._generation[user] += 1
+        self._epoch += 1
+        return n
+
     async def get_or_compute(self, key: Hashable, user: Hashable, compute: Callable[[], Awaitable[Any]],
                              cacheable: Callable[[Any], bool] = lambda v: True) -> tuple[Any, str]:
         """(value, how): how is "hit", "coalesced" (awaited an identical in-flight request) or "miss"."""
@@ -94,6 +105,7 @@ class ResponseCache:
         fut = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         gen = self._generation.get(user, 0)
+        epoch = self._epoch
         try:
             value = await compute()
         except BaseException as e:
@@ -102,7 +114,7 @@ class ResponseCache:
             raise
         finally:
             self._inflight.pop(key, None)
-        if cacheable(value) and self._generation.get(user, 0) == gen:  # no invalidation meanwhile
+        if cacheable(value) and self._generation.get(user, 0) == gen and self._epoch == epoch:  # no invalidation meanwhile
             self.put(key, user, value)
         fut.set_result(value)
         return value, "miss"

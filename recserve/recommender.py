@@ -81,6 +81,7 @@ class Recommender:
         self.item_category = cats
         self.t_data = int(events["ts"].max())
         self.popular = np.argsort(-self.inputs.stats.popularity)[:1000]
+        self.new_items: dict[int, str] = {}
 
     # ------------------------------------------------------------------ helpers
     def _seen(self, u: int) -> np.ndarray:
@@ -120,11 +121,25 @@ class Recommender:
         ids, scores = ids[0], scores[0]
         keep = ids >= 0
         ids, scores = ids[keep], scores[keep]
-        dense = np.searchsorted(self.data.item_ids, ids)
+        dense = np.minimum(np.searchsorted(self.data.item_ids, ids), self.data.n_items - 1)
+        known = self.data.item_ids[dense] == ids   # items added since training have no statistics yet
         ctx = self.inputs.contexts[u]
         t_ref = max(int(ctx.last_ts), self.t_data)
-        X = candidate_features(ctx, dense, scores, self.inputs.stats, t_ref, self.cfg.ranker.trending_window_s)
+        X = np.zeros((len(ids), len(FEATURE_NAMES)), dtype=np.float32)
+        X[known] = candidate_features(ctx, dense[known], scores[known], self.inputs.stats, t_ref,
+                                      self.cfg.ranker.trending_window_s)
+        X[~known, 0] = scores[~known]
+        X[:, FEATURE_NAMES.index("retrieval_rank")] = np.arange(len(ids)) / max(len(ids) - 1, 1)
+        dense = np.where(known, dense, -1)
         return {"ids": ids, "dense": dense, "X": X, "t0": t0}
+
+    def category_of(self, dense: int, item_id: int) -> str:
+        return str(self.item_category[dense]) if dense >= 0 else self.new_items.get(item_id, "")
+
+    def add_items(self, items: dict[int, str]) -> None:
+        """Categories of catalogue items added while serving (for reasons; statistics come with
+        the next offline run)."""
+        self.new_items.update(items)
 
     def finish(self, stage: dict, scores: np.ndarray | None, user_id: int, k: int, explain: bool) -> Recommendation:
         """Stage 2: order by the ranker's scores, explore, explain, answer."""
@@ -146,7 +161,7 @@ class Recommender:
         items = []
         for iid, ex in zip(chosen, explored):
             j = pos[iid]
-            reasons = template_reasons(X[j], str(self.item_category[dense[j]]), ex) if explain else []
+            reasons = template_reasons(X[j], self.category_of(int(dense[j]), iid), ex) if explain else []
             items.append({"item_id": iid, "score": float(s[j]), "reasons": reasons})
         level = LEVEL_TEMPLATES if explain else LEVEL_FULL  # the LLM explainer is a later issue
         return Recommendation(rid, items, level, self.versions, (time.perf_counter() - stage["t0"]) * 1000)

@@ -64,3 +64,34 @@ def redis_url(tmp_path_factory):
     proc = start_redis(tmp_path_factory.mktemp("redis"), "127.0.0.1", port)
     yield f"redis://127.0.0.1:{port}/0"
     stop_pid(proc.pid)
+
+
+@pytest.fixture(scope="session")
+def serving(stack, tmp_path_factory):
+    """The Serve application over real HTTP (one Serve instance per session), on a small world
+    trained by the offline jobs into the stack's registry."""
+    import httpx
+    from ray import serve
+
+    from recserve import jobs
+    from recserve.data import generate_world
+    from recserve.registry import Registry
+    from recserve.stack import free_port
+
+    cfg, _ = stack
+    root = tmp_path_factory.mktemp("serving")
+    ds = root / "world"
+    generate_world(cfg.world, ds, use_ray=False)
+    reg = Registry(root / "reg")
+    emb = jobs.train_embeddings(cfg, ds, 0.0, reg)
+    jobs.build_index(cfg, emb, reg)
+    jobs.train_ranker(cfg, ds, 0.0, reg, emb)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    from deployments.app import build_app
+
+    serve.run(build_app(cfg, str(reg.uri), str(root / "index-live")), name="recserve", route_prefix="/")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    yield client, reg, cfg
+    client.close()
+    serve.shutdown()

@@ -82,3 +82,20 @@ def test_failures_reach_every_waiter_and_are_not_cached():
     res = asyncio.run(main())
     assert all(isinstance(r, RuntimeError) for r in res)
     assert c.get("k") is None
+
+
+def test_clear_drops_everything_and_blocks_in_flight_results():
+    c = ResponseCache()
+    c.put("a", 1, "A")
+
+    async def main():
+        async def slow():
+            await asyncio.sleep(0.05)
+            return "old catalogue"
+        task = asyncio.create_task(c.get_or_compute("k", 2, slow))
+        await asyncio.sleep(0.01)
+        assert c.clear() == 1
+        return await task
+
+    asyncio.run(main())
+    assert len(c) == 0 and c.get("k") is None

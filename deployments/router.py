@@ -1,0 +1,128 @@
+"""`Router`: the FastAPI ingress. Holds the L1 cache, the event log client and the
+`Recommender` (index router to the shard actors, features, bandit); ranking goes to the `Ranker`
+deployment. Errors follow recserve.api's contract: 4xx JSON naming the field, never a 5xx for
+bad input; a failing dependency lowers the degradation level instead of failing the request."""
+
+
+import time
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from recserve.api import (
+    EventsRequest,
+    FeedbackRequest,
+    ItemsRequest,
+    RecommendRequest,
+    error_body,
+    install_error_handlers,
+)
+
+api = FastAPI(title="recserve", version="1", description="Real-time personalization on Ray Serve")
+install_error_handlers(api)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
+@serve.ingress(api)
+class Router:
+    def __init__(self, ranker, cfg: dict, registry_uri: str, index_root: str, replicas: int = 1):
+        import redis
+
+        from recserve.bandit import ThompsonBandit
+        from recserve.cache import ResponseCache
+        from recserve.config import Config
+        from recserve.eventlog import RedisStreamLog
+        from recserve.index_router import IndexRouter
+        from recserve.recommender import Recommender
+        from recserve.registry import Registry
+
+        self.cfg = Config.model_validate(cfg)
+        self.ranker = ranker
+        self.redis = redis.Redis.from_url(self.cfg.redis_url, socket_timeout=2)
+        reg = Registry(registry_uri, self.cfg.registry.keep)
+        self.index = IndexRouter.from_artifact(reg.fetch("index"), index_root, replicas=replicas)
+        self.bandit = ThompsonBandit(self.redis, share=0.2)
+        self.rec = Recommender(self.cfg, reg, self.index, self.bandit)
+        self.cache = ResponseCache(ttl_s=600)
+        self.log = RedisStreamLog(self.redis, partitions=8)
+
+    async def _compute(self, req: RecommendRequest) -> dict:
+        filters = req.filters.model_dump(exclude_none=True) if req.filters else None
+        stage = self.rec.candidates(req.user_id, req.k, filters)
+        scores = None
+        if "X" in stage and len(stage["X"]):
+            try:
+                scores = await self.ranker.score.remote(stage["X"])
+            except Exception:  # noqa: BLE001 - the ranker failing degrades to retrieval order
+                scores = -np.arange(len(stage["X"]), dtype=np.float32)
+        return self.rec.finish(stage, scores, req.user_id, req.k, req.explain).to_json()
+
+    @api.post("/v1/recommend")
+    async def recommend(self, req: RecommendRequest):
+        t0 = time.perf_counter()
+        key = (req.user_id, req.model_dump_json(exclude={"user_id"}))
+        out, how = await self.cache.get_or_compute(key, req.user_id, lambda: self._compute(req))
+        return {**out, "took_ms": round((time.perf_counter() - t0) * 1000, 2), "cache": how}
+
+    @api.post("/v1/events", status_code=202)
+    async def events(self, req: EventsRequest):
+        evs = [e.model_dump() for e in req.events]
+        now = int(time.time())
+        for e in evs:
+            e["ts"] = e["ts"] or now
+        offsets = self.log.append(evs)   # acknowledged by Redis (AOF everysec) before we answer
+        for uid in {e["user_id"] for e in evs}:
+            self.cache.invalidate_user(uid)
+        return {"accepted": sum(o is not None for o in offsets), "duplicates": sum(o is None for o in offsets)}
+
+    @api.post("/v1/feedback")
+    async def feedback(self, req: FeedbackRequest):
+        a, b = self.bandit.update(req.item_id, req.reward)
+        return {"item_id": req.item_id, "posterior": {"alpha": a, "beta": b}}
+
+    @api.put("/v1/items")
+    async def put_items(self, req: ItemsRequest):
+        dim = self.index.dim
+        for j, it in enumerate(req.items):
+            if it.vector is None or len(it.vector) != dim:
+                return JSONResponse(error_body("invalid_request", f"items.{j}.vector: a vector of dimension {dim} "
+                                                                  f"is required", f"items.{j}.vector"), 422)
+        acks = self.index.upsert([it.item_id for it in req.items], np.array([it.vector for it in req.items]),
+                                 [{"category": it.category, "attributes": it.attributes} for it in req.items])
+        self.rec.add_items({it.item_id: it.category for it in req.items})
+        self.cache.clear()  # this replica's cached lists predate the catalogue change
+        return {"upserted": len(req.items), "shards": {str(k): v for k, v in acks.items()}}
+
+    @api.delete("/v1/items/{item_id}")
+    async def delete_item(self, item_id: int):
+        if item_id < 0:
+            return JSONResponse(error_body("invalid_request", "item_id must be >= 0", "item_id"), 422)
+        acks = self.index.delete([item_id])
+        self.cache.clear()
+        return {"deleted": item_id, "shards": {str(k): v for k, v in acks.items()}}
+
+    @api.get("/healthz")
+    async def healthz(self):
+        return {"ok": True}
+
+    @api.get("/readyz")
+    async def readyz(self):
+        checks = {}
+        try:
+            checks["redis"] = bool(self.redis.ping())
+        except Exception as e:  # noqa: BLE001
+            checks["redis"] = f"unreachable: {e}"
+        checks["index"] = bool(self.index.groups)
+        ok = all(v is True for v in checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, 200 if ok else 503)
+
+    @api.get("/v1/status")
+    async def status(self):
+        st = self.cache.stats
+        return {"model_versions": self.rec.versions,
+                "cache": {"hits": st.hits, "misses": st.misses, "coalesced": st.coalesced,
+                          "hit_rate": st.hit_rate, "entries": len(self.cache)},
+                "index": {"version": self.index.version, "shards": len(self.index.groups)},
+                "degradation_level": 0, "breakers": {}}

@@ -1,0 +1,81 @@
+"""The HTTP API on a real Ray Serve instance: recommend, events, feedback, items, health."""
+
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _user(reg):
+    import numpy as np
+
+    return int(np.load(reg.fetch("embeddings") / "user_ids.npy")[0])
+
+
+def test_recommend_cache_and_invalidation(serving):
+    http, reg, _ = serving
+    u = _user(reg)
+    r = http.post("/v1/recommend", json={"user_id": u, "k": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["items"]) == 10 and body["degradation_level"] == 0
+    assert set(body["model_versions"]) == {"embeddings", "index", "ranker"} and body["request_id"]
+    assert http.post("/v1/recommend", json={"user_id": u, "k": 10}).json()["cache"] == "hit"
+    ev = {"events": [{"event_id": f"t-{time.time_ns()}", "user_id": u, "item_id": body["items"][0]["item_id"],
+                      "event_type": "click"}]}
+    r = http.post("/v1/events", json=ev)
+    assert r.status_code == 202 and r.json() == {"accepted": 1, "duplicates": 0}
+    assert http.post("/v1/events", json=ev).json() == {"accepted": 0, "duplicates": 1}  # a client retry
+    assert http.post("/v1/recommend", json={"user_id": u, "k": 10}).json()["cache"] == "miss"
+
+
+def test_explain_cold_start_feedback(serving):
+    http, reg, _ = serving
+    r = http.post("/v1/recommend", json={"user_id": _user(reg), "k": 5, "explain": True}).json()
+    assert all(i["reasons"] for i in r["items"]) and r["degradation_level"] == 1
+    cold = http.post("/v1/recommend", json={"user_id": 987654321, "k": 3}).json()
+    assert len(cold["items"]) == 3
+    fb = http.post("/v1/feedback", json={"request_id": r["request_id"], "item_id": r["items"][0]["item_id"],
+                                         "reward": 1.0})
+    assert fb.status_code == 200 and fb.json()["posterior"]["alpha"] >= 2.0
+
+
+def test_items_upsert_and_delete(serving):
+    http, reg, cfg = serving
+    dim = cfg.embeddings.dim + 1
+    item = {"item_id": 777777, "title": "new", "category": "brand-new-category", "vector": [0.1] * dim}
+    r = http.put("/v1/items", json={"items": [item]})
+    assert r.status_code == 200, r.text
+    got = http.post("/v1/recommend", json={"user_id": _user(reg), "k": 3,
+                                           "filters": {"categories": ["brand-new-category"]}}).json()
+    assert [i["item_id"] for i in got["items"]] == [777777]
+    assert http.delete("/v1/items/777777").status_code == 200
+    got = http.post("/v1/recommend", json={"user_id": _user(reg), "k": 3,
+                                           "filters": {"categories": ["brand-new-category"]}}).json()
+    assert got["items"] == []
+    bad = http.put("/v1/items", json={"items": [{**item, "vector": [0.1] * 3}]})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "items.0.vector"
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/v1/recommend", {"user_id": "x"}, "user_id"),
+    ("/v1/recommend", {"user_id": 1, "k": 500}, "k"),
+    ("/v1/recommend", {"user_id": 1, "filters": {"nope": 1}}, "filters.nope"),
+    ("/v1/events", {"events": [{"user_id": 1, "item_id": 1, "event_type": "click"}] * 1001}, "events"),
+])
+def test_bad_requests_over_http(serving, path, body, field):
+    http, _, _ = serving
+    r = http.post(path, json=body)
+    assert 400 <= r.status_code < 500 and r.json()["error"]["field"] == field
+
+
+def test_health_ready_status_docs(serving):
+    http, _, _ = serving
+    assert http.get("/healthz").json() == {"ok": True}
+    assert http.get("/readyz").json()["ready"] is True
+    st = http.get("/v1/status").json()
+    assert st["index"]["shards"] >= 1 and "hit_rate" in st["cache"]
+    assert http.get("/openapi.json").json()["info"]["title"] == "recserve"
+    r = http.post("/v1/recommend", content=b"{oops", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
