@@ -10,9 +10,20 @@ from recserve.config import Config
 from recserve.registry import Registry
 
 
-def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | None = None):
+def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | None = None, cache: bool = True,
+              name: str = "recserve"):
     reg = Registry(registry_uri or cfg.registry_uri, cfg.registry.keep)
     ranker_version = reg.resolve("ranker")
     ranker = Ranker.bind(str(reg.fetch("ranker", ranker_version) / "ranker.pt"), ranker_version)
     return Router.bind(ranker, cfg.model_dump(mode="json"), reg.uri,
-                       index_root or str(Path(cfg.data_dir) / "index-live"))
+                       index_root or str(Path(cfg.data_dir).resolve() / f"index-live-{name}"), cfg.serve.index_replicas,
+                       cache)
+
+
+def deploy(cfg: Config, registry_uri: str | None = None, index_root: str | None = None) -> str:
+    """Start Serve's HTTP proxy on the configured address and deploy the application; returns its URL."""
+    from ray import serve
+
+    serve.start(http_options={"host": cfg.serve.http_host, "port": cfg.serve.http_port})
+    serve.run(build_app(cfg, registry_uri, index_root), name="recserve", route_prefix="/")
+    return f"http://{cfg.serve.http_host}:{cfg.serve.http_port}"

@@ -27,7 +27,8 @@ install_error_handlers(api)
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
 @serve.ingress(api)
 class Router:
-    def __init__(self, ranker, cfg: dict, registry_uri: str, index_root: str, replicas: int = 1):
+    def __init__(self, ranker, cfg: dict, registry_uri: str, index_root: str, replicas: int = 1,
+                 cache: bool = True):
         import redis
 
         from recserve.bandit import ThompsonBandit
@@ -46,6 +47,7 @@ class Router:
         self.bandit = ThompsonBandit(self.redis, share=0.2)
         self.rec = Recommender(self.cfg, reg, self.index, self.bandit)
         self.cache = ResponseCache(ttl_s=600)
+        self.cache_enabled = cache
         self.log = RedisStreamLog(self.redis, partitions=8)
 
     async def _compute(self, req: RecommendRequest) -> dict:
@@ -62,8 +64,11 @@ class Router:
     @api.post("/v1/recommend")
     async def recommend(self, req: RecommendRequest):
         t0 = time.perf_counter()
-        key = (req.user_id, req.model_dump_json(exclude={"user_id"}))
-        out, how = await self.cache.get_or_compute(key, req.user_id, lambda: self._compute(req))
+        if self.cache_enabled:
+            key = (req.user_id, req.model_dump_json(exclude={"user_id"}))
+            out, how = await self.cache.get_or_compute(key, req.user_id, lambda: self._compute(req))
+        else:
+            out, how = await self._compute(req), "off"
         return {**out, "took_ms": round((time.perf_counter() - t0) * 1000, 2), "cache": how}
 
     @api.post("/v1/events", status_code=202)

@@ -39,6 +39,15 @@ ConfigOpt = typer.Option(None, "--config", "-c", help="recserve.yaml (default ./
 
 
 @app.command()
+def serve(config: Optional[Path] = ConfigOpt):
+    """Deploy the serving application on the running stack from the registry's latest versions."""
+    from recserve.registry import Registry
+
+    cfg = _cfg(config)
+    _serve_forever(cfg, Registry(cfg.registry_uri, cfg.registry.keep))
+
+
+@app.command()
 def up(config: Optional[Path] = ConfigOpt,
        no_ray: bool = typer.Option(False, "--no-ray", help="start Redis only")):
     """Start the embedded stack: a real redis-server (AOF everysec) and a local Ray head with the jobs API."""
@@ -151,8 +160,10 @@ def eval_cmd(dataset: str = typer.Option("movielens", help="movielens | generate
 @app.command()
 def demo(movielens: Optional[Path] = typer.Option(None, "--movielens", help="use this MovieLens folder instead "
                                                                              "of a generated world"),
+         no_serve: bool = typer.Option(False, "--no-serve", help="stop after the offline chain"),
          config: Optional[Path] = ConfigOpt):
-    """Bring the stack up, build a dataset, run the offline chain (reusing what a previous run built)."""
+    """Bring the stack up, build a dataset, run the offline chain (reusing what a previous run
+    built), deploy the serving application and serve until Ctrl-C."""
     from recserve import jobs
     from recserve.registry import Registry, RegistryError
     from recserve.schemas import DataError
@@ -188,8 +199,44 @@ def demo(movielens: Optional[Path] = typer.Option(None, "--movielens", help="use
     except (StackError, DataError, RegistryError, ValueError) as e:
         _fail(e)
     console.print(f"ready: embeddings {emb}, index {idx}, ranker {rk} in {cfg.registry_uri}")
-    console.print("the serving application is not part of this build yet; `recserve status` shows the stack, "
-                  "`recserve down` stops it")
+    if no_serve:
+        return
+    _serve_forever(cfg, reg)
+
+
+def _serve_forever(cfg: Config, reg) -> None:
+    import time as _time
+
+    import numpy as np
+    import ray
+    from ray import serve
+
+    from deployments.app import deploy
+    from recserve.jobs import ensure_ray
+    from recserve.stack import port_is_free
+
+    if not port_is_free(cfg.serve.http_port, cfg.serve.http_host):
+        _fail(RuntimeError(f"port {cfg.serve.http_port} is taken: Serve cannot listen there. Stop what uses it or "
+                           f"set RECSERVE_SERVE__HTTP_PORT"))
+    ensure_ray(cfg)
+    console.print("deploying the serving application (Router, Ranker, vector-index shard actors)...")
+    url = deploy(cfg, reg.uri)
+    user = int(np.load(reg.fetch("embeddings") / "user_ids.npy")[0])
+    item = int(np.load(reg.fetch("embeddings") / "item_ids.npy")[0])
+    console.print(f"\nserving at {url}  (OpenAPI: {url}/docs). Try:\n")
+    print(f"curl -s -X POST {url}/v1/recommend -H 'content-type: application/json' "
+          f"-d '{{\"user_id\": {user}, \"k\": 5, \"explain\": true}}'")
+    print(f"curl -s -X POST {url}/v1/events -H 'content-type: application/json' "
+          f"-d '{{\"events\": [{{\"user_id\": {user}, \"item_id\": {item}, \"event_type\": \"click\"}}]}}'")
+    print(f"curl -s {url}/v1/status")
+    console.print("\nCtrl-C stops serving (the stack stays up: `recserve down` stops it).")
+    try:
+        while True:
+            _time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping the serving application")
+        serve.shutdown()
+        ray.shutdown()
 
 
 @bench_app.command("index")
@@ -205,6 +252,18 @@ def bench_index(out: Path = typer.Option(Path("benchmarks/results/index.json")),
     res = run(n=n, dim=dim, shards=shards, ef_search=ef_search, ef_construction=ef_construction,
               n_queries=queries, batch=batch, out=out, log=lambda m: console.print(f"[bench index] {m}"))
     console.print_json(json.dumps(res))
+
+
+@bench_app.command("serving")
+def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json")),
+                  duration: float = typer.Option(8.0, help="seconds per case and concurrency"),
+                  config: Optional[Path] = ConfigOpt):
+    """No-op deployment vs /v1/recommend (cache off / on, Zipf users) at concurrency 1, 4, 16."""
+    from scripts.bench_serving import run
+
+    cfg = _cfg(config)
+    res = run(cfg, duration, out, log=lambda m: console.print(f"[bench serving] {m}"))
+    console.print_json(json.dumps({k: v for k, v in res.items() if k != "cases"}))
 
 
 def main() -> None:  # pragma: no cover

@@ -98,6 +98,12 @@ class RankerConfig(_Strict):
     seed: int = 0
 
 
+class ServeConfig(_Strict):
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+    index_replicas: int = Field(1, ge=1, le=8, description="replicas per vector-index shard")
+
+
 class EvalConfig(_Strict):
     holdout: float = Field(0.2, gt=0, lt=1)
     k: int = Field(10, ge=1)
@@ -118,6 +124,7 @@ class Config(_Strict):
     index: IndexConfig = IndexConfig()
     ranker: RankerConfig = RankerConfig()
     eval: EvalConfig = EvalConfig()
+    serve: ServeConfig = ServeConfig()
 
     @property
     def registry_uri(self) -> str:
