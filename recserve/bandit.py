@@ -27,7 +27,7 @@ class Slate:
 
 class ThompsonBandit:
     def __init__(self, client, prefix: str = "bandit", share: float = 0.2, prior: tuple[float, float] = (1.0, 1.0),
-                 propensity_draws: int = 200, seed: int | None = None):
+                 propensity_draws: int = 100, seed: int | None = None):
         import redis
 
         if not 0.0 <= share <= 1.0:
@@ -69,14 +69,16 @@ class ThompsonBandit:
         chosen = self._choose(ranked, k, a, b, theta)
         n_keep = k - int(round(self.share * k)) if len(ranked) > k else len(chosen)
         explored = [j >= n_keep for j in range(len(chosen))]
-        # propensity: how often the policy would show each chosen item, over fresh draws
-        counts = dict.fromkeys(chosen, 0)
+        # propensity: how often the policy would show each explored item, over fresh draws
+        # (all draws at once: the top n_explore Thompson samples among the non-kept candidates)
         if any(explored):
-            for _ in range(self.draws):
-                for it in self._choose(ranked, k, a, b, self.rng.beta(a, b)):
-                    if it in counts:
-                        counts[it] += 1
-            props = [counts[it] / self.draws if ex else 1.0 for it, ex in zip(chosen, explored)]
+            rest = np.arange(n_keep, len(ranked))
+            n_explore = len(chosen) - n_keep
+            th = self.rng.beta(a[rest], b[rest], size=(self.draws, len(rest)))
+            top = np.argpartition(-th, n_explore - 1, axis=1)[:, :n_explore]
+            counts = np.bincount(top.ravel(), minlength=len(rest))
+            where = {ranked[int(r)]: j for j, r in enumerate(rest)}
+            props = [counts[where[it]] / self.draws if ex else 1.0 for it, ex in zip(chosen, explored)]
         else:
             props = [1.0] * len(chosen)
         return Slate(chosen, explored, [max(p, 1.0 / self.draws) for p in props])

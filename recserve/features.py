@@ -85,20 +85,25 @@ class ItemStats:
     event_ts: list[np.ndarray]    # per item: sorted event timestamps
     covisit: sp.csr_matrix        # [n_items, n_items] co-visitation weights
 
+    def __post_init__(self) -> None:
+        # one sorted array of (item << 32 | ts) keys: window counts for many items in two searchsorted calls
+        lens = np.array([len(t) for t in self.event_ts], dtype=np.int64)
+        items = np.repeat(np.arange(len(self.event_ts), dtype=np.int64), lens)
+        ts = np.concatenate(self.event_ts).astype(np.int64) if len(self.event_ts) else np.zeros(0, np.int64)
+        self._keys = (items << 32) | np.clip(ts, 0, (1 << 32) - 1)
+
+    def _key(self, items: np.ndarray, t) -> np.ndarray:
+        return (items.astype(np.int64) << 32) | np.clip(np.asarray(t, dtype=np.int64), 0, (1 << 32) - 1)
+
     def trending(self, items: np.ndarray, t_ref: int, window_s: int) -> np.ndarray:
-        out = np.empty(len(items), dtype=np.float32)
-        for k, i in enumerate(items.tolist()):
-            ts = self.event_ts[i]
-            out[k] = np.searchsorted(ts, t_ref, "right") - np.searchsorted(ts, t_ref - window_s, "left")
-        return out
+        hi = np.searchsorted(self._keys, self._key(items, t_ref), "right")
+        lo = np.searchsorted(self._keys, self._key(items, t_ref - window_s), "left")
+        return (hi - lo).astype(np.float32)
 
     def last_seen(self, items: np.ndarray, t_ref: int) -> np.ndarray:
-        out = np.empty(len(items), dtype=np.float64)
-        for k, i in enumerate(items.tolist()):
-            ts = self.event_ts[i]
-            j = np.searchsorted(ts, t_ref, "right")
-            out[k] = ts[j - 1] if j > 0 else -np.inf
-        return out
+        j = np.searchsorted(self._keys, self._key(items, t_ref), "right") - 1
+        valid = (j >= 0) & ((self._keys[np.maximum(j, 0)] >> 32) == items)
+        return np.where(valid, (self._keys[np.maximum(j, 0)] & 0xFFFFFFFF).astype(np.float64), -np.inf)
 
 
 def build_item_stats(uidx: np.ndarray, iidx: np.ndarray, ts: np.ndarray, n_items: int,
