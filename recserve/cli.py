@@ -262,7 +262,10 @@ def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json
     from scripts.bench_serving import run
 
     cfg = _cfg(config)
-    res = run(cfg, duration, out, log=lambda m: console.print(f"[bench serving] {m}"))
+    try:
+        res = run(cfg, duration, out, log=lambda m: console.print(f"[bench serving] {m}"))
+    except RuntimeError as e:
+        _fail(e)
     console.print_json(json.dumps({k: v for k, v in res.items() if k != "cases"}))
 
 

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -42,6 +41,13 @@ def run(cfg, duration: float = 8.0, out: str | Path | None = None, log=print) ->
     user_ids = np.load(reg.fetch("embeddings") / "user_ids.npy")
     users = f"{int(user_ids.min())}-{int(user_ids.max())}"
     ensure_ray(cfg)
+    try:
+        running = serve.status().applications
+    except Exception:  # noqa: BLE001 - no Serve instance: what we want
+        running = {}
+    if running:
+        raise RuntimeError(f"Serve already runs applications {sorted(running)} on this cluster (make demo?); the "
+                           f"benchmark needs its own Serve instance: stop them (Ctrl-C the demo) and run it again")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
@@ -76,9 +82,7 @@ def run(cfg, duration: float = 8.0, out: str | Path | None = None, log=print) ->
                       "p95_le_80ms_c4": cases["recommend"]["4"]["p95_ms"] <= 80,
                       "hit_rate_ge_0_8": res["cache_hit_rate"] >= 0.8,
                       "cached_vs_noop_ge_0_9": res["cached_vs_noop"] >= 0.9}
-    for name in ("cached", "nocache", "noop"):
-        serve.delete(name)
-    time.sleep(1)
+    serve.shutdown()  # the bench's own Serve instance (its HTTP port is fixed once started)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(res, indent=2))
