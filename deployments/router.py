@@ -10,6 +10,7 @@ import numpy as np
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.config import BackpressureConfig
 
 from recserve.api import (
     EventsRequest,
@@ -24,7 +25,8 @@ api = FastAPI(title="recserve", version="1", description="Real-time personalizat
 install_error_handlers(api)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_queued_requests=256,
+                  backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1))
 @serve.ingress(api)
 class Router:
     def __init__(self, ranker, cfg: dict, registry_uri: str, index_root: str, replicas: int = 1,
