@@ -22,7 +22,7 @@ import ray
 
 from recserve.config import IndexConfig
 from recserve.index import HASH_SPACE, even_ranges, item_hash
-from recserve.vector_shard import MAX_K, Filter, ShardError
+from recserve.vector_shard import Filter, check_queries, check_vectors
 from recserve.wal import WriteAheadLog
 
 
@@ -154,15 +154,7 @@ class IndexRouter:
         return self._search(self.groups, queries, k, filters)
 
     def _search(self, groups: list[ShardGroup], queries, k: int, filters) -> tuple[np.ndarray, np.ndarray]:
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ShardError(f"queries must have dimension {self.dim}, got shape {tuple(q.shape)}")
-        if not np.isfinite(q).all():
-            raise ShardError("queries hold NaN or infinite values")
-        if not isinstance(k, (int, np.integer)) or not 0 < k <= MAX_K:
-            raise ShardError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+        q = check_queries(queries, self.dim, k)
         for f in (filters if isinstance(filters, list) else [filters]):
             Filter.parse(f)  # bad filters fail here, before any shard sees them
         q_ref = ray.put(q)
@@ -233,16 +225,7 @@ class IndexRouter:
         return acks
 
     def upsert(self, ids, vectors, metas: list[dict] | None = None) -> dict:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        x = np.asarray(vectors, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ShardError(f"vectors must have dimension {self.dim}, got shape {tuple(x.shape)}")
-        if len(ids) != len(x):
-            raise ShardError(f"{len(ids)} ids for {len(x)} vectors")
-        if not np.isfinite(x).all():
-            raise ShardError("vectors hold NaN or infinite values")
-        if len(np.unique(ids)) != len(ids):
-            raise ShardError("an upsert batch names the same item id twice")
+        ids, x = check_vectors(ids, vectors, self.dim)
         with self._write_lock:
             acks = self._write(self.groups, "upsert", ids, x, metas)
             if self._moving is not None:

@@ -88,6 +88,37 @@ def _attr_values(v: Any) -> list:
     return [v] if isinstance(v, (str, int, float, bool)) else []
 
 
+def check_queries(queries, dim: int, k) -> np.ndarray:
+    """Queries as a float32 [n, dim] array; wrong shape, NaN/inf or k outside 1..MAX_K is a ShardError."""
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None, :]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ShardError(f"queries must have dimension {dim}, got shape {tuple(q.shape)}")
+    if not np.isfinite(q).all():
+        raise ShardError("queries hold NaN or infinite values")
+    if not isinstance(k, (int, np.integer)) or k <= 0 or k > MAX_K:
+        raise ShardError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+    return q
+
+
+def check_vectors(ids, vectors, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, float32 vectors) of a write; wrong dimension, NaN/inf, a count mismatch or a repeated
+    id is a ShardError."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    x = np.asarray(vectors, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise ShardError(f"vectors must have dimension {dim}, got shape {tuple(x.shape)}")
+    if len(ids) != len(x):
+        raise ShardError(f"{len(ids)} ids for {len(x)} vectors")
+    if not np.isfinite(x).all():
+        bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise ShardError(f"vector of item {ids[bad]} holds NaN or infinite values")
+    if len(np.unique(ids)) != len(ids):
+        raise ShardError("an upsert batch names the same item id twice")
+    return ids, x
+
+
 class ShardCore:
     """A mutable FAISS shard (see the module docstring)."""
 
@@ -137,25 +168,11 @@ class ShardCore:
             self.cat_codes[cat] = len(self.cat_codes)
         return self.cat_codes[cat]
 
-    def _check_vectors(self, ids, vectors) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        x = np.asarray(vectors, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ShardError(f"vectors must have dimension {self.dim}, got shape {tuple(x.shape)}")
-        if len(ids) != len(x):
-            raise ShardError(f"{len(ids)} ids for {len(x)} vectors")
-        if not np.isfinite(x).all():
-            bad = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-            raise ShardError(f"vector of item {ids[bad]} holds NaN or infinite values")
-        if len(np.unique(ids)) != len(ids):
-            raise ShardError("an upsert batch names the same item id twice")
-        return ids, x
-
     # ---------------------------------------------------------------- writes
     def upsert(self, ids, vectors, metas: list[dict] | None = None, seq: int | None = None,
                seqs: np.ndarray | None = None) -> int:
         """Add or replace items. Writes older than an item's last write are ignored."""
-        ids, x = self._check_vectors(ids, vectors)
+        ids, x = check_vectors(ids, vectors, self.dim)
         metas = metas or [{} for _ in range(len(ids))]
         if len(metas) != len(ids):
             raise ShardError(f"{len(ids)} ids for {len(metas)} metadata entries")
@@ -322,15 +339,7 @@ class ShardCore:
     def search(self, queries, k: int, filters: dict | list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (item ids, scores) per query; -1 / -inf pad where fewer than k items match.
         `filters` is one filter for all queries or one per query."""
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None, :]
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise ShardError(f"queries must have dimension {self.dim}, got shape {tuple(q.shape)}")
-        if not np.isfinite(q).all():
-            raise ShardError("queries hold NaN or infinite values")
-        if not isinstance(k, (int, np.integer)) or k <= 0 or k > MAX_K:
-            raise ShardError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+        q = check_queries(queries, self.dim, k)
         if isinstance(filters, list):
             if len(filters) != len(q):
                 raise ShardError(f"{len(filters)} filters for {len(q)} queries")

@@ -66,6 +66,21 @@ def redis_url(tmp_path_factory):
     stop_pid(proc.pid)
 
 
+def trained_registry(cfg, root: Path):
+    """A small generated world and the offline chain on all of it (holdout 0), as serving uses it."""
+    from recserve import jobs
+    from recserve.data import generate_world
+    from recserve.registry import Registry
+
+    ds = root / "world"
+    generate_world(cfg.world, ds, use_ray=False)
+    reg = Registry(root / "reg")
+    emb = jobs.train_embeddings(cfg, ds, 0.0, reg)
+    jobs.build_index(cfg, emb, reg)
+    jobs.train_ranker(cfg, ds, 0.0, reg, emb)
+    return reg
+
+
 @pytest.fixture(scope="session")
 def serving(stack, tmp_path_factory):
     """The Serve application over real HTTP (one Serve instance per session), on a small world
@@ -73,19 +88,11 @@ def serving(stack, tmp_path_factory):
     import httpx
     from ray import serve
 
-    from recserve import jobs
-    from recserve.data import generate_world
-    from recserve.registry import Registry
     from recserve.stack import free_port
 
     cfg, _ = stack
     root = tmp_path_factory.mktemp("serving")
-    ds = root / "world"
-    generate_world(cfg.world, ds, use_ray=False)
-    reg = Registry(root / "reg")
-    emb = jobs.train_embeddings(cfg, ds, 0.0, reg)
-    jobs.build_index(cfg, emb, reg)
-    jobs.train_ranker(cfg, ds, 0.0, reg, emb)
+    reg = trained_registry(cfg, root)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     from deployments.app import build_app

@@ -4,27 +4,19 @@ the index on VectorShard actors, the bandit on a real Redis."""
 import numpy as np
 import pytest
 
-from recserve import jobs
 from recserve.bandit import ThompsonBandit
 from recserve.index_router import IndexRouter
 from recserve.recommender import LEVEL_FULL, LEVEL_POPULAR, LEVEL_TEMPLATES, Recommender
-from recserve.registry import Registry
+from tests.conftest import trained_registry
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def served(stack, redis_url, tmp_path_factory):
-    from recserve.data import generate_world
-
     cfg, _ = stack
     root = tmp_path_factory.mktemp("served")
-    ds = root / "world"
-    generate_world(cfg.world, ds, use_ray=False)
-    reg = Registry(root / "reg")
-    emb = jobs.train_embeddings(cfg, ds, 0.0, reg)
-    jobs.build_index(cfg, emb, reg)
-    jobs.train_ranker(cfg, ds, 0.0, reg, emb)
+    reg = trained_registry(cfg, root)
     rt = IndexRouter.from_artifact(reg.fetch("index"), root / "live", replicas=1)
     rec = Recommender(cfg, reg, rt, ThompsonBandit(redis_url, prefix="rec-test", share=0.2, seed=0))
     yield rec, rt
