@@ -27,3 +27,10 @@ def deploy(cfg: Config, registry_uri: str | None = None, index_root: str | None 
     serve.start(http_options={"host": cfg.serve.http_host, "port": cfg.serve.http_port})
     serve.run(build_app(cfg, registry_uri, index_root), name="recserve", route_prefix="/")
     return f"http://{cfg.serve.http_host}:{cfg.serve.http_port}"
+
+
+def app_builder(args: dict):
+    """Entry point for `serve run` / `serve deploy` (serve_config.yaml): args {"config": path}."""
+    from recserve.config import load_config
+
+    return build_app(load_config(args.get("config")))
