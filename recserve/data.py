@@ -17,7 +17,6 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -429,7 +428,3 @@ def temporal_split(events: pd.DataFrame, holdout: float = 0.2,
     n_hold = np.maximum(1, np.floor(size * holdout + 0.5)).astype(int)
     test_mask = (size >= min_user_events) & (pos >= size - n_hold)
     return ev[~test_mask].reset_index(drop=True), ev[test_mask].reset_index(drop=True)
-
-
-def iter_event_files(dataset_dir: str | Path) -> Iterable[Path]:
-    return sorted((Path(dataset_dir) / "events").glob("*.parquet"))

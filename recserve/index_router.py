@@ -21,7 +21,7 @@ import numpy as np
 import ray
 
 from recserve.config import IndexConfig
-from recserve.index import HASH_SPACE, even_ranges, item_hash
+from recserve.index import even_ranges, item_hash
 from recserve.vector_shard import Filter, check_queries, check_vectors
 from recserve.wal import WriteAheadLog
 
@@ -336,8 +336,3 @@ class IndexRouter:
             for r in g.replicas:
                 ray.kill(r.handle, no_restart=True)
         self.groups = []
-
-
-def ranges_cover(groups: list[ShardGroup]) -> bool:
-    edges = sorted((g.lo, g.hi) for g in groups)
-    return edges[0][0] == 0 and edges[-1][1] == HASH_SPACE and all(a[1] == b[0] for a, b in zip(edges, edges[1:]))

@@ -4,7 +4,6 @@ over each user's candidate list) on the future of a temporal split of the traini
 from __future__ import annotations
 
 import io
-import json
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -175,7 +174,3 @@ def load_model(path) -> tuple[RankerNet, dict]:
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, blob.get("meta", {})
-
-
-def describe(model: RankerNet) -> str:
-    return json.dumps({"features": FEATURE_NAMES, "hidden": model.hidden, "members": len(model.members)})

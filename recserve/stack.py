@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -362,12 +361,3 @@ class Stack:
                           "jobs_api": info.dashboard_url}
             out["running"] = out["running"] and n > 0
         return out
-
-
-def stop_signal_handler(stack: Stack):  # pragma: no cover - used by `recserve up --foreground`
-    def handler(signum, frame):
-        stack.down()
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)

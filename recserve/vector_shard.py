@@ -511,8 +511,3 @@ def _sha(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def latest_snapshot(directory: str | Path) -> Path | None:
-    snaps = sorted(Path(directory).glob("snap-*"))
-    return snaps[-1] if snaps else None
