@@ -1,23 +1,62 @@
-"""Builds the Serve application from config: `Router` (ingress) -> `Ranker`."""
+"""Builds the Serve application from config: `Router` (ingress: cache, context, retrieval) calls
+`Ranker` (batched torch), `Bandit` (exploration, Redis-backed) and `Explainer` (reasons), each a
+deployment of its own that scales on its own.
+
+The ranker's model arrives as `user_config`, so `serve.run` of the same application with a newer
+registry version (`ranker_version=...`) swaps the model in the running replicas (`reconfigure`)
+without restarting anything. With `serve.affinity`, the proxy routes a request carrying the header
+`x-session-id: <user_id>` to one router replica by consistent hashing (Serve's
+ConsistentHashRouter), so that user's L1 cache entries are found again."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from deployments.bandit import Bandit
+from deployments.explainer import Explainer
 from deployments.ranker import Ranker
 from deployments.router import Router
 from recserve.config import Config
 from recserve.registry import Registry
 
+CONSISTENT_HASH = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
+
+
+def ranker_user_config(cfg: Config, reg: Registry, version: str | None = None) -> dict:
+    version = version or reg.resolve("ranker")
+    return {"model_path": str(reg.fetch("ranker", version) / "ranker.pt"), "version": version,
+            "quantize": cfg.serve.ranker_quantize, "dtype": cfg.serve.ranker_dtype}
+
 
 def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | None = None, cache: bool = True,
-              name: str = "recserve"):
+              name: str = "recserve", ranker_version: str | None = None, router_replicas: int | None = None,
+              affinity: bool | None = None, autoscaling: dict | None = None):
+    """`autoscaling`: {deployment name: autoscaling_config} overriding fixed replica counts."""
+    from ray.serve.config import RequestRouterConfig
+
     reg = Registry(registry_uri or cfg.registry_uri, cfg.registry.keep)
-    ranker_version = reg.resolve("ranker")
-    ranker = Ranker.bind(str(reg.fetch("ranker", ranker_version) / "ranker.pt"), ranker_version)
-    return Router.bind(ranker, cfg.model_dump(mode="json"), reg.uri,
-                       index_root or str(Path(cfg.data_dir).resolve() / f"index-live-{name}"), cfg.serve.index_replicas,
-                       cache)
+    autoscaling = autoscaling or {}
+    s = cfg.serve
+
+    def opts(dep: str, **kw) -> dict:
+        if dep in autoscaling:
+            kw.pop("num_replicas", None)
+            kw["autoscaling_config"] = autoscaling[dep]
+        return kw
+
+    ranker_opts = {"num_gpus": s.ranker_num_gpus, "num_cpus": 0.1} if s.ranker_num_gpus else {"num_cpus": 0.1}
+    ranker = Ranker.options(**opts("Ranker", user_config=ranker_user_config(cfg, reg, ranker_version),
+                                   ray_actor_options=ranker_opts)).bind()
+    bandit = Bandit.options(**opts("Bandit")).bind(cfg.redis_url, s.bandit_share)
+    explainer = Explainer.options(**opts("Explainer")).bind(s.explainer)
+    replicas = router_replicas or s.router_replicas
+    router_kw = {"num_replicas": replicas}
+    if s.affinity if affinity is None else affinity:
+        router_kw["request_router_config"] = RequestRouterConfig(request_router_class=CONSISTENT_HASH)
+    root = index_root or str(Path(cfg.data_dir).resolve() / f"index-live-{name}")
+    share_as = f"{name}-{reg.resolve('index')}" if (replicas > 1 or "Router" in autoscaling) else None
+    return Router.options(**opts("Router", **router_kw)).bind(
+        ranker, bandit, explainer, cfg.model_dump(mode="json"), reg.uri, root, s.index_replicas, cache, share_as)
 
 
 def deploy(cfg: Config, registry_uri: str | None = None, index_root: str | None = None) -> str:

@@ -5,6 +5,7 @@ bad input; a failing dependency lowers the degradation level instead of failing 
 
 
 import time
+import uuid
 
 import numpy as np
 from fastapi import FastAPI
@@ -29,11 +30,10 @@ install_error_handlers(api)
                   backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1))
 @serve.ingress(api)
 class Router:
-    def __init__(self, ranker, cfg: dict, registry_uri: str, index_root: str, replicas: int = 1,
-                 cache: bool = True):
+    def __init__(self, ranker, bandit, explainer, cfg: dict, registry_uri: str, index_root: str,
+                 replicas: int = 1, cache: bool = True, share_as: str | None = None):
         import redis
 
-        from recserve.bandit import ThompsonBandit
         from recserve.cache import ResponseCache
         from recserve.config import Config
         from recserve.eventlog import RedisStreamLog
@@ -42,26 +42,52 @@ class Router:
         from recserve.registry import Registry
 
         self.cfg = Config.model_validate(cfg)
-        self.ranker = ranker
+        self.ranker, self.bandit, self.explainer = ranker, bandit, explainer
         self.redis = redis.Redis.from_url(self.cfg.redis_url, socket_timeout=2)
         reg = Registry(registry_uri, self.cfg.registry.keep)
-        self.index = IndexRouter.from_artifact(reg.fetch("index"), index_root, replicas=replicas)
-        self.bandit = ThompsonBandit(self.redis, share=0.2)
-        self.rec = Recommender(self.cfg, reg, self.index, self.bandit)
-        self.cache = ResponseCache(ttl_s=600)
+        self.index = IndexRouter.from_artifact(reg.fetch("index"), index_root, replicas=replicas, share_as=share_as)
+        self.rec = Recommender(self.cfg, reg, self.index, bandit=None)  # exploration: the Bandit deployment
+        self.cache = ResponseCache(ttl_s=self.cfg.serve.cache_ttl_s)
         self.cache_enabled = cache
         self.log = RedisStreamLog(self.redis, partitions=8)
+        self.hops = {"ranker": "ok", "bandit": "ok", "explainer": "ok"}
 
     async def _compute(self, req: RecommendRequest) -> dict:
+        rid = uuid.uuid4().hex
         filters = req.filters.model_dump(exclude_none=True) if req.filters else None
-        stage = self.rec.candidates(req.user_id, req.k, filters)
-        scores = None
-        if "X" in stage and len(stage["X"]):
+        stage = await self.rec.acandidates(req.user_id, req.k, filters)
+        versions = dict(self.rec.versions)
+        if "done" in stage:  # cold start or index down: popular items, no ranking
+            return {**self.rec.finish(stage, None, req.user_id, req.k, req.explain, request_id=rid).to_json(),
+                    "model_versions": versions}
+        scores, slate, reasons, tier = None, None, None, "templates"
+        if len(stage["X"]):
             try:
-                scores = await self.ranker.score.remote(stage["X"])
-            except Exception:  # noqa: BLE001 - the ranker failing degrades to retrieval order
-                scores = -np.arange(len(stage["X"]), dtype=np.float32)
-        return self.rec.finish(stage, scores, req.user_id, req.k, req.explain).to_json()
+                scores, versions["ranker"] = await self.ranker.score.remote(stage["X"])
+                self.hops["ranker"] = "ok"
+            except Exception as e:  # noqa: BLE001 - the ranker failing degrades to retrieval order
+                versions["ranker"] = "unavailable"
+                self.hops["ranker"] = f"failing: {type(e).__name__}"
+        ranked, _ = self.rec.ranked(stage, scores)
+        if ranked:
+            try:
+                slate = await self.bandit.select.remote(ranked, req.k, req.user_id, rid)
+                self.hops["bandit"] = "ok"
+            except Exception as e:  # noqa: BLE001 - no exploration this time
+                self.hops["bandit"] = f"failing: {type(e).__name__}"
+        if req.explain and ranked:
+            chosen = list(slate.items) if slate else ranked[:req.k]
+            explored = list(slate.explored) if slate else [False] * len(chosen)
+            try:
+                out = await self.explainer.explain.remote(self.rec.signals(stage, chosen, explored))
+                reasons, tier = out["reasons"], out["tier"]
+                self.hops["explainer"] = "ok"
+            except Exception as e:  # noqa: BLE001 - templates computed here instead
+                self.hops["explainer"] = f"failing: {type(e).__name__}"
+        rec = self.rec.finish(stage, scores, req.user_id, req.k, req.explain, slate=slate, reasons=reasons,
+                              request_id=rid)
+        versions["explainer"] = tier
+        return {**rec.to_json(), "model_versions": versions}
 
     @api.post("/v1/recommend")
     async def recommend(self, req: RecommendRequest):
@@ -86,7 +112,7 @@ class Router:
 
     @api.post("/v1/feedback")
     async def feedback(self, req: FeedbackRequest):
-        a, b = self.bandit.update(req.item_id, req.reward)
+        a, b = await self.bandit.update.remote(req.item_id, req.reward)
         return {"item_id": req.item_id, "posterior": {"alpha": a, "beta": b}}
 
     @api.put("/v1/items")
@@ -132,4 +158,4 @@ class Router:
                 "cache": {"hits": st.hits, "misses": st.misses, "coalesced": st.coalesced,
                           "hit_rate": st.hit_rate, "entries": len(self.cache)},
                 "index": {"version": self.index.version, "shards": len(self.index.groups)},
-                "degradation_level": 0, "breakers": {}}
+                "degradation_level": 0, "breakers": {}, "hops": self.hops}

@@ -102,6 +102,15 @@ class ServeConfig(_Strict):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     index_replicas: int = Field(1, ge=1, le=8, description="replicas per vector-index shard")
+    bandit_share: float = Field(0.2, ge=0, le=1, description="share of each list given to exploration")
+    explainer: str = Field("templates", description="explainer backend (templates)")
+    ranker_quantize: bool = Field(False, description="INT8 dynamic quantisation of the ranker on CPU")
+    ranker_dtype: str = Field("float32", pattern="^(float32|float16|bfloat16)$", description="ranker dtype on GPU")
+    ranker_num_gpus: float = Field(0.0, ge=0, description="GPUs per ranker replica (fractions allowed)")
+    cache_ttl_s: float = Field(600.0, ge=1, description="L1 response cache TTL (the seed's 5-15 min)")
+    affinity: bool = Field(True, description="route a user's requests (header x-session-id: <user_id>) to one "
+                                             "router replica by consistent hashing")
+    router_replicas: int = Field(1, ge=1, le=64, description="router replicas (without autoscaling)")
 
 
 class EvalConfig(_Strict):

@@ -10,6 +10,7 @@ applied it; lagging or restarted replicas replay the log before they serve again
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -60,7 +61,7 @@ def _actor_errors():
 class IndexRouter:
     def __init__(self, root: str | Path, cfg: IndexConfig, dim: int, replicas: int = 2,
                  timeout_s: float = 2.0, cooldown_s: float = 1.0, actor_options: dict | None = None,
-                 use_gpu: bool = False, version: str = "empty"):
+                 use_gpu: bool = False, version: str = "empty", share_as: str | None = None):
         self.root = Path(root)
         self.cfg = cfg
         self.dim = dim
@@ -68,6 +69,9 @@ class IndexRouter:
         self.timeout_s = timeout_s
         self.cooldown_s = cooldown_s
         self.use_gpu = use_gpu
+        # share_as: the shard actors are named (detached) and found again by name, so several
+        # routers (Serve router replicas) search and write the same shards through one WAL per shard
+        self.share_as = share_as
         self.actor_options = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0.05,
                               **(actor_options or {})}
         if use_gpu:
@@ -85,7 +89,10 @@ class IndexRouter:
         name = f"shard{shard:04d}-g{gen}-r{r}"
         rdir = self.root / f"g{gen}" / f"shard_{shard:04d}" / f"replica_{r}"
         wal = self.root / f"g{gen}" / f"shard_{shard:04d}" / "wal.log"
-        h = VectorShard.options(**self.actor_options).remote(
+        opts = dict(self.actor_options)
+        if self.share_as:
+            opts.update(name=f"{self.share_as}:{name}", get_if_exists=True, lifetime="detached")
+        h = VectorShard.options(**opts).remote(
             name, str(rdir), str(wal), self.cfg.model_dump(), self.dim, artifact, metas_path, self.use_gpu)
         return Replica(h, name)
 
@@ -153,11 +160,23 @@ class IndexRouter:
                     raise
         return self._search(self.groups, queries, k, filters)
 
-    def _search(self, groups: list[ShardGroup], queries, k: int, filters) -> tuple[np.ndarray, np.ndarray]:
+    async def asearch(self, queries, k: int, filters: dict | list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`search` for an asyncio caller (a Serve replica): awaits the shard actors instead of
+        blocking the event loop."""
+        for _ in range(3):
+            groups = self.groups
+            try:
+                return await self._asearch(groups, queries, k, filters)
+            except IndexUnavailable:
+                if groups is self.groups:
+                    raise
+        return await self._asearch(self.groups, queries, k, filters)
+
+    def _dispatch(self, groups: list[ShardGroup], queries, k: int, filters):
         q = check_queries(queries, self.dim, k)
         for f in (filters if isinstance(filters, list) else [filters]):
             Filter.parse(f)  # bad filters fail here, before any shard sees them
-        q_ref = ray.put(q)
+        q_arg = ray.put(q) if q.nbytes > 64 * 1024 else q   # small queries travel inline
         pending = {}
         tried: dict[int, set[str]] = {g.shard: set() for g in groups}
         for g in groups:
@@ -165,7 +184,28 @@ class IndexRouter:
             if rep is None:
                 raise IndexUnavailable(f"shard {g.shard} has no replica")
             tried[g.shard].add(rep.name)
-            pending[g.shard] = (rep, rep.handle.search.remote(q_ref, k, filters))
+            pending[g.shard] = (rep, rep.handle.search.remote(q_arg, k, filters))
+        return q_arg, pending, tried
+
+    def _retry(self, groups, shard: int, rep: Replica, err: Exception, tried, q_arg, k: int, filters):
+        """A replica failed a search: mark it and send the search to its next sibling."""
+        self._mark_bad(rep)
+        g = next(x for x in groups if x.shard == shard)
+        nxt = self._pick(g, tried[shard])
+        if nxt is None:
+            raise IndexUnavailable(f"shard {shard}: no replica answered ({type(err).__name__})") from err
+        tried[shard].add(nxt.name)
+        return nxt, nxt.handle.search.remote(q_arg, k, filters)
+
+    @staticmethod
+    def _merge(groups: list[ShardGroup], results: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.concatenate([results[g.shard][0] for g in groups], axis=1)
+        sc = np.concatenate([results[g.shard][1] for g in groups], axis=1)
+        order = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sc, order, axis=1)
+
+    def _search(self, groups: list[ShardGroup], queries, k: int, filters) -> tuple[np.ndarray, np.ndarray]:
+        q_arg, pending, tried = self._dispatch(groups, queries, k, filters)
         results = {}
         errors = _actor_errors()
         deadline = time.monotonic() + self.timeout_s
@@ -175,18 +215,24 @@ class IndexRouter:
                     results[shard] = ray.get(ref, timeout=max(0.01, deadline - time.monotonic()))
                     del pending[shard]
                 except errors as e:
-                    self._mark_bad(rep)
-                    g = next(x for x in groups if x.shard == shard)
-                    nxt = self._pick(g, tried[shard])
-                    if nxt is None:
-                        raise IndexUnavailable(f"shard {shard}: no replica answered ({type(e).__name__})") from e
-                    tried[shard].add(nxt.name)
+                    pending[shard] = self._retry(groups, shard, rep, e, tried, q_arg, k, filters)
                     deadline = max(deadline, time.monotonic() + self.timeout_s)
-                    pending[shard] = (nxt, nxt.handle.search.remote(q_ref, k, filters))
-        ids = np.concatenate([results[g.shard][0] for g in groups], axis=1)
-        sc = np.concatenate([results[g.shard][1] for g in groups], axis=1)
-        order = np.argsort(-sc, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sc, order, axis=1)
+        return self._merge(groups, results, k)
+
+    async def _asearch(self, groups: list[ShardGroup], queries, k: int, filters) -> tuple[np.ndarray, np.ndarray]:
+        q_arg, pending, tried = self._dispatch(groups, queries, k, filters)
+        results = {}
+        errors = _actor_errors() + (asyncio.TimeoutError,)
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            for shard, (rep, ref) in list(pending.items()):
+                try:
+                    results[shard] = await asyncio.wait_for(ref, timeout=max(0.01, deadline - time.monotonic()))
+                    del pending[shard]
+                except errors as e:
+                    pending[shard] = self._retry(groups, shard, rep, e, tried, q_arg, k, filters)
+                    deadline = max(deadline, time.monotonic() + self.timeout_s)
+        return self._merge(groups, results, k)
 
     # ------------------------------------------------------------------ write
     def _route(self, ids: np.ndarray, groups: list[ShardGroup]) -> np.ndarray:

@@ -94,7 +94,9 @@ def _train_mf_remote(pairs: tuple[np.ndarray, np.ndarray], n_users: int, n_items
     logq = item_log_frequency(iidx, n_items)
     ecfg = cfg.embeddings
 
-    @ray.remote(num_cpus=1)
+    # a fraction of a CPU: the task mostly waits on its own Ray Data shuffle/read tasks, which need
+    # whole CPUs — holding one here starves them on a 2-core head that also serves
+    @ray.remote(num_cpus=0.25)
     def train_task(ds, n_users, n_items, logq, ecfg, label):
         ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
 

@@ -37,9 +37,10 @@ class Recommendation:
                 "model_versions": self.model_versions, "took_ms": round(self.took_ms, 2)}
 
 
-def template_reasons(feat: np.ndarray, category: str, explored: bool) -> list[str]:
-    """Reasons from the signals that ranked the item (the Explainer's template tier)."""
-    f = dict(zip(FEATURE_NAMES, feat.tolist()))
+def template_reasons_from(signal: dict) -> list[str]:
+    """Reasons from the signals that ranked the item (the Explainer's template tier): signal is
+    one entry of `Recommender.signals` — features by name, category, explored."""
+    f, category = signal["features"], signal["category"]
     out = []
     if f["session_cat_share"] >= 0.2:
         out.append(f"you have been looking at {category}")
@@ -49,7 +50,7 @@ def template_reasons(feat: np.ndarray, category: str, explored: bool) -> list[st
         out.append("often viewed with items you just saw")
     if f["log_trending"] >= 2.0:
         out.append("trending now")
-    if explored:
+    if signal["explored"]:
         out.append("something new for you")
     return out or ["matches your taste"]
 
@@ -102,8 +103,7 @@ class Recommender:
         return out
 
     # --------------------------------------------------------------- recommend
-    def candidates(self, user_id: int, k: int, filters: dict | None) -> dict:
-        """Stage 1 (before ranking): candidates and their features, or a finished fallback answer."""
+    def _prepare(self, user_id: int, k: int, filters: dict | None) -> dict:
         t0 = time.perf_counter()
         filters = dict(filters or {})
         exclude = set(int(i) for i in filters.get("exclude_ids") or [])
@@ -113,17 +113,21 @@ class Recommender:
         seen = self._seen(u)
         search_filter = {key: v for key, v in filters.items() if key in ("categories", "attributes") and v}
         search_filter["exclude_ids"] = sorted(exclude | set(seen.tolist()))
-        n = max(k, self.cfg.ranker.candidates)
-        try:
-            ids, scores = self.index.search(self.user_vectors[u][None, :], n, search_filter)
-        except Exception:  # noqa: BLE001 - any index failure degrades, never errors
-            return {"done": (self._popular(k, filters, exclude | set(seen.tolist())), LEVEL_POPULAR), "t0": t0}
+        return {"u": u, "query": self.user_vectors[u][None, :], "n": max(k, self.cfg.ranker.candidates),
+                "filter": search_filter, "fallback": (filters, exclude | set(seen.tolist())), "t0": t0}
+
+    def _unavailable(self, prep: dict, k: int) -> dict:
+        """The index could not answer: popular items, at the popular level."""
+        filters, exclude = prep["fallback"]
+        return {"done": (self._popular(k, filters, exclude), LEVEL_POPULAR), "t0": prep["t0"]}
+
+    def _features(self, prep: dict, ids: np.ndarray, scores: np.ndarray) -> dict:
         ids, scores = ids[0], scores[0]
         keep = ids >= 0
         ids, scores = ids[keep], scores[keep]
         dense = np.minimum(np.searchsorted(self.data.item_ids, ids), self.data.n_items - 1)
         known = self.data.item_ids[dense] == ids   # items added since training have no statistics yet
-        ctx = self.inputs.contexts[u]
+        ctx = self.inputs.contexts[prep["u"]]
         t_ref = max(int(ctx.last_ts), self.t_data)
         X = np.zeros((len(ids), len(FEATURE_NAMES)), dtype=np.float32)
         X[known] = candidate_features(ctx, dense[known], scores[known], self.inputs.stats, t_ref,
@@ -131,7 +135,29 @@ class Recommender:
         X[~known, 0] = scores[~known]
         X[:, FEATURE_NAMES.index("retrieval_rank")] = np.arange(len(ids)) / max(len(ids) - 1, 1)
         dense = np.where(known, dense, -1)
-        return {"ids": ids, "dense": dense, "X": X, "t0": t0}
+        return {"ids": ids, "dense": dense, "X": X, "t0": prep["t0"]}
+
+    def candidates(self, user_id: int, k: int, filters: dict | None) -> dict:
+        """Stage 1 (before ranking): candidates and their features, or a finished fallback answer."""
+        prep = self._prepare(user_id, k, filters)
+        if "done" in prep:
+            return prep
+        try:
+            ids, scores = self.index.search(prep["query"], prep["n"], prep["filter"])
+        except Exception:  # noqa: BLE001 - any index failure degrades, never errors
+            return self._unavailable(prep, k)
+        return self._features(prep, ids, scores)
+
+    async def acandidates(self, user_id: int, k: int, filters: dict | None) -> dict:
+        """`candidates` for a Serve replica's event loop (the index search is awaited)."""
+        prep = self._prepare(user_id, k, filters)
+        if "done" in prep:
+            return prep
+        try:
+            ids, scores = await self.index.asearch(prep["query"], prep["n"], prep["filter"])
+        except Exception:  # noqa: BLE001 - any index failure degrades, never errors
+            return self._unavailable(prep, k)
+        return self._features(prep, ids, scores)
 
     def category_of(self, dense: int, item_id: int) -> str:
         return str(self.item_category[dense]) if dense >= 0 else self.new_items.get(item_id, "")
@@ -141,28 +167,45 @@ class Recommender:
         the next offline run)."""
         self.new_items.update(items)
 
-    def finish(self, stage: dict, scores: np.ndarray | None, user_id: int, k: int, explain: bool) -> Recommendation:
-        """Stage 2: order by the ranker's scores, explore, explain, answer."""
-        rid = uuid.uuid4().hex
+    @staticmethod
+    def ranked(stage: dict, scores: np.ndarray | None) -> tuple[list[int], np.ndarray]:
+        """Candidate ids in the ranker's order (retrieval order without scores), and the scores."""
+        s = scores if scores is not None else np.zeros(len(stage["ids"]))
+        order = np.argsort(-s, kind="stable")
+        return [int(stage["ids"][j]) for j in order], s
+
+    def signals(self, stage: dict, chosen: list[int], explored: list[bool]) -> list[dict]:
+        """What ranked each shown item — the Explainer's input (features by name, category,
+        whether the bandit explored it)."""
+        pos = {int(i): j for j, i in enumerate(stage["ids"])}
+        out = []
+        for iid, ex in zip(chosen, explored):
+            j = pos[iid]
+            out.append({"item_id": iid, "features": dict(zip(FEATURE_NAMES, stage["X"][j].tolist())),
+                        "category": self.category_of(int(stage["dense"][j]), iid), "explored": bool(ex)})
+        return out
+
+    def finish(self, stage: dict, scores: np.ndarray | None, user_id: int, k: int, explain: bool,
+               slate=None, reasons: list[list[str]] | None = None, request_id: str | None = None) -> Recommendation:
+        """Stage 2: order by the ranker's scores, explore (the given slate, or this process's
+        bandit), explain (the given reasons, or templates), answer."""
+        rid = request_id or uuid.uuid4().hex
         if "done" in stage:
             items, level = stage["done"]
             return Recommendation(rid, items, level, self.versions, (time.perf_counter() - stage["t0"]) * 1000)
-        ids, dense, X = stage["ids"], stage["dense"], stage["X"]
-        s = scores if scores is not None else np.zeros(len(ids))
-        order = np.argsort(-s, kind="stable")
-        ranked = [int(ids[j]) for j in order]
-        pos = {int(ids[j]): j for j in order}
-        if self.bandit is not None and ranked:
+        ranked, s = self.ranked(stage, scores)
+        if slate is None and self.bandit is not None and ranked:
             slate = self.bandit.select(ranked, k)
-            chosen, explored = slate.items, slate.explored
             self.bandit.log_impression(rid, int(user_id), slate)
+        if slate is not None:
+            chosen, explored = list(slate.items), list(slate.explored)
         else:
             chosen, explored = ranked[:k], [False] * min(k, len(ranked))
-        items = []
-        for iid, ex in zip(chosen, explored):
-            j = pos[iid]
-            reasons = template_reasons(X[j], self.category_of(int(dense[j]), iid), ex) if explain else []
-            items.append({"item_id": iid, "score": float(s[j]), "reasons": reasons})
+        if explain and reasons is None:
+            reasons = [template_reasons_from(sig) for sig in self.signals(stage, chosen, explored)]
+        pos = {int(i): j for j, i in enumerate(stage["ids"])}
+        items = [{"item_id": iid, "score": float(s[pos[iid]]), "reasons": reasons[n] if explain else []}
+                 for n, iid in enumerate(chosen)]
         level = LEVEL_TEMPLATES if explain else LEVEL_FULL  # the LLM explainer is a later issue
         return Recommendation(rid, items, level, self.versions, (time.perf_counter() - stage["t0"]) * 1000)
 

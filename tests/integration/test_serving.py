@@ -20,7 +20,7 @@ def test_recommend_cache_and_invalidation(serving):
     assert r.status_code == 200, r.text
     body = r.json()
     assert len(body["items"]) == 10 and body["degradation_level"] == 0
-    assert set(body["model_versions"]) == {"embeddings", "index", "ranker"} and body["request_id"]
+    assert set(body["model_versions"]) == {"embeddings", "index", "ranker", "explainer"} and body["request_id"]
     assert http.post("/v1/recommend", json={"user_id": u, "k": 10}).json()["cache"] == "hit"
     ev = {"events": [{"event_id": f"t-{time.time_ns()}", "user_id": u, "item_id": body["items"][0]["item_id"],
                       "event_type": "click"}]}

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
@@ -10,14 +11,44 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_serve_config_validates_and_names_our_deployments():
     raw = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    schema = ServeDeploySchema.parse_obj(raw)
+    schema = ServeDeploySchema.model_validate(raw)
     app = schema.applications[0]
     assert app.import_path == "deployments.app:app_builder"
     names = {d.name for d in app.deployments}
-    assert names == {"Router", "Ranker"}
+    assert names == {"Router", "Ranker", "Bandit", "Explainer"}
     for d in app.deployments:
         a = d.autoscaling_config
         assert a["upscale_delay_s"] == 30 and a["downscale_delay_s"] == 300  # the seed's stabilisation
         assert a["min_replicas"] >= 1 and a["max_replicas"] > a["min_replicas"]
     import deployments.app as mod
     assert callable(mod.app_builder)
+
+
+def test_queue_depth_policy_is_importable_from_the_config():
+    raw = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    deps = {d["name"]: d for d in raw["applications"][0]["deployments"]}
+    from ray.serve.config import AutoscalingConfig
+
+    for name in ("Ranker", "Explainer"):
+        policy = AutoscalingConfig(**deps[name]["autoscaling_config"]).policy.get_policy()
+        assert policy.__name__ == "queue_depth_policy"
+
+
+@pytest.mark.parametrize("current,depths,ongoing,target,want", [
+    (1, [0.0], 0.0, 32, 1),          # idle: stay at the floor (Serve's min_replicas applies after)
+    (1, [130.0], 10.0, 32, 5),       # 130 lists waiting at 32 per replica -> 5
+    (2, [10.0, 5.0], 90.0, 32, 3),   # ongoing requests can ask for more than the queue
+    (0, [], 0.0, 32, 0),             # scaled to zero and nothing asked
+    (0, [], 3.0, 32, 1),             # cold start
+])
+def test_queue_depth_decision(current, depths, ongoing, target, want):
+    from recserve.autoscale import desired_replicas
+
+    assert desired_replicas(current, depths, ongoing, target) == want
+
+
+def test_queue_depth_decision_rejects_bad_target():
+    from recserve.autoscale import desired_replicas
+
+    with pytest.raises(ValueError):
+        desired_replicas(1, [1.0], 0.0, 0)

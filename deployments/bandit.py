@@ -1,0 +1,26 @@
+"""`Bandit` deployment: Thompson-sampling exploration over the ranker's top-N (recserve.bandit).
+Parameters live in Redis, so every replica draws from the same posteriors and feedback reaching
+any replica updates all of them. CPU only; scales on its own."""
+
+from __future__ import annotations
+
+from ray import serve
+
+from recserve.bandit import Slate, ThompsonBandit
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
+class Bandit:
+    def __init__(self, redis_url: str, share: float = 0.2, prefix: str = "bandit"):
+        import redis
+
+        self.bandit = ThompsonBandit(redis.Redis.from_url(redis_url, socket_timeout=2), prefix=prefix, share=share)
+
+    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str) -> Slate:
+        """The slate shown to the user; the impression is logged with its propensities."""
+        slate = self.bandit.select(ranked, k)
+        self.bandit.log_impression(request_id, int(user_id), slate)
+        return slate
+
+    async def update(self, item_id: int, reward: float) -> tuple[float, float]:
+        return self.bandit.update(item_id, reward)

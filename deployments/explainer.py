@@ -1,0 +1,21 @@
+"""`Explainer` deployment: reasons for each shown item, built from the signals that ranked it.
+This tier is the templates (recserve.recommender.template_reasons_from); the LLM tier comes in
+its own issue behind the same call."""
+
+from __future__ import annotations
+
+from ray import serve
+
+from recserve.recommender import template_reasons_from
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
+class Explainer:
+    def __init__(self, backend: str = "templates"):
+        if backend != "templates":
+            raise ValueError(f"explainer backend {backend!r} is not available: use 'templates'")
+        self.backend = backend
+
+    async def explain(self, signals: list[dict]) -> dict:
+        """All items of one request in one call: {"reasons": [[str, ...] per item], "tier": ...}."""
+        return {"reasons": [template_reasons_from(s) for s in signals], "tier": self.backend}
