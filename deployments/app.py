@@ -10,6 +10,9 @@ ConsistentHashRouter), so that user's L1 cache entries are found again."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from functools import lru_cache
 from pathlib import Path
 
 from deployments.bandit import Bandit
@@ -22,6 +25,33 @@ from recserve.registry import Registry
 CONSISTENT_HASH = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 
 
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of this package's source: deployments get a fixed `version` from it (plus their init
+    arguments), so that redeploying unchanged code with only a new `user_config` reconfigures the
+    running replicas in place instead of replacing them (Serve gives a random version otherwise)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for d in ("recserve", "deployments", "actors"):
+        for f in sorted((root / d).glob("*.py")):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _version(*args) -> str:
+    return f"{code_version()}-{hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()[:8]}"
+
+
+def _pinned(deployment, version: str):
+    """The deployment with a fixed code version. Serve's public options() no longer takes one and
+    `serve.run` then draws a random version, replacing every replica on each redeploy; the
+    internal flag is how Serve itself sets it. Without it (a Serve that refuses), redeploys roll."""
+    try:
+        return deployment.options(version=version, _internal=True)
+    except (TypeError, ValueError):
+        return deployment
+
+
 def ranker_user_config(cfg: Config, reg: Registry, version: str | None = None) -> dict:
     version = version or reg.resolve("ranker")
     return {"model_path": str(reg.fetch("ranker", version) / "ranker.pt"), "version": version,
@@ -30,8 +60,9 @@ def ranker_user_config(cfg: Config, reg: Registry, version: str | None = None) -
 
 def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | None = None, cache: bool = True,
               name: str = "recserve", ranker_version: str | None = None, router_replicas: int | None = None,
-              affinity: bool | None = None, autoscaling: dict | None = None):
-    """`autoscaling`: {deployment name: autoscaling_config} overriding fixed replica counts."""
+              affinity: bool | None = None, autoscaling: dict | None = None, router_options: dict | None = None):
+    """`autoscaling`: {deployment name: autoscaling_config} overriding fixed replica counts;
+    `router_options`: Serve options of the Router (max_ongoing_requests, max_queued_requests...)."""
     from ray.serve.config import RequestRouterConfig
 
     reg = Registry(registry_uri or cfg.registry_uri, cfg.registry.keep)
@@ -45,18 +76,20 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
         return kw
 
     ranker_opts = {"num_gpus": s.ranker_num_gpus, "num_cpus": 0.1} if s.ranker_num_gpus else {"num_cpus": 0.1}
-    ranker = Ranker.options(**opts("Ranker", user_config=ranker_user_config(cfg, reg, ranker_version),
-                                   ray_actor_options=ranker_opts)).bind()
-    bandit = Bandit.options(**opts("Bandit")).bind(cfg.redis_url, s.bandit_share)
-    explainer = Explainer.options(**opts("Explainer")).bind(s.explainer)
+    ranker = _pinned(Ranker.options(**opts("Ranker", user_config=ranker_user_config(cfg, reg, ranker_version),
+                                           ray_actor_options=ranker_opts)), _version(ranker_opts)).bind()
+    bandit = _pinned(Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share)).bind(
+        cfg.redis_url, s.bandit_share)
+    explainer = _pinned(Explainer.options(**opts("Explainer")), _version(s.explainer)).bind(s.explainer)
     replicas = router_replicas or s.router_replicas
-    router_kw = {"num_replicas": replicas}
+    router_kw = {"num_replicas": replicas, **(router_options or {})}
     if s.affinity if affinity is None else affinity:
         router_kw["request_router_config"] = RequestRouterConfig(request_router_class=CONSISTENT_HASH)
     root = index_root or str(Path(cfg.data_dir).resolve() / f"index-live-{name}")
     share_as = f"{name}-{reg.resolve('index')}" if (replicas > 1 or "Router" in autoscaling) else None
-    return Router.options(**opts("Router", **router_kw)).bind(
-        ranker, bandit, explainer, cfg.model_dump(mode="json"), reg.uri, root, s.index_replicas, cache, share_as)
+    args = (cfg.model_dump(mode="json"), reg.uri, root, s.index_replicas, cache, share_as)
+    return _pinned(Router.options(**opts("Router", **router_kw)), _version(*args)).bind(ranker, bandit, explainer,
+                                                                                        *args)
 
 
 def deploy(cfg: Config, registry_uri: str | None = None, index_root: str | None = None) -> str:

@@ -99,6 +99,7 @@ def serving(stack, tmp_path_factory):
 
     serve.run(build_app(cfg, str(reg.uri), str(root / "index-live")), name="recserve", route_prefix="/")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    client.index_root = str(root / "index-live")  # to redeploy the same application (hot swap)
     yield client, reg, cfg
     client.close()
     serve.shutdown()
