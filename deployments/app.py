@@ -60,7 +60,8 @@ def ranker_user_config(cfg: Config, reg: Registry, version: str | None = None) -
 
 def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | None = None, cache: bool = True,
               name: str = "recserve", ranker_version: str | None = None, router_replicas: int | None = None,
-              affinity: bool | None = None, autoscaling: dict | None = None, router_options: dict | None = None):
+              affinity: bool | None = None, autoscaling: dict | None = None, router_options: dict | None = None,
+              colocate: bool | None = None):
     """`autoscaling`: {deployment name: autoscaling_config} overriding fixed replica counts;
     `router_options`: Serve options of the Router (max_ongoing_requests, max_queued_requests...)."""
     from ray.serve.config import RequestRouterConfig
@@ -75,19 +76,23 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
             kw["autoscaling_config"] = autoscaling[dep]
         return kw
 
+    root = index_root or str(Path(cfg.data_dir).resolve() / f"index-live-{name}")
+    replicas = router_replicas or s.router_replicas
+    share_as = f"{name}-{reg.resolve('index')}" if (replicas > 1 or "Router" in autoscaling) else None
+    router_kw = {"num_replicas": replicas, **(router_options or {})}
+    if s.affinity if affinity is None else affinity:
+        router_kw["request_router_config"] = RequestRouterConfig(request_router_class=CONSISTENT_HASH)
+    args = (cfg.model_dump(mode="json"), reg.uri, root, s.index_replicas, cache, share_as)
+    if s.colocate if colocate is None else colocate:
+        # one deployment: the router ranks, explores and explains in its own process
+        router_kw["user_config"] = {"ranker": ranker_user_config(cfg, reg, ranker_version)}
+        return _pinned(Router.options(**opts("Router", **router_kw)), _version(*args)).bind(None, None, None, *args)
     ranker_opts = {"num_gpus": s.ranker_num_gpus, "num_cpus": 0.1} if s.ranker_num_gpus else {"num_cpus": 0.1}
     ranker = _pinned(Ranker.options(**opts("Ranker", user_config=ranker_user_config(cfg, reg, ranker_version),
                                            ray_actor_options=ranker_opts)), _version(ranker_opts)).bind()
     bandit = _pinned(Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share)).bind(
         cfg.redis_url, s.bandit_share)
     explainer = _pinned(Explainer.options(**opts("Explainer")), _version(s.explainer)).bind(s.explainer)
-    replicas = router_replicas or s.router_replicas
-    router_kw = {"num_replicas": replicas, **(router_options or {})}
-    if s.affinity if affinity is None else affinity:
-        router_kw["request_router_config"] = RequestRouterConfig(request_router_class=CONSISTENT_HASH)
-    root = index_root or str(Path(cfg.data_dir).resolve() / f"index-live-{name}")
-    share_as = f"{name}-{reg.resolve('index')}" if (replicas > 1 or "Router" in autoscaling) else None
-    args = (cfg.model_dump(mode="json"), reg.uri, root, s.index_replicas, cache, share_as)
     return _pinned(Router.options(**opts("Router", **router_kw)), _version(*args)).bind(ranker, bandit, explainer,
                                                                                         *args)
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
+from recserve.batching import MicroBatcher
 from recserve.api import (
     EventsRequest,
     FeedbackRequest,
@@ -21,6 +22,10 @@ from recserve.api import (
     error_body,
     install_error_handlers,
 )
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 2)
+
 
 api = FastAPI(title="recserve", version="1", description="Real-time personalization on Ray Serve")
 install_error_handlers(api)
@@ -47,47 +52,103 @@ class Router:
         reg = Registry(registry_uri, self.cfg.registry.keep)
         self.index = IndexRouter.from_artifact(reg.fetch("index"), index_root, replicas=replicas, share_as=share_as)
         self.rec = Recommender(self.cfg, reg, self.index, bandit=None)  # exploration: the Bandit deployment
+        # concurrent requests' index searches go out together: one actor call per shard per batch
+        self.search_batcher = MicroBatcher(self._search_batch, max_batch=32, wait_s=0.001)
+        self.rec.asearch = lambda q, n, f: self.search_batcher.submit(n, (q, f))
         self.cache = ResponseCache(ttl_s=self.cfg.serve.cache_ttl_s)
         self.cache_enabled = cache
         self.log = RedisStreamLog(self.redis, partitions=8)
         self.hops = {"ranker": "ok", "bandit": "ok", "explainer": "ok"}
+        # colocated (no handles given): ranker, bandit and explainer run in this process — on a
+        # small machine each Serve hop costs more CPU than the work it carries
+        self.colocated = ranker is None
+        if self.colocated:
+            import torch
+
+            from recserve.bandit import ThompsonBandit
+            from recserve.ranker import ServingRanker
+
+            torch.set_num_threads(1)
+            self.local_ranker = ServingRanker()
+            self.rank_batcher = MicroBatcher(self._rank_batch, max_batch=256, wait_s=0.001)
+            self.local_bandit = ThompsonBandit(self.redis, share=self.cfg.serve.bandit_share)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Colocated mode: the ranker's model arrives here (a new registry version, in place)."""
+        if self.colocated and user_config and user_config.get("ranker"):
+            self.local_ranker.load(user_config["ranker"])
+
+    async def _rank_batch(self, _key, lists: list) -> list:
+        return self.local_ranker.score_lists(lists)
+
+    async def _score(self, X):
+        if self.colocated:
+            return await self.rank_batcher.submit(0, X)
+        return await self.ranker.score.remote(X)
+
+    async def _select(self, ranked, k, user_id, rid):
+        if self.colocated:
+            slate = self.local_bandit.select(ranked, k)
+            self.local_bandit.log_impression(rid, int(user_id), slate)
+            return slate
+        return await self.bandit.select.remote(ranked, k, user_id, rid)
+
+    async def _explain(self, signals):
+        if self.colocated:
+            from recserve.recommender import template_reasons_from
+
+            return {"reasons": [template_reasons_from(x) for x in signals], "tier": "templates"}
+        return await self.explainer.explain.remote(signals)
+
+    async def _search_batch(self, n: int, items: list) -> list:
+        ids, sc = await self.index.asearch(np.vstack([q for q, _ in items]), n, [f for _, f in items])
+        return [(ids[i:i + 1], sc[i:i + 1]) for i in range(len(items))]
 
     async def _compute(self, req: RecommendRequest) -> dict:
         rid = uuid.uuid4().hex
         filters = req.filters.model_dump(exclude_none=True) if req.filters else None
+        hop = {}
+        t = time.perf_counter()
         stage = await self.rec.acandidates(req.user_id, req.k, filters)
+        hop["candidates"] = _ms(t)
         versions = dict(self.rec.versions)
         if "done" in stage:  # cold start or index down: popular items, no ranking
             return {**self.rec.finish(stage, None, req.user_id, req.k, req.explain, request_id=rid).to_json(),
                     "model_versions": versions}
         scores, slate, reasons, tier = None, None, None, "templates"
         if len(stage["X"]):
+            t = time.perf_counter()
             try:
-                scores, versions["ranker"] = await self.ranker.score.remote(stage["X"])
+                scores, versions["ranker"] = await self._score(stage["X"])
                 self.hops["ranker"] = "ok"
+                hop["ranker"] = _ms(t)
             except Exception as e:  # noqa: BLE001 - the ranker failing degrades to retrieval order
                 versions["ranker"] = "unavailable"
                 self.hops["ranker"] = f"failing: {type(e).__name__}"
         ranked, _ = self.rec.ranked(stage, scores)
         if ranked:
+            t = time.perf_counter()
             try:
-                slate = await self.bandit.select.remote(ranked, req.k, req.user_id, rid)
+                slate = await self._select(ranked, req.k, req.user_id, rid)
                 self.hops["bandit"] = "ok"
+                hop["bandit"] = _ms(t)
             except Exception as e:  # noqa: BLE001 - no exploration this time
                 self.hops["bandit"] = f"failing: {type(e).__name__}"
         if req.explain and ranked:
             chosen = list(slate.items) if slate else ranked[:req.k]
             explored = list(slate.explored) if slate else [False] * len(chosen)
+            t = time.perf_counter()
             try:
-                out = await self.explainer.explain.remote(self.rec.signals(stage, chosen, explored))
+                out = await self._explain(self.rec.signals(stage, chosen, explored))
                 reasons, tier = out["reasons"], out["tier"]
                 self.hops["explainer"] = "ok"
+                hop["explainer"] = _ms(t)
             except Exception as e:  # noqa: BLE001 - templates computed here instead
                 self.hops["explainer"] = f"failing: {type(e).__name__}"
         rec = self.rec.finish(stage, scores, req.user_id, req.k, req.explain, slate=slate, reasons=reasons,
                               request_id=rid)
         versions["explainer"] = tier
-        return {**rec.to_json(), "model_versions": versions}
+        return {**rec.to_json(), "model_versions": versions, "hop_ms": hop}
 
     @api.post("/v1/recommend")
     async def recommend(self, req: RecommendRequest):
@@ -112,7 +173,10 @@ class Router:
 
     @api.post("/v1/feedback")
     async def feedback(self, req: FeedbackRequest):
-        a, b = await self.bandit.update.remote(req.item_id, req.reward)
+        if self.colocated:
+            a, b = self.local_bandit.update(req.item_id, req.reward)
+        else:
+            a, b = await self.bandit.update.remote(req.item_id, req.reward)
         return {"item_id": req.item_id, "posterior": {"alpha": a, "beta": b}}
 
     @api.put("/v1/items")
@@ -158,4 +222,5 @@ class Router:
                 "cache": {"hits": st.hits, "misses": st.misses, "coalesced": st.coalesced,
                           "hit_rate": st.hit_rate, "entries": len(self.cache)},
                 "index": {"version": self.index.version, "shards": len(self.index.groups)},
-                "degradation_level": 0, "breakers": {}, "hops": self.hops}
+                "degradation_level": 0, "breakers": {}, "hops": self.hops,
+                "index_batching": {"calls": self.search_batcher.calls, "searches": self.search_batcher.items}}

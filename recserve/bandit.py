@@ -4,7 +4,8 @@ replica shares them.
 Each item has a Beta(alpha, beta) posterior of its reward (a click / engagement in 0..1), kept in
 the Redis hash `<prefix>:params` (`a:<item>`, `b:<item>`, starting at the prior). For a list of k:
 the first `k - n_explore` places keep the ranker's order; the `n_explore = round(share * k)`
-exploration places go to the remaining candidates with the highest Thompson draws. Every shown
+exploration places go to the remaining candidates of the ranker's top-N with the highest Thompson
+draws. Every shown
 item gets a propensity (the probability that this policy shows it, estimated by re-drawing), and
 the impression is logged with them, so off-policy evaluation can weight by 1 / propensity.
 """
@@ -27,7 +28,7 @@ class Slate:
 
 class ThompsonBandit:
     def __init__(self, client, prefix: str = "bandit", share: float = 0.2, prior: tuple[float, float] = (1.0, 1.0),
-                 propensity_draws: int = 100, seed: int | None = None):
+                 propensity_draws: int = 100, seed: int | None = None, top_n: int = 50):
         import redis
 
         if not 0.0 <= share <= 1.0:
@@ -37,6 +38,9 @@ class ThompsonBandit:
         self.share = share
         self.prior = prior
         self.draws = propensity_draws
+        if top_n < 1:
+            raise ValueError("bandit top_n must be >= 1")
+        self.top_n = top_n  # exploration draws from the ranker's top-N only
         self.rng = np.random.default_rng(seed)
 
     @property
@@ -64,6 +68,7 @@ class ThompsonBandit:
         """Re-order / fill exploration slots of the ranker's list (best first) into k items."""
         if k <= 0:
             raise ValueError("k must be positive")
+        ranked = list(ranked[: max(self.top_n, k)])
         a, b = self.params(ranked)
         theta = self.rng.beta(a, b)
         chosen = self._choose(ranked, k, a, b, theta)

@@ -111,6 +111,9 @@ class ServeConfig(_Strict):
     affinity: bool = Field(True, description="route a user's requests (header x-session-id: <user_id>) to one "
                                              "router replica by consistent hashing")
     router_replicas: int = Field(1, ge=1, le=64, description="router replicas (without autoscaling)")
+    colocate: bool = Field(False, description="run ranker, bandit and explainer inside the router process (one "
+                                              "deployment; for small machines where each Serve hop costs more "
+                                              "CPU than its work)")
 
 
 class EvalConfig(_Strict):

@@ -174,3 +174,43 @@ def load_model(path) -> tuple[RankerNet, dict]:
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, blob.get("meta", {})
+
+
+class ServingRanker:
+    """The ranker as served: a model loaded from a `{model_path, version, quantize, dtype}` spec
+    (Serve's user_config), INT8 dynamic quantisation on CPU and fp16/bf16 on GPU when asked, and
+    many users' candidate lists scored in one padded forward pass. Used by the `Ranker`
+    deployment and, colocated, by the router itself."""
+
+    def __init__(self, spec: dict | None = None, device: str | None = None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.version, self.dtype = None, None, torch.float32
+        if spec and spec.get("model_path"):
+            self.load(spec)
+
+    def load(self, spec: dict) -> None:
+        model, _ = load_model(spec["model_path"])
+        if spec.get("quantize") and self.device == "cpu":
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = model.to(self.device)
+        dtype = torch.float32
+        if self.device != "cpu" and spec.get("dtype") in ("float16", "bfloat16"):
+            dtype = getattr(torch, spec["dtype"])
+            model = model.to(dtype)
+        # the (model, version) pair changes in one assignment, so a batch never mixes them
+        self.model, self.version, self.dtype = model, str(spec.get("version") or spec["model_path"]), dtype
+
+    def score_lists(self, lists: list[np.ndarray]) -> list[tuple[np.ndarray, str]]:
+        if self.model is None:
+            raise RuntimeError("the ranker has no model: give it {model_path, version} (Serve user_config)")
+        model, version = self.model, self.version
+        n = max(len(x) for x in lists)
+        X = np.zeros((len(lists), max(n, 1), lists[0].shape[1]), dtype=np.float32)
+        for i, x in enumerate(lists):
+            X[i, : len(x)] = x
+        with torch.no_grad():
+            t = torch.from_numpy(X).to(self.device)
+            if self.dtype != torch.float32:
+                t = t.to(self.dtype)
+            s = model(t).float().cpu().numpy()
+        return [(s[i, : len(x)], version) for i, x in enumerate(lists)]

@@ -18,9 +18,10 @@ import numpy as np
 CONCURRENCY = (1, 4, 16)
 
 
-def _load(url: str, c: int, duration: float, users: str, zipf: float | None) -> dict:
+def _load(url: str, c: int, duration: float, users: str, zipf: float | None, affinity: bool = False,
+          k: int = 10) -> dict:
     cmd = [sys.executable, "-m", "scripts.loadgen", "--url", url, "--concurrency", str(c), "--duration", str(duration),
-           "--users", users] + (["--zipf", str(zipf)] if zipf else [])
+           "--users", users, "--k", str(k)] + (["--zipf", str(zipf)] if zipf else []) + (["--affinity"] if affinity else [])
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120,
                          cwd=Path(__file__).resolve().parents[1])
     if out.returncode != 0:
@@ -54,30 +55,47 @@ def run(cfg, duration: float = 8.0, out: str | Path | None = None, log=print) ->
     log("deploying noop, recommend (cache off) and recommend (cache on)")
     serve.run(Noop.bind(), name="noop", route_prefix="/noop")
     serve.run(build_app(cfg, cache=False, name="nocache"), name="nocache", route_prefix="/nocache")
-    serve.run(build_app(cfg, cache=True, name="cached"), name="cached", route_prefix="/cached")
+    # the same path with ranker, bandit and explainer inside the router process (serve.colocate)
+    serve.run(build_app(cfg, cache=False, name="colocated", colocate=True), name="colocated",
+              route_prefix="/colocated")
+    # the cached case runs 2 router replicas (each its own L1 cache) routed by user id
+    serve.run(build_app(cfg, cache=True, name="cached", router_replicas=2, affinity=True), name="cached",
+              route_prefix="/cached")
     urls = {"noop": f"{base}/noop", "recommend": f"{base}/nocache/v1/recommend",
+            "recommend_colocated": f"{base}/colocated/v1/recommend",
             "recommend_cached": f"{base}/cached/v1/recommend"}
     for u in urls.values():  # warm every path once
         httpx.post(u, json={"user_id": int(user_ids[0]), "k": 10}, timeout=60)
     res: dict = {"duration_s": duration, "users": len(user_ids), "cpus": os.cpu_count(), "cases": {}}
     for case, url in urls.items():
         res["cases"][case] = {}
-        if case == "recommend_cached":
-            before = httpx.get(f"{base}/cached/v1/status").json()["cache"]
+        cached = case == "recommend_cached"
         for c in CONCURRENCY:
-            r = _load(url, c, duration, users, 1.1 if case == "recommend_cached" else None)
+            r = _load(url, c, duration, users, 1.1 if cached else None, affinity=cached)
             res["cases"][case][str(c)] = r
             log(f"{case:17s} c={c:<3d} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  "
                 f"errors {r['errors']}")
-        if case == "recommend_cached":
-            after = httpx.get(f"{base}/cached/v1/status").json()["cache"]
-            served = sum(after[x] - before[x] for x in ("hits", "misses", "coalesced"))
-            res["cache_hit_rate"] = round((after["hits"] - before["hits"] + after["coalesced"] - before["coalesced"])
-                                          / max(served, 1), 4)
     cases = res["cases"]
+    # hit rate from the answers themselves (each names how its cache served it), over all three
+    # concurrencies; then the same Zipf load without the routing key, on cache entries of its own
+    # (another k), so each user's requests spread over both replicas
+    tot = {}
+    for r in cases["recommend_cached"].values():
+        for how, n in r["cache"].items():
+            tot[how] = tot.get(how, 0) + n
+    res["cache_hit_rate"] = round((tot.get("hit", 0) + tot.get("coalesced", 0)) / max(1, sum(tot.values())), 4)
+    spread = {}
+    for c in CONCURRENCY:
+        r = _load(urls["recommend_cached"], c, duration, users, 1.1, affinity=False, k=11)
+        for how, n in r["cache"].items():
+            spread[how] = spread.get(how, 0) + n
+    res["cache_hit_rate_no_affinity"] = round((spread.get("hit", 0) + spread.get("coalesced", 0))
+                                              / max(1, sum(spread.values())), 4)
+    log(f"cache hit rate: {res['cache_hit_rate']} with affinity, {res['cache_hit_rate_no_affinity']} without "
+        f"(2 router replicas, Zipf(1.1) users)")
     res["recommend_vs_noop"] = round(cases["recommend"]["4"]["rps"] / cases["noop"]["4"]["rps"], 3)
+    res["colocated_vs_noop"] = round(cases["recommend_colocated"]["4"]["rps"] / cases["noop"]["4"]["rps"], 3)
     res["cached_vs_noop"] = round(cases["recommend_cached"]["4"]["rps"] / cases["noop"]["4"]["rps"], 3)
-    res["cache_hit_rate_no_affinity"] = None  # needs 2 router replicas with and without affinity: not built yet
     res["targets"] = {"recommend_vs_noop_ge_0_5": res["recommend_vs_noop"] >= 0.5,
                       "p95_le_80ms_c4": cases["recommend"]["4"]["p95_ms"] <= 80,
                       "hit_rate_ge_0_8": res["cache_hit_rate"] >= 0.8,
