@@ -13,7 +13,6 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
-from recserve.batching import MicroBatcher
 from recserve.api import (
     EventsRequest,
     FeedbackRequest,
@@ -22,6 +21,8 @@ from recserve.api import (
     error_body,
     install_error_handlers,
 )
+from recserve.batching import MicroBatcher
+
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 2)
