@@ -4,6 +4,7 @@ deployment. Errors follow recserve.api's contract: 4xx JSON naming the field, ne
 bad input; a failing dependency lowers the degradation level instead of failing the request."""
 
 
+import asyncio
 import time
 import uuid
 
@@ -22,6 +23,7 @@ from recserve.api import (
     install_error_handlers,
 )
 from recserve.batching import MicroBatcher
+from recserve.recommender import LEVEL_BATCH
 
 
 def _ms(t0: float) -> float:
@@ -58,8 +60,14 @@ class Router:
         self.rec.asearch = lambda q, n, f: self.search_batcher.submit(n, (q, f))
         self.cache = ResponseCache(ttl_s=self.cfg.serve.cache_ttl_s)
         self.cache_enabled = cache
-        self.log = RedisStreamLog(self.redis, partitions=8)
+        self.log = RedisStreamLog(self.redis, partitions=self.cfg.stream.partitions)
         self.hops = {"ranker": "ok", "bandit": "ok", "explainer": "ok"}
+        # the stream's live user context (recserve.stream), cached here for a short TTL; stale
+        # streams (lag past the bound) are ignored in favour of the batch vectors (level 2)
+        self.rec.live = self._live
+        self._live_cache: dict[int, tuple[float, object]] = {}
+        self.stale, self.staleness, self._stale_checked = False, 0.0, 0.0
+        self._listener = None
         # colocated (no handles given): ranker, bandit and explainer run in this process — on a
         # small machine each Serve hop costs more CPU than the work it carries
         self.colocated = ranker is None
@@ -101,12 +109,74 @@ class Router:
             return {"reasons": [template_reasons_from(x) for x in signals], "tier": "templates"}
         return await self.explainer.explain.remote(signals)
 
+    def _live(self, user_id: int):
+        from recserve.stream import live_context
+
+        if self.stale:
+            return None
+        now = time.monotonic()
+        hit = self._live_cache.get(user_id)
+        if hit is not None and now - hit[0] < self.cfg.stream.context_cache_s:
+            return hit[1]
+        try:
+            ctx = live_context(self.redis, user_id)
+        except Exception:  # noqa: BLE001 - Redis unreachable: batch context only
+            ctx = None
+        if len(self._live_cache) > 100_000:
+            self._live_cache.clear()
+        self._live_cache[user_id] = (now, ctx)
+        return ctx
+
+    def _check_stream(self) -> None:
+        """At most once a second: is the stream within its staleness bound? Also starts the
+        listener that drops a user's cached answers when an aggregator has folded their events."""
+        from recserve.stream import staleness_s
+
+        now = time.monotonic()
+        if now - self._stale_checked < 1.0:
+            return
+        self._stale_checked = now
+        try:
+            self.staleness = staleness_s(self.redis, self.log)
+        except Exception:  # noqa: BLE001
+            return
+        self.stale = self.staleness > self.cfg.stream.staleness_bound_s
+        if self._listener is None:
+            self._listener = self._listen(asyncio.get_running_loop())
+
+    def _listen(self, loop):
+        import threading
+
+        from recserve.stream import INVALIDATE_CHANNEL
+
+        def drop(users: list[int]) -> None:
+            for u in users:
+                self._live_cache.pop(u, None)
+                self.cache.invalidate_user(u)
+
+        def run():
+            while True:
+                try:
+                    ps = self.redis.pubsub(ignore_subscribe_messages=True)
+                    ps.subscribe(INVALIDATE_CHANNEL)
+                    for msg in ps.listen():
+                        if msg and msg.get("type") == "message":
+                            users = [int(x) for x in msg["data"].decode().split(",") if x]
+                            loop.call_soon_threadsafe(drop, users)
+                except Exception:  # noqa: BLE001 - Redis restarting: subscribe again
+                    time.sleep(1.0)
+
+        t = threading.Thread(target=run, daemon=True, name="invalidations")
+        t.start()
+        return t
+
     async def _search_batch(self, n: int, items: list) -> list:
         ids, sc = await self.index.asearch(np.vstack([q for q, _ in items]), n, [f for _, f in items])
         return [(ids[i:i + 1], sc[i:i + 1]) for i in range(len(items))]
 
     async def _compute(self, req: RecommendRequest) -> dict:
         rid = uuid.uuid4().hex
+        self._check_stream()
         filters = req.filters.model_dump(exclude_none=True) if req.filters else None
         hop = {}
         t = time.perf_counter()
@@ -149,7 +219,10 @@ class Router:
         rec = self.rec.finish(stage, scores, req.user_id, req.k, req.explain, slate=slate, reasons=reasons,
                               request_id=rid)
         versions["explainer"] = tier
-        return {**rec.to_json(), "model_versions": versions, "hop_ms": hop}
+        out = {**rec.to_json(), "model_versions": versions, "hop_ms": hop, "live_context": stage.get("live", False)}
+        if self.stale:  # the stream lags past its bound: batch vectors served
+            out["degradation_level"] = max(out["degradation_level"], LEVEL_BATCH)
+        return out
 
     @api.post("/v1/recommend")
     async def recommend(self, req: RecommendRequest):
@@ -223,5 +296,7 @@ class Router:
                 "cache": {"hits": st.hits, "misses": st.misses, "coalesced": st.coalesced,
                           "hit_rate": st.hit_rate, "entries": len(self.cache)},
                 "index": {"version": self.index.version, "shards": len(self.index.groups)},
-                "degradation_level": 0, "breakers": {}, "hops": self.hops,
+                "degradation_level": LEVEL_BATCH if self.stale else 0, "breakers": {}, "hops": self.hops,
+                "stream": {"staleness_s": round(self.staleness, 3), "stale": self.stale,
+                           "bound_s": self.cfg.stream.staleness_bound_s},
                 "index_batching": {"calls": self.search_batcher.calls, "searches": self.search_batcher.items}}

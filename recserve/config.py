@@ -116,6 +116,21 @@ class ServeConfig(_Strict):
                                               "CPU than its work)")
 
 
+class StreamConfig(_Strict):
+    partitions: int = Field(8, ge=1, le=1024, description="event-log partitions (streams / Kafka partitions)")
+    aggregators: int = Field(2, ge=1, le=256, description="StreamAggregator actors at start")
+    max_aggregators: int = Field(8, ge=1, le=256)
+    session_len: int = Field(20, ge=1, le=1000, description="events kept per user in the live context")
+    context_ttl_s: int = Field(3600, ge=1, description="live user context TTL (the seed's 1 h)")
+    vector_decay: float = Field(0.7, ge=0, lt=1, description="weight of the old real-time user vector per event")
+    scale_up_lag: int = Field(10_000, ge=1, description="add an aggregator when the lag passes this many events")
+    scale_down_lag: int = Field(1_000, ge=0, description="remove one when the lag stays under this...")
+    scale_down_after_s: float = Field(600.0, ge=0, description="...for this long (the seed's 10 minutes)")
+    staleness_bound_s: float = Field(3600.0, gt=0, description="past this the router serves batch vectors "
+                                                                "(degradation level 2)")
+    context_cache_s: float = Field(0.2, ge=0, description="router's in-process cache of live contexts")
+
+
 class EvalConfig(_Strict):
     holdout: float = Field(0.2, gt=0, lt=1)
     k: int = Field(10, ge=1)
@@ -135,6 +150,7 @@ class Config(_Strict):
     embeddings: EmbeddingConfig = EmbeddingConfig()
     index: IndexConfig = IndexConfig()
     ranker: RankerConfig = RankerConfig()
+    stream: StreamConfig = StreamConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
 

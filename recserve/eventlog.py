@@ -140,6 +140,13 @@ class RedisStreamLog(EventLog):
             out += self._entries(p, rows)
         return out
 
+    def read_after(self, p: int, offset: str, count: int = 1000) -> list[Entry]:
+        """Entries of partition p after `offset` (exclusive), oldest first: what an aggregator
+        that keeps its own committed offsets reads."""
+        rows = self.r.xrange(self.stream(p), min=f"({offset}" if offset and offset != "0-0" else "-", max="+",
+                             count=count)
+        return self._entries(p, rows)
+
     def ack(self, group: str, entries: list[Entry]) -> None:
         by_part: dict[int, list[str]] = {}
         for e in entries:

@@ -17,7 +17,7 @@ import numpy as np
 
 from recserve.config import Config
 from recserve.evaluation import build_interactions
-from recserve.features import FEATURE_NAMES, candidate_features
+from recserve.features import FEATURE_NAMES, candidate_features, update_session
 from recserve.registry import Registry
 
 LEVEL_FULL, LEVEL_TEMPLATES, LEVEL_BATCH, LEVEL_CACHED, LEVEL_POPULAR = 0, 1, 2, 3, 4
@@ -84,6 +84,10 @@ class Recommender:
         self.popular = np.argsort(-self.inputs.stats.popularity)[:1000]
         self.new_items: dict[int, str] = {}
         self.asearch = None  # an async search to use instead of the index router's (the serving batcher)
+        # the stream's live context: user_id -> recserve.stream.LiveContext | None (set by the router)
+        self.live = None
+        self.live_weight = 0.7   # share of the real-time vector in the retrieval query
+        self.dim = self.user_vectors.shape[1] - 1   # [u, 1] . [v, b]
 
     # ------------------------------------------------------------------ helpers
     def _seen(self, u: int) -> np.ndarray:
@@ -112,10 +116,34 @@ class Recommender:
         if u is None:  # cold start
             return {"done": (self._popular(k, filters, exclude), LEVEL_FULL), "t0": t0}
         seen = self._seen(u)
+        ctx, query, seen_live = self.inputs.contexts[u], self.user_vectors[u], []
+        live = self.live(int(user_id)) if self.live is not None else None
+        if live is not None and live.events:
+            ctx, query, seen_live = self._with_live(u, live)
         search_filter = {key: v for key, v in filters.items() if key in ("categories", "attributes") and v}
-        search_filter["exclude_ids"] = sorted(exclude | set(seen.tolist()))
-        return {"u": u, "query": self.user_vectors[u][None, :], "n": max(k, self.cfg.ranker.candidates),
-                "filter": search_filter, "fallback": (filters, exclude | set(seen.tolist())), "t0": t0}
+        search_filter["exclude_ids"] = sorted(exclude | set(seen.tolist()) | set(seen_live))
+        return {"u": u, "ctx": ctx, "query": query[None, :], "n": max(k, self.cfg.ranker.candidates),
+                "filter": search_filter, "fallback": (filters, exclude | set(seen.tolist())), "t0": t0,
+                "live": live is not None and bool(live.events)}
+
+    def _with_live(self, u: int, live) -> tuple:
+        """The offline context with the stream's newer events folded in by the same function the
+        offline job uses (update_session), and the retrieval query moved toward the real-time
+        vector (a decayed mean of the items just interacted with)."""
+        import copy
+
+        ctx = copy.deepcopy(self.inputs.contexts[u])
+        ids = np.array([e[0] for e in live.events], dtype=np.int64)
+        dense = np.minimum(np.searchsorted(self.data.item_ids, ids), self.data.n_items - 1)
+        for e, d in zip(live.events, dense.tolist()):
+            if self.data.item_ids[d] == e[0] and e[1] >= ctx.last_ts:
+                update_session(ctx, d, int(self.inputs.stats.item_cat[d]), int(e[1]), self.cfg.ranker.session_len)
+        query = self.user_vectors[u].copy()
+        if live.vec is not None and len(live.vec) >= self.dim:
+            m = np.asarray(live.vec[: self.dim], dtype=np.float32)
+            scale = np.linalg.norm(query[: self.dim]) / max(float(np.linalg.norm(m)), 1e-9)
+            query[: self.dim] = (1 - self.live_weight) * query[: self.dim] + self.live_weight * scale * m
+        return ctx, query, [int(e[0]) for e in live.events]
 
     def _unavailable(self, prep: dict, k: int) -> dict:
         """The index could not answer: popular items, at the popular level."""
@@ -128,7 +156,7 @@ class Recommender:
         ids, scores = ids[keep], scores[keep]
         dense = np.minimum(np.searchsorted(self.data.item_ids, ids), self.data.n_items - 1)
         known = self.data.item_ids[dense] == ids   # items added since training have no statistics yet
-        ctx = self.inputs.contexts[prep["u"]]
+        ctx = prep["ctx"]
         t_ref = max(int(ctx.last_ts), self.t_data)
         X = np.zeros((len(ids), len(FEATURE_NAMES)), dtype=np.float32)
         X[known] = candidate_features(ctx, dense[known], scores[known], self.inputs.stats, t_ref,
@@ -136,7 +164,7 @@ class Recommender:
         X[~known, 0] = scores[~known]
         X[:, FEATURE_NAMES.index("retrieval_rank")] = np.arange(len(ids)) / max(len(ids) - 1, 1)
         dense = np.where(known, dense, -1)
-        return {"ids": ids, "dense": dense, "X": X, "t0": prep["t0"]}
+        return {"ids": ids, "dense": dense, "X": X, "t0": prep["t0"], "live": prep.get("live", False)}
 
     def candidates(self, user_id: int, k: int, filters: dict | None) -> dict:
         """Stage 1 (before ranking): candidates and their features, or a finished fallback answer."""

@@ -1,0 +1,246 @@
+"""The stream processor's logic (the `StreamAggregator` actors hold one each): read a partition's
+events after its committed offset, fold them into per-user context, sliding-window counters, the
+trending list, the real-time user vector and the bandit's parameters, and commit all of it
+*together with the new offset* in one Lua script. A killed aggregator restarts from the committed
+offset, so an event is neither lost nor counted twice; a script that finds another offset than
+the one it read from (another aggregator took the partition meanwhile) changes nothing.
+
+Redis keys (prefix `st`):
+  st:off:<p>             committed offset (stream entry id) of partition p
+  st:done:<p>            events committed from partition p (lag = stream length - done)
+  st:ts:<p>              event time and wall time of the last commit (staleness)
+  st:ctx:<user>          the user's live context (JSON: last N events, count, last ts, vector), TTL 1 h
+  st:item:<w>:<bucket>   hash item -> count in that bucket of window w (1h, 24h, 7d), expiring
+  st:user:<w>:<bucket>   hash user -> count
+  st:trend:<bucket>      sorted set item -> count per 5-minute bucket (trending = last hour)
+  bandit:params          a:<item>/b:<item> (clicks and purchases are successes, views failures)
+and a PUBLISH on `st:invalidate` of the users touched, so routers drop their cached lists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+WINDOWS = {"1h": (3600, 300), "24h": (86400, 3600), "7d": (7 * 86400, 86400)}  # span, bucket
+TREND_BUCKET_S = 300
+INVALIDATE_CHANNEL = "st:invalidate"
+SUCCESS = {"click", "purchase"}
+
+_COMMIT = """
+local cur = redis.call('GET', KEYS[1]) or ''
+if cur ~= ARGV[1] then return 0 end
+local i = 4
+local n = #ARGV
+while i <= n do
+  local op = ARGV[i]
+  local k = tonumber(ARGV[i + 1])
+  local a = {}
+  for j = 1, k do a[j] = ARGV[i + 1 + j] end
+  redis.call(op, unpack(a))
+  i = i + 2 + k
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('INCRBY', KEYS[2], ARGV[3])
+return 1
+"""
+
+
+@dataclass
+class StreamSettings:
+    session_len: int = 20          # events kept per user
+    context_ttl_s: int = 3600      # the seed's 1 h for user context
+    vector_decay: float = 0.7      # weight of the old real-time vector per new event
+    batch: int = 2000              # events read per partition per step
+    prefix: str = "st"
+    bandit_prefix: str = "bandit"
+
+
+@dataclass
+class LiveContext:
+    events: list[list] = field(default_factory=list)  # [item_id, ts, event_type], oldest first
+    n: int = 0
+    last_ts: int = 0
+    vec: list[float] | None = None
+
+    @classmethod
+    def loads(cls, raw) -> "LiveContext":
+        return cls(**json.loads(raw)) if raw else cls()
+
+    def dumps(self) -> str:
+        return json.dumps({"events": self.events, "n": self.n, "last_ts": self.last_ts, "vec": self.vec},
+                          separators=(",", ":"))
+
+
+class AggregatorCore:
+    def __init__(self, client, log, item_ids: np.ndarray | None = None, item_vectors: np.ndarray | None = None,
+                 settings: StreamSettings | None = None):
+        self.r = client
+        self.log = log
+        self.s = settings or StreamSettings()
+        self.partitions: list[int] = []
+        self._commit = self.r.register_script(_COMMIT)
+        self.vectors: dict[int, np.ndarray] = {}
+        if item_ids is not None and item_vectors is not None:
+            v = np.asarray(item_vectors, dtype=np.float32)
+            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+            self.vectors = {int(i): v[j] for j, i in enumerate(item_ids)}
+        self.processed = 0
+        self.fenced = 0
+
+    def key(self, *parts) -> str:
+        return ":".join([self.s.prefix, *map(str, parts)])
+
+    def assign(self, partitions: list[int]) -> None:
+        self.partitions = sorted(set(int(p) for p in partitions))
+
+    # ---------------------------------------------------------------- one step
+    def step(self) -> int:
+        """Process what is new in every owned partition; returns the events committed."""
+        done = 0
+        for p in self.partitions:
+            done += self.step_partition(p)
+        return done
+
+    def step_partition(self, p: int) -> int:
+        off = self.r.get(self.key("off", p))
+        off = off.decode() if isinstance(off, bytes) else (off or "")
+        entries = self.log.read_after(p, off or "0-0", self.s.batch)
+        if not entries:
+            return 0
+        ops = self._fold([e.event for e in entries], p)
+        ok = self._commit(keys=[self.key("off", p), self.key("done", p)],
+                          args=[off, entries[-1].offset, len(entries)] + ops)
+        if not ok:
+            self.fenced += 1  # another owner moved the partition on: nothing of ours was applied
+            return 0
+        self.processed += len(entries)
+        return len(entries)
+
+    def _fold(self, events: list[dict], p: int) -> list:
+        ops: list = []
+
+        def op(name, *args):
+            ops.extend([name, len(args), *args])
+
+        users = sorted({int(e["user_id"]) for e in events})
+        raw = self.r.mget([self.key("ctx", u) for u in users])
+        ctxs = {u: LiveContext.loads(x) for u, x in zip(users, raw)}
+        item_counts: dict[tuple[str, int], dict[int, int]] = {}
+        user_counts: dict[tuple[str, int], dict[int, int]] = {}
+        trend: dict[int, dict[int, int]] = {}
+        bandit: dict[str, float] = {}
+        for e in events:
+            u, i, ts, et = int(e["user_id"]), int(e["item_id"]), int(e["ts"]), e["event_type"]
+            c = ctxs[u]
+            c.events.append([i, ts, et])
+            del c.events[: max(0, len(c.events) - self.s.session_len)]
+            c.n += 1
+            c.last_ts = max(c.last_ts, ts)
+            v = self.vectors.get(i)
+            if v is not None:
+                old = np.asarray(c.vec, dtype=np.float32) if c.vec is not None else None
+                c.vec = (v if old is None else self.s.vector_decay * old + (1 - self.s.vector_decay) * v).tolist()
+            for w, (_, b) in WINDOWS.items():
+                ic = item_counts.setdefault((w, ts // b), {})
+                ic[i] = ic.get(i, 0) + 1
+                uc = user_counts.setdefault((w, ts // b), {})
+                uc[u] = uc.get(u, 0) + 1
+            tb = trend.setdefault(ts // TREND_BUCKET_S, {})
+            tb[i] = tb.get(i, 0) + 1
+            f = f"a:{i}" if et in SUCCESS else (f"b:{i}" if et == "view" else None)
+            if f:
+                bandit[f] = bandit.get(f, 0.0) + 1.0
+        for u, c in ctxs.items():
+            op("SET", self.key("ctx", u), c.dumps(), "EX", self.s.context_ttl_s)
+        for (w, bucket), counts in item_counts.items():
+            k = self.key("item", w, bucket)
+            for i, n in counts.items():
+                op("HINCRBY", k, i, n)
+            op("EXPIRE", k, WINDOWS[w][0] + WINDOWS[w][1])
+        for (w, bucket), counts in user_counts.items():
+            k = self.key("user", w, bucket)
+            for u, n in counts.items():
+                op("HINCRBY", k, u, n)
+            op("EXPIRE", k, WINDOWS[w][0] + WINDOWS[w][1])
+        for bucket, counts in trend.items():
+            k = self.key("trend", bucket)
+            for i, n in counts.items():
+                op("ZINCRBY", k, n, i)
+            op("EXPIRE", k, 3600 + TREND_BUCKET_S)
+        pk = f"{self.s.bandit_prefix}:params"
+        for f, n in bandit.items():
+            op("HSETNX", pk, f, 1.0)   # the Beta(1, 1) prior, as ThompsonBandit.update does
+            op("HINCRBYFLOAT", pk, f, n)
+        last_ts = max(int(e["ts"]) for e in events)
+        op("SET", self.key("ts", p), json.dumps({"event_ts": last_ts, "wall": time.time()}))
+        op("PUBLISH", INVALIDATE_CHANNEL, ",".join(map(str, users)))
+        return ops
+
+
+# ------------------------------------------------------------------ reading
+def live_context(client, user_id: int, prefix: str = "st") -> LiveContext | None:
+    raw = client.get(f"{prefix}:ctx:{int(user_id)}")
+    return LiveContext.loads(raw) if raw else None
+
+
+def window_count(client, kind: str, ident: int, window: str, now: int | None = None, prefix: str = "st") -> int:
+    """Events of an item (kind "item") or user ("user") in the last `window` (1h, 24h, 7d), summed
+    over its buckets."""
+    span, b = WINDOWS[window]
+    now = int(now if now is not None else time.time())
+    buckets = range((now - span) // b + 1, now // b + 1)
+    pipe = client.pipeline(transaction=False)
+    for bucket in buckets:
+        pipe.hget(f"{prefix}:{kind}:{window}:{bucket}", str(int(ident)))
+    return sum(int(x) for x in pipe.execute() if x is not None)
+
+
+def trending(client, n: int = 20, now: int | None = None, prefix: str = "st") -> list[tuple[int, float]]:
+    """The last hour's most frequent items."""
+    now = int(now if now is not None else time.time())
+    buckets = [f"{prefix}:trend:{b}" for b in range((now - 3600) // TREND_BUCKET_S + 1, now // TREND_BUCKET_S + 1)]
+    tmp = f"{prefix}:trend:tmp:{time.time_ns()}"
+    pipe = client.pipeline()
+    pipe.zunionstore(tmp, buckets)
+    pipe.zrevrange(tmp, 0, n - 1, withscores=True)
+    pipe.delete(tmp)
+    rows = pipe.execute()[1]
+    return [(int(i), float(s)) for i, s in rows]
+
+
+def lag(client, log, prefix: str = "st") -> dict[int, int]:
+    """Events in each partition not yet committed by an aggregator."""
+    pipe = client.pipeline(transaction=False)
+    for p in range(log.partitions):
+        pipe.xlen(log.stream(p))
+        pipe.get(f"{prefix}:done:{p}")
+    res = pipe.execute()
+    return {p: int(res[2 * p] or 0) - int(res[2 * p + 1] or 0) for p in range(log.partitions)}
+
+
+def staleness_s(client, log, prefix: str = "st", now: float | None = None) -> float:
+    """How far behind the stream is: the age of the oldest event no aggregator has committed yet
+    (its stream entry id carries its append time in ms); 0 when every partition is caught up."""
+    now = now if now is not None else time.time()
+    pipe = client.pipeline(transaction=False)
+    for p in range(log.partitions):
+        pipe.get(f"{prefix}:off:{p}")
+    offs = pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    for p, off in enumerate(offs):
+        off = off.decode() if isinstance(off, bytes) else off
+        pipe.xrange(log.stream(p), min=f"({off}" if off else "-", max="+", count=1)
+    oldest = [int((rows[0][0].decode() if isinstance(rows[0][0], bytes) else rows[0][0]).split("-")[0])
+              for rows in pipe.execute() if rows]
+    return max(0.0, now - min(oldest) / 1000.0) if oldest else 0.0
+
+
+def assignment(partitions: int, aggregators: int) -> list[list[int]]:
+    """Partitions of each aggregator (round robin)."""
+    if aggregators < 1:
+        raise ValueError("at least one aggregator is needed")
+    return [list(range(a, partitions, aggregators)) for a in range(aggregators)]
