@@ -219,8 +219,12 @@ def _serve_forever(cfg: Config, reg) -> None:
         _fail(RuntimeError(f"port {cfg.serve.http_port} is taken: Serve cannot listen there. Stop what uses it or "
                            f"set RECSERVE_SERVE__HTTP_PORT"))
     ensure_ray(cfg)
-    console.print("deploying the serving application (Router, Ranker, vector-index shard actors)...")
+    console.print("deploying the serving application (Router, Ranker, Bandit, Explainer, vector-index shard "
+                  "actors) and the stream aggregators...")
     url = deploy(cfg, reg.uri)
+    from actors.aggregator import AggregatorPool
+
+    pool = AggregatorPool(cfg, name="agg", registry=reg)
     user = int(np.load(reg.fetch("embeddings") / "user_ids.npy")[0])
     item = int(np.load(reg.fetch("embeddings") / "item_ids.npy")[0])
     console.print(f"\nserving at {url}  (OpenAPI: {url}/docs). Try:\n")
@@ -229,12 +233,18 @@ def _serve_forever(cfg: Config, reg) -> None:
     print(f"curl -s -X POST {url}/v1/events -H 'content-type: application/json' "
           f"-d '{{\"events\": [{{\"user_id\": {user}, \"item_id\": {item}, \"event_type\": \"click\"}}]}}'")
     print(f"curl -s {url}/v1/status")
-    console.print("\nCtrl-C stops serving (the stack stays up: `recserve down` stops it).")
+    console.print(f"\n{len(pool.actors)} stream aggregators over {cfg.stream.partitions} partitions (more when the "
+                  f"lag passes {cfg.stream.scale_up_lag} events). Ctrl-C stops serving (the stack stays up: "
+                  f"`recserve down` stops it).")
     try:
         while True:
-            _time.sleep(3600)
+            before = len(pool.actors)
+            if pool.autoscale() != before:
+                console.print(f"stream aggregators: {before} -> {len(pool.actors)} (lag {sum(pool.lag().values())})")
+            _time.sleep(5)
     except KeyboardInterrupt:
-        console.print("stopping the serving application")
+        console.print("stopping the serving application and the aggregators")
+        pool.shutdown()
         serve.shutdown()
         ray.shutdown()
 
@@ -267,6 +277,24 @@ def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json
     except RuntimeError as e:
         _fail(e)
     console.print_json(json.dumps({k: v for k, v in res.items() if k != "cases"}))
+
+
+@bench_app.command("stream")
+def bench_stream(out: Path = typer.Option(Path("benchmarks/results/stream.json")),
+                 duration: float = typer.Option(15.0, help="seconds of posting"),
+                 batch: int = typer.Option(1000, help="events per POST /v1/events"),
+                 posters: int = typer.Option(2, help="concurrent posting connections"),
+                 config: Optional[Path] = ConfigOpt):
+    """Events over HTTP -> log -> aggregators -> live context: sustained events/s, freshness
+    p50/p95, and raw pipelined XADD to the same Redis as the machine's limit."""
+    from scripts.bench_stream import run
+
+    cfg = _cfg(config)
+    try:
+        res = run(cfg, duration, batch, posters, out, log=lambda m: console.print(f"[bench stream] {m}"))
+    except RuntimeError as e:
+        _fail(e)
+    console.print_json(json.dumps(res))
 
 
 def main() -> None:  # pragma: no cover
