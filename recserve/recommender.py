@@ -139,8 +139,9 @@ class Recommender:
             if self.data.item_ids[d] == e[0] and e[1] >= ctx.last_ts:
                 update_session(ctx, d, int(self.inputs.stats.item_cat[d]), int(e[1]), self.cfg.ranker.session_len)
         query = self.user_vectors[u].copy()
-        if live.vec is not None and len(live.vec) >= self.dim:
-            m = np.asarray(live.vec[: self.dim], dtype=np.float32)
+        vec = live.vector()
+        if vec is not None and len(vec) >= self.dim:
+            m = vec[: self.dim]
             scale = np.linalg.norm(query[: self.dim]) / max(float(np.linalg.norm(m)), 1e-9)
             query[: self.dim] = (1 - self.live_weight) * query[: self.dim] + self.live_weight * scale * m
         return ctx, query, [int(e[0]) for e in live.events]

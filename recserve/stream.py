@@ -19,6 +19,7 @@ and a PUBLISH on `st:invalidate` of the users touched, so routers drop their cac
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from dataclasses import dataclass, field
@@ -30,19 +31,22 @@ TREND_BUCKET_S = 300
 INVALIDATE_CHANNEL = "st:invalidate"
 SUCCESS = {"click", "purchase"}
 
+# One script per batch: the whole batch's effect travels as one JSON argument (decoded by the
+# server's cjson) and is applied only if the partition's offset is still the one we read from.
 _COMMIT = """
 local cur = redis.call('GET', KEYS[1]) or ''
 if cur ~= ARGV[1] then return 0 end
-local i = 4
-local n = #ARGV
-while i <= n do
-  local op = ARGV[i]
-  local k = tonumber(ARGV[i + 1])
-  local a = {}
-  for j = 1, k do a[j] = ARGV[i + 1 + j] end
-  redis.call(op, unpack(a))
-  i = i + 2 + k
+local d = cjson.decode(ARGV[4])
+for _, x in ipairs(d.set) do redis.call('SET', x[1], x[2], 'EX', x[3]) end
+for _, x in ipairs(d.hincr) do redis.call('HINCRBY', x[1], x[2], x[3]) end
+for _, x in ipairs(d.zincr) do redis.call('ZINCRBY', x[1], x[3], x[2]) end
+for _, x in ipairs(d.expire) do redis.call('EXPIRE', x[1], x[2]) end
+for _, x in ipairs(d.bandit) do
+  redis.call('HSETNX', x[1], x[2], x[3])
+  redis.call('HINCRBYFLOAT', x[1], x[2], x[4])
 end
+redis.call('SET', d.ts[1], d.ts[2])
+redis.call('PUBLISH', d.pub[1], d.pub[2])
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('INCRBY', KEYS[2], ARGV[3])
 return 1
@@ -64,7 +68,10 @@ class LiveContext:
     events: list[list] = field(default_factory=list)  # [item_id, ts, event_type], oldest first
     n: int = 0
     last_ts: int = 0
-    vec: list[float] | None = None
+    vec: str | None = None   # base64 of the float32 real-time vector
+
+    def vector(self) -> np.ndarray | None:
+        return None if self.vec is None else np.frombuffer(base64.b64decode(self.vec), dtype=np.float32)
 
     @classmethod
     def loads(cls, raw) -> "LiveContext":
@@ -121,11 +128,7 @@ class AggregatorCore:
         return len(entries)
 
     def _fold(self, events: list[dict], p: int) -> list:
-        ops: list = []
-
-        def op(name, *args):
-            ops.extend([name, len(args), *args])
-
+        """The batch's effect as the commit script's arguments (nothing is written here)."""
         users = sorted({int(e["user_id"]) for e in events})
         raw = self.r.mget([self.key("ctx", u) for u in users])
         ctxs = {u: LiveContext.loads(x) for u, x in zip(users, raw)}
@@ -133,17 +136,20 @@ class AggregatorCore:
         user_counts: dict[tuple[str, int], dict[int, int]] = {}
         trend: dict[int, dict[int, int]] = {}
         bandit: dict[str, float] = {}
+        vecs: dict[int, np.ndarray] = {}
+        decay = self.s.vector_decay
         for e in events:
             u, i, ts, et = int(e["user_id"]), int(e["item_id"]), int(e["ts"]), e["event_type"]
             c = ctxs[u]
             c.events.append([i, ts, et])
-            del c.events[: max(0, len(c.events) - self.s.session_len)]
             c.n += 1
             c.last_ts = max(c.last_ts, ts)
             v = self.vectors.get(i)
             if v is not None:
-                old = np.asarray(c.vec, dtype=np.float32) if c.vec is not None else None
-                c.vec = (v if old is None else self.s.vector_decay * old + (1 - self.s.vector_decay) * v).tolist()
+                old = vecs.get(u)
+                if old is None and c.vec is not None:
+                    old = c.vector()
+                vecs[u] = v if old is None else decay * old + (1 - decay) * v
             for w, (_, b) in WINDOWS.items():
                 ic = item_counts.setdefault((w, ts // b), {})
                 ic[i] = ic.get(i, 0) + 1
@@ -154,31 +160,27 @@ class AggregatorCore:
             f = f"a:{i}" if et in SUCCESS else (f"b:{i}" if et == "view" else None)
             if f:
                 bandit[f] = bandit.get(f, 0.0) + 1.0
+        d: dict = {"set": [], "hincr": [], "zincr": [], "expire": [], "bandit": []}
         for u, c in ctxs.items():
-            op("SET", self.key("ctx", u), c.dumps(), "EX", self.s.context_ttl_s)
-        for (w, bucket), counts in item_counts.items():
-            k = self.key("item", w, bucket)
-            for i, n in counts.items():
-                op("HINCRBY", k, i, n)
-            op("EXPIRE", k, WINDOWS[w][0] + WINDOWS[w][1])
-        for (w, bucket), counts in user_counts.items():
-            k = self.key("user", w, bucket)
-            for u, n in counts.items():
-                op("HINCRBY", k, u, n)
-            op("EXPIRE", k, WINDOWS[w][0] + WINDOWS[w][1])
+            del c.events[: max(0, len(c.events) - self.s.session_len)]
+            if u in vecs:
+                c.vec = base64.b64encode(np.asarray(vecs[u], dtype=np.float32).tobytes()).decode()
+            d["set"].append([self.key("ctx", u), c.dumps(), self.s.context_ttl_s])
+        for kind, table in (("item", item_counts), ("user", user_counts)):
+            for (w, bucket), counts in table.items():
+                k = self.key(kind, w, bucket)
+                d["hincr"] += [[k, str(x), n] for x, n in counts.items()]
+                d["expire"].append([k, WINDOWS[w][0] + WINDOWS[w][1]])
         for bucket, counts in trend.items():
             k = self.key("trend", bucket)
-            for i, n in counts.items():
-                op("ZINCRBY", k, n, i)
-            op("EXPIRE", k, 3600 + TREND_BUCKET_S)
+            d["zincr"] += [[k, str(i), n] for i, n in counts.items()]
+            d["expire"].append([k, 3600 + TREND_BUCKET_S])
         pk = f"{self.s.bandit_prefix}:params"
-        for f, n in bandit.items():
-            op("HSETNX", pk, f, 1.0)   # the Beta(1, 1) prior, as ThompsonBandit.update does
-            op("HINCRBYFLOAT", pk, f, n)
+        d["bandit"] = [[pk, f, 1.0, n] for f, n in bandit.items()]  # Beta(1, 1) prior, as ThompsonBandit.update
         last_ts = max(int(e["ts"]) for e in events)
-        op("SET", self.key("ts", p), json.dumps({"event_ts": last_ts, "wall": time.time()}))
-        op("PUBLISH", INVALIDATE_CHANNEL, ",".join(map(str, users)))
-        return ops
+        d["ts"] = [self.key("ts", p), json.dumps({"event_ts": last_ts, "wall": time.time()})]
+        d["pub"] = [INVALIDATE_CHANNEL, ",".join(map(str, users))]
+        return [json.dumps(d, separators=(",", ":"))]
 
 
 # ------------------------------------------------------------------ reading

@@ -55,7 +55,7 @@ def test_fold_context_counters_trending_bandit(env):
     assert _item_total(r, s) == 40
     assert window_count(r, "user", 1, "24h", NOW, s.prefix) == 10
     ctx = live_context(r, 1, s.prefix)
-    assert ctx.n == 10 and len(ctx.events) == 5 and ctx.vec is not None and len(ctx.vec) == 20
+    assert ctx.n == 10 and len(ctx.events) == 5 and ctx.vector() is not None and len(ctx.vector()) == 20
     top = trending(r, 3, NOW, s.prefix)
     assert len(top) == 3 and top[0][1] == 2.0
     a = float(r.hget(f"{s.bandit_prefix}:params", "a:100"))
