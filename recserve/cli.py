@@ -283,7 +283,7 @@ def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json
 def bench_stream(out: Path = typer.Option(Path("benchmarks/results/stream.json")),
                  duration: float = typer.Option(15.0, help="seconds of posting"),
                  batch: int = typer.Option(1000, help="events per POST /v1/events"),
-                 posters: int = typer.Option(2, help="concurrent posting connections"),
+                 posters: int = typer.Option(3, help="concurrent posting connections"),
                  config: Optional[Path] = ConfigOpt):
     """Events over HTTP -> log -> aggregators -> live context: sustained events/s, freshness
     p50/p95, and raw pipelined XADD to the same Redis as the machine's limit."""

@@ -37,7 +37,7 @@ def raw_xadd(client, seconds: float = 3.0, batch: int = 1000) -> float:
     return rate
 
 
-def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 2, out: str | Path | None = None,
+def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: str | Path | None = None,
         log=print) -> dict:
     import redis
     from ray import serve
