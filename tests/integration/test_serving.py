@@ -79,3 +79,23 @@ def test_health_ready_status_docs(serving):
     assert http.get("/openapi.json").json()["info"]["title"] == "recserve"
     r = http.post("/v1/recommend", content=b"{oops", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("bad,field", [
+    ({"event_type": "hover"}, "events.1.event_type"),
+    ({"ts": int(time.time()) + 86400}, "events.1.ts"),
+    ({"ts": 1}, "events.1.ts"),
+    ({"user_id": -5}, "events.1.user_id"),
+    ({"colour": "red"}, "events.1.colour"),
+])
+def test_one_bad_event_rejects_the_batch_and_the_log_stays_clean(serving, bad, field):
+    import redis
+
+    http, reg, cfg = serving
+    r = redis.Redis.from_url(cfg.redis_url)
+    streams = [f"events:{p}" for p in range(cfg.stream.partitions)]
+    before = sum(r.xlen(s) for s in streams)
+    good = {"event_id": f"ok-{time.time_ns()}", "user_id": _user(reg), "item_id": 1, "event_type": "view"}
+    res = http.post("/v1/events", json={"events": [good, {**good, "event_id": f"bad-{time.time_ns()}", **bad}]})
+    assert res.status_code == 422 and res.json()["error"]["field"] == field, res.text
+    assert sum(r.xlen(s) for s in streams) == before   # not even the good event of the batch
