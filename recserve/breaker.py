@@ -1,0 +1,124 @@
+"""Circuit breakers for the router's remote dependencies, with the seed's settings as defaults:
+open when, within the window, at least 10 calls failed and they were at least 50% of the calls;
+stay open 30 s; then let 5 probe calls through (half-open): all 5 succeed -> closed, any fails ->
+open again. One breaker per dependency (feature store, vector index, ranker, bandit, explainer,
+event log); states are exported in /v1/status and as a metric.
+
+Async-safe: the router's handlers run on one event loop, and a lock covers the odd thread (the
+invalidation listener)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
+DEPENDENCIES = ("feature_store", "vector_index", "ranker", "bandit", "explainer", "event_log")
+
+
+class BreakerOpen(RuntimeError):
+    """The dependency's breaker is open: the caller degrades without calling it."""
+
+
+@dataclass
+class BreakerSettings:
+    failure_rate: float = 0.5
+    min_failures: int = 10
+    window_s: float = 30.0
+    open_s: float = 30.0
+    half_open_probes: int = 5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.failure_rate <= 1:
+            raise ValueError("failure_rate must be in (0, 1]")
+        if self.min_failures < 1 or self.half_open_probes < 1:
+            raise ValueError("min_failures and half_open_probes must be >= 1")
+        if self.window_s <= 0 or self.open_s <= 0:
+            raise ValueError("window_s and open_s must be > 0")
+
+
+class CircuitBreaker:
+    def __init__(self, name: str, settings: BreakerSettings | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.name = name
+        self.s = settings or BreakerSettings()
+        self.clock = clock
+        self.state = CLOSED
+        self.calls: deque[tuple[float, bool]] = deque()
+        self.opened_at = 0.0
+        self.probes = 0          # probe calls let through while half-open
+        self.probe_ok = 0
+        self.opens = 0
+        self._lock = threading.Lock()
+
+    def _prune(self, now: float) -> None:
+        while self.calls and now - self.calls[0][0] > self.s.window_s:
+            self.calls.popleft()
+
+    def allow(self) -> bool:
+        """May a call go out now? (An open breaker turns half-open after open_s.)"""
+        with self._lock:
+            now = self.clock()
+            if self.state == OPEN and now - self.opened_at >= self.s.open_s:
+                self.state, self.probes, self.probe_ok = HALF_OPEN, 0, 0
+            if self.state == CLOSED:
+                return True
+            if self.state == HALF_OPEN and self.probes < self.s.half_open_probes:
+                self.probes += 1
+                return True
+            return False
+
+    def record(self, ok: bool) -> None:
+        with self._lock:
+            now = self.clock()
+            if self.state == HALF_OPEN:
+                if not ok:
+                    self._open(now)
+                else:
+                    self.probe_ok += 1
+                    if self.probe_ok >= self.s.half_open_probes:
+                        self.state = CLOSED
+                        self.calls.clear()
+                return
+            if self.state == OPEN:
+                return  # a call that started before the breaker opened
+            self.calls.append((now, ok))
+            self._prune(now)
+            failures = sum(1 for _, good in self.calls if not good)
+            if failures >= self.s.min_failures and failures / len(self.calls) >= self.s.failure_rate:
+                self._open(now)
+
+    def _open(self, now: float) -> None:
+        self.state, self.opened_at = OPEN, now
+        self.opens += 1
+
+    @property
+    def is_open(self) -> bool:
+        return self.state == OPEN and self.clock() - self.opened_at < self.s.open_s
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            now = self.clock()
+            self._prune(now)
+            failures = sum(1 for _, good in self.calls if not good)
+            return {"state": self.state, "calls": len(self.calls), "failures": failures, "opens": self.opens,
+                    "open_for_s": round(max(0.0, self.s.open_s - (now - self.opened_at)), 2)
+                    if self.state == OPEN else 0.0}
+
+
+class Breakers:
+    """One breaker per dependency."""
+
+    def __init__(self, settings: BreakerSettings | None = None, clock: Callable[[], float] = time.monotonic,
+                 names: tuple[str, ...] = DEPENDENCIES):
+        self.by_name = {n: CircuitBreaker(n, settings, clock) for n in names}
+
+    def __getitem__(self, name: str) -> CircuitBreaker:
+        return self.by_name[name]
+
+    def snapshot(self) -> dict:
+        return {n: b.snapshot() for n, b in self.by_name.items()}
