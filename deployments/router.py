@@ -6,7 +6,6 @@ bad input; a failing dependency lowers the degradation level instead of failing 
 
 import asyncio
 import time
-import uuid
 
 import numpy as np
 from fastapi import FastAPI
@@ -23,7 +22,8 @@ from recserve.api import (
     install_error_handlers,
 )
 from recserve.batching import MicroBatcher
-from recserve.recommender import LEVEL_BATCH
+from recserve.breaker import Breakers, BreakerSettings
+from recserve.ladder import Ladder
 
 
 def _ms(t0: float) -> float:
@@ -61,7 +61,14 @@ class Router:
         self.cache = ResponseCache(ttl_s=self.cfg.serve.cache_ttl_s)
         self.cache_enabled = cache
         self.log = RedisStreamLog(self.redis, partitions=self.cfg.stream.partitions)
-        self.hops = {"ranker": "ok", "bandit": "ok", "explainer": "ok"}
+        sv = self.cfg.serve
+        self.breakers = Breakers(BreakerSettings(sv.breaker_failure_rate, sv.breaker_min_failures,
+                                                 sv.breaker_window_s, sv.breaker_open_s, sv.breaker_probes))
+        # the degradation ladder (recserve/ladder.py): breakers, deadlines, fallbacks
+        self.ladder = Ladder(self.rec, self.breakers, score=self._score, select=self._select,
+                             explain=self._explain, deadline_ms=sv.deadline_ms,
+                             explainer_budget_ms=sv.explainer_budget_ms)
+        self.hops = self.ladder.hops
         # the stream's live user context (recserve.stream), cached here for a short TTL; stale
         # streams (lag past the bound) are ignored in favour of the batch vectors (level 2)
         self.rec.live = self._live
@@ -118,9 +125,14 @@ class Router:
         hit = self._live_cache.get(user_id)
         if hit is not None and now - hit[0] < self.cfg.stream.context_cache_s:
             return hit[1]
+        b = self.breakers["feature_store"]
+        if not b.allow():
+            return None
         try:
             ctx = live_context(self.redis, user_id)
+            b.record(True)
         except Exception:  # noqa: BLE001 - Redis unreachable: batch context only
+            b.record(False)
             ctx = None
         if len(self._live_cache) > 100_000:
             self._live_cache.clear()
@@ -175,54 +187,11 @@ class Router:
         return [(ids[i:i + 1], sc[i:i + 1]) for i in range(len(items))]
 
     async def _compute(self, req: RecommendRequest) -> dict:
-        rid = uuid.uuid4().hex
         self._check_stream()
-        filters = req.filters.model_dump(exclude_none=True) if req.filters else None
-        hop = {}
-        t = time.perf_counter()
-        stage = await self.rec.acandidates(req.user_id, req.k, filters)
-        hop["candidates"] = _ms(t)
-        versions = dict(self.rec.versions)
-        if "done" in stage:  # cold start or index down: popular items, no ranking
-            return {**self.rec.finish(stage, None, req.user_id, req.k, req.explain, request_id=rid).to_json(),
-                    "model_versions": versions}
-        scores, slate, reasons, tier = None, None, None, "templates"
-        if len(stage["X"]):
-            t = time.perf_counter()
-            try:
-                scores, versions["ranker"] = await self._score(stage["X"])
-                self.hops["ranker"] = "ok"
-                hop["ranker"] = _ms(t)
-            except Exception as e:  # noqa: BLE001 - the ranker failing degrades to retrieval order
-                versions["ranker"] = "unavailable"
-                self.hops["ranker"] = f"failing: {type(e).__name__}"
-        ranked, _ = self.rec.ranked(stage, scores)
-        if ranked:
-            t = time.perf_counter()
-            try:
-                slate = await self._select(ranked, req.k, req.user_id, rid)
-                self.hops["bandit"] = "ok"
-                hop["bandit"] = _ms(t)
-            except Exception as e:  # noqa: BLE001 - no exploration this time
-                self.hops["bandit"] = f"failing: {type(e).__name__}"
-        if req.explain and ranked:
-            chosen = list(slate.items) if slate else ranked[:req.k]
-            explored = list(slate.explored) if slate else [False] * len(chosen)
-            t = time.perf_counter()
-            try:
-                out = await self._explain(self.rec.signals(stage, chosen, explored))
-                reasons, tier = out["reasons"], out["tier"]
-                self.hops["explainer"] = "ok"
-                hop["explainer"] = _ms(t)
-            except Exception as e:  # noqa: BLE001 - templates computed here instead
-                self.hops["explainer"] = f"failing: {type(e).__name__}"
-        rec = self.rec.finish(stage, scores, req.user_id, req.k, req.explain, slate=slate, reasons=reasons,
-                              request_id=rid)
-        versions["explainer"] = tier
-        out = {**rec.to_json(), "model_versions": versions, "hop_ms": hop, "live_context": stage.get("live", False)}
-        if self.stale:  # the stream lags past its bound: batch vectors served
-            out["degradation_level"] = max(out["degradation_level"], LEVEL_BATCH)
-        return out
+        self.ladder.stale = self.stale
+        return await self.ladder.recommend(req.user_id, req.k,
+                                           req.filters.model_dump(exclude_none=True) if req.filters else None,
+                                           req.explain)
 
     @api.post("/v1/recommend")
     async def recommend(self, req: RecommendRequest):
@@ -240,7 +209,19 @@ class Router:
         now = int(time.time())
         for e in evs:
             e["ts"] = e["ts"] or now
-        offsets = self.log.append(evs)   # acknowledged by Redis (AOF everysec) before we answer
+        b = self.breakers["event_log"]
+        if not b.allow():
+            return JSONResponse(error_body("unavailable", "the event log is unavailable (circuit open); nothing was "
+                                                          "written: retry after the Retry-After delay", None),
+                                503, headers={"Retry-After": "5"})
+        try:
+            offsets = self.log.append(evs)   # acknowledged by Redis (AOF everysec) before we answer
+            b.record(True)
+        except Exception as e:  # noqa: BLE001 - not acknowledged: the client must retry (ids make it idempotent)
+            b.record(False)
+            return JSONResponse(error_body("unavailable", f"the event log did not acknowledge the batch "
+                                                          f"({type(e).__name__}); retry it: event ids make the "
+                                                          f"retry idempotent", None), 503, headers={"Retry-After": "1"})
         for uid in {e["user_id"] for e in evs}:
             self.cache.invalidate_user(uid)
         return {"accepted": sum(o is not None for o in offsets), "duplicates": sum(o is None for o in offsets)}
@@ -296,7 +277,7 @@ class Router:
                 "cache": {"hits": st.hits, "misses": st.misses, "coalesced": st.coalesced,
                           "hit_rate": st.hit_rate, "entries": len(self.cache)},
                 "index": {"version": self.index.version, "shards": len(self.index.groups)},
-                "degradation_level": LEVEL_BATCH if self.stale else 0, "breakers": {}, "hops": self.hops,
+                "degradation_level": self.ladder.level_now(), "breakers": self.breakers.snapshot(), "hops": self.hops,
                 "stream": {"staleness_s": round(self.staleness, 3), "stale": self.stale,
                            "bound_s": self.cfg.stream.staleness_bound_s},
                 "index_batching": {"calls": self.search_batcher.calls, "searches": self.search_batcher.items}}

@@ -111,6 +111,14 @@ class ServeConfig(_Strict):
     affinity: bool = Field(True, description="route a user's requests (header x-session-id: <user_id>) to one "
                                              "router replica by consistent hashing")
     router_replicas: int = Field(1, ge=1, le=64, description="router replicas (without autoscaling)")
+    deadline_ms: float = Field(80.0, gt=0, description="request budget at the origin (the seed's 80 ms): each hop "
+                                                        "gets what is left; past it the answer degrades")
+    explainer_budget_ms: float = Field(300.0, gt=0, description="most the explainer may take (the seed's 300 ms)")
+    breaker_failure_rate: float = Field(0.5, gt=0, le=1, description="circuit breakers: open at this failure share")
+    breaker_min_failures: int = Field(10, ge=1, description="...with at least this many failures in the window")
+    breaker_window_s: float = Field(30.0, gt=0)
+    breaker_open_s: float = Field(30.0, gt=0, description="how long an open breaker stays open")
+    breaker_probes: int = Field(5, ge=1, description="half-open probe calls that must succeed to close")
     colocate: bool = Field(False, description="run ranker, bandit and explainer inside the router process (one "
                                               "deployment; for small machines where each Serve hop costs more "
                                               "CPU than its work)")

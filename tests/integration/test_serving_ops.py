@@ -199,7 +199,7 @@ def test_colocated_router_answers_the_same_contract(serving):
             body = r.json()
             assert len(body["items"]) == 5 and all(i["reasons"] for i in body["items"])
             assert body["model_versions"]["ranker"] == reg.resolve("ranker")
-            assert set(body["hop_ms"]) >= {"candidates", "ranker", "bandit", "explainer"}
+            assert set(body["hop_ms"]) >= {"vector_index", "ranker", "bandit", "explainer"}
             fb = c.post("/v1/feedback", json={"request_id": body["request_id"], "item_id": body["items"][0]["item_id"],
                                               "reward": 0.0})
             assert fb.status_code == 200 and fb.json()["posterior"]["beta"] >= 2.0
