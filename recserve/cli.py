@@ -249,6 +249,46 @@ def _serve_forever(cfg: Config, reg) -> None:
         ray.shutdown()
 
 
+@app.command("backup")
+def backup_cmd(to: str = typer.Option(..., "--to", help="local folder or pyarrow.fs URI (s3://..., gs://...)"),
+               keep: int = typer.Option(24, help="backups to keep there (older ones are removed)"),
+               list_only: bool = typer.Option(False, "--list", help="list the backups there and exit"),
+               config: Optional[Path] = ConfigOpt):
+    """One consistent, timestamped backup of the running stack: Redis (BGSAVE + AOF: features,
+    live contexts, counters, bandit, event log, committed offsets), the live indexes' snapshots and
+    WALs, the registry's manifests."""
+    from recserve.backup import BackupError, backup, list_backups
+
+    cfg = _cfg(config)
+    try:
+        if list_only:
+            for b in list_backups(to):
+                print(f"{b['point_iso']}  {b['name']}  keys={b['redis_keys']}  {b['path']}")
+            return
+        res = backup(cfg, to, keep=keep, log=lambda m: console.print(f"[backup] {m}"))
+    except BackupError as e:
+        _fail(e)
+    console.print_json(json.dumps({k: v for k, v in res.items() if k != "files"}))
+
+
+@app.command("restore")
+def restore_cmd(src: str = typer.Option(..., "--from", help="where `recserve backup --to` wrote"),
+                point_in_time: Optional[str] = typer.Option(None, "--point-in-time",
+                                                            help="newest backup at or before this (unix seconds or "
+                                                                 "ISO time); default the newest"),
+                force: bool = typer.Option(False, "--force", help="restore over existing Redis data (kept aside)"),
+                config: Optional[Path] = ConfigOpt):
+    """Load a backup into the stopped stack (`recserve down` first); `recserve up` then serves it."""
+    from recserve.backup import BackupError, restore
+
+    cfg = _cfg(config)
+    try:
+        res = restore(cfg, src, point_in_time, force=force, log=lambda m: console.print(f"[restore] {m}"))
+    except BackupError as e:
+        _fail(e)
+    console.print_json(json.dumps(res))
+
+
 @bench_app.command("index")
 def bench_index(out: Path = typer.Option(Path("benchmarks/results/index.json")),
                 n: int = typer.Option(1_000_000, help="vectors"), dim: int = typer.Option(64),

@@ -81,7 +81,7 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 def start_redis(data_dir: Path, host: str, port: int, appendfsync: str = "everysec",
-                maxmemory_mb: int = 0, timeout: float = 10.0) -> subprocess.Popen:
+                maxmemory_mb: int = 0, timeout: float = 60.0, appendonly: bool = True) -> subprocess.Popen:
     """Start a real redis-server with AOF under `data_dir`; wait until it answers PING."""
     if not port_is_free(port, host):
         raise StackError(f"port {port} on {host} is taken: Redis cannot start there. Stop what uses it "
@@ -90,7 +90,7 @@ def start_redis(data_dir: Path, host: str, port: int, appendfsync: str = "everys
     log = data_dir / "redis.log"
     boot = data_dir / "redis.start.out"  # errors before redis opens its log file land here
     args = [find_redis_server(), "--bind", host, "--port", str(port), "--dir", str(data_dir),
-            "--appendonly", "yes", "--appendfsync", appendfsync, "--appendfilename", "appendonly.aof",
+            "--appendonly", "yes" if appendonly else "no", "--appendfsync", appendfsync, "--appendfilename", "appendonly.aof",
             "--dbfilename", "dump.rdb", "--save", "3600 1 300 100 60 10000", "--logfile", str(log),
             "--daemonize", "no", "--protected-mode", "no"]
     if maxmemory_mb:
