@@ -15,7 +15,17 @@ class Explainer:
         if backend != "templates":
             raise ValueError(f"explainer backend {backend!r} is not available: use 'templates'")
         self.backend = backend
+        self.delay_s = 0.0
 
     async def explain(self, signals: list[dict]) -> dict:
         """All items of one request in one call: {"reasons": [[str, ...] per item], "tier": ...}."""
+        if self.delay_s:
+            import asyncio
+
+            await asyncio.sleep(self.delay_s)
         return {"reasons": [template_reasons_from(s) for s in signals], "tier": self.backend}
+
+    def set_delay(self, ms: float) -> float:
+        """Fault injection for `recserve chaos`: answer this much later."""
+        self.delay_s = max(0.0, ms) / 1000.0
+        return self.delay_s

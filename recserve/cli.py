@@ -249,6 +249,23 @@ def _serve_forever(cfg: Config, reg) -> None:
         ray.shutdown()
 
 
+@app.command("chaos")
+def chaos_cmd(duration: float = typer.Option(120.0, help="seconds in all (six phases)"),
+              concurrency: int = typer.Option(4, help="concurrent /v1/recommend clients"),
+              out: Path = typer.Option(Path("benchmarks/results/chaos.json")),
+              config: Optional[Path] = ConfigOpt):
+    """Load plus faults, one per phase: kill a ranker replica, a vector-shard actor, an aggregator,
+    Redis (then restart it), slow the explainer; per phase status codes, levels, p95, recovery."""
+    from scripts.chaos import run
+
+    cfg = _cfg(config)
+    try:
+        res = run(cfg, duration, concurrency, out, log=lambda m: console.print(f"[chaos] {m}"))
+    except RuntimeError as e:
+        _fail(e)
+    console.print_json(json.dumps(res))
+
+
 @app.command("backup")
 def backup_cmd(to: str = typer.Option(..., "--to", help="local folder or pyarrow.fs URI (s3://..., gs://...)"),
                keep: int = typer.Option(24, help="backups to keep there (older ones are removed)"),
