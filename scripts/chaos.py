@@ -95,9 +95,14 @@ def _phase_report(records, t0: float, t1: float, fault_at: float | None) -> dict
 
     rec_s = None
     if fault_at is not None:
-        degraded = [r[0] for r in rs if r[0] >= fault_at and not full(r)]
-        later_full = [r[0] for r in rs if degraded and r[0] > max(degraded) and full(r)]
-        rec_s = 0.0 if not degraded else (round(min(later_full) - fault_at, 2) if later_full else None)
+        # back to full level: the first moment after the fault from which 10 answers in a row are
+        # full (a single slow answer later on is load, not the fault)
+        after = sorted((r for r in rs if r[0] >= fault_at), key=lambda r: r[0])
+        ok = [full(r) for r in after]
+        for i in range(len(after) - 9):
+            if all(ok[i:i + 10]):
+                rec_s = round(max(0.0, after[i][0] - fault_at), 2)
+                break
     return {"requests": len(rs), "status": codes, "levels": levels, "p95_ms": round(float(np.percentile(lat, 95)), 1),
             "recovery_s": rec_s}
 
@@ -143,6 +148,7 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
         f"request budget {cfg.serve.deadline_ms:.0f} ms")
     load.thread.start()
     marks = []
+    failed = True
     try:
         for name in FAULTS:
             t_start = time.time()
@@ -178,9 +184,13 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
             if name == "slow_explainer":
                 serve.get_deployment_handle("Explainer", app_name="chaos").set_delay.remote(0).result()
             marks.append((name, t_start, time.time(), fault_at))
+        failed = False
     finally:
         load.stop.set()
         load.thread.join(30)
+        if failed:  # leave nothing behind for the next run
+            pool.shutdown()
+            serve.shutdown()
     # every acknowledged event must be in the log once Redis is back
     log_obj = RedisStreamLog(r, partitions=cfg.stream.partitions)
     present = set()
@@ -198,7 +208,7 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
            "http_5xx": sum(1 for x in allrec if x[1] >= 500), "http_429": sum(1 for x in allrec if x[1] == 429),
            "levels": levels, "p95_ms": round(float(np.percentile([x[3] for x in allrec], 95)), 1) if allrec else None,
            "max_recovery_s": max((p["recovery_s"] or 0.0) for p in phases.values()),
-           "unrecovered": [n for n, p in phases.items() if p["recovery_s"] is None],
+           "unrecovered": [n for n, a, b, f in marks if f is not None and phases[n]["recovery_s"] is None],
            "events_acknowledged": len(load.acked), "events_lost": len(lost), "event_errors": load.event_errors,
            "phases": phases}
     pool.shutdown()
