@@ -236,6 +236,12 @@ def _serve_forever(cfg: Config, reg) -> None:
     console.print(f"\n{len(pool.actors)} stream aggregators over {cfg.stream.partitions} partitions (more when the "
                   f"lag passes {cfg.stream.scale_up_lag} events). Ctrl-C stops serving (the stack stays up: "
                   f"`recserve down` stops it).")
+    import signal as _signal
+
+    def _stop(signum, frame):  # SIGTERM (a supervisor, `kill`) stops as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    _signal.signal(_signal.SIGTERM, _stop)
     try:
         while True:
             before = len(pool.actors)
