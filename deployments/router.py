@@ -69,6 +69,10 @@ class Router:
                              explain=self._explain, deadline_ms=sv.deadline_ms,
                              explainer_budget_ms=sv.explainer_budget_ms)
         self.hops = self.ladder.hops
+        from recserve.metrics import RouterMetrics
+
+        self.metrics = RouterMetrics()
+        self._metrics_at = 0.0
         # the stream's live user context (recserve.stream), cached here for a short TTL; stale
         # streams (lag past the bound) are ignored in favour of the batch vectors (level 2)
         self.rec.live = self._live
@@ -198,10 +202,29 @@ class Router:
         t0 = time.perf_counter()
         if self.cache_enabled:
             key = (req.user_id, req.model_dump_json(exclude={"user_id"}))
-            out, how = await self.cache.get_or_compute(key, req.user_id, lambda: self._compute(req))
+            # degraded answers (batch vectors, a last list, popular) are not kept: the next request
+            # tries the full path again
+            out, how = await self.cache.get_or_compute(key, req.user_id, lambda: self._compute(req),
+                                                       cacheable=lambda v: v["degradation_level"] <= 1)
         else:
             out, how = await self._compute(req), "off"
-        return {**out, "took_ms": round((time.perf_counter() - t0) * 1000, 2), "cache": how}
+        took = (time.perf_counter() - t0) * 1000
+        self._observe("recommend", 200, took, out, how)
+        return {**out, "took_ms": round(took, 2), "cache": how}
+
+    def _observe(self, endpoint: str, status: int, ms: float, out: dict | None = None, how: str = "") -> None:
+        """Ray metrics (recserve.metrics); breaker states and staleness at most once a second."""
+        try:
+            self.metrics.request(endpoint, status, ms)
+            if out is not None:
+                self.metrics.answer(out, how)
+            now = time.monotonic()
+            if now - self._metrics_at >= 1.0:
+                self._metrics_at = now
+                self.metrics.breakers(self.breakers.snapshot())
+                self.metrics.staleness.set(self.staleness)
+        except Exception:  # noqa: BLE001 - metrics never fail a request
+            pass
 
     @api.post("/v1/events", status_code=202)
     async def events(self, req: EventsRequest):
@@ -224,6 +247,11 @@ class Router:
                                                           f"retry idempotent", None), 503, headers={"Retry-After": "1"})
         for uid in {e["user_id"] for e in evs}:
             self.cache.invalidate_user(uid)
+        accepted = sum(o is not None for o in offsets)
+        try:
+            self.metrics.events.inc(accepted) if accepted else None
+        except Exception:  # noqa: BLE001
+            pass
         return {"accepted": sum(o is not None for o in offsets), "duplicates": sum(o is None for o in offsets)}
 
     @api.post("/v1/feedback")

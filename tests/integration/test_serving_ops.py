@@ -205,3 +205,32 @@ def test_colocated_router_answers_the_same_contract(serving):
             assert fb.status_code == 200 and fb.json()["posterior"]["beta"] >= 2.0
     finally:
         serve.delete("colo")
+
+
+def test_prometheus_endpoint_has_the_recserve_metrics(serving):
+    """After some traffic, Ray's metrics export (Prometheus format) carries the router's metrics."""
+    import httpx
+    import ray
+
+    http, reg, _ = serving
+    for u in _users(reg, 5):
+        assert http.post("/v1/recommend", json={"user_id": u, "k": 5}).status_code == 200
+    http.post("/v1/events", json={"events": [{"event_id": f"m-{time.time_ns()}", "user_id": _users(reg, 1)[0],
+                                              "item_id": 1, "event_type": "view"}]})
+    port = ray.nodes()[0]["MetricsExportPort"]
+    want = ["recserve_requests_total", "recserve_request_latency_ms_bucket", "recserve_hop_latency_ms_bucket",
+            "recserve_degradation_level_total", "recserve_cache_lookups_total", "recserve_breaker_state",
+            "recserve_events_accepted_total"]
+    text, deadline = "", time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        if all(w in text for w in want):
+            break
+        time.sleep(2)
+    missing = [w for w in want if w not in text]
+    assert not missing, missing
+    rows = [x for x in text.splitlines() if not x.startswith("#")]   # Ray may prefix the names (ray_...)
+    lines = [x for x in rows if "recserve_requests_total{" in x and 'endpoint="recommend"' in x]
+    assert lines and sum(float(x.rsplit(" ", 1)[1]) for x in lines) >= 5, lines
+    states = [x for x in rows if "recserve_breaker_state{" in x]
+    assert states and all(float(x.rsplit(" ", 1)[1]) in (0.0, 1.0, 2.0) for x in states)
