@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from scripts._common import require_own_serve
+
 CONCURRENCY = (1, 4, 16)
 
 
@@ -42,13 +44,7 @@ def run(cfg, duration: float = 8.0, out: str | Path | None = None, log=print) ->
     user_ids = np.load(reg.fetch("embeddings") / "user_ids.npy")
     users = f"{int(user_ids.min())}-{int(user_ids.max())}"
     ensure_ray(cfg)
-    try:
-        running = serve.status().applications
-    except Exception:  # noqa: BLE001 - no Serve instance: what we want
-        running = {}
-    if running:
-        raise RuntimeError(f"Serve already runs applications {sorted(running)} on this cluster (make demo?); the "
-                           f"benchmark needs its own Serve instance: stop them (Ctrl-C the demo) and run it again")
+    require_own_serve("the benchmark")
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from scripts._common import require_own_serve
+
 
 def raw_xadd(client, seconds: float = 3.0, batch: int = 1000) -> float:
     payload = json.dumps({"event_id": "x" * 16, "user_id": 123456, "item_id": 654321, "event_type": "view",
@@ -60,13 +62,7 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
     user_ids = np.load(reg.fetch("embeddings") / "user_ids.npy")
     item_ids = np.load(reg.fetch("embeddings") / "item_ids.npy")
     ensure_ray(cfg)
-    try:
-        running = serve.status().applications
-    except Exception:  # noqa: BLE001
-        running = {}
-    if running:
-        raise RuntimeError(f"Serve already runs applications {sorted(running)} (make demo?); the benchmark needs its "
-                           f"own Serve instance: stop them and run it again")
+    require_own_serve("the benchmark")
     log("raw pipelined XADD to the same Redis ...")
     raw = raw_xadd(r)
     log(f"raw XADD: {raw:,.0f}/s")

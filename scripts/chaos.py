@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from scripts._common import require_own_serve
+
 FAULTS = ("baseline", "kill_ranker_replica", "kill_shard_actor", "kill_aggregator", "kill_redis", "slow_explainer")
 
 
@@ -127,12 +129,7 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     users = np.load(reg.fetch("embeddings") / "user_ids.npy")
     items = np.load(reg.fetch("embeddings") / "item_ids.npy")
     ensure_ray(cfg)
-    try:
-        running = serve.status().applications
-    except Exception:  # noqa: BLE001
-        running = {}
-    if running:
-        raise RuntimeError(f"Serve already runs {sorted(running)}: chaos needs its own Serve instance")
+    require_own_serve("chaos")
     r = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
     for pattern in ("events:*", "st:*"):
         keys = list(r.scan_iter(pattern, count=1000))

@@ -1,0 +1,17 @@
+"""What the benchmarks and the chaos run share."""
+
+from __future__ import annotations
+
+
+def require_own_serve(what: str) -> None:
+    """Benchmarks deploy their own applications on their own HTTP port: refuse to run beside
+    applications already served on this cluster (`make demo`), whose load would skew the figures."""
+    from ray import serve
+
+    try:
+        running = serve.status().applications
+    except Exception:  # noqa: BLE001 - no Serve instance yet: what we want
+        running = {}
+    if running:
+        raise RuntimeError(f"Serve already runs applications {sorted(running)} on this cluster (make demo?); {what} "
+                           f"needs its own Serve instance: stop them (Ctrl-C the demo) and run it again")
