@@ -76,9 +76,19 @@ def test_hot_model_swap_without_failed_requests(serving, tmp_path):
     assert versions[0] == old and versions[-1] == new, (versions[:3], versions[-3:])
     assert set(versions) == {old, new}
     assert swap_s < 60
-    # the replicas were reconfigured in place, not replaced: the router kept its L1 cache and index
     st = http.get("/v1/status").json()
     assert st["index"]["shards"] >= 1
+    # and back: the other tests of the session expect the trained ranker (this one is its negation)
+    reg.set_latest("ranker", old)
+    serve.run(build_app(cfg, str(reg.uri), http.index_root, ranker_version=old), name="recserve", route_prefix="/")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if http.post("/v1/recommend", json={"user_id": _users(reg, 1)[0], "k": 4}).json()["model_versions"][
+                "ranker"] == old:
+            break
+        time.sleep(0.2)
+    assert http.post("/v1/recommend", json={"user_id": _users(reg, 1)[0], "k": 3}).json()["model_versions"][
+        "ranker"] == old
 
 
 @pytest.fixture(scope="module")
