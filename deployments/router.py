@@ -73,6 +73,7 @@ class Router:
 
         self.metrics = RouterMetrics()
         self._metrics_at = 0.0
+        self._ranker_version: str | None = None
         # the stream's live user context (recserve.stream), cached here for a short TTL; stale
         # streams (lag past the bound) are ignored in favour of the batch vectors (level 2)
         self.rec.live = self._live
@@ -103,8 +104,14 @@ class Router:
 
     async def _score(self, X):
         if self.colocated:
-            return await self.rank_batcher.submit(0, X)
-        return await self.ranker.score.remote(X)
+            res = await self.rank_batcher.submit(0, X)
+        else:
+            res = await self.ranker.score.remote(X)
+        if res[1] != self._ranker_version:   # a new model is serving: lists ranked by the old one go
+            if self._ranker_version is not None:
+                self.cache.clear()
+            self._ranker_version = res[1]
+        return res
 
     async def _select(self, ranked, k, user_id, rid):
         if self.colocated:
