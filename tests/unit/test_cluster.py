@@ -20,3 +20,22 @@ def test_schema_check_is_real():
     cfg["available_node_types"]["head"]["not_a_field"] = 1
     with pytest.raises(Exception, match="not_a_field"):
         validate_config(prepare_config(cfg))
+
+
+def test_region_files_are_generated_from_cluster_yaml():
+    from scripts.regions import REGIONS, text
+
+    for region in REGIONS:
+        assert (ROOT / "regions" / f"{region}.yaml").read_text() == text(region), \
+            f"regions/{region}.yaml is stale: run python -m scripts.regions"
+    active = [r for r, o in REGIONS.items() if o["role"] == "active"]
+    assert sum(REGIONS[r]["share"] for r in active) == 1.0 and len(active) == 2
+
+
+def test_pools_follow_the_design_table():
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    nodes = cfg["available_node_types"]
+    want = {"api": (50, 500), "bandit": (10, 50), "ranker_gpu": (10, 100), "llm_gpu": (5, 50)}
+    for pool, (lo, hi) in want.items():
+        assert (nodes[pool]["min_workers"], nodes[pool]["max_workers"]) == (lo, hi)
+    assert cfg["max_workers"] >= sum(n.get("max_workers", 0) for n in nodes.values())

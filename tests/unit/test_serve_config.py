@@ -52,3 +52,12 @@ def test_queue_depth_decision_rejects_bad_target():
 
     with pytest.raises(ValueError):
         desired_replicas(1, [1.0], 0.0, 0)
+
+
+def test_each_deployment_asks_for_a_pool_that_cluster_yaml_has():
+    raw = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    pools = {r for n in yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"].values()
+             for r in n.get("resources", {})}
+    for d in raw["applications"][0]["deployments"]:
+        asked = set(d["ray_actor_options"].get("resources", {}))
+        assert asked and asked <= pools, (d["name"], asked, pools)
