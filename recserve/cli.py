@@ -255,6 +255,68 @@ def _serve_forever(cfg: Config, reg) -> None:
         ray.shutdown()
 
 
+@app.command("capacity")
+def capacity_cmd(mau: Optional[float] = typer.Option(None, help="monthly active users (default: the design's "
+                                                                "year 0..3 projection)"),
+                 peak_qps: Optional[float] = typer.Option(None, "--peak-qps"),
+                 items: Optional[float] = typer.Option(None),
+                 events_per_day: Optional[float] = typer.Option(None, "--events-per-day"),
+                 headroom: float = typer.Option(0.3),
+                 dim: int = typer.Option(512, help="embedding dimension of the index"),
+                 ranker_lists_per_gpu: Optional[float] = typer.Option(
+                     None, "--ranker-lists-per-gpu", help="measured ranker throughput per GPU (no GPU benchmark "
+                                                          "here yet); without it the pool is reported unmeasured"),
+                 results: Path = typer.Option(Path("benchmarks/results"), help="where the benchmark JSONs are"),
+                 out: Path = typer.Option(Path("benchmarks/results/capacity.json"), help="JSON (and .png beside)")):
+    """Node counts per pool and region from the design's rules and this repo's measured throughput."""
+    from recserve.capacity import CapacityError, Measured, plan, projection
+
+    try:
+        m = Measured.from_results(results)
+        kw = {"headroom": headroom, "dim": dim, "ranker_lists_per_gpu": ranker_lists_per_gpu}
+        if mau is not None:
+            if None in (peak_qps, items, events_per_day):
+                raise CapacityError("with --mau give --peak-qps, --items and --events-per-day too")
+            rows = [{"year": None, "inputs": {"mau": mau, "peak_qps": peak_qps, "items": items,
+                                              "events_per_day": events_per_day},
+                     **plan(mau, peak_qps, items, events_per_day, m, **kw)}]
+        else:
+            rows = projection(m, **kw)
+    except CapacityError as e:
+        _fail(e)
+    t = Table(title="nodes per active region (standby in brackets)")
+    for col in ("year", "MAU", "peak QPS", "items", "api", "state", "ranker_gpu", "aggregators", "shards"):
+        t.add_column(col)
+    for r in rows:
+        reg, sb = r["per_active_region"], r["standby"]
+        cell = lambda k: "unmeasured" if reg[k] is None else f"{reg[k]} ({sb[k]})"  # noqa: E731
+        t.add_row(str(r["year"]), f"{r['inputs']['mau']:,.0f}", f"{r['inputs']['peak_qps']:,.0f}",
+                  f"{r['inputs']['items']:,.0f}", cell("api"), cell("state"), cell("ranker_gpu"),
+                  str(r["aggregators_per_region"]), str(r["index_shards"]))
+    console.print(t)
+    res = {"measured_from": m.sources, "rows": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        years = [r["year"] if r["year"] is not None else 0 for r in rows]
+        for pool in ("api", "state"):
+            ax.plot(years, [r["per_active_region"][pool] for r in rows], marker="o", label=pool)
+        ax.set_xlabel("year")
+        ax.set_ylabel("nodes per active region")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out.with_suffix(".png"), dpi=100)
+    except ImportError:
+        pass
+    console.print(f"wrote {out} (figures from: {'; '.join(m.sources.values())})")
+
+
 @app.command("chaos")
 def chaos_cmd(duration: float = typer.Option(120.0, help="seconds in all (six phases)"),
               concurrency: int = typer.Option(4, help="concurrent /v1/recommend clients"),
