@@ -303,7 +303,15 @@ class Router:
             checks["redis"] = f"unreachable: {e}"
         checks["index"] = bool(self.index.groups)
         ok = all(v is True for v in checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, 200 if ok else 503)
+        body = {"ready": ok, "checks": checks}
+        if checks["redis"] is True:
+            from recserve.region import draining
+
+            d = draining(self.redis)   # `recserve region drain`: out of the load balancer's rotation
+            if d:
+                body.update(ready=False, draining=d)
+                ok = False
+        return JSONResponse(body, 200 if ok else 503)
 
     @api.get("/v1/status")
     async def status(self):

@@ -99,3 +99,19 @@ def test_one_bad_event_rejects_the_batch_and_the_log_stays_clean(serving, bad, f
     res = http.post("/v1/events", json={"events": [good, {**good, "event_id": f"bad-{time.time_ns()}", **bad}]})
     assert res.status_code == 422 and res.json()["error"]["field"] == field, res.text
     assert sum(r.xlen(s) for s in streams) == before   # not even the good event of the batch
+
+
+def test_a_drained_region_is_not_ready(serving):
+    import redis
+
+    from recserve.region import drain, undrain
+
+    http, _, cfg = serving
+    r = redis.Redis.from_url(cfg.redis_url)
+    drain(r, "test-region", "test")
+    try:
+        res = http.get("/readyz")
+        assert res.status_code == 503 and res.json()["draining"]["region"] == "test-region"
+    finally:
+        undrain(r)
+    assert http.get("/readyz").status_code == 200
