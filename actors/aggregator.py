@@ -117,7 +117,8 @@ class AggregatorPool:
         self.scale(self.sc.aggregators)
 
     def _spawn(self, i: int):
-        return StreamAggregator.options(name=f"{self.name}-{i}", get_if_exists=True).remote(
+        opts = {"resources": dict(self.sc.aggregator_resources)} if self.sc.aggregator_resources else {}
+        return StreamAggregator.options(name=f"{self.name}-{i}", get_if_exists=True, **opts).remote(
             f"{self.name}-{i}", self.cfg.redis_url, self.sc.partitions, self.settings, self.ids_ref, self.vec_ref)
 
     def scale(self, n: int) -> None:

@@ -53,7 +53,9 @@ class Router:
         self.ranker, self.bandit, self.explainer = ranker, bandit, explainer
         self.redis = redis.Redis.from_url(self.cfg.redis_url, socket_timeout=2)
         reg = Registry(registry_uri, self.cfg.registry.keep)
-        self.index = IndexRouter.from_artifact(reg.fetch("index"), index_root, replicas=replicas, share_as=share_as)
+        shard_opts = {"resources": dict(self.cfg.serve.shard_resources)} if self.cfg.serve.shard_resources else None
+        self.index = IndexRouter.from_artifact(reg.fetch("index"), index_root, replicas=replicas, share_as=share_as,
+                                               actor_options=shard_opts)
         self.rec = Recommender(self.cfg, reg, self.index, bandit=None)  # exploration: the Bandit deployment
         # concurrent requests' index searches go out together: one actor call per shard per batch
         self.search_batcher = MicroBatcher(self._search_batch, max_batch=32, wait_s=0.001)

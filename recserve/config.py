@@ -102,6 +102,8 @@ class ServeConfig(_Strict):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     index_replicas: int = Field(1, ge=1, le=8, description="replicas per vector-index shard")
+    shard_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per index "
+                                              "shard actor, e.g. {index: 1} on the cluster's state pool")
     bandit_share: float = Field(0.2, ge=0, le=1, description="share of each list given to exploration")
     explainer: str = Field("templates", description="explainer backend (templates)")
     ranker_quantize: bool = Field(False, description="INT8 dynamic quantisation of the ranker on CPU")
@@ -137,6 +139,8 @@ class StreamConfig(_Strict):
     staleness_bound_s: float = Field(3600.0, gt=0, description="past this the router serves batch vectors "
                                                                 "(degradation level 2)")
     context_cache_s: float = Field(0.2, ge=0, description="router's in-process cache of live contexts")
+    aggregator_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per "
+                                                   "aggregator actor, e.g. {stream: 1} on the cluster's state pool")
 
 
 class EvalConfig(_Strict):
