@@ -18,9 +18,7 @@ class Bandit:
 
     async def select(self, ranked: list[int], k: int, user_id: int, request_id: str) -> Slate:
         """The slate shown to the user; the impression is logged with its propensities."""
-        slate = self.bandit.select(ranked, k)
-        self.bandit.log_impression(request_id, int(user_id), slate)
-        return slate
+        return self.bandit.choose(ranked, k, user_id, request_id)
 
     async def update(self, item_id: int, reward: float) -> tuple[float, float]:
         return self.bandit.update(item_id, reward)

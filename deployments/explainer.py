@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ray import serve
 
-from recserve.recommender import template_reasons_from
+from recserve.recommender import template_explanation
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
@@ -23,7 +23,7 @@ class Explainer:
             import asyncio
 
             await asyncio.sleep(self.delay_s)
-        return {"reasons": [template_reasons_from(s) for s in signals], "tier": self.backend}
+        return template_explanation(signals, self.backend)
 
     def set_delay(self, ms: float) -> float:
         """Fault injection for `recserve chaos`: answer this much later."""

@@ -25,11 +25,6 @@ from recserve.batching import MicroBatcher
 from recserve.breaker import Breakers, BreakerSettings
 from recserve.ladder import Ladder
 
-
-def _ms(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000, 2)
-
-
 api = FastAPI(title="recserve", version="1", description="Real-time personalization on Ray Serve")
 install_error_handlers(api)
 
@@ -80,7 +75,7 @@ class Router:
         # streams (lag past the bound) are ignored in favour of the batch vectors (level 2)
         self.rec.live = self._live
         self._live_cache: dict[int, tuple[float, object]] = {}
-        self.stale, self.staleness, self._stale_checked = False, 0.0, 0.0
+        self.staleness, self._stale_checked = 0.0, 0.0   # staleness decides self.ladder.stale
         self._listener = None
         # colocated (no handles given): ranker, bandit and explainer run in this process — on a
         # small machine each Serve hop costs more CPU than the work it carries
@@ -117,22 +112,20 @@ class Router:
 
     async def _select(self, ranked, k, user_id, rid):
         if self.colocated:
-            slate = self.local_bandit.select(ranked, k)
-            self.local_bandit.log_impression(rid, int(user_id), slate)
-            return slate
+            return self.local_bandit.choose(ranked, k, user_id, rid)
         return await self.bandit.select.remote(ranked, k, user_id, rid)
 
     async def _explain(self, signals):
         if self.colocated:
-            from recserve.recommender import template_reasons_from
+            from recserve.recommender import template_explanation
 
-            return {"reasons": [template_reasons_from(x) for x in signals], "tier": "templates"}
+            return template_explanation(signals)
         return await self.explainer.explain.remote(signals)
 
     def _live(self, user_id: int):
         from recserve.stream import live_context
 
-        if self.stale:
+        if self.ladder.stale:
             return None
         now = time.monotonic()
         hit = self._live_cache.get(user_id)
@@ -165,7 +158,7 @@ class Router:
             self.staleness = staleness_s(self.redis, self.log)
         except Exception:  # noqa: BLE001
             return
-        self.stale = self.staleness > self.cfg.stream.staleness_bound_s
+        self.ladder.stale = self.staleness > self.cfg.stream.staleness_bound_s
         if self._listener is None:
             self._listener = self._listen(asyncio.get_running_loop())
 
@@ -201,7 +194,6 @@ class Router:
 
     async def _compute(self, req: RecommendRequest) -> dict:
         self._check_stream()
-        self.ladder.stale = self.stale
         return await self.ladder.recommend(req.user_id, req.k,
                                            req.filters.model_dump(exclude_none=True) if req.filters else None,
                                            req.explain)
@@ -257,11 +249,12 @@ class Router:
         for uid in {e["user_id"] for e in evs}:
             self.cache.invalidate_user(uid)
         accepted = sum(o is not None for o in offsets)
-        try:
-            self.metrics.events.inc(accepted) if accepted else None
-        except Exception:  # noqa: BLE001
-            pass
-        return {"accepted": sum(o is not None for o in offsets), "duplicates": sum(o is None for o in offsets)}
+        if accepted:
+            try:
+                self.metrics.events.inc(accepted)
+            except Exception:  # noqa: BLE001 - metrics never fail a request
+                pass
+        return {"accepted": accepted, "duplicates": len(offsets) - accepted}
 
     @api.post("/v1/feedback")
     async def feedback(self, req: FeedbackRequest):
@@ -323,6 +316,6 @@ class Router:
                           "hit_rate": st.hit_rate, "entries": len(self.cache)},
                 "index": {"version": self.index.version, "shards": len(self.index.groups)},
                 "degradation_level": self.ladder.level_now(), "breakers": self.breakers.snapshot(), "hops": self.hops,
-                "stream": {"staleness_s": round(self.staleness, 3), "stale": self.stale,
+                "stream": {"staleness_s": round(self.staleness, 3), "stale": self.ladder.stale,
                            "bound_s": self.cfg.stream.staleness_bound_s},
                 "index_batching": {"calls": self.search_batcher.calls, "searches": self.search_batcher.items}}

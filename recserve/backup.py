@@ -15,7 +15,6 @@ after the backup point; RTO and RPO are measured by tests/integration/test_backu
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import redis
+
+from recserve.vector_shard import sha256_file
 
 
 class BackupError(RuntimeError):
@@ -36,14 +37,6 @@ def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     p = Path(uri).resolve()
     p.mkdir(parents=True, exist_ok=True)
     return pafs.LocalFileSystem(), str(p)
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _bgsave(r: redis.Redis, timeout_s: float = 300.0) -> float:
@@ -132,7 +125,7 @@ def backup(cfg, dest: str, keep: int = 24, log=print) -> dict:
                     dst = stage / "registry" / f.relative_to(reg)
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(f, dst)
-        files = {str(p.relative_to(stage)): {"bytes": p.stat().st_size, "sha256": _sha(p)}
+        files = {str(p.relative_to(stage)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
                  for p in sorted(stage.rglob("*")) if p.is_file()}
         manifest = {"name": name, "point": point, "point_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(point)),
                     "redis_keys": keys, "offsets": offsets, "index_roots": [p.name for p in roots],
@@ -201,7 +194,7 @@ def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -
         local = Path(tmp) / b["name"]
         pafs.copy_files(b["path"], str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         for rel, meta in b["files"].items():
-            if _sha(local / rel) != meta["sha256"]:
+            if sha256_file(local / rel) != meta["sha256"]:
                 raise BackupError(f"backup {b['name']}: {rel} does not match its checksum; choose another "
                                   f"--point-in-time")
         rdir.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,12 @@ class ThompsonBandit:
             props = [1.0] * len(chosen)
         return Slate(chosen, explored, [max(p, 1.0 / self.draws) for p in props])
 
+    def choose(self, ranked: list[int], k: int, user_id: int, request_id: str) -> Slate:
+        """The slate shown to the user, its impression logged with the propensities."""
+        slate = self.select(ranked, k)
+        self.log_impression(request_id, int(user_id), slate)
+        return slate
+
     def log_impression(self, request_id: str, user_id: int, slate: Slate, maxlen: int = 1_000_000) -> None:
         self.r.xadd(f"{self.prefix}:impressions",
                     {"request_id": request_id, "user_id": user_id, "ts": time.time(),

@@ -24,10 +24,6 @@ from recserve.breaker import OPEN, Breakers
 from recserve.recommender import LEVEL_BATCH, LEVEL_CACHED, LEVEL_FULL, LEVEL_POPULAR, LEVEL_TEMPLATES
 
 
-class IndexDown(RuntimeError):
-    pass
-
-
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 2)
 
@@ -118,13 +114,8 @@ class Ladder:
         timings: dict = {}
         versions = dict(self.rec.versions)
 
-        async def candidates():
-            st = await self.rec.acandidates(user_id, k, filters)
-            if "done" in st and st["done"][1] == LEVEL_POPULAR:
-                raise IndexDown("the vector index could not answer")
-            return st
-
-        ok, stage = await self.hop("vector_index", candidates, left(), timings)
+        ok, stage = await self.hop("vector_index", lambda: self.rec.acandidates(user_id, k, filters), left(),
+                                   timings)
         if not ok:
             return self.fallback(user_id, k, filters, rid, versions, timings, t0)
         if "done" in stage:  # cold start: popular items blended with the request's filters

@@ -55,11 +55,16 @@ def template_reasons_from(signal: dict) -> list[str]:
     return out or ["matches your taste"]
 
 
+def template_explanation(signals: list[dict], tier: str = "templates") -> dict:
+    """The Explainer's answer for one request from templates: {"reasons": [[str, ...] per item], "tier"}."""
+    return {"reasons": [template_reasons_from(s) for s in signals], "tier": tier}
+
+
 class Recommender:
     def __init__(self, cfg: Config, registry: Registry, index_router, bandit=None):
         from recserve.data import read_events, read_items
         from recserve.jobs import load_embeddings
-        from recserve.ranker import load_model, ranking_inputs
+        from recserve.ranker import ranking_inputs
 
         self.cfg = cfg
         self.index = index_router
@@ -67,7 +72,8 @@ class Recommender:
         emb = load_embeddings(registry)
         self.versions = {"embeddings": emb["version"], "index": registry.resolve("index"),
                          "ranker": registry.resolve("ranker")}
-        self.model, _ = load_model(registry.fetch("ranker") / "ranker.pt")
+        self._ranker_path = registry.fetch("ranker") / "ranker.pt"
+        self._model = None
         dataset = registry.manifest("embeddings", emb["version"])["lineage"]["dataset"]
         events, items = read_events(dataset), read_items(dataset)
         self.data = build_interactions(events, events.iloc[:0], items)
@@ -179,14 +185,12 @@ class Recommender:
         return self._features(prep, ids, scores)
 
     async def acandidates(self, user_id: int, k: int, filters: dict | None) -> dict:
-        """`candidates` for a Serve replica's event loop (the index search is awaited)."""
+        """`candidates` for a Serve replica's event loop (the index search is awaited). An index
+        failure is raised, not degraded here: the caller (recserve.ladder) decides the fallback."""
         prep = self._prepare(user_id, k, filters)
         if "done" in prep:
             return prep
-        try:
-            ids, scores = await (self.asearch or self.index.asearch)(prep["query"], prep["n"], prep["filter"])
-        except Exception:  # noqa: BLE001 - any index failure degrades, never errors
-            return self._unavailable(prep, k)
+        ids, scores = await (self.asearch or self.index.asearch)(prep["query"], prep["n"], prep["filter"])
         return self._features(prep, ids, scores)
 
     def category_of(self, dense: int, item_id: int) -> str:
@@ -225,14 +229,13 @@ class Recommender:
             return Recommendation(rid, items, level, self.versions, (time.perf_counter() - stage["t0"]) * 1000)
         ranked, s = self.ranked(stage, scores)
         if slate is None and self.bandit is not None and ranked:
-            slate = self.bandit.select(ranked, k)
-            self.bandit.log_impression(rid, int(user_id), slate)
+            slate = self.bandit.choose(ranked, k, user_id, rid)
         if slate is not None:
             chosen, explored = list(slate.items), list(slate.explored)
         else:
             chosen, explored = ranked[:k], [False] * min(k, len(ranked))
         if explain and reasons is None:
-            reasons = [template_reasons_from(sig) for sig in self.signals(stage, chosen, explored)]
+            reasons = template_explanation(self.signals(stage, chosen, explored))["reasons"]
         pos = {int(i): j for j, i in enumerate(stage["ids"])}
         items = [{"item_id": iid, "score": float(s[pos[iid]]), "reasons": reasons[n] if explain else []}
                  for n, iid in enumerate(chosen)]
@@ -244,5 +247,9 @@ class Recommender:
         from recserve.ranker import score as rank_score
 
         stage = self.candidates(user_id, k, filters)
-        scores = rank_score(self.model, stage["X"][None])[0] if "X" in stage and len(stage["X"]) else None
+        if self._model is None:   # loaded on first use: the serving router ranks elsewhere
+            from recserve.ranker import load_model
+
+            self._model, _ = load_model(self._ranker_path)
+        scores = rank_score(self._model, stage["X"][None])[0] if "X" in stage and len(stage["X"]) else None
         return self.finish(stage, scores, user_id, k, explain)

@@ -419,7 +419,7 @@ class ShardCore:
             files = sorted(p.name for p in tmp.iterdir())
             manifest = {"name": self.name, "version": self.version, "dim": self.dim, "kind": self.cfg.kind,
                         "storage": self.cfg.storage, "metric": self.cfg.metric, "count": self.count,
-                        "checksums": {f: _sha(tmp / f) for f in files}, "written_at": time.time(),
+                        "checksums": {f: sha256_file(tmp / f) for f in files}, "written_at": time.time(),
                         "write_s": time.perf_counter() - t0}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
             if final.exists():
@@ -442,7 +442,7 @@ class ShardCore:
                                     f"configured {key}={getattr(cfg, key)!r}")
         if verify:
             for f, digest in manifest.get("checksums", {}).items():
-                if not (d / f).exists() or _sha(d / f) != digest:
+                if not (d / f).exists() or sha256_file(d / f) != digest:
                     raise SnapshotError(f"snapshot {d}: {f} is missing or corrupt (checksum mismatch)")
         core = cls(int(manifest["dim"]), cfg, name=name, use_gpu=use_gpu)
         if (d / "index.faiss").exists():
@@ -505,7 +505,8 @@ class ShardCore:
         return core
 
 
-def _sha(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (snapshot and backup checksums)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

@@ -15,3 +15,13 @@ def require_own_serve(what: str) -> None:
     if running:
         raise RuntimeError(f"Serve already runs applications {sorted(running)} on this cluster (make demo?); {what} "
                            f"needs its own Serve instance: stop them (Ctrl-C the demo) and run it again")
+
+
+def write_result(out, res: dict) -> None:
+    """A benchmark's JSON result at `out` (None: not written)."""
+    import json
+    from pathlib import Path
+
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(res, indent=2))

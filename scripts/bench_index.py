@@ -8,7 +8,6 @@ same clusters. Ground truth is exact inner-product search.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
+from scripts._common import write_result
 
 
 def clustered(n: int, dim: int, seed: int, n_clusters: int = 1000, spread: float = 0.35, latent: int = 16):
@@ -195,7 +196,5 @@ def run(n: int = 1_000_000, dim: int = 64, shards: int = 4, ef_search: int = 100
         _ = built
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(res, indent=2))
+    write_result(out, res)
     return res

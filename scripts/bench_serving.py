@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from scripts._common import require_own_serve
+from scripts._common import require_own_serve, write_result
 
 CONCURRENCY = (1, 4, 16)
 
@@ -97,7 +97,5 @@ def run(cfg, duration: float = 8.0, out: str | Path | None = None, log=print) ->
                       "hit_rate_ge_0_8": res["cache_hit_rate"] >= 0.8,
                       "cached_vs_noop_ge_0_9": res["cached_vs_noop"] >= 0.9}
     serve.shutdown()  # the bench's own Serve instance (its HTTP port is fixed once started)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(res, indent=2))
+    write_result(out, res)
     return res

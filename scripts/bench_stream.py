@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from scripts._common import require_own_serve
+from scripts._common import require_own_serve, write_result
 
 
 def raw_xadd(client, seconds: float = 3.0, batch: int = 1000) -> float:
@@ -136,7 +136,5 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
     pool.shutdown()
     serve.shutdown()
     r.flushdb()
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(res, indent=2))
+    write_result(out, res)
     return res

@@ -11,7 +11,6 @@ the registry filled (`make demo --no-serve`), and no other Serve application run
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import threading
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from scripts._common import require_own_serve
+from scripts._common import require_own_serve, write_result
 
 FAULTS = ("baseline", "kill_ranker_replica", "kill_shard_actor", "kill_aggregator", "kill_redis", "slow_explainer")
 
@@ -210,7 +209,5 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
            "phases": phases}
     pool.shutdown()
     serve.shutdown()
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(res, indent=2))
+    write_result(out, res)
     return res
