@@ -20,6 +20,23 @@ from scripts._common import require_own_serve, write_result
 CONCURRENCY = (1, 4, 16)
 
 
+def _cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far of every Ray process on this machine, by process title (ray::...)."""
+    import psutil
+
+    out: dict[str, float] = {}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            title = " ".join(p.info["cmdline"] or [])
+            if title.startswith("ray::"):
+                t = p.cpu_times()
+                name = title.split()[0]
+                out[name] = out.get(name, 0.0) + t.user + t.system
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return out
+
+
 def _load(url: str, c: int, duration: float, users: str, zipf: float | None, affinity: bool = False,
           k: int = 10) -> dict:
     cmd = [sys.executable, "-m", "scripts.loadgen", "--url", url, "--concurrency", str(c), "--duration", str(duration),
@@ -67,7 +84,14 @@ def run(cfg, duration: float = 8.0, out: str | Path | None = None, log=print) ->
         res["cases"][case] = {}
         cached = case == "recommend_cached"
         for c in CONCURRENCY:
+            before = _cpu_seconds() if c == 4 else None
             r = _load(url, c, duration, users, 1.1 if cached else None, affinity=cached)
+            if before is not None and r["requests"]:
+                # where a request's CPU goes: per Ray process, ms of CPU per answered request
+                # (the idle background of the other applications is included)
+                after = _cpu_seconds()
+                r["cpu_ms_per_request"] = {k: round((after[k] - before.get(k, 0.0)) * 1000 / r["requests"], 2)
+                                           for k in after if after[k] - before.get(k, 0.0) > 0.005 * duration}
             res["cases"][case][str(c)] = r
             log(f"{case:17s} c={c:<3d} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  "
                 f"errors {r['errors']}")
