@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install demo test lint up down status eval clean
+.PHONY: install browser demo test lint up down status eval clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -21,10 +21,22 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 install: $(STAMP)
 
+# the /ui test drives a real headless Chromium: Debian's chromium + chromium-driver, installed once
+# (apt-get as root, or through sudo); without them that one test is skipped and says why
+APT_BROWSER := env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium + chromium-driver (for the /ui test)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO $(APT_BROWSER) >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO $(APT_BROWSER) >/dev/null 2>&1; } || \
+	  echo "could not install chromium (apt-get as root is needed): the /ui browser test will be skipped"; \
+	fi
+
 demo: install
 	$(VENV)/bin/recserve demo $(DEMO_ARGS)
 
-test: install
+test: install browser
 	$(PY) -m pytest -q -x --durations=15 tests $(PYTEST_ARGS)
 
 lint: install

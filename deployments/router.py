@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
@@ -76,6 +76,12 @@ class Router:
         self.rec.live = self._live
         self._live_cache: dict[int, tuple[float, object]] = {}
         self.staleness, self._stale_checked = 0.0, 0.0   # staleness decides self.ladder.stale
+        self.lag = 0                                       # events no aggregator has committed
+        from recserve.cache import CacheStats
+
+        self.context_stats = CacheStats()                  # the live-context cache's lookups
+        self.index_sizes: dict[int, int] = {}              # vectors per shard, refreshed every 10 s
+        self._sizes_at = 0.0
         self._listener = None
         # colocated (no handles given): ranker, bandit and explainer run in this process — on a
         # small machine each Serve hop costs more CPU than the work it carries
@@ -130,7 +136,9 @@ class Router:
         now = time.monotonic()
         hit = self._live_cache.get(user_id)
         if hit is not None and now - hit[0] < self.cfg.stream.context_cache_s:
+            self._context_lookup(True)
             return hit[1]
+        self._context_lookup(False)
         b = self.breakers["feature_store"]
         if not b.allow():
             return None
@@ -145,22 +153,48 @@ class Router:
         self._live_cache[user_id] = (now, ctx)
         return ctx
 
+    def _context_lookup(self, hit: bool) -> None:
+        if hit:
+            self.context_stats.hits += 1
+        else:
+            self.context_stats.misses += 1
+        try:
+            self.metrics.context_lookup(hit)
+        except Exception:  # noqa: BLE001 - metrics never fail a request
+            pass
+
     def _check_stream(self) -> None:
-        """At most once a second: is the stream within its staleness bound? Also starts the
-        listener that drops a user's cached answers when an aggregator has folded their events."""
-        from recserve.stream import staleness_s
+        """At most once a second: is the stream within its staleness bound, and how many events
+        wait? Also starts the listener that drops a user's cached answers when an aggregator has
+        folded their events, and (every 10 s) refreshes the index's size."""
+        from recserve.stream import lag, staleness_s
 
         now = time.monotonic()
         if now - self._stale_checked < 1.0:
             return
         self._stale_checked = now
+        if now - self._sizes_at >= 10.0:
+            self._sizes_at = now
+            asyncio.get_running_loop().create_task(self._refresh_index_sizes())
         try:
             self.staleness = staleness_s(self.redis, self.log)
+            self.lag = sum(lag(self.redis, self.log).values())
         except Exception:  # noqa: BLE001
             return
         self.ladder.stale = self.staleness > self.cfg.stream.staleness_bound_s
         if self._listener is None:
             self._listener = self._listen(asyncio.get_running_loop())
+
+    async def _refresh_index_sizes(self) -> None:
+        try:
+            self.index_sizes = await self.index.asizes()
+            self.metrics.index_sizes(self.index_sizes)
+        except Exception:  # noqa: BLE001 - a size is information, never a failure
+            pass
+
+    def serving_versions(self) -> dict:
+        """The versions answering now: the registry's, with the ranker's as its replicas report it."""
+        return {**self.rec.versions, "ranker": self._ranker_version or self.rec.versions["ranker"]}
 
     def _listen(self, loop):
         import threading
@@ -224,6 +258,8 @@ class Router:
                 self._metrics_at = now
                 self.metrics.breakers(self.breakers.snapshot())
                 self.metrics.staleness.set(self.staleness)
+                self.metrics.lag.set(self.lag)
+                self.metrics.versions(self.serving_versions())
         except Exception:  # noqa: BLE001 - metrics never fail a request
             pass
 
@@ -285,6 +321,13 @@ class Router:
         self.cache.clear()
         return {"deleted": item_id, "shards": {str(k): v for k, v in acks.items()}}
 
+    @api.get("/ui", response_class=HTMLResponse, include_in_schema=False)
+    async def ui(self):
+        """The status page (recserve/ui.py): level, breakers, lag, cache hit rates, versions, a try-it form."""
+        from recserve.ui import STATUS_PAGE
+
+        return HTMLResponse(STATUS_PAGE)
+
     @api.get("/healthz")
     async def healthz(self):
         return {"ok": True}
@@ -310,12 +353,19 @@ class Router:
 
     @api.get("/v1/status")
     async def status(self):
+        self._check_stream()
         st = self.cache.stats
-        return {"model_versions": self.rec.versions,
+
+        def rates(s) -> dict:
+            return {"hits": s.hits + s.coalesced, "misses": s.misses, "hit_rate": round(s.hit_rate, 4)}
+
+        return {"model_versions": self.serving_versions(),
                 "cache": {"hits": st.hits, "misses": st.misses, "coalesced": st.coalesced,
-                          "hit_rate": st.hit_rate, "entries": len(self.cache)},
-                "index": {"version": self.index.version, "shards": len(self.index.groups)},
+                          "hit_rate": st.hit_rate, "entries": len(self.cache),
+                          "levels": {"L1": rates(st), "context": rates(self.context_stats)}},
+                "index": {"version": self.index.version, "shards": len(self.index.groups),
+                          "vectors": {str(k): v for k, v in self.index_sizes.items()}},
                 "degradation_level": self.ladder.level_now(), "breakers": self.breakers.snapshot(), "hops": self.hops,
                 "stream": {"staleness_s": round(self.staleness, 3), "stale": self.ladder.stale,
-                           "bound_s": self.cfg.stream.staleness_bound_s},
+                           "bound_s": self.cfg.stream.staleness_bound_s, "lag": self.lag},
                 "index_batching": {"calls": self.search_batcher.calls, "searches": self.search_batcher.items}}

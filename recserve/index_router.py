@@ -303,6 +303,21 @@ class IndexRouter:
                         "replicas": reps})
         return {"version": self.version, "generation": self.generation, "shards": out}
 
+    async def asizes(self) -> dict[int, int]:
+        """Live vectors per shard, from one healthy replica each (for the index-size metric; a
+        shard whose replicas do not answer in time is left out)."""
+        out = {}
+        for g in self.groups:
+            rep = self._pick(g, set())
+            if rep is None:
+                continue
+            try:
+                st = await asyncio.wait_for(rep.handle.stats.remote(), timeout=self.timeout_s)
+                out[g.shard] = int(st["count"])
+            except _actor_errors() + (asyncio.TimeoutError,):
+                continue
+        return out
+
     def set_ef_search(self, ef: int) -> None:
         """efSearch of every shard replica (HNSW), changed while serving."""
         if ef < 1:

@@ -1,7 +1,8 @@
 """The router's Ray metrics (exported in Prometheus format by Ray's metrics agent; names
 prefixed `recserve_`): requests and latency per endpoint, latency per hop, answers per
-degradation level, cache lookups by outcome, circuit-breaker states. Created lazily, so plain
-unit tests that never record do not need Ray."""
+degradation level, cache lookups per cache level (L1 responses, live contexts, explanations) and
+outcome, circuit-breaker states, stream staleness and lag, vectors per index shard, the model
+versions serving. Created lazily, so plain unit tests that never record do not need Ray."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ class RouterMetrics:
                              tag_keys=("dependency",))
         self.staleness = Gauge("recserve_stream_staleness_s", "age of the oldest event no aggregator committed")
         self.events = Counter("recserve_events_accepted_total", "events acknowledged by the event log")
+        self.lag = Gauge("recserve_stream_lag_events", "events in the log no aggregator has committed yet (all "
+                         "partitions, as the router sees them; per partition: recserve_stream_consumer_lag)")
+        self.index_vectors = Gauge("recserve_index_vectors", "live vectors per index shard", tag_keys=("shard",))
+        self.model_version = Gauge("recserve_model_version", "1 for the version of each component serving now, "
+                                   "0 for one that served before", tag_keys=("component", "version"))
+        self._versions: dict[str, str] = {}
 
     def request(self, endpoint: str, status: int, ms: float) -> None:
         self.requests.inc(tags={"endpoint": endpoint, "status": str(status)})
@@ -36,8 +43,29 @@ class RouterMetrics:
     def answer(self, out: dict, cache_outcome: str) -> None:
         self.levels.inc(tags={"level": str(out.get("degradation_level", 0))})
         self.cache.inc(tags={"level": "L1", "outcome": cache_outcome})
+        ex = out.get("explanation") or {}
+        if cache_outcome != "hit" and ex.get("items"):   # an L1 hit asked the explainer nothing
+            if ex.get("cached"):
+                self.cache.inc(ex["cached"], tags={"level": "explanation", "outcome": "hit"})
+            if ex["items"] - ex.get("cached", 0):
+                self.cache.inc(ex["items"] - ex.get("cached", 0), tags={"level": "explanation", "outcome": "miss"})
         for hop, ms in (out.get("hop_ms") or {}).items():
             self.hop_latency.observe(float(ms), tags={"hop": hop})
+
+    def context_lookup(self, hit: bool) -> None:
+        self.cache.inc(tags={"level": "context", "outcome": "hit" if hit else "miss"})
+
+    def versions(self, versions: dict[str, str]) -> None:
+        for comp, v in versions.items():
+            old = self._versions.get(comp)
+            if old is not None and old != v:
+                self.model_version.set(0, tags={"component": comp, "version": old})
+            self.model_version.set(1, tags={"component": comp, "version": str(v)})
+            self._versions[comp] = str(v)
+
+    def index_sizes(self, sizes: dict[int, int]) -> None:
+        for shard, n in sizes.items():
+            self.index_vectors.set(n, tags={"shard": str(shard)})
 
     def breakers(self, snapshot: dict) -> None:
         for dep, s in snapshot.items():

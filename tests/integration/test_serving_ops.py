@@ -222,15 +222,17 @@ def test_prometheus_endpoint_has_the_recserve_metrics(serving):
     import httpx
     import ray
 
-    http, reg, _ = serving
+    http, reg, cfg = serving
     for u in _users(reg, 5):
         assert http.post("/v1/recommend", json={"user_id": u, "k": 5}).status_code == 200
     http.post("/v1/events", json={"events": [{"event_id": f"m-{time.time_ns()}", "user_id": _users(reg, 1)[0],
                                               "item_id": 1, "event_type": "view"}]})
     port = ray.nodes()[0]["MetricsExportPort"]
+    http.get("/v1/status")   # starts the router's index-size refresh (every 10 s)
     want = ["recserve_requests_total", "recserve_request_latency_ms_bucket", "recserve_hop_latency_ms_bucket",
             "recserve_degradation_level_total", "recserve_cache_lookups_total", "recserve_breaker_state",
-            "recserve_events_accepted_total"]
+            "recserve_events_accepted_total", "recserve_stream_staleness_s", "recserve_stream_lag_events",
+            "recserve_index_vectors", "recserve_model_version"]
     text, deadline = "", time.monotonic() + 60
     while time.monotonic() < deadline:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -244,3 +246,16 @@ def test_prometheus_endpoint_has_the_recserve_metrics(serving):
     assert lines and sum(float(x.rsplit(" ", 1)[1]) for x in lines) >= 5, lines
     states = [x for x in rows if "recserve_breaker_state{" in x]
     assert states and all(float(x.rsplit(" ", 1)[1]) in (0.0, 1.0, 2.0) for x in states)
+
+    def values(name: str, *labels: str) -> list[float]:
+        return [float(x.rsplit(" ", 1)[1]) for x in rows if f"{name}{{" in x and all(lb in x for lb in labels)]
+
+    # cache lookups per cache level: the L1 response cache and the live-context cache
+    assert sum(values("recserve_cache_lookups_total", 'level="L1"')) >= 5
+    assert sum(values("recserve_cache_lookups_total", 'level="context"')) >= 1
+    # the ranker version serving is 1; the index holds the world's items (a shard each)
+    assert 1.0 in values("recserve_model_version", 'component="ranker"', f'version="{reg.resolve("ranker")}"')
+    sizes = values("recserve_index_vectors")
+    assert sizes and 0 < sum(sizes) <= 10 * cfg.world.n_items, sizes
+    assert all(v >= 0 for v in values("recserve_stream_lag_events"))
+    assert all(0 <= v < 86400 for v in values("recserve_stream_staleness_s"))

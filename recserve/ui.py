@@ -1,0 +1,131 @@
+"""The status page the router serves at `/ui`: the degradation level, circuit breakers, stream lag,
+cache hit rates per cache level, index size, the versions serving, and a form to try a
+recommendation for a user id. One static page; its script reads `v1/status` every two seconds and
+posts the form to `v1/recommend` (relative URLs, so it works under any route prefix)."""
+
+STATUS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>recserve status</title>
+<style>
+  body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
+  h1 { font-size: 1.3em; margin: 0 0 .5em; }
+  h2 { font-size: 1.05em; margin: 1.2em 0 .3em; }
+  section { display: inline-block; vertical-align: top; margin: 0 2em 1em 0; }
+  table { border-collapse: collapse; }
+  td, th { padding: 2px 10px 2px 0; text-align: left; }
+  .lv { font-size: 2em; font-weight: bold; }
+  .closed { color: #197a19; } .half_open { color: #b8860b; } .open { color: #c0392b; }
+  #result-error { color: #c0392b; }
+  #updated { color: #777; font-size: .9em; }
+</style>
+</head>
+<body>
+<h1>recserve</h1>
+<div id="updated">loading&hellip;</div>
+<section>
+  <h2>Degradation level</h2>
+  <div><span id="level" class="lv">&hellip;</span> <span id="level-name"></span></div>
+  <h2>Stream</h2>
+  <table>
+    <tr><th>lag (events)</th><td id="lag">&hellip;</td></tr>
+    <tr><th>staleness (s)</th><td id="staleness">&hellip;</td></tr>
+  </table>
+  <h2>Index</h2>
+  <table>
+    <tr><th>version</th><td id="index-version">&hellip;</td></tr>
+    <tr><th>shards</th><td id="index-shards">&hellip;</td></tr>
+    <tr><th>vectors</th><td id="index-vectors">&hellip;</td></tr>
+  </table>
+</section>
+<section>
+  <h2>Circuit breakers</h2>
+  <table id="breakers"><tr><th>dependency</th><th>state</th><th>hop</th></tr></table>
+  <h2>Cache hit rates</h2>
+  <table id="caches"><tr><th>level</th><th>hit rate</th><th>hits</th><th>misses</th></tr></table>
+</section>
+<section>
+  <h2>Versions serving</h2>
+  <table id="versions"></table>
+</section>
+<section>
+  <h2>Try a recommendation</h2>
+  <form id="try" novalidate>
+    <label>user id <input id="user-id" type="number" min="0" required></label>
+    <label>k <input id="k" type="number" min="1" max="100" value="10"></label>
+    <label><input id="explain" type="checkbox"> explain</label>
+    <button id="go" type="submit">recommend</button>
+  </form>
+  <div id="result-meta"></div>
+  <div id="result-error"></div>
+  <ol id="result-items"></ol>
+</section>
+<script>
+const LEVELS = ["full personalization", "template explanations", "batch (stale) embeddings",
+                "cached personalization", "popular items"];
+function cell(tr, text, cls) { const td = document.createElement("td"); td.textContent = text;
+  if (cls) td.className = cls; tr.appendChild(td); return td; }
+function rows(table, keep) { while (table.rows.length > keep) table.deleteRow(keep); }
+function pct(x) { return (100 * x).toFixed(1) + "%"; }
+async function refresh() {
+  try {
+    const r = await fetch("v1/status", {cache: "no-store"});
+    if (!r.ok) throw new Error("status " + r.status);
+    const s = await r.json();
+    document.getElementById("level").textContent = s.degradation_level;
+    document.getElementById("level-name").textContent = LEVELS[s.degradation_level] || "";
+    document.getElementById("lag").textContent = s.stream.lag;
+    document.getElementById("staleness").textContent = s.stream.staleness_s;
+    document.getElementById("index-version").textContent = s.index.version;
+    document.getElementById("index-shards").textContent = s.index.shards;
+    const v = Object.values(s.index.vectors || {});
+    document.getElementById("index-vectors").textContent = v.length ? v.reduce((a, b) => a + b, 0) : "n/a";
+    const bt = document.getElementById("breakers"); rows(bt, 1);
+    for (const [dep, b] of Object.entries(s.breakers)) {
+      const tr = bt.insertRow(); tr.dataset.dependency = dep;
+      cell(tr, dep); cell(tr, b.state, b.state); cell(tr, (s.hops || {})[dep] || "");
+    }
+    const ct = document.getElementById("caches"); rows(ct, 1);
+    for (const [lv, c] of Object.entries(s.cache.levels)) {
+      const tr = ct.insertRow(); tr.dataset.level = lv; tr.id = "cache-" + lv;
+      cell(tr, lv); cell(tr, pct(c.hit_rate)).className = "rate"; cell(tr, c.hits); cell(tr, c.misses);
+    }
+    const vt = document.getElementById("versions"); rows(vt, 0);
+    for (const [comp, ver] of Object.entries(s.model_versions)) {
+      const tr = vt.insertRow(); tr.dataset.component = comp; cell(tr, comp); cell(tr, ver).className = "version";
+    }
+    document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    document.getElementById("updated").textContent = "status unavailable: " + e.message;
+  }
+}
+document.getElementById("try").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const user = document.getElementById("user-id").value;
+  const body = {user_id: Number(user), k: Number(document.getElementById("k").value || 10),
+                explain: document.getElementById("explain").checked};
+  const list = document.getElementById("result-items"), err = document.getElementById("result-error");
+  const meta = document.getElementById("result-meta");
+  list.innerHTML = ""; err.textContent = ""; meta.textContent = "asking\u2026";
+  try {
+    const r = await fetch("v1/recommend", {method: "POST", body: JSON.stringify(body),
+      headers: {"content-type": "application/json", "x-session-id": String(user)}});
+    const out = await r.json();
+    if (!r.ok) { meta.textContent = ""; err.textContent = r.status + ": " + ((out.error || {}).message || r.statusText);
+                 return; }
+    meta.textContent = "level " + out.degradation_level + ", " + out.took_ms + " ms, cache " + out.cache;
+    meta.dataset.level = out.degradation_level;
+    for (const it of out.items) {
+      const li = document.createElement("li"); li.dataset.itemId = it.item_id;
+      li.textContent = "item " + it.item_id + " (" + it.score.toFixed(3) + ")" +
+                       (it.reasons && it.reasons.length ? ": " + it.reasons.join("; ") : "");
+      list.appendChild(li);
+    }
+  } catch (e) { meta.textContent = ""; err.textContent = "request failed: " + e.message; }
+});
+refresh(); setInterval(refresh, 2000);
+</script>
+</body>
+</html>
+"""

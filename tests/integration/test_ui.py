@@ -1,0 +1,110 @@
+"""The router's `/ui` status page in a real headless Chromium (Debian's chromium + chromium-driver,
+which `make test` installs): the live values it renders match `/v1/status`, and its form asks the
+service for a recommendation and lists what came back (or the API's error)."""
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("no chromium + chromedriver on PATH: `make test` installs Debian's chromium and chromium-driver "
+                    "(apt-get, as root); install them to run the /ui test")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        opts.add_argument(a)
+    drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    drv.set_page_load_timeout(30)
+    yield drv
+    drv.quit()
+
+
+def _text(drv, css: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return drv.find_element(By.CSS_SELECTOR, css).text.strip()
+
+
+def _wait(drv, cond, timeout=30):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(drv, timeout, poll_frequency=0.2).until(lambda d: cond(d))
+
+
+def test_status_page_renders_live_values_in_chromium(serving, browser):
+    from selenium.webdriver.common.by import By
+
+    http, reg, _ = serving
+    users = [int(u) for u in np.load(reg.fetch("embeddings") / "user_ids.npy")[40:43]]
+    for u in users:   # some traffic, so hit rates and levels have something to show
+        for _ in range(2):
+            assert http.post("/v1/recommend", json={"user_id": u, "k": 5},
+                             headers={"x-session-id": str(u)}).status_code == 200
+
+    browser.get(f"{http.base_url}/ui")
+    assert browser.title == "recserve status"
+    _wait(browser, lambda d: _text(d, "#level").isdigit() and d.find_elements(By.CSS_SELECTOR, "#versions tr"))
+    st = http.get("/v1/status").json()
+
+    assert int(_text(browser, "#level")) == st["degradation_level"]
+    shown = {tr.get_attribute("data-dependency"): tr.find_elements(By.TAG_NAME, "td")[1].text
+             for tr in browser.find_elements(By.CSS_SELECTOR, "#breakers tr[data-dependency]")}
+    assert shown == {d: b["state"] for d, b in st["breakers"].items()}
+    assert set(shown) >= {"vector_index", "ranker", "bandit", "explainer", "feature_store", "event_log"}
+    versions = {tr.get_attribute("data-component"): tr.find_element(By.CSS_SELECTOR, ".version").text
+                for tr in browser.find_elements(By.CSS_SELECTOR, "#versions tr")}
+    assert versions["ranker"] == reg.resolve("ranker") and versions["index"] == reg.resolve("index")
+    assert versions == st["model_versions"]
+    assert int(_text(browser, "#lag")) >= 0
+    assert int(_text(browser, "#index-shards")) == st["index"]["shards"]
+    # the L1 cache saw a hit for each user's second request: a rate above 0 is on the page
+    l1 = _text(browser, "#cache-L1 .rate")
+    assert l1.endswith("%") and float(l1[:-1]) > 0, l1
+    assert browser.find_elements(By.CSS_SELECTOR, "#cache-context")
+    # the vector count arrives within the router's 10 s refresh
+    _wait(browser, lambda d: _text(d, "#index-vectors").isdigit(), timeout=30)
+    assert int(_text(browser, "#index-vectors")) >= len(users)
+
+    # the form: the same request the client just made, so the user's cached list comes back
+    u = users[0]
+    want = [i["item_id"] for i in http.post("/v1/recommend", json={"user_id": u, "k": 5},
+                                            headers={"x-session-id": str(u)}).json()["items"]]
+    box = browser.find_element(By.ID, "user-id")
+    box.clear()
+    box.send_keys(str(u))
+    k = browser.find_element(By.ID, "k")
+    k.clear()
+    k.send_keys("5")
+    browser.find_element(By.ID, "go").click()
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#result-items li")) == 5)
+    got = [int(li.get_attribute("data-item-id")) for li in browser.find_elements(By.CSS_SELECTOR, "#result-items li")]
+    assert got == want
+    assert "cache hit" in _text(browser, "#result-meta")
+
+    # bad input: the API's 422 message is shown, nothing listed
+    k.clear()
+    k.send_keys("500")
+    browser.find_element(By.ID, "go").click()
+    _wait(browser, lambda d: _text(d, "#result-error"))
+    assert _text(browser, "#result-error").startswith("422") and "k" in _text(browser, "#result-error")
+    assert not browser.find_elements(By.CSS_SELECTOR, "#result-items li")
+
+    # the page keeps refreshing: the timestamp moves
+    first = _text(browser, "#updated")
+    time.sleep(2.5)
+    assert _text(browser, "#updated") != first or "updated" in first
