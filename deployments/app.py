@@ -92,7 +92,11 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
                                            ray_actor_options=ranker_opts)), _version(ranker_opts)).bind()
     bandit = _pinned(Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share)).bind(
         cfg.redis_url, s.bandit_share)
-    explainer = _pinned(Explainer.options(**opts("Explainer")), _version(s.explainer)).bind(s.explainer)
+    ec = cfg.explainer
+    explainer_opts = {"num_cpus": 0.1, **({"num_gpus": ec.num_gpus} if ec.num_gpus else {})}
+    explainer = _pinned(Explainer.options(**opts("Explainer", ray_actor_options=explainer_opts)),
+                        _version(ec.model_dump(mode="json"), s.explainer_budget_ms, reg.uri)).bind(
+        cfg.model_dump(mode="json"), reg.uri)
     return _pinned(Router.options(**opts("Router", **router_kw)), _version(*args)).bind(ranker, bandit, explainer,
                                                                                         *args)
 

@@ -1,29 +1,41 @@
-"""`Explainer` deployment: reasons for each shown item, built from the signals that ranked it.
-This tier is the templates (recserve.recommender.template_reasons_from); the LLM tier comes in
-its own issue behind the same call."""
+"""`Explainer` deployment: one grounded sentence per shown item from an LLM (vLLM or transformers,
+a large and a small tier), template reasons otherwise. The logic is recserve.explain.ExplainerCore:
+admission control, tier choice, the deadline, the grounding check and the cache. The queue depth is
+reported to the queue-depth autoscaling policy (recserve.autoscale; scale up past 100 queued)."""
 
 from __future__ import annotations
 
 from ray import serve
 
-from recserve.recommender import template_explanation
+from recserve.autoscale import QUEUE_DEPTH
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 class Explainer:
-    def __init__(self, backend: str = "templates"):
-        if backend != "templates":
-            raise ValueError(f"explainer backend {backend!r} is not available: use 'templates'")
-        self.backend = backend
+    def __init__(self, cfg: dict, registry_uri: str):
+        from recserve.config import Config
+        from recserve.explain import Grounding, catalogue_grounding, from_config
+        from recserve.registry import Registry
+
+        c = Config.model_validate(cfg)
+        grounding = (catalogue_grounding(Registry(registry_uri, c.registry.keep))
+                     if c.explainer.backend != "templates" else Grounding())
+        self.core = from_config(c, grounding)   # a missing model fails here, naming the key
         self.delay_s = 0.0
 
-    async def explain(self, signals: list[dict]) -> dict:
-        """All items of one request in one call: {"reasons": [[str, ...] per item], "tier": ...}."""
+    async def explain(self, user_id: int, signals: list[dict], budget_ms: float | None = None) -> dict:
+        """All items of one request in one call (see ExplainerCore.explain)."""
         if self.delay_s:
             import asyncio
 
             await asyncio.sleep(self.delay_s)
-        return template_explanation(signals, self.backend)
+        return await self.core.explain(user_id, signals, budget_ms)
+
+    def record_autoscaling_stats(self) -> dict:
+        return {QUEUE_DEPTH: self.core.queue_depth}
+
+    def stats(self) -> dict:
+        return self.core.stats()
 
     def set_delay(self, ms: float) -> float:
         """Fault injection for `recserve chaos`: answer this much later."""

@@ -96,6 +96,10 @@ class Router:
             self.local_ranker = ServingRanker()
             self.rank_batcher = MicroBatcher(self._rank_batch, max_batch=256, wait_s=0.001)
             self.local_bandit = ThompsonBandit(self.redis, share=self.cfg.serve.bandit_share)
+            from recserve.explain import Grounding, catalogue_grounding, from_config
+
+            self.local_explainer = from_config(self.cfg, catalogue_grounding(reg) if self.cfg.explainer.backend !=
+                                               "templates" else Grounding())
 
     def reconfigure(self, user_config: dict) -> None:
         """Colocated mode: the ranker's model arrives here (a new registry version, in place)."""
@@ -121,12 +125,10 @@ class Router:
             return self.local_bandit.choose(ranked, k, user_id, rid)
         return await self.bandit.select.remote(ranked, k, user_id, rid)
 
-    async def _explain(self, signals):
+    async def _explain(self, user_id: int, signals: list[dict], budget_ms: float):
         if self.colocated:
-            from recserve.recommender import template_explanation
-
-            return template_explanation(signals)
-        return await self.explainer.explain.remote(signals)
+            return await self.local_explainer.explain(user_id, signals, budget_ms)
+        return await self.explainer.explain.remote(user_id, signals, budget_ms)
 
     def _live(self, user_id: int):
         from recserve.stream import live_context

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "RECSERVE_"
 DEFAULT_CONFIG_NAME = "recserve.yaml"
@@ -105,7 +105,6 @@ class ServeConfig(_Strict):
     shard_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per index "
                                               "shard actor, e.g. {index: 1} on the cluster's state pool")
     bandit_share: float = Field(0.2, ge=0, le=1, description="share of each list given to exploration")
-    explainer: str = Field("templates", description="explainer backend (templates)")
     ranker_quantize: bool = Field(False, description="INT8 dynamic quantisation of the ranker on CPU")
     ranker_dtype: str = Field("float32", pattern="^(float32|float16|bfloat16)$", description="ranker dtype on GPU")
     ranker_num_gpus: float = Field(0.0, ge=0, description="GPUs per ranker replica (fractions allowed)")
@@ -124,6 +123,31 @@ class ServeConfig(_Strict):
     colocate: bool = Field(False, description="run ranker, bandit and explainer inside the router process (one "
                                               "deployment; for small machines where each Serve hop costs more "
                                               "CPU than its work)")
+
+
+class ExplainerConfig(_Strict):
+    backend: Literal["templates", "transformers", "vllm"] = Field(
+        "templates", description="templates (no model), transformers (CPU or GPU) or vllm (GPU, the llm extra)")
+    model: str | None = Field(None, description="the large tier: a local model directory or a name in the local "
+                                                "Hugging Face cache (nothing is downloaded)")
+    small_model: str | None = Field(None, description="the small tier, used while the queue is deep or the large "
+                                                      "tier is slow (the seed's 7B at peak instead of 70B)")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    max_new_tokens: int = Field(32, ge=1, le=256, description="one short sentence per item")
+    max_queue: int = Field(128, ge=1, description="requests waiting or generating per replica; past it, "
+                                                  "templates at once")
+    small_tier_queue: int = Field(16, ge=1, description="queue depth from which new requests take the small tier")
+    small_tier_p95_ms: float = Field(200.0, gt=0, description="...or the large tier's recent p95 past this")
+    cache_entries: int = Field(100_000, ge=0, description="cached sentences per (user, item, facts)")
+    warmup: bool = Field(True, description="one generation per tier at start (pre-warm)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per Explainer replica")
+
+    @model_validator(mode="after")
+    def _model_given(self):
+        if self.backend != "templates" and not self.model:
+            raise ValueError(f"explainer.backend={self.backend} needs explainer.model (a local model directory)")
+        return self
 
 
 class StreamConfig(_Strict):
@@ -165,6 +189,7 @@ class Config(_Strict):
     stream: StreamConfig = StreamConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
+    explainer: ExplainerConfig = ExplainerConfig()
 
     @property
     def registry_uri(self) -> str:

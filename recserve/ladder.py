@@ -23,6 +23,18 @@ from typing import Awaitable, Callable
 from recserve.breaker import OPEN, Breakers
 from recserve.recommender import LEVEL_BATCH, LEVEL_CACHED, LEVEL_FULL, LEVEL_POPULAR, LEVEL_TEMPLATES
 
+# what an answer says of its explanations (recserve.explain.ExplainerCore.explain), with the
+# values of an answer the explainer did not give
+EXPLANATION_FIELDS = {"tier": "templates", "model": "templates", "fallback": None, "items": 0, "llm_items": 0,
+                      "cached": 0, "rejected": 0}
+
+
+def explainer_fault(out: dict) -> str | None:
+    """An explainer answer that counts against its breaker: it missed its deadline or its model failed
+    (a full queue is admission control working, not a fault)."""
+    fb = out.get("fallback") if isinstance(out, dict) else None
+    return fb if fb and (fb == "deadline" or fb.startswith("error")) else None
+
 
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 2)
@@ -44,9 +56,11 @@ class Ladder:
         self.levels: dict[int, int] = {}
 
     # ---------------------------------------------------------------- pieces
-    async def hop(self, name: str, fn: Callable[[], Awaitable], budget_s: float, timings: dict):
+    async def hop(self, name: str, fn: Callable[[], Awaitable], budget_s: float, timings: dict,
+                  healthy: Callable[[object], str | None] | None = None):
         """(ok, value): the call under its breaker and the time left. An open breaker or no time
-        left skips it; a failure or a timeout counts against the breaker."""
+        left skips it; a failure or a timeout counts against the breaker, and so does an answer
+        that `healthy` faults (it names what was wrong; the answer is still used)."""
         b = self.breakers[name]
         if budget_s <= 0.0005:
             self.hops[name] = "skipped: request budget spent"
@@ -61,8 +75,9 @@ class Ladder:
             b.record(False)
             self.hops[name] = f"failing: {type(e).__name__}"
             return False, None
-        b.record(True)
-        self.hops[name] = "ok"
+        fault = healthy(val) if healthy is not None else None
+        b.record(not fault)
+        self.hops[name] = f"degraded: {fault}" if fault else "ok"
         timings[name] = _ms(t)
         return True, val
 
@@ -122,7 +137,7 @@ class Ladder:
             return self._count({**self.rec.finish(stage, None, user_id, k, explain, request_id=rid).to_json(),
                                 "model_versions": versions, "hop_ms": timings})
         level = LEVEL_BATCH if self.stale else LEVEL_FULL
-        scores, slate, reasons, tier = None, None, None, "templates"
+        scores, slate, reasons, explanation = None, None, None, None
         if len(stage["X"]):
             ok, res = await self.hop("ranker", lambda: self.score(stage["X"]), left(), timings)
             if ok:
@@ -139,13 +154,20 @@ class Ladder:
             chosen = list(slate.items) if slate else ranked[:k]
             explored = list(slate.explored) if slate else [False] * len(chosen)
             signals = self.rec.signals(stage, chosen, explored)
-            ok, out = await self.hop("explainer", lambda: self.explain(signals),
-                                     min(left(), self.explainer_budget_s), timings)
+            budget = min(left(), self.explainer_budget_s)
+            ok, got = await self.hop("explainer", lambda: self.explain(user_id, signals, budget * 1000), budget,
+                                     timings, healthy=explainer_fault)
             if ok:
-                reasons, tier = out["reasons"], out["tier"]   # else templates, computed here
-        rec = self.rec.finish(stage, scores, user_id, k, explain, slate=slate, reasons=reasons, request_id=rid)
-        versions["explainer"] = tier
+                reasons = got["reasons"]
+                explanation = {key: got.get(key, dflt) for key, dflt in EXPLANATION_FIELDS.items()}
+            else:   # templates, computed here
+                explanation = {**EXPLANATION_FIELDS, "items": len(signals), "fallback": self.hops["explainer"]}
+        llm = bool(explanation and explanation["llm_items"])
+        rec = self.rec.finish(stage, scores, user_id, k, explain, slate=slate, reasons=reasons, request_id=rid, llm=llm)
+        versions["explainer"] = explanation["model"] if llm else "templates"
         out = {**rec.to_json(), "model_versions": versions, "hop_ms": timings, "live_context": stage.get("live", False)}
+        if explanation is not None:
+            out["explanation"] = explanation
         out["degradation_level"] = max(out["degradation_level"], level)
         if out["degradation_level"] <= LEVEL_TEMPLATES and out["items"]:
             self.remember(user_id, out["items"])

@@ -55,11 +55,6 @@ def template_reasons_from(signal: dict) -> list[str]:
     return out or ["matches your taste"]
 
 
-def template_explanation(signals: list[dict], tier: str = "templates") -> dict:
-    """The Explainer's answer for one request from templates: {"reasons": [[str, ...] per item], "tier"}."""
-    return {"reasons": [template_reasons_from(s) for s in signals], "tier": tier}
-
-
 class Recommender:
     def __init__(self, cfg: Config, registry: Registry, index_router, bandit=None):
         from recserve.data import read_events, read_items
@@ -84,8 +79,9 @@ class Recommender:
         self.user_vectors = emb["user_vectors"]
         self.inputs = ranking_inputs(self.data, items, emb["item_vectors"], cfg.ranker)
         self.user_index = self.data.user_index()
-        cats = items.set_index("item_id")["category"].reindex(self.data.item_ids).fillna("").to_numpy()
-        self.item_category = cats
+        by_id = items.set_index("item_id")
+        self.item_category = by_id["category"].reindex(self.data.item_ids).fillna("").to_numpy()
+        self.item_title = by_id["title"].reindex(self.data.item_ids).fillna("").astype(str).to_numpy()
         self.t_data = int(events["ts"].max())
         self.popular = np.argsort(-self.inputs.stats.popularity)[:1000]
         self.new_items: dict[int, str] = {}
@@ -171,7 +167,7 @@ class Recommender:
         X[~known, 0] = scores[~known]
         X[:, FEATURE_NAMES.index("retrieval_rank")] = np.arange(len(ids)) / max(len(ids) - 1, 1)
         dense = np.where(known, dense, -1)
-        return {"ids": ids, "dense": dense, "X": X, "t0": prep["t0"], "live": prep.get("live", False)}
+        return {"ids": ids, "dense": dense, "X": X, "t0": prep["t0"], "live": prep.get("live", False), "ctx": ctx}
 
     def candidates(self, user_id: int, k: int, filters: dict | None) -> dict:
         """Stage 1 (before ranking): candidates and their features, or a finished fallback answer."""
@@ -208,21 +204,38 @@ class Recommender:
         order = np.argsort(-s, kind="stable")
         return [int(stage["ids"][j]) for j in order], s
 
+    SIMILAR_SEEN = 0.5   # cosine from which a just-seen item is named as similar
+
     def signals(self, stage: dict, chosen: list[int], explored: list[bool]) -> list[dict]:
-        """What ranked each shown item — the Explainer's input (features by name, category,
-        whether the bandit explored it)."""
+        """What ranked each shown item — the Explainer's input: features by name, title, category,
+        whether the bandit explored it, and the item the user just saw that it is most similar to
+        (when the cosine passes SIMILAR_SEEN)."""
         pos = {int(i): j for j, i in enumerate(stage["ids"])}
+        ctx = stage.get("ctx")
+        recent = np.asarray(ctx.last_items if ctx is not None else [], dtype=np.int64)
+        unit = self.inputs.stats.unit_vectors
         out = []
         for iid, ex in zip(chosen, explored):
             j = pos[iid]
+            d = int(stage["dense"][j])
+            similar = []
+            if d >= 0 and len(recent):
+                sims = unit[recent] @ unit[d]
+                b = int(np.argmax(sims))
+                if sims[b] >= self.SIMILAR_SEEN and recent[b] != d:
+                    similar.append({"item_id": int(self.data.item_ids[recent[b]]),
+                                    "title": str(self.item_title[recent[b]])})
             out.append({"item_id": iid, "features": dict(zip(FEATURE_NAMES, stage["X"][j].tolist())),
-                        "category": self.category_of(int(stage["dense"][j]), iid), "explored": bool(ex)})
+                        "title": str(self.item_title[d]) if d >= 0 else "",
+                        "category": self.category_of(d, iid), "explored": bool(ex), "similar_seen": similar})
         return out
 
     def finish(self, stage: dict, scores: np.ndarray | None, user_id: int, k: int, explain: bool,
-               slate=None, reasons: list[list[str]] | None = None, request_id: str | None = None) -> Recommendation:
+               slate=None, reasons: list[list[str]] | None = None, request_id: str | None = None,
+               llm: bool = False) -> Recommendation:
         """Stage 2: order by the ranker's scores, explore (the given slate, or this process's
-        bandit), explain (the given reasons, or templates), answer."""
+        bandit), explain (the given reasons, or templates), answer. `llm`: the reasons came from
+        the LLM explainer (full level); templates are level 1."""
         rid = request_id or uuid.uuid4().hex
         if "done" in stage:
             items, level = stage["done"]
@@ -235,11 +248,11 @@ class Recommender:
         else:
             chosen, explored = ranked[:k], [False] * min(k, len(ranked))
         if explain and reasons is None:
-            reasons = template_explanation(self.signals(stage, chosen, explored))["reasons"]
+            reasons = [template_reasons_from(sg) for sg in self.signals(stage, chosen, explored)]
         pos = {int(i): j for j, i in enumerate(stage["ids"])}
         items = [{"item_id": iid, "score": float(s[pos[iid]]), "reasons": reasons[n] if explain else []}
                  for n, iid in enumerate(chosen)]
-        level = LEVEL_TEMPLATES if explain else LEVEL_FULL  # the LLM explainer is a later issue
+        level = LEVEL_TEMPLATES if explain and not llm else LEVEL_FULL
         return Recommendation(rid, items, level, self.versions, (time.perf_counter() - stage["t0"]) * 1000)
 
     def recommend(self, user_id: int, k: int = 10, filters: dict | None = None, explain: bool = False) -> Recommendation:

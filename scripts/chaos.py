@@ -91,7 +91,7 @@ def _phase_report(records, t0: float, t1: float, fault_at: float | None) -> dict
             levels[str(lv)] = levels.get(str(lv), 0) + 1
     lat = np.array([r[3] for r in rs]) if rs else np.array([np.nan])
 
-    def full(r) -> bool:  # full level for this kind of request (templates are full for explain today)
+    def full(r) -> bool:  # full level for this kind of request (explain with the templates backend is level 1)
         return r[1] == 200 and r[2] is not None and r[2] <= (1 if r[4] else 0)
 
     rec_s = None

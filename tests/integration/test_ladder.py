@@ -11,7 +11,7 @@ from recserve.bandit import Slate
 from recserve.breaker import OPEN, Breakers, BreakerSettings
 from recserve.ladder import Ladder
 from recserve.ranker import ServingRanker
-from recserve.recommender import Recommender, template_reasons_from
+from recserve.recommender import Recommender
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +51,10 @@ class Deps:
     async def select(self, ranked, k, user_id, rid):
         return Slate(ranked[:k], [False] * k, [1.0] * k)
 
-    async def explain(self, signals):
+    async def explain(self, user_id, signals, budget_ms):
         await asyncio.sleep(self.explain_delay)
-        return {"reasons": [template_reasons_from(s) for s in signals], "tier": "test-llm"}
+        return {"reasons": [["an LLM sentence"] for _ in signals], "tier": "large", "model": "test-llm",
+                "llm_items": len(signals), "items": len(signals)}
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,8 @@ def test_slow_explainer_falls_back_to_templates_within_its_budget(world):
     assert all(i["reasons"] for i in out["items"])
     deps.explain_delay = 0.0
     out = asyncio.run(lad.recommend(_users(world, 1)[0], 5, None, True))
-    assert out["model_versions"]["explainer"] == "test-llm"
+    assert out["model_versions"]["explainer"] == "test-llm" and out["degradation_level"] == 0
+    assert out["explanation"]["tier"] == "large" and all(i["reasons"] == ["an LLM sentence"] for i in out["items"])
 
 
 def test_a_hanging_ranker_cannot_hold_the_answer_past_the_deadline(world):

@@ -1,0 +1,457 @@
+"""Explanations for shown items: an LLM writes one grounded sentence per item, templates otherwise.
+
+`ExplainerCore` is the plain class behind the `Explainer` deployment (and the colocated router):
+
+- **Backends behind one interface** (`generate(prompts, max_new_tokens, max_time_s)`):
+  `TransformersBackend` (CPU or GPU), `VLLMBackend` (GPU, the `llm` extra) — and templates, which
+  need no model. A model is a local directory or a name already in the local Hugging Face cache;
+  nothing is downloaded, and a missing model is an `ExplainerError` at start naming the key.
+- **Grounded prompts**: each item's prompt carries only the facts that ranked it (matched
+  categories, a similar item the user just saw, co-visitation, trending, the bandit's exploration
+  flag), and `Grounding.check` rejects a sentence that names a catalogue item or category not in
+  those facts; that item gets its template reasons instead.
+- **Batching**: the items of one request that are not cached go in one generation call.
+- **Admission control**: at most `max_queue` requests wait or run; past that a request gets
+  templates at once (not an error). `queue_depth` feeds the queue-depth autoscaling policy.
+- **Model tiers**: a large and an optional small model; while the queue is deep or the large
+  tier's recent p95 is past its threshold, new requests go to the small tier. Answers name the tier.
+- **Deadline**: each request brings its budget (what is left of the request's, at most the seed's
+  300 ms); waiting for the model and generating both count; past it, templates.
+- **Cache**: sentences per (user, item, facts), least recently used out first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from recserve.recommender import template_reasons_from
+
+TIER_TEMPLATES = "templates"
+
+
+class ExplainerError(RuntimeError):
+    """The explainer cannot start (unknown backend, missing model): says which key and what to do."""
+
+
+# ----------------------------------------------------------------------------- grounding
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_ARTICLE = re.compile(r"^(.*), (the|a|an)$", re.I)
+_YEAR = re.compile(r"\s*\(\d{4}(?:[-–]\d{0,4})?\)\s*$")
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text.lower()))
+
+
+def title_forms(title: str) -> list[tuple[str, ...]]:
+    """How a sentence may name a catalogue title: without its year, with a trailing article moved to
+    the front ("Matrix, The (1999)" -> "the matrix") and without it."""
+    t = _YEAR.sub("", title).strip()
+    forms = {_words(t)}
+    m = _ARTICLE.match(t)
+    if m:
+        forms |= {_words(f"{m.group(2)} {m.group(1)}"), _words(m.group(1))}
+    elif t.lower().startswith(("the ", "a ", "an ")):
+        forms.add(_words(t.split(" ", 1)[1]))
+    return [f for f in forms if f]
+
+
+@dataclass
+class Grounding:
+    """The catalogue's names (item titles, categories) as word sequences: what a sentence could
+    name. A sentence passes when every catalogue name it contains is among the item's facts."""
+
+    terms: set[tuple[str, ...]] = field(default_factory=set)
+    max_len: int = 1
+
+    @classmethod
+    def from_catalogue(cls, titles: list[str], categories: list[str]) -> "Grounding":
+        terms: set[tuple[str, ...]] = set()
+        for c in categories:
+            if c and _words(c):
+                terms.add(_words(c))
+        for t in titles:
+            for f in title_forms(str(t)):
+                # a one-word title shorter than 4 letters ("Up", "It") is too common a word to police
+                if len(f) > 1 or len(f[0]) >= 4:
+                    terms.add(f)
+        return cls(terms, max((len(t) for t in terms), default=1))
+
+    def mentions(self, text: str) -> list[tuple[str, ...]]:
+        """Catalogue names in `text`, longest first, none inside another that was found."""
+        w = _words(text)
+        taken = [False] * len(w)
+        found = []
+        for n in range(min(self.max_len, len(w)), 0, -1):
+            for i in range(len(w) - n + 1):
+                if any(taken[i:i + n]):
+                    continue
+                if w[i:i + n] in self.terms:
+                    found.append(w[i:i + n])
+                    for j in range(i, i + n):
+                        taken[j] = True
+        return found
+
+    def check(self, text: str, allowed: list[str]) -> tuple[bool, str]:
+        """(ok, why not): a non-empty sentence naming only `allowed` catalogue names (and no item
+        number it was not given)."""
+        if not _words(text):
+            return False, "empty"
+        ok_terms: set[tuple[str, ...]] = set()
+        for a in allowed:
+            ok_terms |= set(title_forms(a)) | {_words(a)}
+        extra = [m for m in self.mentions(text) if m not in ok_terms and not any(
+            _contains(a, m) for a in ok_terms)]
+        if extra:
+            return False, "names " + ", ".join(" ".join(m) for m in extra)
+        for num in re.findall(r"(?:item|#)\s*(\d+)", text.lower()):
+            if not any(num in _words(a) for a in allowed):
+                return False, f"names item {num}"
+        return True, ""
+
+
+def _contains(big: tuple[str, ...], small: tuple[str, ...]) -> bool:
+    n = len(small)
+    return any(big[i:i + n] == small for i in range(len(big) - n + 1))
+
+
+def grounded_facts(signal: dict) -> list[str]:
+    """The facts that ranked one item, in words (the same thresholds as the template reasons)."""
+    f, cat = signal["features"], signal.get("category") or ""
+    facts = []
+    if cat and f.get("session_cat_share", 0) >= 0.2:
+        facts.append(f"the user has been looking at {cat}")
+    elif cat and f.get("history_cat_share", 0) >= 0.2:
+        facts.append(f"the user often chooses {cat}")
+    for s in signal.get("similar_seen") or []:
+        facts.append(f"it is similar to {s['title']}, which the user just saw")
+    if f.get("covisit", 0) > 0.5:
+        facts.append("it is often viewed together with items the user just saw")
+    if f.get("log_trending", 0) >= 2.0:
+        facts.append("it is trending now")
+    if signal.get("explored"):
+        facts.append("it is something new, shown to explore the user's taste")
+    return facts or ["it matches the user's taste"]
+
+
+def allowed_names(signal: dict) -> list[str]:
+    out = [signal.get("title") or "", signal.get("category") or ""]
+    out += [s["title"] for s in signal.get("similar_seen") or []]
+    return [x for x in out if x]
+
+
+def prompt_for(signal: dict) -> str:
+    title = signal.get("title") or f"item {signal['item_id']}"
+    cat = signal.get("category") or "its category"
+    return (f"Write one short sentence telling a user why we recommend {title} ({cat}). "
+            f"Use only these facts: {'; '.join(grounded_facts(signal))}.\nSentence:")
+
+
+def first_sentence(text: str, limit: int = 240) -> str:
+    text = text.strip().split("\n", 1)[0].strip()
+    m = re.search(r"[.!?](\s|$)", text)
+    if m:
+        text = text[:m.end()].strip()
+    return text[:limit].strip()
+
+
+# ------------------------------------------------------------------------------ backends
+class Backend(Protocol):
+    name: str
+
+    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], int]:
+        """Greedy continuations of the prompts (one call, all prompts) and the tokens generated."""
+
+
+def resolve_model(name: str, key: str = "explainer.model") -> Path:
+    """A local directory holding a model, or a name already in the local Hugging Face cache."""
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ExplainerError(f"{key}={name!r}: the directory has no config.json; point it at a saved "
+                                 f"model (save_pretrained) or a name in the local Hugging Face cache")
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception as e:  # noqa: BLE001 - not cached (or not a repo name at all)
+        raise ExplainerError(f"{key}={name!r} is neither a local model directory nor a model in the local "
+                             f"Hugging Face cache ({type(e).__name__}); nothing is downloaded at run time: "
+                             f"save the model there first, or set explainer.backend: templates") from None
+
+
+class TransformersBackend:
+    """Hugging Face transformers causal LM, CPU or CUDA; greedy, short outputs, left-padded batches."""
+
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", key: str = "explainer.model",
+                 threads: int | None = None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve_model(model, key)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ExplainerError(f"explainer.device={device!r} but torch sees no CUDA device; use cpu or auto")
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        if threads and device == "cpu":
+            torch.set_num_threads(threads)
+        self.torch = torch
+        self.device = device
+        self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+                                                          dtype=getattr(torch, dtype)).to(device).eval()
+        self.name = f"transformers:{path.name}"
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], int]:
+        torch = self.torch
+        enc = self.tok(prompts, return_tensors="pt", padding=True).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                      max_time=max(max_time_s, 0.001), pad_token_id=self.tok.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        texts = self.tok.batch_decode(new, skip_special_tokens=True)
+        tokens = int((new != self.tok.pad_token_id).sum())
+        return texts, tokens
+
+
+class VLLMBackend:
+    """vLLM's offline engine on a GPU (the `llm` extra). vLLM batches the prompts itself; a
+    generation cannot be stopped midway, so the deadline is kept by the caller's wait."""
+
+    def __init__(self, model: str, dtype: str = "auto", key: str = "explainer.model",
+                 gpu_memory_utilization: float = 0.5):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from vllm import LLM, SamplingParams
+        except Exception as e:  # noqa: BLE001
+            raise ExplainerError(f"explainer.backend=vllm but vllm does not import here ({type(e).__name__}: {e}); "
+                                 f"install the llm extra on a GPU machine, or use the transformers backend") from None
+        path = resolve_model(model, key)
+        self.SamplingParams = SamplingParams
+        self.llm = LLM(model=str(path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
+        self.name = f"vllm:{path.name}"
+
+    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], int]:
+        params = self.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs], sum(len(o.outputs[0].token_ids) for o in outs)
+
+
+def make_backend(kind: str, model: str, device: str = "auto", dtype: str = "auto", key: str = "explainer.model"):
+    if kind == "transformers":
+        return TransformersBackend(model, device, dtype, key)
+    if kind == "vllm":
+        return VLLMBackend(model, dtype, key)
+    raise ExplainerError(f"explainer.backend={kind!r}: use templates, transformers or vllm")
+
+
+# --------------------------------------------------------------------------------- core
+@dataclass
+class ExplainerSettings:
+    max_new_tokens: int = 32
+    budget_ms: float = 300.0          # the seed's LLM deadline: at most this, whatever the request has left
+    max_queue: int = 128              # requests waiting or generating; past it, templates at once
+    small_tier_queue: int = 16        # queue depth from which new requests go to the small tier
+    small_tier_p95_ms: float = 200.0  # ...or the large tier's p95 over the last `latency_window_s`
+    latency_window_s: float = 30.0
+    cache_entries: int = 100_000
+
+
+@dataclass
+class _Tier:
+    name: str
+    backend: Any
+    lock: asyncio.Lock | None = None
+    pool: ThreadPoolExecutor | None = None
+    latencies: deque = field(default_factory=lambda: deque(maxlen=200))   # (time, ms)
+
+    def p95_ms(self, now: float, window_s: float) -> float | None:
+        xs = sorted(ms for t, ms in self.latencies if now - t <= window_s)
+        return xs[min(len(xs) - 1, int(0.95 * len(xs)))] if xs else None
+
+
+class ExplainerCore:
+    def __init__(self, tiers: dict[str, Any] | None, grounding: Grounding, settings: ExplainerSettings | None = None,
+                 clock=time.monotonic):
+        """`tiers`: {"large": backend, "small": backend} (either may be missing; none = templates)."""
+        self.settings = settings or ExplainerSettings()
+        self.grounding = grounding
+        self.clock = clock
+        self.tiers = {n: _Tier(n, b) for n, b in (tiers or {}).items() if b is not None}
+        self.queue_depth = 0
+        self.cache: OrderedDict[tuple, tuple[str, str, str]] = OrderedDict()   # key -> (sentence, tier, model)
+        self.counts = {"requests": 0, "llm": 0, "templates": 0, "queue_full": 0, "deadline": 0, "error": 0,
+                       "rejected": 0, "cache_hits": 0, "tokens": 0}
+
+    # ---------------------------------------------------------------- tiers
+    @property
+    def backend_names(self) -> dict[str, str]:
+        return {n: t.backend.name for n, t in self.tiers.items()}
+
+    def choose_tier(self) -> _Tier | None:
+        """Large unless the queue is deep or the large tier is slow lately (then small, if any)."""
+        if not self.tiers:
+            return None
+        large, small = self.tiers.get("large"), self.tiers.get("small")
+        if large is None or small is None:
+            return large or small
+        p95 = large.p95_ms(self.clock(), self.settings.latency_window_s)
+        if self.queue_depth >= self.settings.small_tier_queue or (p95 is not None and p95 > self.settings.small_tier_p95_ms):
+            return small
+        return large
+
+    def _key(self, user_id: int, signal: dict, facts: list[str]) -> tuple:
+        h = hashlib.sha1("|".join(facts + allowed_names(signal)).encode()).hexdigest()[:16]
+        return (int(user_id), int(signal["item_id"]), h)
+
+    def _cache_put(self, key: tuple, value: tuple[str, str, str]) -> None:
+        self.cache[key] = value
+        self.cache.move_to_end(key)
+        while len(self.cache) > self.settings.cache_entries:
+            self.cache.popitem(last=False)
+
+    def warm(self) -> None:
+        """Pre-warm each tier with one short generation (weights paged in, kernels chosen)."""
+        for t in self.tiers.values():
+            t.backend.generate(["Write one short sentence.\nSentence:"], 2, 5.0)
+
+    # -------------------------------------------------------------- explain
+    async def explain(self, user_id: int, signals: list[dict], budget_ms: float | None = None) -> dict:
+        """Reasons for one request's items: {"reasons": [[str] per item], "sources": ["llm" | "cache" |
+        "template"], "tier", "model", "fallback", "items", "llm_items", "cached", "rejected", "tokens", "ms"}.
+        `tier`/`model` name who wrote the LLM sentences (this generation's, else the cached ones'),
+        or "templates" when every item got its template reasons."""
+        t0 = self.clock()
+        s = self.settings
+        budget_s = min(budget_ms if budget_ms is not None else s.budget_ms, s.budget_ms) / 1000.0
+        self.counts["requests"] += 1
+        n = len(signals)
+        reasons: list[list[str] | None] = [None] * n
+        sources = ["template"] * n
+        keys = [self._key(user_id, sig, grounded_facts(sig)) for sig in signals]
+        writer = None   # (tier, model) of the sentences served
+        for j, k in enumerate(keys):
+            hit = self.cache.get(k)
+            if hit is not None:
+                self.cache.move_to_end(k)
+                reasons[j], sources[j] = [hit[0]], "cache"
+                writer = writer or hit[1:]
+        cached = n - sources.count("template")
+        self.counts["cache_hits"] += cached
+        todo = [j for j in range(n) if reasons[j] is None]
+        fallback, tokens, rejected = None, 0, 0
+        tier = self.choose_tier() if todo else None
+        if tier is not None and self.queue_depth >= s.max_queue:
+            fallback = "queue_full"
+        elif tier is not None:
+            self.queue_depth += 1
+            try:
+                texts, tokens = await self._generate(tier, [prompt_for(signals[j]) for j in todo], t0 + budget_s)
+                for j, text in zip(todo, texts):
+                    sentence = first_sentence(text)
+                    if self.grounding.check(sentence, allowed_names(signals[j]))[0]:
+                        reasons[j], sources[j] = [sentence], "llm"
+                        self._cache_put(keys[j], (sentence, tier.name, tier.backend.name))
+                        writer = (tier.name, tier.backend.name)
+                    else:
+                        rejected += 1
+            except asyncio.TimeoutError:
+                fallback = "deadline"
+            except Exception as e:  # noqa: BLE001 - a failing model means templates, never an error
+                fallback = f"error: {type(e).__name__}"
+            finally:
+                self.queue_depth -= 1
+        for j in range(n):
+            if reasons[j] is None:
+                reasons[j] = template_reasons_from(signals[j])
+        llm_items = n - sources.count("template")
+        self.counts["tokens"] += tokens
+        self.counts["rejected"] += rejected
+        self.counts["llm" if llm_items else "templates"] += 1
+        if fallback:
+            self.counts[fallback.split(":")[0]] += 1
+        tier_name, model = writer or (TIER_TEMPLATES, TIER_TEMPLATES)
+        return {"reasons": reasons, "sources": sources, "tier": tier_name, "model": model, "fallback": fallback,
+                "items": n, "llm_items": llm_items, "cached": cached, "rejected": rejected, "tokens": tokens,
+                "ms": round((self.clock() - t0) * 1000, 2)}
+
+    async def _generate(self, tier: _Tier, prompts: list[str], deadline: float) -> tuple[list[str], int]:
+        """One generation call for all prompts, within the deadline: waiting for the model (one
+        generation at a time per tier) and generating both count. The model's own stop at
+        `max_time` keeps a late call short; past the deadline the caller gets TimeoutError."""
+        if tier.lock is None:
+            tier.lock = asyncio.Lock()
+            tier.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"explain-{tier.name}")
+        left = deadline - self.clock()
+        if left <= 0:
+            raise asyncio.TimeoutError
+        await asyncio.wait_for(tier.lock.acquire(), timeout=left)
+        released = False
+        try:
+            left = deadline - self.clock()
+            if left <= 0:
+                raise asyncio.TimeoutError
+            t = self.clock()
+            fut = asyncio.get_running_loop().run_in_executor(
+                tier.pool, tier.backend.generate, prompts, self.settings.max_new_tokens, left)
+            # the tier stays taken until the generation really ends, even if we stop waiting for it
+            fut.add_done_callback(lambda _f: tier.lock.release())
+            released = True
+            res = await asyncio.wait_for(asyncio.shield(fut), timeout=left)
+            ms = (self.clock() - t) * 1000
+            tier.latencies.append((self.clock(), ms))
+            if self.clock() > deadline:
+                raise asyncio.TimeoutError
+            return res
+        finally:
+            if not released:
+                tier.lock.release()
+
+    def stats(self) -> dict:
+        return {"queue_depth": self.queue_depth, "tiers": self.backend_names, "cache_entries": len(self.cache),
+                **self.counts}
+
+
+def from_config(cfg, grounding: Grounding, warm: bool | None = None) -> ExplainerCore:
+    """An ExplainerCore from the config's `explainer` section (its deadline: serve.explainer_budget_ms)."""
+    ec = cfg.explainer
+    tiers: dict[str, Any] = {}
+    if ec.backend != "templates":
+        tiers["large"] = make_backend(ec.backend, ec.model, ec.device, ec.dtype, "explainer.model")
+        if ec.small_model:
+            tiers["small"] = make_backend(ec.backend, ec.small_model, ec.device, ec.dtype, "explainer.small_model")
+    core = ExplainerCore(tiers, grounding, ExplainerSettings(
+        max_new_tokens=ec.max_new_tokens, budget_ms=cfg.serve.explainer_budget_ms, max_queue=ec.max_queue,
+        small_tier_queue=ec.small_tier_queue, small_tier_p95_ms=ec.small_tier_p95_ms,
+        cache_entries=ec.cache_entries))
+    if ec.warmup if warm is None else warm:
+        core.warm()
+    return core
+
+
+def catalogue_grounding(registry) -> Grounding:
+    """The catalogue's titles and categories from the dataset the serving embeddings were trained on."""
+    from recserve.data import read_items
+
+    emb = registry.resolve("embeddings")
+    dataset = registry.manifest("embeddings", emb)["lineage"]["dataset"]
+    items = read_items(dataset)
+    return Grounding.from_catalogue(items["title"].astype(str).tolist(),
+                                    items["category"].astype(str).unique().tolist())

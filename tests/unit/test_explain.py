@@ -1,0 +1,270 @@
+"""The explainer's logic (recserve.explain) with the transformers backend end to end on tiny
+models these tests build (random weights, a word-level vocabulary): generation, the grounding
+check, the deadline, admission control, model tiers, the cache, a missing model."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from recserve.config import load_config
+from recserve.explain import (
+    ExplainerCore,
+    ExplainerError,
+    ExplainerSettings,
+    Grounding,
+    TransformersBackend,
+    allowed_names,
+    from_config,
+    grounded_facts,
+    prompt_for,
+    title_forms,
+)
+from recserve.llm_models import build_random_model, catalogue_words, force_word
+
+TITLES = ["Toy Story (1995)", "Matrix, The (1999)", "Heat (1995)", "Alien (1979)", "Up (2009)"]
+CATEGORIES = ["Comedy", "Action", "Horror", "Drama"]
+
+
+def signal(item_id=1, title="Toy Story (1995)", category="Comedy", explored=False, similar=None, **features):
+    f = {"session_cat_share": 0.5, "history_cat_share": 0.0, "covisit": 0.0, "log_trending": 3.0}
+    f.update(features)
+    return {"item_id": item_id, "title": title, "category": category, "explored": explored, "features": f,
+            "similar_seen": [{"item_id": 2, "title": similar}] if similar else []}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Three tiny models: random weights, one that always writes 'horror' (a category no test item
+    has), one that always writes 'because' (no catalogue name at all)."""
+    words = catalogue_words(TITLES, CATEGORIES)
+    root = tmp_path_factory.mktemp("llm")
+    out = {}
+    for name, word in (("random", None), ("horror", "horror"), ("plain", "because")):
+        d = build_random_model(root / name, "tiny", words, seed=1)
+        if word:
+            force_word(d, word)
+        out[name] = d
+    return out
+
+
+@pytest.fixture(scope="module")
+def grounding():
+    return Grounding.from_catalogue(TITLES, CATEGORIES)
+
+
+class Counting:
+    """A backend wrapper that counts generation calls and can be slowed down."""
+
+    def __init__(self, backend, delay_s=0.0):
+        self.backend, self.delay_s, self.calls, self.prompts = backend, delay_s, 0, []
+        self.name = backend.name
+
+    def generate(self, prompts, max_new_tokens, max_time_s):
+        self.calls += 1
+        self.prompts.append(list(prompts))
+        time.sleep(self.delay_s)
+        return self.backend.generate(prompts, max_new_tokens, max_time_s)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+# ------------------------------------------------------------------------------- grounding
+def test_title_forms_and_mentions(grounding):
+    assert ("the", "matrix") in title_forms("Matrix, The (1999)") and ("matrix",) in title_forms("Matrix, The (1999)")
+    assert grounding.mentions("If you liked The Matrix you will love toy story") == [("the", "matrix"), ("toy", "story")]
+    assert ("up",) not in grounding.terms   # too short a one-word title to police
+
+
+def test_the_check_rejects_names_not_in_the_signals(grounding):
+    sig = signal(similar="Matrix, The (1999)")
+    ok = allowed_names(sig)
+    assert grounding.check("A comedy like The Matrix, which you just watched.", ok) == (True, "")
+    assert grounding.check("Toy Story is trending now.", ok)[0]
+    assert grounding.check("A scary horror night.", ok) == (False, "names horror")
+    assert grounding.check("Fans of Heat love it.", ok) == (False, "names heat")
+    assert grounding.check("Better than item 77.", ok) == (False, "names item 77")
+    assert grounding.check("   ", ok) == (False, "empty")
+
+
+def test_prompt_carries_only_the_ranking_facts():
+    sig = signal(similar="Alien (1979)", explored=True, covisit=0.9)
+    facts = grounded_facts(sig)
+    assert facts == ["the user has been looking at Comedy", "it is similar to Alien (1979), which the user just saw",
+                     "it is often viewed together with items the user just saw", "it is trending now",
+                     "it is something new, shown to explore the user's taste"]
+    p = prompt_for(sig)
+    assert "Toy Story (1995)" in p and all(f in p for f in facts) and p.endswith("Sentence:")
+    quiet = signal(session_cat_share=0.0, log_trending=0.0)
+    assert grounded_facts(quiet) == ["it matches the user's taste"]
+
+
+# ------------------------------------------------------------------ transformers end to end
+def test_generation_runs_all_items_in_one_call(models, grounding):
+    be = Counting(TransformersBackend(str(models["random"]), device="cpu"))
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_new_tokens=8))
+    sigs = [signal(item_id=i) for i in range(10)]
+    out = run(core.explain(7, sigs, 300))
+    assert be.calls == 1 and len(be.prompts[0]) == 10          # one generation call for the request
+    assert out["tokens"] > 0 and out["items"] == 10 and len(out["reasons"]) == 10
+    assert all(r for r in out["reasons"])                        # every item has reasons, LLM or template
+    assert out["llm_items"] + out["rejected"] == 10
+
+
+def test_an_invented_category_is_rejected_for_the_template(models, grounding):
+    core = ExplainerCore({"large": TransformersBackend(str(models["horror"]), device="cpu")}, grounding)
+    sigs = [signal(item_id=1), signal(item_id=2, title="Heat (1995)", category="Action")]
+    out = run(core.explain(7, sigs, 300))
+    assert out["rejected"] == 2 and out["llm_items"] == 0 and out["tier"] == "templates"
+    assert out["reasons"][0] == ["you have been looking at Comedy", "trending now"]   # the template's
+    assert out["sources"] == ["template", "template"]
+    # the same model is fine for an item whose own category it names
+    own = run(core.explain(7, [signal(item_id=3, title="Alien (1979)", category="Horror")], 300))
+    assert own["llm_items"] == 1 and own["reasons"][0][0].startswith("horror")
+
+
+def test_grounded_sentences_are_served_and_cached(models, grounding):
+    be = Counting(TransformersBackend(str(models["plain"]), device="cpu"))
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_new_tokens=6))
+    sigs = [signal(item_id=i) for i in range(4)]
+    out = run(core.explain(7, sigs, 300))
+    assert out["llm_items"] == 4 and out["sources"] == ["llm"] * 4 and out["tier"] == "large"
+    assert out["reasons"][0] == ["because because because because because because"]
+    again = run(core.explain(7, sigs + [signal(item_id=9)], 300))
+    assert again["cached"] == 4 and again["sources"] == ["cache"] * 4 + ["llm"]
+    assert be.calls == 2 and len(be.prompts[1]) == 1             # only the new item was generated
+    other_user = run(core.explain(8, sigs[:1], 300))
+    assert other_user["cached"] == 0                              # per (user, item, facts)
+    changed = run(core.explain(7, [signal(item_id=0, explored=True)], 300))
+    assert changed["cached"] == 0                                 # the facts changed
+
+
+def test_the_deadline_falls_back_to_templates_in_time(models, grounding):
+    be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.5)
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(budget_ms=300))
+    t = time.perf_counter()
+    out = run(core.explain(7, [signal()], 100))
+    took = time.perf_counter() - t
+    assert out["fallback"] == "deadline" and out["llm_items"] == 0 and out["reasons"][0]
+    assert took < 0.3, took
+    # the request budget is capped at the configured 300 ms, whatever the caller offers
+    t = time.perf_counter()
+    out = run(core.explain(7, [signal(item_id=2)], 5000))
+    assert out["fallback"] == "deadline" and time.perf_counter() - t < 0.45
+    assert core.counts["deadline"] == 2 and core.queue_depth == 0
+
+
+def test_a_full_queue_falls_back_at_once(models, grounding):
+    be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.4)
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_queue=1, budget_ms=2000))
+
+    async def both():
+        first = asyncio.create_task(core.explain(7, [signal()], 2000))
+        await asyncio.sleep(0.05)                 # the first one holds the only place in the queue
+        assert core.queue_depth == 1
+        t = time.perf_counter()
+        second = await core.explain(8, [signal()], 2000)
+        took = time.perf_counter() - t
+        return await first, second, took
+
+    first, second, took = run(both())
+    assert second["fallback"] == "queue_full" and second["llm_items"] == 0 and took < 0.05
+    assert first["llm_items"] == 1 and be.calls == 1
+
+
+def test_tiers_small_under_load_and_when_the_large_is_slow(models, grounding):
+    large = Counting(TransformersBackend(str(models["plain"]), device="cpu"))
+    small = Counting(TransformersBackend(str(models["plain"]), device="cpu"))
+    core = ExplainerCore({"large": large, "small": small}, grounding,
+                         ExplainerSettings(small_tier_queue=2, small_tier_p95_ms=150, budget_ms=2000, cache_entries=0))
+    assert run(core.explain(1, [signal()], 2000))["tier"] == "large"
+    core.queue_depth = 2                          # two requests in flight: new ones take the small tier
+    assert core.choose_tier().name == "small"
+    core.queue_depth = 0
+    large.delay_s = 0.2                           # the large tier turns slow: past its p95 threshold
+    assert run(core.explain(2, [signal()], 2000))["tier"] == "large"
+    assert run(core.explain(3, [signal()], 2000))["tier"] == "small" and small.calls == 1
+    core.tiers["large"].latencies.clear()         # its slow samples age out: back to large
+    assert run(core.explain(4, [signal()], 2000))["tier"] == "large"
+
+
+def test_a_failing_model_gives_templates_not_an_error(grounding):
+    class Broken:
+        name = "broken"
+
+        def generate(self, prompts, max_new_tokens, max_time_s):
+            raise RuntimeError("CUDA error: device-side assert")
+
+    out = run(ExplainerCore({"large": Broken()}, grounding).explain(7, [signal()], 300))
+    assert out["fallback"] == "error: RuntimeError" and out["reasons"][0] and out["tier"] == "templates"
+
+
+def test_templates_backend_and_config(models, tmp_path):
+    core = from_config(load_config(environ={}), Grounding())
+    out = run(core.explain(7, [signal()], 300))
+    assert out["tier"] == "templates" and out["fallback"] is None and out["llm_items"] == 0
+    cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": str(models["plain"]),
+                                             "explainer.small_model": str(models["random"]), "explainer.device": "cpu"})
+    core = from_config(cfg, Grounding.from_catalogue(TITLES, CATEGORIES))
+    assert set(core.tiers) == {"large", "small"} and core.settings.budget_ms == 300.0
+
+
+def test_a_missing_model_is_a_clear_error_at_start(tmp_path, models):
+    cfg = load_config(environ={}, overrides={"explainer.backend": "transformers",
+                                             "explainer.model": str(tmp_path / "nowhere")})
+    with pytest.raises(ExplainerError, match="explainer.model=.*nowhere.*nothing is downloaded"):
+        from_config(cfg, Grounding())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ExplainerError, match="no config.json"):
+        TransformersBackend(str(empty))
+    cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": str(models["plain"]),
+                                             "explainer.small_model": "no-such-org/no-such-model"})
+    with pytest.raises(ExplainerError, match="explainer.small_model='no-such-org/no-such-model'"):
+        from_config(cfg, Grounding())
+
+
+def test_vllm_backend(models, grounding):
+    try:
+        import torch
+        import vllm  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"vllm does not import here ({type(e).__name__}): the vLLM backend needs the llm extra and a GPU")
+    if not torch.cuda.is_available():
+        pytest.skip("vllm imports but torch sees no CUDA device")
+    from recserve.explain import VLLMBackend
+
+    core = ExplainerCore({"large": VLLMBackend(str(models["plain"]))}, grounding)
+    out = run(core.explain(7, [signal(item_id=i) for i in range(10)], 300))
+    assert out["tokens"] > 0 and out["llm_items"] == 10
+
+
+def test_concurrent_requests_share_one_generation_slot(models, grounding):
+    """One generation at a time per tier; requests queue for it (and count in queue_depth)."""
+    be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.1)
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(budget_ms=3000, cache_entries=0))
+    active, peak = [0], [0]
+    lock = threading.Lock()
+    orig = be.generate
+
+    def tracked(*a):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            return orig(*a)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    be.generate = tracked
+
+    async def many():
+        return await asyncio.gather(*[core.explain(u, [signal()], 3000) for u in range(4)])
+
+    outs = run(many())
+    assert all(o["llm_items"] == 1 for o in outs) and peak[0] == 1 and be.calls == 4
+
