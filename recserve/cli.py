@@ -476,6 +476,31 @@ def bench_stream(out: Path = typer.Option(Path("benchmarks/results/stream.json")
     console.print_json(json.dumps(res))
 
 
+@bench_app.command("explain")
+def bench_explain(out: Path = typer.Option(Path("benchmarks/results/explain.json")),
+                  backends: str = typer.Option("templates,transformers,vllm", help="comma-separated; one that is "
+                                               "not available here is reported as skipped"),
+                  model: Optional[str] = typer.Option(None, help="a local model directory (default: build a "
+                                                      "random-weights model, nothing is downloaded)"),
+                  size: Optional[str] = typer.Option(None, help="size of the built model: tiny | small | 0.5b "
+                                                     "(default: small on CPU, 0.5b on a GPU)"),
+                  device: str = typer.Option("auto", help="auto | cpu | cuda"),
+                  requests: int = typer.Option(100, min=1, help="requests of 10 items per pass"),
+                  concurrency: int = typer.Option(4, min=1, help="requests at a time in the deadline pass"),
+                  max_new_tokens: int = typer.Option(32, min=1), deadline_ms: float = typer.Option(300.0, min=1)):
+    """The explainer per backend: p50/p95 latency per 10-item request, the share that fell back to
+    templates (deadline, full queue, errors), grounding rejections, requests/s and tokens/s."""
+    from scripts.bench_explain import run
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    try:
+        res = run(names, model, size, device, requests, concurrency, max_new_tokens, deadline_ms, out,
+                  log=lambda m: console.print(f"[bench explain] {m}"))
+    except (ValueError, RuntimeError) as e:
+        _fail(e)
+    console.print_json(json.dumps(res))
+
+
 def main() -> None:  # pragma: no cover
     app()
 
