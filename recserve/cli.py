@@ -37,6 +37,11 @@ def _cfg(config: Optional[Path]) -> Config:
         _fail(e)
 
 
+def _progress(what: str):
+    """A progress printer: `[what] message` (markup off: the brackets are text, not a rich style)."""
+    return lambda m: console.print(f"[{what}] {m}", markup=False, highlight=False)
+
+
 ConfigOpt = typer.Option(None, "--config", "-c", help="recserve.yaml (default ./recserve.yaml or $RECSERVE_CONFIG)")
 
 
@@ -382,7 +387,7 @@ def chaos_cmd(duration: float = typer.Option(120.0, help="seconds in all (six ph
 
     cfg = _cfg(config)
     try:
-        res = run(cfg, duration, concurrency, out, log=lambda m: console.print(f"[chaos] {m}"))
+        res = run(cfg, duration, concurrency, out, log=_progress("chaos"))
     except RuntimeError as e:
         _fail(e)
     console.print_json(json.dumps(res))
@@ -404,7 +409,7 @@ def backup_cmd(to: str = typer.Option(..., "--to", help="local folder or pyarrow
             for b in list_backups(to):
                 print(f"{b['point_iso']}  {b['name']}  keys={b['redis_keys']}  {b['path']}")
             return
-        res = backup(cfg, to, keep=keep, log=lambda m: console.print(f"[backup] {m}"))
+        res = backup(cfg, to, keep=keep, log=_progress("backup"))
     except BackupError as e:
         _fail(e)
     console.print_json(json.dumps({k: v for k, v in res.items() if k != "files"}))
@@ -422,7 +427,7 @@ def restore_cmd(src: str = typer.Option(..., "--from", help="where `recserve bac
 
     cfg = _cfg(config)
     try:
-        res = restore(cfg, src, point_in_time, force=force, log=lambda m: console.print(f"[restore] {m}"))
+        res = restore(cfg, src, point_in_time, force=force, log=_progress("restore"))
     except BackupError as e:
         _fail(e)
     console.print_json(json.dumps(res))
@@ -439,7 +444,7 @@ def bench_index(out: Path = typer.Option(Path("benchmarks/results/index.json")),
     from scripts.bench_index import run
 
     res = run(n=n, dim=dim, shards=shards, ef_search=ef_search, ef_construction=ef_construction,
-              n_queries=queries, batch=batch, out=out, log=lambda m: console.print(f"[bench index] {m}"))
+              n_queries=queries, batch=batch, out=out, log=_progress("bench index"))
     console.print_json(json.dumps(res))
 
 
@@ -452,7 +457,7 @@ def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json
 
     cfg = _cfg(config)
     try:
-        res = run(cfg, duration, out, log=lambda m: console.print(f"[bench serving] {m}"))
+        res = run(cfg, duration, out, log=_progress("bench serving"))
     except RuntimeError as e:
         _fail(e)
     console.print_json(json.dumps({k: v for k, v in res.items() if k != "cases"}))
@@ -470,7 +475,7 @@ def bench_stream(out: Path = typer.Option(Path("benchmarks/results/stream.json")
 
     cfg = _cfg(config)
     try:
-        res = run(cfg, duration, batch, posters, out, log=lambda m: console.print(f"[bench stream] {m}"))
+        res = run(cfg, duration, batch, posters, out, log=_progress("bench stream"))
     except RuntimeError as e:
         _fail(e)
     console.print_json(json.dumps(res))
@@ -495,7 +500,7 @@ def bench_explain(out: Path = typer.Option(Path("benchmarks/results/explain.json
     names = [b.strip() for b in backends.split(",") if b.strip()]
     try:
         res = run(names, model, size, device, requests, concurrency, max_new_tokens, deadline_ms, out,
-                  log=lambda m: console.print(f"[bench explain] {m}"))
+                  log=_progress("bench explain"))
     except (ValueError, RuntimeError) as e:
         _fail(e)
     console.print_json(json.dumps(res))
