@@ -140,6 +140,8 @@ class ExplainerConfig(_Strict):
     small_tier_queue: int = Field(16, ge=1, description="queue depth from which new requests take the small tier")
     small_tier_p95_ms: float = Field(200.0, gt=0, description="...or the large tier's recent p95 past this")
     cache_entries: int = Field(100_000, ge=0, description="cached sentences per (user, item, facts)")
+    max_batch_prompts: int = Field(64, ge=1, description="prompts per generation call: requests waiting for the "
+                                                         "model share one call, each request's items together")
     warmup: bool = Field(True, description="one generation per tier at start (pre-warm)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per Explainer replica")
 

@@ -10,7 +10,8 @@
   categories, a similar item the user just saw, co-visitation, trending, the bandit's exploration
   flag), and `Grounding.check` rejects a sentence that names a catalogue item or category not in
   those facts; that item gets its template reasons instead.
-- **Batching**: the items of one request that are not cached go in one generation call.
+- **Batching**: the items of one request that are not cached go in one generation call, and the
+  requests waiting for a tier when its next call starts share that call.
 - **Admission control**: at most `max_queue` requests wait or run; past that a request gets
   templates at once (not an error). `queue_depth` feeds the queue-depth autoscaling policy.
 - **Model tiers**: a large and an optional small model; while the queue is deep or the large
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import re
 import time
@@ -32,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from recserve.recommender import template_reasons_from
 
@@ -168,8 +172,8 @@ def first_sentence(text: str, limit: int = 240) -> str:
 class Backend(Protocol):
     name: str
 
-    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], int]:
-        """Greedy continuations of the prompts (one call, all prompts) and the tokens generated."""
+    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], list[int]]:
+        """Greedy continuations of the prompts (one call, all prompts) and the tokens generated for each."""
 
 
 def resolve_model(name: str, key: str = "explainer.model") -> Path:
@@ -219,7 +223,7 @@ class TransformersBackend:
         self.name = f"transformers:{path.name}"
         self.params = sum(p.numel() for p in self.model.parameters())
 
-    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], int]:
+    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], list[int]]:
         torch = self.torch
         enc = self.tok(prompts, return_tensors="pt", padding=True).to(self.device)
         with torch.inference_mode():
@@ -227,8 +231,7 @@ class TransformersBackend:
                                       max_time=max(max_time_s, 0.001), pad_token_id=self.tok.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
         texts = self.tok.batch_decode(new, skip_special_tokens=True)
-        tokens = int((new != self.tok.pad_token_id).sum())
-        return texts, tokens
+        return texts, (new != self.tok.pad_token_id).sum(dim=1).tolist()
 
 
 class VLLMBackend:
@@ -248,10 +251,10 @@ class VLLMBackend:
         self.llm = LLM(model=str(path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
         self.name = f"vllm:{path.name}"
 
-    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], int]:
+    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], list[int]]:
         params = self.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
         outs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [o.outputs[0].text for o in outs], sum(len(o.outputs[0].token_ids) for o in outs)
+        return [o.outputs[0].text for o in outs], [len(o.outputs[0].token_ids) for o in outs]
 
 
 def make_backend(kind: str, model: str, device: str = "auto", dtype: str = "auto", key: str = "explainer.model"):
@@ -272,19 +275,48 @@ class ExplainerSettings:
     small_tier_p95_ms: float = 200.0  # ...or the large tier's p95 over the last `latency_window_s`
     latency_window_s: float = 30.0
     cache_entries: int = 100_000
+    max_batch_prompts: int = 64       # prompts per generation call (requests waiting together share one)
+
+
+@dataclass
+class _Waiting:
+    prompts: list[str]
+    deadline: float
+    future: asyncio.Future
 
 
 @dataclass
 class _Tier:
     name: str
     backend: Any
-    lock: asyncio.Lock | None = None
+    pending: list[_Waiting] = field(default_factory=list)
+    worker: asyncio.Task | None = None
     pool: ThreadPoolExecutor | None = None
-    latencies: deque = field(default_factory=lambda: deque(maxlen=200))   # (time, ms)
+    calls: int = 0
+    latencies: deque = field(default_factory=lambda: deque(maxlen=200))   # (time, ms) per generation call
+    sizes: deque = field(default_factory=lambda: deque(maxlen=50))        # (prompts, ms) per generation call
 
     def p95_ms(self, now: float, window_s: float) -> float | None:
         xs = sorted(ms for t, ms in self.latencies if now - t <= window_s)
         return xs[min(len(xs) - 1, int(0.95 * len(xs)))] if xs else None
+
+    def record(self, now: float, prompts: int, ms: float) -> None:
+        self.calls += 1
+        self.latencies.append((now, ms))
+        self.sizes.append((prompts, ms))
+
+    def estimate_ms(self, prompts: int) -> float | None:
+        """A generation call's expected time for this many prompts, from the recent calls: a
+        least-squares line (fixed + per prompt) once call sizes differ, else proportional."""
+        if not self.sizes:
+            return None
+        n = np.array([x for x, _ in self.sizes], dtype=np.float64)
+        ms = np.array([y for _, y in self.sizes], dtype=np.float64)
+        if np.ptp(n) > 0:
+            b, a = np.polyfit(n, ms, 1)
+            if b > 0:
+                return max(a, 0.0) + b * prompts
+        return float(ms.sum() / n.sum()) * prompts
 
 
 class ExplainerCore:
@@ -363,7 +395,8 @@ class ExplainerCore:
         elif tier is not None:
             self.queue_depth += 1
             try:
-                texts, tokens = await self._generate(tier, [prompt_for(signals[j]) for j in todo], t0 + budget_s)
+                texts, per_prompt = await self._generate(tier, [prompt_for(signals[j]) for j in todo], t0 + budget_s)
+                tokens = sum(per_prompt)
                 for j, text in zip(todo, texts):
                     sentence = first_sentence(text)
                     if self.grounding.check(sentence, allowed_names(signals[j]))[0]:
@@ -392,41 +425,71 @@ class ExplainerCore:
                 "items": n, "llm_items": llm_items, "cached": cached, "rejected": rejected, "tokens": tokens,
                 "ms": round((self.clock() - t0) * 1000, 2)}
 
-    async def _generate(self, tier: _Tier, prompts: list[str], deadline: float) -> tuple[list[str], int]:
-        """One generation call for all prompts, within the deadline: waiting for the model (one
-        generation at a time per tier) and generating both count. The model's own stop at
-        `max_time` keeps a late call short; past the deadline the caller gets TimeoutError."""
-        if tier.lock is None:
-            tier.lock = asyncio.Lock()
-            tier.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"explain-{tier.name}")
+    async def _generate(self, tier: _Tier, prompts: list[str], deadline: float) -> tuple[list[str], list[int]]:
+        """This request's prompts generated within its deadline. Requests wait in the tier's queue;
+        one generation runs at a time per tier, over every request waiting when it starts (up to
+        `max_batch_prompts` prompts): a request's items always go in one call, and concurrent
+        requests share calls. Waiting and generating both count; past the deadline: TimeoutError."""
+        loop = asyncio.get_running_loop()
         left = deadline - self.clock()
         if left <= 0:
             raise asyncio.TimeoutError
-        await asyncio.wait_for(tier.lock.acquire(), timeout=left)
-        released = False
+        if tier.pool is None:
+            tier.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"explain-{tier.name}")
+        fut = loop.create_future()
+        tier.pending.append(_Waiting(prompts, deadline, fut))
+        if tier.worker is None or tier.worker.done():
+            tier.worker = loop.create_task(self._drain(tier))
         try:
-            left = deadline - self.clock()
-            if left <= 0:
-                raise asyncio.TimeoutError
-            t = self.clock()
-            fut = asyncio.get_running_loop().run_in_executor(
-                tier.pool, tier.backend.generate, prompts, self.settings.max_new_tokens, left)
-            # the tier stays taken until the generation really ends, even if we stop waiting for it
-            fut.add_done_callback(lambda _f: tier.lock.release())
-            released = True
             res = await asyncio.wait_for(asyncio.shield(fut), timeout=left)
-            ms = (self.clock() - t) * 1000
-            tier.latencies.append((self.clock(), ms))
-            if self.clock() > deadline:
-                raise asyncio.TimeoutError
-            return res
-        finally:
-            if not released:
-                tier.lock.release()
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            fut.cancel()   # not started: skipped; started: its result is dropped
+            raise
+        if self.clock() > deadline:
+            raise asyncio.TimeoutError
+        return res
+
+    async def _drain(self, tier: _Tier) -> None:
+        """The tier's generation loop: while requests wait, one call over as many as fit."""
+        loop = asyncio.get_running_loop()
+        while tier.pending:
+            now = self.clock()
+            live = [w for w in tier.pending if not w.future.done() and w.deadline > now]
+            batch, n, first_deadline = [], 0, math.inf
+            for w in live:
+                m, d = n + len(w.prompts), min(first_deadline, w.deadline)
+                est = tier.estimate_ms(m)
+                if batch and (m > self.settings.max_batch_prompts or (est is not None and now + est / 1000 > d)):
+                    break   # the call would make its earliest request late: the rest wait for the next
+                if not batch and est is not None and now + est / 1000 > d:
+                    w.future.set_exception(asyncio.TimeoutError())   # cannot make it even alone: templates now
+                    continue
+                batch.append(w)
+                n, first_deadline = m, d
+            tier.pending = [w for w in live[live.index(batch[-1]) + 1:]] if batch else []
+            if not batch:
+                continue
+            prompts = [p for w in batch for p in w.prompts]
+            t = self.clock()
+            try:
+                texts, tokens = await loop.run_in_executor(
+                    tier.pool, tier.backend.generate, prompts, self.settings.max_new_tokens, first_deadline - t)
+            except Exception as e:  # noqa: BLE001 - each waiting request falls back on its own
+                for w in batch:
+                    if not w.future.done():
+                        w.future.set_exception(e)
+                continue
+            tier.record(self.clock(), len(prompts), (self.clock() - t) * 1000)
+            i = 0
+            for w in batch:
+                k = len(w.prompts)
+                if not w.future.done():
+                    w.future.set_result((texts[i:i + k], tokens[i:i + k]))
+                i += k
 
     def stats(self) -> dict:
         return {"queue_depth": self.queue_depth, "tiers": self.backend_names, "cache_entries": len(self.cache),
-                **self.counts}
+                "generation_calls": {n: t.calls for n, t in self.tiers.items()}, **self.counts}
 
 
 def from_config(cfg, grounding: Grounding, warm: bool | None = None) -> ExplainerCore:
@@ -440,7 +503,7 @@ def from_config(cfg, grounding: Grounding, warm: bool | None = None) -> Explaine
     core = ExplainerCore(tiers, grounding, ExplainerSettings(
         max_new_tokens=ec.max_new_tokens, budget_ms=cfg.serve.explainer_budget_ms, max_queue=ec.max_queue,
         small_tier_queue=ec.small_tier_queue, small_tier_p95_ms=ec.small_tier_p95_ms,
-        cache_entries=ec.cache_entries))
+        cache_entries=ec.cache_entries, max_batch_prompts=ec.max_batch_prompts))
     if ec.warmup if warm is None else warm:
         core.warm()
     return core

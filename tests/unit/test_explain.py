@@ -242,10 +242,12 @@ def test_vllm_backend(models, grounding):
     assert out["tokens"] > 0 and out["llm_items"] == 10
 
 
-def test_concurrent_requests_share_one_generation_slot(models, grounding):
-    """One generation at a time per tier; requests queue for it (and count in queue_depth)."""
+def test_concurrent_requests_share_generation_calls(models, grounding):
+    """One generation at a time per tier; the requests that waited for it share the next call,
+    each request's prompts kept together (and none past max_batch_prompts)."""
     be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.1)
-    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(budget_ms=3000, cache_entries=0))
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(budget_ms=3000, cache_entries=0, max_new_tokens=6,
+                                                                     max_batch_prompts=6))
     active, peak = [0], [0]
     lock = threading.Lock()
     orig = be.generate
@@ -263,8 +265,13 @@ def test_concurrent_requests_share_one_generation_slot(models, grounding):
     be.generate = tracked
 
     async def many():
-        return await asyncio.gather(*[core.explain(u, [signal()], 3000) for u in range(4)])
+        return await asyncio.gather(*[core.explain(u, [signal(item_id=i) for i in range(2)], 3000)
+                                      for u in range(7)])
 
     outs = run(many())
-    assert all(o["llm_items"] == 1 for o in outs) and peak[0] == 1 and be.calls == 4
-
+    assert all(o["llm_items"] == 2 and o["tokens"] == 12 for o in outs)
+    assert peak[0] == 1                                   # never two generations at once
+    sizes = [len(p) for p in be.prompts]
+    assert sum(sizes) == 14 and all(n % 2 == 0 and n <= 6 for n in sizes), sizes   # requests never split
+    assert be.calls == 3, sizes                           # 7 requests of 2 prompts, 6 prompts a call
+    assert core.stats()["generation_calls"] == {"large": be.calls}
