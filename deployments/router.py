@@ -80,6 +80,8 @@ class Router:
         from recserve.cache import CacheStats
 
         self.context_stats = CacheStats()                  # the live-context cache's lookups
+        self.explanation_stats = CacheStats()              # the explainer's sentence cache, from its answers
+        self.explainer_stats: dict = {}                    # its models and queue, refreshed every 10 s
         self.index_sizes: dict[int, int] = {}              # vectors per shard, refreshed every 10 s
         self._sizes_at = 0.0
         self._listener = None
@@ -177,7 +179,7 @@ class Router:
         self._stale_checked = now
         if now - self._sizes_at >= 10.0:
             self._sizes_at = now
-            asyncio.get_running_loop().create_task(self._refresh_index_sizes())
+            asyncio.get_running_loop().create_task(self._refresh_slow_stats())
         try:
             self.staleness = staleness_s(self.redis, self.log)
             self.lag = sum(lag(self.redis, self.log).values())
@@ -187,16 +189,25 @@ class Router:
         if self._listener is None:
             self._listener = self._listen(asyncio.get_running_loop())
 
-    async def _refresh_index_sizes(self) -> None:
+    async def _refresh_slow_stats(self) -> None:
+        """Every 10 s: vectors per index shard, and the explainer's models and queue."""
         try:
             self.index_sizes = await self.index.asizes()
             self.metrics.index_sizes(self.index_sizes)
         except Exception:  # noqa: BLE001 - a size is information, never a failure
             pass
+        try:
+            self.explainer_stats = (self.local_explainer.stats() if self.colocated else
+                                    await asyncio.wait_for(self.explainer.stats.remote(), timeout=2.0))
+        except Exception:  # noqa: BLE001 - the explainer's breaker and the ladder deal with it
+            pass
 
     def serving_versions(self) -> dict:
-        """The versions answering now: the registry's, with the ranker's as its replicas report it."""
-        return {**self.rec.versions, "ranker": self._ranker_version or self.rec.versions["ranker"]}
+        """The versions answering now: the registry's, with the ranker's as its replicas report it,
+        and the explainer's models per tier (or templates)."""
+        tiers = self.explainer_stats.get("tiers") or {}
+        return {**self.rec.versions, "ranker": self._ranker_version or self.rec.versions["ranker"],
+                "explainer": ", ".join(f"{t}={m}" for t, m in tiers.items()) or "templates"}
 
     def _listen(self, loop):
         import threading
@@ -255,6 +266,10 @@ class Router:
             self.metrics.request(endpoint, status, ms)
             if out is not None:
                 self.metrics.answer(out, how)
+                ex = out.get("explanation")
+                if ex and how != "hit":   # an L1 hit asked the explainer nothing
+                    self.explanation_stats.hits += ex.get("cached", 0)
+                    self.explanation_stats.misses += ex.get("items", 0) - ex.get("cached", 0)
             now = time.monotonic()
             if now - self._metrics_at >= 1.0:
                 self._metrics_at = now
@@ -356,6 +371,7 @@ class Router:
     @api.get("/v1/status")
     async def status(self):
         self._check_stream()
+        await self._refresh_slow_stats()   # index sizes and the explainer's stats as of now
         st = self.cache.stats
 
         def rates(s) -> dict:
@@ -364,10 +380,14 @@ class Router:
         return {"model_versions": self.serving_versions(),
                 "cache": {"hits": st.hits, "misses": st.misses, "coalesced": st.coalesced,
                           "hit_rate": st.hit_rate, "entries": len(self.cache),
-                          "levels": {"L1": rates(st), "context": rates(self.context_stats)}},
+                          "levels": {"L1": rates(st), "context": rates(self.context_stats),
+                                     "explanation": rates(self.explanation_stats)}},
                 "index": {"version": self.index.version, "shards": len(self.index.groups),
                           "vectors": {str(k): v for k, v in self.index_sizes.items()}},
                 "degradation_level": self.ladder.level_now(), "breakers": self.breakers.snapshot(), "hops": self.hops,
                 "stream": {"staleness_s": round(self.staleness, 3), "stale": self.ladder.stale,
                            "bound_s": self.cfg.stream.staleness_bound_s, "lag": self.lag},
+                "explainer": {k: self.explainer_stats[k] for k in ("queue_depth", "requests", "llm", "templates",
+                                                                    "deadline", "queue_full", "rejected")
+                              if k in self.explainer_stats},
                 "index_batching": {"calls": self.search_batcher.calls, "searches": self.search_batcher.items}}

@@ -1,6 +1,6 @@
 """The status page the router serves at `/ui`: the degradation level, circuit breakers, stream lag,
-cache hit rates per cache level, index size, the versions serving, and a form to try a
-recommendation for a user id. One static page; its script reads `v1/status` every two seconds and
+cache hit rates per cache level, index size, the versions serving, the explainer's queue and
+fallbacks, and a form to try a recommendation for a user id. One static page; its script reads `v1/status` every two seconds and
 posts the form to `v1/recommend` (relative URLs, so it works under any route prefix)."""
 
 STATUS_PAGE = """<!doctype html>
@@ -48,6 +48,8 @@ STATUS_PAGE = """<!doctype html>
 <section>
   <h2>Versions serving</h2>
   <table id="versions"></table>
+  <h2>Explainer</h2>
+  <table id="explainer"></table>
 </section>
 <section>
   <h2>Try a recommendation</h2>
@@ -94,6 +96,10 @@ async function refresh() {
     const vt = document.getElementById("versions"); rows(vt, 0);
     for (const [comp, ver] of Object.entries(s.model_versions)) {
       const tr = vt.insertRow(); tr.dataset.component = comp; cell(tr, comp); cell(tr, ver).className = "version";
+    }
+    const et = document.getElementById("explainer"); rows(et, 0);
+    for (const [k, n] of Object.entries(s.explainer || {})) {
+      const tr = et.insertRow(); tr.dataset.key = k; cell(tr, k.replace("_", " ")); cell(tr, n);
     }
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {

@@ -53,6 +53,11 @@ def test_llm_explanations_at_full_level_and_cached(llm_app):
     assert more["explanation"]["cached"] >= 3 and more["explanation"]["llm_items"] == 7, more["explanation"]
     plain = client.post("/v1/recommend", json={"user_id": u, "k": 5}).json()
     assert plain["degradation_level"] == 0 and "explanation" not in plain
+    st = client.get("/v1/status").json()
+    ex_cache = st["cache"]["levels"]["explanation"]
+    assert ex_cache["hits"] >= 3 and ex_cache["misses"] >= 5 and 0 < ex_cache["hit_rate"] < 1
+    assert st["model_versions"]["explainer"].startswith("large=transformers:")
+    assert st["explainer"]["requests"] >= 2 and st["explainer"]["queue_depth"] == 0
 
 
 def test_a_slow_explainer_gives_templates_at_level_1(llm_app, serving):

@@ -75,7 +75,8 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
     # the L1 cache saw a hit for each user's second request: a rate above 0 is on the page
     l1 = _text(browser, "#cache-L1 .rate")
     assert l1.endswith("%") and float(l1[:-1]) > 0, l1
-    assert browser.find_elements(By.CSS_SELECTOR, "#cache-context")
+    assert browser.find_elements(By.CSS_SELECTOR, "#cache-context") and browser.find_elements(
+        By.CSS_SELECTOR, "#cache-explanation")
     # the vector count arrives within the router's 10 s refresh
     _wait(browser, lambda d: _text(d, "#index-vectors").isdigit(), timeout=30)
     assert int(_text(browser, "#index-vectors")) >= len(users)
