@@ -7,9 +7,11 @@ standby. Figures (measured here, read from benchmarks/results/, never typed in):
     concurrency 16, divided by the benchmark machine's CPUs;
   * aggregator throughput: `bench stream`, events/s end to end per aggregator;
   * index bytes per vector: `bench index`, HNSW bytes per vector minus its raw vectors = the
-    graph's overhead per vector, added to dim x 4 bytes (fp32) or dim x 2 (fp16).
-Pools whose throughput has no benchmark here (ranking GPUs, bandit servers, LLM GPUs) are reported
-as unmeasured unless a figure is given on the command line; nothing is guessed."""
+    graph's overhead per vector, added to dim x 4 bytes (fp32) or dim x 2 (fp16);
+  * bandit CPU per request: `bench serving`, the Bandit replica's CPU ms per answered request at
+    concurrency 4 (cache off); bandit servers = the requests that miss the L1 cache x that CPU.
+Pools whose throughput has no benchmark here (ranking GPUs, LLM GPUs: this repo's benchmarks ran on
+CPUs) are reported as unmeasured unless a figure is given on the command line; nothing is guessed."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class Measured:
     router_rps_per_cpu: float
     aggregator_events_per_s: float
     hnsw_overhead_bytes: float
+    bandit_cpu_ms: float
     sources: dict
 
     @classmethod
@@ -50,10 +53,17 @@ class Measured:
         rps = sv["cases"]["recommend_cached"]["16"]["rps"] / sv["cpus"]
         agg = st["events_per_s"] / st["aggregators"]
         overhead = ix["index_bytes"] / ix["n"] - ix["dim"] * 4
-        return cls(rps, agg, overhead, {
+        cpu = sv["cases"]["recommend"]["4"]["cpu_ms_per_request"]
+        bandit_key = next((k for k in cpu if k.endswith(":Bandit") and "nocache" in k), None)
+        if bandit_key is None:
+            raise CapacityError("serving.json has no Bandit CPU per request (cases.recommend.4.cpu_ms_per_request): "
+                                "run `recserve bench serving` again")
+        bandit = float(cpu[bandit_key])
+        return cls(rps, agg, overhead, bandit, {
             "router_rps_per_cpu": f"serving.json cases.recommend_cached.16.rps / cpus = {rps:.1f}",
             "aggregator_events_per_s": f"stream.json events_per_s / aggregators = {agg:.0f}",
-            "hnsw_overhead_bytes": f"index.json index_bytes / n - dim*4 = {overhead:.0f}"})
+            "hnsw_overhead_bytes": f"index.json index_bytes / n - dim*4 = {overhead:.0f}",
+            "bandit_cpu_ms": f"serving.json cases.recommend.4.cpu_ms_per_request[{bandit_key!r}] = {bandit:.2f}"})
 
 
 def year_inputs(year: int) -> dict:
@@ -88,7 +98,9 @@ def plan(mau: float, peak_qps: float, items: float, events_per_day: float, m: Me
     ranker = None
     if ranker_lists_per_gpu:
         ranker = math.ceil(region_qps * (1 - cache_hit_rate) * h / ranker_lists_per_gpu)
-    region = {"api": api, "state": state_nodes, "ranker_gpu": ranker, "bandit": None, "llm_gpu": None}
+    # the bandit runs for every answer the L1 cache does not hold: CPU ms each, on nodes like the API pool's
+    bandit = math.ceil(region_qps * (1 - cache_hit_rate) * h * m.bandit_cpu_ms / 1000 / api_node_cpus)
+    region = {"api": api, "state": state_nodes, "ranker_gpu": ranker, "bandit": bandit, "llm_gpu": None}
     standby = {k: (None if v is None else max(1, math.ceil(v * standby_fraction))) for k, v in region.items()}
     return {"per_active_region": region, "standby": standby, "regions_active": regions,
             "aggregators_per_region": aggregators, "aggregators_by_rule": aggregators_rule,

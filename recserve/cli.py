@@ -344,14 +344,15 @@ def capacity_cmd(mau: Optional[float] = typer.Option(None, help="monthly active 
     except CapacityError as e:
         _fail(e)
     t = Table(title="nodes per active region (standby in brackets)")
-    for col in ("year", "MAU", "peak QPS", "items", "api", "state", "ranker_gpu", "aggregators", "shards"):
+    for col in ("year", "MAU", "peak QPS", "items", "api", "bandit", "state", "ranker_gpu", "llm_gpu", "aggregators",
+                "shards"):
         t.add_column(col)
     for r in rows:
         reg, sb = r["per_active_region"], r["standby"]
         cell = lambda k: "unmeasured" if reg[k] is None else f"{reg[k]} ({sb[k]})"  # noqa: E731
         t.add_row(str(r["year"]), f"{r['inputs']['mau']:,.0f}", f"{r['inputs']['peak_qps']:,.0f}",
-                  f"{r['inputs']['items']:,.0f}", cell("api"), cell("state"), cell("ranker_gpu"),
-                  str(r["aggregators_per_region"]), str(r["index_shards"]))
+                  f"{r['inputs']['items']:,.0f}", cell("api"), cell("bandit"), cell("state"), cell("ranker_gpu"),
+                  cell("llm_gpu"), str(r["aggregators_per_region"]), str(r["index_shards"]))
     console.print(t)
     res = {"measured_from": m.sources, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -364,7 +365,7 @@ def capacity_cmd(mau: Optional[float] = typer.Option(None, help="monthly active 
 
         fig, ax = plt.subplots(figsize=(6, 3.5))
         years = [r["year"] if r["year"] is not None else 0 for r in rows]
-        for pool in ("api", "state"):
+        for pool in ("api", "bandit", "state"):
             ax.plot(years, [r["per_active_region"][pool] for r in rows], marker="o", label=pool)
         ax.set_xlabel("year")
         ax.set_ylabel("nodes per active region")

@@ -18,7 +18,9 @@ def measured():
 def test_figures_trace_to_the_benchmark_files(measured):
     sv = json.loads((ROOT / "benchmarks/results/serving.json").read_text())
     assert measured.router_rps_per_cpu == sv["cases"]["recommend_cached"]["16"]["rps"] / sv["cpus"]
-    assert set(measured.sources) == {"router_rps_per_cpu", "aggregator_events_per_s", "hnsw_overhead_bytes"}
+    assert set(measured.sources) == {"router_rps_per_cpu", "aggregator_events_per_s", "hnsw_overhead_bytes",
+                                     "bandit_cpu_ms"}
+    assert measured.bandit_cpu_ms == sv["cases"]["recommend"]["4"]["cpu_ms_per_request"]["ray::ServeReplica:nocache:Bandit"]
 
 
 def test_year_zero_lands_in_the_design_ranges(measured):
@@ -27,7 +29,8 @@ def test_year_zero_lands_in_the_design_ranges(measured):
     assert 50 <= y0["per_active_region"]["api"] <= 500          # the design's API pool range
     assert 15 <= y0["shard_gib"] <= 25                          # "about 20 GB per 10M vectors at 512 dims"
     assert y0["index_shards"] == 1 and y0["aggregators_per_region"] >= 100 * 10**6 * 0.1 / 50_000 / 2
-    assert y0["unmeasured"] == ["ranker_gpu", "bandit", "llm_gpu"]   # no benchmark here: not guessed
+    assert 10 <= y0["per_active_region"]["bandit"] <= 50        # the design's bandit pool range
+    assert y0["unmeasured"] == ["ranker_gpu", "llm_gpu"]          # no GPU benchmark here: not guessed
     years = projection(measured)
     assert [y["per_active_region"]["api"] for y in years] == sorted(y["per_active_region"]["api"] for y in years)
     assert year_inputs(3)["peak_qps"] == pytest.approx(1.7e6)
