@@ -114,6 +114,11 @@ def run(backends: list[str], model: str | None, size: str | None, device: str, r
             elif name == "transformers":
                 tiers = {"large": TransformersBackend(model_dir, device=device)}
             elif name == "vllm":
+                try:
+                    import vllm  # noqa: F401
+                except Exception as e:  # noqa: BLE001
+                    raise RuntimeError(f"vllm does not import here ({type(e).__name__}); it needs the llm extra "
+                                       f"on a GPU machine") from None
                 if not cuda:
                     raise RuntimeError("no CUDA device: vLLM needs a GPU")
                 tiers = {"large": VLLMBackend(model_dir)}
