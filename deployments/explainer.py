@@ -14,13 +14,12 @@ from recserve.autoscale import QUEUE_DEPTH
 class Explainer:
     def __init__(self, cfg: dict, registry_uri: str):
         from recserve.config import Config
-        from recserve.explain import Grounding, catalogue_grounding, from_config
+        from recserve.explain import from_config
         from recserve.registry import Registry
 
         c = Config.model_validate(cfg)
-        grounding = (catalogue_grounding(Registry(registry_uri, c.registry.keep))
-                     if c.explainer.backend != "templates" else Grounding())
-        self.core = from_config(c, grounding)   # a missing model fails here, naming the key
+        # a missing model fails here, naming the key
+        self.core = from_config(c, registry=Registry(registry_uri, c.registry.keep))
         self.delay_s = 0.0
 
     async def explain(self, user_id: int, signals: list[dict], budget_ms: float | None = None) -> dict:

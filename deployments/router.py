@@ -98,10 +98,9 @@ class Router:
             self.local_ranker = ServingRanker()
             self.rank_batcher = MicroBatcher(self._rank_batch, max_batch=256, wait_s=0.001)
             self.local_bandit = ThompsonBandit(self.redis, share=self.cfg.serve.bandit_share)
-            from recserve.explain import Grounding, catalogue_grounding, from_config
+            from recserve.explain import from_config
 
-            self.local_explainer = from_config(self.cfg, catalogue_grounding(reg) if self.cfg.explainer.backend !=
-                                               "templates" else Grounding())
+            self.local_explainer = from_config(self.cfg, registry=reg)
 
     def reconfigure(self, user_config: dict) -> None:
         """Colocated mode: the ranker's model arrives here (a new registry version, in place)."""
@@ -268,8 +267,10 @@ class Router:
                 self.metrics.answer(out, how)
                 ex = out.get("explanation")
                 if ex and how != "hit":   # an L1 hit asked the explainer nothing
-                    self.explanation_stats.hits += ex.get("cached", 0)
-                    self.explanation_stats.misses += ex.get("items", 0) - ex.get("cached", 0)
+                    hits, misses = ex.get("cached", 0), ex.get("items", 0) - ex.get("cached", 0)
+                    self.explanation_stats.hits += hits
+                    self.explanation_stats.misses += misses
+                    self.metrics.explanation_lookups(hits, misses)
             now = time.monotonic()
             if now - self._metrics_at >= 1.0:
                 self._metrics_at = now

@@ -293,25 +293,24 @@ class _Tier:
     worker: asyncio.Task | None = None
     pool: ThreadPoolExecutor | None = None
     calls: int = 0
-    latencies: deque = field(default_factory=lambda: deque(maxlen=200))   # (time, ms) per generation call
-    sizes: deque = field(default_factory=lambda: deque(maxlen=50))        # (prompts, ms) per generation call
+    recent: deque = field(default_factory=lambda: deque(maxlen=200))   # (time, prompts, ms) per generation call
 
     def p95_ms(self, now: float, window_s: float) -> float | None:
-        xs = sorted(ms for t, ms in self.latencies if now - t <= window_s)
+        xs = sorted(ms for t, _, ms in self.recent if now - t <= window_s)
         return xs[min(len(xs) - 1, int(0.95 * len(xs)))] if xs else None
 
     def record(self, now: float, prompts: int, ms: float) -> None:
         self.calls += 1
-        self.latencies.append((now, ms))
-        self.sizes.append((prompts, ms))
+        self.recent.append((now, prompts, ms))
 
     def estimate_ms(self, prompts: int) -> float | None:
-        """A generation call's expected time for this many prompts, from the recent calls: a
+        """A generation call's expected time for this many prompts, from the last 50 calls: a
         least-squares line (fixed + per prompt) once call sizes differ, else proportional."""
-        if not self.sizes:
+        last = list(self.recent)[-50:]
+        if not last:
             return None
-        n = np.array([x for x, _ in self.sizes], dtype=np.float64)
-        ms = np.array([y for _, y in self.sizes], dtype=np.float64)
+        n = np.array([x for _, x, _ in last], dtype=np.float64)
+        ms = np.array([y for _, _, y in last], dtype=np.float64)
         if np.ptp(n) > 0:
             b, a = np.polyfit(n, ms, 1)
             if b > 0:
@@ -492,9 +491,12 @@ class ExplainerCore:
                 "generation_calls": {n: t.calls for n, t in self.tiers.items()}, **self.counts}
 
 
-def from_config(cfg, grounding: Grounding, warm: bool | None = None) -> ExplainerCore:
-    """An ExplainerCore from the config's `explainer` section (its deadline: serve.explainer_budget_ms)."""
+def from_config(cfg, grounding: Grounding | None = None, registry=None, warm: bool | None = None) -> ExplainerCore:
+    """An ExplainerCore from the config's `explainer` section (its deadline: serve.explainer_budget_ms).
+    Without `grounding`, an LLM backend checks against the catalogue behind `registry`'s embeddings."""
     ec = cfg.explainer
+    if grounding is None:
+        grounding = catalogue_grounding(registry) if ec.backend != "templates" else Grounding()
     tiers: dict[str, Any] = {}
     if ec.backend != "templates":
         tiers["large"] = make_backend(ec.backend, ec.model, ec.device, ec.dtype, "explainer.model")

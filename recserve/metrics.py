@@ -43,14 +43,13 @@ class RouterMetrics:
     def answer(self, out: dict, cache_outcome: str) -> None:
         self.levels.inc(tags={"level": str(out.get("degradation_level", 0))})
         self.cache.inc(tags={"level": "L1", "outcome": cache_outcome})
-        ex = out.get("explanation") or {}
-        if cache_outcome != "hit" and ex.get("items"):   # an L1 hit asked the explainer nothing
-            if ex.get("cached"):
-                self.cache.inc(ex["cached"], tags={"level": "explanation", "outcome": "hit"})
-            if ex["items"] - ex.get("cached", 0):
-                self.cache.inc(ex["items"] - ex.get("cached", 0), tags={"level": "explanation", "outcome": "miss"})
         for hop, ms in (out.get("hop_ms") or {}).items():
             self.hop_latency.observe(float(ms), tags={"hop": hop})
+
+    def explanation_lookups(self, hits: int, misses: int) -> None:
+        for outcome, n in (("hit", hits), ("miss", misses)):
+            if n:
+                self.cache.inc(n, tags={"level": "explanation", "outcome": outcome})
 
     def context_lookup(self, hit: bool) -> None:
         self.cache.inc(tags={"level": "context", "outcome": "hit" if hit else "miss"})

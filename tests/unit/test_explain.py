@@ -187,7 +187,7 @@ def test_tiers_small_under_load_and_when_the_large_is_slow(models, grounding):
     large.delay_s = 0.2                           # the large tier turns slow: past its p95 threshold
     assert run(core.explain(2, [signal()], 2000))["tier"] == "large"
     assert run(core.explain(3, [signal()], 2000))["tier"] == "small" and small.calls == 1
-    core.tiers["large"].latencies.clear()         # its slow samples age out: back to large
+    core.tiers["large"].recent.clear()            # its slow samples age out: back to large
     assert run(core.explain(4, [signal()], 2000))["tier"] == "large"
 
 
