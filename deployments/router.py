@@ -267,7 +267,7 @@ class Router:
                 self.metrics.answer(out, how)
                 ex = out.get("explanation")
                 if ex and how != "hit":   # an L1 hit asked the explainer nothing
-                    hits, misses = ex.get("cached", 0), ex.get("items", 0) - ex.get("cached", 0)
+                    hits, misses = ex["cached"], ex["lookups"] - ex["cached"]
                     self.explanation_stats.hits += hits
                     self.explanation_stats.misses += misses
                     self.metrics.explanation_lookups(hits, misses)

@@ -366,7 +366,8 @@ class ExplainerCore:
     # -------------------------------------------------------------- explain
     async def explain(self, user_id: int, signals: list[dict], budget_ms: float | None = None) -> dict:
         """Reasons for one request's items: {"reasons": [[str] per item], "sources": ["llm" | "cache" |
-        "template"], "tier", "model", "fallback", "items", "llm_items", "cached", "rejected", "tokens", "ms"}.
+        "template"], "tier", "model", "fallback", "items", "llm_items", "lookups" (in the sentence cache),
+        "cached" (found there), "rejected", "tokens", "ms"}.
         `tier`/`model` name who wrote the LLM sentences (this generation's, else the cached ones'),
         or "templates" when every item got its template reasons."""
         t0 = self.clock()
@@ -378,7 +379,8 @@ class ExplainerCore:
         sources = ["template"] * n
         keys = [self._key(user_id, sig, grounded_facts(sig)) for sig in signals]
         writer = None   # (tier, model) of the sentences served
-        for j, k in enumerate(keys):
+        lookups = n if self.tiers else 0   # templates need no cache
+        for j, k in enumerate(keys[:lookups]):
             hit = self.cache.get(k)
             if hit is not None:
                 self.cache.move_to_end(k)
@@ -421,7 +423,8 @@ class ExplainerCore:
             self.counts[fallback.split(":")[0]] += 1
         tier_name, model = writer or (TIER_TEMPLATES, TIER_TEMPLATES)
         return {"reasons": reasons, "sources": sources, "tier": tier_name, "model": model, "fallback": fallback,
-                "items": n, "llm_items": llm_items, "cached": cached, "rejected": rejected, "tokens": tokens,
+                "items": n, "llm_items": llm_items, "lookups": lookups, "cached": cached, "rejected": rejected,
+                "tokens": tokens,
                 "ms": round((self.clock() - t0) * 1000, 2)}
 
     async def _generate(self, tier: _Tier, prompts: list[str], deadline: float) -> tuple[list[str], list[int]]:

@@ -26,7 +26,7 @@ from recserve.recommender import LEVEL_BATCH, LEVEL_CACHED, LEVEL_FULL, LEVEL_PO
 # what an answer says of its explanations (recserve.explain.ExplainerCore.explain), with the
 # values of an answer the explainer did not give
 EXPLANATION_FIELDS = {"tier": "templates", "model": "templates", "fallback": None, "items": 0, "llm_items": 0,
-                      "cached": 0, "rejected": 0}
+                      "lookups": 0, "cached": 0, "rejected": 0}
 
 
 def explainer_fault(out: dict) -> str | None:

@@ -134,7 +134,7 @@ def test_grounded_sentences_are_served_and_cached(models, grounding):
     assert out["llm_items"] == 4 and out["sources"] == ["llm"] * 4 and out["tier"] == "large"
     assert out["reasons"][0] == ["because because because because because because"]
     again = run(core.explain(7, sigs + [signal(item_id=9)], 300))
-    assert again["cached"] == 4 and again["sources"] == ["cache"] * 4 + ["llm"]
+    assert again["cached"] == 4 and again["lookups"] == 5 and again["sources"] == ["cache"] * 4 + ["llm"]
     assert be.calls == 2 and len(be.prompts[1]) == 1             # only the new item was generated
     other_user = run(core.explain(8, sigs[:1], 300))
     assert other_user["cached"] == 0                              # per (user, item, facts)
@@ -206,6 +206,7 @@ def test_templates_backend_and_config(models, tmp_path):
     core = from_config(load_config(environ={}), Grounding())
     out = run(core.explain(7, [signal()], 300))
     assert out["tier"] == "templates" and out["fallback"] is None and out["llm_items"] == 0
+    assert out["lookups"] == 0 and not core.cache            # templates need no sentence cache
     cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": str(models["plain"]),
                                              "explainer.small_model": str(models["random"]), "explainer.device": "cpu"})
     core = from_config(cfg, Grounding.from_catalogue(TITLES, CATEGORIES))
