@@ -61,3 +61,29 @@ def test_each_deployment_asks_for_a_pool_that_cluster_yaml_has():
     for d in raw["applications"][0]["deployments"]:
         asked = set(d["ray_actor_options"].get("resources", {}))
         assert asked and asked <= pools, (d["name"], asked, pools)
+
+
+def test_region_serve_configs_validate_and_fit_their_pools():
+    """regions/serve/<region>.yaml: valid Serve deploy configs, up to date, each deployment's replica
+    range what its pool holds in that region; the standby keeps fewer warm and can grow as large."""
+    from scripts.regions import REGIONS, files, render
+
+    for path, want in files().items():
+        assert path.read_text() == want, f"{path.name} is stale: run python -m scripts.regions"
+    ranges = {}
+    for region in REGIONS:
+        raw = yaml.safe_load((ROOT / "regions" / "serve" / f"{region}.yaml").read_text())
+        app = ServeDeploySchema.model_validate(raw).applications[0]
+        pools = render(region)["available_node_types"]
+        for d in app.deployments:
+            (res, per), = d.ray_actor_options.resources.items()
+            pool = next(p for p in pools.values() if res in (p.get("resources") or {}))
+            a = d.autoscaling_config
+            assert a["max_replicas"] * per <= pool["max_workers"] * pool["resources"][res]   # fits the pool
+            assert a["min_replicas"] * per <= pool["min_workers"] * pool["resources"][res]
+            assert a["target_ongoing_requests"] and a["upscale_delay_s"] == 30
+            ranges[region, d.name] = (a["min_replicas"], a["max_replicas"])
+    for dep in ("Router", "Ranker", "Bandit", "Explainer"):
+        active, standby = ranges["us-west-2", dep], ranges["eu-west-1", dep]
+        assert ranges["us-east-1", dep] == active
+        assert standby[0] < active[0] and standby[1] == active[1]
