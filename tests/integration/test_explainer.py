@@ -79,3 +79,4 @@ def test_a_slow_explainer_gives_templates_at_level_1(llm_app, serving):
         h.set_delay.remote(0).result()
     st = h.stats.remote().result()
     assert st["queue_depth"] == 0 and st["requests"] >= 2 and st["tiers"] == {"large": st["tiers"]["large"]}
+    assert h.record_autoscaling_stats.remote().result() == {"queue_depth": 0}   # what the policy reads
