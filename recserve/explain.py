@@ -424,8 +424,7 @@ class ExplainerCore:
         tier_name, model = writer or (TIER_TEMPLATES, TIER_TEMPLATES)
         return {"reasons": reasons, "sources": sources, "tier": tier_name, "model": model, "fallback": fallback,
                 "items": n, "llm_items": llm_items, "lookups": lookups, "cached": cached, "rejected": rejected,
-                "tokens": tokens,
-                "ms": round((self.clock() - t0) * 1000, 2)}
+                "tokens": tokens, "ms": round((self.clock() - t0) * 1000, 2)}
 
     async def _generate(self, tier: _Tier, prompts: list[str], deadline: float) -> tuple[list[str], list[int]]:
         """This request's prompts generated within its deadline. Requests wait in the tier's queue;
