@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from recserve.recommender import template_reasons_from
+from recserve.recommender import ranking_facts, template_reasons_from
 
 TIER_TEMPLATES = "templates"
 
@@ -128,22 +128,21 @@ def _contains(big: tuple[str, ...], small: tuple[str, ...]) -> bool:
     return any(big[i:i + n] == small for i in range(len(big) - n + 1))
 
 
+PROMPT_FACTS = {"session_category": "the user has been looking at {category}",
+                "history_category": "the user often chooses {category}",
+                "covisit": "it is often viewed together with items the user just saw",
+                "trending": "it is trending now", "explored": "it is something new, shown to explore the user's taste"}
+
+
 def grounded_facts(signal: dict) -> list[str]:
-    """The facts that ranked one item, in words (the same thresholds as the template reasons)."""
-    f, cat = signal["features"], signal.get("category") or ""
-    facts = []
-    if cat and f.get("session_cat_share", 0) >= 0.2:
-        facts.append(f"the user has been looking at {cat}")
-    elif cat and f.get("history_cat_share", 0) >= 0.2:
-        facts.append(f"the user often chooses {cat}")
-    for s in signal.get("similar_seen") or []:
-        facts.append(f"it is similar to {s['title']}, which the user just saw")
-    if f.get("covisit", 0) > 0.5:
-        facts.append("it is often viewed together with items the user just saw")
-    if f.get("log_trending", 0) >= 2.0:
-        facts.append("it is trending now")
-    if signal.get("explored"):
-        facts.append("it is something new, shown to explore the user's taste")
+    """The facts that ranked one item, in words (the template reasons' facts, recserve.recommender.
+    ranking_facts, plus the similar item the user just saw)."""
+    cat = signal.get("category") or ""
+    keys = [k for k in ranking_facts(signal) if cat or not k.endswith("_category")]
+    n_cat = sum(k.endswith("_category") for k in keys)   # the category fact comes first
+    facts = [PROMPT_FACTS[k].format(category=cat) for k in keys[:n_cat]]
+    facts += [f"it is similar to {s['title']}, which the user just saw" for s in signal.get("similar_seen") or []]
+    facts += [PROMPT_FACTS[k].format(category=cat) for k in keys[n_cat:]]
     return facts or ["it matches the user's taste"]
 
 
@@ -197,8 +196,7 @@ def resolve_model(name: str, key: str = "explainer.model") -> Path:
 class TransformersBackend:
     """Hugging Face transformers causal LM, CPU or CUDA; greedy, short outputs, left-padded batches."""
 
-    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", key: str = "explainer.model",
-                 threads: int | None = None):
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", key: str = "explainer.model"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -210,8 +208,6 @@ class TransformersBackend:
             raise ExplainerError(f"explainer.device={device!r} but torch sees no CUDA device; use cpu or auto")
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        if threads and device == "cpu":
-            torch.set_num_threads(threads)
         self.torch = torch
         self.device = device
         self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)

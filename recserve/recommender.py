@@ -37,21 +37,35 @@ class Recommendation:
                 "model_versions": self.model_versions, "took_ms": round(self.took_ms, 2)}
 
 
+def ranking_facts(signal: dict) -> list[str]:
+    """Which of the signals that ranked an item explain it, by name: "session_category" or
+    "history_category", "covisit", "trending", "explored". One set of thresholds for the template
+    reasons and the LLM's grounded prompts (recserve.explain)."""
+    f = signal["features"]
+    out = []
+    if f.get("session_cat_share", 0) >= 0.2:
+        out.append("session_category")
+    elif f.get("history_cat_share", 0) >= 0.2:
+        out.append("history_category")
+    if f.get("covisit", 0) > 0.5:
+        out.append("covisit")
+    if f.get("log_trending", 0) >= 2.0:
+        out.append("trending")
+    if signal.get("explored"):
+        out.append("explored")
+    return out
+
+
+TEMPLATE_REASONS = {"session_category": "you have been looking at {category}",
+                    "history_category": "you often choose {category}",
+                    "covisit": "often viewed with items you just saw", "trending": "trending now",
+                    "explored": "something new for you"}
+
+
 def template_reasons_from(signal: dict) -> list[str]:
     """Reasons from the signals that ranked the item (the Explainer's template tier): signal is
     one entry of `Recommender.signals` — features by name, category, explored."""
-    f, category = signal["features"], signal["category"]
-    out = []
-    if f["session_cat_share"] >= 0.2:
-        out.append(f"you have been looking at {category}")
-    elif f["history_cat_share"] >= 0.2:
-        out.append(f"you often choose {category}")
-    if f["covisit"] > 0.5:
-        out.append("often viewed with items you just saw")
-    if f["log_trending"] >= 2.0:
-        out.append("trending now")
-    if signal["explored"]:
-        out.append("something new for you")
+    out = [TEMPLATE_REASONS[k].format(category=signal["category"]) for k in ranking_facts(signal)]
     return out or ["matches your taste"]
 
 
