@@ -12,7 +12,7 @@ import time
 
 import ray
 
-from recserve.stream import AggregatorCore, StreamSettings, assignment, lag
+from recserve.streaming.aggregator import AggregatorCore, StreamSettings, assignment, lag
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.05)
@@ -20,7 +20,7 @@ class StreamAggregator:
     def __init__(self, name: str, redis_url: str, partitions: int, settings: dict, item_ids=None, item_vectors=None):
         import redis
 
-        from recserve.eventlog import RedisStreamLog
+        from recserve.streaming.eventlog.redis import RedisStreamLog
 
         self.name = name
         self.r = redis.Redis.from_url(redis_url, socket_timeout=5)
@@ -90,10 +90,10 @@ class AggregatorPool:
         user vector come from the registry's latest embeddings unless given."""
         import redis
 
-        from recserve.eventlog import RedisStreamLog
+        from recserve.streaming.eventlog.redis import RedisStreamLog
 
         if item_vectors is None:
-            from recserve.jobs import load_embeddings
+            from recserve.offline.jobs import load_embeddings
             from recserve.registry import Registry, RegistryError
 
             try:

@@ -17,8 +17,8 @@ import numpy as np
 import ray
 
 from recserve.config import IndexConfig
-from recserve.vector_shard import ShardCore, SnapshotError
-from recserve.wal import WriteAheadLog
+from recserve.index.shard import ShardCore, SnapshotError
+from recserve.index.wal import WriteAheadLog
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ def code_version() -> str:
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
     for d in ("recserve", "deployments", "actors"):
-        for f in sorted((root / d).glob("*.py")):
-            h.update(f.name.encode() + f.read_bytes())
+        for f in sorted((root / d).rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode() + f.read_bytes())
     return h.hexdigest()[:12]
 
 

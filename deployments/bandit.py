@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ray import serve
 
-from recserve.bandit import Slate, ThompsonBandit
+from recserve.ranking.bandit import Slate, ThompsonBandit
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from ray import serve
 
-from recserve.autoscale import QUEUE_DEPTH
+from recserve.serving.autoscale import QUEUE_DEPTH
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 class Explainer:
     def __init__(self, cfg: dict, registry_uri: str):
         from recserve.config import Config
-        from recserve.explain import from_config
+        from recserve.explain.core import from_config
         from recserve.registry import Registry
 
         c = Config.model_validate(cfg)

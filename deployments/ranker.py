@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
-from recserve.autoscale import QUEUE_DEPTH
-from recserve.ranker import ServingRanker
+from recserve.ranking.ranker import ServingRanker
+from recserve.serving.autoscale import QUEUE_DEPTH
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=512)

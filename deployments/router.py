@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
-from recserve.api import (
+from recserve.serving.api import (
     EventsRequest,
     FeedbackRequest,
     ItemsRequest,
@@ -21,9 +21,9 @@ from recserve.api import (
     error_body,
     install_error_handlers,
 )
-from recserve.batching import MicroBatcher
-from recserve.breaker import Breakers, BreakerSettings
-from recserve.ladder import Ladder
+from recserve.serving.batching import MicroBatcher
+from recserve.serving.breaker import Breakers, BreakerSettings
+from recserve.serving.ladder import Ladder
 
 api = FastAPI(title="recserve", version="1", description="Real-time personalization on Ray Serve")
 install_error_handlers(api)
@@ -37,12 +37,12 @@ class Router:
                  replicas: int = 1, cache: bool = True, share_as: str | None = None):
         import redis
 
-        from recserve.cache import ResponseCache
         from recserve.config import Config
-        from recserve.eventlog import RedisStreamLog
-        from recserve.index_router import IndexRouter
-        from recserve.recommender import Recommender
+        from recserve.index.client import IndexRouter
         from recserve.registry import Registry
+        from recserve.serving.cache import ResponseCache
+        from recserve.serving.recommender import Recommender
+        from recserve.streaming.eventlog.redis import RedisStreamLog
 
         self.cfg = Config.model_validate(cfg)
         self.ranker, self.bandit, self.explainer = ranker, bandit, explainer
@@ -66,7 +66,7 @@ class Router:
                              explain=self._explain, deadline_ms=sv.deadline_ms,
                              explainer_budget_ms=sv.explainer_budget_ms)
         self.hops = self.ladder.hops
-        from recserve.metrics import RouterMetrics
+        from recserve.serving.metrics import RouterMetrics
 
         self.metrics = RouterMetrics()
         self._metrics_at = 0.0
@@ -77,7 +77,7 @@ class Router:
         self._live_cache: dict[int, tuple[float, object]] = {}
         self.staleness, self._stale_checked = 0.0, 0.0   # staleness decides self.ladder.stale
         self.lag = 0                                       # events no aggregator has committed
-        from recserve.cache import CacheStats
+        from recserve.serving.cache import CacheStats
 
         self.context_stats = CacheStats()                  # the live-context cache's lookups
         self.explanation_stats = CacheStats()              # the explainer's sentence cache, from its answers
@@ -91,14 +91,14 @@ class Router:
         if self.colocated:
             import torch
 
-            from recserve.bandit import ThompsonBandit
-            from recserve.ranker import ServingRanker
+            from recserve.ranking.bandit import ThompsonBandit
+            from recserve.ranking.ranker import ServingRanker
 
             torch.set_num_threads(1)
             self.local_ranker = ServingRanker()
             self.rank_batcher = MicroBatcher(self._rank_batch, max_batch=256, wait_s=0.001)
             self.local_bandit = ThompsonBandit(self.redis, share=self.cfg.serve.bandit_share)
-            from recserve.explain import from_config
+            from recserve.explain.core import from_config
 
             self.local_explainer = from_config(self.cfg, registry=reg)
 
@@ -132,7 +132,7 @@ class Router:
         return await self.explainer.explain.remote(user_id, signals, budget_ms)
 
     def _live(self, user_id: int):
-        from recserve.stream import live_context
+        from recserve.streaming.aggregator import live_context
 
         if self.ladder.stale:
             return None
@@ -170,7 +170,7 @@ class Router:
         """At most once a second: is the stream within its staleness bound, and how many events
         wait? Also starts the listener that drops a user's cached answers when an aggregator has
         folded their events, and (every 10 s) refreshes the index's size."""
-        from recserve.stream import lag, staleness_s
+        from recserve.streaming.aggregator import lag, staleness_s
 
         now = time.monotonic()
         if now - self._stale_checked < 1.0:
@@ -211,7 +211,7 @@ class Router:
     def _listen(self, loop):
         import threading
 
-        from recserve.stream import INVALIDATE_CHANNEL
+        from recserve.streaming.aggregator import INVALIDATE_CHANNEL
 
         def drop(users: list[int]) -> None:
             for u in users:
@@ -342,7 +342,7 @@ class Router:
     @api.get("/ui", response_class=HTMLResponse, include_in_schema=False)
     async def ui(self):
         """The status page (recserve/ui.py): level, breakers, lag, cache hit rates, versions, a try-it form."""
-        from recserve.ui import STATUS_PAGE
+        from recserve.serving.ui import STATUS_PAGE
 
         return HTMLResponse(STATUS_PAGE)
 
@@ -361,7 +361,7 @@ class Router:
         ok = all(v is True for v in checks.values())
         body = {"ready": ok, "checks": checks}
         if checks["redis"] is True:
-            from recserve.region import draining
+            from recserve.ops.region import draining
 
             d = draining(self.redis)   # `recserve region drain`: out of the load balancer's rotation
             if d:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from recserve.backup import backup
 from recserve.config import load_config
+from recserve.ops.backup import backup
 
 
 def main() -> None:

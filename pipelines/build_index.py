@@ -19,7 +19,7 @@ def main(argv=None):
         if args.kind:
             args.set.append(f"index.kind={args.kind}")
         cfg, reg = setup(args)
-        from recserve.jobs import build_index
+        from recserve.offline.jobs import build_index
         return {"index": build_index(cfg, args.embeddings_version, reg)}
 
     run(go)

@@ -16,7 +16,7 @@ def main(argv=None):
 
     def go():
         cfg, reg = setup(args)
-        from recserve.jobs import METHODS, evaluate, markdown_table
+        from recserve.offline.jobs import METHODS, evaluate, markdown_table
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
         unknown = [m for m in methods if m not in METHODS]
         if unknown:

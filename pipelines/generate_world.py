@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from pipelines._cli import parser, run, setup
-from recserve.jobs import ensure_ray, say
+from recserve.offline.jobs import ensure_ray, say
 
 
 def main(argv=None):
@@ -29,7 +29,7 @@ def main(argv=None):
             if getattr(args, flag) is not None:
                 args.set.append(f"{key}={getattr(args, flag)}")
         cfg, _ = setup(args)
-        from recserve.data import generate_world
+        from recserve.offline.data import generate_world
         log = say("generate_world")
         if not args.no_ray:
             ensure_ray(cfg)

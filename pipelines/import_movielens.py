@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipelines._cli import parser, run, setup
-from recserve.jobs import say
+from recserve.offline.jobs import say
 
 
 def main(argv=None):
@@ -18,7 +18,7 @@ def main(argv=None):
 
     def go():
         setup(args)
-        from recserve.data import import_movielens
+        from recserve.offline.data import import_movielens
         log = say("import_movielens")
         meta = import_movielens(args.data_dir, args.out, strict=args.strict, max_bad_fraction=args.max_bad_fraction)
         for r in meta.get("rejected", []):

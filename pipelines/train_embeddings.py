@@ -15,7 +15,7 @@ def main(argv=None):
 
     def go():
         cfg, reg = setup(args)
-        from recserve.jobs import train_embeddings
+        from recserve.offline.jobs import train_embeddings
         return {"embeddings": train_embeddings(cfg, args.dataset, args.holdout, reg)}
 
     run(go)

@@ -20,7 +20,7 @@ SHARED_ML = ROOT.parent / "shared" / "data" / "ml-latest-small"
 
 def small_config(data_dir: Path, **extra):
     from recserve.config import load_config
-    from recserve.stack import free_port
+    from recserve.ops.stack import free_port
 
     overrides = {
         "data_dir": str(data_dir),
@@ -45,7 +45,7 @@ def small_config(data_dir: Path, **extra):
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """The embedded stack (real redis-server + Ray head with the jobs API), shared by the session."""
-    from recserve.stack import Stack
+    from recserve.ops.stack import Stack
 
     cfg = small_config(tmp_path_factory.mktemp("stack"))
     st = Stack(cfg)
@@ -61,7 +61,7 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server of its own (for tests that need Redis but not Ray)."""
-    from recserve.stack import free_port, start_redis, stop_pid
+    from recserve.ops.stack import free_port, start_redis, stop_pid
 
     port = free_port()
     proc = start_redis(tmp_path_factory.mktemp("redis"), "127.0.0.1", port)
@@ -71,8 +71,8 @@ def redis_url(tmp_path_factory):
 
 def trained_registry(cfg, root: Path):
     """A small generated world and the offline chain on all of it (holdout 0), as serving uses it."""
-    from recserve import jobs
-    from recserve.data import generate_world
+    from recserve.offline import jobs
+    from recserve.offline.data import generate_world
     from recserve.registry import Registry
 
     ds = root / "world"
@@ -91,7 +91,7 @@ def serving(stack, tmp_path_factory):
     import httpx
     from ray import serve
 
-    from recserve.stack import free_port
+    from recserve.ops.stack import free_port
 
     cfg, _ = stack
     root = tmp_path_factory.mktemp("serving")

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import redis
 
-from recserve.backup import BackupError, backup, list_backups, restore
-from recserve.eventlog import RedisStreamLog
-from recserve.stack import Stack
-from recserve.stream import AggregatorCore, StreamSettings, live_context
+from recserve.ops.backup import BackupError, backup, list_backups, restore
+from recserve.ops.stack import Stack
+from recserve.streaming.aggregator import AggregatorCore, StreamSettings, live_context
+from recserve.streaming.eventlog.redis import RedisStreamLog
 
 pytestmark = pytest.mark.integration
 

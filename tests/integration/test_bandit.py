@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import redis
 
-from recserve.bandit import ThompsonBandit
+from recserve.ranking.bandit import ThompsonBandit
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,9 @@ import uuid
 import pytest
 import redis
 
-from recserve.eventlog import KafkaLog, RedisStreamLog, partition_of
+from recserve.streaming.eventlog.base import partition_of
+from recserve.streaming.eventlog.kafka import KafkaLog
+from recserve.streaming.eventlog.redis import RedisStreamLog
 
 pytestmark = pytest.mark.integration
 P = 4

@@ -8,16 +8,16 @@ import pytest
 import ray
 
 from recserve.config import IndexConfig
-from recserve.index import ShardSet, build_sharded
-from recserve.index_router import IndexRouter
-from recserve.vector_shard import ShardError
+from recserve.index.build import ShardSet, build_sharded
+from recserve.index.client import IndexRouter
+from recserve.index.shard import ShardError
 
 pytestmark = pytest.mark.integration
 D = 8
 
 
 def _in_range(ids, g):
-    from recserve.index import item_hash
+    from recserve.index.hashing import item_hash
 
     return [int(i) for i in ids if g.lo <= int(item_hash(i)) < g.hi]
 

@@ -7,11 +7,11 @@ import time
 import numpy as np
 import pytest
 
-from recserve.bandit import Slate
-from recserve.breaker import OPEN, Breakers, BreakerSettings
-from recserve.ladder import Ladder
-from recserve.ranker import ServingRanker
-from recserve.recommender import Recommender
+from recserve.ranking.bandit import Slate
+from recserve.ranking.ranker import ServingRanker
+from recserve.serving.breaker import OPEN, Breakers, BreakerSettings
+from recserve.serving.ladder import Ladder
+from recserve.serving.recommender import Recommender
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ class ExactIndex:
     can be switched off to play an unreachable index."""
 
     def __init__(self, reg):
-        from recserve.jobs import load_embeddings
+        from recserve.offline.jobs import load_embeddings
 
         e = load_embeddings(reg)
         self.ids, self.V, self.up = e["item_ids"], e["item_vectors"], True

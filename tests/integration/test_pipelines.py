@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recserve import jobs
+from recserve.offline import jobs
 from recserve.registry import Registry
 from tests.conftest import ROOT
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def world(stack, tmp_path_factory):
-    from recserve.data import generate_world
+    from recserve.offline.data import generate_world
 
     cfg, _ = stack
     out = tmp_path_factory.mktemp("world") / "generated"
@@ -28,7 +28,7 @@ def world(stack, tmp_path_factory):
 
 
 def test_generated_world_through_ray_data(world, stack):
-    from recserve.data import generate_world, read_events
+    from recserve.offline.data import generate_world, read_events
 
     cfg, _ = stack
     out, meta = world
@@ -62,7 +62,7 @@ def test_offline_chain_publishes_versions(world, stack, tmp_path):
     assert sum(s["count"] for s in routing["shards"]) == routing["count"]
     assert reg.manifest("ranker", rk)["lineage"]["embeddings"] == emb
     # the published index serves from VectorShard actors, filtering by the items' categories
-    from recserve.index_router import IndexRouter
+    from recserve.index.client import IndexRouter
 
     meta = json.loads((reg.fetch("index", idx) / "items_meta.json").read_text())
     cat = next(iter(meta.values()))["category"]

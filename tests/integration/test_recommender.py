@@ -4,9 +4,9 @@ the index on VectorShard actors, the bandit on a real Redis."""
 import numpy as np
 import pytest
 
-from recserve.bandit import ThompsonBandit
-from recserve.index_router import IndexRouter
-from recserve.recommender import LEVEL_FULL, LEVEL_POPULAR, LEVEL_TEMPLATES, Recommender
+from recserve.index.client import IndexRouter
+from recserve.ranking.bandit import ThompsonBandit
+from recserve.serving.recommender import LEVEL_FULL, LEVEL_POPULAR, LEVEL_TEMPLATES, Recommender
 from tests.conftest import trained_registry
 
 pytestmark = pytest.mark.integration

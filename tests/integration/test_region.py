@@ -6,8 +6,8 @@ import uuid
 import pytest
 import redis
 
-from recserve.eventlog import RedisStreamLog
-from recserve.region import RegionError, drain, draining, lag, shift, undrain
+from recserve.ops.region import RegionError, drain, draining, lag, shift, undrain
+from recserve.streaming.eventlog.redis import RedisStreamLog
 from scripts.regions import REGIONS
 
 pytestmark = pytest.mark.integration
@@ -32,7 +32,7 @@ def test_shift_shares_sum_to_100_and_refuse_nonsense():
 
 
 def test_lag_counts_what_the_standby_lacks(redis_url, tmp_path):
-    from recserve.stack import free_port, start_redis, stop_pid
+    from recserve.ops.stack import free_port, start_redis, stop_pid
 
     port = free_port()
     proc = start_redis(tmp_path / "standby", "127.0.0.1", port)   # the standby region's Redis

@@ -104,7 +104,7 @@ def test_one_bad_event_rejects_the_batch_and_the_log_stays_clean(serving, bad, f
 def test_a_drained_region_is_not_ready(serving):
     import redis
 
-    from recserve.region import drain, undrain
+    from recserve.ops.region import drain, undrain
 
     http, _, cfg = serving
     r = redis.Redis.from_url(cfg.redis_url)

@@ -21,7 +21,7 @@ def _publish_other_ranker(reg, tmp_path) -> str:
     """A new registry version of the ranker with different weights (same architecture)."""
     import torch
 
-    from recserve.ranker import load_model, save_model
+    from recserve.ranking.ranker import load_model, save_model
 
     model, meta = load_model(reg.fetch("ranker") / "ranker.pt")
     with torch.no_grad():
@@ -161,7 +161,7 @@ def test_queue_depth_policy_scales_up_and_back_down(serving):
 
     from deployments.app import ranker_user_config
     from deployments.ranker import Ranker
-    from recserve.autoscale import autoscaling_config
+    from recserve.serving.autoscale import autoscaling_config
 
     _, reg, cfg = serving
     auto = autoscaling_config(min_replicas=1, max_replicas=2, target=4, upscale_delay_s=1, downscale_delay_s=4,

@@ -30,7 +30,7 @@ def _send(log, n, start, users=50, items=30, now=None):
 
 
 def _total(r, items=30):
-    from recserve.stream import window_count
+    from recserve.streaming.aggregator import window_count
 
     return sum(window_count(r, "item", 900_000 + i, "1h") for i in range(items))
 
@@ -50,7 +50,7 @@ def fresh_stream(stack):
 def test_killed_and_added_aggregators_count_every_event_once(fresh_stream):
     import ray
 
-    from recserve.eventlog import RedisStreamLog
+    from recserve.streaming.eventlog.redis import RedisStreamLog
 
     cfg, r = fresh_stream
     log = RedisStreamLog(r, partitions=cfg.stream.partitions)
@@ -90,7 +90,7 @@ def test_killed_and_added_aggregators_count_every_event_once(fresh_stream):
 
 
 def test_clicks_on_one_category_move_recommendations_within_a_second(serving, fresh_stream):
-    from recserve.data import read_items
+    from recserve.offline.data import read_items
 
     http, reg, cfg = serving
     _, r = fresh_stream

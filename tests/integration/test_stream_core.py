@@ -9,8 +9,7 @@ import pytest
 import redis
 
 from actors.aggregator import desired_aggregators
-from recserve.eventlog import RedisStreamLog
-from recserve.stream import (
+from recserve.streaming.aggregator import (
     AggregatorCore,
     StreamSettings,
     assignment,
@@ -20,6 +19,7 @@ from recserve.stream import (
     trending,
     window_count,
 )
+from recserve.streaming.eventlog.redis import RedisStreamLog
 
 pytestmark = pytest.mark.integration
 P = 2

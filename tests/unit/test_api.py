@@ -8,7 +8,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from recserve.api import EventsRequest, FeedbackRequest, RecommendRequest, install_error_handlers
+from recserve.serving.api import EventsRequest, FeedbackRequest, RecommendRequest, install_error_handlers
 
 written = []
 app = FastAPI()

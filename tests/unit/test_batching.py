@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from recserve.batching import MicroBatcher
+from recserve.serving.batching import MicroBatcher
 
 
 def test_concurrent_calls_with_one_key_go_out_together():

@@ -1,6 +1,6 @@
 import pytest
 
-from recserve.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, BreakerSettings, CircuitBreaker
+from recserve.serving.breaker import CLOSED, HALF_OPEN, OPEN, Breakers, BreakerSettings, CircuitBreaker
 
 
 class Clock:

@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from recserve.cache import ResponseCache
+from recserve.serving.cache import ResponseCache
 
 
 class Clock:

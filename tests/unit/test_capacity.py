@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from recserve.capacity import CapacityError, Measured, plan, projection, year_inputs
+from recserve.ops.capacity import CapacityError, Measured, plan, projection, year_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 

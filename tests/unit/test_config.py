@@ -47,7 +47,7 @@ def test_bad_file(tmp_path):
 
 def test_state_pool_resources_reach_the_actor_options():
     from recserve.config import load_config
-    from recserve.index_router import IndexRouter
+    from recserve.index.client import IndexRouter
 
     cfg = load_config(environ={}, overrides={"serve.shard_resources": '{"index": 1}',
                                              "stream.aggregator_resources": '{"stream": 1}'})

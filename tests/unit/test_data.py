@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from recserve.config import WorldConfig
-from recserve.data import (
+from recserve.offline.data import (
     LoadReport,
     World,
     generate_world,

@@ -9,19 +9,10 @@ import time
 import pytest
 
 from recserve.config import load_config
-from recserve.explain import (
-    ExplainerCore,
-    ExplainerError,
-    ExplainerSettings,
-    Grounding,
-    TransformersBackend,
-    allowed_names,
-    from_config,
-    grounded_facts,
-    prompt_for,
-    title_forms,
-)
-from recserve.llm_models import build_random_model, catalogue_words, force_word
+from recserve.explain.backends import ExplainerError, TransformersBackend
+from recserve.explain.core import ExplainerCore, ExplainerSettings, from_config
+from recserve.explain.grounding import Grounding, allowed_names, grounded_facts, prompt_for, title_forms
+from recserve.explain.test_models import build_random_model, catalogue_words, force_word
 
 TITLES = ["Toy Story (1995)", "Matrix, The (1999)", "Heat (1995)", "Alien (1979)", "Up (2009)"]
 CATEGORIES = ["Comedy", "Action", "Horror", "Drama"]
@@ -236,7 +227,7 @@ def test_vllm_backend(models, grounding):
         pytest.skip(f"vllm does not import here ({type(e).__name__}): the vLLM backend needs the llm extra and a GPU")
     if not torch.cuda.is_available():
         pytest.skip("vllm imports but torch sees no CUDA device")
-    from recserve.explain import VLLMBackend
+    from recserve.explain.backends import VLLMBackend
 
     core = ExplainerCore({"large": VLLMBackend(str(models["plain"]))}, grounding)
     out = run(core.explain(7, [signal(item_id=i) for i in range(10)], 300))

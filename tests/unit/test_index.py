@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from recserve.config import IndexConfig
-from recserve.index import HASH_SPACE, ShardSet, build_sharded, even_ranges, item_hash, shard_of
+from recserve.index.build import ShardSet, build_sharded
+from recserve.index.hashing import HASH_SPACE, even_ranges, item_hash, shard_of
 
 
 def _vecs(n=600, d=8, seed=0):

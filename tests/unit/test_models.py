@@ -2,10 +2,11 @@ import numpy as np
 import pandas as pd
 
 from recserve.config import EmbeddingConfig, RankerConfig
-from recserve.embeddings import in_memory_batches, item_log_frequency, train_factorization
-from recserve.evaluation import build_interactions, ease_recs, popularity_recs, ranking_metrics, topk_excluding
-from recserve.features import FEATURE_NAMES, SessionContext, session_context, update_session
-from recserve.ranker import RankerNet, load_model, rerank, save_model, train_ranker_model
+from recserve.offline.evaluation import ease_recs, popularity_recs, ranking_metrics, topk_excluding
+from recserve.ranking.embeddings import in_memory_batches, item_log_frequency, train_factorization
+from recserve.ranking.features import FEATURE_NAMES, SessionContext, session_context, update_session
+from recserve.ranking.interactions import build_interactions
+from recserve.ranking.ranker import RankerNet, load_model, rerank, save_model, train_ranker_model
 
 
 def test_ranking_metrics_by_hand():

@@ -42,13 +42,13 @@ def test_queue_depth_policy_is_importable_from_the_config():
     (0, [], 3.0, 32, 1),             # cold start
 ])
 def test_queue_depth_decision(current, depths, ongoing, target, want):
-    from recserve.autoscale import desired_replicas
+    from recserve.serving.autoscale import desired_replicas
 
     assert desired_replicas(current, depths, ongoing, target) == want
 
 
 def test_queue_depth_decision_rejects_bad_target():
-    from recserve.autoscale import desired_replicas
+    from recserve.serving.autoscale import desired_replicas
 
     with pytest.raises(ValueError):
         desired_replicas(1, [1.0], 0.0, 0)

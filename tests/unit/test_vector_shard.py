@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from recserve.config import IndexConfig
-from recserve.vector_shard import ShardCore, ShardError, SnapshotError
-from recserve.wal import WriteAheadLog
+from recserve.index.shard import ShardCore, ShardError, SnapshotError
+from recserve.index.wal import WriteAheadLog
 
 D = 8
 
@@ -165,7 +165,7 @@ def test_wal_roundtrip_and_torn_tail(tmp_path):
 
 
 def test_export_by_hash_range():
-    from recserve.index import item_hash
+    from recserve.index.hashing import item_hash
 
     ids, x, metas = _data(n=100)
     core = ShardCore(D, IndexConfig(kind="hnsw"), "t")

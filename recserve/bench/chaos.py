@@ -1,0 +1,213 @@
+"""`recserve chaos`: load on the serving application while faults are injected one after another:
+a ranker replica killed, a vector-shard actor killed, a stream aggregator killed, the Redis server
+killed (SIGKILL) and restarted, the explainer slowed past its budget. Reports per phase the status
+codes, the degradation levels served, p95 latency and the time back to full level, and at the end
+whether every event the API acknowledged is in the log.
+
+Load: `concurrency` clients posting /v1/recommend (Zipf users, a quarter with explain=true, each
+with its user as the consistent-hash key) and one client posting event batches. Needs the stack up,
+the registry filled (`make demo --no-serve`), and no other Serve application running."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from recserve.bench.common import require_own_serve, write_result
+
+FAULTS = ("baseline", "kill_ranker_replica", "kill_shard_actor", "kill_aggregator", "kill_redis", "slow_explainer")
+
+
+def _pids(class_name: str) -> list[int]:
+    from ray.util.state import list_actors
+
+    return [a.pid for a in list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+            if a.pid]
+
+
+class Load:
+    def __init__(self, base: str, users: np.ndarray, items: np.ndarray, concurrency: int):
+        self.base, self.users, self.items, self.c = base, users, items, concurrency
+        self.records: list[tuple[float, int, int | None, float, bool]] = []   # t, status, level, ms, explain
+        self.acked: set[str] = set()
+        self.event_errors: dict[int, int] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _main(self) -> None:
+        rng = np.random.default_rng(0)
+        w = 1.0 / np.arange(1, len(self.users) + 1) ** 1.1
+        p = w / w.sum()
+        async with httpx.AsyncClient(base_url=self.base, timeout=10,
+                                     limits=httpx.Limits(max_connections=self.c + 2)) as client:
+            async def rec_worker():
+                while not self.stop.is_set():
+                    u = int(self.users[rng.choice(len(self.users), p=p)])
+                    explain = rng.random() < 0.25
+                    t = time.time()
+                    try:
+                        r = await client.post("/v1/recommend", json={"user_id": u, "k": 10, "explain": bool(explain)},
+                                              headers={"x-session-id": str(u)})
+                        lv = r.json().get("degradation_level") if r.status_code == 200 else None
+                        self.records.append((t, r.status_code, lv, (time.time() - t) * 1000, explain))
+                    except httpx.HTTPError:
+                        self.records.append((t, 599, None, (time.time() - t) * 1000, explain))
+
+            async def event_worker():
+                n = 0
+                while not self.stop.is_set():
+                    batch = [{"event_id": f"chaos-{n + j}", "user_id": int(self.users[(n + j) % len(self.users)]),
+                              "item_id": int(self.items[(n + j) % len(self.items)]), "event_type": "view"}
+                             for j in range(50)]
+                    n += 50
+                    try:
+                        r = await client.post("/v1/events", json={"events": batch})
+                        if r.status_code == 202:
+                            self.acked.update(e["event_id"] for e in batch)
+                        else:
+                            self.event_errors[r.status_code] = self.event_errors.get(r.status_code, 0) + 1
+                            await asyncio.sleep(0.2)   # honour Retry-After loosely; the ids make retries safe
+                    except httpx.HTTPError:
+                        self.event_errors[599] = self.event_errors.get(599, 0) + 1
+                    await asyncio.sleep(0.05)
+
+            await asyncio.gather(*[rec_worker() for _ in range(self.c)], event_worker())
+
+
+def _phase_report(records, t0: float, t1: float, fault_at: float | None) -> dict:
+    rs = [r for r in records if t0 <= r[0] < t1]
+    codes: dict[str, int] = {}
+    levels: dict[str, int] = {}
+    for _, st, lv, _, _ in rs:
+        codes[str(st)] = codes.get(str(st), 0) + 1
+        if lv is not None:
+            levels[str(lv)] = levels.get(str(lv), 0) + 1
+    lat = np.array([r[3] for r in rs]) if rs else np.array([np.nan])
+
+    def full(r) -> bool:  # full level for this kind of request (explain with the templates backend is level 1)
+        return r[1] == 200 and r[2] is not None and r[2] <= (1 if r[4] else 0)
+
+    rec_s = None
+    if fault_at is not None:
+        # back to full level: the first moment after the fault from which 10 answers in a row are
+        # full (a single slow answer later on is load, not the fault)
+        after = sorted((r for r in rs if r[0] >= fault_at), key=lambda r: r[0])
+        ok = [full(r) for r in after]
+        for i in range(len(after) - 9):
+            if all(ok[i:i + 10]):
+                rec_s = round(max(0.0, after[i][0] - fault_at), 2)
+                break
+    return {"requests": len(rs), "status": codes, "levels": levels, "p95_ms": round(float(np.percentile(lat, 95)), 1),
+            "recovery_s": rec_s}
+
+
+def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | None = None, log=print) -> dict:
+    import ray
+    import redis
+    from ray import serve
+
+    from actors.aggregator import AggregatorPool
+    from deployments.app import build_app
+    from recserve.offline.jobs import ensure_ray
+    from recserve.ops.stack import Stack, free_port, start_redis
+    from recserve.registry import Registry
+    from recserve.streaming.eventlog.redis import RedisStreamLog
+
+    st = Stack(cfg)
+    info = st.read_state()
+    if info is None or not info.redis_started:
+        raise RuntimeError("chaos needs the embedded stack up (`recserve up`): it kills and restarts its Redis")
+    reg = Registry(cfg.registry_uri, cfg.registry.keep)
+    users = np.load(reg.fetch("embeddings") / "user_ids.npy")
+    items = np.load(reg.fetch("embeddings") / "item_ids.npy")
+    ensure_ray(cfg)
+    require_own_serve("chaos")
+    r = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
+    for pattern in ("events:*", "st:*"):
+        keys = list(r.scan_iter(pattern, count=1000))
+        if keys:
+            r.delete(*keys)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(cfg, name="chaos"), name="chaos", route_prefix="/")
+    pool = AggregatorPool(cfg, name="chaos-agg", registry=reg)
+    load = Load(f"http://127.0.0.1:{port}", users, items, concurrency)
+    phase_s = duration / len(FAULTS)
+    log(f"load: {concurrency} recommend clients + 1 event client; {len(FAULTS)} phases of {phase_s:.0f} s; "
+        f"request budget {cfg.serve.deadline_ms:.0f} ms")
+    load.thread.start()
+    marks = []
+    failed = True
+    try:
+        for name in FAULTS:
+            t_start = time.time()
+            fault_at = None
+            time.sleep(min(3.0, phase_s / 4))
+            if name == "kill_ranker_replica":
+                pid = _pids("ServeReplica:chaos:Ranker")[0]
+                fault_at = time.time()
+                os.kill(pid, signal.SIGKILL)
+            elif name == "kill_shard_actor":
+                pid = _pids("ShardReplica")[0]
+                fault_at = time.time()
+                os.kill(pid, signal.SIGKILL)
+            elif name == "kill_aggregator":
+                pid = ray.get(pool.actors[0].pid.remote())
+                fault_at = time.time()
+                os.kill(pid, signal.SIGKILL)
+            elif name == "kill_redis":
+                info = st.read_state()
+                fault_at = time.time()
+                os.kill(info.redis_pid, signal.SIGKILL)
+                time.sleep(2.0)
+                proc = start_redis(Path(cfg.data_dir) / "redis", cfg.redis.host, cfg.redis.port,
+                                   cfg.redis.appendfsync, cfg.redis.maxmemory_mb)
+                info.redis_pid = proc.pid
+                st._write_state(info)
+            elif name == "slow_explainer":
+                h = serve.get_deployment_handle("Explainer", app_name="chaos")
+                fault_at = time.time()
+                h.set_delay.remote(cfg.serve.explainer_budget_ms * 2).result()
+            log(f"phase {name}" + (" (fault injected)" if fault_at else ""))
+            time.sleep(max(0.0, t_start + phase_s - time.time()))
+            if name == "slow_explainer":
+                serve.get_deployment_handle("Explainer", app_name="chaos").set_delay.remote(0).result()
+            marks.append((name, t_start, time.time(), fault_at))
+        failed = False
+    finally:
+        load.stop.set()
+        load.thread.join(30)
+        if failed:  # leave nothing behind for the next run
+            pool.shutdown()
+            serve.shutdown()
+    # every acknowledged event must be in the log once Redis is back
+    log_obj = RedisStreamLog(r, partitions=cfg.stream.partitions)
+    present = set()
+    for p in range(cfg.stream.partitions):
+        present |= {e.event.get("event_id") for e in log_obj.read_after(p, "0-0", 10**7)}
+    lost = sorted(load.acked - present)
+    phases = {name: _phase_report(load.records, a, b, f) for name, a, b, f in marks}
+    allrec = load.records
+    levels: dict[str, int] = {}
+    for _, _, lv, _, _ in allrec:
+        if lv is not None:
+            levels[str(lv)] = levels.get(str(lv), 0) + 1
+    res = {"duration_s": duration, "concurrency": concurrency, "deadline_ms": cfg.serve.deadline_ms,
+           "appendfsync": cfg.redis.appendfsync, "requests": len(allrec),
+           "http_5xx": sum(1 for x in allrec if x[1] >= 500), "http_429": sum(1 for x in allrec if x[1] == 429),
+           "levels": levels, "p95_ms": round(float(np.percentile([x[3] for x in allrec], 95)), 1) if allrec else None,
+           "max_recovery_s": max((p["recovery_s"] or 0.0) for p in phases.values()),
+           "unrecovered": [n for n, a, b, f in marks if f is not None and phases[n]["recovery_s"] is None],
+           "events_acknowledged": len(load.acked), "events_lost": len(lost), "event_errors": load.event_errors,
+           "phases": phases}
+    pool.shutdown()
+    serve.shutdown()
+    write_result(out, res)
+    return res

@@ -1,0 +1,155 @@
+"""`recserve bench explain`: the explainer (recserve.explain.ExplainerCore, in process) per backend
+available — templates, transformers (CPU or CUDA), vLLM where it imports and a GPU is present —
+on requests of 10 items from the generated world's catalogue, `concurrency` requests at a time.
+
+Two passes per LLM backend: under the seed's deadline (300 ms; past it, templates) at `concurrency`
+requests at a time, and unbounded, one request at a time (every request generates to the end: the
+model's own latency per 10-item request and its tokens/s). Reported per pass:
+p50/p95 latency per request, the share of requests that fell back (by cause), the share of items
+whose sentence the grounding check rejected, requests/s and generated tokens/s.
+
+No weights can be downloaded: without `--model`, a Llama-shaped model with random weights is built
+from a config (`--size`: small on CPU, 0.5b on a GPU) over the catalogue's words. Its timings are
+real; its sentences are random words, which the grounding check mostly rejects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recserve.bench.common import write_result
+
+
+def _signals(titles, cats, rng, n_items: int = 10) -> list[dict]:
+    by_cat: dict[str, list[int]] = {}
+    for j, c in enumerate(cats):
+        by_cat.setdefault(c, []).append(j)
+    out = []
+    for j in rng.choice(len(titles), size=n_items, replace=False):
+        j = int(j)
+        f = {"session_cat_share": float(rng.random() * 0.6), "history_cat_share": float(rng.random() * 0.6),
+             "covisit": float(rng.random()), "log_trending": float(rng.random() * 4)}
+        peers = by_cat[cats[j]]
+        similar = ([{"item_id": int(k), "title": titles[k]} for k in [int(rng.choice(peers))] if k != j]
+                   if rng.random() < 0.5 else [])
+        out.append({"item_id": j, "title": titles[j], "category": cats[j], "explored": bool(rng.random() < 0.2),
+                    "features": f, "similar_seen": similar})
+    return out
+
+
+async def _load(core, reqs: list[list[dict]], concurrency: int, budget_ms: float) -> tuple[list[dict], float]:
+    sem = asyncio.Semaphore(concurrency)
+    out: list[dict] = []
+
+    async def one(u: int, sigs):
+        async with sem:
+            t = time.perf_counter()
+            r = await core.explain(u, sigs, budget_ms)
+            r["wall_ms"] = (time.perf_counter() - t) * 1000
+            out.append(r)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[one(u, s) for u, s in enumerate(reqs)])
+    return out, time.perf_counter() - t0
+
+
+def _summary(rs: list[dict], wall_s: float, concurrency: int) -> dict:
+    ms = np.array([r["wall_ms"] for r in rs])
+    items = sum(r["items"] for r in rs)
+    causes: dict[str, int] = {}
+    for r in rs:
+        if r["fallback"]:
+            key = r["fallback"].split(":")[0]
+            causes[key] = causes.get(key, 0) + 1
+    tokens = sum(r["tokens"] for r in rs)
+    return {"requests": len(rs), "concurrency": concurrency, "items_per_request": items / max(len(rs), 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
+            "fallback_share": round(sum(1 for r in rs if r["fallback"]) / max(len(rs), 1), 4),
+            "fallbacks": causes,
+            "rejected_item_share": round(sum(r["rejected"] for r in rs) / max(items, 1), 4),
+            "llm_item_share": round(sum(r["llm_items"] for r in rs) / max(items, 1), 4),
+            "requests_per_s": round(len(rs) / wall_s, 2), "tokens": tokens,
+            "tokens_per_s": round(tokens / wall_s, 1) if tokens else 0.0}
+
+
+def run(backends: list[str], model: str | None, size: str | None, device: str, requests: int, concurrency: int,
+        max_new_tokens: int, budget_ms: float, out, log=print, seed: int = 0) -> dict:
+    import torch
+
+    from recserve.config import WorldConfig
+    from recserve.explain.backends import TransformersBackend, VLLMBackend
+    from recserve.explain.core import ExplainerCore, ExplainerSettings
+    from recserve.explain.grounding import Grounding
+    from recserve.explain.test_models import build_random_model, catalogue_words
+    from recserve.offline.data import World
+
+    items = World(WorldConfig()).items_table().to_pandas()
+    titles, cats = items["title"].tolist(), items["category"].tolist()
+    grounding = Grounding.from_catalogue(titles, cats)
+    rng = np.random.default_rng(seed)
+    reqs = [_signals(titles, cats, rng) for _ in range(requests)]
+    cuda = torch.cuda.is_available()
+    if device == "auto":
+        device = "cuda" if cuda else "cpu"
+    res: dict = {"requests": requests, "items_per_request": 10, "concurrency": concurrency,
+                 "max_new_tokens": max_new_tokens, "deadline_ms": budget_ms, "device": device,
+                 "gpu": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__,
+                 "threads": torch.get_num_threads(), "backends": {}}
+    tmp = tempfile.TemporaryDirectory()
+    model_dir = model
+    if model_dir is None and any(b != "templates" for b in backends):
+        size = size or ("0.5b" if device.startswith("cuda") else "small")
+        log(f"building a random-weights {size} model over the catalogue's words (no downloads)")
+        model_dir = str(build_random_model(Path(tmp.name) / size, size, catalogue_words(titles, cats)))
+        res["model"] = {"built": size}
+    elif model_dir:
+        res["model"] = {"path": model_dir}
+    for name in backends:
+        try:
+            if name == "templates":
+                tiers = {}
+            elif name == "transformers":
+                tiers = {"large": TransformersBackend(model_dir, device=device)}
+            elif name == "vllm":
+                try:
+                    import vllm  # noqa: F401
+                except Exception as e:  # noqa: BLE001
+                    raise RuntimeError(f"vllm does not import here ({type(e).__name__}); it needs the llm extra "
+                                       f"on a GPU machine") from None
+                if not cuda:
+                    raise RuntimeError("no CUDA device: vLLM needs a GPU")
+                tiers = {"large": VLLMBackend(model_dir)}
+            else:
+                raise RuntimeError(f"unknown backend {name!r}: templates, transformers or vllm")
+        except Exception as e:  # noqa: BLE001 - an unavailable backend is reported, not fatal
+            res["backends"][name] = {"skipped": f"{type(e).__name__}: {e}"}
+            log(f"{name}: skipped ({type(e).__name__}: {e})")
+            continue
+        entry: dict = {}
+        if tiers:
+            b = tiers["large"]
+            entry["model"] = b.name
+            entry["params"] = getattr(b, "params", None)
+        # under the deadline at the asked concurrency; unbounded one request at a time (the model's own latency)
+        passes = {"deadline": (budget_ms, concurrency)}
+        if tiers:
+            passes["unbounded"] = (600_000.0, 1)
+        for pname, (budget, conc) in passes.items():
+            core = ExplainerCore(tiers, grounding, ExplainerSettings(
+                max_new_tokens=max_new_tokens, budget_ms=budget, max_queue=10_000, cache_entries=0))
+            if tiers:
+                core.warm()
+            rs, wall = asyncio.run(_load(core, reqs, conc, budget))
+            entry[pname] = _summary(rs, wall, conc)
+            log(f"{name} [{pname}]: p50 {entry[pname]['p50_ms']} ms, p95 {entry[pname]['p95_ms']} ms, "
+                f"fell back {entry[pname]['fallback_share']:.0%}, {entry[pname]['requests_per_s']} req/s, "
+                f"{entry[pname]['tokens_per_s']} tokens/s")
+        res["backends"][name] = entry
+    tmp.cleanup()
+    write_result(out, res)
+    return res

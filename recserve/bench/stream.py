@@ -1,0 +1,140 @@
+"""`recserve bench stream`: in one run on one machine —
+  * raw pipelined XADD throughput to the stack's Redis (the machine's limit for the log);
+  * events posted over HTTP in batches (scripts/eventgen.py, its own process) -> POST /v1/events
+    (validation, dedup, append acknowledged by Redis) -> StreamAggregator actors -> live context,
+    counters, trending: events per second from the first post until the aggregators have
+    committed the last event;
+  * freshness: probe events posted during the load; the time from their 202 until they are
+    visible in the user's live context (the Redis entry /v1/recommend reads; the router's
+    in-process cache adds at most stream.context_cache_s).
+Runs on Redis database 1 of the stack's Redis, so the demo's state (database 0) is untouched."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from recserve.bench.common import require_own_serve, write_result
+
+
+def raw_xadd(client, seconds: float = 3.0, batch: int = 1000) -> float:
+    payload = json.dumps({"event_id": "x" * 16, "user_id": 123456, "item_id": 654321, "event_type": "view",
+                          "value": 1.0, "ts": int(time.time())})
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        pipe = client.pipeline(transaction=False)
+        for _ in range(batch):
+            pipe.xadd("bench:raw", {"e": payload})
+        pipe.execute()
+        n += batch
+    rate = n / (time.perf_counter() - t0)
+    client.delete("bench:raw")
+    return rate
+
+
+def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: str | Path | None = None,
+        log=print) -> dict:
+    import redis
+    from ray import serve
+
+    from actors.aggregator import AggregatorPool
+    from deployments.app import build_app
+    from recserve.config import Config
+    from recserve.offline.jobs import ensure_ray
+    from recserve.ops.stack import free_port
+    from recserve.registry import Registry
+    from recserve.streaming.aggregator import lag
+    from recserve.streaming.eventlog.redis import RedisStreamLog
+
+    base_url = cfg.redis_url.rsplit("/", 1)[0]
+    cfg = Config.model_validate({**cfg.model_dump(mode="json"), "redis": {**cfg.redis.model_dump(mode="json"),
+                                                                          "url": f"{base_url}/1"}})
+    r = redis.Redis.from_url(cfg.redis_url)
+    r.flushdb()
+    reg = Registry(cfg.registry_uri, cfg.registry.keep)
+    user_ids = np.load(reg.fetch("embeddings") / "user_ids.npy")
+    item_ids = np.load(reg.fetch("embeddings") / "item_ids.npy")
+    ensure_ray(cfg)
+    require_own_serve("the benchmark")
+    log("raw pipelined XADD to the same Redis ...")
+    raw = raw_xadd(r)
+    log(f"raw XADD: {raw:,.0f}/s")
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(cfg, name="stream", colocate=True), name="stream", route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    pool = AggregatorPool(cfg, name="bench-agg", registry=reg)
+    log(f"{len(pool.actors)} aggregators over {cfg.stream.partitions} partitions; posting {batch}-event batches "
+        f"from {posters} connections for {duration:.0f} s")
+    probes: list[dict] = []
+    stop = threading.Event()
+
+    def prober():
+        j = 0
+        with httpx.Client(base_url=base, timeout=30) as c:
+            while not stop.is_set():
+                uid = 2_000_000_000 + j
+                ev = {"events": [{"event_id": f"probe-{uid}-{time.time_ns()}", "user_id": uid,
+                                  "item_id": int(item_ids[j % len(item_ids)]), "event_type": "click"}]}
+                t_send = time.perf_counter()
+                resp = c.post("/v1/events", json=ev)
+                t_acc = time.perf_counter()
+                if resp.status_code == 202:
+                    while time.perf_counter() - t_acc < 30 and not r.exists(f"st:ctx:{uid}"):
+                        time.sleep(0.002)
+                    t_vis = time.perf_counter()
+                    probes.append({"accept_ms": (t_acc - t_send) * 1000, "fresh_ms": (t_vis - t_acc) * 1000})
+                j += 1
+                stop.wait(0.2)
+
+    th = threading.Thread(target=prober)
+    cmd = [sys.executable, "-m", "recserve.bench.eventgen", "--url", f"{base}/v1/events", "--posters", str(posters),
+           "--duration", str(duration), "--batch", str(batch),
+           "--users", f"{int(user_ids.min())}-{int(user_ids.max())}",
+           "--items", f"{int(item_ids.min())}-{int(item_ids.max())}"]
+    t0 = time.perf_counter()
+    th.start()
+    gen = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300,
+                         cwd=Path(__file__).resolve().parents[2])
+    if gen.returncode != 0:
+        stop.set()
+        raise RuntimeError(f"event generator failed: {gen.stderr[-2000:]}")
+    posted = json.loads(gen.stdout.strip().splitlines()[-1])
+    log(f"posted: {posted['accepted']:,} events accepted at {posted['events_per_s']:,.0f}/s "
+        f"(POST p95 {posted['post_p95_ms']} ms)")
+    log_obj = RedisStreamLog(r, partitions=cfg.stream.partitions)
+    while sum(lag(r, log_obj).values()) > 0 and time.perf_counter() - t0 < duration + 600:
+        time.sleep(0.01)
+    t_done = time.perf_counter()
+    stop.set()
+    th.join(60)
+    total = posted["accepted"] + len(probes)
+    fresh = np.array([p["fresh_ms"] for p in probes]) if probes else np.array([np.nan])
+    res = {
+        "duration_s": duration, "batch": batch, "posters": posters, "aggregators": len(pool.actors),
+        "partitions": cfg.stream.partitions,
+        "events": total, "events_per_s": round(total / (t_done - t0), 1),
+        "ingest_events_per_s": posted["events_per_s"], "post_p95_ms": posted["post_p95_ms"],
+        "drain_s_after_posting": round(t_done - t0 - posted["seconds"], 3),
+        "freshness_p50_ms": round(float(np.percentile(fresh, 50)), 2),
+        "freshness_p95_ms": round(float(np.percentile(fresh, 95)), 2),
+        "freshness_probes": len(probes),
+        "router_context_cache_s": cfg.stream.context_cache_s,
+        "raw_xadd_per_s": round(raw, 1),
+        "ingest_vs_raw": round(posted["events_per_s"] / raw, 3),
+        "aggregator_stats": pool.stats(),
+    }
+    res["targets"] = {"events_per_s_ge_10000": res["events_per_s"] >= 10_000,
+                      "freshness_p95_le_1000ms": res["freshness_p95_ms"] <= 1000}
+    pool.shutdown()
+    serve.shutdown()
+    r.flushdb()
+    write_result(out, res)
+    return res

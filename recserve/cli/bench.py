@@ -1,0 +1,84 @@
+"""`recserve bench ...`: benchmarks, each writing JSON under benchmarks/results/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from recserve.cli.main import ConfigOpt, _cfg, _fail, _progress, bench_app, console
+
+
+@bench_app.command("index")
+def bench_index(out: Path = typer.Option(Path("benchmarks/results/index.json")),
+                n: int = typer.Option(1_000_000, help="vectors"), dim: int = typer.Option(64),
+                shards: int = typer.Option(4), ef_search: int = typer.Option(100),
+                ef_construction: int = typer.Option(80), queries: int = typer.Option(1000),
+                batch: int = typer.Option(64)):
+    """Sharded index on Ray actors vs one plain FAISS index: recall, throughput, latency, storage,
+    snapshot/restore, filtered recall."""
+    from recserve.bench.index import run
+
+    res = run(n=n, dim=dim, shards=shards, ef_search=ef_search, ef_construction=ef_construction,
+              n_queries=queries, batch=batch, out=out, log=_progress("bench index"))
+    console.print_json(json.dumps(res))
+
+
+@bench_app.command("serving")
+def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json")),
+                  duration: float = typer.Option(8.0, help="seconds per case and concurrency"),
+                  config: Optional[Path] = ConfigOpt):
+    """No-op deployment vs /v1/recommend (cache off / on, Zipf users) at concurrency 1, 4, 16."""
+    from recserve.bench.serving import run
+
+    cfg = _cfg(config)
+    try:
+        res = run(cfg, duration, out, log=_progress("bench serving"))
+    except RuntimeError as e:
+        _fail(e)
+    console.print_json(json.dumps({k: v for k, v in res.items() if k != "cases"}))
+
+
+@bench_app.command("stream")
+def bench_stream(out: Path = typer.Option(Path("benchmarks/results/stream.json")),
+                 duration: float = typer.Option(15.0, help="seconds of posting"),
+                 batch: int = typer.Option(1000, help="events per POST /v1/events"),
+                 posters: int = typer.Option(3, help="concurrent posting connections"),
+                 config: Optional[Path] = ConfigOpt):
+    """Events over HTTP -> log -> aggregators -> live context: sustained events/s, freshness
+    p50/p95, and raw pipelined XADD to the same Redis as the machine's limit."""
+    from recserve.bench.stream import run
+
+    cfg = _cfg(config)
+    try:
+        res = run(cfg, duration, batch, posters, out, log=_progress("bench stream"))
+    except RuntimeError as e:
+        _fail(e)
+    console.print_json(json.dumps(res))
+
+
+@bench_app.command("explain")
+def bench_explain(out: Path = typer.Option(Path("benchmarks/results/explain.json")),
+                  backends: str = typer.Option("templates,transformers,vllm", help="comma-separated; one that is "
+                                               "not available here is reported as skipped"),
+                  model: Optional[str] = typer.Option(None, help="a local model directory (default: build a "
+                                                      "random-weights model, nothing is downloaded)"),
+                  size: Optional[str] = typer.Option(None, help="size of the built model: tiny | small | 0.5b "
+                                                     "(default: small on CPU, 0.5b on a GPU)"),
+                  device: str = typer.Option("auto", help="auto | cpu | cuda"),
+                  requests: int = typer.Option(100, min=1, help="requests of 10 items per pass"),
+                  concurrency: int = typer.Option(4, min=1, help="requests at a time in the deadline pass"),
+                  max_new_tokens: int = typer.Option(32, min=1), deadline_ms: float = typer.Option(300.0, min=1)):
+    """The explainer per backend: p50/p95 latency per 10-item request, the share that fell back to
+    templates (deadline, full queue, errors), grounding rejections, requests/s and tokens/s."""
+    from recserve.bench.explain import run
+
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    try:
+        res = run(names, model, size, device, requests, concurrency, max_new_tokens, deadline_ms, out,
+                  log=_progress("bench explain"))
+    except (ValueError, RuntimeError) as e:
+        _fail(e)
+    console.print_json(json.dumps(res))

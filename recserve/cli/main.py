@@ -1,0 +1,48 @@
+"""The typer app every command group registers on, and what the groups share."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from recserve.config import Config, ConfigError, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="recserve: real-time personalization served from a Ray cluster.")
+registry_app = typer.Typer(no_args_is_help=True, help="Inspect the artifact registry.")
+app.add_typer(registry_app, name="registry")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each writes JSON under benchmarks/results/.")
+region_app = typer.Typer(no_args_is_help=True, help="Region operations our side automates (docs/runbook.md).")
+app.add_typer(region_app, name="region")
+app.add_typer(bench_app, name="bench")
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(e: Exception):
+    print(f"error: {e}", file=sys.stderr)  # unwrapped, so the whole cause stays on one line
+    raise typer.Exit(2)
+
+
+def _cfg(config: Optional[Path]) -> Config:
+    try:
+        return load_config(config)
+    except ConfigError as e:
+        _fail(e)
+
+
+def _progress(what: str):
+    """A progress printer: `[what] message` (markup off: the brackets are text, not a rich style)."""
+    return lambda m: console.print(f"[{what}] {m}", markup=False, highlight=False)
+
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="recserve.yaml (default ./recserve.yaml or $RECSERVE_CONFIG)")
+
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,24 @@
+"""`recserve registry ...`: inspect the artifact registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from recserve.cli.main import ConfigOpt, _cfg, console, registry_app
+
+
+@registry_app.command("list")
+def registry_list(config: Optional[Path] = ConfigOpt, registry: Optional[str] = typer.Option(None, "--registry")):
+    """Artifacts, their versions and where `latest` points."""
+    from recserve.registry import Registry
+
+    cfg = _cfg(config)
+    reg = Registry(registry or cfg.registry_uri, cfg.registry.keep)
+    t = Table("artifact", "latest", "versions")
+    for name, info in sorted(reg.list().items()):
+        t.add_row(name, str(info["latest"]), ", ".join(info["versions"]))
+    console.print(t)

@@ -1,0 +1,166 @@
+"""`recserve up | down | status | serve | demo`: the embedded stack and serving on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from recserve.cli.main import ConfigOpt, _cfg, _fail, app, console
+from recserve.config import Config
+
+
+@app.command()
+def serve(config: Optional[Path] = ConfigOpt):
+    """Deploy the serving application on the running stack from the registry's latest versions."""
+    from recserve.registry import Registry
+
+    cfg = _cfg(config)
+    _serve_forever(cfg, Registry(cfg.registry_uri, cfg.registry.keep))
+
+
+@app.command()
+def up(config: Optional[Path] = ConfigOpt,
+       no_ray: bool = typer.Option(False, "--no-ray", help="start Redis only")):
+    """Start the embedded stack: a real redis-server (AOF everysec) and a local Ray head with the jobs API."""
+    from recserve.ops.stack import Stack, StackError
+
+    cfg = _cfg(config)
+    try:
+        info = Stack(cfg).up(with_ray=not no_ray)
+    except StackError as e:
+        _fail(e)
+    console.print(f"redis  {info.redis_url}" + (" (started)" if info.redis_started else " (external)"))
+    if info.ray_address:
+        console.print(f"ray    {info.ray_address}  jobs API {info.dashboard_url}")
+        console.print(f"submit: ray job submit --address {info.dashboard_url} --working-dir . -- "
+                      f"python -m pipelines.train_embeddings --help")
+
+
+@app.command()
+def down(config: Optional[Path] = ConfigOpt):
+    """Stop what `recserve up` started (and nothing else)."""
+    from recserve.ops.stack import Stack
+
+    stopped = Stack(_cfg(config)).down()
+    console.print("stopped: " + (", ".join(stopped) if stopped else "nothing (the stack was not up)"))
+
+
+@app.command()
+def status(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")):
+    """Show whether the stack is up, and what is in the registry."""
+    from recserve.ops.stack import Stack
+    from recserve.registry import Registry
+
+    cfg = _cfg(config)
+    st = Stack(cfg).status()
+    st["registry"] = {"uri": cfg.registry_uri, "artifacts": Registry(cfg.registry_uri, cfg.registry.keep).list()}
+    if as_json:
+        print(json.dumps(st, indent=2, default=str))
+    else:
+        console.print_json(json.dumps(st, default=str))
+    if not st["running"]:
+        raise typer.Exit(1)
+
+
+
+@app.command()
+def demo(movielens: Optional[Path] = typer.Option(None, "--movielens", help="use this MovieLens folder instead "
+                                                                             "of a generated world"),
+         no_serve: bool = typer.Option(False, "--no-serve", help="stop after the offline chain"),
+         config: Optional[Path] = ConfigOpt):
+    """Bring the stack up, build a dataset, run the offline chain (reusing what a previous run
+    built), deploy the serving application and serve until Ctrl-C."""
+    from recserve.offline import jobs
+    from recserve.ops.stack import Stack, StackError
+    from recserve.registry import Registry, RegistryError
+    from recserve.schemas import DataError
+
+    cfg = _cfg(config)
+    try:
+        info = Stack(cfg).up()
+        console.print(f"stack up: redis {info.redis_url}, ray {info.ray_address}, jobs API {info.dashboard_url}")
+        reg = Registry(cfg.registry_uri, cfg.registry.keep)
+        name = "movielens" if movielens else "generated"
+        ds_dir = Path(cfg.data_dir) / "datasets" / name
+        if not (ds_dir / "meta.json").exists():
+            from recserve.cli.offline import prepare_dataset
+
+            prepare_dataset(cfg, name, movielens, ds_dir)
+        else:
+            console.print(f"reusing dataset {ds_dir}")
+        fp = jobs.dataset_fingerprint(ds_dir)
+        emb = reg.latest("embeddings")
+        if emb is None or reg.manifest("embeddings", emb)["lineage"].get("dataset_fingerprint") != fp:
+            emb = jobs.train_embeddings(cfg, ds_dir, 0.0, reg)
+        else:
+            console.print(f"reusing embeddings {emb}")
+        idx = reg.latest("index")
+        if idx is None or reg.manifest("index", idx)["lineage"].get("embeddings") != emb:
+            idx = jobs.build_index(cfg, emb, reg)
+        else:
+            console.print(f"reusing index {idx}")
+        rk = reg.latest("ranker")
+        if rk is None or reg.manifest("ranker", rk)["lineage"].get("embeddings") != emb:
+            rk = jobs.train_ranker(cfg, ds_dir, 0.0, reg, emb)
+        else:
+            console.print(f"reusing ranker {rk}")
+    except (StackError, DataError, RegistryError, ValueError) as e:
+        _fail(e)
+    console.print(f"ready: embeddings {emb}, index {idx}, ranker {rk} in {cfg.registry_uri}")
+    if no_serve:
+        return
+    _serve_forever(cfg, reg)
+
+
+def _serve_forever(cfg: Config, reg) -> None:
+    import time as _time
+
+    import numpy as np
+    import ray
+    from ray import serve
+
+    from deployments.app import deploy
+    from recserve.offline.jobs import ensure_ray
+    from recserve.ops.stack import port_is_free
+
+    if not port_is_free(cfg.serve.http_port, cfg.serve.http_host):
+        _fail(RuntimeError(f"port {cfg.serve.http_port} is taken: Serve cannot listen there. Stop what uses it or "
+                           f"set RECSERVE_SERVE__HTTP_PORT"))
+    ensure_ray(cfg)
+    console.print("deploying the serving application (Router, Ranker, Bandit, Explainer, vector-index shard "
+                  "actors) and the stream aggregators...")
+    url = deploy(cfg, reg.uri)
+    from actors.aggregator import AggregatorPool
+
+    pool = AggregatorPool(cfg, name="agg", registry=reg)
+    user = int(np.load(reg.fetch("embeddings") / "user_ids.npy")[0])
+    item = int(np.load(reg.fetch("embeddings") / "item_ids.npy")[0])
+    console.print(f"\nserving at {url}  (OpenAPI: {url}/docs). Try:\n")
+    print(f"curl -s -X POST {url}/v1/recommend -H 'content-type: application/json' "
+          f"-d '{{\"user_id\": {user}, \"k\": 5, \"explain\": true}}'")
+    print(f"curl -s -X POST {url}/v1/events -H 'content-type: application/json' "
+          f"-d '{{\"events\": [{{\"user_id\": {user}, \"item_id\": {item}, \"event_type\": \"click\"}}]}}'")
+    print(f"curl -s {url}/v1/status")
+    console.print(f"\n{len(pool.actors)} stream aggregators over {cfg.stream.partitions} partitions (more when the "
+                  f"lag passes {cfg.stream.scale_up_lag} events). Ctrl-C stops serving (the stack stays up: "
+                  f"`recserve down` stops it).")
+    import signal as _signal
+
+    def _stop(signum, frame):  # SIGTERM (a supervisor, `kill`) stops as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    _signal.signal(_signal.SIGTERM, _stop)
+    try:
+        while True:
+            before = len(pool.actors)
+            if pool.autoscale() != before:
+                console.print(f"stream aggregators: {before} -> {len(pool.actors)} (lag {sum(pool.lag().values())})")
+            _time.sleep(5)
+    except KeyboardInterrupt:
+        console.print("stopping the serving application and the aggregators")
+        pool.shutdown()
+        serve.shutdown()
+        ray.shutdown()

@@ -1,0 +1,107 @@
+"""LLM backends behind one interface (`generate(prompts, max_new_tokens, max_time_s)`):
+Hugging Face transformers (CPU or GPU) and vLLM (GPU). Models are local directories or names already
+in the local Hugging Face cache; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+
+class ExplainerError(RuntimeError):
+    """The explainer cannot start (unknown backend, missing model): says which key and what to do."""
+
+
+# ------------------------------------------------------------------------------ backends
+class Backend(Protocol):
+    name: str
+
+    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], list[int]]:
+        """Greedy continuations of the prompts (one call, all prompts) and the tokens generated for each."""
+
+
+def resolve_model(name: str, key: str = "explainer.model") -> Path:
+    """A local directory holding a model, or a name already in the local Hugging Face cache."""
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists():
+            raise ExplainerError(f"{key}={name!r}: the directory has no config.json; point it at a saved "
+                                 f"model (save_pretrained) or a name in the local Hugging Face cache")
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception as e:  # noqa: BLE001 - not cached (or not a repo name at all)
+        raise ExplainerError(f"{key}={name!r} is neither a local model directory nor a model in the local "
+                             f"Hugging Face cache ({type(e).__name__}); nothing is downloaded at run time: "
+                             f"save the model there first, or set explainer.backend: templates") from None
+
+
+class TransformersBackend:
+    """Hugging Face transformers causal LM, CPU or CUDA; greedy, short outputs, left-padded batches."""
+
+    def __init__(self, model: str, device: str = "auto", dtype: str = "auto", key: str = "explainer.model"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve_model(model, key)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ExplainerError(f"explainer.device={device!r} but torch sees no CUDA device; use cpu or auto")
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        self.torch = torch
+        self.device = device
+        self.tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
+                                                          dtype=getattr(torch, dtype)).to(device).eval()
+        self.name = f"transformers:{path.name}"
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], list[int]]:
+        torch = self.torch
+        enc = self.tok(prompts, return_tensors="pt", padding=True).to(self.device)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                      max_time=max(max_time_s, 0.001), pad_token_id=self.tok.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        texts = self.tok.batch_decode(new, skip_special_tokens=True)
+        return texts, (new != self.tok.pad_token_id).sum(dim=1).tolist()
+
+
+class VLLMBackend:
+    """vLLM's offline engine on a GPU (the `llm` extra). vLLM batches the prompts itself; a
+    generation cannot be stopped midway, so the deadline is kept by the caller's wait."""
+
+    def __init__(self, model: str, dtype: str = "auto", key: str = "explainer.model",
+                 gpu_memory_utilization: float = 0.5):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from vllm import LLM, SamplingParams
+        except Exception as e:  # noqa: BLE001
+            raise ExplainerError(f"explainer.backend=vllm but vllm does not import here ({type(e).__name__}: {e}); "
+                                 f"install the llm extra on a GPU machine, or use the transformers backend") from None
+        path = resolve_model(model, key)
+        self.SamplingParams = SamplingParams
+        self.llm = LLM(model=str(path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)
+        self.name = f"vllm:{path.name}"
+
+    def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], list[int]]:
+        params = self.SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        outs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [o.outputs[0].text for o in outs], [len(o.outputs[0].token_ids) for o in outs]
+
+
+def make_backend(kind: str, model: str, device: str = "auto", dtype: str = "auto", key: str = "explainer.model"):
+    if kind == "transformers":
+        return TransformersBackend(model, device, dtype, key)
+    if kind == "vllm":
+        return VLLMBackend(model, dtype, key)
+    raise ExplainerError(f"explainer.backend={kind!r}: use templates, transformers or vllm")

@@ -1,0 +1,130 @@
+"""Grounded prompts and the check of what a generated sentence names: each item's prompt carries
+only the facts that ranked it, and `Grounding.check` rejects a sentence naming a catalogue item or
+category outside them."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from recserve.serving.recommender import ranking_facts
+
+# ----------------------------------------------------------------------------- grounding
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+_ARTICLE = re.compile(r"^(.*), (the|a|an)$", re.I)
+_YEAR = re.compile(r"\s*\(\d{4}(?:[-–]\d{0,4})?\)\s*$")
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(_WORD.findall(text.lower()))
+
+
+def title_forms(title: str) -> list[tuple[str, ...]]:
+    """How a sentence may name a catalogue title: without its year, with a trailing article moved to
+    the front ("Matrix, The (1999)" -> "the matrix") and without it."""
+    t = _YEAR.sub("", title).strip()
+    forms = {_words(t)}
+    m = _ARTICLE.match(t)
+    if m:
+        forms |= {_words(f"{m.group(2)} {m.group(1)}"), _words(m.group(1))}
+    elif t.lower().startswith(("the ", "a ", "an ")):
+        forms.add(_words(t.split(" ", 1)[1]))
+    return [f for f in forms if f]
+
+
+@dataclass
+class Grounding:
+    """The catalogue's names (item titles, categories) as word sequences: what a sentence could
+    name. A sentence passes when every catalogue name it contains is among the item's facts."""
+
+    terms: set[tuple[str, ...]] = field(default_factory=set)
+    max_len: int = 1
+
+    @classmethod
+    def from_catalogue(cls, titles: list[str], categories: list[str]) -> "Grounding":
+        terms: set[tuple[str, ...]] = set()
+        for c in categories:
+            if c and _words(c):
+                terms.add(_words(c))
+        for t in titles:
+            for f in title_forms(str(t)):
+                # a one-word title shorter than 4 letters ("Up", "It") is too common a word to police
+                if len(f) > 1 or len(f[0]) >= 4:
+                    terms.add(f)
+        return cls(terms, max((len(t) for t in terms), default=1))
+
+    def mentions(self, text: str) -> list[tuple[str, ...]]:
+        """Catalogue names in `text`, longest first, none inside another that was found."""
+        w = _words(text)
+        taken = [False] * len(w)
+        found = []
+        for n in range(min(self.max_len, len(w)), 0, -1):
+            for i in range(len(w) - n + 1):
+                if any(taken[i:i + n]):
+                    continue
+                if w[i:i + n] in self.terms:
+                    found.append(w[i:i + n])
+                    for j in range(i, i + n):
+                        taken[j] = True
+        return found
+
+    def check(self, text: str, allowed: list[str]) -> tuple[bool, str]:
+        """(ok, why not): a non-empty sentence naming only `allowed` catalogue names (and no item
+        number it was not given)."""
+        if not _words(text):
+            return False, "empty"
+        ok_terms: set[tuple[str, ...]] = set()
+        for a in allowed:
+            ok_terms |= set(title_forms(a)) | {_words(a)}
+        extra = [m for m in self.mentions(text) if m not in ok_terms and not any(
+            _contains(a, m) for a in ok_terms)]
+        if extra:
+            return False, "names " + ", ".join(" ".join(m) for m in extra)
+        for num in re.findall(r"(?:item|#)\s*(\d+)", text.lower()):
+            if not any(num in _words(a) for a in allowed):
+                return False, f"names item {num}"
+        return True, ""
+
+
+def _contains(big: tuple[str, ...], small: tuple[str, ...]) -> bool:
+    n = len(small)
+    return any(big[i:i + n] == small for i in range(len(big) - n + 1))
+
+
+PROMPT_FACTS = {"session_category": "the user has been looking at {category}",
+                "history_category": "the user often chooses {category}",
+                "covisit": "it is often viewed together with items the user just saw",
+                "trending": "it is trending now", "explored": "it is something new, shown to explore the user's taste"}
+
+
+def grounded_facts(signal: dict) -> list[str]:
+    """The facts that ranked one item, in words (the template reasons' facts, recserve.recommender.
+    ranking_facts, plus the similar item the user just saw)."""
+    cat = signal.get("category") or ""
+    keys = [k for k in ranking_facts(signal) if cat or not k.endswith("_category")]
+    n_cat = sum(k.endswith("_category") for k in keys)   # the category fact comes first
+    facts = [PROMPT_FACTS[k].format(category=cat) for k in keys[:n_cat]]
+    facts += [f"it is similar to {s['title']}, which the user just saw" for s in signal.get("similar_seen") or []]
+    facts += [PROMPT_FACTS[k].format(category=cat) for k in keys[n_cat:]]
+    return facts or ["it matches the user's taste"]
+
+
+def allowed_names(signal: dict) -> list[str]:
+    out = [signal.get("title") or "", signal.get("category") or ""]
+    out += [s["title"] for s in signal.get("similar_seen") or []]
+    return [x for x in out if x]
+
+
+def prompt_for(signal: dict) -> str:
+    title = signal.get("title") or f"item {signal['item_id']}"
+    cat = signal.get("category") or "its category"
+    return (f"Write one short sentence telling a user why we recommend {title} ({cat}). "
+            f"Use only these facts: {'; '.join(grounded_facts(signal))}.\nSentence:")
+
+
+def first_sentence(text: str, limit: int = 240) -> str:
+    text = text.strip().split("\n", 1)[0].strip()
+    m = re.search(r"[.!?](\s|$)", text)
+    if m:
+        text = text[:m.end()].strip()
+    return text[:limit].strip()

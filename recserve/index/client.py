@@ -1,0 +1,399 @@
+"""The client the serving path calls: routes by hash range to shards of `VectorShard` actors,
+scatter-gathers searches over one healthy replica per shard, merges to the global top-k, sends
+writes through the shard's write-ahead log to every replica, rebalances and hot-swaps.
+
+Reads go to replicas that answered last time and are not behind the log (a version counter per
+replica); a replica that fails a call is retried on its sibling at once and skipped for
+`cooldown_s`. A write is acknowledged once the log holds it (fsync) and at least one replica
+applied it; lagging or restarted replicas replay the log before they serve again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from recserve.config import IndexConfig
+from recserve.index.hashing import even_ranges, item_hash
+from recserve.index.shard import Filter, check_queries, check_vectors
+from recserve.index.wal import WriteAheadLog
+
+
+class IndexUnavailable(RuntimeError):
+    """No replica of some shard could answer; the caller degrades (popular items...)."""
+
+
+@dataclass
+class Replica:
+    handle: Any
+    name: str
+    unhealthy_until: float = 0.0
+    version: int = 0
+
+    def healthy(self, now: float) -> bool:
+        return now >= self.unhealthy_until
+
+
+@dataclass
+class ShardGroup:
+    shard: int
+    lo: int
+    hi: int
+    wal: WriteAheadLog
+    replicas: list[Replica] = field(default_factory=list)
+    rr: int = 0
+
+
+def _actor_errors():
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+
+    return (RayActorError, ActorDiedError, ActorUnavailableError, GetTimeoutError)
+
+
+class IndexRouter:
+    def __init__(self, root: str | Path, cfg: IndexConfig, dim: int, replicas: int = 2,
+                 timeout_s: float = 2.0, cooldown_s: float = 1.0, actor_options: dict | None = None,
+                 use_gpu: bool = False, version: str = "empty", share_as: str | None = None):
+        self.root = Path(root)
+        self.cfg = cfg
+        self.dim = dim
+        self.n_replicas = replicas
+        self.timeout_s = timeout_s
+        self.cooldown_s = cooldown_s
+        self.use_gpu = use_gpu
+        # share_as: the shard actors are named (detached) and found again by name, so several
+        # routers (Serve router replicas) search and write the same shards through one WAL per shard
+        self.share_as = share_as
+        self.actor_options = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0.05,
+                              **(actor_options or {})}
+        if use_gpu:
+            self.actor_options.setdefault("num_gpus", 0.1)
+        self.groups: list[ShardGroup] = []
+        self.version = version
+        self.generation = 0
+        self._write_lock = threading.Lock()
+        self._moving: list[ShardGroup] | None = None  # new assignment during a rebalance
+
+    # ------------------------------------------------------------------ setup
+    def _spawn(self, shard: int, gen: int, r: int, artifact: str | None = None, metas_path: str | None = None):
+        from actors.vector_shard import VectorShard
+
+        name = f"shard{shard:04d}-g{gen}-r{r}"
+        rdir = self.root / f"g{gen}" / f"shard_{shard:04d}" / f"replica_{r}"
+        wal = self.root / f"g{gen}" / f"shard_{shard:04d}" / "wal.log"
+        opts = dict(self.actor_options)
+        if self.share_as:
+            opts.update(name=f"{self.share_as}:{name}", get_if_exists=True, lifetime="detached")
+        h = VectorShard.options(**opts).remote(
+            name, str(rdir), str(wal), self.cfg.model_dump(), self.dim, artifact, metas_path, self.use_gpu)
+        return Replica(h, name)
+
+    def _new_groups(self, ranges: list[tuple[int, int]], gen: int, artifact_dir: Path | None = None,
+                    files: list[str] | None = None, metas_path: str | None = None) -> list[ShardGroup]:
+        groups = []
+        for s, (lo, hi) in enumerate(ranges):
+            wal = WriteAheadLog(self.root / f"g{gen}" / f"shard_{s:04d}" / "wal.log")
+            art = str(artifact_dir / files[s]) if artifact_dir is not None and files else None
+            reps = [self._spawn(s, gen, r, art, metas_path) for r in range(self.n_replicas)]
+            groups.append(ShardGroup(s, lo, hi, wal, reps))
+        ray.get([r.handle.ping.remote() for g in groups for r in g.replicas])
+        return groups
+
+    @classmethod
+    def create(cls, root: str | Path, cfg: IndexConfig, dim: int, num_shards: int, **kw) -> "IndexRouter":
+        rt = cls(root, cfg, dim, **kw)
+        rt.groups = rt._new_groups(even_ranges(num_shards), rt.generation)
+        return rt
+
+    @classmethod
+    def from_artifact(cls, artifact_dir: str | Path, root: str | Path, items_meta: dict[int, dict] | None = None,
+                      **kw) -> "IndexRouter":
+        """Serve a `build_index` artifact: one actor group per shard file, routing from its manifest."""
+        artifact_dir = Path(artifact_dir)
+        man = json.loads((artifact_dir / "routing.json").read_text())
+        cfg = IndexConfig(**man["params"])
+        rt = cls(root, cfg, man["dim"], version=str(man.get("version") or artifact_dir.name), **kw)
+        metas_path = None
+        if not items_meta and (artifact_dir / "items_meta.json").exists():
+            metas_path = str(artifact_dir / "items_meta.json")  # written by build_index
+        if items_meta:
+            metas_path = str(Path(root) / "items_meta.json")
+            Path(root).mkdir(parents=True, exist_ok=True)
+            Path(metas_path).write_text(json.dumps({str(k): v for k, v in items_meta.items()}))
+        ranges = [(s["hash_lo"], s["hash_hi"]) for s in man["shards"]]
+        rt.groups = rt._new_groups(ranges, rt.generation, artifact_dir, [s["file"] for s in man["shards"]], metas_path)
+        return rt
+
+    # ------------------------------------------------------------------- read
+    def _pick(self, g: ShardGroup, exclude: set[str]) -> Replica | None:
+        now = time.monotonic()
+        head = g.wal.head
+        cands = [r for r in g.replicas if r.name not in exclude and r.healthy(now)]
+        fresh = [r for r in cands if r.version >= head] or cands  # prefer replicas not behind the log
+        if not fresh:
+            fresh = [r for r in g.replicas if r.name not in exclude]  # all cooling down: try anyway
+        if not fresh:
+            return None
+        g.rr = (g.rr + 1) % len(fresh)
+        return fresh[g.rr]
+
+    def _mark_bad(self, rep: Replica) -> None:
+        rep.unhealthy_until = time.monotonic() + self.cooldown_s
+
+    def search(self, queries, k: int, filters: dict | list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Global top-k (ids, scores) per query, scatter-gathered over all shards. A search that
+        started on a routing table retired meanwhile (rebalance, swap) is retried on the new one."""
+        for _ in range(3):
+            groups = self.groups
+            try:
+                return self._search(groups, queries, k, filters)
+            except IndexUnavailable:
+                if groups is self.groups:
+                    raise
+        return self._search(self.groups, queries, k, filters)
+
+    async def asearch(self, queries, k: int, filters: dict | list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`search` for an asyncio caller (a Serve replica): awaits the shard actors instead of
+        blocking the event loop."""
+        for _ in range(3):
+            groups = self.groups
+            try:
+                return await self._asearch(groups, queries, k, filters)
+            except IndexUnavailable:
+                if groups is self.groups:
+                    raise
+        return await self._asearch(self.groups, queries, k, filters)
+
+    def _dispatch(self, groups: list[ShardGroup], queries, k: int, filters):
+        q = check_queries(queries, self.dim, k)
+        for f in (filters if isinstance(filters, list) else [filters]):
+            Filter.parse(f)  # bad filters fail here, before any shard sees them
+        q_arg = ray.put(q) if q.nbytes > 64 * 1024 else q   # small queries travel inline
+        pending = {}
+        tried: dict[int, set[str]] = {g.shard: set() for g in groups}
+        for g in groups:
+            rep = self._pick(g, tried[g.shard])
+            if rep is None:
+                raise IndexUnavailable(f"shard {g.shard} has no replica")
+            tried[g.shard].add(rep.name)
+            pending[g.shard] = (rep, rep.handle.search.remote(q_arg, k, filters))
+        return q_arg, pending, tried
+
+    def _retry(self, groups, shard: int, rep: Replica, err: Exception, tried, q_arg, k: int, filters):
+        """A replica failed a search: mark it and send the search to its next sibling."""
+        self._mark_bad(rep)
+        g = next(x for x in groups if x.shard == shard)
+        nxt = self._pick(g, tried[shard])
+        if nxt is None:
+            raise IndexUnavailable(f"shard {shard}: no replica answered ({type(err).__name__})") from err
+        tried[shard].add(nxt.name)
+        return nxt, nxt.handle.search.remote(q_arg, k, filters)
+
+    @staticmethod
+    def _merge(groups: list[ShardGroup], results: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.concatenate([results[g.shard][0] for g in groups], axis=1)
+        sc = np.concatenate([results[g.shard][1] for g in groups], axis=1)
+        order = np.argsort(-sc, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sc, order, axis=1)
+
+    def _search(self, groups: list[ShardGroup], queries, k: int, filters) -> tuple[np.ndarray, np.ndarray]:
+        q_arg, pending, tried = self._dispatch(groups, queries, k, filters)
+        results = {}
+        errors = _actor_errors()
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            for shard, (rep, ref) in list(pending.items()):
+                try:
+                    results[shard] = ray.get(ref, timeout=max(0.01, deadline - time.monotonic()))
+                    del pending[shard]
+                except errors as e:
+                    pending[shard] = self._retry(groups, shard, rep, e, tried, q_arg, k, filters)
+                    deadline = max(deadline, time.monotonic() + self.timeout_s)
+        return self._merge(groups, results, k)
+
+    async def _asearch(self, groups: list[ShardGroup], queries, k: int, filters) -> tuple[np.ndarray, np.ndarray]:
+        q_arg, pending, tried = self._dispatch(groups, queries, k, filters)
+        results = {}
+        errors = _actor_errors() + (asyncio.TimeoutError,)
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            for shard, (rep, ref) in list(pending.items()):
+                try:
+                    results[shard] = await asyncio.wait_for(ref, timeout=max(0.01, deadline - time.monotonic()))
+                    del pending[shard]
+                except errors as e:
+                    pending[shard] = self._retry(groups, shard, rep, e, tried, q_arg, k, filters)
+                    deadline = max(deadline, time.monotonic() + self.timeout_s)
+        return self._merge(groups, results, k)
+
+    # ------------------------------------------------------------------ write
+    def _route(self, ids: np.ndarray, groups: list[ShardGroup]) -> np.ndarray:
+        starts = np.array([g.lo for g in groups], dtype=np.int64)
+        return np.searchsorted(starts, item_hash(ids), side="right") - 1
+
+    def _write(self, groups: list[ShardGroup], op: str, ids: np.ndarray, vectors=None, metas=None) -> dict:
+        owner = self._route(ids, groups)
+        acks = {}
+        calls = []
+        for si, g in enumerate(groups):
+            sel = np.flatnonzero(owner == si)
+            if len(sel) == 0:
+                continue
+            rec = {"op": op, "ids": ids[sel]}
+            if op == "upsert":
+                rec["vectors"] = vectors[sel]
+                rec["metas"] = [metas[j] for j in sel] if metas else None
+            seq = g.wal.append(rec)   # durable before anyone is told
+            rec["seq"] = seq
+            ref = ray.put(rec)
+            calls.append((g, seq, [(r, r.handle.apply.remote(ref)) for r in g.replicas]))
+        errors = _actor_errors()
+        for g, seq, reps in calls:
+            ok = 0
+            for rep, ref in reps:
+                try:
+                    rep.version = ray.get(ref, timeout=self.timeout_s)
+                    ok += 1
+                except errors:
+                    self._mark_bad(rep)
+            if ok == 0:
+                raise IndexUnavailable(f"shard {g.shard}: write seq {seq} is logged but no replica applied it yet; "
+                                       f"it will be applied when a replica recovers")
+            acks[g.shard] = seq
+        return acks
+
+    def upsert(self, ids, vectors, metas: list[dict] | None = None) -> dict:
+        ids, x = check_vectors(ids, vectors, self.dim)
+        with self._write_lock:
+            acks = self._write(self.groups, "upsert", ids, x, metas)
+            if self._moving is not None:
+                self._write(self._moving, "upsert", ids, x, metas)
+        return acks
+
+    def delete(self, ids) -> dict:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        with self._write_lock:
+            acks = self._write(self.groups, "delete", ids)
+            if self._moving is not None:
+                self._write(self._moving, "delete", ids)
+        return acks
+
+    # ------------------------------------------------------------- operations
+    def snapshot(self) -> list[dict]:
+        return ray.get([r.handle.snapshot.remote() for g in self.groups for r in g.replicas])
+
+    def stats(self) -> dict:
+        out = []
+        for g in self.groups:
+            reps = []
+            for r in g.replicas:
+                try:
+                    reps.append(ray.get(r.handle.stats.remote(), timeout=self.timeout_s))
+                except _actor_errors() as e:
+                    reps.append({"name": r.name, "error": type(e).__name__})
+            out.append({"shard": g.shard, "hash_lo": g.lo, "hash_hi": g.hi, "wal_head": g.wal.head,
+                        "replicas": reps})
+        return {"version": self.version, "generation": self.generation, "shards": out}
+
+    async def asizes(self) -> dict[int, int]:
+        """Live vectors per shard, from one healthy replica each (for the index-size metric; a
+        shard whose replicas do not answer in time is left out)."""
+        out = {}
+        for g in self.groups:
+            rep = self._pick(g, set())
+            if rep is None:
+                continue
+            try:
+                st = await asyncio.wait_for(rep.handle.stats.remote(), timeout=self.timeout_s)
+                out[g.shard] = int(st["count"])
+            except _actor_errors() + (asyncio.TimeoutError,):
+                continue
+        return out
+
+    def set_ef_search(self, ef: int) -> None:
+        """efSearch of every shard replica (HNSW), changed while serving."""
+        if ef < 1:
+            raise ValueError("ef_search must be >= 1")
+        ray.get([r.handle.set_ef_search.remote(ef) for g in self.groups for r in g.replicas])
+        self.cfg = self.cfg.model_copy(update={"ef_search": ef})
+
+    def refresh(self) -> None:
+        """Ask every replica for its version; lagging ones replay the log."""
+        for g in self.groups:
+            head = g.wal.head
+            for r in g.replicas:
+                try:
+                    v = ray.get(r.handle.version.remote(), timeout=self.timeout_s)
+                    if v < head:
+                        v = ray.get(r.handle.catch_up.remote(), timeout=30) and \
+                            ray.get(r.handle.version.remote(), timeout=self.timeout_s)
+                    r.version = v
+                    r.unhealthy_until = 0.0
+                except _actor_errors():
+                    self._mark_bad(r)
+
+    def rebalance(self, num_shards: int) -> None:
+        """Move to `num_shards` even hash ranges while serving: new shard groups are filled in the
+        background from the old ones (writes go to both meanwhile), then the routing table switches
+        in one assignment and the old actors retire."""
+        if num_shards < 1:
+            raise ValueError("num_shards must be >= 1")
+        gen = self.generation + 1
+        new = self._new_groups(even_ranges(num_shards), gen)
+        with self._write_lock:
+            self._moving = new  # from here on, every write reaches both assignments
+        try:
+            for ng in new:
+                parts = []
+                for og in self.groups:
+                    lo, hi = max(og.lo, ng.lo), min(og.hi, ng.hi)
+                    if lo >= hi:
+                        continue
+                    src = self._pick(og, set())
+                    parts.append(src.handle.export.remote(lo, hi))
+                datas = ray.get(parts)
+                ray.get([r.handle.load_items.remote(d) for d in datas for r in ng.replicas])
+            for ng in new:
+                for r in ng.replicas:
+                    r.version = ray.get(r.handle.version.remote())
+            with self._write_lock:
+                old, self.groups, self.generation, self._moving = self.groups, new, gen, None
+        except BaseException:
+            with self._write_lock:
+                self._moving = None
+            for ng in new:
+                for r in ng.replicas:
+                    ray.kill(r.handle)
+            raise
+        for og in old:
+            for r in og.replicas:
+                ray.kill(r.handle, no_restart=True)
+
+    def swap(self, artifact_dir: str | Path, items_meta: dict[int, dict] | None = None) -> str:
+        """Serve another index version: build its actors aside, switch the table, retire the old."""
+        nxt = IndexRouter.from_artifact(artifact_dir, self.root / f"swap-{time.time_ns()}", items_meta,
+                                        replicas=self.n_replicas, timeout_s=self.timeout_s,
+                                        cooldown_s=self.cooldown_s, actor_options=self.actor_options,
+                                        use_gpu=self.use_gpu)
+        with self._write_lock:
+            old = self.groups
+            self.groups, self.cfg, self.dim, self.version = nxt.groups, nxt.cfg, nxt.dim, nxt.version
+            self.root, self.generation = nxt.root, 0
+        for og in old:
+            for r in og.replicas:
+                ray.kill(r.handle, no_restart=True)
+        return self.version
+
+    def shutdown(self) -> None:
+        for g in self.groups:
+            for r in g.replicas:
+                ray.kill(r.handle, no_restart=True)
+        self.groups = []

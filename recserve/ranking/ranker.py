@@ -1,0 +1,217 @@
+"""The ranking model: a small torch MLP over `features.FEATURE_NAMES`, trained listwise (softmax
+over each user's candidate list) on the future of a temporal split of the training data."""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recserve.config import RankerConfig
+from recserve.offline.evaluation import topk_excluding
+from recserve.ranking.features import (
+    FEATURE_NAMES,
+    ItemStats,
+    SessionContext,
+    build_item_stats,
+    candidate_features,
+    session_context,
+)
+from recserve.ranking.interactions import Interactions
+
+
+def _mlp(n_features: int, hidden: int) -> torch.nn.Sequential:
+    return torch.nn.Sequential(
+        torch.nn.Linear(n_features, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 1))
+
+
+class RankerNet(torch.nn.Module):
+    """An ensemble of small MLPs over standardised features; the score is their mean."""
+
+    def __init__(self, n_features: int, hidden: int, members: int = 1):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+        self.members = torch.nn.ModuleList(_mlp(n_features, hidden) for _ in range(members))
+        self.hidden = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean) / self.std
+        return torch.stack([m(z).squeeze(-1) for m in self.members]).mean(0)
+
+
+@dataclass
+class RankingInputs:
+    """Everything needed to compute features for one interaction log."""
+
+    data: Interactions
+    stats: ItemStats
+    contexts: list[SessionContext]   # per dense user index
+    t_ref: np.ndarray                # per dense user index: time of the user's last train event
+
+
+def category_index(items: pd.DataFrame | None, item_ids: np.ndarray) -> np.ndarray:
+    if items is None:
+        return np.zeros(len(item_ids), dtype=np.int64)
+    cats = items.set_index("item_id")["category"].reindex(item_ids).fillna("unknown")
+    _, codes = np.unique(cats.to_numpy().astype(str), return_inverse=True)
+    return codes.astype(np.int64)
+
+
+def ranking_inputs(data: Interactions, items: pd.DataFrame | None, item_vectors: np.ndarray,
+                   cfg: RankerConfig) -> RankingInputs:
+    tr = data.train
+    u, i, ts = tr["uidx"].to_numpy(), tr["iidx"].to_numpy(), tr["ts"].to_numpy()
+    item_cat = category_index(items, data.item_ids)
+    stats = build_item_stats(u, i, ts, data.n_items, item_cat, item_vectors)
+    order = np.lexsort((ts, u))
+    u, i, ts = u[order], i[order], ts[order]
+    bounds = np.searchsorted(u, np.arange(data.n_users + 1))
+    contexts, t_ref = [], np.zeros(data.n_users, dtype=np.int64)
+    for x in range(data.n_users):
+        a, b = bounds[x], bounds[x + 1]
+        contexts.append(session_context(i[a:b], item_cat, ts[a:b], cfg.session_len))
+        t_ref[x] = ts[b - 1] if b > a else 0
+    return RankingInputs(data, stats, contexts, t_ref)
+
+
+def retrieve_exact(user_vectors: np.ndarray, item_vectors: np.ndarray, seen, users: np.ndarray,
+                   n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-n items by inner product with seen items excluded (the offline stand-in for the index)."""
+    scores = user_vectors[users] @ item_vectors.T
+    cand = topk_excluding(scores, seen, users, n)
+    sc = np.take_along_axis(scores, np.maximum(cand, 0), axis=1)
+    return cand, sc
+
+
+def feature_tensor(inp: RankingInputs, users: np.ndarray, cand: np.ndarray, cand_scores: np.ndarray,
+                   cfg: RankerConfig) -> np.ndarray:
+    X = np.zeros((len(users), cand.shape[1], len(FEATURE_NAMES)), dtype=np.float32)
+    for r, u in enumerate(users.tolist()):
+        valid = cand[r] >= 0
+        X[r, valid] = candidate_features(inp.contexts[u], cand[r][valid], cand_scores[r][valid], inp.stats,
+                                         int(inp.t_ref[u]), cfg.trending_window_s)
+    return X
+
+
+def train_ranker_model(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, cfg: RankerConfig,
+                       progress: Callable[[dict], None] | None = None) -> tuple[RankerNet, list[dict]]:
+    """Listwise training: softmax cross-entropy over each user's candidates against the items
+    that user went on to interact with."""
+    keep = Y.sum(axis=1) > 0
+    X, Y, mask = X[keep], Y[keep], mask[keep]
+    if len(X) == 0:
+        raise ValueError("no user has a future interaction among their candidates: the ranker has nothing "
+                         "to learn from (more data, or more ranker.candidates)")
+    model = RankerNet(X.shape[-1], cfg.hidden, cfg.ensemble)
+    flat = X[mask]
+    model.mean.copy_(torch.from_numpy(flat.mean(axis=0)))
+    model.std.copy_(torch.from_numpy(flat.std(axis=0) + 1e-6))
+    Xt, Yt, Mt = torch.from_numpy(X), torch.from_numpy(Y.astype(np.float32)), torch.from_numpy(mask)
+    Zt = (Xt - model.mean) / model.std
+    bs = max(1, cfg.batch_size // X.shape[1])
+    history = []
+    for m_i, member in enumerate(model.members):
+        torch.manual_seed(cfg.seed + m_i)
+        for layer in member:
+            if isinstance(layer, torch.nn.Linear):
+                layer.reset_parameters()
+        opt = torch.optim.Adam(member.parameters(), lr=cfg.lr, weight_decay=1e-5)
+        g = torch.Generator().manual_seed(cfg.seed + m_i)
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            perm = torch.randperm(len(Xt), generator=g)
+            total = 0.0
+            for s in range(0, len(perm), bs):
+                idx = perm[s:s + bs]
+                logits = member(Zt[idx]).squeeze(-1).masked_fill(~Mt[idx], -1e9)
+                y = Yt[idx]
+                loss = -(torch.log_softmax(logits, dim=1) * y).sum(1).div(y.sum(1)).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            rec = {"member": m_i + 1, "members": len(model.members), "epoch": epoch + 1, "epochs": cfg.epochs,
+                   "loss": total / len(perm), "seconds": time.perf_counter() - t0}
+            history.append(rec)
+            if progress:
+                progress(rec)
+    return model, history
+
+
+def score(model: RankerNet, X: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(X)).numpy()
+
+
+def rerank(model: RankerNet, X: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
+    s = score(model, X)
+    s = np.where(cand >= 0, s, -np.inf)
+    order = np.argsort(-s, axis=1)[:, :k]
+    return np.take_along_axis(cand, order, axis=1)
+
+
+def save_model(model: RankerNet, path, meta: dict) -> None:
+    buf = io.BytesIO()
+    torch.save({"state_dict": model.state_dict(), "n_features": len(FEATURE_NAMES), "hidden": model.hidden,
+                "members": len(model.members), "features": FEATURE_NAMES, "meta": meta}, buf)
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def load_model(path) -> tuple[RankerNet, dict]:
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if blob.get("features") != FEATURE_NAMES:
+        raise ValueError(f"ranker at {path} was trained on features {blob.get('features')}, this code computes "
+                         f"{FEATURE_NAMES}; retrain it with `python -m pipelines.train_ranker`")
+    model = RankerNet(blob["n_features"], blob["hidden"], blob.get("members", 1))
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model, blob.get("meta", {})
+
+
+class ServingRanker:
+    """The ranker as served: a model loaded from a `{model_path, version, quantize, dtype}` spec
+    (Serve's user_config), INT8 dynamic quantisation on CPU and fp16/bf16 on GPU when asked, and
+    many users' candidate lists scored in one padded forward pass. Used by the `Ranker`
+    deployment and, colocated, by the router itself."""
+
+    def __init__(self, spec: dict | None = None, device: str | None = None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model, self.version, self.dtype = None, None, torch.float32
+        if spec and spec.get("model_path"):
+            self.load(spec)
+
+    def load(self, spec: dict) -> None:
+        model, _ = load_model(spec["model_path"])
+        if spec.get("quantize") and self.device == "cpu":
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = model.to(self.device)
+        dtype = torch.float32
+        if self.device != "cpu" and spec.get("dtype") in ("float16", "bfloat16"):
+            dtype = getattr(torch, spec["dtype"])
+            model = model.to(dtype)
+        # the (model, version) pair changes in one assignment, so a batch never mixes them
+        self.model, self.version, self.dtype = model, str(spec.get("version") or spec["model_path"]), dtype
+
+    def score_lists(self, lists: list[np.ndarray]) -> list[tuple[np.ndarray, str]]:
+        if self.model is None:
+            raise RuntimeError("the ranker has no model: give it {model_path, version} (Serve user_config)")
+        model, version = self.model, self.version
+        n = max(len(x) for x in lists)
+        X = np.zeros((len(lists), max(n, 1), lists[0].shape[1]), dtype=np.float32)
+        for i, x in enumerate(lists):
+            X[i, : len(x)] = x
+        with torch.no_grad():
+            t = torch.from_numpy(X).to(self.device)
+            if self.dtype != torch.float32:
+                t = t.to(self.dtype)
+            s = model(t).float().cpu().numpy()
+        return [(s[i, : len(x)], version) for i, x in enumerate(lists)]
