@@ -93,7 +93,7 @@ class AggregatorPool:
         from recserve.streaming.eventlog.redis import RedisStreamLog
 
         if item_vectors is None:
-            from recserve.offline.jobs import load_embeddings
+            from recserve.artifacts import load_embeddings
             from recserve.registry import Registry, RegistryError
 
             try:

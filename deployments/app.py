@@ -1,12 +1,16 @@
-"""Builds the Serve application from config: `Router` (ingress: cache, context, retrieval) calls
-`Ranker` (batched torch), `Bandit` (exploration, Redis-backed) and `Explainer` (reasons), each a
-deployment of its own that scales on its own.
+"""Builds the Serve application from config, and chooses once where each port of the online path
+runs (recserve.serving.ports): the `Router` (ingress: cache, context, retrieval, the ladder)
+holds the search and context ports itself; scoring, selection and explanation run either inside
+the router process or in the `Ranker` (batched torch, GPU), `Bandit` (exploration) and
+`Explainer` (LLM) deployments, each scaling on its own (`serve.colocate`: auto puts them in the
+router unless the ranker has a GPU or the explainer a model).
 
-The ranker's model arrives as `user_config`, so `serve.run` of the same application with a newer
-registry version (`ranker_version=...`) swaps the model in the running replicas (`reconfigure`)
-without restarting anything. With `serve.affinity`, the proxy routes a request carrying the header
-`x-session-id: <user_id>` to one router replica by consistent hashing (Serve's
-ConsistentHashRouter), so that user's L1 cache entries are found again."""
+The ranker's model arrives as `user_config` (of the Ranker, or of the Router when it ranks in
+process), so `serve.run` of the same application with a newer registry version
+(`ranker_version=...`) swaps the model in the running replicas (`reconfigure`) without restarting
+anything. User affinity (a user's requests, header `x-session-id: <user_id>`, on one router replica
+so its L1 entries are found again): HAProxy's balance on that header with the proxy-free ingress
+(`serve.ingress: haproxy`, the default), Serve's ConsistentHashRouter behind Serve's proxy."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from deployments.bandit import Bandit
 from deployments.explainer import Explainer
 from deployments.ranker import Ranker
 from deployments.router import Router
+from recserve.artifacts import ranker_path
 from recserve.config import Config
 from recserve.registry import Registry
 
@@ -54,17 +59,31 @@ def _pinned(deployment, version: str):
 
 def ranker_user_config(cfg: Config, reg: Registry, version: str | None = None) -> dict:
     version = version or reg.resolve("ranker")
-    return {"model_path": str(reg.fetch("ranker", version) / "ranker.pt"), "version": version,
+    return {"model_path": str(ranker_path(reg, version)), "version": version,
             "quantize": cfg.serve.ranker_quantize, "dtype": cfg.serve.ranker_dtype}
+
+
+def colocated(cfg: Config, colocate: bool | str | None = None) -> dict[str, bool]:
+    """Which ports run inside the router process: {score, select, explain} -> True (in process)
+    or False (a deployment of its own, called through its handle)."""
+    c = cfg.serve.colocate if colocate is None else colocate
+    if c == "auto":
+        return {"score": not cfg.serve.ranker_num_gpus, "select": True,
+                "explain": cfg.explainer.backend == "templates"}
+    return dict.fromkeys(("score", "select", "explain"), bool(c))
 
 
 def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | None = None, cache: bool = True,
               name: str = "recserve", ranker_version: str | None = None, router_replicas: int | None = None,
               affinity: bool | None = None, autoscaling: dict | None = None, router_options: dict | None = None,
-              colocate: bool | None = None):
-    """`autoscaling`: {deployment name: autoscaling_config} overriding fixed replica counts;
-    `router_options`: Serve options of the Router (max_ongoing_requests, max_queued_requests...)."""
+              colocate: bool | str | None = None):
+    """The application: the Router, and the Ranker, Bandit and Explainer deployments for the ports
+    that do not run inside it (`colocated`). `autoscaling`: {deployment name: autoscaling_config}
+    overriding fixed replica counts; `router_options`: Serve options of the Router
+    (max_ongoing_requests, max_queued_requests...)."""
     from ray.serve.config import RequestRouterConfig
+
+    from recserve.serving.wiring import PortChoice
 
     reg = Registry(registry_uri or cfg.registry_uri, cfg.registry.keep)
     autoscaling = autoscaling or {}
@@ -80,25 +99,34 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
     replicas = router_replicas or s.router_replicas
     share_as = f"{name}-{reg.resolve('index')}" if (replicas > 1 or "Router" in autoscaling) else None
     router_kw = {"num_replicas": replicas, **(router_options or {})}
-    if s.affinity if affinity is None else affinity:
+    if (s.affinity if affinity is None else affinity) and s.ingress == "proxy":
+        # behind HAProxy (serve.ingress: haproxy) affinity is HAProxy's balance on x-session-id, set for
+        # the whole cluster when the stack starts Ray; Serve refuses a custom router on that ingress
         router_kw["request_router_config"] = RequestRouterConfig(request_router_class=CONSISTENT_HASH)
-    args = (cfg.model_dump(mode="json"), reg.uri, root, s.index_replicas, cache, share_as)
-    if s.colocate if colocate is None else colocate:
-        # one deployment: the router ranks, explores and explains in its own process
-        router_kw["user_config"] = {"ranker": ranker_user_config(cfg, reg, ranker_version)}
-        return _pinned(Router.options(**opts("Router", **router_kw)), _version(*args)).bind(None, None, None, *args)
-    ranker_opts = {"num_gpus": s.ranker_num_gpus, "num_cpus": 0.1} if s.ranker_num_gpus else {"num_cpus": 0.1}
-    ranker = _pinned(Ranker.options(**opts("Ranker", user_config=ranker_user_config(cfg, reg, ranker_version),
-                                           ray_actor_options=ranker_opts)), _version(ranker_opts)).bind()
-    bandit = _pinned(Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share)).bind(
-        cfg.redis_url, s.bandit_share)
-    ec = cfg.explainer
-    explainer_opts = {"num_cpus": 0.1, **({"num_gpus": ec.num_gpus} if ec.num_gpus else {})}
-    explainer = _pinned(Explainer.options(**opts("Explainer", ray_actor_options=explainer_opts)),
-                        _version(ec.model_dump(mode="json"), s.explainer_budget_ms, reg.uri)).bind(
-        cfg.model_dump(mode="json"), reg.uri)
-    return _pinned(Router.options(**opts("Router", **router_kw)), _version(*args)).bind(ranker, bandit, explainer,
-                                                                                        *args)
+    inproc = colocated(cfg, colocate)
+    choice = PortChoice()
+    if inproc["score"]:
+        choice.ranker_spec = ranker_user_config(cfg, reg, ranker_version)
+        router_kw["user_config"] = {"ranker": choice.ranker_spec}
+    else:
+        ranker_opts = {"num_gpus": s.ranker_num_gpus, "num_cpus": 0.1} if s.ranker_num_gpus else {"num_cpus": 0.1}
+        choice.score = _pinned(Ranker.options(**opts("Ranker", user_config=ranker_user_config(cfg, reg, ranker_version),
+                                                     ray_actor_options=ranker_opts)), _version(ranker_opts)).bind()
+    if not inproc["select"]:
+        choice.select = _pinned(Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share)).bind(
+            cfg.redis_url, s.bandit_share)
+    if not inproc["explain"]:
+        ec = cfg.explainer
+        explainer_opts = {"num_cpus": 0.1, **({"num_gpus": ec.num_gpus} if ec.num_gpus else {})}
+        choice.explain = _pinned(Explainer.options(**opts("Explainer", ray_actor_options=explainer_opts)),
+                                 _version(ec.model_dump(mode="json"), s.explainer_budget_ms, reg.uri)).bind(
+            cfg.model_dump(mode="json"), reg.uri)
+    args = (cfg.model_dump(mode="json"), reg.uri, root)
+    kw = {"replicas": s.index_replicas, "cache": cache, "share_as": share_as}
+    # the router's version leaves out the ranker's spec (it arrives as user_config: a new model
+    # version reconfigures the running replicas in place)
+    version = _version(*args, kw, sorted(k for k, v in inproc.items() if v))
+    return _pinned(Router.options(**opts("Router", **router_kw)), version).bind(*args, choice, **kw)
 
 
 def deploy(cfg: Config, registry_uri: str | None = None, index_root: str | None = None) -> str:
@@ -111,7 +139,9 @@ def deploy(cfg: Config, registry_uri: str | None = None, index_root: str | None 
 
 
 def app_builder(args: dict):
-    """Entry point for `serve run` / `serve deploy` (serve_config.yaml): args {"config": path}."""
+    """Entry point for `serve run` / `serve deploy` (serve_config.yaml): args {"config": path,
+    "colocate": true | false | auto} (a cluster's config names its Ranker, Bandit and Explainer
+    deployments: colocate false)."""
     from recserve.config import load_config
 
-    return build_app(load_config(args.get("config")))
+    return build_app(load_config(args.get("config")), colocate=args.get("colocate"))

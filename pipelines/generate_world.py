@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from pipelines._cli import parser, run, setup
-from recserve.offline.jobs import ensure_ray, say
+from recserve.offline.jobs import say
+from recserve.ops.stack import ensure_ray
 
 
 def main(argv=None):

@@ -120,9 +120,18 @@ class ServeConfig(_Strict):
     breaker_window_s: float = Field(30.0, gt=0)
     breaker_open_s: float = Field(30.0, gt=0, description="how long an open breaker stays open")
     breaker_probes: int = Field(5, ge=1, description="half-open probe calls that must succeed to close")
-    colocate: bool = Field(False, description="run ranker, bandit and explainer inside the router process (one "
-                                              "deployment; for small machines where each Serve hop costs more "
-                                              "CPU than its work)")
+    colocate: bool | Literal["auto"] = Field("auto", description="where the ranker, bandit and explainer run: "
+                                             "true = inside the router process (no Serve hop), false = each its own "
+                                             "deployment (the cluster topology, serve_config.yaml), auto = in the "
+                                             "router unless the ranker asks for a GPU (ranker_num_gpus) or the "
+                                             "explainer runs a model (explainer.backend is not templates)")
+    ingress: Literal["haproxy", "proxy"] = Field("haproxy", description="haproxy: Ray 2.60's proxy-free ingress (HAProxy "
+                                                 "in front, the router replicas serve HTTP themselves; user affinity by "
+                                                 "HAProxy's balance on x-session-id); proxy: Serve's Python HTTP proxy. "
+                                                 "A cluster-wide setting, applied when the stack starts Ray")
+    drain_s: float = Field(5.0, gt=0, description="with the haproxy ingress: how long a stopping router replica "
+                                                  "keeps serving while HAProxy takes it out of rotation (Ray's "
+                                                  "default 30 s suits HAProxies on many nodes)")
 
 
 class ExplainerConfig(_Strict):

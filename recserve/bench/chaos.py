@@ -5,7 +5,9 @@ codes, the degradation levels served, p95 latency and the time back to full leve
 whether every event the API acknowledged is in the log.
 
 Load: `concurrency` clients posting /v1/recommend (Zipf users, a quarter with explain=true, each
-with its user as the consistent-hash key) and one client posting event batches. Needs the stack up,
+with its user as the routing key) and one client posting event batches. The application runs in the
+cluster topology (serve.colocate false: Ranker, Bandit and Explainer deployments), at the budget of
+recserve.yaml (the design's 80 ms). Needs the stack up,
 the registry filled (`make demo --no-serve`), and no other Serve application running."""
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
 
     from actors.aggregator import AggregatorPool
     from deployments.app import build_app
-    from recserve.offline.jobs import ensure_ray
-    from recserve.ops.stack import Stack, free_port, start_redis
+    from recserve.artifacts import embedding_ids
+    from recserve.ops.stack import Stack, ensure_ray, free_port, start_redis
     from recserve.registry import Registry
     from recserve.streaming.eventlog.redis import RedisStreamLog
 
@@ -125,8 +127,7 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     if info is None or not info.redis_started:
         raise RuntimeError("chaos needs the embedded stack up (`recserve up`): it kills and restarts its Redis")
     reg = Registry(cfg.registry_uri, cfg.registry.keep)
-    users = np.load(reg.fetch("embeddings") / "user_ids.npy")
-    items = np.load(reg.fetch("embeddings") / "item_ids.npy")
+    users, items = embedding_ids(reg)
     ensure_ray(cfg)
     require_own_serve("chaos")
     r = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
@@ -136,7 +137,9 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
             r.delete(*keys)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(cfg, name="chaos"), name="chaos", route_prefix="/")
+    # the cluster topology: ranker, bandit and explainer each a deployment of its own (the faults are
+    # theirs), the router holding the cache, the ladder, the index client and the live context
+    serve.run(build_app(cfg, name="chaos", colocate=False), name="chaos", route_prefix="/")
     pool = AggregatorPool(cfg, name="chaos-agg", registry=reg)
     load = Load(f"http://127.0.0.1:{port}", users, items, concurrency)
     phase_s = duration / len(FAULTS)

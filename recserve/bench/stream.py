@@ -47,8 +47,7 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
     from actors.aggregator import AggregatorPool
     from deployments.app import build_app
     from recserve.config import Config
-    from recserve.offline.jobs import ensure_ray
-    from recserve.ops.stack import free_port
+    from recserve.ops.stack import ensure_ray, free_port
     from recserve.registry import Registry
     from recserve.streaming.aggregator import lag
     from recserve.streaming.eventlog.redis import RedisStreamLog

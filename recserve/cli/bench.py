@@ -16,21 +16,25 @@ def bench_index(out: Path = typer.Option(Path("benchmarks/results/index.json")),
                 n: int = typer.Option(1_000_000, help="vectors"), dim: int = typer.Option(64),
                 shards: int = typer.Option(4), ef_search: int = typer.Option(100),
                 ef_construction: int = typer.Option(80), queries: int = typer.Option(1000),
-                batch: int = typer.Option(64)):
-    """Sharded index on Ray actors vs one plain FAISS index: recall, throughput, latency, storage,
-    snapshot/restore, filtered recall."""
+                batch: int = typer.Option(64), merge: int = typer.Option(4, min=1, help="batches merged per actor "
+                                                                         "call in the merged runs")):
+    """Sharded index on Ray actors vs one plain FAISS index: recall, throughput (the configured shards
+    and one shard per core, batches of --batch and --merge of them per call, the same shards in
+    process), latency, storage, snapshot/restore, filtered recall."""
     from recserve.bench.index import run
 
     res = run(n=n, dim=dim, shards=shards, ef_search=ef_search, ef_construction=ef_construction,
-              n_queries=queries, batch=batch, out=out, log=_progress("bench index"))
+              n_queries=queries, batch=batch, merge=merge, out=out, log=_progress("bench index"))
     console.print_json(json.dumps(res))
 
 
 @bench_app.command("serving")
 def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json")),
-                  duration: float = typer.Option(8.0, help="seconds per case and concurrency"),
+                  duration: float = typer.Option(15.0, min=1, help="seconds per case and concurrency"),
                   config: Optional[Path] = ConfigOpt):
-    """No-op deployment vs /v1/recommend (cache off / on, Zipf users) at concurrency 1, 4, 16."""
+    """/v1/recommend (cache off; cache on with Zipf users) against a FastAPI no-op served the same way
+    and behind Serve's default proxy, at concurrency 1, 4, 16, each point with its own users; CPU per
+    request per process. Needs the stack up and the registry filled (recserve demo --no-serve)."""
     from recserve.bench.serving import run
 
     cfg = _cfg(config)

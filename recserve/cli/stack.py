@@ -98,7 +98,9 @@ def demo(movielens: Optional[Path] = typer.Option(None, "--movielens", help="use
         else:
             console.print(f"reusing embeddings {emb}")
         idx = reg.latest("index")
-        if idx is None or reg.manifest("index", idx)["lineage"].get("embeddings") != emb:
+        man = reg.manifest("index", idx) if idx is not None else {}
+        if idx is None or man["lineage"].get("embeddings") != emb or \
+                man.get("params") != cfg.index.model_dump(mode="json"):   # another config: built again
             idx = jobs.build_index(cfg, emb, reg)
         else:
             console.print(f"reusing index {idx}")
@@ -123,8 +125,7 @@ def _serve_forever(cfg: Config, reg) -> None:
     from ray import serve
 
     from deployments.app import deploy
-    from recserve.offline.jobs import ensure_ray
-    from recserve.ops.stack import port_is_free
+    from recserve.ops.stack import ensure_ray, port_is_free
 
     if not port_is_free(cfg.serve.http_port, cfg.serve.http_host):
         _fail(RuntimeError(f"port {cfg.serve.http_port} is taken: Serve cannot listen there. Stop what uses it or "

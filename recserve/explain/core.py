@@ -36,7 +36,7 @@ import numpy as np
 
 from recserve.explain.backends import make_backend
 from recserve.explain.grounding import Grounding, allowed_names, first_sentence, grounded_facts, prompt_for
-from recserve.serving.recommender import template_reasons_from
+from recserve.explain.templates import template_reasons_from
 
 TIER_TEMPLATES = "templates"
 
@@ -291,10 +291,8 @@ def from_config(cfg, grounding: Grounding | None = None, registry=None, warm: bo
 
 def catalogue_grounding(registry) -> Grounding:
     """The catalogue's titles and categories from the dataset the serving embeddings were trained on."""
-    from recserve.offline.data import read_items
+    from recserve.artifacts import read_items, trained_on
 
-    emb = registry.resolve("embeddings")
-    dataset = registry.manifest("embeddings", emb)["lineage"]["dataset"]
-    items = read_items(dataset)
+    items = read_items(trained_on(registry))
     return Grounding.from_catalogue(items["title"].astype(str).tolist(),
                                     items["category"].astype(str).unique().tolist())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from recserve.serving.recommender import ranking_facts
+from recserve.explain.templates import ranking_facts
 
 # ----------------------------------------------------------------------------- grounding
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")

@@ -11,6 +11,7 @@ import fcntl
 import os
 import pickle
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -19,7 +20,10 @@ _HEAD = struct.Struct("<QI")  # payload length, crc32
 
 
 class WriteAheadLog:
+    HEAD_TTL_S = 0.1   # `head` re-reads the sequence file at most this often (other writers' appends)
+
     def __init__(self, path: str | Path, fsync: bool = True):
+        self._head, self._head_at = 0, float("-inf")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch(exist_ok=True)
@@ -49,13 +53,19 @@ class WriteAheadLog:
                 tmp = self.seq_path.with_suffix(".seq.tmp")
                 tmp.write_text(str(seq))
                 os.replace(tmp, self.seq_path)
+                self._head, self._head_at = seq, time.monotonic()
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
         return seq
 
     @property
     def head(self) -> int:
-        return self._last_seq()
+        """The last sequence number: this writer's own appends at once, other writers' (router
+        replicas sharing the log) within HEAD_TTL_S. Read on every search, so kept in memory."""
+        now = time.monotonic()
+        if now - self._head_at >= self.HEAD_TTL_S:
+            self._head, self._head_at = self._last_seq(), now
+        return self._head
 
     def read(self, after: int = 0) -> Iterator[dict]:
         """Records with seq > `after`, in order; stops at a torn or corrupt tail."""

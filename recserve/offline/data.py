@@ -23,8 +23,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recserve.artifacts import dataset_meta, read_events, read_items  # noqa: F401 - the offline jobs' readers
 from recserve.config import WorldConfig
-from recserve.schemas import EVENT_TYPES, EVENTS_SCHEMA, ITEMS_SCHEMA, DataError
+from recserve.schemas import EVENTS_SCHEMA, ITEMS_SCHEMA, DataError
 
 CATEGORY_NAMES = ["books", "music", "movies", "games", "sports", "outdoors", "kitchen", "garden",
                   "fashion", "beauty", "toys", "electronics", "phones", "computers", "office", "pets",
@@ -386,38 +387,6 @@ def import_movielens(data_dir: str | Path, out_dir: str | Path, strict: bool = F
 
 
 # --------------------------------------------------------------------------- reading datasets
-def dataset_meta(dataset_dir: str | Path) -> dict:
-    d = Path(dataset_dir)
-    if not (d / "meta.json").exists():
-        raise DataError(f"{d} is not a dataset directory (no meta.json); create one with "
-                        f"`python -m pipelines.generate_world` or `python -m pipelines.import_movielens`")
-    return json.loads((d / "meta.json").read_text())
-
-
-def read_events(dataset_dir: str | Path) -> pd.DataFrame:
-    d = Path(dataset_dir)
-    dataset_meta(d)
-    files = sorted((d / "events").glob("*.parquet"))
-    if not files:
-        raise DataError(f"{d}/events holds no parquet files: the dataset is empty")
-    df = pa.concat_tables([pq.read_table(f, schema=EVENTS_SCHEMA) for f in files]).to_pandas()
-    if df.empty:
-        raise DataError(f"{d} holds no events: nothing to learn from")
-    bad = ~df["event_type"].isin(EVENT_TYPES)
-    if bad.any():
-        raise DataError(f"{d}: unknown event type {df['event_type'][bad].iloc[0]!r}; known: {EVENT_TYPES}")
-    return df
-
-
-def read_items(dataset_dir: str | Path) -> pd.DataFrame:
-    d = Path(dataset_dir)
-    dataset_meta(d)
-    df = pq.read_table(d / "items.parquet", schema=ITEMS_SCHEMA).to_pandas()
-    if df.empty:
-        raise DataError(f"{d} holds no items")
-    return df
-
-
 def temporal_split(events: pd.DataFrame, holdout: float = 0.2,
                    min_user_events: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-user temporal split: the last `holdout` share of each user's events (by time) is held

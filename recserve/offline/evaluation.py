@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recserve.ranking.interactions import Interactions
+from recserve.ranking.interactions import Interactions, topk_excluding  # noqa: F401 - the evaluation's callers
 
 
 def ranking_metrics(recs: np.ndarray, truth: list[np.ndarray], n_items: int, k: int = 10) -> dict:
@@ -24,19 +24,6 @@ def ranking_metrics(recs: np.ndarray, truth: list[np.ndarray], n_items: int, k: 
             "ndcg_at_%d" % k: float(np.mean(ndcg)) if ndcg else 0.0,
             "coverage": float(len(np.unique(valid)) / max(n_items, 1)),
             "users": len(truth)}
-
-
-def topk_excluding(scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray, k: int) -> np.ndarray:
-    """Top-k columns of `scores` (rows = `users`) with each user's seen items masked out."""
-    scores = np.array(scores, dtype=np.float32, copy=True)
-    sub = seen[users]
-    rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
-    scores[rows, sub.indices] = -np.inf
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1)
-    out = np.take_along_axis(part, order, axis=1)
-    return np.where(np.isfinite(np.take_along_axis(scores, out, axis=1)), out, -1)
 
 
 def _batched(users: np.ndarray, fn, seen: sp.csr_matrix, k: int, batch: int = 1024) -> np.ndarray:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +19,19 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from recserve.artifacts import (  # noqa: F401 - load_embeddings: the jobs' callers
+    DATASET_ITEMS,
+    DATASET_META,
+    ITEMS_META_FILE,
+    RANKER_FILE,
+    ROUTING_FILE,
+    load_embeddings,
+    ranker_path,
+    save_embeddings,
+)
 from recserve.config import Config
 from recserve.offline.data import dataset_meta, read_events, read_items, temporal_split
+from recserve.ops.stack import ensure_ray  # noqa: F401 - the jobs' callers
 from recserve.ranking.embeddings import item_log_frequency
 from recserve.ranking.interactions import Interactions, build_interactions
 from recserve.registry import Registry
@@ -36,31 +45,9 @@ def say(stage: str) -> Progress:
     return p
 
 
-def ensure_ray(cfg: Config) -> None:
-    """Connect to the stack's Ray head (or RAY_ADDRESS, as in a submitted job), else start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
-    if not address:
-        state = Path(cfg.data_dir) / "stack.json"
-        if state.exists():
-            address = json.loads(state.read_text()).get("ray_address")
-    kwargs = {"log_to_driver": True, "include_dashboard": False} if not address else {"log_to_driver": True}
-    if address:
-        try:
-            ray.init(address=address, **kwargs)
-            return
-        except (ConnectionError, RuntimeError) as e:
-            print(f"[ray] cannot reach Ray at {address} ({e}); starting a local instance", file=sys.stderr)
-    ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_mb * 1024 * 1024, **kwargs)
-
-
 def dataset_fingerprint(dataset_dir: str | Path) -> str:
     d = Path(dataset_dir)
-    h = hashlib.sha256((d / "meta.json").read_bytes())
+    h = hashlib.sha256((d / DATASET_META).read_bytes())
     for f in sorted((d / "events").glob("*.parquet")):
         h.update(f"{f.name}:{f.stat().st_size}".encode())
     return h.hexdigest()[:16]
@@ -130,10 +117,8 @@ def train_embeddings(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0,
     log(f"{data.n_users} users, {data.n_items} items, {data.matrix.nnz} user-item pairs")
     res = _train_mf_remote(interaction_pairs(data), data.n_users, data.n_items, cfg, "train_embeddings")
     with tempfile.TemporaryDirectory() as tmp:
-        np.save(Path(tmp) / "user_ids.npy", data.user_ids)
-        np.save(Path(tmp) / "item_ids.npy", data.item_ids)
-        np.save(Path(tmp) / "user_vectors.npy", res.user_vectors)
-        np.save(Path(tmp) / "item_vectors.npy", res.item_vectors)
+        save_embeddings(tmp, user_ids=data.user_ids, item_ids=data.item_ids, user_vectors=res.user_vectors,
+                        item_vectors=res.item_vectors)
         v = reg.publish("embeddings", tmp, metrics={"final_loss": res.history[-1]["loss"],
                                                     "seconds": time.perf_counter() - t0,
                                                     "n_users": data.n_users, "n_items": data.n_items},
@@ -141,12 +126,6 @@ def train_embeddings(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0,
                         extra={"history": res.history, "dim": int(res.item_vectors.shape[1])})
     log(f"published embeddings {v}")
     return v
-
-
-def load_embeddings(reg: Registry, version: str | None = None) -> dict:
-    d = reg.fetch("embeddings", version)
-    return {k: np.load(d / f"{k}.npy") for k in ("user_ids", "item_ids", "user_vectors", "item_vectors")} | \
-        {"version": reg.resolve("embeddings", version)}
 
 
 # ---------------------------------------------------------------------------------- index
@@ -190,8 +169,8 @@ def build_index(cfg: Config, embeddings_version: str | None = None, registry: Re
             log(f"shard {len(shards)}/{icfg.num_shards} built ({shards[-1]['count']} vectors)")
         from recserve.index.build import routing_manifest
         manifest = routing_manifest(icfg, vecs.shape[1], shards, len(ids), embeddings_version=emb["version"])
-        Path(tmp, "routing.json").write_text(json.dumps(manifest, indent=2))
-        _write_items_meta(reg, emb["version"], ids, Path(tmp) / "items_meta.json")
+        Path(tmp, ROUTING_FILE).write_text(json.dumps(manifest, indent=2))
+        _write_items_meta(reg, emb["version"], ids, Path(tmp) / ITEMS_META_FILE)
         seconds = time.perf_counter() - t0
         v = reg.publish("index", tmp, metrics={"build_s": seconds, "count": int(len(ids))},
                         params=icfg.model_dump(), lineage={"embeddings": emb["version"]},
@@ -204,7 +183,7 @@ def _write_items_meta(reg: Registry, emb_version: str, ids: np.ndarray, path: Pa
     """Category and attributes of the indexed items (from the embeddings' dataset), so that the
     shards can filter inside the search."""
     ds = reg.manifest("embeddings", emb_version).get("lineage", {}).get("dataset")
-    if not ds or not (Path(ds) / "items.parquet").exists():
+    if not ds or not (Path(ds) / DATASET_ITEMS).exists():
         return
     items = read_items(ds).set_index("item_id")
     items = items[items.index.isin(ids)]
@@ -263,7 +242,7 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
 
     model, history = ray.get(fit.remote(X, Y, cand >= 0, cfg.ranker))
     with tempfile.TemporaryDirectory() as tmp:
-        save_model(model, Path(tmp) / "ranker.pt", {"embeddings_version": emb_version})
+        save_model(model, Path(tmp) / RANKER_FILE, {"embeddings_version": emb_version})
         v = reg.publish("ranker", tmp, metrics={"final_loss": history[-1]["loss"], "seconds": time.perf_counter() - t0,
                                                 "train_users": int(len(X)), "positives_per_list": cand_recall},
                         params=cfg.ranker.model_dump(), lineage=_lineage(dataset_dir, holdout, embeddings=emb_version),
@@ -347,7 +326,7 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
             run("retrieval", lambda: cand[:, :k])
         if "retrieval_ranker" in methods:
             versions["ranker"] = reg.resolve("ranker", versions.get("ranker"))
-            model, _ = load_model(reg.fetch("ranker", versions["ranker"]) / "ranker.pt")
+            model, _ = load_model(ranker_path(reg, versions["ranker"]))
             ivec = np.zeros((data.n_items, emb["item_vectors"].shape[1]), dtype=np.float32)
             ivec[common] = emb["item_vectors"][item_pos[common]]
             inp = ranking_inputs(data, items, ivec, cfg.ranker)

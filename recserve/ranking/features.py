@@ -95,6 +95,30 @@ class ItemStats:
     def _key(self, items: np.ndarray, t) -> np.ndarray:
         return (items.astype(np.int64) << 32) | np.clip(np.asarray(t, dtype=np.int64), 0, (1 << 32) - 1)
 
+    def covisit_sums(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Column sums of `covisit[rows][:, cols]` (rows may repeat; cols are distinct item
+        indexes), gathered straight from the CSR arrays through a reusable item -> column map: no
+        sub-matrix is built, and the cost is the rows' entries plus the columns, not the catalogue."""
+        m = self.covisit
+        out = np.zeros(len(cols), dtype=np.float64)
+        if len(rows) == 0 or len(cols) == 0:
+            return out
+        starts, lens = m.indptr[rows], m.indptr[rows + 1] - m.indptr[rows]
+        total = int(lens.sum())
+        if total == 0:
+            return out
+        idx = np.repeat(starts - np.concatenate(([0], np.cumsum(lens)[:-1])), lens) + np.arange(total)
+        colmap = getattr(self, "_colmap", None)
+        if colmap is None or len(colmap) != m.shape[1]:
+            colmap = self._colmap = np.full(m.shape[1], -1, dtype=np.int64)
+        colmap[cols] = np.arange(len(cols))
+        try:
+            pos = colmap[m.indices[idx]]
+        finally:
+            colmap[cols] = -1
+        hit = pos >= 0
+        return np.bincount(pos[hit], weights=m.data[idx][hit], minlength=len(cols))
+
     def trending(self, items: np.ndarray, t_ref: int, window_s: int) -> np.ndarray:
         hi = np.searchsorted(self._keys, self._key(items, t_ref), "right")
         lo = np.searchsorted(self._keys, self._key(items, t_ref - window_s), "left")
@@ -161,16 +185,14 @@ def candidate_features(ctx: SessionContext, candidates: np.ndarray, retrieval_sc
         sims = stats.unit_vectors[candidates] @ stats.unit_vectors[recent].T
         f[:, 4] = sims.max(axis=1)
         f[:, 5] = sims.mean(axis=1)
-        cov = stats.covisit[recent][:, candidates]
-        f[:, 6] = np.log1p(np.asarray(cov.sum(axis=0)).ravel() * 10.0)
+        f[:, 6] = np.log1p(stats.covisit_sums(recent, candidates) * 10.0)
     last = stats.last_seen(candidates, t_ref)
     f[:, 7] = np.log1p(np.clip((t_ref - last) / 3600.0, 0, 1e6))
     f[:, 8] = np.log1p(ctx.n_events)
     f[:, 9] = np.arange(n, dtype=np.float32) / max(n - 1, 1)
     hist = np.asarray(ctx.history, dtype=np.int64)
     if len(hist):
-        cov = stats.covisit[hist][:, candidates]
-        f[:, 10] = np.log1p(np.asarray(cov.sum(axis=0)).ravel() * 10.0 / np.sqrt(len(hist)))
+        f[:, 10] = np.log1p(stats.covisit_sums(hist, candidates) * 10.0 / np.sqrt(len(hist)))
         total = sum(ctx.history_cats.values())
         f[:, 12] = np.array([ctx.history_cats.get(int(c), 0) for c in stats.item_cat[candidates]],
                             np.float32) / max(total, 1)

@@ -72,3 +72,16 @@ def build_interactions(train: pd.DataFrame, test: pd.DataFrame, items: pd.DataFr
                 test_users.append(u)
                 test_items.append(rel)
     return Interactions(user_ids, item_ids, m, tr, np.array(test_users, dtype=np.int64), test_items)
+
+
+def topk_excluding(scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray, k: int) -> np.ndarray:
+    """Top-k columns of `scores` (rows = `users`) with each user's seen items masked out."""
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    sub = seen[users]
+    rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
+    scores[rows, sub.indices] = -np.inf
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1)
+    out = np.take_along_axis(part, order, axis=1)
+    return np.where(np.isfinite(np.take_along_axis(scores, out, axis=1)), out, -1)

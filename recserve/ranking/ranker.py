@@ -13,7 +13,6 @@ import pandas as pd
 import torch
 
 from recserve.config import RankerConfig
-from recserve.offline.evaluation import topk_excluding
 from recserve.ranking.features import (
     FEATURE_NAMES,
     ItemStats,
@@ -22,7 +21,7 @@ from recserve.ranking.features import (
     candidate_features,
     session_context,
 )
-from recserve.ranking.interactions import Interactions
+from recserve.ranking.interactions import Interactions, topk_excluding
 
 
 def _mlp(n_features: int, hidden: int) -> torch.nn.Sequential:
@@ -177,6 +176,40 @@ def load_model(path) -> tuple[RankerNet, dict]:
     return model, blob.get("meta", {})
 
 
+class FusedEnsemble:
+    """A RankerNet's forward pass as four numpy matrix products: every member's first layer in one
+    product (the standardisation folded into its weights), the second and third as products
+    batched over members, then the members' mean. The same float32 arithmetic as the torch module;
+    on CPU, for the few hundred candidates of a request, several times cheaper than torch's call
+    per module. Subnormal weights are flushed to zero (a difference below 1e-38 per weight)."""
+
+    def __init__(self, model: RankerNet):
+        sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
+        n = len(model.members)
+        inv = 1.0 / sd["std"]
+        w1 = [sd[f"members.{i}.0.weight"] * inv for i in range(n)]                      # (h, F) each
+        self.w1 = np.concatenate([w.T for w in w1], axis=1).astype(np.float32)          # (F, n*h)
+        self.b1 = np.concatenate([sd[f"members.{i}.0.bias"] - w @ sd["mean"] for i, w in enumerate(w1)]
+                                 ).astype(np.float32)
+        self.w2 = np.stack([sd[f"members.{i}.2.weight"].T for i in range(n)]).astype(np.float32)   # (n, h, h)
+        self.b2 = np.stack([sd[f"members.{i}.2.bias"] for i in range(n)])[:, None, :].astype(np.float32)
+        self.w3 = np.stack([sd[f"members.{i}.4.weight"].T for i in range(n)]).astype(np.float32)   # (n, h, 1)
+        self.b3 = np.stack([sd[f"members.{i}.4.bias"] for i in range(n)])[:, None, :].astype(np.float32)
+        tiny = np.finfo(np.float32).tiny
+        for name in ("w1", "b1", "w2", "b2", "w3", "b3"):
+            w = np.ascontiguousarray(getattr(self, name))
+            w[np.abs(w) < tiny] = 0.0   # subnormal weights (weight decay leaves some) slow every product ~7x
+            setattr(self, name, w)
+        self.members, self.hidden = n, model.hidden
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        """Scores of the rows of X [N, F]."""
+        h = np.maximum(X @ self.w1 + self.b1, 0.0)                                       # (N, n*h)
+        h = h.reshape(len(X), self.members, self.hidden).transpose(1, 0, 2)              # (n, N, h)
+        h = np.maximum(h @ self.w2 + self.b2, 0.0)
+        return (h @ self.w3 + self.b3)[:, :, 0].mean(axis=0)
+
+
 class ServingRanker:
     """The ranker as served: a model loaded from a `{model_path, version, quantize, dtype}` spec
     (Serve's user_config), INT8 dynamic quantisation on CPU and fp16/bf16 on GPU when asked, and
@@ -185,12 +218,18 @@ class ServingRanker:
 
     def __init__(self, spec: dict | None = None, device: str | None = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.version, self.dtype = None, None, torch.float32
+        torch.set_flush_denormal(True)   # subnormal weights make CPU products several times slower
+        self.model, self.version, self.dtype, self.fused = None, None, torch.float32, None
         if spec and spec.get("model_path"):
             self.load(spec)
 
     def load(self, spec: dict) -> None:
         model, _ = load_model(spec["model_path"])
+        if self.device == "cpu" and not spec.get("quantize"):
+            # on CPU the fused numpy pass; the pair changes in one assignment (see below)
+            self.fused, self.model, self.version = FusedEnsemble(model), model, str(spec.get("version")
+                                                                                    or spec["model_path"])
+            return
         if spec.get("quantize") and self.device == "cpu":
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         model = model.to(self.device)
@@ -199,12 +238,17 @@ class ServingRanker:
             dtype = getattr(torch, spec["dtype"])
             model = model.to(dtype)
         # the (model, version) pair changes in one assignment, so a batch never mixes them
-        self.model, self.version, self.dtype = model, str(spec.get("version") or spec["model_path"]), dtype
+        self.fused, self.model, self.version, self.dtype = None, model, str(spec.get("version") or
+                                                                          spec["model_path"]), dtype
 
     def score_lists(self, lists: list[np.ndarray]) -> list[tuple[np.ndarray, str]]:
         if self.model is None:
             raise RuntimeError("the ranker has no model: give it {model_path, version} (Serve user_config)")
-        model, version = self.model, self.version
+        fused, model, version = self.fused, self.model, self.version
+        if fused is not None:
+            s = fused(np.concatenate(lists).astype(np.float32, copy=False)) if len(lists) > 1 else fused(lists[0])
+            bounds = np.cumsum([0] + [len(x) for x in lists])
+            return [(s[bounds[i]:bounds[i + 1]], version) for i in range(len(lists))]
         n = max(len(x) for x in lists)
         X = np.zeros((len(lists), max(n, 1), lists[0].shape[1]), dtype=np.float32)
         for i, x in enumerate(lists):

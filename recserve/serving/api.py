@@ -52,9 +52,15 @@ class Item(BaseModel):
 class RecommendResponse(BaseModel):
     request_id: str
     items: list[Item]
-    degradation_level: int
+    degradation_level: int = Field(description="0 full, 1 template explanations, 2 batch embeddings, 3 the last "
+                                               "personalized list or retrieval order, 4 popular items")
     model_versions: dict[str, str]
     took_ms: float
+    hop_ms: dict[str, float] = Field(default_factory=dict, description="time spent in each hop")
+    live_context: bool = Field(False, description="the stream's recent events shaped the answer")
+    explanation: dict[str, Any] | None = Field(None, description="how the reasons were written (tier, model, "
+                                                                 "fallback) when explain was asked")
+    cache: str = Field(description="hit, coalesced, miss (the L1 response cache) or off")
 
 
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
@@ -151,19 +157,63 @@ def install_error_handlers(app) -> None:
             exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        n = request.headers.get("content-length")
-        if n is not None and n.isdigit() and int(n) > MAX_BODY_BYTES:
-            return JSONResponse(error_body("body_too_large", f"the body is {n} bytes; the limit is "
-                                                             f"{MAX_BODY_BYTES} (send events in batches of up to "
-                                                             f"{MAX_EVENTS})"), 413)
-        if request.method in ("POST", "PUT") and n is None:
-            body = await request.body()  # chunked: read and check the size
-            if len(body) > MAX_BODY_BYTES:
-                return JSONResponse(error_body("body_too_large", f"the body is over {MAX_BODY_BYTES} bytes"), 413)
-        ctype = request.headers.get("content-type", "")
-        if request.method in ("POST", "PUT") and ctype and "json" not in ctype:
-            return JSONResponse(error_body("unsupported_media_type", f"send JSON (content-type "
-                                                                     f"application/json), not {ctype!r}"), 415)
-        return await call_next(request)
+    app.add_middleware(BodyCheck)
+
+
+class BodyCheck:
+    """Pure ASGI middleware (no per-request task or stream, unlike Starlette's BaseHTTPMiddleware):
+    a POST or PUT whose body is over MAX_BODY_BYTES gets 413, one that is not JSON 415, before the
+    route sees it. A chunked body (no content-length) is counted as it arrives."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT"):
+            return await self.app(scope, receive, send)
+        length, ctype = None, ""
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                length = v.decode("latin-1")
+            elif k == b"content-type":
+                ctype = v.decode("latin-1")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return await _reject(send, 413, error_body("body_too_large", f"the body is {length} bytes; the limit "
+                                                       f"is {MAX_BODY_BYTES} (send events in batches of up to "
+                                                       f"{MAX_EVENTS})"))
+        if ctype and "json" not in ctype:
+            return await _reject(send, 415, error_body("unsupported_media_type", f"send JSON (content-type "
+                                                       f"application/json), not {ctype!r}"))
+        if length is not None:
+            return await self.app(scope, receive, send)
+        chunks, size = [], 0
+        while True:   # chunked: read it all, checking the size
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return await self.app(scope, receive, send)
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > MAX_BODY_BYTES:
+                return await _reject(send, 413, error_body("body_too_large",
+                                                           f"the body is over {MAX_BODY_BYTES} bytes"))
+            if not msg.get("more_body"):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _reject(send, status: int, body: dict) -> None:
+    import json
+
+    raw = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]})
+    await send({"type": "http.response.body", "body": raw})

@@ -49,6 +49,7 @@ class CircuitBreaker:
         self.clock = clock
         self.state = CLOSED
         self.calls: deque[tuple[float, bool]] = deque()
+        self.failures = 0        # failed calls among `calls` (kept as calls come and go: O(1) per call)
         self.opened_at = 0.0
         self.probes = 0          # probe calls let through while half-open
         self.probe_ok = 0
@@ -57,7 +58,8 @@ class CircuitBreaker:
 
     def _prune(self, now: float) -> None:
         while self.calls and now - self.calls[0][0] > self.s.window_s:
-            self.calls.popleft()
+            if not self.calls.popleft()[1]:
+                self.failures -= 1
 
     def allow(self) -> bool:
         """May a call go out now? (An open breaker turns half-open after open_s.)"""
@@ -83,13 +85,14 @@ class CircuitBreaker:
                     if self.probe_ok >= self.s.half_open_probes:
                         self.state = CLOSED
                         self.calls.clear()
+                        self.failures = 0
                 return
             if self.state == OPEN:
                 return  # a call that started before the breaker opened
             self.calls.append((now, ok))
+            self.failures += not ok
             self._prune(now)
-            failures = sum(1 for _, good in self.calls if not good)
-            if failures >= self.s.min_failures and failures / len(self.calls) >= self.s.failure_rate:
+            if self.failures >= self.s.min_failures and self.failures / len(self.calls) >= self.s.failure_rate:
                 self._open(now)
 
     def _open(self, now: float) -> None:
@@ -104,8 +107,7 @@ class CircuitBreaker:
         with self._lock:
             now = self.clock()
             self._prune(now)
-            failures = sum(1 for _, good in self.calls if not good)
-            return {"state": self.state, "calls": len(self.calls), "failures": failures, "opens": self.opens,
+            return {"state": self.state, "calls": len(self.calls), "failures": self.failures, "opens": self.opens,
                     "open_for_s": round(max(0.0, self.s.open_s - (now - self.opened_at)), 2)
                     if self.state == OPEN else 0.0}
 

@@ -2,15 +2,17 @@
 
   level 0  full personalization
   level 1  template explanations (the explainer is slow — past its 300 ms — failing or open)
-  level 2  batch embeddings (the stream lags past its bound)
+  level 2  batch embeddings (the stream lags past its bound; a feature store that does not answer
+           leaves the batch context too, said by `live_context: false`)
   level 3  the user's last personalized list (ranker or index unavailable, or the request's budget
            spent before they answered); without one, the retrieval order
   level 4  emergency: popular items from this process's memory (nothing personal reachable)
 
-Every hop (vector index, ranker, bandit, explainer) runs under its circuit breaker and gets only
-what is left of the request's budget (the seed's 80 ms at the origin), so a degraded answer still
-arrives in time. Recovery is automatic: breakers close after their half-open probes succeed.
-The router holds one; unit tests drive it with failing or slow dependencies."""
+Every hop (feature store, vector index, ranker, bandit, explainer) goes through its port
+(recserve.serving.ports) under its circuit breaker and gets only what is left of the request's
+budget (the design's 80 ms at the origin), so a degraded answer still arrives in time. Recovery
+is automatic: breakers close after their half-open probes succeed. The router holds one; unit
+tests drive it with fakes of the ports."""
 
 from __future__ import annotations
 
@@ -20,10 +22,14 @@ import uuid
 from collections import OrderedDict
 from typing import Awaitable, Callable
 
+from recserve.explain.templates import template_reasons_from
 from recserve.serving.breaker import OPEN, Breakers
-from recserve.serving.recommender import LEVEL_BATCH, LEVEL_CACHED, LEVEL_FULL, LEVEL_POPULAR, LEVEL_TEMPLATES
+from recserve.serving.ports import Ports
 
-# what an answer says of its explanations (recserve.explain.ExplainerCore.explain), with the
+LEVEL_FULL, LEVEL_TEMPLATES, LEVEL_BATCH, LEVEL_CACHED, LEVEL_POPULAR = 0, 1, 2, 3, 4
+HOPS = ("feature_store", "vector_index", "ranker", "bandit", "explainer")
+
+# what an answer says of its explanations (recserve.explain.core.ExplainerCore.explain), with the
 # values of an answer the explainer did not give
 EXPLANATION_FIELDS = {"tier": "templates", "model": "templates", "fallback": None, "items": 0, "llm_items": 0,
                       "lookups": 0, "cached": 0, "rejected": 0}
@@ -41,19 +47,19 @@ def _ms(t0: float) -> float:
 
 
 class Ladder:
-    def __init__(self, rec, breakers: Breakers, score: Callable[..., Awaitable], select: Callable[..., Awaitable],
-                 explain: Callable[..., Awaitable], deadline_ms: float = 80.0, explainer_budget_ms: float = 300.0,
-                 remember: int = 100_000):
-        self.rec = rec
+    def __init__(self, stage, ports: Ports, breakers: Breakers, deadline_ms: float = 80.0,
+                 explainer_budget_ms: float = 300.0, remember: int = 100_000):
+        self.stage = stage
+        self.ports = ports
         self.breakers = breakers
-        self.score, self.select, self.explain = score, select, explain
         self.deadline_s = deadline_ms / 1000.0
         self.explainer_budget_s = explainer_budget_ms / 1000.0
         self.last_good: OrderedDict[int, list[dict]] = OrderedDict()
         self.remember_n = remember
-        self.stale = False
-        self.hops: dict[str, str] = {"vector_index": "ok", "ranker": "ok", "bandit": "ok", "explainer": "ok"}
+        self.stale = False          # the stream lags past its bound (set by the stream watch)
+        self.hops: dict[str, str] = {h: "ok" for h in HOPS}
         self.levels: dict[int, int] = {}
+        self.ranker_version: str | None = None   # the version the last scored list came from
 
     # ---------------------------------------------------------------- pieces
     async def hop(self, name: str, fn: Callable[[], Awaitable], budget_s: float, timings: dict,
@@ -70,7 +76,8 @@ class Ladder:
             return False, None
         t = time.perf_counter()
         try:
-            val = await asyncio.wait_for(fn(), timeout=budget_s)
+            async with asyncio.timeout(budget_s):
+                val = await fn()
         except Exception as e:  # noqa: BLE001 - timeouts and failures alike degrade, never error
             b.record(False)
             self.hops[name] = f"failing: {type(e).__name__}"
@@ -81,16 +88,15 @@ class Ladder:
         timings[name] = _ms(t)
         return True, val
 
-    def fallback(self, user_id: int, k: int, filters: dict | None, rid: str, versions: dict, timings: dict,
-                 t0: float) -> dict:
+    def fallback(self, user_id: int, k: int, exclude: set[int], filters: dict | None, rid: str, versions: dict,
+                 timings: dict, t0: float) -> dict:
         """Level 3 from the user's last personalized list, else level 4 from memory."""
-        exclude = set((filters or {}).get("exclude_ids") or [])
         last = self.last_good.get(user_id)
         if last:
             items = [dict(i) for i in last if i["item_id"] not in exclude][:k]
             level = LEVEL_CACHED
         else:
-            items = self.rec._popular(k, filters, exclude)
+            items = self.stage.popular(k, filters, exclude)
             level = LEVEL_POPULAR
         return self._count({"request_id": rid, "items": items, "degradation_level": level, "model_versions": versions,
                             "took_ms": _ms(t0), "hop_ms": timings, "live_context": False})
@@ -100,6 +106,10 @@ class Ladder:
         self.last_good.move_to_end(user_id)
         while len(self.last_good) > self.remember_n:
             self.last_good.popitem(last=False)
+
+    def set_stale(self, stale: bool) -> None:
+        """The stream watch's verdict: past its staleness bound, answers use the batch vectors (level 2)."""
+        self.stale = bool(stale)
 
     def level_now(self) -> int:
         """The level a personalized request gets now, from breaker states and the stream."""
@@ -118,57 +128,75 @@ class Ladder:
         return out
 
     # -------------------------------------------------------------- recommend
-    async def recommend(self, user_id: int, k: int, filters: dict | None, explain: bool) -> dict:
+    async def recommend(self, user_id: int, k: int, filters: dict | None, explain: bool,
+                        deadline_ms: float | None = None) -> dict:
         t0 = time.perf_counter()
-        deadline = t0 + self.deadline_s
+        deadline = t0 + (deadline_ms / 1000.0 if deadline_ms is not None else self.deadline_s)
 
         def left() -> float:
             return deadline - time.perf_counter()
 
         rid = uuid.uuid4().hex
         timings: dict = {}
-        versions = dict(self.rec.versions)
-
-        ok, stage = await self.hop("vector_index", lambda: self.rec.acandidates(user_id, k, filters), left(),
+        stage, ports = self.stage, self.ports
+        versions = dict(stage.versions)
+        request_excl = {int(i) for i in (filters or {}).get("exclude_ids") or []}
+        if not stage.knows(user_id):   # cold start: popular items blended with the request's filters
+            return self._count({"request_id": rid, "items": stage.popular(k, filters, request_excl),
+                                "degradation_level": LEVEL_FULL, "model_versions": versions, "took_ms": _ms(t0),
+                                "hop_ms": timings, "live_context": False})
+        level = LEVEL_BATCH if self.stale else LEVEL_FULL
+        live = None
+        if not self.stale:
+            # a feature store that does not answer leaves the batch vectors and the training history;
+            # the answer says so (live_context false) at its level, as before the stream existed
+            _, live = await self.hop("feature_store", lambda: ports.context.get(user_id), left(), timings)
+        q = stage.prepare(user_id, k, filters, live)
+        ok, found = await self.hop("vector_index", lambda: ports.search.search(q.vector, q.n, q.filter), left(),
                                    timings)
         if not ok:
-            return self.fallback(user_id, k, filters, rid, versions, timings, t0)
-        if "done" in stage:  # cold start: popular items blended with the request's filters
-            return self._count({**self.rec.finish(stage, None, user_id, k, explain, request_id=rid).to_json(),
-                                "model_versions": versions, "hop_ms": timings})
-        level = LEVEL_BATCH if self.stale else LEVEL_FULL
-        scores, slate, reasons, explanation = None, None, None, None
-        if len(stage["X"]):
-            ok, res = await self.hop("ranker", lambda: self.score(stage["X"]), left(), timings)
+            return self.fallback(user_id, k, q.exclude, filters, rid, versions, timings, t0)
+        cands = stage.features(q, *found)
+        scores = None
+        if len(cands.ids):
+            ok, res = await self.hop("ranker", lambda: ports.score.score(cands.X), left(), timings)
             if ok:
                 scores, versions["ranker"] = res
+                self.ranker_version = versions["ranker"]
             else:
                 versions["ranker"] = "unavailable"
                 if self.last_good.get(user_id):
-                    return self.fallback(user_id, k, filters, rid, versions, timings, t0)
+                    return self.fallback(user_id, k, q.exclude, filters, rid, versions, timings, t0)
                 level = max(level, LEVEL_CACHED)   # retrieval order, nothing ranked
-        ranked, _ = self.rec.ranked(stage, scores)
+        ranked = stage.ranked(cands, scores)
+        slate = None
         if ranked:  # failing: no exploration this time
-            ok, slate = await self.hop("bandit", lambda: self.select(ranked, k, user_id, rid), left(), timings)
-        if explain and ranked:
-            chosen = list(slate.items) if slate else ranked[:k]
-            explored = list(slate.explored) if slate else [False] * len(chosen)
-            signals = self.rec.signals(stage, chosen, explored)
+            ok, slate = await self.hop("bandit", lambda: ports.select.select(ranked, k, user_id, rid), left(),
+                                       timings)
+        chosen = list(slate.items) if slate else ranked[:k]
+        explored = list(slate.explored) if slate else [False] * len(chosen)
+        reasons, explanation = None, None
+        if explain:
+            level = max(level, LEVEL_TEMPLATES)
+            signals = stage.signals(cands, chosen, explored)
             budget = min(left(), self.explainer_budget_s)
-            ok, got = await self.hop("explainer", lambda: self.explain(user_id, signals, budget * 1000), budget,
-                                     timings, healthy=explainer_fault)
-            if ok:
+            got = None
+            if chosen:
+                ok, got = await self.hop("explainer", lambda: ports.explain.explain(user_id, signals, budget * 1000),
+                                         budget, timings, healthy=explainer_fault)
+            if got is not None:
                 reasons = got["reasons"]
                 explanation = {key: got.get(key, dflt) for key, dflt in EXPLANATION_FIELDS.items()}
+                if explanation["llm_items"] and level == LEVEL_TEMPLATES:
+                    level = LEVEL_FULL   # the LLM explained: full level
             else:   # templates, computed here
+                reasons = [template_reasons_from(s) for s in signals]
                 explanation = {**EXPLANATION_FIELDS, "items": len(signals), "fallback": self.hops["explainer"]}
-        llm = bool(explanation and explanation["llm_items"])
-        rec = self.rec.finish(stage, scores, user_id, k, explain, slate=slate, reasons=reasons, request_id=rid, llm=llm)
-        versions["explainer"] = explanation["model"] if llm else "templates"
-        out = {**rec.to_json(), "model_versions": versions, "hop_ms": timings, "live_context": stage.get("live", False)}
+        versions["explainer"] = explanation["model"] if explanation and explanation["llm_items"] else "templates"
+        out = {"request_id": rid, "items": stage.items(cands, scores, chosen, reasons), "degradation_level": level,
+               "model_versions": versions, "took_ms": _ms(t0), "hop_ms": timings, "live_context": q.live}
         if explanation is not None:
             out["explanation"] = explanation
-        out["degradation_level"] = max(out["degradation_level"], level)
-        if out["degradation_level"] <= LEVEL_TEMPLATES and out["items"]:
+        if level <= LEVEL_TEMPLATES and out["items"]:
             self.remember(user_id, out["items"])
         return self._count(out)

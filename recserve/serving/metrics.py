@@ -2,9 +2,15 @@
 prefixed `recserve_`): requests and latency per endpoint, latency per hop, answers per
 degradation level, cache lookups per cache level (L1 responses, live contexts, explanations) and
 outcome, circuit-breaker states, stream staleness and lag, vectors per index shard, the model
-versions serving. Created lazily, so plain unit tests that never record do not need Ray."""
+versions serving.
+
+The request path only counts into local dicts (`RouterMetrics.request`, `.answer`, ...);
+`flush()` — the router's background task, once a second — hands the sums and the latencies to
+Ray's metric objects. Ray is imported at the first flush, so plain unit tests need no Ray."""
 
 from __future__ import annotations
+
+from collections import defaultdict
 
 from recserve.serving.breaker import STATE_VALUE
 
@@ -13,59 +19,99 @@ LATENCY_MS = [1, 2, 5, 10, 20, 50, 80, 100, 200, 300, 500, 1000, 2000, 5000]
 
 class RouterMetrics:
     def __init__(self):
-        from ray.util.metrics import Counter, Gauge, Histogram
-
-        self.requests = Counter("recserve_requests_total", "requests by endpoint and status code",
-                                tag_keys=("endpoint", "status"))
-        self.latency = Histogram("recserve_request_latency_ms", "request latency by endpoint (ms)",
-                                 boundaries=LATENCY_MS, tag_keys=("endpoint",))
-        self.hop_latency = Histogram("recserve_hop_latency_ms", "latency of each hop of a recommendation (ms)",
-                                     boundaries=LATENCY_MS, tag_keys=("hop",))
-        self.levels = Counter("recserve_degradation_level_total", "answers by degradation level",
-                              tag_keys=("level",))
-        self.cache = Counter("recserve_cache_lookups_total", "L1 response cache lookups by outcome",
-                             tag_keys=("level", "outcome"))
-        self.breaker = Gauge("recserve_breaker_state", "circuit breaker state (0 closed, 1 half-open, 2 open)",
-                             tag_keys=("dependency",))
-        self.staleness = Gauge("recserve_stream_staleness_s", "age of the oldest event no aggregator committed")
-        self.events = Counter("recserve_events_accepted_total", "events acknowledged by the event log")
-        self.lag = Gauge("recserve_stream_lag_events", "events in the log no aggregator has committed yet (all "
-                         "partitions, as the router sees them; per partition: recserve_stream_consumer_lag)")
-        self.index_vectors = Gauge("recserve_index_vectors", "live vectors per index shard", tag_keys=("shard",))
-        self.model_version = Gauge("recserve_model_version", "1 for the version of each component serving now, "
-                                   "0 for one that served before", tag_keys=("component", "version"))
+        self._ray = None
+        self.counts: dict[tuple[str, tuple], float] = defaultdict(float)    # (metric, tags) -> increment
+        self.observed: dict[tuple[str, tuple], list[float]] = defaultdict(list)
+        self.gauges: dict[tuple[str, tuple], float] = {}
         self._versions: dict[str, str] = {}
 
+    # ----------------------------------------------------------- request path
     def request(self, endpoint: str, status: int, ms: float) -> None:
-        self.requests.inc(tags={"endpoint": endpoint, "status": str(status)})
-        self.latency.observe(ms, tags={"endpoint": endpoint})
+        self.counts[("requests", (("endpoint", endpoint), ("status", str(status))))] += 1
+        self.observed[("latency", (("endpoint", endpoint),))].append(ms)
 
-    def answer(self, out: dict, cache_outcome: str) -> None:
-        self.levels.inc(tags={"level": str(out.get("degradation_level", 0))})
-        self.cache.inc(tags={"level": "L1", "outcome": cache_outcome})
-        for hop, ms in (out.get("hop_ms") or {}).items():
-            self.hop_latency.observe(float(ms), tags={"hop": hop})
+    def answer(self, level: int, cache_outcome: str, hop_ms: dict | None) -> None:
+        self.counts[("levels", (("level", str(level)),))] += 1
+        self.counts[("cache", (("level", "L1"), ("outcome", cache_outcome)))] += 1
+        for hop, ms in (hop_ms or {}).items():
+            self.observed[("hop_latency", (("hop", hop),))].append(float(ms))
 
     def explanation_lookups(self, hits: int, misses: int) -> None:
         for outcome, n in (("hit", hits), ("miss", misses)):
             if n:
-                self.cache.inc(n, tags={"level": "explanation", "outcome": outcome})
+                self.counts[("cache", (("level", "explanation"), ("outcome", outcome)))] += n
 
-    def context_lookup(self, hit: bool) -> None:
-        self.cache.inc(tags={"level": "context", "outcome": "hit" if hit else "miss"})
+    def context_lookups(self, hits: int, misses: int) -> None:
+        for outcome, n in (("hit", hits), ("miss", misses)):
+            if n:
+                self.counts[("cache", (("level", "context"), ("outcome", outcome)))] += n
+
+    def events(self, n: int) -> None:
+        self.counts[("events", ())] += n
+
+    # ------------------------------------------------------------------ gauges
+    def set(self, gauge: str, value: float, **tags: str) -> None:
+        self.gauges[(gauge, tuple(sorted(tags.items())))] = float(value)
 
     def versions(self, versions: dict[str, str]) -> None:
         for comp, v in versions.items():
             old = self._versions.get(comp)
-            if old is not None and old != v:
-                self.model_version.set(0, tags={"component": comp, "version": old})
-            self.model_version.set(1, tags={"component": comp, "version": str(v)})
+            if old is not None and old != str(v):
+                self.set("model_version", 0, component=comp, version=old)
+            self.set("model_version", 1, component=comp, version=str(v))
             self._versions[comp] = str(v)
 
     def index_sizes(self, sizes: dict[int, int]) -> None:
         for shard, n in sizes.items():
-            self.index_vectors.set(n, tags={"shard": str(shard)})
+            self.set("index_vectors", n, shard=str(shard))
 
     def breakers(self, snapshot: dict) -> None:
         for dep, s in snapshot.items():
-            self.breaker.set(STATE_VALUE[s["state"]], tags={"dependency": dep})
+            self.set("breaker", STATE_VALUE[s["state"]], dependency=dep)
+
+    # ------------------------------------------------------------------- flush
+    def _objects(self) -> dict:
+        if self._ray is None:
+            from ray.util.metrics import Counter, Gauge, Histogram
+
+            self._ray = {
+                "requests": Counter("recserve_requests_total", "requests by endpoint and status code",
+                                    tag_keys=("endpoint", "status")),
+                "latency": Histogram("recserve_request_latency_ms", "request latency by endpoint (ms)",
+                                     boundaries=LATENCY_MS, tag_keys=("endpoint",)),
+                "hop_latency": Histogram("recserve_hop_latency_ms", "latency of each hop of a recommendation (ms)",
+                                         boundaries=LATENCY_MS, tag_keys=("hop",)),
+                "levels": Counter("recserve_degradation_level_total", "answers by degradation level",
+                                  tag_keys=("level",)),
+                "cache": Counter("recserve_cache_lookups_total", "cache lookups by cache level and outcome",
+                                 tag_keys=("level", "outcome")),
+                "breaker": Gauge("recserve_breaker_state", "circuit breaker state (0 closed, 1 half-open, 2 open)",
+                                 tag_keys=("dependency",)),
+                "staleness": Gauge("recserve_stream_staleness_s", "age of the oldest event no aggregator committed"),
+                "events": Counter("recserve_events_accepted_total", "events acknowledged by the event log"),
+                "lag": Gauge("recserve_stream_lag_events", "events in the log no aggregator has committed yet (all "
+                             "partitions, as the router sees them; per partition: recserve_stream_consumer_lag)"),
+                "index_vectors": Gauge("recserve_index_vectors", "live vectors per index shard", tag_keys=("shard",)),
+                "model_version": Gauge("recserve_model_version", "1 for the version of each component serving "
+                                       "now, 0 for one that served before", tag_keys=("component", "version")),
+            }
+        return self._ray
+
+    def flush(self) -> int:
+        """Hand what was counted since the last flush to Ray's metrics; returns the records handed."""
+        objs = self._objects()
+        counts, self.counts = self.counts, defaultdict(float)
+        observed, self.observed = self.observed, defaultdict(list)
+        n = 0
+        for (name, tags), v in counts.items():
+            objs[name].inc(v, tags=dict(tags) or None)
+            n += 1
+        for (name, tags), values in observed.items():
+            t = dict(tags)
+            for v in values:
+                objs[name].observe(v, tags=t)
+            n += len(values)
+        for (name, tags), v in self.gauges.items():
+            objs[name].set(v, tags=dict(tags) or None)
+            n += 1
+        return n

@@ -1,89 +1,68 @@
-"""The online recommendation path as a plain class (the Serve `Router` deployment will hold one):
-user context -> candidates from the sharded index (filters and seen items inside the search) ->
-ranker over the shared features -> bandit exploration -> template reasons.
+"""The online path's stage: everything a recommendation computes in this process, with no I/O.
+The ladder (recserve.serving.ladder) calls it between the hops of its ports:
 
-It loads one registry generation (embeddings, index, ranker) and the dataset they were trained
-on (for popularity, trending, co-visitation and each user's history). An unknown user gets
-popular items (cold start); when the index cannot answer, popular items too, at a lower level.
-"""
+  prepare   user context (the training history, with the stream's newer events folded in) and the
+            retrieval query: a vector, how many candidates, the filter (the request's filters and
+            the user's seen items, applied inside the search)
+  features  the ranker's features of the candidates the index returned (the functions the offline
+            job trained on, recserve.ranking.features)
+  ranked / signals / items   the ranker's order, what ranked each shown item (the explainer's
+            input), the answer's items
+  popular   the popular items (cold start and the emergency level)
+
+It loads one registry generation (embeddings, and the dataset they were trained on for
+popularity, trending, co-visitation and each user's history) through recserve.artifacts."""
 
 from __future__ import annotations
 
-import time
-import uuid
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass
 
 import numpy as np
 
 from recserve.config import Config
-from recserve.ranking.features import FEATURE_NAMES, candidate_features, update_session
-from recserve.ranking.interactions import build_interactions
-from recserve.registry import Registry
+from recserve.explain.templates import POPULAR_REASON
+from recserve.ranking.features import FEATURE_NAMES, SessionContext, candidate_features, update_session
 
-LEVEL_FULL, LEVEL_TEMPLATES, LEVEL_BATCH, LEVEL_CACHED, LEVEL_POPULAR = 0, 1, 2, 3, 4
+RANK_COL = FEATURE_NAMES.index("retrieval_rank")
 
 
 @dataclass
-class Recommendation:
-    request_id: str
-    items: list[dict]
-    degradation_level: int
-    model_versions: dict[str, str]
-    took_ms: float
-    signals: dict = field(default_factory=dict)
+class Query:
+    """A known user's retrieval query (what `prepare` gives the search port)."""
 
-    def to_json(self) -> dict:
-        return {"request_id": self.request_id, "items": self.items, "degradation_level": self.degradation_level,
-                "model_versions": self.model_versions, "took_ms": round(self.took_ms, 2)}
-
-
-def ranking_facts(signal: dict) -> list[str]:
-    """Which of the signals that ranked an item explain it, by name: "session_category" or
-    "history_category", "covisit", "trending", "explored". One set of thresholds for the template
-    reasons and the LLM's grounded prompts (recserve.explain)."""
-    f = signal["features"]
-    out = []
-    if f.get("session_cat_share", 0) >= 0.2:
-        out.append("session_category")
-    elif f.get("history_cat_share", 0) >= 0.2:
-        out.append("history_category")
-    if f.get("covisit", 0) > 0.5:
-        out.append("covisit")
-    if f.get("log_trending", 0) >= 2.0:
-        out.append("trending")
-    if signal.get("explored"):
-        out.append("explored")
-    return out
+    user_id: int
+    u: int                    # dense user index
+    ctx: SessionContext       # the training history's context, the stream's events folded in
+    vector: np.ndarray        # [1, d + 1] retrieval query
+    n: int                    # candidates wanted
+    filter: dict              # the search's filter: request filters, seen items excluded
+    filters: dict             # the request's filters
+    exclude: set[int]         # what no answer may show: the request's exclusions and seen items
+    live: bool                # the stream's context was folded in
 
 
-TEMPLATE_REASONS = {"session_category": "you have been looking at {category}",
-                    "history_category": "you often choose {category}",
-                    "covisit": "often viewed with items you just saw", "trending": "trending now",
-                    "explored": "something new for you"}
+@dataclass
+class Candidates:
+    """The index's answer with the ranker's features (what `features` gives the score port)."""
 
-
-def template_reasons_from(signal: dict) -> list[str]:
-    """Reasons from the signals that ranked the item (the Explainer's template tier): signal is
-    one entry of `Recommender.signals` — features by name, category, explored."""
-    out = [TEMPLATE_REASONS[k].format(category=signal["category"]) for k in ranking_facts(signal)]
-    return out or ["matches your taste"]
+    query: Query
+    ids: np.ndarray           # item ids, retrieval order
+    dense: np.ndarray         # dense item indexes (-1: added since training)
+    X: np.ndarray             # [len(ids), len(FEATURE_NAMES)] float32
 
 
 class Recommender:
-    def __init__(self, cfg: Config, registry: Registry, index_router, bandit=None):
-        from recserve.offline.data import read_events, read_items
-        from recserve.offline.jobs import load_embeddings
+    def __init__(self, cfg: Config, registry):
+        from recserve.artifacts import load_embeddings, read_events, read_items, trained_on
+        from recserve.ranking.interactions import build_interactions
         from recserve.ranking.ranker import ranking_inputs
 
         self.cfg = cfg
-        self.index = index_router
-        self.bandit = bandit
         emb = load_embeddings(registry)
         self.versions = {"embeddings": emb["version"], "index": registry.resolve("index"),
                          "ranker": registry.resolve("ranker")}
-        self._ranker_path = registry.fetch("ranker") / "ranker.pt"
-        self._model = None
-        dataset = registry.manifest("embeddings", emb["version"])["lineage"]["dataset"]
+        dataset = trained_on(registry, emb["version"])
         events, items = read_events(dataset), read_items(dataset)
         self.data = build_interactions(events, events.iloc[:0], items)
         if not (np.array_equal(self.data.item_ids, emb["item_ids"]) and
@@ -97,57 +76,62 @@ class Recommender:
         self.item_category = by_id["category"].reindex(self.data.item_ids).fillna("").to_numpy()
         self.item_title = by_id["title"].reindex(self.data.item_ids).fillna("").astype(str).to_numpy()
         self.t_data = int(events["ts"].max())
-        self.popular = np.argsort(-self.inputs.stats.popularity)[:1000]
+        pop = self.inputs.stats.popularity
+        self._popular = np.argsort(-pop)[:1000]
+        self._popular_ids = self.data.item_ids[self._popular].astype(np.int64)
+        self._popular_scores = np.log1p(pop[self._popular]).astype(np.float64)
         self.new_items: dict[int, str] = {}
-        self.asearch = None  # an async search to use instead of the index router's (the serving batcher)
-        # the stream's live context: user_id -> recserve.stream.LiveContext | None (set by the router)
-        self.live = None
         self.live_weight = 0.7   # share of the real-time vector in the retrieval query
         self.dim = self.user_vectors.shape[1] - 1   # [u, 1] . [v, b]
 
-    # ------------------------------------------------------------------ helpers
-    def _seen(self, u: int) -> np.ndarray:
+    # ------------------------------------------------------------------- users
+    def knows(self, user_id: int) -> bool:
+        return int(user_id) in self.user_index
+
+    def seen(self, u: int) -> np.ndarray:
+        """Item ids the user (dense index) interacted with in training."""
         m = self.data.matrix
         return self.data.item_ids[m.indices[m.indptr[u]:m.indptr[u + 1]]]
 
-    def _popular(self, k: int, filters: dict | None, exclude: set[int]) -> list[dict]:
+    def some_user(self) -> int:
+        """A known user id (warm-up)."""
+        return int(self.data.user_ids[0])
+
+    # ------------------------------------------------------------------ popular
+    def popular(self, k: int, filters: dict | None, exclude: set[int] | None = None) -> list[dict]:
+        """The k most popular items passing the request's categories, none of `exclude`."""
         cats = set((filters or {}).get("categories") or [])
+        exclude = exclude or set()
         out = []
-        for d in self.popular:
-            iid = int(self.data.item_ids[d])
-            if iid in exclude or (cats and self.item_category[d] not in cats):
+        for j, iid in enumerate(self._popular_ids.tolist()):
+            if iid in exclude or (cats and self.item_category[self._popular[j]] not in cats):
                 continue
-            out.append({"item_id": iid, "score": float(np.log1p(self.inputs.stats.popularity[d])),
-                        "reasons": ["popular right now"]})
+            out.append({"item_id": iid, "score": float(self._popular_scores[j]), "reasons": [POPULAR_REASON]})
             if len(out) == k:
                 break
         return out
 
-    # --------------------------------------------------------------- recommend
-    def _prepare(self, user_id: int, k: int, filters: dict | None) -> dict:
-        t0 = time.perf_counter()
+    # ------------------------------------------------------------------ prepare
+    def prepare(self, user_id: int, k: int, filters: dict | None, live=None) -> Query:
+        """The query of a known user (`knows`), with the stream's live context when given."""
         filters = dict(filters or {})
-        exclude = set(int(i) for i in filters.get("exclude_ids") or [])
-        u = self.user_index.get(int(user_id))
-        if u is None:  # cold start
-            return {"done": (self._popular(k, filters, exclude), LEVEL_FULL), "t0": t0}
-        seen = self._seen(u)
-        ctx, query, seen_live = self.inputs.contexts[u], self.user_vectors[u], []
-        live = self.live(int(user_id)) if self.live is not None else None
+        request_excl = {int(i) for i in filters.get("exclude_ids") or []}
+        u = self.user_index[int(user_id)]
+        seen = self.seen(u)
+        ctx, query, seen_live, folded = self.inputs.contexts[u], self.user_vectors[u], [], False
         if live is not None and live.events:
             ctx, query, seen_live = self._with_live(u, live)
+            folded = True
+        exclude = request_excl | set(seen.tolist())
         search_filter = {key: v for key, v in filters.items() if key in ("categories", "attributes") and v}
-        search_filter["exclude_ids"] = sorted(exclude | set(seen.tolist()) | set(seen_live))
-        return {"u": u, "ctx": ctx, "query": query[None, :], "n": max(k, self.cfg.ranker.candidates),
-                "filter": search_filter, "fallback": (filters, exclude | set(seen.tolist())), "t0": t0,
-                "live": live is not None and bool(live.events)}
+        search_filter["exclude_ids"] = sorted(exclude | set(seen_live))
+        return Query(int(user_id), u, ctx, query[None, :], max(k, self.cfg.ranker.candidates), search_filter,
+                     filters, exclude, folded)
 
     def _with_live(self, u: int, live) -> tuple:
         """The offline context with the stream's newer events folded in by the same function the
         offline job uses (update_session), and the retrieval query moved toward the real-time
         vector (a decayed mean of the items just interacted with)."""
-        import copy
-
         ctx = copy.deepcopy(self.inputs.contexts[u])
         ids = np.array([e[0] for e in live.events], dtype=np.int64)
         dense = np.minimum(np.searchsorted(self.data.item_ids, ids), self.data.n_items - 1)
@@ -162,46 +146,33 @@ class Recommender:
             query[: self.dim] = (1 - self.live_weight) * query[: self.dim] + self.live_weight * scale * m
         return ctx, query, [int(e[0]) for e in live.events]
 
-    def _unavailable(self, prep: dict, k: int) -> dict:
-        """The index could not answer: popular items, at the popular level."""
-        filters, exclude = prep["fallback"]
-        return {"done": (self._popular(k, filters, exclude), LEVEL_POPULAR), "t0": prep["t0"]}
-
-    def _features(self, prep: dict, ids: np.ndarray, scores: np.ndarray) -> dict:
+    # ----------------------------------------------------------------- features
+    def features(self, q: Query, ids: np.ndarray, scores: np.ndarray) -> Candidates:
+        """The ranker's features of the index's answer ([1, n] ids and scores, -1 padded)."""
         ids, scores = ids[0], scores[0]
         keep = ids >= 0
         ids, scores = ids[keep], scores[keep]
         dense = np.minimum(np.searchsorted(self.data.item_ids, ids), self.data.n_items - 1)
         known = self.data.item_ids[dense] == ids   # items added since training have no statistics yet
-        ctx = prep["ctx"]
-        t_ref = max(int(ctx.last_ts), self.t_data)
+        t_ref = max(int(q.ctx.last_ts), self.t_data)
         X = np.zeros((len(ids), len(FEATURE_NAMES)), dtype=np.float32)
-        X[known] = candidate_features(ctx, dense[known], scores[known], self.inputs.stats, t_ref,
+        if known.all():
+            X[:] = candidate_features(q.ctx, dense, scores, self.inputs.stats, t_ref,
                                       self.cfg.ranker.trending_window_s)
-        X[~known, 0] = scores[~known]
-        X[:, FEATURE_NAMES.index("retrieval_rank")] = np.arange(len(ids)) / max(len(ids) - 1, 1)
-        dense = np.where(known, dense, -1)
-        return {"ids": ids, "dense": dense, "X": X, "t0": prep["t0"], "live": prep.get("live", False), "ctx": ctx}
+        else:
+            X[known] = candidate_features(q.ctx, dense[known], scores[known], self.inputs.stats, t_ref,
+                                          self.cfg.ranker.trending_window_s)
+            X[~known, 0] = scores[~known]
+        X[:, RANK_COL] = np.arange(len(ids)) / max(len(ids) - 1, 1)
+        return Candidates(q, ids, np.where(known, dense, -1), X)
 
-    def candidates(self, user_id: int, k: int, filters: dict | None) -> dict:
-        """Stage 1 (before ranking): candidates and their features, or a finished fallback answer."""
-        prep = self._prepare(user_id, k, filters)
-        if "done" in prep:
-            return prep
-        try:
-            ids, scores = self.index.search(prep["query"], prep["n"], prep["filter"])
-        except Exception:  # noqa: BLE001 - any index failure degrades, never errors
-            return self._unavailable(prep, k)
-        return self._features(prep, ids, scores)
-
-    async def acandidates(self, user_id: int, k: int, filters: dict | None) -> dict:
-        """`candidates` for a Serve replica's event loop (the index search is awaited). An index
-        failure is raised, not degraded here: the caller (recserve.ladder) decides the fallback."""
-        prep = self._prepare(user_id, k, filters)
-        if "done" in prep:
-            return prep
-        ids, scores = await (self.asearch or self.index.asearch)(prep["query"], prep["n"], prep["filter"])
-        return self._features(prep, ids, scores)
+    # ------------------------------------------------------------------- answer
+    @staticmethod
+    def ranked(c: Candidates, scores: np.ndarray | None) -> list[int]:
+        """Candidate ids in the ranker's order (retrieval order without scores)."""
+        if scores is None:
+            return c.ids.tolist()
+        return c.ids[np.argsort(-scores, kind="stable")].tolist()
 
     def category_of(self, dense: int, item_id: int) -> str:
         return str(self.item_category[dense]) if dense >= 0 else self.new_items.get(item_id, "")
@@ -211,27 +182,19 @@ class Recommender:
         the next offline run)."""
         self.new_items.update(items)
 
-    @staticmethod
-    def ranked(stage: dict, scores: np.ndarray | None) -> tuple[list[int], np.ndarray]:
-        """Candidate ids in the ranker's order (retrieval order without scores), and the scores."""
-        s = scores if scores is not None else np.zeros(len(stage["ids"]))
-        order = np.argsort(-s, kind="stable")
-        return [int(stage["ids"][j]) for j in order], s
-
     SIMILAR_SEEN = 0.5   # cosine from which a just-seen item is named as similar
 
-    def signals(self, stage: dict, chosen: list[int], explored: list[bool]) -> list[dict]:
+    def signals(self, c: Candidates, chosen: list[int], explored: list[bool]) -> list[dict]:
         """What ranked each shown item — the Explainer's input: features by name, title, category,
         whether the bandit explored it, and the item the user just saw that it is most similar to
         (when the cosine passes SIMILAR_SEEN)."""
-        pos = {int(i): j for j, i in enumerate(stage["ids"])}
-        ctx = stage.get("ctx")
-        recent = np.asarray(ctx.last_items if ctx is not None else [], dtype=np.int64)
+        pos = {int(i): j for j, i in enumerate(c.ids.tolist())}
+        recent = np.asarray(c.query.ctx.last_items, dtype=np.int64)
         unit = self.inputs.stats.unit_vectors
         out = []
         for iid, ex in zip(chosen, explored):
             j = pos[iid]
-            d = int(stage["dense"][j])
+            d = int(c.dense[j])
             similar = []
             if d >= 0 and len(recent):
                 sims = unit[recent] @ unit[d]
@@ -239,44 +202,16 @@ class Recommender:
                 if sims[b] >= self.SIMILAR_SEEN and recent[b] != d:
                     similar.append({"item_id": int(self.data.item_ids[recent[b]]),
                                     "title": str(self.item_title[recent[b]])})
-            out.append({"item_id": iid, "features": dict(zip(FEATURE_NAMES, stage["X"][j].tolist())),
+            out.append({"item_id": iid, "features": dict(zip(FEATURE_NAMES, c.X[j].tolist())),
                         "title": str(self.item_title[d]) if d >= 0 else "",
                         "category": self.category_of(d, iid), "explored": bool(ex), "similar_seen": similar})
         return out
 
-    def finish(self, stage: dict, scores: np.ndarray | None, user_id: int, k: int, explain: bool,
-               slate=None, reasons: list[list[str]] | None = None, request_id: str | None = None,
-               llm: bool = False) -> Recommendation:
-        """Stage 2: order by the ranker's scores, explore (the given slate, or this process's
-        bandit), explain (the given reasons, or templates), answer. `llm`: the reasons came from
-        the LLM explainer (full level); templates are level 1."""
-        rid = request_id or uuid.uuid4().hex
-        if "done" in stage:
-            items, level = stage["done"]
-            return Recommendation(rid, items, level, self.versions, (time.perf_counter() - stage["t0"]) * 1000)
-        ranked, s = self.ranked(stage, scores)
-        if slate is None and self.bandit is not None and ranked:
-            slate = self.bandit.choose(ranked, k, user_id, rid)
-        if slate is not None:
-            chosen, explored = list(slate.items), list(slate.explored)
-        else:
-            chosen, explored = ranked[:k], [False] * min(k, len(ranked))
-        if explain and reasons is None:
-            reasons = [template_reasons_from(sg) for sg in self.signals(stage, chosen, explored)]
-        pos = {int(i): j for j, i in enumerate(stage["ids"])}
-        items = [{"item_id": iid, "score": float(s[pos[iid]]), "reasons": reasons[n] if explain else []}
-                 for n, iid in enumerate(chosen)]
-        level = LEVEL_TEMPLATES if explain and not llm else LEVEL_FULL
-        return Recommendation(rid, items, level, self.versions, (time.perf_counter() - stage["t0"]) * 1000)
-
-    def recommend(self, user_id: int, k: int = 10, filters: dict | None = None, explain: bool = False) -> Recommendation:
-        """Both stages in this process, ranking with the local model."""
-        from recserve.ranking.ranker import score as rank_score
-
-        stage = self.candidates(user_id, k, filters)
-        if self._model is None:   # loaded on first use: the serving router ranks elsewhere
-            from recserve.ranking.ranker import load_model
-
-            self._model, _ = load_model(self._ranker_path)
-        scores = rank_score(self._model, stage["X"][None])[0] if "X" in stage and len(stage["X"]) else None
-        return self.finish(stage, scores, user_id, k, explain)
+    @staticmethod
+    def items(c: Candidates, scores: np.ndarray | None, chosen: list[int],
+              reasons: list[list[str]] | None = None) -> list[dict]:
+        """The answer's items: id, the ranker's score (0 without one), reasons when explained."""
+        pos = {int(i): j for j, i in enumerate(c.ids.tolist())}
+        s = scores.tolist() if scores is not None else None
+        return [{"item_id": iid, "score": float(s[pos[iid]]) if s is not None else 0.0,
+                 "reasons": reasons[n] if reasons is not None else []} for n, iid in enumerate(chosen)]

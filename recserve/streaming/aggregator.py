@@ -214,31 +214,67 @@ def trending(client, n: int = 20, now: int | None = None, prefix: str = "st") ->
     return [(int(i), float(s)) for i, s in rows]
 
 
-def lag(client, log, prefix: str = "st") -> dict[int, int]:
-    """Events in each partition not yet committed by an aggregator."""
-    pipe = client.pipeline(transaction=False)
+def _lag_queue(pipe, log, prefix: str) -> None:
     for p in range(log.partitions):
         pipe.xlen(log.stream(p))
         pipe.get(f"{prefix}:done:{p}")
-    res = pipe.execute()
-    return {p: int(res[2 * p] or 0) - int(res[2 * p + 1] or 0) for p in range(log.partitions)}
+
+
+def _lag_result(res: list, partitions: int) -> dict[int, int]:
+    return {p: int(res[2 * p] or 0) - int(res[2 * p + 1] or 0) for p in range(partitions)}
+
+
+def lag(client, log, prefix: str = "st") -> dict[int, int]:
+    """Events in each partition not yet committed by an aggregator."""
+    pipe = client.pipeline(transaction=False)
+    _lag_queue(pipe, log, prefix)
+    return _lag_result(pipe.execute(), log.partitions)
+
+
+async def alag(aclient, log, prefix: str = "st") -> dict[int, int]:
+    """`lag` through an asyncio client (the router's stream watch)."""
+    pipe = aclient.pipeline(transaction=False)
+    _lag_queue(pipe, log, prefix)
+    return _lag_result(await pipe.execute(), log.partitions)
+
+
+def _offsets_queue(pipe, log, prefix: str) -> None:
+    for p in range(log.partitions):
+        pipe.get(f"{prefix}:off:{p}")
+
+
+def _oldest_queue(pipe, log, offs: list) -> None:
+    for p, off in enumerate(offs):
+        off = off.decode() if isinstance(off, bytes) else off
+        pipe.xrange(log.stream(p), min=f"({off}" if off else "-", max="+", count=1)
+
+
+def _staleness(rows_per_partition: list, now: float | None) -> float:
+    now = now if now is not None else time.time()
+    oldest = [int((rows[0][0].decode() if isinstance(rows[0][0], bytes) else rows[0][0]).split("-")[0])
+              for rows in rows_per_partition if rows]
+    return max(0.0, now - min(oldest) / 1000.0) if oldest else 0.0
 
 
 def staleness_s(client, log, prefix: str = "st", now: float | None = None) -> float:
     """How far behind the stream is: the age of the oldest event no aggregator has committed yet
     (its stream entry id carries its append time in ms); 0 when every partition is caught up."""
-    now = now if now is not None else time.time()
     pipe = client.pipeline(transaction=False)
-    for p in range(log.partitions):
-        pipe.get(f"{prefix}:off:{p}")
+    _offsets_queue(pipe, log, prefix)
     offs = pipe.execute()
     pipe = client.pipeline(transaction=False)
-    for p, off in enumerate(offs):
-        off = off.decode() if isinstance(off, bytes) else off
-        pipe.xrange(log.stream(p), min=f"({off}" if off else "-", max="+", count=1)
-    oldest = [int((rows[0][0].decode() if isinstance(rows[0][0], bytes) else rows[0][0]).split("-")[0])
-              for rows in pipe.execute() if rows]
-    return max(0.0, now - min(oldest) / 1000.0) if oldest else 0.0
+    _oldest_queue(pipe, log, offs)
+    return _staleness(pipe.execute(), now)
+
+
+async def astaleness_s(aclient, log, prefix: str = "st", now: float | None = None) -> float:
+    """`staleness_s` through an asyncio client (the router's stream watch)."""
+    pipe = aclient.pipeline(transaction=False)
+    _offsets_queue(pipe, log, prefix)
+    offs = await pipe.execute()
+    pipe = aclient.pipeline(transaction=False)
+    _oldest_queue(pipe, log, offs)
+    return _staleness(await pipe.execute(), now)
 
 
 def assignment(partitions: int, aggregators: int) -> list[list[int]]:

@@ -1,44 +1,97 @@
 import asyncio
+import time
 
 import pytest
 
-from recserve.serving.batching import MicroBatcher
+from recserve.serving.batching import InflightBatcher
 
 
-def test_concurrent_calls_with_one_key_go_out_together():
+def test_a_lone_call_goes_at_once_and_waiters_go_together_when_it_returns():
+    seen = []
+    release = None
+
+    async def fn(key, items):
+        seen.append((key, list(items)))
+        if len(seen) == 1:
+            await release.wait()          # the first call is slow: the others queue behind it
+        return [i * 10 for i in items]
+
+    async def main():
+        nonlocal release
+        release = asyncio.Event()
+        b = InflightBatcher(fn, max_batch=8, max_inflight=1)
+        first = asyncio.ensure_future(b.submit("a", 0))
+        await asyncio.sleep(0)            # the first call is out
+        await asyncio.sleep(0)
+        rest = asyncio.ensure_future(asyncio.gather(*[b.submit("a", i) for i in range(1, 5)]))
+        await asyncio.sleep(0.01)
+        assert len(seen) == 1             # nothing else left while one call was in flight
+        release.set()
+        return b, [await first] + list(await rest)
+
+    b, out = asyncio.run(main())
+    assert out == [0, 10, 20, 30, 40]
+    assert [len(items) for _, items in seen] == [1, 4] and b.calls == 2 and b.items == 5
+
+
+def test_no_timer_a_single_call_does_not_wait():
+    async def fn(key, items):
+        return items
+
+    async def main():
+        b = InflightBatcher(fn, max_batch=64, max_inflight=1)
+        t = time.perf_counter()
+        for i in range(50):
+            assert await b.submit(0, i) == i
+        return time.perf_counter() - t
+
+    assert asyncio.run(main()) < 0.05      # 50 sequential calls: no fixed wait per call
+
+
+def test_keys_batch_apart_max_batch_splits_and_errors_reach_every_caller():
     seen = []
 
     async def fn(key, items):
         seen.append((key, list(items)))
-        return [i * 10 for i in items]
-
-    async def main():
-        b = MicroBatcher(fn, max_batch=8, wait_s=0.01)
-        out = await asyncio.gather(*[b.submit("a", i) for i in range(5)], b.submit("b", 7))
-        return b, out
-
-    b, out = asyncio.run(main())
-    assert out == [0, 10, 20, 30, 40, 70]
-    assert sorted(len(items) for _, items in seen) == [1, 5] and b.calls == 2 and b.items == 6
-
-
-def test_full_batch_flushes_at_once_and_errors_reach_every_caller():
-    async def fn(key, items):
+        await asyncio.sleep(0.01)
         if 99 in items:
             raise ValueError("bad item")
         return items
 
     async def main():
-        b = MicroBatcher(fn, max_batch=3, wait_s=10)  # only max_batch can flush within the test
-        got = await asyncio.wait_for(asyncio.gather(*[b.submit(0, i) for i in range(3)]), 2)
-        res = await asyncio.gather(b.submit(1, 99), b.submit(1, 1), b.submit(1, 2), return_exceptions=True)
+        b = InflightBatcher(fn, max_batch=3, max_inflight=1)
+        got = await asyncio.gather(*[b.submit("x", i) for i in range(7)], b.submit("y", 5))
+        res = await asyncio.gather(b.submit(1, 99), b.submit(1, 1), return_exceptions=True)
         return got, res
 
     got, res = asyncio.run(main())
-    assert got == [0, 1, 2]
-    assert all(isinstance(r, ValueError) for r in res)
+    assert got == [0, 1, 2, 3, 4, 5, 6, 5]
+    assert all(len(items) <= 3 for _, items in seen) and {k for k, _ in seen} >= {"x", "y"}
+    assert any(isinstance(r, ValueError) for r in res)
+
+
+def test_a_caller_that_gave_up_is_not_sent():
+    seen = []
+
+    async def fn(key, items):
+        seen.append(list(items))
+        await asyncio.sleep(0.05)
+        return items
+
+    async def main():
+        b = InflightBatcher(fn, max_batch=8, max_inflight=1)
+        first = asyncio.ensure_future(b.submit(0, "first"))
+        await asyncio.sleep(0.01)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(b.submit(0, "gave-up"), 0.01)   # its deadline passed while queued
+        await first
+
+    asyncio.run(main())
+    assert seen == [["first"]]
 
 
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError):
-        MicroBatcher(lambda k, i: i, max_batch=0)
+        InflightBatcher(lambda k, i: i, max_batch=0)
+    with pytest.raises(ValueError):
+        InflightBatcher(lambda k, i: i, max_inflight=0)

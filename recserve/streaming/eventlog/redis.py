@@ -36,23 +36,46 @@ class RedisStreamLog(EventLog):
     def stream(self, p: int) -> str:
         return f"{self.prefix}:{p}"
 
-    def append(self, events: list[dict]) -> list[str | None]:
+    def _calls(self, events: list[dict]) -> list[tuple[list[int], list[str], list]]:
+        """One script call per partition: (event indexes, keys, args)."""
         by_part: dict[int, list[int]] = {}
         for j, e in enumerate(events):
             by_part.setdefault(partition_of(int(e["user_id"]), self.partitions), []).append(j)
-        out: list[str | None] = [None] * len(events)
-        pipe = self.r.pipeline(transaction=False)
-        order = []
+        calls = []
         for p, idx in by_part.items():
             args = [self.dedup_ttl_s]
             for j in idx:
                 args += [str(events[j].get("event_id") or ""), json.dumps(events[j], separators=(",", ":"))]
-            self._append(keys=[self.stream(p), f"{self.prefix}:seen:"], args=args, client=pipe)
-            order.append(idx)
-        for idx, res in zip(order, pipe.execute()):
+            calls.append((idx, [self.stream(p), f"{self.prefix}:seen:"], args))
+        return calls
+
+    @staticmethod
+    def _offsets(n: int, calls: list, results: list) -> list[str | None]:
+        out: list[str | None] = [None] * n
+        for (idx, _, _), res in zip(calls, results):
             for j, r in zip(idx, res):
                 out[j] = r.decode() if isinstance(r, bytes) else (r or None)
         return out
+
+    def append(self, events: list[dict]) -> list[str | None]:
+        calls = self._calls(events)
+        pipe = self.r.pipeline(transaction=False)
+        for _, keys, args in calls:
+            self._append(keys=keys, args=args, client=pipe)
+        return self._offsets(len(events), calls, pipe.execute())
+
+    async def aappend(self, aclient, events: list[dict]) -> list[str | None]:
+        """`append` through an asyncio client (redis.asyncio) of the same server: the router's
+        event loop never blocks on Redis."""
+        script = getattr(self, "_ascript", None)
+        if script is None or script.registered_client is not aclient:
+            script = self._ascript = aclient.register_script(_APPEND_LUA)
+        calls = self._calls(events)
+        async with aclient.pipeline(transaction=False) as pipe:
+            for _, keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            results = await pipe.execute()
+        return self._offsets(len(events), calls, results)
 
     def ensure_group(self, group: str) -> None:
         import redis

@@ -1,0 +1,76 @@
+"""Every Redis key and channel name recserve uses, in one place. Each function takes the prefix
+its owner was configured with (tests give their own, so they never share state).
+
+  events:<p>                  the event log's stream of partition p (RedisStreamLog)
+  events:seen:<event id>      an event id already appended (deduplication, with a TTL)
+  st:off:<p>                  an aggregator's committed offset (stream entry id) of partition p
+  st:done:<p>                 events committed from partition p (lag = stream length - done)
+  st:ts:<p>                   event time and wall time of the last commit (staleness)
+  st:ctx:<user>               the user's live context (JSON: last N events, count, last ts, vector)
+  st:item:<w>:<bucket>        hash item -> count in that bucket of window w (1h, 24h, 7d)
+  st:user:<w>:<bucket>        hash user -> count
+  st:trend:<bucket>           sorted set item -> count per 5-minute bucket (trending = the last hour)
+  st:trend:tmp:<ns>           a scratch union of trend buckets (deleted at once)
+  st:assign:<aggregator>      the partitions an aggregator owns (restart adopts them)
+  st:invalidate               channel: users whose events an aggregator folded (routers drop their caches)
+  bandit:params               hash a:<item> / b:<item>: the bandit's Beta posteriors
+  bandit:impressions          stream of shown slates with their propensities (off-policy evaluation)
+  region:drain                this region is draining (readiness answers 503)
+"""
+
+from __future__ import annotations
+
+EVENTS = "events"
+STREAM = "st"
+BANDIT = "bandit"
+REGION_DRAIN = "region:drain"
+
+
+def event_stream(p: int, prefix: str = EVENTS) -> str:
+    return f"{prefix}:{p}"
+
+
+def event_seen(prefix: str = EVENTS) -> str:
+    """The dedup keys' common start; the event id follows."""
+    return f"{prefix}:seen:"
+
+
+def stream_key(*parts, prefix: str = STREAM) -> str:
+    """An aggregator key: stream_key("off", 3) -> st:off:3."""
+    return ":".join([prefix, *map(str, parts)])
+
+
+def committed_offset(p: int, prefix: str = STREAM) -> str:
+    return stream_key("off", p, prefix=prefix)
+
+
+def committed_count(p: int, prefix: str = STREAM) -> str:
+    return stream_key("done", p, prefix=prefix)
+
+
+def context(user_id: int, prefix: str = STREAM) -> str:
+    return stream_key("ctx", int(user_id), prefix=prefix)
+
+
+def window(kind: str, w: str, bucket: int, prefix: str = STREAM) -> str:
+    return stream_key(kind, w, bucket, prefix=prefix)
+
+
+def trend(bucket: int, prefix: str = STREAM) -> str:
+    return stream_key("trend", bucket, prefix=prefix)
+
+
+def assignment(aggregator: str, prefix: str = STREAM) -> str:
+    return stream_key("assign", aggregator, prefix=prefix)
+
+
+def invalidate_channel(prefix: str = STREAM) -> str:
+    return stream_key("invalidate", prefix=prefix)
+
+
+def bandit_params(prefix: str = BANDIT) -> str:
+    return f"{prefix}:params"
+
+
+def bandit_impressions(prefix: str = BANDIT) -> str:
+    return f"{prefix}:impressions"

@@ -1,0 +1,66 @@
+"""The router's view of the stream, kept by background tasks on its event loop (never on the
+request path): once a second the stream's staleness and lag through the asyncio Redis client,
+which set the ladder's `stale` flag (level 2 past the bound); and the invalidation channel, on
+which the aggregators name the users whose events they folded, so that those users' cached
+answers and live contexts are dropped at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+
+class StreamWatch:
+    def __init__(self, aredis, log, bound_s: float, on_users: Callable[[list[int]], None],
+                 on_stale: Callable[[bool], None], interval_s: float = 1.0):
+        self.r = aredis
+        self.log = log
+        self.bound_s = bound_s
+        self.on_users = on_users
+        self.on_stale = on_stale
+        self.interval_s = interval_s
+        self.staleness = 0.0
+        self.lag = 0
+        self.checked_at = 0.0
+        self.error: str | None = None
+
+    async def poll(self) -> None:
+        from recserve.streaming.aggregator import alag, astaleness_s
+
+        try:
+            self.staleness = await astaleness_s(self.r, self.log)
+            self.lag = sum((await alag(self.r, self.log)).values())
+            self.error = None
+        except Exception as e:  # noqa: BLE001 - Redis away: keep the last view, say so in status
+            self.error = f"{type(e).__name__}: {e}"
+            return
+        self.checked_at = time.time()
+        self.on_stale(self.staleness > self.bound_s)
+
+    async def run_poll(self) -> None:
+        while True:
+            await self.poll()
+            await asyncio.sleep(self.interval_s)
+
+    async def run_listen(self) -> None:
+        from recserve.streaming.aggregator import INVALIDATE_CHANNEL
+
+        while True:
+            ps = self.r.pubsub(ignore_subscribe_messages=True)
+            try:
+                await ps.subscribe(INVALIDATE_CHANNEL)
+                async for msg in ps.listen():
+                    if msg and msg.get("type") == "message":
+                        data = msg["data"]
+                        data = data.decode() if isinstance(data, bytes) else data
+                        self.on_users([int(x) for x in data.split(",") if x])
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis restarting: subscribe again
+                await asyncio.sleep(1.0)
+            finally:
+                try:
+                    await ps.aclose()
+                except Exception:  # noqa: BLE001
+                    pass

@@ -1,0 +1,197 @@
+"""The ports of the online path: what the ladder calls for each hop, chosen once when the
+application is built (`deployments/app.py`): in this process, or a Serve deployment's handle.
+
+  search   candidates from the sharded vector index (always the shard actors, batched here)
+  context  the stream's live user context (Redis, a short in-process cache)
+  score    the ranker: (scores, model version) of one candidate list
+  select   the bandit: the shown slate of k, its propensities logged
+  explain  the explainer: one sentence per shown item, or its fallback
+
+The ladder (recserve.serving.ladder) receives a `Ports` and knows nothing of Ray; unit tests give
+it fakes of these protocols."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from recserve.serving.batching import InflightBatcher
+
+
+class SearchPort(Protocol):
+    async def search(self, query: np.ndarray, n: int, flt: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [1, n], scores [1, n]) of one query under its filter; raises when the index cannot answer."""
+
+
+class ContextPort(Protocol):
+    async def get(self, user_id: int) -> Any:
+        """The user's live context (recserve.streaming.aggregator.LiveContext) or None; raises when
+        the feature store cannot answer."""
+
+
+class ScorePort(Protocol):
+    async def score(self, X: np.ndarray) -> tuple[np.ndarray, str]:
+        """Scores of one candidate list's features and the model version that computed them."""
+
+
+class SelectPort(Protocol):
+    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str) -> Any:
+        """The slate (recserve.ranking.bandit.Slate) shown for a ranked list, its impression logged."""
+
+    async def update(self, item_id: int, reward: float) -> tuple[float, float]:
+        """Fold a reward (0..1) into the item's posterior; its (alpha, beta) after."""
+
+
+class ExplainPort(Protocol):
+    async def explain(self, user_id: int, signals: list[dict], budget_ms: float) -> dict:
+        """{"reasons": [[...] per item], "tier", "model", "llm_items", ...} (recserve.explain.core)."""
+
+    async def stats(self) -> dict:
+        """Its models per tier, queue depth and counts (status, metrics)."""
+
+
+@dataclass
+class Ports:
+    search: SearchPort
+    context: ContextPort
+    score: ScorePort
+    select: SelectPort
+    explain: ExplainPort
+
+
+# ----------------------------------------------------------------------------- search
+class IndexSearch:
+    """Searches through an `IndexRouter` (recserve.index.client): concurrent requests' queries go
+    out together, one actor call per shard per batch; a batch leaves at once when no other is in
+    flight, else as soon as it returns."""
+
+    def __init__(self, index, max_batch: int = 32, max_inflight: int = 1):
+        self.index = index
+        self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=max_inflight)
+
+    async def _batch(self, n: int, items: list) -> list:
+        ids, sc = await self.index.asearch(np.vstack([q for q, _ in items]), n, [f for _, f in items])
+        return [(ids[i:i + 1], sc[i:i + 1]) for i in range(len(items))]
+
+    async def search(self, query: np.ndarray, n: int, flt: dict) -> tuple[np.ndarray, np.ndarray]:
+        return await self.batcher.submit(n, (query, flt))
+
+
+# ---------------------------------------------------------------------------- context
+class LiveContexts:
+    """Live user contexts from Redis (one async GET), cached in process for `ttl_s` (the design's
+    short in-process cache); `drop(user)` when the stream has folded new events of the user."""
+
+    def __init__(self, aredis, ttl_s: float = 0.2, max_entries: int = 100_000, prefix: str = "st"):
+        from recserve.serving.cache import CacheStats
+
+        self.r = aredis
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self.prefix = prefix
+        self._cache: dict[int, tuple[float, Any]] = {}
+        self.stats = CacheStats()
+
+    async def get(self, user_id: int):
+        from recserve.streaming.aggregator import LiveContext
+
+        now = time.monotonic()
+        hit = self._cache.get(user_id)
+        if hit is not None and now - hit[0] < self.ttl_s:
+            self.stats.hits += 1
+            return hit[1]
+        self.stats.misses += 1
+        raw = await self.r.get(f"{self.prefix}:ctx:{int(user_id)}")
+        ctx = LiveContext.loads(raw) if raw else None
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[user_id] = (now, ctx)
+        return ctx
+
+    def drop(self, user_id: int) -> None:
+        self._cache.pop(user_id, None)
+
+
+# ----------------------------------------------------------------------------- score
+class LocalScore:
+    """The ranker in this process (recserve.ranking.ranker.ServingRanker): concurrent requests'
+    lists go through one forward pass."""
+
+    def __init__(self, ranker, max_batch: int = 256):
+        self.ranker = ranker
+        self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=1)
+
+    async def _batch(self, _key, lists: list) -> list:
+        return self.ranker.score_lists(lists)
+
+    async def score(self, X: np.ndarray) -> tuple[np.ndarray, str]:
+        return await self.batcher.submit(0, X)
+
+    def load(self, spec: dict) -> None:
+        """A new model version in place (Serve's user_config reaching the router)."""
+        if spec.get("version") != self.ranker.version:
+            self.ranker.load(spec)
+
+
+class HandleScore:
+    """The `Ranker` deployment (its own batching, GPU when present)."""
+
+    def __init__(self, handle):
+        self.h = handle
+
+    async def score(self, X: np.ndarray) -> tuple[np.ndarray, str]:
+        return await self.h.score.remote(X)
+
+
+# ---------------------------------------------------------------------------- select
+class LocalSelect:
+    """The bandit in this process (recserve.ranking.bandit.LiveBandit: posteriors from a snapshot
+    refreshed in the background, impressions logged in batches)."""
+
+    def __init__(self, bandit):
+        self.bandit = bandit
+
+    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str):
+        return await self.bandit.achoose(ranked, k, user_id, request_id)
+
+    async def update(self, item_id: int, reward: float) -> tuple[float, float]:
+        return await self.bandit.aupdate(item_id, reward)
+
+
+class HandleSelect:
+    def __init__(self, handle):
+        self.h = handle
+
+    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str):
+        return await self.h.select.remote(ranked, k, user_id, request_id)
+
+    async def update(self, item_id: int, reward: float) -> tuple[float, float]:
+        return await self.h.update.remote(item_id, reward)
+
+
+# ---------------------------------------------------------------------------- explain
+class LocalExplain:
+    """The explainer in this process (recserve.explain.core.ExplainerCore)."""
+
+    def __init__(self, core):
+        self.core = core
+
+    async def explain(self, user_id: int, signals: list[dict], budget_ms: float) -> dict:
+        return await self.core.explain(user_id, signals, budget_ms)
+
+    async def stats(self) -> dict:
+        return self.core.stats()
+
+
+class HandleExplain:
+    def __init__(self, handle):
+        self.h = handle
+
+    async def explain(self, user_id: int, signals: list[dict], budget_ms: float) -> dict:
+        return await self.h.explain.remote(user_id, signals, budget_ms)
+
+    async def stats(self) -> dict:
+        return await self.h.stats.remote()

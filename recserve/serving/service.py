@@ -1,0 +1,281 @@
+"""Everything behind the router's routes, as a plain class (the `Router` deployment holds one and
+only maps HTTP onto it): the L1 response cache in front of the ladder, answers encoded once and
+served from those bytes on a hit, events into the log through the asyncio Redis client, feedback
+to the bandit, catalogue writes to the index, status and readiness, and the background tasks
+(stream watch, metrics flush, slow statistics, the in-process bandit's refresh).
+
+Built by recserve.serving.wiring from the ports `deployments/app.py` chose."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from recserve.serving.api import error_body
+from recserve.serving.cache import CacheStats, ResponseCache
+from recserve.serving.ladder import LEVEL_TEMPLATES, Ladder
+from recserve.serving.live import StreamWatch
+from recserve.serving.metrics import RouterMetrics
+
+
+def _json_default(o: Any):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def encode(out: dict) -> bytes:
+    """An answer's JSON without its closing brace: the request's own fields (took_ms, cache) are
+    appended to these bytes, for the request that computed them and for every cache hit."""
+    return json.dumps(out, separators=(",", ":"), default=_json_default).encode()[:-1]
+
+
+def finish(prefix: bytes, took_ms: float, how: str) -> bytes:
+    return prefix + b',"took_ms":%.2f,"cache":"%s"}' % (took_ms, how.encode())
+
+
+class RecService:
+    def __init__(self, cfg, stage, ladder: Ladder, index, aredis, log, ports, cache: bool = True,
+                 local_bandit=None, replica: str = ""):
+        self.cfg = cfg
+        self.replica = replica   # which router replica answers (status)
+        self.stage = stage
+        self.ladder = ladder
+        self.ports = ports
+        self.index = index
+        self.r = aredis
+        self.log = log
+        self.cache = ResponseCache(ttl_s=cfg.serve.cache_ttl_s)
+        self.cache_enabled = cache
+        self.local_bandit = local_bandit
+        self.metrics = RouterMetrics()
+        self.explanation_stats = CacheStats()    # the explainer's sentence cache, from its answers
+        self.explainer_stats: dict = {}          # its models and queue, refreshed every 10 s
+        self.index_sizes: dict[int, int] = {}    # vectors per shard, refreshed every 10 s
+        self._ranker_version: str | None = None
+        self._context_counted = (0, 0)
+        self.watch = StreamWatch(aredis, log, cfg.stream.staleness_bound_s, self._invalidate, ladder.set_stale)
+        self.tasks: list[asyncio.Task] = []
+
+    # ------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """The background tasks, on the running event loop."""
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self.watch.run_poll()), loop.create_task(self.watch.run_listen()),
+                      loop.create_task(self._housekeeping())]
+        if self.local_bandit is not None:
+            self.tasks.append(loop.create_task(self.local_bandit.run()))
+
+    async def close(self, stop_shared_index: bool = False) -> None:
+        """Stop the background tasks, flush what waits (impressions, metrics); stop the index's
+        shard actors when they are shared between replicas and the application is going away
+        (unshared ones are this process's own and end with it)."""
+        for task in self.tasks:
+            task.cancel()
+        try:
+            if self.local_bandit is not None:
+                await self.local_bandit.flush()
+            self.metrics.flush()
+        except Exception:  # noqa: BLE001 - shutting down: best effort
+            pass
+        if stop_shared_index and self.index.share_as:
+            await asyncio.to_thread(self.index.shutdown)
+
+    async def warm(self) -> dict:
+        """One recommendation for a known user through every port with a generous budget, so the
+        first request a client sends finds the index, the ranker and the connections warm; its
+        answer is neither cached nor counted."""
+        levels = dict(self.ladder.levels)
+        user = self.stage.some_user()
+        out = await self.ladder.recommend(user, 10, None, False, deadline_ms=30_000)
+        self.ladder.levels = levels
+        self.ladder.last_good.pop(user, None)
+        self._ranker_version = self.ladder.ranker_version
+        return out
+
+    async def _housekeeping(self) -> None:
+        """Once a second: metrics to Ray (breakers, staleness, lag, versions with them); every 10 s
+        the index's size and the explainer's stats."""
+        slow_at = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if time.monotonic() - slow_at >= 10.0:
+                    slow_at = time.monotonic()
+                    await self.refresh_slow_stats()
+                m = self.metrics
+                ctx = self.ports.context.stats
+                m.context_lookups(ctx.hits - self._context_counted[0], ctx.misses - self._context_counted[1])
+                self._context_counted = (ctx.hits, ctx.misses)
+                m.breakers(self.ladder.breakers.snapshot())
+                m.set("staleness", self.watch.staleness)
+                m.set("lag", self.watch.lag)
+                m.versions(self.serving_versions())
+                m.flush()
+            except Exception:  # noqa: BLE001 - metrics never fail serving
+                pass
+
+    async def refresh_slow_stats(self) -> None:
+        """Vectors per index shard, and the explainer's models and queue."""
+        try:
+            self.index_sizes = await self.index.asizes()
+            self.metrics.index_sizes(self.index_sizes)
+        except Exception:  # noqa: BLE001 - a size is information, never a failure
+            pass
+        try:
+            self.explainer_stats = await asyncio.wait_for(self.ports.explain.stats(), timeout=2.0)
+        except Exception:  # noqa: BLE001 - the explainer's breaker and the ladder deal with it
+            pass
+
+    def reconfigure(self, user_config: dict) -> None:
+        """A new ranker model in place (Serve's user_config), for an in-process ranker."""
+        spec = (user_config or {}).get("ranker")
+        load = getattr(self.ports.score, "load", None)
+        if spec and load is not None:
+            load(spec)
+
+    def _invalidate(self, users: list[int]) -> None:
+        for u in users:
+            self.ports.context.drop(u)
+            self.cache.invalidate_user(u)
+
+    # ------------------------------------------------------------- recommend
+    async def recommend(self, user_id: int, k: int, filters: dict | None, explain: bool, key: str) -> bytes:
+        """The answer's bytes; `key` is the request's parameters other than the user (the cache key)."""
+        t0 = time.perf_counter()
+
+        async def compute() -> tuple[bytes, int, dict | None, dict | None]:
+            out = await self.ladder.recommend(user_id, k, filters, explain)
+            out.pop("took_ms", None)   # the request's own, appended by `finish`
+            return encode(out), out["degradation_level"], out.get("hop_ms"), out.get("explanation")
+
+        if self.cache_enabled:
+            # degraded answers (batch vectors, a last list, popular) are not kept: the next request
+            # tries the full path again
+            (prefix, level, hops, ex), how = await self.cache.get_or_compute(
+                (user_id, key), user_id, compute, cacheable=lambda v: v[1] <= LEVEL_TEMPLATES)
+        else:
+            (prefix, level, hops, ex), how = await compute(), "off"
+        v = self.ladder.ranker_version
+        if v != self._ranker_version:   # a new model is serving: lists ranked by the old one go
+            if self._ranker_version is not None:
+                self.cache.clear()
+            self._ranker_version = v
+        took = (time.perf_counter() - t0) * 1000
+        m = self.metrics
+        m.request("recommend", 200, took)
+        m.answer(level, how, hops if how not in ("hit", "coalesced") else None)
+        if ex and how not in ("hit", "coalesced"):   # an L1 hit asked the explainer nothing
+            hits, misses = ex["cached"], ex["lookups"] - ex["cached"]
+            self.explanation_stats.hits += hits
+            self.explanation_stats.misses += misses
+            m.explanation_lookups(hits, misses)
+        return finish(prefix, took, how)
+
+    # ---------------------------------------------------------------- writes
+    async def events(self, events: list[dict]) -> tuple[int, dict, dict | None]:
+        """(status, body, headers) of a batch of validated events."""
+        now = int(time.time())
+        for e in events:
+            e["ts"] = e["ts"] or now
+        b = self.ladder.breakers["event_log"]
+        if not b.allow():
+            return 503, error_body("unavailable", "the event log is unavailable (circuit open); nothing was "
+                                                  "written: retry after the Retry-After delay", None), {"Retry-After": "5"}
+        try:
+            offsets = await self.log.aappend(self.r, events)   # acknowledged by Redis (AOF everysec)
+            b.record(True)
+        except Exception as e:  # noqa: BLE001 - not acknowledged: the client must retry (ids make it idempotent)
+            b.record(False)
+            return 503, error_body("unavailable", f"the event log did not acknowledge the batch "
+                                                  f"({type(e).__name__}); retry it: event ids make the "
+                                                  f"retry idempotent", None), {"Retry-After": "1"}
+        for uid in {e["user_id"] for e in events}:
+            self.cache.invalidate_user(uid)
+        accepted = sum(o is not None for o in offsets)
+        if accepted:
+            self.metrics.events(accepted)
+        self.metrics.request("events", 202, 0.0)
+        return 202, {"accepted": accepted, "duplicates": len(offsets) - accepted}, None
+
+    async def feedback(self, item_id: int, reward: float) -> dict:
+        a, b = await self.ports.select.update(item_id, reward)
+        return {"item_id": item_id, "posterior": {"alpha": a, "beta": b}}
+
+    async def put_items(self, items: list) -> tuple[int, dict]:
+        dim = self.index.dim
+        for j, it in enumerate(items):
+            if it.vector is None or len(it.vector) != dim:
+                return 422, error_body("invalid_request", f"items.{j}.vector: a vector of dimension {dim} "
+                                                          f"is required", f"items.{j}.vector")
+        acks = await asyncio.to_thread(
+            self.index.upsert, [it.item_id for it in items], np.array([it.vector for it in items]),
+            [{"category": it.category, "attributes": it.attributes} for it in items])
+        self.stage.add_items({it.item_id: it.category for it in items})
+        self.cache.clear()  # this replica's cached lists predate the catalogue change
+        return 200, {"upserted": len(items), "shards": {str(k): v for k, v in acks.items()}}
+
+    async def delete_item(self, item_id: int) -> dict:
+        acks = await asyncio.to_thread(self.index.delete, [item_id])
+        self.cache.clear()
+        return {"deleted": item_id, "shards": {str(k): v for k, v in acks.items()}}
+
+    # ---------------------------------------------------------------- status
+    def serving_versions(self) -> dict:
+        """The versions answering now: the registry's, with the ranker's as its replicas report it,
+        and the explainer's models per tier (or templates)."""
+        tiers = self.explainer_stats.get("tiers") or {}
+        return {**self.stage.versions, "ranker": self._ranker_version or self.stage.versions["ranker"],
+                "explainer": ", ".join(f"{t}={m}" for t, m in tiers.items()) or "templates"}
+
+    async def status(self) -> dict:
+        await self.watch.poll()
+        await self.refresh_slow_stats()   # index sizes and the explainer's stats as of now
+        st = self.cache.stats
+
+        def rates(s) -> dict:
+            return {"hits": s.hits + s.coalesced, "misses": s.misses, "hit_rate": round(s.hit_rate, 4)}
+
+        search = self.ports.search
+        return {"replica": self.replica, "model_versions": self.serving_versions(),
+                "cache": {"hits": st.hits, "misses": st.misses, "coalesced": st.coalesced,
+                          "hit_rate": st.hit_rate, "entries": len(self.cache),
+                          "levels": {"L1": rates(st), "context": rates(self.ports.context.stats),
+                                     "explanation": rates(self.explanation_stats)}},
+                "index": {"version": self.index.version, "shards": len(self.index.groups),
+                          "vectors": {str(k): v for k, v in self.index_sizes.items()}},
+                "degradation_level": self.ladder.level_now(), "breakers": self.ladder.breakers.snapshot(),
+                "hops": self.ladder.hops, "levels": {str(k): v for k, v in sorted(self.ladder.levels.items())},
+                "stream": {"staleness_s": round(self.watch.staleness, 3), "stale": self.ladder.stale,
+                           "bound_s": self.cfg.stream.staleness_bound_s, "lag": self.watch.lag,
+                           **({"error": self.watch.error} if self.watch.error else {})},
+                "explainer": {k: self.explainer_stats[k] for k in ("queue_depth", "requests", "llm", "templates",
+                                                                    "deadline", "queue_full", "rejected")
+                              if k in self.explainer_stats},
+                "index_batching": {"calls": search.batcher.calls, "searches": search.batcher.items}}
+
+    async def ready(self) -> tuple[bool, dict]:
+        from recserve.ops.region import adraining
+
+        checks: dict[str, Any] = {}
+        try:
+            checks["redis"] = bool(await asyncio.wait_for(self.r.ping(), timeout=2.0))
+        except Exception as e:  # noqa: BLE001
+            checks["redis"] = f"unreachable: {type(e).__name__}: {e}"
+        checks["index"] = bool(self.index.groups)
+        ok = all(v is True for v in checks.values())
+        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        if checks["redis"] is True:
+            d = await adraining(self.r)   # `recserve region drain`: out of the load balancer's rotation
+            if d:
+                body.update(ready=False, draining=d)
+                ok = False
+        return ok, body

@@ -1,0 +1,90 @@
+"""Builds a router replica's service from the ports `deployments/app.py` chose: a Serve handle
+for a port served by its own deployment, or in this process (None in the choice). The one place
+where the online path's parts are put together; nothing assigns attributes onto another object
+from outside afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from recserve.config import Config
+
+
+@dataclass
+class PortChoice:
+    """Each port's implementation, as `deployments/app.py` chose it."""
+
+    score: Any = None            # the Ranker deployment's handle; None: the ranker in this process
+    select: Any = None           # the Bandit deployment's handle; None: in this process
+    explain: Any = None          # the Explainer deployment's handle; None: in this process
+    ranker_spec: dict | None = None   # the in-process ranker's model ({model_path, version, ...})
+
+
+async def build_service(cfg: Config, registry_uri: str, index_root: str, choice: PortChoice, replicas: int = 1,
+                        cache: bool = True, share_as: str | None = None, warm: bool = True, replica: str = ""):
+    import redis
+    import redis.asyncio as aredis
+
+    from recserve.index.client import IndexRouter
+    from recserve.registry import Registry
+    from recserve.serving.breaker import Breakers, BreakerSettings
+    from recserve.serving.ladder import Ladder
+    from recserve.serving.ports import (
+        HandleExplain,
+        HandleScore,
+        HandleSelect,
+        IndexSearch,
+        LiveContexts,
+        LocalExplain,
+        LocalScore,
+        LocalSelect,
+        Ports,
+    )
+    from recserve.serving.recommender import Recommender
+    from recserve.serving.service import RecService
+    from recserve.streaming.eventlog.redis import RedisStreamLog
+
+    reg = Registry(registry_uri, cfg.registry.keep)
+    shard_opts = {"resources": dict(cfg.serve.shard_resources)} if cfg.serve.shard_resources else None
+    index = await asyncio.to_thread(IndexRouter.from_artifact, reg.fetch("index"), index_root, replicas=replicas,
+                                    share_as=share_as, actor_options=shard_opts)
+    stage = await asyncio.to_thread(Recommender, cfg, reg)
+    ar = aredis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=1)
+    sync = redis.Redis.from_url(cfg.redis_url, socket_timeout=2)
+    local_bandit = None
+    if choice.score is not None:
+        score = HandleScore(choice.score)
+    else:
+        import torch
+
+        from recserve.ranking.ranker import ServingRanker
+
+        torch.set_num_threads(1)   # small batches: threads only fight the other processes for cores
+        score = LocalScore(ServingRanker(choice.ranker_spec))
+    if choice.select is not None:
+        select = HandleSelect(choice.select)
+    else:
+        from recserve.ranking.bandit import LiveBandit, ThompsonBandit
+
+        local_bandit = LiveBandit(ThompsonBandit(sync, share=cfg.serve.bandit_share), ar)
+        select = LocalSelect(local_bandit)
+    if choice.explain is not None:
+        explain = HandleExplain(choice.explain)
+    else:
+        from recserve.explain.core import from_config
+
+        explain = LocalExplain(await asyncio.to_thread(from_config, cfg, None, reg))
+    ports = Ports(search=IndexSearch(index), context=LiveContexts(ar, ttl_s=cfg.stream.context_cache_s),
+                  score=score, select=select, explain=explain)
+    sv = cfg.serve
+    breakers = Breakers(BreakerSettings(sv.breaker_failure_rate, sv.breaker_min_failures, sv.breaker_window_s,
+                                        sv.breaker_open_s, sv.breaker_probes))
+    ladder = Ladder(stage, ports, breakers, deadline_ms=sv.deadline_ms, explainer_budget_ms=sv.explainer_budget_ms)
+    svc = RecService(cfg, stage, ladder, index, ar, RedisStreamLog(sync, partitions=cfg.stream.partitions), ports,
+                     cache=cache, local_bandit=local_bandit, replica=replica)
+    if warm:
+        await svc.warm()
+    svc.start()
+    return svc

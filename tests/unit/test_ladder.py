@@ -1,0 +1,226 @@
+"""The degradation ladder with fakes of its ports and a small stage (no Ray, no Redis, no model):
+every answer arrives, within its budget, at the level it names, and breakers skip a failing hop."""
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from recserve.ranking.bandit import Slate
+from recserve.serving.breaker import OPEN, Breakers, BreakerSettings
+from recserve.serving.ladder import (
+    LEVEL_BATCH,
+    LEVEL_CACHED,
+    LEVEL_FULL,
+    LEVEL_POPULAR,
+    LEVEL_TEMPLATES,
+    Ladder,
+)
+from recserve.serving.ports import Ports
+
+ITEMS = np.arange(100, 140)
+
+
+@dataclass
+class Q:
+    user_id: int
+    vector: np.ndarray
+    n: int
+    filter: dict
+    exclude: set
+    live: bool
+    ctx: object = None
+
+
+@dataclass
+class C:
+    query: Q
+    ids: np.ndarray
+    X: np.ndarray
+
+
+class Stage:
+    """What the ladder needs of recserve.serving.recommender.Recommender, over 40 items."""
+
+    versions = {"embeddings": "e1", "index": "i1", "ranker": "r1"}
+
+    def knows(self, user_id):
+        return user_id < 1000
+
+    def popular(self, k, filters, exclude=None):
+        return [{"item_id": int(i), "score": 1.0, "reasons": ["popular right now"]}
+                for i in ITEMS[::-1] if int(i) not in (exclude or set())][:k]
+
+    def prepare(self, user_id, k, filters, live=None):
+        excl = {int(i) for i in (filters or {}).get("exclude_ids") or []}
+        return Q(user_id, np.ones((1, 4), np.float32), max(k, 20), {"exclude_ids": sorted(excl)}, excl,
+                 live is not None)
+
+    def features(self, q, ids, scores):
+        return C(q, ids[0], np.stack([scores[0], np.zeros(len(ids[0]))], axis=1).astype(np.float32))
+
+    def ranked(self, c, scores):
+        return c.ids.tolist() if scores is None else c.ids[np.argsort(-scores, kind="stable")].tolist()
+
+    def signals(self, c, chosen, explored):
+        return [{"item_id": i, "features": {}, "category": "x", "explored": e, "title": ""}
+                for i, e in zip(chosen, explored)]
+
+    def items(self, c, scores, chosen, reasons=None):
+        return [{"item_id": i, "score": 0.0, "reasons": reasons[n] if reasons else []} for n, i in enumerate(chosen)]
+
+
+class Fakes:
+    """The five ports, each able to fail or hang."""
+
+    def __init__(self):
+        self.fail = set()
+        self.delay = {}
+        self.calls = {}
+        self.live = None
+        self.stats = None
+
+    async def _step(self, name):
+        self.calls[name] = self.calls.get(name, 0) + 1
+        await asyncio.sleep(self.delay.get(name, 0.0))
+        if name in self.fail:
+            raise ConnectionError(f"{name} down")
+
+    async def get(self, user_id):
+        await self._step("context")
+        return self.live
+
+    def drop(self, user_id):
+        pass
+
+    async def search(self, query, n, flt):
+        await self._step("search")
+        keep = [i for i in ITEMS if int(i) not in set(flt.get("exclude_ids") or [])][:n]
+        return np.array([keep]), np.linspace(1, 0, len(keep))[None].astype(np.float32)
+
+    async def score(self, X):
+        await self._step("score")
+        return -X[:, 0], "r2"      # the ranker reverses the retrieval order
+
+    async def select(self, ranked, k, user_id, rid):
+        await self._step("select")
+        return Slate(ranked[:k], [False] * k, None)
+
+    async def update(self, item_id, reward):
+        return 1.0, 1.0
+
+    async def explain(self, user_id, signals, budget_ms):
+        await self._step("explain")
+        return {"reasons": [["an LLM sentence"] for _ in signals], "tier": "large", "model": "llm-1",
+                "llm_items": len(signals), "items": len(signals)}
+
+
+def ladder(**kw):
+    f = Fakes()
+    ports = Ports(search=f, context=f, score=f, select=f, explain=f)
+    b = Breakers(BreakerSettings(min_failures=3, open_s=0.3, half_open_probes=2))
+    return Ladder(Stage(), ports, b, **kw), f
+
+
+def run(lad, user=1, k=5, filters=None, explain=False):
+    return asyncio.run(lad.recommend(user, k, filters, explain))
+
+
+def test_full_path_ranks_explores_and_remembers():
+    lad, f = ladder(deadline_ms=1000)
+    out = run(lad)
+    assert out["degradation_level"] == LEVEL_FULL and out["model_versions"]["ranker"] == "r2"
+    assert [i["item_id"] for i in out["items"]] == [119, 118, 117, 116, 115]     # the ranker reversed 20
+    assert set(out["hop_ms"]) == {"feature_store", "vector_index", "ranker", "bandit"}
+    assert lad.last_good[1] == out["items"] and lad.ranker_version == "r2"
+
+
+def test_cold_start_is_popular_at_full_level_without_any_hop():
+    lad, f = ladder()
+    out = run(lad, user=5000, filters={"exclude_ids": [139]})
+    assert out["degradation_level"] == LEVEL_FULL and [i["item_id"] for i in out["items"]][:2] == [138, 137]
+    assert f.calls == {}
+
+
+def test_ranker_failures_give_the_last_list_then_open_the_breaker_and_recover():
+    lad, f = ladder(deadline_ms=1000)
+    first = run(lad, user=1)
+    f.fail.add("score")
+    again = run(lad, user=1)
+    assert again["degradation_level"] == LEVEL_CACHED and again["items"] == first["items"]
+    other = run(lad, user=2)       # no last list: the retrieval order, level 3
+    assert other["degradation_level"] == LEVEL_CACHED and [i["item_id"] for i in other["items"]][0] == 100
+    run(lad, user=3)
+    assert lad.breakers["ranker"].state == OPEN and lad.level_now() == LEVEL_CACHED
+    calls = f.calls["score"]
+    assert run(lad, user=2)["degradation_level"] == LEVEL_CACHED and f.calls["score"] == calls   # not called
+    f.fail.clear()
+    time.sleep(0.35)               # open_s passes: half-open probes
+    levels = [run(lad, user=2)["degradation_level"] for _ in range(3)]
+    assert levels[-1] == LEVEL_FULL and lad.breakers["ranker"].state == "closed"
+
+
+def test_a_hanging_ranker_cannot_hold_the_answer_past_the_deadline():
+    lad, f = ladder(deadline_ms=80)
+    f.delay["score"] = 5.0
+    t = time.perf_counter()
+    out = run(lad, user=7)
+    assert time.perf_counter() - t < 0.3
+    assert out["degradation_level"] == LEVEL_CACHED and len(out["items"]) == 5
+
+
+def test_index_down_popular_then_the_last_list():
+    lad, f = ladder(deadline_ms=1000)
+    run(lad, user=4)
+    f.fail.add("search")
+    got_known = run(lad, user=4)
+    got_new = run(lad, user=9, filters={"exclude_ids": [139]})
+    assert got_known["degradation_level"] == LEVEL_CACHED
+    assert got_new["degradation_level"] == LEVEL_POPULAR and 139 not in [i["item_id"] for i in got_new["items"]]
+    assert lad.levels[LEVEL_FULL] == 1 and lad.levels[LEVEL_CACHED] == 1 and lad.levels[LEVEL_POPULAR] == 1
+
+
+def test_feature_store_down_or_stale_stream_serves_batch_vectors():
+    lad, f = ladder(deadline_ms=1000)
+    f.live = object()
+    f.fail.add("context")
+    out = run(lad)
+    assert out["degradation_level"] == LEVEL_FULL and out["live_context"] is False   # batch context, said so
+    assert lad.hops["feature_store"].startswith("failing")
+    f.fail.clear()
+    lad.set_stale(True)
+    calls = f.calls["context"]
+    out = run(lad)
+    assert out["degradation_level"] == LEVEL_BATCH and f.calls["context"] == calls   # not even asked
+    lad.set_stale(False)
+    assert run(lad)["degradation_level"] == LEVEL_FULL
+
+
+def test_the_live_context_reaches_the_stage():
+    lad, f = ladder(deadline_ms=1000)
+    f.live = object()
+    assert run(lad)["live_context"] is True
+
+
+def test_slow_explainer_falls_back_to_templates_within_its_budget():
+    lad, f = ladder(deadline_ms=2000, explainer_budget_ms=100)
+    f.delay["explain"] = 1.0
+    t = time.perf_counter()
+    out = run(lad, explain=True)
+    assert time.perf_counter() - t < 0.6
+    assert out["degradation_level"] == LEVEL_TEMPLATES and out["model_versions"]["explainer"] == "templates"
+    assert all(i["reasons"] for i in out["items"]) and out["explanation"]["fallback"].startswith("failing")
+    f.delay.clear()
+    out = run(lad, explain=True)
+    assert out["degradation_level"] == LEVEL_FULL and out["model_versions"]["explainer"] == "llm-1"
+    assert all(i["reasons"] == ["an LLM sentence"] for i in out["items"])
+
+
+@pytest.mark.parametrize("budget_ms", [0.1])
+def test_no_budget_left_skips_every_hop(budget_ms):
+    lad, f = ladder(deadline_ms=budget_ms)
+    out = run(lad, user=11)
+    assert out["degradation_level"] in (LEVEL_CACHED, LEVEL_POPULAR) and len(out["items"]) == 5
+    assert "skipped" in lad.hops["vector_index"] or "failing" in lad.hops["vector_index"]
