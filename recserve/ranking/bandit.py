@@ -85,7 +85,7 @@ class ThompsonBandit:
         return Slate(chosen, explored, props)
 
     def propensities(self, ranked: list[int], chosen: list[int], explored: list[bool], a: np.ndarray,
-                     b: np.ndarray) -> list[float]:
+                     b: np.ndarray, rng: np.random.Generator | None = None) -> list[float]:
         """How often the policy would show each explored item, over fresh draws (all draws at
         once: the top n_explore Thompson samples among the non-kept candidates); 1 for kept ones."""
         n_keep = len(chosen) - sum(explored)
@@ -93,7 +93,7 @@ class ThompsonBandit:
             return [1.0] * len(chosen)
         rest = np.arange(n_keep, len(ranked))
         n_explore = len(chosen) - n_keep
-        th = self.rng.beta(a[rest], b[rest], size=(self.draws, len(rest)))
+        th = (rng or self.rng).beta(a[rest], b[rest], size=(self.draws, len(rest)))
         top = np.argpartition(-th, n_explore - 1, axis=1)[:, :n_explore]
         counts = np.bincount(top.ravel(), minlength=len(rest))
         where = {ranked[int(r)]: j for j, r in enumerate(rest)}
@@ -152,6 +152,7 @@ class LiveBandit:
         self.pending: list[dict] = []
         self.dropped = 0
         self.refreshed_at = 0.0
+        self.rng = np.random.default_rng()   # the propensities' own draws (a worker thread's)
 
     def params(self, items: list[int]) -> tuple[np.ndarray, np.ndarray]:
         a0, b0 = self.bandit.prior
@@ -206,11 +207,12 @@ class LiveBandit:
         batch, self.pending = self.pending, []
         if not batch:
             return 0
-        for j, x in enumerate(batch):
-            if not isinstance(x, dict):   # (request_id, user, slate, ranked, a, b): propensities now
-                rid, user, slate, top, a, b = x
-                slate.propensities = self.bandit.propensities(top, slate.items, slate.explored, a, b)
-                batch[j] = self.bandit.impression(rid, user, slate)
+        if any(not isinstance(x, dict) for x in batch):
+            # the propensities' draws run in a worker thread: numpy samples without the GIL, so
+            # they take the other core, not the event loop's
+            import asyncio
+
+            batch = await asyncio.get_running_loop().run_in_executor(self._pool(), self._impressions, batch)
         try:
             async with self.r.pipeline(transaction=False) as pipe:
                 for imp in batch:
@@ -220,6 +222,23 @@ class LiveBandit:
             self.pending = (batch + self.pending)[: self.max_pending]   # Redis away: log them when it is back
             raise
         return len(batch)
+
+    def _pool(self):
+        if getattr(self, "_executor", None) is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="propensities")
+        return self._executor
+
+    def _impressions(self, batch: list) -> list[dict]:
+        out = []
+        for x in batch:
+            if not isinstance(x, dict):   # (request_id, user, slate, ranked, a, b): propensities now
+                rid, user, slate, top, a, b = x
+                slate.propensities = self.bandit.propensities(top, slate.items, slate.explored, a, b, self.rng)
+                x = self.bandit.impression(rid, user, slate)
+            out.append(x)
+        return out
 
     async def run(self) -> None:
         """The background task: flush impressions every flush_s, refresh the posteriors every refresh_s."""

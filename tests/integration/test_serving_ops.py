@@ -112,7 +112,8 @@ def two_routers(serving):
     assert len(seen) == 2, seen
     yield client, reg
     client.close()
-    serve.delete("affine")
+    if "affine" in serve.status().applications:
+        serve.delete("affine")
 
 
 def _hit_rate(client, users, repeats, header: bool) -> float:
@@ -161,6 +162,26 @@ def test_burst_beyond_the_queue_gets_429_with_retry_after(two_routers):
     assert codes.count(200) >= 4  # what the queues held was served
     # after the burst the service answers normally again
     assert client.post("/v1/recommend", json={"user_id": users[0], "k": 4}).status_code == 200
+
+
+def _shard_actors(prefix: str) -> list[str]:
+    from ray.util.state import list_actors
+
+    return [a.name for a in list_actors(filters=[("class_name", "=", "ShardReplica"), ("state", "=", "ALIVE")])
+            if (a.name or "").startswith(prefix)]
+
+
+def test_shared_index_actors_end_with_their_application(two_routers):
+    """The two router replicas share named, detached shard actors; deleting the application stops
+    them (none outlives it unowned)."""
+    from ray import serve
+
+    assert _shard_actors("affine-"), "the replicas share named shard actors"
+    serve.delete("affine")
+    deadline = time.monotonic() + 30
+    while _shard_actors("affine-") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _shard_actors("affine-")
 
 
 def test_queue_depth_policy_scales_up_and_back_down(serving):
