@@ -12,6 +12,7 @@ import time
 
 import ray
 
+from recserve import keys
 from recserve.streaming.aggregator import AggregatorCore, StreamSettings, assignment, lag
 
 
@@ -26,7 +27,7 @@ class StreamAggregator:
         self.r = redis.Redis.from_url(redis_url, socket_timeout=5)
         self.core = AggregatorCore(self.r, RedisStreamLog(self.r, partitions=partitions), item_ids, item_vectors,
                                    StreamSettings(**settings))
-        saved = self.r.get(f"{self.core.s.prefix}:assign:{name}")
+        saved = self.r.get(keys.assignment(name, self.core.s.prefix))
         self.core.assign(json.loads(saved) if saved else [])
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -51,7 +52,7 @@ class StreamAggregator:
         """Own exactly these partitions from now on (between two steps); remembered in Redis so a
         restarted actor resumes them."""
         with self.lock:
-            self.r.set(f"{self.core.s.prefix}:assign:{self.name}", json.dumps(sorted(partitions)))
+            self.r.set(keys.assignment(self.name, self.core.s.prefix), json.dumps(sorted(partitions)))
             self.core.assign(partitions)
         return self.core.partitions
 
@@ -138,7 +139,7 @@ class AggregatorPool:
         for i in range(n, len(self.actors)):
             ray.get(self.actors[i].shutdown.remote())
             ray.kill(self.actors[i])
-            self.r.delete(f"st:assign:{self.name}-{i}")
+            self.r.delete(keys.assignment(f"{self.name}-{i}"))
         self.actors = self.actors[:n]
 
     def lag(self) -> dict[int, int]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from recserve import keys
 from recserve.bench.common import require_own_serve, write_result
 
 FAULTS = ("baseline", "kill_ranker_replica", "kill_shard_actor", "kill_aggregator", "kill_redis", "slow_explainer")
@@ -44,23 +45,40 @@ class Load:
         self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     async def _main(self) -> None:
-        rng = np.random.default_rng(0)
-        w = 1.0 / np.arange(1, len(self.users) + 1) ** 1.1
-        p = w / w.sum()
-        async with httpx.AsyncClient(base_url=self.base, timeout=10,
-                                     limits=httpx.Limits(max_connections=self.c + 2)) as client:
+        from urllib.parse import urlsplit
+
+        from recserve.bench.loadgen import LEVEL_RE, Connection, draw_users, request_bytes
+
+        seq = draw_users(np.asarray(self.users), 1_000_000, 1.1, seed=0)
+        explains = np.random.default_rng(1).random(len(seq)) < 0.25
+        u = urlsplit(self.base)
+        loop = asyncio.get_running_loop()
+        pos = [0]
+        async with httpx.AsyncClient(base_url=self.base, timeout=10, limits=httpx.Limits(max_connections=2)) as client:
             async def rec_worker():
+                # the recommendation load on raw keep-alive sockets (recserve.bench.loadgen's): an
+                # httpx client would cost ~2 ms of CPU per request on the cores the server uses
+                conn = None
                 while not self.stop.is_set():
-                    u = int(self.users[rng.choice(len(self.users), p=p)])
-                    explain = rng.random() < 0.25
+                    j = pos[0] % len(seq)
+                    pos[0] += 1
+                    user, explain = int(seq[j]), bool(explains[j])
+                    body = b'{"user_id":%d,"k":10%s}' % (user, b',"explain":true' if explain else b"")
                     t = time.time()
                     try:
-                        r = await client.post("/v1/recommend", json={"user_id": u, "k": 10, "explain": bool(explain)},
-                                              headers={"x-session-id": str(u)})
-                        lv = r.json().get("degradation_level") if r.status_code == 200 else None
-                        self.records.append((t, r.status_code, lv, (time.time() - t) * 1000, explain))
-                    except httpx.HTTPError:
+                        if conn is None or conn.closed:
+                            _, conn = await asyncio.wait_for(loop.create_connection(Connection, u.hostname, u.port), 10)
+                        status, payload = await asyncio.wait_for(
+                            conn.request(request_bytes(u.hostname, "/v1/recommend", body, user)), 10)
+                        m = LEVEL_RE.search(payload) if status == 200 else None
+                        self.records.append((t, status, int(m.group(1)) if m else None, (time.time() - t) * 1000,
+                                             explain))
+                    except (OSError, asyncio.TimeoutError, ConnectionError):
                         self.records.append((t, 599, None, (time.time() - t) * 1000, explain))
+                        if conn is not None and conn.transport is not None:
+                            conn.transport.close()
+                        conn = None
+                        await asyncio.sleep(0.05)
 
             async def event_worker():
                 n = 0
@@ -131,10 +149,10 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     ensure_ray(cfg)
     require_own_serve("chaos")
     r = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
-    for pattern in ("events:*", "st:*"):
-        keys = list(r.scan_iter(pattern, count=1000))
-        if keys:
-            r.delete(*keys)
+    for pattern in (f"{keys.EVENTS}:*", f"{keys.STREAM}:*"):
+        found = list(r.scan_iter(pattern, count=1000))
+        if found:
+            r.delete(*found)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # the cluster topology: ranker, bandit and explainer each a deployment of its own (the faults are

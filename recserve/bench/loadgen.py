@@ -23,11 +23,11 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-_LEVEL = re.compile(rb'"degradation_level":\s*(\d)')
-_CACHE = re.compile(rb'"cache":\s*"([a-z]+)"')
+LEVEL_RE = re.compile(rb'"degradation_level":\s*(\d)')
+CACHE_RE = re.compile(rb'"cache":\s*"([a-z]+)"')
 
 
-class _Conn(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One keep-alive HTTP/1.1 connection: send a request, await the whole response."""
 
     def __init__(self):
@@ -124,7 +124,7 @@ async def _run(url: str, concurrency: int, duration: float, seq: np.ndarray, k: 
     pos = [0]
 
     async def connect():
-        _, proto = await loop.create_connection(_Conn, host, port)
+        _, proto = await loop.create_connection(Connection, host, port)
         return proto
 
     async def worker(stop: float):
@@ -149,11 +149,11 @@ async def _run(url: str, concurrency: int, duration: float, seq: np.ndarray, k: 
             if status >= 400:
                 errors += 1
             elif status == 200:
-                m = _CACHE.search(payload)
+                m = CACHE_RE.search(payload)
                 if m:
                     c = m.group(1).decode()
                     cache[c] = cache.get(c, 0) + 1
-                m = _LEVEL.search(payload)
+                m = LEVEL_RE.search(payload)
                 if m:
                     lv = m.group(1).decode()
                     levels[lv] = levels.get(lv, 0) + 1

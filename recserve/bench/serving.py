@@ -8,6 +8,7 @@ Cases, each deployed alone (the one before it is deleted, its shard actors with 
   noop                the same no-op on the stack's cluster, served the way the application is
                       (serve.ingress: haproxy = Ray 2.60's proxy-free ingress)
   recommend           /v1/recommend, L1 cache off, the application as `make demo` deploys it
+  recommend_split     the same in the cluster topology: Ranker, Bandit and Explainer deployments
   recommend_cached    /v1/recommend, cache on, the same application, Zipf(1.1) users
   recommend_cached_2_replicas   two router replicas (each its own L1 cache), Zipf users with the
                       routing key (x-session-id: user affinity), then without it: the hit rates
@@ -220,6 +221,12 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
     measure("recommend", f"{base}/nocache/v1/recommend")
     delete("nocache")
 
+    # the cluster topology: ranker, bandit and explainer each a deployment of its own (what each Serve
+    # hop costs; the Bandit replica's CPU per request feeds `recserve capacity`)
+    deploy(build_app(cfg, cache=False, name="split", colocate=False), "split", "/split")
+    measure("recommend_split", f"{base}/split/v1/recommend")
+    delete("split")
+
     # disjoint user pools per point: no point finds entries an earlier one cached
     pools = np.array_split(user_ids, 3 * len(CONCURRENCY))
     pools = [np.arange(p.min(), p.max() + 1) for p in pools]
@@ -248,6 +255,7 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
     res["cache_hit_rate_2_replicas_no_affinity"] = hit_rate("recommend_cached_2_replicas_no_affinity")
     res["recommend_vs_noop"] = round(rps("recommend") / rps("noop"), 3)
     res["recommend_vs_default_noop"] = round(rps("recommend") / rps("noop_default"), 3)
+    res["split_vs_noop"] = round(rps("recommend_split") / rps("noop"), 3)
     res["cached_vs_noop"] = round(rps("recommend_cached") / rps("noop"), 3)
     res["cached_vs_default_noop"] = round(rps("recommend_cached") / rps("noop_default"), 3)
     res["noop_vs_default_noop"] = round(rps("noop") / rps("noop_default"), 3)

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from recserve import keys
 from recserve.bench.common import require_own_serve, write_result
 
 
@@ -86,7 +87,7 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
                 resp = c.post("/v1/events", json=ev)
                 t_acc = time.perf_counter()
                 if resp.status_code == 202:
-                    while time.perf_counter() - t_acc < 30 and not r.exists(f"st:ctx:{uid}"):
+                    while time.perf_counter() - t_acc < 30 and not r.exists(keys.context(uid)):
                         time.sleep(0.002)
                     t_vis = time.perf_counter()
                     probes.append({"accept_ms": (t_acc - t_send) * 1000, "fresh_ms": (t_vis - t_acc) * 1000})

@@ -24,6 +24,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import redis
 
+from recserve import keys
 from recserve.index.shard import sha256_file
 
 
@@ -65,9 +66,9 @@ def _bgsave(r: redis.Redis, timeout_s: float = 300.0) -> float:
 def _offsets(r: redis.Redis, partitions: int) -> dict:
     pipe = r.pipeline(transaction=False)
     for p in range(partitions):
-        pipe.get(f"st:off:{p}")
-        pipe.get(f"st:done:{p}")
-        pipe.xlen(f"events:{p}")
+        pipe.get(keys.committed_offset(p))
+        pipe.get(keys.committed_count(p))
+        pipe.xlen(keys.event_stream(p))
     res = pipe.execute()
     out = {}
     for p in range(partitions):

@@ -53,17 +53,18 @@ class Measured:
         rps = sv["cases"]["recommend_cached"]["16"]["rps"] / sv["cpus"]
         agg = st["events_per_s"] / st["aggregators"]
         overhead = ix["index_bytes"] / ix["n"] - ix["dim"] * 4
-        cpu = sv["cases"]["recommend"]["4"]["cpu_ms_per_request"]
-        bandit_key = next((k for k in cpu if k.endswith(":Bandit") and "nocache" in k), None)
+        cpu = sv["cases"].get("recommend_split", {}).get("4", {}).get("cpu_ms_per_request", {})
+        bandit_key = next((k for k in cpu if k.endswith(":Bandit")), None)
         if bandit_key is None:
-            raise CapacityError("serving.json has no Bandit CPU per request (cases.recommend.4.cpu_ms_per_request): "
-                                "run `recserve bench serving` again")
+            raise CapacityError("serving.json has no Bandit CPU per request (cases.recommend_split.4."
+                                "cpu_ms_per_request): run `recserve bench serving` again")
         bandit = float(cpu[bandit_key])
         return cls(rps, agg, overhead, bandit, {
             "router_rps_per_cpu": f"serving.json cases.recommend_cached.16.rps / cpus = {rps:.1f}",
             "aggregator_events_per_s": f"stream.json events_per_s / aggregators = {agg:.0f}",
             "hnsw_overhead_bytes": f"index.json index_bytes / n - dim*4 = {overhead:.0f}",
-            "bandit_cpu_ms": f"serving.json cases.recommend.4.cpu_ms_per_request[{bandit_key!r}] = {bandit:.2f}"})
+            "bandit_cpu_ms": f"serving.json cases.recommend_split.4.cpu_ms_per_request[{bandit_key!r}] = "
+                             f"{bandit:.2f}"})
 
 
 def year_inputs(year: int) -> dict:

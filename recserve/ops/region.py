@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import time
 
-DRAIN_KEY = "region:drain"
+from recserve import keys
+
+DRAIN_KEY = keys.REGION_DRAIN
 
 
 class RegionError(ValueError):
@@ -63,7 +65,7 @@ def lag(active, standby, partitions: int, prefix: str = "events") -> dict:
     """Replication lag of a standby's event log behind the active region's."""
     out, worst_s = {}, 0.0
     for p in range(partitions):
-        key = f"{prefix}:{p}"
+        key = keys.event_stream(p, prefix)
         n_a, n_s = int(active.xlen(key)), int(standby.xlen(key))
         behind = max(0, n_a - n_s)
         age = 0.0

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recserve import keys
+
 
 @dataclass
 class Slate:
@@ -48,7 +50,7 @@ class ThompsonBandit:
 
     @property
     def params_key(self) -> str:
-        return f"{self.prefix}:params"
+        return keys.bandit_params(self.prefix)
 
     def params(self, items: list[int]) -> tuple[np.ndarray, np.ndarray]:
         if not items:
@@ -108,7 +110,7 @@ class ThompsonBandit:
 
     @property
     def impressions_key(self) -> str:
-        return f"{self.prefix}:impressions"
+        return keys.bandit_impressions(self.prefix)
 
     @staticmethod
     def impression(request_id: str, user_id: int, slate: Slate) -> dict:

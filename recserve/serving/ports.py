@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from recserve import keys
 from recserve.serving.batching import InflightBatcher
 
 
@@ -104,7 +105,7 @@ class LiveContexts:
             self.stats.hits += 1
             return hit[1]
         self.stats.misses += 1
-        raw = await self.r.get(f"{self.prefix}:ctx:{int(user_id)}")
+        raw = await self.r.get(keys.context(user_id, self.prefix))
         ctx = LiveContext.loads(raw) if raw else None
         if len(self._cache) >= self.max_entries:
             self._cache.clear()

@@ -5,16 +5,10 @@ trending list, the real-time user vector and the bandit's parameters, and commit
 offset, so an event is neither lost nor counted twice; a script that finds another offset than
 the one it read from (another aggregator took the partition meanwhile) changes nothing.
 
-Redis keys (prefix `st`):
-  st:off:<p>             committed offset (stream entry id) of partition p
-  st:done:<p>            events committed from partition p (lag = stream length - done)
-  st:ts:<p>              event time and wall time of the last commit (staleness)
-  st:ctx:<user>          the user's live context (JSON: last N events, count, last ts, vector), TTL 1 h
-  st:item:<w>:<bucket>   hash item -> count in that bucket of window w (1h, 24h, 7d), expiring
-  st:user:<w>:<bucket>   hash user -> count
-  st:trend:<bucket>      sorted set item -> count per 5-minute bucket (trending = last hour)
-  bandit:params          a:<item>/b:<item> (clicks and purchases are successes, views failures)
-and a PUBLISH on `st:invalidate` of the users touched, so routers drop their cached lists.
+Redis keys (recserve.keys, prefix `st`): the committed offset and count per partition, the last
+commit's times (staleness), each user's live context (TTL 1 h), windowed counters per item and user,
+trending buckets, the bandit's posteriors (clicks and purchases are successes, views failures); and a
+PUBLISH on `st:invalidate` of the users touched, so routers drop their cached lists.
 """
 
 from __future__ import annotations
@@ -26,9 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recserve import keys
+
 WINDOWS = {"1h": (3600, 300), "24h": (86400, 3600), "7d": (7 * 86400, 86400)}  # span, bucket
 TREND_BUCKET_S = 300
-INVALIDATE_CHANNEL = "st:invalidate"
+INVALIDATE_CHANNEL = keys.invalidate_channel()
 SUCCESS = {"click", "purchase"}
 
 # One script per batch: the whole batch's effect travels as one JSON argument (decoded by the
@@ -99,7 +95,7 @@ class AggregatorCore:
         self.fenced = 0
 
     def key(self, *parts) -> str:
-        return ":".join([self.s.prefix, *map(str, parts)])
+        return keys.stream_key(*parts, prefix=self.s.prefix)
 
     def assign(self, partitions: list[int]) -> None:
         self.partitions = sorted(set(int(p) for p in partitions))
@@ -175,7 +171,7 @@ class AggregatorCore:
             k = self.key("trend", bucket)
             d["zincr"] += [[k, str(i), n] for i, n in counts.items()]
             d["expire"].append([k, 3600 + TREND_BUCKET_S])
-        pk = f"{self.s.bandit_prefix}:params"
+        pk = keys.bandit_params(self.s.bandit_prefix)
         d["bandit"] = [[pk, f, 1.0, n] for f, n in bandit.items()]  # Beta(1, 1) prior, as ThompsonBandit.update
         last_ts = max(int(e["ts"]) for e in events)
         d["ts"] = [self.key("ts", p), json.dumps({"event_ts": last_ts, "wall": time.time()})]
@@ -185,7 +181,7 @@ class AggregatorCore:
 
 # ------------------------------------------------------------------ reading
 def live_context(client, user_id: int, prefix: str = "st") -> LiveContext | None:
-    raw = client.get(f"{prefix}:ctx:{int(user_id)}")
+    raw = client.get(keys.context(user_id, prefix))
     return LiveContext.loads(raw) if raw else None
 
 
@@ -197,15 +193,15 @@ def window_count(client, kind: str, ident: int, window: str, now: int | None = N
     buckets = range((now - span) // b + 1, now // b + 1)
     pipe = client.pipeline(transaction=False)
     for bucket in buckets:
-        pipe.hget(f"{prefix}:{kind}:{window}:{bucket}", str(int(ident)))
+        pipe.hget(keys.window(kind, window, bucket, prefix), str(int(ident)))
     return sum(int(x) for x in pipe.execute() if x is not None)
 
 
 def trending(client, n: int = 20, now: int | None = None, prefix: str = "st") -> list[tuple[int, float]]:
     """The last hour's most frequent items."""
     now = int(now if now is not None else time.time())
-    buckets = [f"{prefix}:trend:{b}" for b in range((now - 3600) // TREND_BUCKET_S + 1, now // TREND_BUCKET_S + 1)]
-    tmp = f"{prefix}:trend:tmp:{time.time_ns()}"
+    buckets = [keys.trend(b, prefix) for b in range((now - 3600) // TREND_BUCKET_S + 1, now // TREND_BUCKET_S + 1)]
+    tmp = keys.stream_key("trend", "tmp", time.time_ns(), prefix=prefix)
     pipe = client.pipeline()
     pipe.zunionstore(tmp, buckets)
     pipe.zrevrange(tmp, 0, n - 1, withscores=True)
@@ -217,7 +213,7 @@ def trending(client, n: int = 20, now: int | None = None, prefix: str = "st") ->
 def _lag_queue(pipe, log, prefix: str) -> None:
     for p in range(log.partitions):
         pipe.xlen(log.stream(p))
-        pipe.get(f"{prefix}:done:{p}")
+        pipe.get(keys.committed_count(p, prefix))
 
 
 def _lag_result(res: list, partitions: int) -> dict[int, int]:
@@ -240,7 +236,7 @@ async def alag(aclient, log, prefix: str = "st") -> dict[int, int]:
 
 def _offsets_queue(pipe, log, prefix: str) -> None:
     for p in range(log.partitions):
-        pipe.get(f"{prefix}:off:{p}")
+        pipe.get(keys.committed_offset(p, prefix))
 
 
 def _oldest_queue(pipe, log, offs: list) -> None:

@@ -20,7 +20,8 @@ def test_figures_trace_to_the_benchmark_files(measured):
     assert measured.router_rps_per_cpu == sv["cases"]["recommend_cached"]["16"]["rps"] / sv["cpus"]
     assert set(measured.sources) == {"router_rps_per_cpu", "aggregator_events_per_s", "hnsw_overhead_bytes",
                                      "bandit_cpu_ms"}
-    assert measured.bandit_cpu_ms == sv["cases"]["recommend"]["4"]["cpu_ms_per_request"]["ray::ServeReplica:nocache:Bandit"]
+    assert measured.bandit_cpu_ms == sv["cases"]["recommend_split"]["4"]["cpu_ms_per_request"][
+        "ray::ServeReplica:split:Bandit"]
 
 
 def test_year_zero_lands_in_the_design_ranges(measured):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from recserve import keys
 from recserve.streaming.eventlog.base import Entry, EventLog, partition_of
 
 _APPEND_LUA = """
@@ -34,7 +35,7 @@ class RedisStreamLog(EventLog):
         self._append = self.r.register_script(_APPEND_LUA)
 
     def stream(self, p: int) -> str:
-        return f"{self.prefix}:{p}"
+        return keys.event_stream(p, self.prefix)
 
     def _calls(self, events: list[dict]) -> list[tuple[list[int], list[str], list]]:
         """One script call per partition: (event indexes, keys, args)."""
@@ -46,7 +47,7 @@ class RedisStreamLog(EventLog):
             args = [self.dedup_ttl_s]
             for j in idx:
                 args += [str(events[j].get("event_id") or ""), json.dumps(events[j], separators=(",", ":"))]
-            calls.append((idx, [self.stream(p), f"{self.prefix}:seen:"], args))
+            calls.append((idx, [self.stream(p), keys.event_seen(self.prefix)], args))
         return calls
 
     @staticmethod
@@ -60,8 +61,8 @@ class RedisStreamLog(EventLog):
     def append(self, events: list[dict]) -> list[str | None]:
         calls = self._calls(events)
         pipe = self.r.pipeline(transaction=False)
-        for _, keys, args in calls:
-            self._append(keys=keys, args=args, client=pipe)
+        for _, names, args in calls:
+            self._append(keys=names, args=args, client=pipe)
         return self._offsets(len(events), calls, pipe.execute())
 
     async def aappend(self, aclient, events: list[dict]) -> list[str | None]:
@@ -72,8 +73,8 @@ class RedisStreamLog(EventLog):
             script = self._ascript = aclient.register_script(_APPEND_LUA)
         calls = self._calls(events)
         async with aclient.pipeline(transaction=False) as pipe:
-            for _, keys, args in calls:
-                await script(keys=keys, args=args, client=pipe)
+            for _, names, args in calls:
+                await script(keys=names, args=args, client=pipe)
             results = await pipe.execute()
         return self._offsets(len(events), calls, results)
 
