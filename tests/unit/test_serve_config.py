@@ -22,6 +22,10 @@ def test_serve_config_validates_and_names_our_deployments():
         assert a["min_replicas"] >= 1 and a["max_replicas"] > a["min_replicas"]
     import deployments.app as mod
     assert callable(mod.app_builder)
+    # the builder makes those deployments: no port runs inside the router with these args
+    from recserve.config import Config
+
+    assert not any(mod.colocated(Config(), app.args["colocate"]).values())
 
 
 def test_queue_depth_policy_is_importable_from_the_config():
