@@ -156,21 +156,32 @@ def run(n: int = 1_000_000, dim: int = 64, shards: int = 4, ef_search: int = 100
             return rt
 
         res["layouts"] = {}
-        log("actors: loading shards into VectorShard actors")
-        rt = layout(work / "art", shards, "configured")   # kept for the latency, filter and restore figures
         per_core = os.cpu_count() or 1
-        if per_core != shards:
+        if per_core != shards:   # first: its actors take every CPU, and end before the configured ones start
             log(f"one shard per core: {per_core} shards")
             build_sharded(ids, x, cfg.model_copy(update={"num_shards": per_core}), work / "art-per-core")
             layout(work / "art-per-core", per_core, "per_core").shutdown()
+        log(f"actors: loading the {shards} configured shards into VectorShard actors")
+        rt = layout(work / "art", shards, "configured")   # kept for the latency, filter and restore figures
         c = res["layouts"]["configured"]
         for key in ("actor_load_s", "recall_at_10", "actor_qps", "actor_vs_raw", "split_ef_per_shard",
                     "split_ef_recall_at_10"):
             res[key] = c[key]
-        best = max(res["layouts"].values(), key=lambda lay: max(lay["merged_actor_qps"], lay["actor_qps"]))
-        res["best_actor_vs_raw"] = round(max(best["merged_actor_qps"], best["actor_qps"]) / res["raw_faiss_qps"], 3)
-        res["best_layout"] = f"{best['shards']} shards" + (f", {merge} batches merged per call"
-                                                            if best["merged_actor_qps"] > best["actor_qps"] else "")
+        # the best way of serving these queries from the actors at recall@10 >= 0.95: each layout at its
+        # configured efSearch (batches of `batch`, or `merge` of them per call) and with efSearch split
+        # over its shards (merged)
+        variants = []
+        for lay in res["layouts"].values():
+            variants += [(lay["actor_qps"], lay["recall_at_10"], f"{lay['shards']} shards, batches of {batch}"),
+                         (lay["merged_actor_qps"], lay["recall_at_10"],
+                          f"{lay['shards']} shards, {merge} batches merged per call"),
+                         (lay["split_ef_merged_actor_qps"], lay["split_ef_recall_at_10"],
+                          f"{lay['shards']} shards, efSearch {lay['split_ef_per_shard']} per shard, {merge} batches "
+                          f"merged per call")]
+        qps, rec, name = max(v for v in variants if v[1] >= 0.95)
+        res["best_actor_vs_raw"] = round(qps / res["raw_faiss_qps"], 3)
+        res["best_recall_at_10"] = rec
+        res["best_layout"] = name
         # the ceiling of sharding itself: HNSW's cost per query grows with log(n), so S shards of n/S
         # vectors each do nearly S times the distance computations of one index over all n
         res["sharding_ceiling_vs_raw"] = round(max(lay["inprocess_vs_raw"] for lay in res["layouts"].values()), 3)

@@ -131,8 +131,11 @@ def _serve_forever(cfg: Config, reg) -> None:
         _fail(RuntimeError(f"port {cfg.serve.http_port} is taken: Serve cannot listen there. Stop what uses it or "
                            f"set RECSERVE_SERVE__HTTP_PORT"))
     ensure_ray(cfg)
-    console.print("deploying the serving application (Router, Ranker, Bandit, Explainer, vector-index shard "
-                  "actors) and the stream aggregators...")
+    from deployments.app import colocated
+
+    apart = [n for n, inproc in zip(("Ranker", "Bandit", "Explainer"), colocated(cfg).values()) if not inproc]
+    console.print(f"deploying the serving application (Router{''.join(', ' + n for n in apart)}, vector-index "
+                  f"shard actors; {cfg.serve.ingress} ingress) and the stream aggregators...")
     url = deploy(cfg, reg.uri)
     from actors.aggregator import AggregatorPool
 
