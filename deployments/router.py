@@ -46,8 +46,8 @@ class Router:
             app = serve.get_replica_context().app_name
             st = serve.status().applications.get(app)
             deleting = st is None or str(st.status).endswith("DELETING")
-        except Exception:  # noqa: BLE001 - the controller is gone: so is the application
-            deleting = True
+        except Exception:  # noqa: BLE001 - no answer: leave the shared actors to the other replicas (if
+            pass           # the cluster itself is going away, they end with it)
         await self.svc.close(stop_shared_index=deleting)
 
     def reconfigure(self, user_config: dict) -> None:
