@@ -123,16 +123,21 @@ class ThompsonBandit:
 
     def update(self, item_id: int, reward: float) -> tuple[float, float]:
         """Fold one reward (0..1) into the item's posterior, atomically for all replicas."""
+        pipe = self.r.pipeline()
+        self.queue_update(pipe, item_id, reward)
+        res = pipe.execute()
+        return float(res[2]), float(res[3])
+
+    def queue_update(self, pipe, item_id: int, reward: float) -> None:
+        """The commands of `update` on a transaction pipeline (sync or asyncio): the prior set if
+        the item has none yet, then the reward folded in; results 2 and 3 are the new alpha and beta."""
         if not 0.0 <= reward <= 1.0:
             raise ValueError("reward must be in 0..1")
-        pipe = self.r.pipeline()
         a0, b0 = self.prior
         pipe.hsetnx(self.params_key, f"a:{item_id}", a0)
         pipe.hsetnx(self.params_key, f"b:{item_id}", b0)
         pipe.hincrbyfloat(self.params_key, f"a:{item_id}", reward)
         pipe.hincrbyfloat(self.params_key, f"b:{item_id}", 1.0 - reward)
-        res = pipe.execute()
-        return float(res[2]), float(res[3])
 
 
 class LiveBandit:
@@ -178,15 +183,8 @@ class LiveBandit:
 
     async def aupdate(self, item_id: int, reward: float) -> tuple[float, float]:
         """Fold one reward into the shared posterior (atomically, for every replica) and into the snapshot."""
-        if not 0.0 <= reward <= 1.0:
-            raise ValueError("reward must be in 0..1")
-        a0, b0 = self.bandit.prior
-        key = self.bandit.params_key
         async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, f"a:{item_id}", a0)
-            pipe.hsetnx(key, f"b:{item_id}", b0)
-            pipe.hincrbyfloat(key, f"a:{item_id}", reward)
-            pipe.hincrbyfloat(key, f"b:{item_id}", 1.0 - reward)
+            self.bandit.queue_update(pipe, item_id, reward)
             res = await pipe.execute()
         self.snapshot[int(item_id)] = (float(res[2]), float(res[3]))
         return float(res[2]), float(res[3])

@@ -20,6 +20,7 @@ import numpy as np
 
 from recserve import keys
 from recserve.serving.batching import InflightBatcher
+from recserve.streaming.aggregator import LiveContext
 
 
 class SearchPort(Protocol):
@@ -97,8 +98,6 @@ class LiveContexts:
         self.stats = CacheStats()
 
     async def get(self, user_id: int):
-        from recserve.streaming.aggregator import LiveContext
-
         now = time.monotonic()
         hit = self._cache.get(user_id)
         if hit is not None and now - hit[0] < self.ttl_s:

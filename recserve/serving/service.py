@@ -183,6 +183,12 @@ class RecService:
     # ---------------------------------------------------------------- writes
     async def events(self, events: list[dict]) -> tuple[int, dict, dict | None]:
         """(status, body, headers) of a batch of validated events."""
+        t0 = time.perf_counter()
+        status, body, headers = await self._append(events)
+        self.metrics.request("events", status, (time.perf_counter() - t0) * 1000)
+        return status, body, headers
+
+    async def _append(self, events: list[dict]) -> tuple[int, dict, dict | None]:
         now = int(time.time())
         for e in events:
             e["ts"] = e["ts"] or now
@@ -203,7 +209,6 @@ class RecService:
         accepted = sum(o is not None for o in offsets)
         if accepted:
             self.metrics.events(accepted)
-        self.metrics.request("events", 202, 0.0)
         return 202, {"accepted": accepted, "duplicates": len(offsets) - accepted}, None
 
     async def feedback(self, item_id: int, reward: float) -> dict:
