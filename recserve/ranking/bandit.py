@@ -29,6 +29,7 @@ class Slate:
 
 
 IMPRESSIONS_MAXLEN = 1_000_000
+WARMUP_PREFIX = "warmup-"   # a deploy's warm-up request: its slate is drawn, its impression not logged
 
 
 class ThompsonBandit:
@@ -105,7 +106,8 @@ class ThompsonBandit:
     def choose(self, ranked: list[int], k: int, user_id: int, request_id: str) -> Slate:
         """The slate shown to the user, its impression logged with the propensities."""
         slate = self.select(ranked, k)
-        self.log_impression(request_id, int(user_id), slate)
+        if not request_id.startswith(WARMUP_PREFIX):
+            self.log_impression(request_id, int(user_id), slate)
         return slate
 
     @property
@@ -175,6 +177,8 @@ class LiveBandit:
         top = list(ranked[: max(self.bandit.top_n, k)])
         a, b = self.params(top)
         slate = self.bandit.select(top, k, params=(a, b), with_propensities=False)
+        if request_id.startswith(WARMUP_PREFIX):
+            return slate
         if len(self.pending) < self.max_pending:
             self.pending.append((request_id, int(user_id), slate, top, a, b))
         else:

@@ -129,14 +129,14 @@ class Ladder:
 
     # -------------------------------------------------------------- recommend
     async def recommend(self, user_id: int, k: int, filters: dict | None, explain: bool,
-                        deadline_ms: float | None = None) -> dict:
+                        deadline_ms: float | None = None, request_id: str | None = None) -> dict:
         t0 = time.perf_counter()
         deadline = t0 + (deadline_ms / 1000.0 if deadline_ms is not None else self.deadline_s)
 
         def left() -> float:
             return deadline - time.perf_counter()
 
-        rid = uuid.uuid4().hex
+        rid = request_id or uuid.uuid4().hex
         timings: dict = {}
         stage, ports = self.stage, self.ports
         versions = dict(stage.versions)

@@ -92,10 +92,15 @@ class RecService:
     async def warm(self) -> dict:
         """One recommendation for a known user through every port with a generous budget, so the
         first request a client sends finds the index, the ranker and the connections warm; its
-        answer is neither cached nor counted."""
+        answer is neither cached nor counted, and the bandit logs no impression of it."""
+        import uuid
+
+        from recserve.ranking.bandit import WARMUP_PREFIX
+
         levels = dict(self.ladder.levels)
         user = self.stage.some_user()
-        out = await self.ladder.recommend(user, 10, None, False, deadline_ms=30_000)
+        out = await self.ladder.recommend(user, 10, None, False, deadline_ms=30_000,
+                                          request_id=WARMUP_PREFIX + uuid.uuid4().hex)
         self.ladder.levels = levels
         self.ladder.last_good.pop(user, None)
         self._ranker_version = self.ladder.ranker_version

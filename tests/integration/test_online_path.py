@@ -123,3 +123,14 @@ def test_index_down_degrades_to_popular(online):
     finally:
         index.groups = saved
     assert out["degradation_level"] == LEVEL_POPULAR and len(out["items"]) == 5
+
+
+def test_a_warm_up_request_logs_no_impression(online):
+    from recserve.ranking.bandit import WARMUP_PREFIX
+
+    before = len(online.r.xrange(f"{online.prefix}:impressions"))
+    u = int(online.stage.data.user_ids[6])
+    out = online.loop.run_until_complete(online.ladder.recommend(u, 10, None, False, request_id=WARMUP_PREFIX + "x"))
+    assert out["degradation_level"] == LEVEL_FULL and out["request_id"] == WARMUP_PREFIX + "x"
+    online.loop.run_until_complete(online.bandit.flush())
+    assert len(online.r.xrange(f"{online.prefix}:impressions")) == before
