@@ -103,19 +103,12 @@ def _point(url: str, c: int, duration: float, users: np.ndarray, seed: int, cpu:
 
 
 def _wait_ready(url: str, body: dict, timeout: float = 120.0) -> dict:
-    import httpx
+    from recserve.ops.stack import wait_http
 
-    deadline, last = time.monotonic() + timeout, ""
-    while time.monotonic() < deadline:
-        try:
-            r = httpx.post(url, json=body, timeout=30)
-            if r.status_code == 200:
-                return r.json()
-            last = f"HTTP {r.status_code}: {r.text[:200]}"
-        except httpx.HTTPError as e:
-            last = str(e)
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout}s ({last})")
+    r, last = wait_http(url, timeout, body)
+    if r is None:
+        raise RuntimeError(f"{url} did not answer within {timeout}s ({last})")
+    return r.json()
 
 
 def default_noop(duration: float, seed: int) -> dict:

@@ -200,21 +200,28 @@ def start_ray_head(temp_dir: Path, gcs_port: int, dashboard_port: int, num_cpus:
     return address, dash
 
 
-def _wait_dashboard(url: str, timeout: float) -> None:
+def wait_http(url: str, timeout: float, body: dict | None = None, poll_s: float = 0.5):
+    """Ask `url` (GET, or POST of `body` as JSON) until it answers 200: (the response, None), or
+    (None, the last thing it said) once `timeout` passes."""
     import httpx
 
-    deadline = time.monotonic() + timeout
-    last = ""
+    deadline, last = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(url + "/api/version", timeout=2)
+            r = httpx.get(url, timeout=2) if body is None else httpx.post(url, json=body, timeout=30)
             if r.status_code == 200:
-                return
-            last = f"HTTP {r.status_code}"
+                return r, None
+            last = f"HTTP {r.status_code}: {r.text[:200]}"
         except httpx.HTTPError as e:
             last = str(e)
-        time.sleep(0.5)
-    raise StackError(f"Ray's jobs API at {url} did not come up within {timeout}s ({last})")
+        time.sleep(poll_s)
+    return None, last
+
+
+def _wait_dashboard(url: str, timeout: float) -> None:
+    r, last = wait_http(url + "/api/version", timeout)
+    if r is None:
+        raise StackError(f"Ray's jobs API at {url} did not come up within {timeout}s ({last})")
 
 
 def _wait_jobs_accepted(url: str, timeout: float) -> None:

@@ -160,7 +160,6 @@ class LiveBandit:
         self.wanted: set[int] = set()
         self.pending: list[dict] = []
         self.dropped = 0
-        self.refreshed_at = 0.0
         self.rng = np.random.default_rng()   # the propensities' own draws (a worker thread's)
 
     def params(self, items: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -205,7 +204,6 @@ class LiveBandit:
             a, b = raw[2 * j], raw[2 * j + 1]
             snap[i] = (float(a) if a is not None else a0, float(b) if b is not None else b0)
         self.snapshot, self.wanted = snap, set()
-        self.refreshed_at = time.time()
 
     async def flush(self) -> int:
         batch, self.pending = self.pending, []

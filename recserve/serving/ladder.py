@@ -140,8 +140,8 @@ class Ladder:
         timings: dict = {}
         stage, ports = self.stage, self.ports
         versions = dict(stage.versions)
-        request_excl = {int(i) for i in (filters or {}).get("exclude_ids") or []}
         if not stage.knows(user_id):   # cold start: popular items blended with the request's filters
+            request_excl = {int(i) for i in (filters or {}).get("exclude_ids") or []}
             return self._count({"request_id": rid, "items": stage.popular(k, filters, request_excl),
                                 "degradation_level": LEVEL_FULL, "model_versions": versions, "took_ms": _ms(t0),
                                 "hop_ms": timings, "live_context": False})

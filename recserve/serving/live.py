@@ -7,7 +7,6 @@ answers and live contexts are dropped at once."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Callable
 
 
@@ -22,7 +21,6 @@ class StreamWatch:
         self.interval_s = interval_s
         self.staleness = 0.0
         self.lag = 0
-        self.checked_at = 0.0
         self.error: str | None = None
 
     async def poll(self) -> None:
@@ -35,7 +33,6 @@ class StreamWatch:
         except Exception as e:  # noqa: BLE001 - Redis away: keep the last view, say so in status
             self.error = f"{type(e).__name__}: {e}"
             return
-        self.checked_at = time.time()
         self.on_stale(self.staleness > self.bound_s)
 
     async def run_poll(self) -> None:

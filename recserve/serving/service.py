@@ -270,7 +270,9 @@ class RecService:
                 "explainer": {k: self.explainer_stats[k] for k in ("queue_depth", "requests", "llm", "templates",
                                                                     "deadline", "queue_full", "rejected")
                               if k in self.explainer_stats},
-                "index_batching": {"calls": search.batcher.calls, "searches": search.batcher.items}}
+                "index_batching": {"calls": search.batcher.calls, "searches": search.batcher.items},
+                **({"bandit": {"impressions_waiting": len(self.local_bandit.pending),
+                               "impressions_dropped": self.local_bandit.dropped}} if self.local_bandit else {})}
 
     async def ready(self) -> tuple[bool, dict]:
         from recserve.ops.region import adraining
