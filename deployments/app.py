@@ -76,16 +76,23 @@ def colocated(cfg: Config, colocate: bool | str | None = None) -> dict[str, bool
 def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | None = None, cache: bool = True,
               name: str = "recserve", ranker_version: str | None = None, router_replicas: int | None = None,
               affinity: bool | None = None, autoscaling: dict | None = None, router_options: dict | None = None,
-              colocate: bool | str | None = None):
+              colocate: bool | str | None = None, stream: bool = True):
     """The application: the Router, and the Ranker, Bandit and Explainer deployments for the ports
-    that do not run inside it (`colocated`). `autoscaling`: {deployment name: autoscaling_config}
-    overriding fixed replica counts; `router_options`: Serve options of the Router
-    (max_ongoing_requests, max_queued_requests...)."""
+    that do not run inside it (`colocated`); and the stream (`stream`): the detached supervisor of
+    the configured event log (actors/supervisor.py), got or created here so that whatever deploys
+    this application (`serve run`, `serve deploy`, `recserve serve`) brings the aggregators up.
+    Each Router replica attaches its application to it; the last application deleted stops it.
+    `autoscaling`: {deployment name: autoscaling_config} overriding fixed replica counts;
+    `router_options`: Serve options of the Router (max_ongoing_requests, max_queued_requests...)."""
     from ray.serve.config import RequestRouterConfig
 
     from recserve.serving.wiring import PortChoice
 
     reg = Registry(registry_uri or cfg.registry_uri, cfg.registry.keep)
+    if stream:
+        from actors.supervisor import ensure_supervisor
+
+        ensure_supervisor(cfg, None, str(reg.uri), cfg.stream.supervisor_resources)
     autoscaling = autoscaling or {}
     s = cfg.serve
 
@@ -122,7 +129,7 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
                                  _version(ec.model_dump(mode="json"), s.explainer_budget_ms, reg.uri)).bind(
             cfg.model_dump(mode="json"), reg.uri)
     args = (cfg.model_dump(mode="json"), reg.uri, root)
-    kw = {"replicas": s.index_replicas, "cache": cache, "share_as": share_as}
+    kw = {"replicas": s.index_replicas, "cache": cache, "share_as": share_as, "stream": stream}
     # the router's version leaves out the ranker's spec (it arrives as user_config: a new model
     # version reconfigures the running replicas in place)
     version = _version(*args, kw, sorted(k for k, v in inproc.items() if v))

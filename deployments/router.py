@@ -26,19 +26,28 @@ install_error_handlers(api)
 @serve.ingress(api)
 class Router:
     async def __init__(self, cfg: dict, registry_uri: str, index_root: str, choice, replicas: int = 1,
-                       cache: bool = True, share_as: str | None = None):
+                       cache: bool = True, share_as: str | None = None, stream: bool = True):
+        import asyncio
+
         from recserve.config import Config
         from recserve.serving.wiring import build_service
 
         ctx = serve.get_replica_context()
-        self.svc = await build_service(Config.model_validate(cfg), registry_uri, index_root, choice, replicas,
+        c = Config.model_validate(cfg)
+        self.stream = stream
+        if stream:   # this application uses the stream: its supervisor runs (again) and knows it
+            from actors.supervisor import ensure_supervisor
+
+            await asyncio.to_thread(ensure_supervisor, c, ctx.app_name, registry_uri, c.stream.supervisor_resources)
+        self.svc = await build_service(c, registry_uri, index_root, choice, replicas,
                                        cache, share_as, replica=str(getattr(ctx.replica_id, "unique_id", ctx.replica_id)))
 
     async def __del__(self):
         """Graceful shutdown: background tasks stop, pending impressions and metrics are flushed;
         index shard actors shared by the replicas (named, detached) end with the application:
         the replica that sees its application being deleted stops them (a replica that only
-        restarts or scales down leaves them to the others, and a restarted one adopts them)."""
+        restarts or scales down leaves them to the others, and a restarted one adopts them); it
+        also detaches the application from the stream's supervisor, which stops with the last."""
         from ray import serve
 
         deleting = False
@@ -49,6 +58,15 @@ class Router:
         except Exception:  # noqa: BLE001 - no answer: leave the shared actors to the other replicas (if
             pass           # the cluster itself is going away, they end with it)
         await self.svc.close(stop_shared_index=deleting)
+        if deleting and self.stream:   # the stream ends with the last application using it
+            import asyncio
+
+            from actors.supervisor import stop_supervisor
+
+            try:
+                await asyncio.to_thread(stop_supervisor, self.svc.cfg, app, 20.0)
+            except Exception:  # noqa: BLE001 - best effort: the cluster may be going away
+                pass
 
     def reconfigure(self, user_config: dict) -> None:
         """An in-process ranker's new model version arrives here (user_config), in place."""

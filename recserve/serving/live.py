@@ -25,15 +25,36 @@ class StreamWatch:
 
     async def poll(self) -> None:
         from recserve.streaming.aggregator import alag, astaleness_s
+        from recserve.streaming.eventlog.redis import RedisStreamLog
 
         try:
-            self.staleness = await astaleness_s(self.r, self.log)
-            self.lag = sum((await alag(self.r, self.log)).values())
             self.error = None
+            if isinstance(self.log, RedisStreamLog):
+                self.staleness = await astaleness_s(self.r, self.log)
+                self.lag = sum((await alag(self.r, self.log)).values())
+            else:
+                await self._poll_published()
         except Exception as e:  # noqa: BLE001 - Redis away: keep the last view, say so in status
             self.error = f"{type(e).__name__}: {e}"
             return
         self.on_stale(self.staleness > self.bound_s)
+
+    async def _poll_published(self) -> None:
+        """A Kafka log: the stream supervisor publishes lag and staleness each second (`st:watch`);
+        a report that stops coming means nobody folds events: staleness grows with its age."""
+        import json
+        import time
+
+        from recserve import keys
+
+        raw = await self.r.get(keys.stream_key("watch"))
+        if raw is None:
+            self.error = "no report from the stream supervisor"
+            return
+        w = json.loads(raw)
+        age = max(0.0, time.time() - float(w.get("at", 0)))
+        self.lag = int(w.get("lag", 0))
+        self.staleness = float(w.get("staleness_s", 0.0)) + (age if age > 5 else 0.0)
 
     async def run_poll(self) -> None:
         while True:

@@ -44,7 +44,7 @@ async def build_service(cfg: Config, registry_uri: str, index_root: str, choice:
     )
     from recserve.serving.recommender import Recommender
     from recserve.serving.service import RecService
-    from recserve.streaming.eventlog.redis import RedisStreamLog
+    from recserve.streaming.eventlog import make_log
 
     reg = Registry(registry_uri, cfg.registry.keep)
     shard_opts = {"resources": dict(cfg.serve.shard_resources)} if cfg.serve.shard_resources else None
@@ -82,7 +82,8 @@ async def build_service(cfg: Config, registry_uri: str, index_root: str, choice:
     breakers = Breakers(BreakerSettings(sv.breaker_failure_rate, sv.breaker_min_failures, sv.breaker_window_s,
                                         sv.breaker_open_s, sv.breaker_probes))
     ladder = Ladder(stage, ports, breakers, deadline_ms=sv.deadline_ms, explainer_budget_ms=sv.explainer_budget_ms)
-    svc = RecService(cfg, stage, ladder, index, ar, RedisStreamLog(sync, partitions=cfg.stream.partitions), ports,
+    log = await asyncio.to_thread(make_log, cfg, sync)
+    svc = RecService(cfg, stage, ladder, index, ar, log, ports,
                      cache=cache, local_bandit=local_bandit, replica=replica)
     if warm:
         await svc.warm()

@@ -101,17 +101,29 @@ class AggregatorCore:
         self.partitions = sorted(set(int(p) for p in partitions))
 
     # ---------------------------------------------------------------- one step
-    def step(self) -> int:
-        """Process what is new in every owned partition; returns the events committed."""
-        done = 0
-        for p in self.partitions:
-            done += self.step_partition(p)
-        return done
+    def step(self, block_ms: int = 0) -> int:
+        """Process what is new in every owned partition (waiting up to block_ms for something to
+        arrive); returns the events committed."""
+        if not self.partitions:
+            if block_ms:
+                time.sleep(block_ms / 1000)
+            return 0
+        raw = self.r.mget([self.key("off", p) for p in self.partitions])
+        offs = {p: (o.decode() if isinstance(o, bytes) else (o or "")) for p, o in zip(self.partitions, raw)}
+        entries = self.log.read_after_many(offs, self.s.batch, block_ms)
+        by_p: dict[int, list] = {}
+        for e in entries:
+            by_p.setdefault(e.partition, []).append(e)
+        return sum(self._commit_entries(p, offs[p], es) for p, es in by_p.items())
 
     def step_partition(self, p: int) -> int:
         off = self.r.get(self.key("off", p))
         off = off.decode() if isinstance(off, bytes) else (off or "")
-        entries = self.log.read_after(p, off or "0-0", self.s.batch)
+        return self._commit_entries(p, off, self.log.read_after(p, off, self.s.batch))
+
+    def _commit_entries(self, p: int, off: str, entries: list) -> int:
+        """Fold the entries read after `off` and commit state and the new offset together, only
+        if the partition's committed offset is still `off` (the fence)."""
         if not entries:
             return 0
         ops = self._fold([e.event for e in entries], p)
@@ -217,18 +229,17 @@ def _lag_queue(pipe, log, prefix: str) -> None:
 
 
 def _lag_result(res: list, partitions: int) -> dict[int, int]:
-    return {p: int(res[2 * p] or 0) - int(res[2 * p + 1] or 0) for p in range(partitions)}
+    return {p: max(0, int(res[2 * p] or 0) - int(res[2 * p + 1] or 0)) for p in range(partitions)}
 
 
 def lag(client, log, prefix: str = "st") -> dict[int, int]:
-    """Events in each partition not yet committed by an aggregator."""
-    pipe = client.pipeline(transaction=False)
-    _lag_queue(pipe, log, prefix)
-    return _lag_result(pipe.execute(), log.partitions)
+    """Events in each partition not yet committed by an aggregator (either backend)."""
+    counts = client.mget([keys.committed_count(p, prefix) for p in range(log.partitions)])
+    return log.pending(client, counts)
 
 
 async def alag(aclient, log, prefix: str = "st") -> dict[int, int]:
-    """`lag` through an asyncio client (the router's stream watch)."""
+    """`lag` through an asyncio client (the router's stream watch; Redis Streams)."""
     pipe = aclient.pipeline(transaction=False)
     _lag_queue(pipe, log, prefix)
     return _lag_result(await pipe.execute(), log.partitions)
@@ -254,17 +265,19 @@ def _staleness(rows_per_partition: list, now: float | None) -> float:
 
 def staleness_s(client, log, prefix: str = "st", now: float | None = None) -> float:
     """How far behind the stream is: the age of the oldest event no aggregator has committed yet
-    (its stream entry id carries its append time in ms); 0 when every partition is caught up."""
-    pipe = client.pipeline(transaction=False)
-    _offsets_queue(pipe, log, prefix)
-    offs = pipe.execute()
-    pipe = client.pipeline(transaction=False)
-    _oldest_queue(pipe, log, offs)
-    return _staleness(pipe.execute(), now)
+    (its append time); 0 when every partition is caught up. Either backend."""
+    raw = client.mget([keys.committed_offset(p, prefix) for p in range(log.partitions)])
+    behind = {p: n for p, n in lag(client, log, prefix).items() if n > 0}
+    if not behind:
+        return 0.0
+    offs = {p: (raw[p].decode() if isinstance(raw[p], bytes) else (raw[p] or "")) for p in behind}
+    oldest = log.oldest_ts(offs)
+    now = now if now is not None else time.time()
+    return max(0.0, now - min(oldest.values())) if oldest else 0.0
 
 
 async def astaleness_s(aclient, log, prefix: str = "st", now: float | None = None) -> float:
-    """`staleness_s` through an asyncio client (the router's stream watch)."""
+    """`staleness_s` through an asyncio client (the router's stream watch; Redis Streams)."""
     pipe = aclient.pipeline(transaction=False)
     _offsets_queue(pipe, log, prefix)
     offs = await pipe.execute()

@@ -1,5 +1,5 @@
-"""One contract for every event-log backend: Redis Streams always (a real redis-server), Kafka
-when KAFKA_BOOTSTRAP_SERVERS points at a broker."""
+"""One contract for every event-log backend: Redis Streams (a real redis-server) and Kafka (the
+session's embedded Kafka-protocol broker, or KAFKA_BOOTSTRAP_SERVERS when set)."""
 
 import os
 import time
@@ -22,9 +22,7 @@ def log(request, redis_url):
     if request.param == "redis":
         yield RedisStreamLog(redis_url, partitions=P, prefix=f"ev-{name}")
     else:
-        boot = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        if not boot:
-            pytest.skip("Kafka contract run needs KAFKA_BOOTSTRAP_SERVERS (no broker on this machine)")
+        boot = os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or request.getfixturevalue("kafka_bootstrap")
         lg = KafkaLog(boot, topic=f"ev-{name}", partitions=P, dedup=redis.Redis.from_url(redis_url))
         yield lg
         lg.close()
@@ -90,3 +88,61 @@ def test_dead_consumers_pending_entries_are_claimed(log):
     assert sorted(e.event["event_id"] for e in taken) == sorted(e.event["event_id"] for e in got)
     log.ack("g", taken)
     assert sum(log.lag("g").values()) == 0
+
+
+def test_read_after_many_resumes_from_each_offset(log):
+    log.append(_events(40, prefix="ram"))
+    got, deadline = [], time.time() + 10
+    while len(got) < 40 and time.time() < deadline:
+        got = log.read_after_many({p: "" for p in range(P)}, count=1000, block_ms=200)
+    assert sorted(e.event["event_id"] for e in got) == sorted(f"ram{i}" for i in range(40))
+    # from the middle of each partition on: exactly what follows
+    offs, expect = {}, set()
+    for p in range(P):
+        mine = [e for e in got if e.partition == p]
+        offs[p] = mine[len(mine) // 2 - 1].offset if len(mine) > 1 else ""
+        expect |= {e.event["event_id"] for e in (mine[len(mine) // 2:] if len(mine) > 1 else mine)}
+    again = log.read_after_many(offs, count=1000, block_ms=200)
+    assert {e.event["event_id"] for e in again} == expect
+    # nothing new: a blocking read waits, then returns nothing
+    last = {p: [e for e in got if e.partition == p][-1].offset for p in range(P) if any(e.partition == p for e in got)}
+    t0 = time.monotonic()
+    assert log.read_after_many(last, count=10, block_ms=300) == []
+    assert time.monotonic() - t0 >= 0.2
+
+
+def test_unreachable_broker_names_the_setting(redis_url):
+    from recserve.ops.stack import free_port
+    from recserve.streaming.eventlog import EventLogUnavailable
+
+    with pytest.raises(EventLogUnavailable, match="stream.bootstrap_servers"):
+        KafkaLog(f"127.0.0.1:{free_port()}", topic="nobody", partitions=2, dedup=redis.Redis.from_url(redis_url),
+                 timeout_s=2)
+
+
+def test_a_lost_broker_acknowledges_nothing_and_the_retry_is_not_a_duplicate(redis_url, tmp_path):
+    """The broker dies between two batches: the append raises (nothing marked seen), and the
+    client's retry of the same event ids, once a broker is back, is appended, not dropped."""
+    from recserve.ops.stack import free_port, start_kafka, stop_pid
+    from recserve.streaming.eventlog import EventLogUnavailable
+
+    port = free_port()
+    proc = start_kafka(tmp_path / "k1", port)
+    r = redis.Redis.from_url(redis_url)
+    topic = f"lost-{uuid.uuid4().hex[:6]}"
+    lg = KafkaLog(f"127.0.0.1:{port}", topic=topic, partitions=2, dedup=r, timeout_s=3)
+    try:
+        assert all(lg.append(_events(4, prefix=f"{topic}-a")))
+        stop_pid(proc.pid)
+        batch = _events(4, prefix=f"{topic}-b")
+        with pytest.raises(EventLogUnavailable):
+            lg.append(batch)
+        assert not any(r.exists(f"{topic}:seen:{e['event_id']}") for e in batch)
+        proc = start_kafka(tmp_path / "k2", port)      # a broker again (empty: memory storage)
+        lg.close()
+        lg = KafkaLog(f"127.0.0.1:{port}", topic=topic, partitions=2, dedup=r, timeout_s=5)
+        assert all(o is not None for o in lg.append(batch)), "the retry was taken for a duplicate"
+        assert lg.append(batch) == [None] * 4                # and now it is one
+    finally:
+        lg.close()
+        stop_pid(proc.pid)

@@ -1,0 +1,34 @@
+"""The event log (base.EventLog) and the one place that builds it from config: `make_log`."""
+
+from __future__ import annotations
+
+from recserve.streaming.eventlog.base import Entry, EventLog, EventLogUnavailable, partition_of
+
+__all__ = ["Entry", "EventLog", "EventLogUnavailable", "make_log", "partition_of"]
+
+
+def make_log(cfg, client=None, timeout_s: float = 10.0) -> EventLog:
+    """The configured event log (`stream.backend`): Redis Streams on `client` (or cfg's Redis), or
+    the Kafka topic `stream.topic` at cfg.kafka_bootstrap, with its event-id marks in that Redis.
+    An unreachable broker raises EventLogUnavailable naming the setting."""
+    import redis
+
+    if client is None:
+        client = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
+    sc = cfg.stream
+    if sc.backend == "kafka":
+        from recserve.streaming.eventlog.kafka import KafkaLog
+
+        setting = "stream.bootstrap_servers" if sc.bootstrap_servers else \
+            ("KAFKA_BOOTSTRAP_SERVERS" if _env("KAFKA_BOOTSTRAP_SERVERS") else "stream.kafka_port (the embedded broker)")
+        return KafkaLog(cfg.kafka_bootstrap, topic=sc.topic, partitions=sc.partitions, dedup=client,
+                        timeout_s=timeout_s, setting=setting)
+    from recserve.streaming.eventlog.redis import RedisStreamLog
+
+    return RedisStreamLog(client, partitions=sc.partitions, prefix=sc.topic)
+
+
+def _env(name: str) -> str | None:
+    import os
+
+    return os.environ.get(name)

@@ -4,8 +4,11 @@
   groups, acknowledgements, claiming a dead consumer's pending entries (XAUTOCLAIM). Appends of a
   batch go through one Lua script per partition that also records each event id (SET NX with a
   TTL), so a client retry of the same events appends nothing twice. Redis runs with AOF everysec.
-* `KafkaLog`: a topic of P partitions keyed by user id, `acks=all`, consumer groups and committed
-  offsets (kafka-python). Used when `KAFKA_BOOTSTRAP_SERVERS` is set.
+* `KafkaLog`: a topic of P partitions keyed by user id, `acks=all`, event ids marked seen in Redis
+  only once the broker acknowledged them (kafka-python). `stream.backend: kafka`.
+
+`make_log(cfg)` (recserve.streaming.eventlog) builds the configured one: the router, the
+aggregators, the supervisor, the backup, the benches and chaos all get theirs from it.
 
 The partition of an event is `partition_of(user_id, P)`, the same hash both backends use, so one
 user's events stay in order on one partition.
@@ -32,8 +35,40 @@ class Entry:
     event: dict
 
 
+class EventLogUnavailable(RuntimeError):
+    """The log did not acknowledge (broker or Redis unreachable): nothing of the batch counts as
+    appended; the caller retries (event ids make the retry idempotent). The message says which
+    setting points at what."""
+
+
 class EventLog(ABC):
     partitions: int
+
+    @abstractmethod
+    def stream(self, p: int) -> str:
+        """The name of partition p (a Redis stream key, or topic:p)."""
+
+    @abstractmethod
+    def read_after_many(self, offsets: dict[int, str], count: int = 1000, block_ms: int = 0) -> list[Entry]:
+        """Entries of each partition after its offset (exclusive; "" = from the start), oldest
+        first per partition, waiting up to block_ms when there are none: what an aggregator that
+        keeps its own committed offsets reads."""
+
+    def read_after(self, p: int, offset: str, count: int = 1000) -> list[Entry]:
+        return [e for e in self.read_after_many({p: offset}, count) if e.partition == p]
+
+    @abstractmethod
+    def pending(self, client, committed_counts: list) -> dict[int, int]:
+        """Per partition: appended entries minus the aggregators' committed counts."""
+
+    @abstractmethod
+    def oldest_ts(self, offsets: dict[int, str]) -> dict[int, float]:
+        """Append time (s) of the first entry after each offset, where there is one."""
+
+    async def aappend(self, aclient, events: list[dict]) -> list[str | None]:
+        import asyncio
+
+        return await asyncio.to_thread(self.append, events)
 
     @abstractmethod
     def append(self, events: list[dict]) -> list[str | None]:

@@ -1,53 +1,227 @@
-"""The event log on Kafka (kafka-python): a topic of `partitions` partitions keyed by user id."""
+"""The event log on Kafka (kafka-python): a topic of `partitions` partitions keyed by user id,
+`acks=all`.
+
+Exactly-once has the same shape as on Redis Streams: the aggregators keep their own offsets in
+Redis and commit them with the state they produced, in one fenced Lua script
+(recserve.streaming.aggregator), reading assigned partitions from that offset on (never a group
+join: a consumer that subscribes waits for a rebalance). Consumer-group offset commits (`ack`) are
+only a convenience for other readers.
+
+Event ids are deduplicated in Redis in two steps, so that a failed send never turns the client's
+retry into a dropped "duplicate": a short-lived *pending* mark (SET NX) before the send, replaced
+by the *seen* mark (TTL `dedup_ttl_s`) only once the broker acknowledged the record; a send that
+fails removes its pending mark. The same pipeline counts the acknowledged records per partition
+(`<topic>:appended:<p>`): lag is that count minus what the aggregators committed, as on Redis
+(the embedded broker's ListOffsets answers are not reliable enough to count on).
+"""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 
-from recserve.streaming.eventlog.base import Entry, EventLog, partition_of
+from recserve.streaming.eventlog.base import Entry, EventLog, EventLogUnavailable, partition_of
+
+PENDING_TTL_S = 60
+
+
+def _errors():
+    from kafka.errors import KafkaError
+
+    return (KafkaError, OSError, TimeoutError)
 
 
 class KafkaLog(EventLog):
-    """Kafka backend: topic of `partitions` partitions keyed by user id, acks=all, committed offsets.
-    Event-id deduplication needs a shared store: pass a Redis client as `dedup`."""
-
     def __init__(self, bootstrap: str, topic: str = "events", partitions: int = 8, dedup=None,
-                 dedup_ttl_s: int = 86400):
-        from kafka import KafkaAdminClient, KafkaProducer
-        from kafka.admin import NewTopic
-        from kafka.errors import TopicAlreadyExistsError
-
+                 dedup_ttl_s: int = 86400, timeout_s: float = 10.0, setting: str = "stream.bootstrap_servers"):
+        """`dedup`: a Redis client (the event-id marks and the appended counts live there). An
+        unreachable broker raises EventLogUnavailable naming `setting`."""
         self.bootstrap = bootstrap
         self.topic = topic
         self.partitions = partitions
         self.dedup = dedup
         self.dedup_ttl_s = dedup_ttl_s
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        self.timeout_s = timeout_s
+        self.setting = setting
+        self._lock = threading.Lock()
+        self._consumers: dict[tuple[str, str], object] = {}
+        self._reader = None
+        self._reader_next: dict[int, int] = {}
+        self._ensure_topic()
+        from kafka import KafkaProducer
+
         try:
-            admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+            self.producer = KafkaProducer(
+                bootstrap_servers=bootstrap, acks="all", linger_ms=1, retries=2,
+                request_timeout_ms=int(timeout_s * 1000), max_block_ms=int(timeout_s * 1000),
+                delivery_timeout_ms=int(timeout_s * 1000) + 2000)
+        except _errors() as e:
+            raise self._unreachable(e) from e
+
+    def _unreachable(self, e: Exception) -> EventLogUnavailable:
+        return EventLogUnavailable(
+            f"cannot reach the Kafka broker at {self.bootstrap} ({type(e).__name__}: {e}). Start it (`recserve up` "
+            f"starts the embedded one when stream.backend is kafka) or point {self.setting} / "
+            f"KAFKA_BOOTSTRAP_SERVERS at a running broker")
+
+    def _ensure_topic(self) -> None:
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000),
+                                     bootstrap_timeout_ms=int(self.timeout_s * 1000))
+        except _errors() as e:
+            raise self._unreachable(e) from e
+        try:
+            admin.create_topics([NewTopic(self.topic, num_partitions=self.partitions, replication_factor=1)])
         except TopicAlreadyExistsError:
             pass
+        except _errors() as e:
+            raise self._unreachable(e) from e
         finally:
             admin.close()
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2,
-                                      value_serializer=lambda v: json.dumps(v, separators=(",", ":")).encode())
-        self._consumers: dict[tuple[str, str], object] = {}
+
+    def stream(self, p: int) -> str:
+        return f"{self.topic}:{p}"
+
+    def _seen(self, eid: str) -> str:
+        return f"{self.topic}:seen:{eid}"
+
+    def appended_key(self, p: int) -> str:
+        return f"{self.topic}:appended:{p}"
+
+    # ---------------------------------------------------------------- append
+    def _claim(self, eid: str) -> bool:
+        """True when this append owns the event id (nobody appended it, nobody is appending it);
+        False when it is a duplicate of an acknowledged record. One in flight elsewhere: wait for
+        its outcome (a few seconds at most)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            if self.dedup.set(self._seen(eid), "pending", nx=True, ex=PENDING_TTL_S):
+                return True
+            state = self.dedup.get(self._seen(eid))
+            if state in (b"1", "1"):
+                return False
+            if state is None:
+                continue                     # the other send failed and let go: try again
+            if time.monotonic() > deadline:
+                raise EventLogUnavailable(f"event {eid} is still being appended by another request; retry")
+            time.sleep(0.02)
 
     def append(self, events: list[dict]) -> list[str | None]:
-        futures = []
-        for e in events:
-            eid = e.get("event_id")
-            if eid and self.dedup is not None and not self.dedup.set(f"{self.topic}:seen:{eid}", 1, nx=True,
-                                                                    ex=self.dedup_ttl_s):
-                futures.append(None)
-                continue
-            p = partition_of(int(e["user_id"]), self.partitions)
-            futures.append(self.producer.send(self.topic, value=e, partition=p))
-        self.producer.flush()
-        return [None if f is None else f"{f.get(timeout=30).partition}:{f.get(timeout=30).offset}" for f in futures]
+        owned: list[int] = []
+        out: list[str | None] = [None] * len(events)
+        ids = [str(e.get("event_id") or "") for e in events]
+        try:
+            if self.dedup is not None:
+                for j, eid in enumerate(ids):
+                    if not eid or self._claim(eid):
+                        owned.append(j)
+            else:
+                owned = list(range(len(events)))
+            futures = [(j, self.producer.send(self.topic, value=json.dumps(events[j], separators=(",", ":")).encode(),
+                                              partition=partition_of(int(events[j]["user_id"]), self.partitions)))
+                       for j in owned]
+            self.producer.flush(timeout=self.timeout_s)
+            metas = [(j, f.get(timeout=self.timeout_s)) for j, f in futures]
+        except Exception as e:
+            if self.dedup is not None:      # nothing of this batch counts as appended: let retries through
+                marks = [self._seen(ids[j]) for j in owned if ids[j]]
+                if marks:
+                    try:
+                        self.dedup.delete(*marks)
+                    except Exception:  # noqa: BLE001 - the pending marks expire on their own
+                        pass
+            if isinstance(e, EventLogUnavailable):
+                raise
+            raise EventLogUnavailable(f"the Kafka broker at {self.bootstrap} did not acknowledge the batch "
+                                      f"({type(e).__name__}: {e})") from e
+        counts: dict[int, int] = {}
+        for j, m in metas:
+            out[j] = f"{m.partition}:{m.offset}"
+            counts[m.partition] = counts.get(m.partition, 0) + 1
+        if self.dedup is not None:
+            pipe = self.dedup.pipeline(transaction=False)
+            for j, _ in metas:
+                if ids[j]:
+                    pipe.set(self._seen(ids[j]), "1", ex=self.dedup_ttl_s)
+            for p, n in counts.items():
+                pipe.incrby(self.appended_key(p), n)
+            pipe.execute()
+        return out
 
+    async def aappend(self, aclient, events: list[dict]) -> list[str | None]:
+        """`append` off the event loop (the producer and its acknowledgements are blocking)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.append, events)
+
+    # ------------------------------------------------------------------ read
+    def read_after_many(self, offsets: dict[int, str], count: int = 1000, block_ms: int = 0) -> list[Entry]:
+        """Entries after each partition's offset (exclusive; "" = from the start), waiting up to
+        block_ms for the first; one consumer assigned to those partitions, seeking only where its
+        position is not the one asked for."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        with self._lock:
+            if self._reader is None:
+                try:
+                    self._reader = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
+                                                 enable_auto_commit=False, auto_offset_reset="earliest",
+                                                 max_poll_records=count)
+                except _errors() as e:
+                    raise self._unreachable(e) from e
+            c = self._reader
+            tps = {p: TopicPartition(self.topic, p) for p in offsets}
+            if set(self._reader_next) != set(offsets):
+                c.assign(list(tps.values()))
+                self._reader_next = {}
+            for p, off in offsets.items():
+                want = int(off) + 1 if off not in ("", None) else 0
+                if self._reader_next.get(p) != want:
+                    c.seek(tps[p], want)
+                    self._reader_next[p] = want
+            batch = c.poll(timeout_ms=max(block_ms, 1), max_records=count)
+            out = []
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    out.append(Entry(tp.partition, str(m.offset), json.loads(m.value)))
+                if msgs:
+                    self._reader_next[tp.partition] = msgs[-1].offset + 1
+            return out
+
+    def read_after(self, p: int, offset: str, count: int = 1000) -> list[Entry]:
+        return [e for e in self.read_after_many({p: offset}, count, block_ms=200) if e.partition == p]
+
+    def pending(self, client, committed_counts: list[int]) -> dict[int, int]:
+        """Per partition: acknowledged records not yet committed by an aggregator."""
+        appended = client.mget([self.appended_key(p) for p in range(self.partitions)])
+        return {p: max(0, int(a or 0) - int(c or 0)) for p, (a, c) in enumerate(zip(appended, committed_counts))}
+
+    def oldest_ts(self, offsets: dict[int, str]) -> dict[int, float]:
+        """Append time (s) of the first record after each offset, for the partitions that have one."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        out: dict[int, float] = {}
+        c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+        try:
+            for p, off in offsets.items():
+                tp = TopicPartition(self.topic, p)
+                c.assign([tp])
+                c.seek(tp, int(off) + 1 if off not in ("", None) else 0)
+                got = c.poll(timeout_ms=300, max_records=1).get(tp)
+                if got:
+                    out[p] = got[0].timestamp / 1000.0
+        finally:
+            c.close()
+        return out
+
+    # ------------------------------------------------------ consumer groups
     def ensure_group(self, group: str) -> None:
-        pass  # Kafka creates groups on first join
+        pass  # groups exist once they commit
 
     def _consumer(self, group: str, consumer: str, partitions: list[int]):
         from kafka import KafkaConsumer, TopicPartition
@@ -56,20 +230,21 @@ class KafkaLog(EventLog):
         c = self._consumers.get(key)
         if c is None:
             c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False,
-                              auto_offset_reset="earliest", client_id=consumer,
-                              value_deserializer=lambda b: json.loads(b.decode()))
+                              auto_offset_reset="earliest", client_id=consumer)
             self._consumers[key] = c
-        c.assign([TopicPartition(self.topic, p) for p in partitions])
+        want = {TopicPartition(self.topic, p) for p in partitions}
+        if set(c.assignment()) != want:
+            c.assign(list(want))
         return c
 
     def read(self, group: str, consumer: str, partitions: list[int], count: int = 100,
              block_ms: int = 0) -> list[Entry]:
         c = self._consumer(group, consumer, partitions)
         batch = c.poll(timeout_ms=block_ms or 100, max_records=count)
-        return [Entry(tp.partition, str(m.offset), m.value) for tp, msgs in batch.items() for m in msgs]
+        return [Entry(tp.partition, str(m.offset), json.loads(m.value)) for tp, msgs in batch.items() for m in msgs]
 
     def ack(self, group: str, entries: list[Entry]) -> None:
-        from kafka import TopicPartition
+        from kafka import KafkaConsumer, TopicPartition
         from kafka.structs import OffsetAndMetadata
 
         if not entries:
@@ -77,10 +252,11 @@ class KafkaLog(EventLog):
         top: dict[int, int] = {}
         for e in entries:
             top[e.partition] = max(top.get(e.partition, -1), int(e.offset))
-        for (g, _), c in self._consumers.items():
-            if g == group:
-                c.commit({TopicPartition(self.topic, p): OffsetAndMetadata(o + 1, None, -1) for p, o in top.items()})
-                return
+        c = next((c for (g, _), c in self._consumers.items() if g == group), None)
+        if c is None:
+            c = self._consumers[(group, "_ack")] = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
+                                                                 enable_auto_commit=False)
+        c.commit({TopicPartition(self.topic, p): OffsetAndMetadata(o + 1, None, -1) for p, o in top.items()})
 
     def claim(self, group: str, consumer: str, partition: int, min_idle_ms: int, count: int = 100) -> list[Entry]:
         """Kafka has no per-entry pending list: a new owner of the partition resumes from the
@@ -89,21 +265,43 @@ class KafkaLog(EventLog):
 
         c = self._consumer(group, consumer, [partition])
         tp = TopicPartition(self.topic, partition)
-        committed = c.committed(tp)
-        c.seek(tp, committed or 0)
+        c.seek(tp, c.committed(tp) or 0)
         return self.read(group, consumer, [partition], count, block_ms=max(min_idle_ms, 100))
 
     def lag(self, group: str) -> dict[int, int]:
+        """Per partition: acknowledged records past the group's committed offset (the high
+        watermark comes from a fetch: the embedded broker's ListOffsets is not exact)."""
         from kafka import KafkaConsumer, TopicPartition
 
         c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False)
-        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
-        ends = c.end_offsets(tps)
-        out = {tp.partition: ends[tp] - (c.committed(tp) or 0) for tp in tps}
-        c.close()
-        return out
+        try:
+            tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
+            c.assign(tps)
+            out = {}
+            for tp in tps:
+                committed = c.committed(tp) or 0
+                c.seek(tp, committed)
+            deadline = time.monotonic() + 5
+            hw: dict[int, int] = {}
+            while len(hw) < len(tps) and time.monotonic() < deadline:
+                c.poll(timeout_ms=100, max_records=1)
+                for tp in tps:
+                    h = c.highwater(tp)
+                    if h is not None:
+                        hw[tp.partition] = h
+            for tp in tps:
+                out[tp.partition] = max(0, hw.get(tp.partition, 0) - (c.committed(tp) or 0))
+            return out
+        finally:
+            c.close()
 
     def close(self) -> None:
-        self.producer.close()
-        for c in self._consumers.values():
-            c.close()
+        try:
+            self.producer.close(timeout=2)
+        except Exception:  # noqa: BLE001
+            pass
+        for c in [*self._consumers.values(), *( [self._reader] if self._reader else [])]:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                pass

@@ -108,6 +108,36 @@ class RedisStreamLog(EventLog):
             out += self._entries(p, rows)
         return out
 
+    def read_after_many(self, offsets: dict[int, str], count: int = 1000, block_ms: int = 0) -> list[Entry]:
+        """XREAD of every partition after its offset in one call; with block_ms, the server holds
+        the call until an entry arrives (an idle aggregator costs nothing)."""
+        if not offsets:
+            return []
+        streams = {self.stream(p): (off or "0-0") for p, off in offsets.items()}
+        res = self.r.xread(streams, count=count, block=block_ms or None)
+        out: list[Entry] = []
+        for name, rows in res or []:
+            p = int((name.decode() if isinstance(name, bytes) else name).rsplit(":", 1)[1])
+            out += self._entries(p, rows)
+        return out
+
+    def pending(self, client, committed_counts: list) -> dict[int, int]:
+        pipe = client.pipeline(transaction=False)
+        for p in range(self.partitions):
+            pipe.xlen(self.stream(p))
+        return {p: max(0, int(n or 0) - int(c or 0)) for p, (n, c) in enumerate(zip(pipe.execute(), committed_counts))}
+
+    def oldest_ts(self, offsets: dict[int, str]) -> dict[int, float]:
+        pipe = self.r.pipeline(transaction=False)
+        for p, off in offsets.items():
+            pipe.xrange(self.stream(p), min=f"({off}" if off else "-", max="+", count=1)
+        out = {}
+        for p, rows in zip(offsets, pipe.execute()):
+            if rows:
+                eid = rows[0][0].decode() if isinstance(rows[0][0], bytes) else rows[0][0]
+                out[p] = int(eid.split("-")[0]) / 1000.0
+        return out
+
     def read_after(self, p: int, offset: str, count: int = 1000) -> list[Entry]:
         """Entries of partition p after `offset` (exclusive), oldest first: what an aggregator
         that keeps its own committed offsets reads."""

@@ -1,0 +1,120 @@
+"""The stream's supervisor as a detached, restartable Ray actor (the logic is
+recserve/streaming/supervisor.py). The application builder (deployments/app.py) gets-or-creates it
+by name, so `serve run serve_config.yaml`, `serve deploy` of a region file and `recserve serve` all
+bring the stream up. Killed, Ray brings it back; the new one adopts the running aggregators
+(named) and the count it kept in Redis. It ends with the last application attached to it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import ray
+
+from recserve.streaming.supervisor import NAMESPACE, StreamSupervisor, supervisor_name
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0)
+class StreamSupervisorActor:
+    def __init__(self, cfg: dict, registry_uri: str | None = None, interval_s: float = 1.0):
+        from recserve.config import Config
+
+        self.cfg = Config.model_validate(cfg)
+        self.sup = StreamSupervisor(self.cfg, registry_uri=registry_uri)
+        self.lock = threading.Lock()
+        self.interval_s = interval_s
+        self.error: str | None = None
+        with self.lock:
+            self.sup.start()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True, name="stream-supervisor")
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            try:
+                with self.lock:
+                    self.sup.tick()
+                self.error = None
+            except Exception as e:  # noqa: BLE001 - Redis away etc.: try again next second
+                self.error = f"{type(e).__name__}: {e}"
+
+    # the applications using this stream: the last one to go stops it
+    def attach(self, app: str) -> list[str]:
+        apps = set(self._apps()) | {app}
+        self.sup.r.sadd(self._apps_key(), app)
+        return sorted(apps)
+
+    def detach(self, app: str) -> bool:
+        """Returns True when that was the last application: the aggregators are stopped and this
+        actor exits."""
+        self.sup.r.srem(self._apps_key(), app)
+        if self._apps():
+            return False
+        self.stop.set()
+        self.thread.join(5)
+        with self.lock:
+            self.sup.shutdown()
+        ray.actor.exit_actor()
+
+    def _apps_key(self) -> str:
+        return self.sup.state_key() + ":apps"
+
+    def _apps(self) -> list[str]:
+        return sorted(x.decode() if isinstance(x, bytes) else x for x in self.sup.r.smembers(self._apps_key()))
+
+    def scale(self, n: int) -> int:
+        with self.lock:
+            self.sup.scale(n)
+        return len(self.sup.members)
+
+    def stats(self) -> dict:
+        return {**self.sup.stats(), "apps": self._apps(), "error": self.error,
+                "node": ray.get_runtime_context().get_node_id()}
+
+    def lag(self) -> dict[int, int]:
+        return self.sup.lag()
+
+    def wait_caught_up(self, timeout_s: float = 30.0) -> bool:
+        return self.sup.wait_caught_up(timeout_s)
+
+    def aggregators(self) -> list:
+        return self.sup.handles()
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+def ensure_supervisor(cfg, app: str, registry_uri: str | None = None, resources: dict | None = None):
+    """Get-or-create the detached supervisor of cfg's event log and attach `app` to it; returns
+    its handle. Needs a connected Ray."""
+    opts = {"resources": dict(resources)} if resources else {}
+    h = StreamSupervisorActor.options(name=supervisor_name(cfg), namespace=NAMESPACE, get_if_exists=True,
+                                      lifetime="detached", **opts).remote(cfg.model_dump(mode="json"), registry_uri)
+    ray.get(h.attach.remote(app), timeout=120)
+    return h
+
+
+def get_supervisor(cfg):
+    """The running supervisor of cfg's event log, or None."""
+    try:
+        return ray.get_actor(supervisor_name(cfg), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def stop_supervisor(cfg, app: str, timeout_s: float = 30.0) -> bool:
+    """Detach `app`; when it was the last, the supervisor stops its aggregators and exits."""
+    h = get_supervisor(cfg)
+    if h is None:
+        return True
+    try:
+        ray.get(h.detach.remote(app), timeout=timeout_s)
+    except ray.exceptions.RayActorError:
+        return True     # it exited: the last application went
+    deadline = time.monotonic() + timeout_s
+    while get_supervisor(cfg) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return get_supervisor(cfg) is None

@@ -1,0 +1,295 @@
+"""The stream's supervisor: the logic that owns the aggregators, as a plain class (the detached
+Ray actor `actors.supervisor.StreamSupervisorActor` runs one; benches and tests may run one in
+their own process). It
+
+* assigns the partitions (round robin over the live aggregators) and moves them without losing
+  an event: losing owners give theirs up first, then the new owners take them, each between two
+  of its steps. The fence is the commit itself: an aggregator's state and offset go to Redis in
+  one script that applies only if the partition's offset is still the one it read from, so an
+  owner that was written off (a node cut away, not dead) changes nothing;
+* notices an aggregator that stopped answering (its node died and Ray cannot place it yet) and,
+  after `reassign_after_s`, gives its partitions to the live ones; when it answers again it gets
+  its share back;
+* scales on consumer lag as the design says (above `scale_up_lag` add one; under
+  `scale_down_lag` for `scale_down_after_s` remove one);
+* publishes the stream's lag and staleness once a second (`st:watch`, the routers read it for a
+  Kafka log) and as a Ray metric;
+* adopts the aggregators that run already: they are named actors (`<name>-agg-<i>`) and the
+  count is kept in Redis, so a restarted supervisor finds and keeps them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+from recserve import keys
+from recserve.streaming.aggregator import assignment, lag, staleness_s
+
+NAMESPACE = "recserve"
+
+
+def supervisor_name(cfg) -> str:
+    """One supervisor per event log: the same Redis, backend and topic share it (two applications
+    on one stream share its aggregators)."""
+    sc = cfg.stream
+    ident = f"{cfg.redis_url}|{sc.backend}|{cfg.kafka_bootstrap if sc.backend == 'kafka' else ''}|{sc.topic}"
+    return f"stream-{sc.topic}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
+
+
+def desired_aggregators(current: int, total_lag: int, low_since: float | None, now: float, up_lag: int,
+                        down_lag: int, down_after_s: float, max_n: int) -> tuple[int, float | None]:
+    """The lag policy as a plain function: (aggregators wanted, since when the lag has been low).
+    Up one when the lag passes `up_lag`; down one when it has stayed under `down_lag` for
+    `down_after_s`."""
+    if total_lag > up_lag:
+        return min(current + 1, max_n), None
+    if total_lag < down_lag:
+        low_since = now if low_since is None else low_since
+        if now - low_since >= down_after_s and current > 1:
+            return current - 1, now
+        return current, low_since
+    return current, None
+
+
+@dataclass
+class Member:
+    handle: object
+    name: str
+    partitions: list[int] = field(default_factory=list)
+    silent_since: float | None = None      # first failed health check of a run of them
+    last: dict = field(default_factory=dict)
+
+
+class StreamSupervisor:
+    def __init__(self, cfg, name: str | None = None, spawn=None, reassign_after_s: float = 10.0,
+                 health_timeout_s: float = 2.0, registry_uri: str | None = None):
+        """cfg: recserve Config. spawn(i, name) -> an aggregator handle (get-or-create by name);
+        the default creates `actors.aggregator.StreamAggregator` actors, with the item vectors of
+        the registry's latest embeddings (`registry_uri`, else the config's)."""
+        import redis
+
+        from recserve.streaming.eventlog import make_log
+
+        self.cfg = cfg
+        self.sc = cfg.stream
+        self.name = name or supervisor_name(cfg)
+        self.r = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
+        self.log = make_log(cfg, self.r)
+        self.spawn = spawn or self._spawn
+        self.registry_uri = registry_uri or cfg.registry_uri
+        self.reassign_after_s = reassign_after_s
+        self.health_timeout_s = health_timeout_s
+        self.members: list[Member] = []
+        self.low_since: float | None = None
+        self.last_scale_check = 0.0
+        self.watch: dict = {}
+        self.events: list[str] = []          # what it did, newest last (status, tests)
+        self._gauge = None
+        self._item_refs = None
+
+    # --------------------------------------------------------------- members
+    def state_key(self) -> str:
+        return keys.stream_key("supervisor", self.name)
+
+    def agg_name(self, i: int) -> str:
+        return f"{self.name}-agg-{i}"
+
+    def _spawn(self, i: int, name: str):
+
+        from actors.aggregator import StreamAggregator
+
+        if self._item_refs is None:
+            self._item_refs = _item_vectors(self.cfg, self.registry_uri)
+        opts = {"resources": dict(self.sc.aggregator_resources)} if self.sc.aggregator_resources else {}
+        return StreamAggregator.options(name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
+                                        **opts).remote(name, self.cfg.model_dump(mode="json"), *self._item_refs)
+
+    def start(self) -> None:
+        """Adopt the aggregators of a previous run of this supervisor (by name) or start the
+        configured number, then assign the partitions."""
+        saved = self.r.get(self.state_key())
+        n = json.loads(saved)["aggregators"] if saved else self.sc.aggregators
+        self.scale(max(1, n))
+        self._note(f"started with {len(self.members)} aggregators" + (" (adopted)" if saved else ""))
+
+    def _note(self, what: str) -> None:
+        self.events = (self.events + [f"{time.strftime('%H:%M:%S')} {what}"])[-50:]
+
+    def _health(self) -> list[dict | None]:
+        """Each member's stats, or None where it did not answer in time."""
+        import ray
+
+        refs = [m.handle.stats.remote() for m in self.members]
+        out: list[dict | None] = []
+        deadline = time.monotonic() + self.health_timeout_s
+        for ref in refs:
+            try:
+                out.append(ray.get(ref, timeout=max(0.05, deadline - time.monotonic())))
+            except Exception:  # noqa: BLE001 - dead, restarting, or its node gone
+                out.append(None)
+        return out
+
+    def _assign(self, plan: dict[int, list[int]], current: dict[int, list[int]]) -> None:
+        """Move partitions: first every member keeps only what it has and will keep, then each
+        takes its plan; members not in the plan (silent ones) are written off in Redis, so a
+        restart of one adopts nothing until it is given a share again."""
+        import ray
+
+        shrink = [(i, sorted(set(current.get(i, [])) & set(plan.get(i, [])))) for i in plan]
+        ray.get([self.members[i].handle.assign.remote(p) for i, p in shrink], timeout=30)
+        ray.get([self.members[i].handle.assign.remote(p) for i, p in plan.items()], timeout=30)
+        for i, m in enumerate(self.members):
+            m.partitions = list(plan.get(i, []))
+            if i not in plan:
+                self.r.set(keys.assignment(m.name), "[]")
+
+    def rebalance(self, now: float | None = None) -> None:
+        """Partitions round robin over the members that answer (all of them, unless one has been
+        silent for reassign_after_s)."""
+        now = now if now is not None else time.time()
+        health = self._health()
+        live = []
+        for i, (m, h) in enumerate(zip(self.members, health)):
+            if h is None:
+                m.silent_since = m.silent_since or now
+                if now - m.silent_since < self.reassign_after_s:
+                    live.append(i)      # give it time: Ray may be restarting it
+            else:
+                m.silent_since = None
+                m.last = h
+                live.append(i)
+        if any(health[i] is None for i in live):
+            return                      # one is restarting (within its grace): wait for it
+        if not live:
+            return
+        want = assignment(self.sc.partitions, len(live))
+        plan = {i: p for i, p in zip(live, want)}
+        current = {i: (health[i] or {}).get("partitions", self.members[i].partitions) for i in range(len(self.members))}
+        if all(sorted(current.get(i, [])) == sorted(p) for i, p in plan.items()) and \
+                all(not current.get(i) for i in range(len(self.members)) if i not in plan):
+            return
+        try:
+            self._assign(plan, current)
+        except Exception as e:  # noqa: BLE001 - a member died between health check and assign: next tick
+            self._note(f"rebalance failed ({type(e).__name__}); retrying")
+            return
+        silent = [self.members[i].name for i in range(len(self.members)) if i not in plan]
+        self._note(f"partitions over {len(plan)} aggregators" + (f"; written off: {', '.join(silent)}" if silent else ""))
+
+    def scale(self, n: int) -> None:
+        """n aggregators (new ones get a share, removed ones give theirs up first)."""
+        import ray
+
+        if n < 1:
+            raise ValueError("at least one aggregator is needed")
+        while len(self.members) < n:
+            i = len(self.members)
+            self.members.append(Member(self.spawn(i, self.agg_name(i)), self.agg_name(i)))
+        if len(self.members) > n:
+            keep = self.members[:n]
+            health = self._health()
+            current = {i: (h or {}).get("partitions", []) for i, h in enumerate(health)}
+            plan = dict(enumerate(assignment(self.sc.partitions, n)))
+            plan.update({i: [] for i in range(n, len(self.members))})
+            self._assign(plan, current)
+            for m in self.members[n:]:
+                try:
+                    ray.get(m.handle.shutdown.remote(), timeout=10)
+                except Exception:  # noqa: BLE001
+                    pass
+                ray.kill(m.handle, no_restart=True)
+                self.r.delete(keys.assignment(m.name))
+            self.members = keep
+        self.r.set(self.state_key(), json.dumps({"aggregators": n}))
+        self.rebalance()
+
+    # ------------------------------------------------------------ each second
+    def tick(self, now: float | None = None) -> None:
+        """Health and reassignment, the lag policy (every 5 s), the published watch."""
+        now = now if now is not None else time.time()
+        self.rebalance(now)
+        lags = lag(self.r, self.log)
+        total = sum(lags.values())
+        try:
+            stale = staleness_s(self.r, self.log, now=now) if total else 0.0
+        except Exception:  # noqa: BLE001 - the broker away: the lag still says how far behind
+            stale = self.watch.get("staleness_s", 0.0)
+        self.watch = {"lag": total, "partitions": lags, "staleness_s": round(stale, 3), "at": now,
+                      "aggregators": len(self.members)}
+        self.r.set(keys.stream_key("watch"), json.dumps(self.watch), ex=60)
+        self._export(lags)
+        if now - self.last_scale_check >= 5.0:
+            self.last_scale_check = now
+            want, self.low_since = desired_aggregators(len(self.members), total, self.low_since, now,
+                                                       self.sc.scale_up_lag, self.sc.scale_down_lag,
+                                                       self.sc.scale_down_after_s, self.sc.max_aggregators)
+            if want != len(self.members):
+                self._note(f"aggregators {len(self.members)} -> {want} (lag {total})")
+                self.scale(want)
+
+    def _export(self, lags: dict[int, int]) -> None:
+        try:
+            from ray.util.metrics import Gauge
+
+            if self._gauge is None:
+                self._gauge = Gauge("recserve_stream_consumer_lag", "events not yet aggregated, per partition",
+                                    tag_keys=("partition",))
+            for p, n in lags.items():
+                self._gauge.set(n, tags={"partition": str(p)})
+        except Exception:  # noqa: BLE001 - outside a Ray worker: no metrics
+            pass
+
+    def lag(self) -> dict[int, int]:
+        return lag(self.r, self.log)
+
+    def wait_caught_up(self, timeout_s: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if sum(self.lag().values()) == 0:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stats(self) -> dict:
+        return {"name": self.name, "backend": self.sc.backend, "aggregators": [
+            {**m.last, "name": m.name, "partitions": m.partitions, "silent_s": round(time.time() - m.silent_since, 1)
+             if m.silent_since else 0.0} for m in self.members], "watch": self.watch, "events": self.events[-10:]}
+
+    def handles(self) -> list:
+        return [m.handle for m in self.members]
+
+    def shutdown(self) -> None:
+        """Stop every aggregator and forget the count (the next supervisor starts afresh)."""
+        import ray
+
+        for m in self.members:
+            try:
+                ray.get(m.handle.shutdown.remote(), timeout=10)
+            except Exception:  # noqa: BLE001
+                pass
+            try:
+                ray.kill(m.handle, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+            self.r.delete(keys.assignment(m.name))
+        self.members = []
+        self.r.delete(self.state_key())
+        self.log.close()
+
+
+def _item_vectors(cfg, registry_uri: str):
+    """Object refs of the registry's latest item ids and vectors (for the real-time user vector);
+    (None, None) before the first embeddings."""
+    import ray
+
+    from recserve.artifacts import load_embeddings
+    from recserve.registry import Registry, RegistryError
+
+    try:
+        emb = load_embeddings(Registry(registry_uri, cfg.registry.keep))
+    except (RegistryError, FileNotFoundError, OSError):
+        return None, None
+    return ray.put(emb["item_ids"]), ray.put(emb["item_vectors"])
