@@ -24,6 +24,8 @@ import time
 from recserve.streaming.eventlog.base import Entry, EventLog, EventLogUnavailable, partition_of
 
 PENDING_TTL_S = 60
+MIN_FETCH_MS = 300
+FETCH_WAIT_MS = 50    # the broker holds an empty fetch this long: a seek waits for the one in flight
 
 
 def _errors():
@@ -171,7 +173,7 @@ class KafkaLog(EventLog):
                 try:
                     self._reader = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
                                                  enable_auto_commit=False, auto_offset_reset="earliest",
-                                                 max_poll_records=count)
+                                                 max_poll_records=count, fetch_max_wait_ms=FETCH_WAIT_MS)
                 except _errors() as e:
                     raise self._unreachable(e) from e
             c = self._reader
@@ -180,18 +182,24 @@ class KafkaLog(EventLog):
                 c.assign(list(tps.values()))
                 self._reader_next = {}
             for p, off in offsets.items():
-                want = int(off) + 1 if off not in ("", None) else 0
+                want = int(off) + 1 if off not in ("", None, "0-0") else 0
                 if self._reader_next.get(p) != want:
                     c.seek(tps[p], want)
                     self._reader_next[p] = want
-            batch = c.poll(timeout_ms=max(block_ms, 1), max_records=count)
-            out = []
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    out.append(Entry(tp.partition, str(m.offset), json.loads(m.value)))
-                if msgs:
-                    self._reader_next[tp.partition] = msgs[-1].offset + 1
-            return out
+            # a fetch takes a round trip: "no wait" still waits for one (MIN_FETCH_MS); what has
+            # arrived by then from the other partitions comes along
+            deadline = time.monotonic() + max(block_ms, MIN_FETCH_MS) / 1000
+            out: list[Entry] = []
+            while True:
+                left = int((deadline - time.monotonic()) * 1000)
+                batch = c.poll(timeout_ms=max(left, 0) if not out else 0, max_records=count - len(out))
+                for tp, msgs in batch.items():
+                    for m in msgs:
+                        out.append(Entry(tp.partition, str(m.offset), json.loads(m.value)))
+                    if msgs:
+                        self._reader_next[tp.partition] = msgs[-1].offset + 1
+                if (out and not batch) or len(out) >= count or time.monotonic() >= deadline:
+                    return out
 
     def read_after(self, p: int, offset: str, count: int = 1000) -> list[Entry]:
         return [e for e in self.read_after_many({p: offset}, count, block_ms=200) if e.partition == p]
@@ -206,7 +214,8 @@ class KafkaLog(EventLog):
         from kafka import KafkaConsumer, TopicPartition
 
         out: dict[int, float] = {}
-        c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False)
+        c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                          fetch_max_wait_ms=FETCH_WAIT_MS)
         try:
             for p, off in offsets.items():
                 tp = TopicPartition(self.topic, p)
