@@ -87,13 +87,13 @@ class StreamSupervisorActor:
         return os.getpid()
 
 
-def ensure_supervisor(cfg, app: str, registry_uri: str | None = None, resources: dict | None = None):
-    """Get-or-create the detached supervisor of cfg's event log and attach `app` to it; returns
-    its handle. Needs a connected Ray."""
+def ensure_supervisor(cfg, app: str | None, registry_uri: str | None = None, resources: dict | None = None):
+    """Get-or-create the detached supervisor of cfg's event log, wait until it runs, and attach
+    `app` to it (when given); returns its handle. Needs a connected Ray."""
     opts = {"resources": dict(resources)} if resources else {}
     h = StreamSupervisorActor.options(name=supervisor_name(cfg), namespace=NAMESPACE, get_if_exists=True,
                                       lifetime="detached", **opts).remote(cfg.model_dump(mode="json"), registry_uri)
-    ray.get(h.attach.remote(app), timeout=120)
+    ray.get(h.attach.remote(app) if app else h.stats.remote(), timeout=120)   # up (and attached)
     return h
 
 

@@ -81,6 +81,11 @@ def kafka_bootstrap(tmp_path_factory):
     stop_pid(proc.pid)
 
 
+@pytest.fixture(scope="session")
+def stream_cfg():
+    return stream_config
+
+
 def stream_config(cfg, backend: str, kafka: str | None, db: int, topic: str):
     """cfg on a Redis database of its own (its streams, offsets and state apart from the serving
     application's) and the given event-log backend and topic."""

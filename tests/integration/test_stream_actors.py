@@ -1,6 +1,7 @@
-"""StreamAggregator actors on the session's real Ray: kill one mid-stream, add one mid-stream —
-afterwards every counter equals the number of events sent; and over HTTP, a user's clicks on one
-category move their recommendations toward it within a second."""
+"""The supervised stream on the session's real Ray, on both backends: kill an aggregator and the
+supervisor mid-stream, add one — afterwards every counter equals the number of events sent; and
+over HTTP, a user's clicks on one category move their recommendations toward it within a second,
+folded by the application's own aggregators."""
 
 import os
 import signal
@@ -13,12 +14,6 @@ import pytest
 import redis
 
 pytestmark = pytest.mark.integration
-
-
-def _pool(cfg, name, registry=None):
-    from actors.aggregator import AggregatorPool
-
-    return AggregatorPool(cfg, name=name, registry=registry)
 
 
 def _send(log, n, start, users=50, items=30, now=None):
@@ -35,26 +30,31 @@ def _total(r, items=30):
     return sum(window_count(r, "item", 900_000 + i, "1h") for i in range(items))
 
 
-@pytest.fixture
-def fresh_stream(stack):
-    """The stream keys of the session's Redis, emptied (other tests post events too)."""
-    cfg, _ = stack
-    r = redis.Redis.from_url(cfg.redis_url)
-    for pattern in ("events:*", "st:*"):
-        keys = list(r.scan_iter(pattern, count=1000))
-        if keys:
-            r.delete(*keys)
-    return cfg, r
-
-
-def test_killed_and_added_aggregators_count_every_event_once(fresh_stream):
+def _supervisor_pids(sup):
     import ray
 
-    from recserve.streaming.eventlog.redis import RedisStreamLog
+    return {a["name"]: a.get("pid") for a in ray.get(sup.stats.remote())["aggregators"]}
 
-    cfg, r = fresh_stream
-    log = RedisStreamLog(r, partitions=cfg.stream.partitions)
-    pool = _pool(cfg, f"fault-{uuid.uuid4().hex[:6]}")
+
+@pytest.mark.parametrize("backend", ["redis", "kafka"])
+def test_supervised_aggregators_survive_kills_and_rescaling_counting_every_event_once(stack, stream_cfg, backend,
+                                                                                   request):
+    """The stream's supervisor (the detached actor the application builder creates) on a stream
+    of its own: an aggregator killed mid-stream, then the supervisor itself (Ray brings it back and
+    it adopts the running aggregators), then one more aggregator and back down to one: every
+    counter equals the events acknowledged. Detaching the last application stops it all."""
+    import ray
+
+    from actors.supervisor import ensure_supervisor, get_supervisor, stop_supervisor
+    from recserve.streaming.eventlog import make_log
+
+    base, _ = stack
+    kafka = request.getfixturevalue("kafka_bootstrap") if backend == "kafka" else None
+    cfg = stream_cfg(base, backend, kafka, db=3 if backend == "redis" else 4, topic=f"sup-{uuid.uuid4().hex[:6]}")
+    r = redis.Redis.from_url(cfg.redis_url)
+    r.flushdb()
+    log = make_log(cfg, r)
+    sup = ensure_supervisor(cfg, "test-app")
     sent, stop = [0], threading.Event()
 
     def producer():
@@ -68,64 +68,78 @@ def test_killed_and_added_aggregators_count_every_event_once(fresh_stream):
     t.start()
     try:
         time.sleep(1.0)
-        victim = pool.actors[0]
-        os.kill(ray.get(victim.pid.remote()), signal.SIGKILL)   # mid-stream, no goodbye
-        time.sleep(1.5)
-        pool.scale(3)                                            # and one more aggregator, mid-stream
+        before = _supervisor_pids(sup)
+        assert len(before) == cfg.stream.aggregators
+        victim = ray.get(sup.aggregators.remote())[0]
+        os.kill(ray.get(victim.pid.remote()), signal.SIGKILL)      # mid-stream, no goodbye
+        time.sleep(1.0)
+        os.kill(ray.get(sup.pid.remote()), signal.SIGKILL)         # and the supervisor
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                after = _supervisor_pids(sup)
+                break
+            except ray.exceptions.RayActorError:
+                time.sleep(0.5)
+        # the one aggregator nobody killed was adopted, not replaced
+        survivor = sorted(before)[1]
+        assert after[survivor] == before[survivor]
+        assert ray.get(sup.scale.remote(3)) == 3                   # one more, mid-stream
         time.sleep(1.0)
     finally:
         stop.set()
         t.join(10)
-    assert pool.wait_caught_up(60), pool.lag()
+    assert ray.get(sup.wait_caught_up.remote(60)), ray.get(sup.lag.remote())
     assert sent[0] > 1000
-    assert _total(r) == sent[0]                                  # nothing lost, nothing twice
-    st = pool.stats()
-    assert sorted(p for s in st for p in s["partitions"]) == list(range(cfg.stream.partitions))
-    assert sum(lag for lag in pool.lag().values()) == 0
-    pool.scale(1)                                                # and back down, still exact
+    assert _total(r) == sent[0]                                     # nothing lost, nothing twice
+    st = ray.get(sup.stats.remote())
+    assert sorted(p for a in st["aggregators"] for p in a["partitions"]) == list(range(cfg.stream.partitions))
+    assert ray.get(sup.scale.remote(1)) == 1                        # and back down, still exact
     sent[0] += _send(log, 500, 10**6)
-    assert pool.wait_caught_up(60)
+    assert ray.get(sup.wait_caught_up.remote(60))
     assert _total(r) == sent[0]
-    pool.shutdown()
+    names = [a["name"] for a in ray.get(sup.stats.remote())["aggregators"]]
+    assert stop_supervisor(cfg, "test-app")                          # the last application goes: all stop
+    assert get_supervisor(cfg) is None
+    for n in names:
+        with pytest.raises(ValueError):
+            ray.get_actor(n, namespace="recserve")
+    log.close()
 
 
-def test_clicks_on_one_category_move_recommendations_within_a_second(serving, fresh_stream):
+def test_clicks_on_one_category_move_recommendations_within_a_second(serving):
+    """The application's own stream (its supervisor and aggregators, nothing started by the test)."""
     from recserve.offline.data import read_items
 
     http, reg, cfg = serving
-    _, r = fresh_stream
-    pool = _pool(cfg, f"live-{uuid.uuid4().hex[:6]}", reg)
-    try:
-        emb = reg.fetch("embeddings")
-        user_ids = np.load(emb / "user_ids.npy")
-        dataset = reg.manifest("embeddings", reg.resolve("embeddings"))["lineage"]["dataset"]
-        items = read_items(dataset).set_index("item_id")["category"]
-        n_before_all, n_after_all = 0, 0
-        for u in user_ids[:6].tolist():
-            before = http.post("/v1/recommend", json={"user_id": u, "k": 10}).json()["items"]
-            cats = [items.get(i["item_id"]) for i in before]
-            # a category the user is not being shown now
-            target = next(c for c in items.value_counts().index if cats.count(c) <= 1)
-            clicks = [int(i) for i in items[items == target].index[:5]]
-            now = int(time.time())
-            ev = [{"event_id": f"live-{u}-{i}-{time.time_ns()}", "user_id": u, "item_id": i, "event_type": "click",
-                   "ts": now} for i in clicks]
-            t0 = time.monotonic()
-            assert http.post("/v1/events", json={"events": ev}).status_code == 202
-            after, took = None, None
-            while time.monotonic() - t0 < 1.0:
-                body = http.post("/v1/recommend", json={"user_id": u, "k": 10}).json()
-                if body.get("live_context"):
-                    after, took = body["items"], time.monotonic() - t0
-                    break
-                time.sleep(0.02)
-            assert after is not None, "the clicks did not reach the user's context within a second"
-            n_before_all += sum(items.get(i["item_id"]) == target for i in before)
-            n_after_all += sum(items.get(i["item_id"]) == target for i in after)
-            assert took < 1.0
-        # over six users' top-10s (each with two bandit exploration slots), the clicked categories
-        # gain places: a tiny test world's models move them less than the demo's do
-        print("category places before/after:", n_before_all, n_after_all)
-        assert n_after_all >= n_before_all + 3, (n_before_all, n_after_all)
-    finally:
-        pool.shutdown()
+    emb = reg.fetch("embeddings")
+    user_ids = np.load(emb / "user_ids.npy")
+    dataset = reg.manifest("embeddings", reg.resolve("embeddings"))["lineage"]["dataset"]
+    items = read_items(dataset).set_index("item_id")["category"]
+    n_before_all, n_after_all = 0, 0
+    for u in user_ids[:6].tolist():
+        before = http.post("/v1/recommend", json={"user_id": u, "k": 10}).json()["items"]
+        cats = [items.get(i["item_id"]) for i in before]
+        # a category the user is not being shown now
+        target = next(c for c in items.value_counts().index if cats.count(c) <= 1)
+        clicks = [int(i) for i in items[items == target].index[:5]]
+        now = int(time.time())
+        ev = [{"event_id": f"live-{u}-{i}-{time.time_ns()}", "user_id": u, "item_id": i, "event_type": "click",
+               "ts": now} for i in clicks]
+        t0 = time.monotonic()
+        assert http.post("/v1/events", json={"events": ev}).status_code == 202
+        after, took = None, None
+        while time.monotonic() - t0 < 1.0:
+            body = http.post("/v1/recommend", json={"user_id": u, "k": 10}).json()
+            if body.get("live_context"):
+                after, took = body["items"], time.monotonic() - t0
+                break
+            time.sleep(0.02)
+        assert after is not None, "the clicks did not reach the user's context within a second"
+        n_before_all += sum(items.get(i["item_id"]) == target for i in before)
+        n_after_all += sum(items.get(i["item_id"]) == target for i in after)
+        assert took < 1.0
+    # over six users' top-10s (each with two bandit exploration slots), the clicked categories
+    # gain places: a tiny test world's models move them less than the demo's do
+    print("category places before/after:", n_before_all, n_after_all)
+    assert n_after_all >= n_before_all + 3, (n_before_all, n_after_all)
