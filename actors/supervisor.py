@@ -46,8 +46,8 @@ class StreamSupervisorActor:
         return sorted(apps)
 
     def detach(self, app: str) -> bool:
-        """Returns True when that was the last application: the aggregators are stopped and this
-        actor exits."""
+        """Returns True when that was the last application: the aggregators are stopped (the
+        caller then ends this actor: `stop_supervisor`)."""
         self.sup.r.srem(self._apps_key(), app)
         if self._apps():
             return False
@@ -55,7 +55,7 @@ class StreamSupervisorActor:
         self.thread.join(5)
         with self.lock:
             self.sup.shutdown()
-        ray.actor.exit_actor()
+        return True
 
     def _apps_key(self) -> str:
         return self.sup.state_key() + ":apps"
@@ -111,9 +111,12 @@ def stop_supervisor(cfg, app: str, timeout_s: float = 30.0) -> bool:
     if h is None:
         return True
     try:
-        ray.get(h.detach.remote(app), timeout=timeout_s)
+        last = ray.get(h.detach.remote(app), timeout=timeout_s)
     except ray.exceptions.RayActorError:
-        return True     # it exited: the last application went
+        return True     # already gone
+    if not last:
+        return False    # other applications still use the stream
+    ray.kill(h, no_restart=True)
     deadline = time.monotonic() + timeout_s
     while get_supervisor(cfg) is not None and time.monotonic() < deadline:
         time.sleep(0.2)

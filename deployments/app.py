@@ -88,6 +88,9 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
 
     from recserve.serving.wiring import PortChoice
 
+    if cfg.stream.backend == "kafka" and not cfg.stream.bootstrap_servers:
+        # the replicas get the config, not this process's environment: the broker goes with it
+        cfg = cfg.model_copy(update={"stream": cfg.stream.model_copy(update={"bootstrap_servers": cfg.kafka_bootstrap})})
     reg = Registry(registry_uri or cfg.registry_uri, cfg.registry.keep)
     if stream:
         from actors.supervisor import ensure_supervisor
