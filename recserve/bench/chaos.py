@@ -133,12 +133,12 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     import redis
     from ray import serve
 
-    from actors.aggregator import AggregatorPool
+    from actors.supervisor import get_supervisor, stop_supervisor
     from deployments.app import build_app
     from recserve.artifacts import embedding_ids
     from recserve.ops.stack import Stack, ensure_ray, free_port, start_redis
     from recserve.registry import Registry
-    from recserve.streaming.eventlog.redis import RedisStreamLog
+    from recserve.streaming.eventlog import make_log
 
     st = Stack(cfg)
     info = st.read_state()
@@ -158,7 +158,7 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     # the cluster topology: ranker, bandit and explainer each a deployment of its own (the faults are
     # theirs), the router holding the cache, the ladder, the index client and the live context
     serve.run(build_app(cfg, name="chaos", colocate=False), name="chaos", route_prefix="/")
-    pool = AggregatorPool(cfg, name="chaos-agg", registry=reg)
+    sup = get_supervisor(cfg)      # the application's stream supervisor (the builder started it)
     load = Load(f"http://127.0.0.1:{port}", users, items, concurrency)
     phase_s = duration / len(FAULTS)
     log(f"load: {concurrency} recommend clients + 1 event client; {len(FAULTS)} phases of {phase_s:.0f} s; "
@@ -180,7 +180,7 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
                 fault_at = time.time()
                 os.kill(pid, signal.SIGKILL)
             elif name == "kill_aggregator":
-                pid = ray.get(pool.actors[0].pid.remote())
+                pid = ray.get(ray.get(sup.aggregators.remote())[0].pid.remote())
                 fault_at = time.time()
                 os.kill(pid, signal.SIGKILL)
             elif name == "kill_redis":
@@ -206,13 +206,13 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
         load.stop.set()
         load.thread.join(30)
         if failed:  # leave nothing behind for the next run
-            pool.shutdown()
+            stop_supervisor(cfg, "chaos")
             serve.shutdown()
     # every acknowledged event must be in the log once Redis is back
-    log_obj = RedisStreamLog(r, partitions=cfg.stream.partitions)
+    log_obj = make_log(cfg, r)
     present = set()
     for p in range(cfg.stream.partitions):
-        present |= {e.event.get("event_id") for e in log_obj.read_after(p, "0-0", 10**7)}
+        present |= {e.event.get("event_id") for e in log_obj.read_after(p, "", 10**7)}
     lost = sorted(load.acked - present)
     phases = {name: _phase_report(load.records, a, b, f) for name, a, b, f in marks}
     allrec = load.records
@@ -228,7 +228,7 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
            "unrecovered": [n for n, a, b, f in marks if f is not None and phases[n]["recovery_s"] is None],
            "events_acknowledged": len(load.acked), "events_lost": len(lost), "event_errors": load.event_errors,
            "phases": phases}
-    pool.shutdown()
+    stop_supervisor(cfg, "chaos")
     serve.shutdown()
     write_result(out, res)
     return res

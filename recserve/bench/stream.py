@@ -7,7 +7,10 @@
   * freshness: probe events posted during the load; the time from their 202 until they are
     visible in the user's live context (the Redis entry /v1/recommend reads; the router's
     in-process cache adds at most stream.context_cache_s).
-Runs on Redis database 1 of the stack's Redis, so the demo's state (database 0) is untouched."""
+Runs on Redis database 1 of the stack's Redis, so the demo's state (database 0) is untouched.
+`backend`: redis (Redis Streams) or kafka (the configured broker, else one of its own: the embedded
+Kafka-protocol broker on a free port); the aggregators are the application's, started by its
+supervisor."""
 
 from __future__ import annotations
 
@@ -41,21 +44,34 @@ def raw_xadd(client, seconds: float = 3.0, batch: int = 1000) -> float:
 
 
 def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: str | Path | None = None,
-        log=print) -> dict:
+        log=print, backend: str | None = None) -> dict:
+    import ray
     import redis
     from ray import serve
 
-    from actors.aggregator import AggregatorPool
+    from actors.supervisor import get_supervisor, stop_supervisor
     from deployments.app import build_app
     from recserve.config import Config
-    from recserve.ops.stack import ensure_ray, free_port
+    from recserve.ops.stack import ensure_ray, free_port, kafka_reachable, start_kafka, stop_pid
     from recserve.registry import Registry
     from recserve.streaming.aggregator import lag
-    from recserve.streaming.eventlog.redis import RedisStreamLog
+    from recserve.streaming.eventlog import make_log
 
     base_url = cfg.redis_url.rsplit("/", 1)[0]
-    cfg = Config.model_validate({**cfg.model_dump(mode="json"), "redis": {**cfg.redis.model_dump(mode="json"),
-                                                                          "url": f"{base_url}/1"}})
+    backend = backend or cfg.stream.backend
+    stream = {**cfg.stream.model_dump(mode="json"), "backend": backend, "topic": f"bench-{int(time.time())}"}
+    broker = None
+    if backend == "kafka" and not kafka_reachable(cfg.kafka_bootstrap):
+        import tempfile
+
+        port = free_port()
+        broker = start_kafka(Path(tempfile.mkdtemp(prefix="bench-kafka-")), port)
+        stream["bootstrap_servers"] = f"127.0.0.1:{port}"
+        log(f"started the embedded Kafka-protocol broker on 127.0.0.1:{port} for the benchmark")
+    elif backend == "kafka":
+        stream["bootstrap_servers"] = cfg.kafka_bootstrap
+    cfg = Config.model_validate({**cfg.model_dump(mode="json"), "stream": stream,
+                                 "redis": {**cfg.redis.model_dump(mode="json"), "url": f"{base_url}/1"}})
     r = redis.Redis.from_url(cfg.redis_url)
     r.flushdb()
     reg = Registry(cfg.registry_uri, cfg.registry.keep)
@@ -70,8 +86,9 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app(cfg, name="stream", colocate=True), name="stream", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
-    pool = AggregatorPool(cfg, name="bench-agg", registry=reg)
-    log(f"{len(pool.actors)} aggregators over {cfg.stream.partitions} partitions; posting {batch}-event batches "
+    sup = get_supervisor(cfg)
+    n_agg = len(ray.get(sup.stats.remote())["aggregators"])
+    log(f"{backend}: {n_agg} aggregators over {cfg.stream.partitions} partitions; posting {batch}-event batches "
         f"from {posters} connections for {duration:.0f} s")
     probes: list[dict] = []
     stop = threading.Event()
@@ -109,7 +126,7 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
     posted = json.loads(gen.stdout.strip().splitlines()[-1])
     log(f"posted: {posted['accepted']:,} events accepted at {posted['events_per_s']:,.0f}/s "
         f"(POST p95 {posted['post_p95_ms']} ms)")
-    log_obj = RedisStreamLog(r, partitions=cfg.stream.partitions)
+    log_obj = make_log(cfg, r)
     while sum(lag(r, log_obj).values()) > 0 and time.perf_counter() - t0 < duration + 600:
         time.sleep(0.01)
     t_done = time.perf_counter()
@@ -118,7 +135,7 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
     total = posted["accepted"] + len(probes)
     fresh = np.array([p["fresh_ms"] for p in probes]) if probes else np.array([np.nan])
     res = {
-        "duration_s": duration, "batch": batch, "posters": posters, "aggregators": len(pool.actors),
+        "duration_s": duration, "batch": batch, "posters": posters, "backend": backend, "aggregators": n_agg,
         "partitions": cfg.stream.partitions,
         "events": total, "events_per_s": round(total / (t_done - t0), 1),
         "ingest_events_per_s": posted["events_per_s"], "post_p95_ms": posted["post_p95_ms"],
@@ -129,12 +146,15 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
         "router_context_cache_s": cfg.stream.context_cache_s,
         "raw_xadd_per_s": round(raw, 1),
         "ingest_vs_raw": round(posted["events_per_s"] / raw, 3),
-        "aggregator_stats": pool.stats(),
+        "aggregator_stats": ray.get(sup.stats.remote())["aggregators"],
     }
     res["targets"] = {"events_per_s_ge_10000": res["events_per_s"] >= 10_000,
                       "freshness_p95_le_1000ms": res["freshness_p95_ms"] <= 1000}
-    pool.shutdown()
+    stop_supervisor(cfg, "stream")
     serve.shutdown()
+    log_obj.close()
+    if broker is not None:
+        stop_pid(broker.pid)
     r.flushdb()
     write_result(out, res)
     return res

@@ -50,15 +50,23 @@ def bench_stream(out: Path = typer.Option(Path("benchmarks/results/stream.json")
                  duration: float = typer.Option(15.0, help="seconds of posting"),
                  batch: int = typer.Option(1000, help="events per POST /v1/events"),
                  posters: int = typer.Option(3, help="concurrent posting connections"),
+                 backend: Optional[str] = typer.Option(None, help="redis | kafka (default: stream.backend); kafka "
+                                                       "uses the configured broker, else starts the embedded one"),
                  config: Optional[Path] = ConfigOpt):
     """Events over HTTP -> log -> aggregators -> live context: sustained events/s, freshness
     p50/p95, and raw pipelined XADD to the same Redis as the machine's limit."""
     from recserve.bench.stream import run
+    from recserve.ops.stack import StackError
+    from recserve.streaming.eventlog import EventLogUnavailable
 
+    if backend not in (None, "redis", "kafka"):
+        _fail(ValueError(f"--backend must be redis or kafka, not {backend!r}"))
     cfg = _cfg(config)
+    if out == Path("benchmarks/results/stream.json") and (backend or cfg.stream.backend) == "kafka":
+        out = Path("benchmarks/results/stream-kafka.json")
     try:
-        res = run(cfg, duration, batch, posters, out, log=_progress("bench stream"))
-    except RuntimeError as e:
+        res = run(cfg, duration, batch, posters, out, log=_progress("bench stream"), backend=backend)
+    except (RuntimeError, StackError, EventLogUnavailable) as e:
         _fail(e)
     console.print_json(json.dumps(res))
 

@@ -146,3 +146,9 @@ def test_a_lost_broker_acknowledges_nothing_and_the_retry_is_not_a_duplicate(red
     finally:
         lg.close()
         stop_pid(proc.pid)
+
+
+def test_a_repeated_id_within_one_batch_is_appended_once(log):
+    evs = _events(3, prefix="rep")
+    offsets = log.append(evs + [dict(evs[1])])
+    assert offsets[3] is None and all(offsets[:3])

@@ -96,22 +96,35 @@ class KafkaLog(EventLog):
         return f"{self.topic}:appended:{p}"
 
     # ---------------------------------------------------------------- append
-    def _claim(self, eid: str) -> bool:
-        """True when this append owns the event id (nobody appended it, nobody is appending it);
-        False when it is a duplicate of an acknowledged record. One in flight elsewhere: wait for
-        its outcome (a few seconds at most)."""
+    def _claim(self, ids: list[str]) -> list[bool]:
+        """For each event id: True when this append owns it (nobody appended it, nobody is
+        appending it), False when it is a duplicate of an acknowledged record. One in flight
+        elsewhere: wait for its outcome (up to timeout_s). One pipeline per round."""
+        owned: dict[int, bool] = {}
+        todo = list(range(len(ids)))
         deadline = time.monotonic() + self.timeout_s
-        while True:
-            if self.dedup.set(self._seen(eid), "pending", nx=True, ex=PENDING_TTL_S):
-                return True
-            state = self.dedup.get(self._seen(eid))
-            if state in (b"1", "1"):
-                return False
-            if state is None:
-                continue                     # the other send failed and let go: try again
-            if time.monotonic() > deadline:
-                raise EventLogUnavailable(f"event {eid} is still being appended by another request; retry")
-            time.sleep(0.02)
+        while todo:
+            pipe = self.dedup.pipeline(transaction=False)
+            for j in todo:
+                pipe.set(self._seen(ids[j]), "pending", nx=True, ex=PENDING_TTL_S)
+                pipe.get(self._seen(ids[j]))
+            res = pipe.execute()
+            waiting = []
+            for k, j in enumerate(todo):
+                got, state = res[2 * k], res[2 * k + 1]
+                if got:
+                    owned[j] = True
+                elif state in (b"1", "1"):
+                    owned[j] = False
+                else:
+                    waiting.append(j)     # pending elsewhere (or just released): look again
+            todo = waiting
+            if todo:
+                if time.monotonic() > deadline:
+                    raise EventLogUnavailable(f"event {ids[todo[0]]} is still being appended by another request; "
+                                              f"retry")
+                time.sleep(0.02)
+        return [owned[j] for j in range(len(ids))]
 
     def append(self, events: list[dict]) -> list[str | None]:
         owned: list[int] = []
@@ -119,9 +132,14 @@ class KafkaLog(EventLog):
         ids = [str(e.get("event_id") or "") for e in events]
         try:
             if self.dedup is not None:
+                first: dict[str, int] = {}
                 for j, eid in enumerate(ids):
-                    if not eid or self._claim(eid):
-                        owned.append(j)
+                    if eid:
+                        first.setdefault(eid, j)
+                with_id = sorted(first.values())            # a repeat within the batch is a duplicate
+                claimed = dict(zip(with_id, self._claim([ids[j] for j in with_id])))
+                claimed.update({j: False for j, eid in enumerate(ids) if eid and first[eid] != j})
+                owned = [j for j in range(len(ids)) if claimed.get(j, True)]
             else:
                 owned = list(range(len(events)))
             futures = [(j, self.producer.send(self.topic, value=json.dumps(events[j], separators=(",", ":")).encode(),
