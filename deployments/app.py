@@ -105,7 +105,8 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
             kw["autoscaling_config"] = autoscaling[dep]
         return kw
 
-    root = index_root or str(Path(cfg.data_dir).resolve() / f"index-live-{name}")
+    root = index_root or (str(Path(s.index_root) / name) if s.index_root else
+                          str(Path(cfg.data_dir).resolve() / f"index-live-{name}"))
     replicas = router_replicas or s.router_replicas
     share_as = f"{name}-{reg.resolve('index')}" if (replicas > 1 or "Router" in autoscaling) else None
     router_kw = {"num_replicas": replicas, **(router_options or {})}

@@ -102,6 +102,9 @@ class ServeConfig(_Strict):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     index_replicas: int = Field(1, ge=1, le=8, description="replicas per vector-index shard")
+    index_root: str | None = Field(None, description="the live index's write-ahead logs and snapshots; null = "
+                                   "<data_dir>/index-live-<app>. Shared storage (NFS...) on a multi-node cluster, so "
+                                   "a shard restarted on another node finds its WAL and snapshots")
     shard_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per index "
                                               "shard actor, e.g. {index: 1} on the cluster's state pool")
     bandit_share: float = Field(0.2, ge=0, le=1, description="share of each list given to exploration")
@@ -177,6 +180,7 @@ class StreamConfig(_Strict):
     context_ttl_s: int = Field(3600, ge=1, description="live user context TTL (the seed's 1 h)")
     vector_decay: float = Field(0.7, ge=0, lt=1, description="weight of the old real-time user vector per event")
     scale_up_lag: int = Field(10_000, ge=1, description="add an aggregator when the lag passes this many events")
+    scale_up_after_s: float = Field(10.0, ge=0, description="...for this long (a burst is not a trend)")
     scale_down_lag: int = Field(1_000, ge=0, description="remove one when the lag stays under this...")
     scale_down_after_s: float = Field(600.0, ge=0, description="...for this long (the seed's 10 minutes)")
     staleness_bound_s: float = Field(3600.0, gt=0, description="past this the router serves batch vectors "

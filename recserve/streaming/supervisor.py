@@ -10,8 +10,8 @@ their own process). It
 * notices an aggregator that stopped answering (its node died and Ray cannot place it yet) and,
   after `reassign_after_s`, gives its partitions to the live ones; when it answers again it gets
   its share back;
-* scales on consumer lag as the design says (above `scale_up_lag` add one; under
-  `scale_down_lag` for `scale_down_after_s` remove one);
+* scales on consumer lag as the design says (above `scale_up_lag` for `scale_up_after_s` add
+  one; under `scale_down_lag` for `scale_down_after_s` remove one);
 * publishes the stream's lag and staleness once a second (`st:watch`, the routers read it for a
   Kafka log) and as a Ray metric;
 * adopts the aggregators that run already: they are named actors (`<name>-agg-<i>`) and the
@@ -84,6 +84,7 @@ class StreamSupervisor:
         self.health_timeout_s = health_timeout_s
         self.members: list[Member] = []
         self.low_since: float | None = None
+        self.high_since: float | None = None
         self.last_scale_check = 0.0
         self.watch: dict = {}
         self.events: list[str] = []          # what it did, newest last (status, tests)
@@ -226,8 +227,14 @@ class StreamSupervisor:
             want, self.low_since = desired_aggregators(len(self.members), total, self.low_since, now,
                                                        self.sc.scale_up_lag, self.sc.scale_down_lag,
                                                        self.sc.scale_down_after_s, self.sc.max_aggregators)
+            # up only on a lag that lasts (a burst of posts is not a trend; a new aggregator
+            # costs a process start and a partition move)
+            self.high_since = (self.high_since or now) if total > self.sc.scale_up_lag else None
+            if want > len(self.members) and now - self.high_since < self.sc.scale_up_after_s:
+                want = len(self.members)
             if want != len(self.members):
                 self._note(f"aggregators {len(self.members)} -> {want} (lag {total})")
+                self.high_since = None
                 self.scale(want)
 
     def _export(self, lags: dict[int, int]) -> None:

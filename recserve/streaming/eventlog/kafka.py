@@ -55,7 +55,7 @@ class KafkaLog(EventLog):
 
         try:
             self.producer = KafkaProducer(
-                bootstrap_servers=bootstrap, acks="all", linger_ms=1, retries=2,
+                bootstrap_servers=bootstrap, acks="all", linger_ms=1, retries=2, batch_size=512 * 1024,
                 request_timeout_ms=int(timeout_s * 1000), max_block_ms=int(timeout_s * 1000),
                 delivery_timeout_ms=int(timeout_s * 1000) + 2000)
         except _errors() as e:
