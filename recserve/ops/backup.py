@@ -63,18 +63,29 @@ def _bgsave(r: redis.Redis, timeout_s: float = 300.0) -> float:
     raise BackupError(f"BGSAVE did not finish within {timeout_s}s")
 
 
-def _offsets(r: redis.Redis, partitions: int) -> dict:
+def _offsets(r: redis.Redis, cfg) -> dict:
+    """Per partition: the aggregators' committed offset and count, and the log's length (committed +
+    pending) through the configured event log (None where its broker does not answer)."""
+    from recserve.streaming.eventlog import EventLogUnavailable, make_log
+
+    partitions = cfg.stream.partitions
     pipe = r.pipeline(transaction=False)
     for p in range(partitions):
         pipe.get(keys.committed_offset(p))
         pipe.get(keys.committed_count(p))
-        pipe.xlen(keys.event_stream(p))
     res = pipe.execute()
+    counts = [res[2 * p + 1] for p in range(partitions)]
+    try:
+        log = make_log(cfg, r, timeout_s=3.0)
+        pending = log.pending(r, counts)
+        log.close()
+    except EventLogUnavailable:
+        pending = None
     out = {}
     for p in range(partitions):
-        off, done, n = res[3 * p: 3 * p + 3]
+        off, done = res[2 * p: 2 * p + 2]
         out[str(p)] = {"committed_offset": off.decode() if off else None, "committed_events": int(done or 0),
-                       "log_length": int(n or 0)}
+                       "log_length": None if pending is None else int(done or 0) + pending[p]}
     return out
 
 
@@ -104,7 +115,7 @@ def backup(cfg, dest: str, keep: int = 24, log=print) -> dict:
         raise BackupError(f"Redis writes its files to {rdir}, which this machine cannot read: run the backup "
                           f"on the Redis host (or use the managed Redis's own snapshots)")
     point = _bgsave(r)
-    offsets = _offsets(r, cfg.stream.partitions)   # read just after the point: informative
+    offsets = _offsets(r, cfg)   # read just after the point: informative
     keys = r.dbsize()
     name = time.strftime("%Y%m%dT%H%M%S", time.gmtime(point)) + f"{point % 1:.3f}"[1:].replace(".", "-")
     data_dir = Path(cfg.data_dir).resolve()
@@ -228,7 +239,7 @@ def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -
                     not p.get("aof_rewrite_scheduled"):
                 break
             time.sleep(0.05)
-        offsets = _offsets(r, cfg.stream.partitions)
+        offsets = _offsets(r, cfg)
         r.shutdown(save=True)
     except redis.exceptions.ConnectionError:
         pass
