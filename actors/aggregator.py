@@ -31,7 +31,7 @@ class StreamAggregator:
         self.core = AggregatorCore(self.r, make_log(c, self.r), item_ids, item_vectors,
                                    StreamSettings(session_len=c.stream.session_len,
                                                   context_ttl_s=c.stream.context_ttl_s,
-                                                  vector_decay=c.stream.vector_decay))
+                                                  vector_decay=c.stream.vector_decay, batch=c.stream.read_batch))
         saved = self.r.get(keys.assignment(name, self.core.s.prefix))
         self.core.assign(json.loads(saved) if saved else [])
         self.lock = threading.Lock()
