@@ -91,14 +91,18 @@ class Router:
 
     @api.put("/v1/items")
     async def put_items(self, req: ItemsRequest):
-        code, body = await self.svc.put_items(req.items)
-        return JSONResponse(body, code)
+        code, body, headers = await self.svc.put_items(req.items)
+        return JSONResponse(body, code, headers=headers)
 
     @api.delete("/v1/items/{item_id}")
     async def delete_item(self, item_id: int):
-        if item_id < 0:
-            return JSONResponse(error_body("invalid_request", "item_id must be >= 0", "item_id"), 422)
-        return await self.svc.delete_item(item_id)
+        from recserve.serving.api import MAX_ID
+
+        if item_id < 0 or item_id > MAX_ID:
+            return JSONResponse(error_body("invalid_request", f"item_id must be between 0 and {MAX_ID}",
+                                           "item_id"), 422)
+        code, body, headers = await self.svc.delete_item(item_id)
+        return JSONResponse(body, code, headers=headers)
 
     @api.get("/ui", response_class=HTMLResponse, include_in_schema=False)
     async def ui(self):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -20,6 +20,9 @@ MAX_EVENTS = 1000
 MAX_K = 100
 MAX_FUTURE_S = 300          # an event more than 5 min in the future is rejected
 MAX_PAST_S = 30 * 86400     # ... and one older than 30 days
+MAX_ID = 2**63 - 1          # ids are int64 everywhere they are stored (index, Redis keys, parquet)
+
+Id = Annotated[int, Field(ge=0, le=MAX_ID)]
 
 
 class _Strict(BaseModel):
@@ -32,11 +35,11 @@ Scalar = str | int | float | bool
 class Filters(_Strict):
     categories: list[str] | None = Field(None, max_length=100)
     attributes: dict[str, list[Scalar]] | None = None
-    exclude_ids: list[int] | None = Field(None, max_length=10_000)
+    exclude_ids: list[Id] | None = Field(None, max_length=10_000)
 
 
 class RecommendRequest(_Strict):
-    user_id: int = Field(ge=0)
+    user_id: Id
     k: int = Field(10, ge=1, le=MAX_K)
     context: dict[str, Scalar] = Field(default_factory=dict)
     filters: Filters | None = None
@@ -68,8 +71,8 @@ EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
 
 class Event(_Strict):
     event_id: str | None = Field(None, min_length=1, max_length=128)
-    user_id: int = Field(ge=0)
-    item_id: int = Field(ge=0)
+    user_id: Id
+    item_id: Id
     event_type: EventType
     value: float = 1.0
     ts: int | None = None
@@ -101,12 +104,12 @@ class EventsRequest(_Strict):
 
 class FeedbackRequest(_Strict):
     request_id: str = Field(min_length=1, max_length=128)
-    item_id: int = Field(ge=0)
+    item_id: Id
     reward: float = Field(ge=0.0, le=1.0)
 
 
 class CatalogueItem(_Strict):
-    item_id: int = Field(ge=0)
+    item_id: Id
     title: str = Field("", max_length=500)
     category: str = Field(min_length=1, max_length=200)
     attributes: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
@@ -122,6 +125,17 @@ class CatalogueItem(_Strict):
 
 class ItemsRequest(_Strict):
     items: list[CatalogueItem] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+def first_repeat(values: list, what: str) -> dict[str, Any] | None:
+    """The 422 body for the first value that repeats an earlier one in the same batch (`what`:
+    "events.{}.event_id"), or None; None values are not compared."""
+    seen: dict = {}
+    for j, v in enumerate(values):
+        if v is not None and seen.setdefault(v, j) != j:
+            return error_body("invalid_request", f"{what.format(j)}: {v!r} repeats {what.format(seen[v])} in the "
+                                                 f"same batch; send each once", what.format(j))
+    return None
 
 
 def error_body(code: str, message: str, field: str | None = None) -> dict[str, Any]:
@@ -156,6 +170,11 @@ def install_error_handlers(app) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 429: "overloaded"}.get(
             exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # a bug, not the client's fault: still the JSON contract (and the cause), never a bare 500
+        return JSONResponse(error_body("internal", f"{type(exc).__name__}: {exc}"[:500]), 500)
 
     app.add_middleware(BodyCheck)
 

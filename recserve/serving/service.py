@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from recserve.serving.api import error_body
+from recserve.index.client import IndexUnavailable
+from recserve.serving.api import error_body, first_repeat
 from recserve.serving.cache import CacheStats, ResponseCache
 from recserve.serving.ladder import LEVEL_TEMPLATES, Ladder
 from recserve.serving.live import StreamWatch
@@ -36,6 +37,9 @@ def encode(out: dict) -> bytes:
     """An answer's JSON without its closing brace: the request's own fields (took_ms, cache) are
     appended to these bytes, for the request that computed them and for every cache hit."""
     return json.dumps(out, separators=(",", ":"), default=_json_default).encode()[:-1]
+
+
+RETRY = {"Retry-After": "2"}
 
 
 def finish(prefix: bytes, took_ms: float, how: str) -> bytes:
@@ -189,7 +193,8 @@ class RecService:
     async def events(self, events: list[dict]) -> tuple[int, dict, dict | None]:
         """(status, body, headers) of a batch of validated events."""
         t0 = time.perf_counter()
-        status, body, headers = await self._append(events)
+        dup = first_repeat([e.get("event_id") for e in events], "events.{}.event_id")
+        status, body, headers = (422, dup, None) if dup else await self._append(events)
         self.metrics.request("events", status, (time.perf_counter() - t0) * 1000)
         return status, body, headers
 
@@ -204,6 +209,10 @@ class RecService:
         try:
             offsets = await self.log.aappend(self.r, events)   # acknowledged by Redis (AOF everysec)
             b.record(True)
+        except (ValueError, TypeError, OverflowError) as e:
+            # the request's own fault (validation should have caught it): not the log's, so the
+            # breaker that guards every client's events does not count it
+            return 422, error_body("invalid_request", f"the batch cannot be appended: {e}", "events"), None
         except Exception as e:  # noqa: BLE001 - not acknowledged: the client must retry (ids make it idempotent)
             b.record(False)
             return 503, error_body("unavailable", f"the event log did not acknowledge the batch "
@@ -220,23 +229,34 @@ class RecService:
         a, b = await self.ports.select.update(item_id, reward)
         return {"item_id": item_id, "posterior": {"alpha": a, "beta": b}}
 
-    async def put_items(self, items: list) -> tuple[int, dict]:
+    async def put_items(self, items: list) -> tuple[int, dict, dict | None]:
+        dup = first_repeat([it.item_id for it in items], "items.{}.item_id")
+        if dup:
+            return 422, dup, None
         dim = self.index.dim
         for j, it in enumerate(items):
             if it.vector is None or len(it.vector) != dim:
                 return 422, error_body("invalid_request", f"items.{j}.vector: a vector of dimension {dim} "
-                                                          f"is required", f"items.{j}.vector")
-        acks = await asyncio.to_thread(
-            self.index.upsert, [it.item_id for it in items], np.array([it.vector for it in items]),
-            [{"category": it.category, "attributes": it.attributes} for it in items])
+                                                          f"is required", f"items.{j}.vector"), None
+        try:
+            acks = await asyncio.to_thread(
+                self.index.upsert, [it.item_id for it in items], np.array([it.vector for it in items]),
+                [{"category": it.category, "attributes": it.attributes} for it in items])
+        except IndexUnavailable as e:
+            return 503, error_body("unavailable", f"{e}: the write is in the shard's log and will be applied "
+                                                  f"when a replica recovers; retrying it is safe", None), RETRY
         self.stage.add_items({it.item_id: it.category for it in items})
         self.cache.clear()  # this replica's cached lists predate the catalogue change
-        return 200, {"upserted": len(items), "shards": {str(k): v for k, v in acks.items()}}
+        return 200, {"upserted": len(items), "shards": {str(k): v for k, v in acks.items()}}, None
 
-    async def delete_item(self, item_id: int) -> dict:
-        acks = await asyncio.to_thread(self.index.delete, [item_id])
+    async def delete_item(self, item_id: int):
+        try:
+            acks = await asyncio.to_thread(self.index.delete, [item_id])
+        except IndexUnavailable as e:
+            return 503, error_body("unavailable", f"{e}: the delete is in the shard's log and will be applied when "
+                                                  f"a replica recovers; retrying it is safe", None), RETRY
         self.cache.clear()
-        return {"deleted": item_id, "shards": {str(k): v for k, v in acks.items()}}
+        return 200, {"deleted": item_id, "shards": {str(k): v for k, v in acks.items()}}, None
 
     # ---------------------------------------------------------------- status
     def serving_versions(self) -> dict:

@@ -63,6 +63,12 @@ def test_items_upsert_and_delete(serving):
     ("/v1/recommend", {"user_id": 1, "k": 500}, "k"),
     ("/v1/recommend", {"user_id": 1, "filters": {"nope": 1}}, "filters.nope"),
     ("/v1/events", {"events": [{"user_id": 1, "item_id": 1, "event_type": "click"}] * 1001}, "events"),
+    ("/v1/recommend", {"user_id": 2**63}, "user_id"),
+    ("/v1/recommend", {"user_id": 1, "filters": {"exclude_ids": [2**64]}}, "filters.exclude_ids.0"),
+    ("/v1/feedback", {"request_id": "r", "item_id": 2**63, "reward": 1.0}, "item_id"),
+    ("/v1/events", {"events": [{"event_id": "a", "user_id": 1, "item_id": 1, "event_type": "click"},
+                               {"event_id": "a", "user_id": 2, "item_id": 1, "event_type": "view"}]},
+     "events.1.event_id"),
 ])
 def test_bad_requests_over_http(serving, path, body, field):
     http, _, _ = serving
@@ -87,6 +93,8 @@ def test_health_ready_status_docs(serving):
     ({"ts": int(time.time()) + 86400}, "events.1.ts"),
     ({"ts": 1}, "events.1.ts"),
     ({"user_id": -5}, "events.1.user_id"),
+    ({"user_id": 2**63}, "events.1.user_id"),
+    ({"item_id": 99999999999999999999}, "events.1.item_id"),
     ({"colour": "red"}, "events.1.colour"),
 ])
 def test_one_bad_event_rejects_the_batch_and_the_log_stays_clean(serving, bad, field):
@@ -116,3 +124,25 @@ def test_a_drained_region_is_not_ready(serving):
     finally:
         undrain(r)
     assert http.get("/readyz").status_code == 200
+
+
+def test_out_of_range_ids_never_trip_the_event_log_breaker(serving):
+    """Ten posts with a user id past int64 are the client's fault (422), not the log's: the breaker
+    that guards every client's events stays closed, and the next good batch is accepted."""
+    http, reg, _ = serving
+    for i in range(10):
+        r = http.post("/v1/events", json={"events": [{"user_id": 2**63, "item_id": 1, "event_type": "view"}]})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "events.0.user_id"
+    ok = http.post("/v1/events", json={"events": [{"event_id": f"after-{time.time_ns()}", "user_id": _user(reg),
+                                                   "item_id": 1, "event_type": "view"}]})
+    assert ok.status_code == 202, ok.text
+    assert http.get("/v1/status").json()["breakers"]["event_log"]["state"] == "closed"
+
+
+def test_catalogue_writes_answer_the_json_contract(serving):
+    http, reg, _ = serving
+    r = http.delete("/v1/items/99999999999999999999")
+    assert r.status_code == 422 and r.json()["error"]["field"] == "item_id"
+    item = {"item_id": 424242, "category": "c", "vector": [0.1] * 16}
+    r = http.put("/v1/items", json={"items": [item, {**item, "category": "d"}]})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "items.1.item_id", r.text
