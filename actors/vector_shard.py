@@ -44,7 +44,7 @@ class ShardReplica:
         self.cfg = IndexConfig(**cfg)
         self.dir = Path(replica_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.wal = WriteAheadLog(wal_path)
+        self.wal = WriteAheadLog(wal_path, counter=False)   # the routers write it; this replica replays it
         self.keep = keep_snapshots
         self.restored_from = "empty"
         self.core = None
@@ -84,7 +84,7 @@ class ShardReplica:
 
     def apply(self, rec: dict) -> int:
         """Apply a logged write; a replica that missed earlier records reads them from the log first."""
-        if rec["seq"] > self.core.version + 1:
+        if rec.get("prev", rec["seq"] - 1) > self.core.version:   # it missed a record of its log
             self.catch_up()
         if rec["seq"] > self.core.version:
             self._apply(rec)

@@ -24,7 +24,7 @@ import ray
 from recserve.config import IndexConfig
 from recserve.index.hashing import even_ranges, item_hash
 from recserve.index.shard import Filter, check_queries, check_vectors
-from recserve.index.wal import WriteAheadLog
+from recserve.index.wal import SeqCounter, WriteAheadLog
 
 
 class IndexUnavailable(RuntimeError):
@@ -77,6 +77,7 @@ class IndexRouter:
         if use_gpu:
             self.actor_options.setdefault("num_gpus", 0.1)
         self.groups: list[ShardGroup] = []
+        self.counter = SeqCounter(self.root)   # one sequence for every shard and generation under root
         self.version = version
         self.generation = 0
         self._write_lock = threading.Lock()
@@ -100,7 +101,7 @@ class IndexRouter:
                     files: list[str] | None = None, metas_path: str | None = None) -> list[ShardGroup]:
         groups = []
         for s, (lo, hi) in enumerate(ranges):
-            wal = WriteAheadLog(self.root / f"g{gen}" / f"shard_{s:04d}" / "wal.log")
+            wal = WriteAheadLog(self.root / f"g{gen}" / f"shard_{s:04d}" / "wal.log", counter=self.counter)
             art = str(artifact_dir / files[s]) if artifact_dir is not None and files else None
             reps = [self._spawn(s, gen, r, art, metas_path) for r in range(self.n_replicas)]
             groups.append(ShardGroup(s, lo, hi, wal, reps))
@@ -364,6 +365,9 @@ class IndexRouter:
             for ng in new:
                 for r in ng.replicas:
                     r.version = ray.get(r.handle.version.remote())
+            # what was copied in is in no log of the new generation: a snapshot makes it durable,
+            # so a replica restarted later restores it and replays only the log after it
+            ray.get([r.handle.snapshot.remote() for ng in new for r in ng.replicas])
             with self._write_lock:
                 old, self.groups, self.generation, self._moving = self.groups, new, gen, None
         except BaseException:
@@ -386,7 +390,7 @@ class IndexRouter:
         with self._write_lock:
             old = self.groups
             self.groups, self.cfg, self.dim, self.version = nxt.groups, nxt.cfg, nxt.dim, nxt.version
-            self.root, self.generation = nxt.root, 0
+            self.root, self.generation, self.counter = nxt.root, 0, nxt.counter
         for og in old:
             for r in og.replicas:
                 ray.kill(r.handle, no_restart=True)

@@ -184,6 +184,47 @@ def test_rebalance_2_to_4_while_querying(router):
     assert total == len(ids) + 1
 
 
+def test_writes_during_and_after_a_rebalance_are_all_found(router):
+    """One sequence across generations: upserts acknowledged while the shards move and after it
+    (of new items, and new vectors of items that moved) are all searchable afterwards, and a
+    replica restarted after the move replays them."""
+    rt, ids, x = router
+    acked: dict[int, np.ndarray] = {}
+    stop = threading.Event()
+
+    def writer():
+        j = 0
+        while not stop.is_set():
+            v = _unit(1, 1000 + j)
+            rt.upsert([20_000 + j], v, [{"category": "during"}])
+            acked[20_000 + j] = v[0]
+            j += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    time.sleep(0.2)
+    rt.rebalance(4)
+    time.sleep(0.2)
+    stop.set()
+    t.join()
+    moved_new = _unit(1, 77)
+    rt.upsert([int(ids[5])], moved_new, [{"category": "changed"}])    # an item that moved
+    rt.upsert([30_000], _unit(1, 78), [{"category": "after"}])         # a new one
+    acked[int(ids[5])], acked[30_000] = moved_new[0], _unit(1, 78)[0]
+    assert len(acked) > 5
+
+    def all_found():
+        keys = list(acked)
+        got, _ = rt.search(np.stack([acked[k] for k in keys]), 1)
+        return [k for k, g in zip(keys, got[:, 0]) if g != k]
+
+    assert all_found() == []
+    _kill_and_wait(rt.groups[0].replicas[0].handle)      # a restart replays the new generation's log
+    _kill_and_wait(rt.groups[0].replicas[1].handle)
+    rt.refresh()
+    assert all_found() == []
+
+
 def test_hot_swap_without_a_gap(router, tmp_path):
     rt, ids, x = router
     ids2 = np.arange(1, 401, dtype=np.int64)

@@ -160,8 +160,37 @@ def test_wal_roundtrip_and_torn_tail(tmp_path):
         f.write(b"\x10\x00\x00\x00")  # a crash mid-append
     recs = list(wal.read())
     assert [r["seq"] for r in recs] == [1, 2] and [r["seq"] for r in wal.read(after=1)] == [2]
-    (tmp_path / "w.seq").unlink()
-    assert WriteAheadLog(tmp_path / "w.log").head == 2
+    assert recs[0]["ids"].dtype == np.array([1]).dtype and recs[1]["prev"] == 1
+    assert WriteAheadLog(tmp_path / "w.log").head == 2          # from the log itself
+    (tmp_path / "wal.seq").write_text("")                       # an empty (unsynced) counter file
+    again = WriteAheadLog(tmp_path / "w.log")
+    assert again.append({"op": "delete", "ids": np.array([2])}) == 3   # recovered from the log
+    assert [r["seq"] for r in again.read()] == [1, 2, 3]       # the torn tail was cut off, not kept
+
+
+def test_wal_records_are_data_not_code(tmp_path):
+    import pickle
+
+    wal = WriteAheadLog(tmp_path / "w.log")
+    wal.append({"op": "upsert", "ids": np.arange(3), "vectors": np.ones((3, 2), np.float32),
+                "metas": [{"category": "a"}, None, {"attributes": {"x": [1, 2]}}]})
+    raw = (tmp_path / "w.log").read_bytes()
+    assert b"upsert" in raw and pickle.PROTO not in raw[12:14]
+    rec = next(wal.read())
+    assert rec["vectors"].shape == (3, 2) and rec["vectors"].dtype == np.float32
+    assert rec["metas"][2] == {"attributes": {"x": [1, 2]}}
+
+
+def test_one_sequence_across_logs_of_a_root(tmp_path):
+    from recserve.index.wal import SeqCounter
+
+    c = SeqCounter(tmp_path)
+    a = WriteAheadLog(tmp_path / "g0" / "shard_0000" / "wal.log", counter=c)
+    b = WriteAheadLog(tmp_path / "g1" / "shard_0000" / "wal.log", counter=c)
+    assert [a.append({"op": "delete", "ids": np.array([1])}) for _ in range(3)] == [1, 2, 3]
+    assert b.append({"op": "delete", "ids": np.array([1])}) == 4     # the new generation continues
+    (tmp_path / "wal.seq").unlink()
+    assert SeqCounter(tmp_path).next() == 5                           # recovered from the logs
 
 
 def test_export_by_hash_range():
