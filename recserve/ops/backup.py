@@ -176,6 +176,28 @@ def _parse_point(point) -> float | None:
     return d.timestamp()
 
 
+def check_manifest(b: dict) -> None:
+    """A manifest only names what a backup writes: index roots `index-live*` directly under the data
+    directory, files inside the backup; anything else (a path that climbs out, an absolute one) is
+    refused before restore deletes or replaces a thing."""
+    import re
+
+    name = b.get("name", "?")
+    roots = b.get("index_roots")
+    files = b.get("files")
+    if not isinstance(roots, list) or not isinstance(files, dict):
+        raise BackupError(f"backup {name}: its manifest lacks index_roots or files; choose another --point-in-time")
+    for r in roots:
+        if not isinstance(r, str) or not re.fullmatch(r"index-live[A-Za-z0-9._-]*", r) or r in (".", ".."):
+            raise BackupError(f"backup {name}: index root {r!r} is not an index-live* directory name; the manifest "
+                              f"is damaged or not ours: nothing was restored")
+    for rel, meta in files.items():
+        parts = Path(rel).parts
+        if not rel or Path(rel).is_absolute() or ".." in parts or not isinstance(meta, dict) or "sha256" not in meta:
+            raise BackupError(f"backup {name}: file entry {rel!r} points outside the backup or has no checksum; "
+                              f"nothing was restored")
+
+
 def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -> dict:
     """Load the newest backup at or before `point_in_time` into the (stopped) stack's Redis
     directory, indexes and registry; the stack is left stopped — `recserve up` serves it."""
@@ -189,6 +211,7 @@ def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -
         have = ", ".join(b["point_iso"] for b in backups) or "none"
         raise BackupError(f"no backup at or before {point_in_time} under {src} (backups: {have})")
     b = chosen[-1]
+    check_manifest(b)            # before anything is deleted or replaced
     st = Stack(cfg)
     if st.read_state() is not None and st._alive(st.read_state()):
         raise BackupError("the stack is running: stop it first (`recserve down`); restore loads into a stopped stack")

@@ -166,7 +166,7 @@ def save_model(model: RankerNet, path, meta: dict) -> None:
 
 
 def load_model(path) -> tuple[RankerNet, dict]:
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = torch.load(path, map_location="cpu", weights_only=True)   # tensors and plain data only: no code
     if blob.get("features") != FEATURE_NAMES:
         raise ValueError(f"ranker at {path} was trained on features {blob.get('features')}, this code computes "
                          f"{FEATURE_NAMES}; retrain it with `python -m pipelines.train_ranker`")

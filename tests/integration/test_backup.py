@@ -112,3 +112,18 @@ def test_restore_refuses_a_running_stack_a_bad_point_and_a_damaged_backup(tmp_pa
     (tmp_path / "b2" / b["name"] / "redis" / "dump.rdb").write_bytes(b"corrupt")
     with pytest.raises(BackupError, match="checksum"):
         restore(cfg, dest, force=True, log=lambda m: None)
+    # a manifest that names a path outside the data directory is refused before anything changes
+    import json
+
+    man = tmp_path / "b2" / b["name"] / "manifest.json"
+    bad = json.loads(man.read_text())
+    bad["index_roots"] = ["../../victim"]
+    man.write_text(json.dumps(bad))
+    (tmp_path / "victim").mkdir()
+    with pytest.raises(BackupError, match="not an index-live"):
+        restore(cfg, dest, force=True, log=lambda m: None)
+    assert (tmp_path / "victim").exists()
+    bad["index_roots"], bad["files"] = [], {"../outside": {"sha256": "0"}}
+    man.write_text(json.dumps(bad))
+    with pytest.raises(BackupError, match="outside the backup"):
+        restore(cfg, dest, force=True, log=lambda m: None)
