@@ -179,6 +179,8 @@ class StreamConfig(_Strict):
     session_len: int = Field(20, ge=1, le=1000, description="events kept per user in the live context")
     context_ttl_s: int = Field(3600, ge=1, description="live user context TTL (the seed's 1 h)")
     vector_decay: float = Field(0.7, ge=0, lt=1, description="weight of the old real-time user vector per event")
+    retention_s: float = Field(86400.0, ge=0, description="events kept in the Redis log after every aggregator "
+                                                         "committed them (replays, backups, a standby region)")
     read_batch: int = Field(2000, ge=1, le=100_000, description="events an aggregator reads per partition per step "
                                                           "(smaller: fresher under load; larger: fewer commits)")
     scale_up_lag: int = Field(10_000, ge=1, description="add an aggregator when the lag passes this many events")

@@ -225,11 +225,13 @@ def trending(client, n: int = 20, now: int | None = None, prefix: str = "st") ->
 def _lag_queue(pipe, log, prefix: str) -> None:
     for p in range(log.partitions):
         pipe.xlen(log.stream(p))
+        pipe.get(log.trimmed_key(p))
         pipe.get(keys.committed_count(p, prefix))
 
 
 def _lag_result(res: list, partitions: int) -> dict[int, int]:
-    return {p: max(0, int(res[2 * p] or 0) - int(res[2 * p + 1] or 0)) for p in range(partitions)}
+    return {p: max(0, int(res[3 * p] or 0) + int(res[3 * p + 1] or 0) - int(res[3 * p + 2] or 0))
+            for p in range(partitions)}
 
 
 def lag(client, log, prefix: str = "st") -> dict[int, int]:

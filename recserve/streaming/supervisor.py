@@ -12,6 +12,8 @@ their own process). It
   its share back;
 * scales on consumer lag as the design says (above `scale_up_lag` for `scale_up_after_s` add
   one; under `scale_down_lag` for `scale_down_after_s` remove one);
+* trims the Redis log once a minute: entries every aggregator has committed and older than
+  `stream.retention_s` (a Kafka topic's retention is the broker's setting);
 * publishes the stream's lag and staleness once a second (`st:watch`, the routers read it for a
   Kafka log) and as a Ray metric;
 * adopts the aggregators that run already: they are named actors (`<name>-agg-<i>`) and the
@@ -86,6 +88,7 @@ class StreamSupervisor:
         self.low_since: float | None = None
         self.high_since: float | None = None
         self.last_scale_check = 0.0
+        self.last_trim = 0.0
         self.watch: dict = {}
         self.events: list[str] = []          # what it did, newest last (status, tests)
         self._gauge = None
@@ -222,6 +225,11 @@ class StreamSupervisor:
                       "aggregators": len(self.members)}
         self.r.set(keys.stream_key("watch"), json.dumps(self.watch), ex=60)
         self._export(lags)
+        if now - self.last_trim >= 60.0 and hasattr(self.log, "trim"):
+            self.last_trim = now      # the log's committed, old entries go (Kafka: the broker's retention)
+            raw = self.r.mget([keys.committed_offset(p) for p in range(self.sc.partitions)])
+            self.log.trim({p: (o.decode() if isinstance(o, bytes) else (o or "")) for p, o in enumerate(raw)},
+                          self.sc.retention_s, now)
         if now - self.last_scale_check >= 5.0:
             self.last_scale_check = now
             want, self.low_since = desired_aggregators(len(self.members), total, self.low_since, now,

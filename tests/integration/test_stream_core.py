@@ -133,3 +133,23 @@ def test_assignment_and_lag_policy():
     assert desired_aggregators(3, 10, since, 699.0, 10_000, 1_000, 600, 8)[0] == 3
     assert desired_aggregators(3, 10, since, 700.0, 10_000, 1_000, 600, 8)[0] == 2
     assert desired_aggregators(3, 5_000, since, 700.0, 10_000, 1_000, 600, 8) == (3, None)
+
+
+def test_the_redis_log_is_trimmed_below_the_committed_offset_and_lag_stays_exact(redis_url):
+    r = redis.Redis.from_url(redis_url)
+    tag = uuid.uuid4().hex[:8]
+    log = RedisStreamLog(r, partitions=P, prefix=f"ev-{tag}")
+    s = StreamSettings(prefix=f"st-{tag}", bandit_prefix=f"bandit-{tag}")
+    core = AggregatorCore(r, log, None, None, s)
+    core.assign(list(range(P)))
+    log.append(_events(30))
+    assert _run(core) == 30
+    log.append(_events(10, start=30))                 # not committed yet
+    committed = {p: r.get(f"{s.prefix}:off:{p}").decode() for p in range(P)}
+    before = sum(r.xlen(log.stream(p)) for p in range(P))
+    assert log.trim(committed, retention_s=3600) == 0                     # all younger than the retention
+    dropped = log.trim(committed, retention_s=0)
+    assert dropped == 30 - P                          # each partition keeps its committed entry (the read position)
+    assert sum(r.xlen(log.stream(p)) for p in range(P)) == before - dropped
+    assert sum(lag(r, log, s.prefix).values()) == 10  # the uncommitted ten, exactly
+    assert _run(core) == 10 and sum(lag(r, log, s.prefix).values()) == 0

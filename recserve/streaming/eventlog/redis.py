@@ -24,6 +24,13 @@ return out
 """
 
 
+_TRIM_LUA = """
+local n = redis.call('XTRIM', KEYS[1], 'MINID', ARGV[1])
+if n > 0 then redis.call('INCRBY', KEYS[2], n) end
+return n
+"""
+
+
 class RedisStreamLog(EventLog):
     def __init__(self, client, partitions: int = 8, prefix: str = "events", dedup_ttl_s: int = 86400):
         import redis
@@ -33,9 +40,30 @@ class RedisStreamLog(EventLog):
         self.prefix = prefix
         self.dedup_ttl_s = dedup_ttl_s
         self._append = self.r.register_script(_APPEND_LUA)
+        self._trim = self.r.register_script(_TRIM_LUA)
 
     def stream(self, p: int) -> str:
         return keys.event_stream(p, self.prefix)
+
+    def trimmed_key(self, p: int) -> str:
+        return f"{self.prefix}:trimmed:{p}"
+
+    def trim(self, committed: dict[int, str], retention_s: float, now: float | None = None) -> int:
+        """Drop the entries of each partition that every consumer has committed (the aggregators'
+        offset) and that are older than `retention_s`, counting them (`<prefix>:trimmed:<p>`) so
+        that length-based figures (lag) stay exact. Returns the entries dropped."""
+        import time
+
+        edge_ms = int(((now if now is not None else time.time()) - retention_s) * 1000)
+        dropped = 0
+        for p, off in committed.items():
+            if not off:
+                continue                        # nothing committed yet: keep everything
+            off_ms, _, off_seq = off.partition("-")
+            # MINID keeps ids >= the bound: the committed entry itself stays (it is the read position)
+            bound = off if int(off_ms) <= edge_ms else f"{edge_ms}-0"
+            dropped += int(self._trim(keys=[self.stream(p), self.trimmed_key(p)], args=[bound]))
+        return dropped
 
     def _calls(self, events: list[dict]) -> list[tuple[list[int], list[str], list]]:
         """One script call per partition: (event indexes, keys, args)."""
@@ -125,7 +153,10 @@ class RedisStreamLog(EventLog):
         pipe = client.pipeline(transaction=False)
         for p in range(self.partitions):
             pipe.xlen(self.stream(p))
-        return {p: max(0, int(n or 0) - int(c or 0)) for p, (n, c) in enumerate(zip(pipe.execute(), committed_counts))}
+            pipe.get(self.trimmed_key(p))
+        res = pipe.execute()
+        return {p: max(0, int(res[2 * p] or 0) + int(res[2 * p + 1] or 0) - int(c or 0))
+                for p, c in enumerate(committed_counts)}
 
     def oldest_ts(self, offsets: dict[int, str]) -> dict[int, float]:
         pipe = self.r.pipeline(transaction=False)
