@@ -30,7 +30,7 @@ class RedisConfig(_Strict):
     url: str | None = Field(None, description="external Redis (redis://host:port/db); None = embedded")
     host: str = "127.0.0.1"
     port: int = Field(6390, ge=1, le=65535)
-    appendfsync: Literal["everysec", "always", "no"] = "everysec"
+    appendfsync: Literal["everysec", "always", "no"] = "always"   # an acknowledged write survives a host crash
     maxmemory_mb: int = Field(0, ge=0, description="0 = no limit")
 
 

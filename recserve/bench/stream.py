@@ -44,7 +44,7 @@ def raw_xadd(client, seconds: float = 3.0, batch: int = 1000) -> float:
 
 
 def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: str | Path | None = None,
-        log=print, backend: str | None = None) -> dict:
+        log=print, backend: str | None = None, appendfsync: str | None = None) -> dict:
     import ray
     import redis
     from ray import serve
@@ -74,6 +74,10 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
                                  "redis": {**cfg.redis.model_dump(mode="json"), "url": f"{base_url}/1"}})
     r = redis.Redis.from_url(cfg.redis_url)
     r.flushdb()
+    fsync_before = r.config_get("appendfsync")["appendfsync"]
+    if appendfsync:     # the stack's Redis, for this run only (restored at the end)
+        r.config_set("appendfsync", appendfsync)
+    fsync_used = r.config_get("appendfsync")["appendfsync"]
     reg = Registry(cfg.registry_uri, cfg.registry.keep)
     user_ids = np.load(reg.fetch("embeddings") / "user_ids.npy")
     item_ids = np.load(reg.fetch("embeddings") / "item_ids.npy")
@@ -135,7 +139,7 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
     total = posted["accepted"] + len(probes)
     fresh = np.array([p["fresh_ms"] for p in probes]) if probes else np.array([np.nan])
     res = {
-        "duration_s": duration, "batch": batch, "posters": posters, "backend": backend, "aggregators": n_agg,
+        "duration_s": duration, "batch": batch, "posters": posters, "backend": backend, "appendfsync": fsync_used, "aggregators": n_agg,
         "partitions": cfg.stream.partitions,
         "events": total, "events_per_s": round(total / (t_done - t0), 1),
         "ingest_events_per_s": posted["events_per_s"], "post_p95_ms": posted["post_p95_ms"],
@@ -150,6 +154,7 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
     }
     res["targets"] = {"events_per_s_ge_10000": res["events_per_s"] >= 10_000,
                       "freshness_p95_le_1000ms": res["freshness_p95_ms"] <= 1000}
+    r.config_set("appendfsync", fsync_before)
     stop_supervisor(cfg, "stream")
     serve.shutdown()
     log_obj.close()

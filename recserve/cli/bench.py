@@ -52,6 +52,8 @@ def bench_stream(out: Path = typer.Option(Path("benchmarks/results/stream.json")
                  posters: int = typer.Option(3, help="concurrent posting connections"),
                  backend: Optional[str] = typer.Option(None, help="redis | kafka (default: stream.backend); kafka "
                                                        "uses the configured broker, else starts the embedded one"),
+                 appendfsync: Optional[str] = typer.Option(None, help="always | everysec | no: Redis's AOF fsync "
+                                                           "policy for this run (default: the stack's)"),
                  config: Optional[Path] = ConfigOpt):
     """Events over HTTP -> log -> aggregators -> live context: sustained events/s, freshness
     p50/p95, and raw pipelined XADD to the same Redis as the machine's limit."""
@@ -61,11 +63,16 @@ def bench_stream(out: Path = typer.Option(Path("benchmarks/results/stream.json")
 
     if backend not in (None, "redis", "kafka"):
         _fail(ValueError(f"--backend must be redis or kafka, not {backend!r}"))
+    if appendfsync not in (None, "always", "everysec", "no"):
+        _fail(ValueError(f"--appendfsync must be always, everysec or no, not {appendfsync!r}"))
     cfg = _cfg(config)
     if out == Path("benchmarks/results/stream.json") and (backend or cfg.stream.backend) == "kafka":
         out = Path("benchmarks/results/stream-kafka.json")
+    elif out == Path("benchmarks/results/stream.json") and appendfsync:
+        out = Path(f"benchmarks/results/stream-fsync-{appendfsync}.json")
     try:
-        res = run(cfg, duration, batch, posters, out, log=_progress("bench stream"), backend=backend)
+        res = run(cfg, duration, batch, posters, out, log=_progress("bench stream"), backend=backend,
+                  appendfsync=appendfsync)
     except (RuntimeError, StackError, EventLogUnavailable) as e:
         _fail(e)
     console.print_json(json.dumps(res))

@@ -24,7 +24,7 @@ def serve(config: Optional[Path] = ConfigOpt):
 @app.command()
 def up(config: Optional[Path] = ConfigOpt,
        no_ray: bool = typer.Option(False, "--no-ray", help="start Redis only")):
-    """Start the embedded stack: a real redis-server (AOF everysec) and a local Ray head with the jobs API."""
+    """Start the embedded stack: a real redis-server (AOF, fsync always) and a local Ray head with the jobs API."""
     from recserve.ops.stack import Stack, StackError
 
     cfg = _cfg(config)

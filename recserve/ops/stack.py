@@ -83,7 +83,7 @@ def _tail(path: Path, n: int = 15) -> str:
         return "(no log)"
 
 
-def start_redis(data_dir: Path, host: str, port: int, appendfsync: str = "everysec",
+def start_redis(data_dir: Path, host: str, port: int, appendfsync: str = "always",
                 maxmemory_mb: int = 0, timeout: float = 60.0, appendonly: bool = True) -> subprocess.Popen:
     """Start a real redis-server with AOF under `data_dir`; wait until it answers PING."""
     if not port_is_free(port, host):

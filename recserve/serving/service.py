@@ -207,7 +207,7 @@ class RecService:
             return 503, error_body("unavailable", "the event log is unavailable (circuit open); nothing was "
                                                   "written: retry after the Retry-After delay", None), {"Retry-After": "5"}
         try:
-            offsets = await self.log.aappend(self.r, events)   # acknowledged by Redis (AOF everysec)
+            offsets = await self.log.aappend(self.r, events)   # acknowledged by Redis (in its AOF, fsynced: appendfsync always)
             b.record(True)
         except (ValueError, TypeError, OverflowError) as e:
             # the request's own fault (validation should have caught it): not the log's, so the

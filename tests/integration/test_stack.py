@@ -18,7 +18,7 @@ def test_stack_is_up(stack):
     assert st["running"] and st["redis"]["ok"] and st["redis"]["aof_enabled"]
     assert st["ray"]["ok"] and st["ray"]["jobs_api"].startswith("http://127.0.0.1:")
     r = redis.Redis.from_url(info.redis_url)
-    assert r.config_get("appendfsync")["appendfsync"] == "everysec"
+    assert r.config_get("appendfsync")["appendfsync"] == "always"
     # a second `up` finds the running stack and starts nothing new
     again = Stack(cfg).up()
     assert again.redis_pid == info.redis_pid

@@ -3,7 +3,7 @@
 * `RedisStreamLog` (the embedded default): one stream per partition (`<prefix>:<p>`), consumer
   groups, acknowledgements, claiming a dead consumer's pending entries (XAUTOCLAIM). Appends of a
   batch go through one Lua script per partition that also records each event id (SET NX with a
-  TTL), so a client retry of the same events appends nothing twice. Redis runs with AOF everysec.
+  TTL), so a client retry of the same events appends nothing twice. Redis runs with AOF, fsync always.
 * `KafkaLog`: a topic of P partitions keyed by user id, `acks=all`, event ids marked seen in Redis
   only once the broker acknowledged them (kafka-python). `stream.backend: kafka`.
 
