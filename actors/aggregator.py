@@ -18,13 +18,17 @@ from recserve.streaming.aggregator import AggregatorCore, StreamSettings
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.05)
 class StreamAggregator:
-    def __init__(self, name: str, cfg: dict, item_ids=None, item_vectors=None, block_ms: int = 100):
+    def __init__(self, name: str, cfg: dict, registry_uri: str | None = None, block_ms: int = 100):
+        """The item vectors (for the real-time user vector) are read from the registry here, not
+        passed in: arguments in the object store would die with their owner (the supervisor), and
+        Ray could not restart this actor after that."""
         import redis
 
         from recserve.config import Config
         from recserve.streaming.eventlog import make_log
 
         c = Config.model_validate(cfg)
+        item_ids, item_vectors = _item_vectors(c, registry_uri or c.registry_uri)
         self.name = name
         self.block_ms = block_ms
         self.r = redis.Redis.from_url(c.redis_url, socket_timeout=5)
@@ -73,3 +77,16 @@ class StreamAggregator:
     def shutdown(self) -> None:
         self.stop.set()
         self.thread.join(5)
+
+
+def _item_vectors(cfg, registry_uri: str):
+    """The registry's latest item ids and vectors; (None, None) before the first embeddings
+    (contexts and counters only)."""
+    from recserve.artifacts import load_embeddings
+    from recserve.registry import Registry, RegistryError
+
+    try:
+        emb = load_embeddings(Registry(registry_uri, cfg.registry.keep))
+    except (RegistryError, FileNotFoundError, OSError):
+        return None, None
+    return emb["item_ids"], emb["item_vectors"]

@@ -92,7 +92,6 @@ class StreamSupervisor:
         self.watch: dict = {}
         self.events: list[str] = []          # what it did, newest last (status, tests)
         self._gauge = None
-        self._item_refs = None
 
     # --------------------------------------------------------------- members
     def state_key(self) -> str:
@@ -105,11 +104,9 @@ class StreamSupervisor:
 
         from actors.aggregator import StreamAggregator
 
-        if self._item_refs is None:
-            self._item_refs = _item_vectors(self.cfg, self.registry_uri)
         opts = {"resources": dict(self.sc.aggregator_resources)} if self.sc.aggregator_resources else {}
         return StreamAggregator.options(name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-                                        **opts).remote(name, self.cfg.model_dump(mode="json"), *self._item_refs)
+                                        **opts).remote(name, self.cfg.model_dump(mode="json"), self.registry_uri)
 
     def start(self) -> None:
         """Adopt the aggregators of a previous run of this supervisor (by name) or start the
@@ -293,18 +290,3 @@ class StreamSupervisor:
         self.members = []
         self.r.delete(self.state_key())
         self.log.close()
-
-
-def _item_vectors(cfg, registry_uri: str):
-    """Object refs of the registry's latest item ids and vectors (for the real-time user vector);
-    (None, None) before the first embeddings."""
-    import ray
-
-    from recserve.artifacts import load_embeddings
-    from recserve.registry import Registry, RegistryError
-
-    try:
-        emb = load_embeddings(Registry(registry_uri, cfg.registry.keep))
-    except (RegistryError, FileNotFoundError, OSError):
-        return None, None
-    return ray.put(emb["item_ids"]), ray.put(emb["item_vectors"])

@@ -84,6 +84,19 @@ def test_supervised_aggregators_survive_kills_and_rescaling_counting_every_event
         # the one aggregator nobody killed was adopted, not replaced
         survivor = sorted(before)[1]
         assert after[survivor] == before[survivor]
+        # an adopted aggregator killed after its supervisor's restart comes back too (its
+        # constructor's arguments are not objects the dead supervisor owned)
+        os.kill(after[survivor], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                pid = ray.get(ray.get_actor(survivor, namespace="recserve").pid.remote(), timeout=5)
+                if pid != after[survivor]:
+                    break
+            except Exception:  # noqa: BLE001 - restarting
+                time.sleep(0.5)
+        else:
+            raise AssertionError(f"{survivor} did not come back after its supervisor's restart")
         assert ray.get(sup.scale.remote(3)) == 3                   # one more, mid-stream
         time.sleep(1.0)
     finally:
