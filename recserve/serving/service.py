@@ -266,6 +266,23 @@ class RecService:
         return {**self.stage.versions, "ranker": self._ranker_version or self.stage.versions["ranker"],
                 "explainer": ", ".join(f"{t}={m}" for t, m in tiers.items()) or "templates"}
 
+    async def _supervisor_report(self) -> dict:
+        """The stream supervisor's last report (aggregators, lag, its age): a stale or missing one
+        means nobody supervises the stream."""
+        import json as _json
+
+        from recserve import keys
+
+        try:
+            raw = await self.r.get(keys.stream_key("watch"))
+        except Exception as e:  # noqa: BLE001 - Redis away
+            return {"error": type(e).__name__}
+        if raw is None:
+            return {"reporting": False}
+        w = _json.loads(raw)
+        age = round(max(0.0, time.time() - float(w.get("at", 0))), 1)
+        return {"reporting": age < 10, "report_age_s": age, "aggregators": w.get("aggregators")}
+
     async def status(self) -> dict:
         await self.watch.poll()
         await self.refresh_slow_stats()   # index sizes and the explainer's stats as of now
@@ -284,8 +301,9 @@ class RecService:
                           "vectors": {str(k): v for k, v in self.index_sizes.items()}},
                 "degradation_level": self.ladder.level_now(), "breakers": self.ladder.breakers.snapshot(),
                 "hops": self.ladder.hops, "levels": {str(k): v for k, v in sorted(self.ladder.levels.items())},
-                "stream": {"staleness_s": round(self.watch.staleness, 3), "stale": self.ladder.stale,
-                           "bound_s": self.cfg.stream.staleness_bound_s, "lag": self.watch.lag,
+                "stream": {"backend": self.cfg.stream.backend, "staleness_s": round(self.watch.staleness, 3),
+                           "stale": self.ladder.stale, "bound_s": self.cfg.stream.staleness_bound_s,
+                           "lag": self.watch.lag, "supervisor": await self._supervisor_report(),
                            **({"error": self.watch.error} if self.watch.error else {})},
                 "explainer": {k: self.explainer_stats[k] for k in ("queue_depth", "requests", "llm", "templates",
                                                                     "deadline", "queue_full", "rejected")

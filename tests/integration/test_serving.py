@@ -83,6 +83,8 @@ def test_health_ready_status_docs(serving):
     st = http.get("/v1/status").json()
     assert st["index"]["shards"] >= 1 and "hit_rate" in st["cache"]
     assert st["bandit"]["impressions_dropped"] == 0        # the in-process bandit's impression log keeps up
+    sup = st["stream"]["supervisor"]                          # the application's stream is supervised
+    assert st["stream"]["backend"] == "redis" and sup["reporting"] and sup["aggregators"] >= 1, st["stream"]
     assert http.get("/openapi.json").json()["info"]["title"] == "recserve"
     r = http.post("/v1/recommend", content=b"{oops", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
