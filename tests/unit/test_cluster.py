@@ -39,3 +39,16 @@ def test_pools_follow_the_design_table():
     for pool, (lo, hi) in want.items():
         assert (nodes[pool]["min_workers"], nodes[pool]["max_workers"]) == (lo, hi)
     assert cfg["max_workers"] >= sum(n.get("max_workers", 0) for n in nodes.values())
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_secure_defaults(path):
+    """Ray token auth on every node (the token a mounted secret, never in the repo), and the
+    dashboard / jobs API (running code) bound to the head's loopback."""
+    cfg = yaml.safe_load(path.read_text())
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert starts and all("RAY_AUTH_MODE=token" in c and "RAY_AUTH_TOKEN_PATH=" in c for c in starts)
+    head = next(c for c in cfg["head_start_ray_commands"] if "--head" in c)
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+    assert any(src.startswith("secrets/") for src in cfg["file_mounts"].values())
+    assert "secrets/" in (ROOT / ".gitignore").read_text()
