@@ -3,6 +3,8 @@ its owner was configured with (tests give their own, so they never share state).
 
   events:<p>                  the event log's stream of partition p (RedisStreamLog)
   events:seen:<event id>      an event id already appended (deduplication, with a TTL)
+  events:trimmed:<p>          entries of partition p the supervisor trimmed (they still count as appended)
+  events:appended:<p>         records of partition p the Kafka broker acknowledged (KafkaLog: lag)
   st:off:<p>                  an aggregator's committed offset (stream entry id) of partition p
   st:done:<p>                 events committed from partition p (lag = stream length - done)
   st:ts:<p>                   event time and wall time of the last commit (staleness)
@@ -12,6 +14,9 @@ its owner was configured with (tests give their own, so they never share state).
   st:trend:<bucket>           sorted set item -> count per 5-minute bucket (trending = the last hour)
   st:trend:tmp:<ns>           a scratch union of trend buckets (deleted at once)
   st:assign:<aggregator>      the partitions an aggregator owns (restart adopts them)
+  st:supervisor:<name>        the stream supervisor's aggregator count (a restarted one adopts them)
+  st:supervisor:<name>:apps   the applications using that stream (the last one gone stops it)
+  st:watch                    the supervisor's report each second: lag, staleness, aggregators
   st:invalidate               channel: users whose events an aggregator folded (routers drop their caches)
   bandit:params               hash a:<item> / b:<item>: the bandit's Beta posteriors
   bandit:impressions          stream of shown slates with their propensities (off-policy evaluation)
@@ -33,6 +38,14 @@ def event_stream(p: int, prefix: str = EVENTS) -> str:
 def event_seen(prefix: str = EVENTS) -> str:
     """The dedup keys' common start; the event id follows."""
     return f"{prefix}:seen:"
+
+
+def event_trimmed(p: int, prefix: str = EVENTS) -> str:
+    return f"{prefix}:trimmed:{p}"
+
+
+def event_appended(p: int, prefix: str = EVENTS) -> str:
+    return f"{prefix}:appended:{p}"
 
 
 def stream_key(*parts, prefix: str = STREAM) -> str:

@@ -66,7 +66,7 @@ def lag(active, standby, partitions: int, prefix: str = "events") -> dict:
     out, worst_s = {}, 0.0
     for p in range(partitions):
         key = keys.event_stream(p, prefix)
-        trimmed = f"{prefix}:trimmed:{p}"        # entries the supervisor trimmed still count as appended
+        trimmed = keys.event_trimmed(p, prefix)   # entries the supervisor trimmed still count as appended
         n_a = int(active.xlen(key)) + int(active.get(trimmed) or 0)
         n_s = int(standby.xlen(key)) + int(standby.get(trimmed) or 0)
         behind = max(0, n_a - n_s)

@@ -21,6 +21,7 @@ import json
 import threading
 import time
 
+from recserve import keys
 from recserve.streaming.eventlog.base import Entry, EventLog, EventLogUnavailable, partition_of
 
 PENDING_TTL_S = 60
@@ -90,10 +91,10 @@ class KafkaLog(EventLog):
         return f"{self.topic}:{p}"
 
     def _seen(self, eid: str) -> str:
-        return f"{self.topic}:seen:{eid}"
+        return keys.event_seen(self.topic) + eid
 
     def appended_key(self, p: int) -> str:
-        return f"{self.topic}:appended:{p}"
+        return keys.event_appended(p, self.topic)
 
     # ---------------------------------------------------------------- append
     def _claim(self, ids: list[str]) -> list[bool]:

@@ -46,7 +46,7 @@ class RedisStreamLog(EventLog):
         return keys.event_stream(p, self.prefix)
 
     def trimmed_key(self, p: int) -> str:
-        return f"{self.prefix}:trimmed:{p}"
+        return keys.event_trimmed(p, self.prefix)
 
     def trim(self, committed: dict[int, str], retention_s: float, now: float | None = None) -> int:
         """Drop the entries of each partition that every consumer has committed (the aggregators'
