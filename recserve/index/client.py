@@ -82,6 +82,7 @@ class IndexRouter:
         self.generation = 0
         self._write_lock = threading.Lock()
         self._moving: list[ShardGroup] | None = None  # new assignment during a rebalance
+        self.carry_skipped = 0      # catalogue writes a swap could not carry (another dimension)
 
     # ------------------------------------------------------------------ setup
     def _spawn(self, shard: int, gen: int, r: int, artifact: str | None = None, metas_path: str | None = None):
@@ -381,13 +382,36 @@ class IndexRouter:
             for r in og.replicas:
                 ray.kill(r.handle, no_restart=True)
 
+    def _carry_writes(self, nxt: "IndexRouter", after: int) -> int:
+        """Re-apply to `nxt` the catalogue writes logged by this index's shards with seq > after
+        (in sequence order: one sequence spans the shards); returns the last seq carried. Writes
+        of another dimension than nxt's are not carried (another embedding space)."""
+        recs = sorted((r for g in self.groups for r in g.wal.read(after=after)), key=lambda r: r["seq"])
+        last = after
+        for rec in recs:
+            last = rec["seq"]
+            if rec["op"] == "upsert":
+                vecs = np.asarray(rec["vectors"], dtype=np.float32)
+                if vecs.ndim != 2 or vecs.shape[1] != nxt.dim:
+                    self.carry_skipped += len(rec["ids"])
+                    continue
+                nxt._write(nxt.groups, "upsert", np.asarray(rec["ids"], dtype=np.int64), vecs, rec.get("metas"))
+            elif rec["op"] == "delete":
+                nxt._write(nxt.groups, "delete", np.asarray(rec["ids"], dtype=np.int64))
+        return last
+
     def swap(self, artifact_dir: str | Path, items_meta: dict[int, dict] | None = None) -> str:
-        """Serve another index version: build its actors aside, switch the table, retire the old."""
+        """Serve another index version: build its actors aside, carry over the catalogue writes
+        (upserts, deletes) made to the running index, switch the table, retire the old. The bulk is
+        carried while writes still flow; the rest under the write lock, just before the switch."""
         nxt = IndexRouter.from_artifact(artifact_dir, self.root / f"swap-{time.time_ns()}", items_meta,
                                         replicas=self.n_replicas, timeout_s=self.timeout_s,
                                         cooldown_s=self.cooldown_s, actor_options=self.actor_options,
                                         use_gpu=self.use_gpu)
+        self.carry_skipped = 0
+        carried = self._carry_writes(nxt, 0)
         with self._write_lock:
+            self._carry_writes(nxt, carried)
             old = self.groups
             self.groups, self.cfg, self.dim, self.version = nxt.groups, nxt.cfg, nxt.dim, nxt.version
             self.root, self.generation, self.counter = nxt.root, 0, nxt.counter

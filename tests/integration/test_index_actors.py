@@ -242,9 +242,17 @@ def test_hot_swap_without_a_gap(router, tmp_path):
 
     t = threading.Thread(target=query_loop)
     t.start()
+    # catalogue writes made to the running index: a new item, a new vector of a known one, a delete
+    new_v, moved_v = _unit(1, 501), _unit(1, 502)
+    rt.upsert([50_000], new_v, [{"category": "added"}])
+    rt.upsert([7], moved_v, [{"category": "changed"}])
+    rt.delete([9])
     rt.swap(tmp_path / "art2")
     stop.set()
     t.join()
     assert not errors
     assert len(rt.groups) == 3
-    assert (rt.search(x2[:10], 1)[0][:, 0] == ids2[:10]).all()
+    assert (rt.search(x2[10:20], 1)[0][:, 0] == ids2[10:20]).all()
+    # the writes made before the swap are in the new index too
+    assert rt.search(new_v, 1)[0][0, 0] == 50_000 and rt.search(moved_v, 1)[0][0, 0] == 7
+    assert 9 not in set(rt.search(x2[8:9], 5)[0][0].tolist())
