@@ -126,20 +126,25 @@ class WriteAheadLog:
             counter = SeqCounter(self.path.parent, self.path.name)
         self.counter = counter or None
 
-    def _last_seq(self) -> int:
-        """The last record's number, read from the log itself (only the part not read before)."""
+    def _payloads(self, start: int = 0) -> Iterator[tuple[bytes, int]]:
+        """(payload, offset after it) of each whole, intact record from `start`; stops at a torn or
+        corrupt tail."""
         with open(self.path, "rb") as f:
-            f.seek(self._scan_pos)
+            f.seek(start)
             while True:
                 head = f.read(_HEAD.size)
                 if len(head) < _HEAD.size:
-                    break
+                    return
                 n, crc = _HEAD.unpack(head)
                 payload = f.read(n)
                 if len(payload) < n or zlib.crc32(payload) != crc:
-                    break
-                self._scan_last = int(json.loads(payload)["seq"])
-                self._scan_pos = f.tell()
+                    return
+                yield payload, f.tell()
+
+    def _last_seq(self) -> int:
+        """The last record's number, read from the log itself (only the part not read before)."""
+        for payload, end in self._payloads(self._scan_pos):
+            self._scan_last, self._scan_pos = int(json.loads(payload)["seq"]), end
         return self._scan_last
 
     def append(self, record: dict) -> int:
@@ -174,15 +179,7 @@ class WriteAheadLog:
 
     def read(self, after: int = 0) -> Iterator[dict]:
         """Records with seq > `after`, in order; stops at a torn or corrupt tail."""
-        with open(self.path, "rb") as f:
-            while True:
-                head = f.read(_HEAD.size)
-                if len(head) < _HEAD.size:
-                    return
-                n, crc = _HEAD.unpack(head)
-                payload = f.read(n)
-                if len(payload) < n or zlib.crc32(payload) != crc:
-                    return
-                rec = decode_record(payload)
-                if rec["seq"] > after:
-                    yield rec
+        for payload, _ in self._payloads():
+            rec = decode_record(payload)
+            if rec["seq"] > after:
+                yield rec
