@@ -41,9 +41,8 @@ class StreamSupervisorActor:
 
     # the applications using this stream: the last one to go stops it
     def attach(self, app: str) -> list[str]:
-        apps = set(self._apps()) | {app}
         self.sup.r.sadd(self._apps_key(), app)
-        return sorted(apps)
+        return self._apps()
 
     def detach(self, app: str) -> bool:
         """Returns True when that was the last application: the aggregators are stopped (the

@@ -206,6 +206,9 @@ class EvalConfig(_Strict):
     min_user_events: int = Field(5, ge=2)
 
 
+EMBEDDED_KAFKA = "stream.kafka_port (the embedded broker)"
+
+
 class Config(_Strict):
     data_dir: Path = Path(".recserve")
     redis: RedisConfig = RedisConfig()
@@ -229,11 +232,18 @@ class Config(_Strict):
         return self.redis.url or f"redis://{self.redis.host}:{self.redis.port}/0"
 
     @property
+    def kafka_source(self) -> tuple[str, str]:
+        """(the Kafka bootstrap servers, the setting that named them): stream.bootstrap_servers, else
+        $KAFKA_BOOTSTRAP_SERVERS, else the embedded broker `recserve up` starts on stream.kafka_port."""
+        if self.stream.bootstrap_servers:
+            return self.stream.bootstrap_servers, "stream.bootstrap_servers"
+        if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+            return os.environ["KAFKA_BOOTSTRAP_SERVERS"], "KAFKA_BOOTSTRAP_SERVERS"
+        return f"127.0.0.1:{self.stream.kafka_port}", EMBEDDED_KAFKA
+
+    @property
     def kafka_bootstrap(self) -> str:
-        """The Kafka bootstrap servers: stream.bootstrap_servers, else $KAFKA_BOOTSTRAP_SERVERS, else
-        the embedded broker `recserve up` starts on stream.kafka_port."""
-        return (self.stream.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-                or f"127.0.0.1:{self.stream.kafka_port}")
+        return self.kafka_source[0]
 
 
 def _set_path(tree: dict[str, Any], path: list[str], value: str) -> None:

@@ -89,13 +89,10 @@ def stream_cfg():
 def stream_config(cfg, backend: str, kafka: str | None, db: int, topic: str):
     """cfg on a Redis database of its own (its streams, offsets and state apart from the serving
     application's) and the given event-log backend and topic."""
-    base = cfg.redis_url.rsplit("/", 1)[0]
-    extra = {"redis.url": f"{base}/{db}", "stream.backend": backend, "stream.topic": topic}
-    if kafka:
-        extra["stream.bootstrap_servers"] = kafka
-    return cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"url": f"{base}/{db}"}),
-                                  "stream": cfg.stream.model_copy(update={k.split(".")[1]: v for k, v in extra.items()
-                                                                          if k.startswith("stream.")})})
+    url = f"{cfg.redis_url.rsplit('/', 1)[0]}/{db}"
+    stream = {"backend": backend, "topic": topic, **({"bootstrap_servers": kafka} if kafka else {})}
+    return cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"url": url}),
+                                  "stream": cfg.stream.model_copy(update=stream)})
 
 
 def trained_registry(cfg, root: Path):

@@ -68,8 +68,6 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
         broker = start_kafka(Path(tempfile.mkdtemp(prefix="bench-kafka-")), port)
         stream["bootstrap_servers"] = f"127.0.0.1:{port}"
         log(f"started the embedded Kafka-protocol broker on 127.0.0.1:{port} for the benchmark")
-    elif backend == "kafka":
-        stream["bootstrap_servers"] = cfg.kafka_bootstrap
     cfg = Config.model_validate({**cfg.model_dump(mode="json"), "stream": stream,
                                  "redis": {**cfg.redis.model_dump(mode="json"), "url": f"{base_url}/1"}})
     r = redis.Redis.from_url(cfg.redis_url)

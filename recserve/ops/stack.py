@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from recserve.config import Config
+from recserve.config import EMBEDDED_KAFKA, Config
 
 
 class StackError(RuntimeError):
@@ -372,13 +372,12 @@ class Stack:
                 info.redis_pid = redis_proc.pid
                 info.redis_started = True
             if self.cfg.stream.backend == "kafka":
-                external_kafka = self.cfg.stream.bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-                info.kafka_bootstrap = self.cfg.kafka_bootstrap
-                if external_kafka:
-                    if not kafka_reachable(external_kafka, 2.0):
-                        raise StackError(f"the Kafka broker at {external_kafka} (stream.bootstrap_servers / "
-                                         f"KAFKA_BOOTSTRAP_SERVERS) is not reachable; start it or unset both to "
-                                         f"use the embedded one")
+                info.kafka_bootstrap, setting = self.cfg.kafka_source
+                if setting != EMBEDDED_KAFKA:
+                    if not kafka_reachable(info.kafka_bootstrap, 2.0):
+                        raise StackError(f"the Kafka broker at {info.kafka_bootstrap} ({setting}) is not reachable; "
+                                         f"start it, or unset stream.bootstrap_servers and KAFKA_BOOTSTRAP_SERVERS "
+                                         f"to use the embedded one")
                 else:
                     kafka_proc = start_kafka(self.data_dir / "kafka", self.cfg.stream.kafka_port)
                     info.kafka_pid, info.kafka_started = kafka_proc.pid, True

@@ -39,9 +39,9 @@ class StreamWatch:
             return
         self.on_stale(self.staleness > self.bound_s)
 
-    async def _poll_published(self) -> None:
-        """A Kafka log: the stream supervisor publishes lag and staleness each second (`st:watch`);
-        a report that stops coming means nobody folds events: staleness grows with its age."""
+    async def report(self) -> tuple[dict, float] | None:
+        """The stream supervisor's last report (`st:watch`, published each second: lag, staleness,
+        aggregators) and its age in seconds; None when there is none."""
         import json
         import time
 
@@ -49,10 +49,18 @@ class StreamWatch:
 
         raw = await self.r.get(keys.stream_key("watch"))
         if raw is None:
+            return None
+        w = json.loads(raw)
+        return w, max(0.0, time.time() - float(w.get("at", 0)))
+
+    async def _poll_published(self) -> None:
+        """A Kafka log: lag and staleness from the supervisor's report; a report that stops coming
+        means nobody folds events: staleness grows with its age."""
+        got = await self.report()
+        if got is None:
             self.error = "no report from the stream supervisor"
             return
-        w = json.loads(raw)
-        age = max(0.0, time.time() - float(w.get("at", 0)))
+        w, age = got
         self.lag = int(w.get("lag", 0))
         self.staleness = float(w.get("staleness_s", 0.0)) + (age if age > 5 else 0.0)
 

@@ -269,19 +269,14 @@ class RecService:
     async def _supervisor_report(self) -> dict:
         """The stream supervisor's last report (aggregators, lag, its age): a stale or missing one
         means nobody supervises the stream."""
-        import json as _json
-
-        from recserve import keys
-
         try:
-            raw = await self.r.get(keys.stream_key("watch"))
+            got = await self.watch.report()
         except Exception as e:  # noqa: BLE001 - Redis away
             return {"error": type(e).__name__}
-        if raw is None:
+        if got is None:
             return {"reporting": False}
-        w = _json.loads(raw)
-        age = round(max(0.0, time.time() - float(w.get("at", 0))), 1)
-        return {"reporting": age < 10, "report_age_s": age, "aggregators": w.get("aggregators")}
+        w, age = got
+        return {"reporting": age < 10, "report_age_s": round(age, 1), "aggregators": w.get("aggregators")}
 
     async def status(self) -> dict:
         await self.watch.poll()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recserve import keys
+from recserve.streaming.eventlog.base import behind
 
 WINDOWS = {"1h": (3600, 300), "24h": (86400, 3600), "7d": (7 * 86400, 86400)}  # span, bucket
 TREND_BUCKET_S = 300
@@ -108,18 +109,12 @@ class AggregatorCore:
             if block_ms:
                 time.sleep(block_ms / 1000)
             return 0
-        raw = self.r.mget([self.key("off", p) for p in self.partitions])
-        offs = {p: (o.decode() if isinstance(o, bytes) else (o or "")) for p, o in zip(self.partitions, raw)}
+        offs = committed_offsets(self.r, self.partitions, self.s.prefix)
         entries = self.log.read_after_many(offs, self.s.batch, block_ms)
         by_p: dict[int, list] = {}
         for e in entries:
             by_p.setdefault(e.partition, []).append(e)
         return sum(self._commit_entries(p, offs[p], es) for p, es in by_p.items())
-
-    def step_partition(self, p: int) -> int:
-        off = self.r.get(self.key("off", p))
-        off = off.decode() if isinstance(off, bytes) else (off or "")
-        return self._commit_entries(p, off, self.log.read_after(p, off, self.s.batch))
 
     def _commit_entries(self, p: int, off: str, entries: list) -> int:
         """Fold the entries read after `off` and commit state and the new offset together, only
@@ -222,16 +217,14 @@ def trending(client, n: int = 20, now: int | None = None, prefix: str = "st") ->
     return [(int(i), float(s)) for i, s in rows]
 
 
-def _lag_queue(pipe, log, prefix: str) -> None:
-    for p in range(log.partitions):
-        pipe.xlen(log.stream(p))
-        pipe.get(log.trimmed_key(p))
-        pipe.get(keys.committed_count(p, prefix))
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else (v or "")
 
 
-def _lag_result(res: list, partitions: int) -> dict[int, int]:
-    return {p: max(0, int(res[3 * p] or 0) + int(res[3 * p + 1] or 0) - int(res[3 * p + 2] or 0))
-            for p in range(partitions)}
+def committed_offsets(client, partitions, prefix: str = "st") -> dict[int, str]:
+    """Each partition's committed offset ("" before the first commit), in one MGET."""
+    parts = list(partitions)
+    return {p: _text(o) for p, o in zip(parts, client.mget([keys.committed_offset(p, prefix) for p in parts]))}
 
 
 def lag(client, log, prefix: str = "st") -> dict[int, int]:
@@ -241,51 +234,40 @@ def lag(client, log, prefix: str = "st") -> dict[int, int]:
 
 
 async def alag(aclient, log, prefix: str = "st") -> dict[int, int]:
-    """`lag` through an asyncio client (the router's stream watch; Redis Streams)."""
+    """`lag` through an asyncio client (the router's stream watch; Redis Streams): one pipeline."""
+    n = log.partitions
     pipe = aclient.pipeline(transaction=False)
-    _lag_queue(pipe, log, prefix)
-    return _lag_result(await pipe.execute(), log.partitions)
+    for p in range(n):
+        pipe.get(keys.committed_count(p, prefix))
+    log.queue_appended(pipe)
+    res = await pipe.execute()
+    return behind(log.appended(res[n:]), res[:n])
 
 
-def _offsets_queue(pipe, log, prefix: str) -> None:
-    for p in range(log.partitions):
-        pipe.get(keys.committed_offset(p, prefix))
-
-
-def _oldest_queue(pipe, log, offs: list) -> None:
-    for p, off in enumerate(offs):
-        off = off.decode() if isinstance(off, bytes) else off
-        pipe.xrange(log.stream(p), min=f"({off}" if off else "-", max="+", count=1)
-
-
-def _staleness(rows_per_partition: list, now: float | None) -> float:
-    now = now if now is not None else time.time()
-    oldest = [int((rows[0][0].decode() if isinstance(rows[0][0], bytes) else rows[0][0]).split("-")[0])
-              for rows in rows_per_partition if rows]
-    return max(0.0, now - min(oldest) / 1000.0) if oldest else 0.0
-
-
-def staleness_s(client, log, prefix: str = "st", now: float | None = None) -> float:
-    """How far behind the stream is: the age of the oldest event no aggregator has committed yet
-    (its append time); 0 when every partition is caught up. Either backend."""
-    raw = client.mget([keys.committed_offset(p, prefix) for p in range(log.partitions)])
-    behind = {p: n for p, n in lag(client, log, prefix).items() if n > 0}
-    if not behind:
-        return 0.0
-    offs = {p: (raw[p].decode() if isinstance(raw[p], bytes) else (raw[p] or "")) for p in behind}
-    oldest = log.oldest_ts(offs)
+def _age(oldest: dict[int, float], now: float | None) -> float:
     now = now if now is not None else time.time()
     return max(0.0, now - min(oldest.values())) if oldest else 0.0
 
 
+def staleness_s(client, log, prefix: str = "st", now: float | None = None,
+                lags: dict[int, int] | None = None) -> float:
+    """How far behind the stream is: the age of the oldest event no aggregator has committed yet
+    (its append time); 0 when every partition is caught up. Either backend. `lags`: the partitions'
+    lag when the caller has it already."""
+    lags = lags if lags is not None else lag(client, log, prefix)
+    late = [p for p, n in lags.items() if n > 0]
+    if not late:
+        return 0.0
+    return _age(log.oldest_ts(committed_offsets(client, late, prefix)), now)
+
+
 async def astaleness_s(aclient, log, prefix: str = "st", now: float | None = None) -> float:
     """`staleness_s` through an asyncio client (the router's stream watch; Redis Streams)."""
+    raw = await aclient.mget([keys.committed_offset(p, prefix) for p in range(log.partitions)])
+    offs = {p: _text(o) for p, o in enumerate(raw)}
     pipe = aclient.pipeline(transaction=False)
-    _offsets_queue(pipe, log, prefix)
-    offs = await pipe.execute()
-    pipe = aclient.pipeline(transaction=False)
-    _oldest_queue(pipe, log, offs)
-    return _staleness(await pipe.execute(), now)
+    log.queue_oldest(pipe, offs)
+    return _age(log.oldest_of(offs, await pipe.execute()), now)
 
 
 def assignment(partitions: int, aggregators: int) -> list[list[int]]:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 from recserve import keys
-from recserve.streaming.aggregator import assignment, lag, staleness_s
+from recserve.streaming.aggregator import assignment, committed_offsets, lag, staleness_s
 
 NAMESPACE = "recserve"
 
@@ -66,11 +66,11 @@ class Member:
 
 
 class StreamSupervisor:
-    def __init__(self, cfg, name: str | None = None, spawn=None, reassign_after_s: float = 10.0,
+    def __init__(self, cfg, name: str | None = None, reassign_after_s: float = 10.0,
                  health_timeout_s: float = 2.0, registry_uri: str | None = None):
-        """cfg: recserve Config. spawn(i, name) -> an aggregator handle (get-or-create by name);
-        the default creates `actors.aggregator.StreamAggregator` actors, with the item vectors of
-        the registry's latest embeddings (`registry_uri`, else the config's)."""
+        """cfg: recserve Config. The aggregators (`actors.aggregator.StreamAggregator`, got or
+        created by name) read the item vectors of the registry's latest embeddings (`registry_uri`,
+        else the config's)."""
         import redis
 
         from recserve.streaming.eventlog import make_log
@@ -80,7 +80,6 @@ class StreamSupervisor:
         self.name = name or supervisor_name(cfg)
         self.r = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
         self.log = make_log(cfg, self.r)
-        self.spawn = spawn or self._spawn
         self.registry_uri = registry_uri or cfg.registry_uri
         self.reassign_after_s = reassign_after_s
         self.health_timeout_s = health_timeout_s
@@ -100,8 +99,7 @@ class StreamSupervisor:
     def agg_name(self, i: int) -> str:
         return f"{self.name}-agg-{i}"
 
-    def _spawn(self, i: int, name: str):
-
+    def _spawn(self, name: str):
         from actors.aggregator import StreamAggregator
 
         opts = {"resources": dict(self.sc.aggregator_resources)} if self.sc.aggregator_resources else {}
@@ -182,13 +180,11 @@ class StreamSupervisor:
 
     def scale(self, n: int) -> None:
         """n aggregators (new ones get a share, removed ones give theirs up first)."""
-        import ray
-
         if n < 1:
             raise ValueError("at least one aggregator is needed")
         while len(self.members) < n:
             i = len(self.members)
-            self.members.append(Member(self.spawn(i, self.agg_name(i)), self.agg_name(i)))
+            self.members.append(Member(self._spawn(self.agg_name(i)), self.agg_name(i)))
         if len(self.members) > n:
             keep = self.members[:n]
             health = self._health()
@@ -197,12 +193,7 @@ class StreamSupervisor:
             plan.update({i: [] for i in range(n, len(self.members))})
             self._assign(plan, current)
             for m in self.members[n:]:
-                try:
-                    ray.get(m.handle.shutdown.remote(), timeout=10)
-                except Exception:  # noqa: BLE001
-                    pass
-                ray.kill(m.handle, no_restart=True)
-                self.r.delete(keys.assignment(m.name))
+                self._stop(m)
             self.members = keep
         self.r.set(self.state_key(), json.dumps({"aggregators": n}))
         self.rebalance()
@@ -215,7 +206,7 @@ class StreamSupervisor:
         lags = lag(self.r, self.log)
         total = sum(lags.values())
         try:
-            stale = staleness_s(self.r, self.log, now=now) if total else 0.0
+            stale = staleness_s(self.r, self.log, now=now, lags=lags)
         except Exception:  # noqa: BLE001 - the broker away: the lag still says how far behind
             stale = self.watch.get("staleness_s", 0.0)
         self.watch = {"lag": total, "partitions": lags, "staleness_s": round(stale, 3), "at": now,
@@ -224,9 +215,7 @@ class StreamSupervisor:
         self._export(lags)
         if now - self.last_trim >= 60.0 and hasattr(self.log, "trim"):
             self.last_trim = now      # the log's committed, old entries go (Kafka: the broker's retention)
-            raw = self.r.mget([keys.committed_offset(p) for p in range(self.sc.partitions)])
-            self.log.trim({p: (o.decode() if isinstance(o, bytes) else (o or "")) for p, o in enumerate(raw)},
-                          self.sc.retention_s, now)
+            self.log.trim(committed_offsets(self.r, range(self.sc.partitions)), self.sc.retention_s, now)
         if now - self.last_scale_check >= 5.0:
             self.last_scale_check = now
             want, self.low_since = desired_aggregators(len(self.members), total, self.low_since, now,
@@ -273,20 +262,25 @@ class StreamSupervisor:
     def handles(self) -> list:
         return [m.handle for m in self.members]
 
-    def shutdown(self) -> None:
-        """Stop every aggregator and forget the count (the next supervisor starts afresh)."""
+    def _stop(self, m: Member) -> None:
+        """One aggregator ends for good: its loop stops, the actor goes (no restart), its
+        assignment is forgotten."""
         import ray
 
+        try:
+            ray.get(m.handle.shutdown.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - dead already, or its node gone
+            pass
+        try:
+            ray.kill(m.handle, no_restart=True)
+        except Exception:  # noqa: BLE001
+            pass
+        self.r.delete(keys.assignment(m.name))
+
+    def shutdown(self) -> None:
+        """Stop every aggregator and forget the count (the next supervisor starts afresh)."""
         for m in self.members:
-            try:
-                ray.get(m.handle.shutdown.remote(), timeout=10)
-            except Exception:  # noqa: BLE001
-                pass
-            try:
-                ray.kill(m.handle, no_restart=True)
-            except Exception:  # noqa: BLE001
-                pass
-            self.r.delete(keys.assignment(m.name))
+            self._stop(m)
         self.members = []
         self.r.delete(self.state_key())
         self.log.close()

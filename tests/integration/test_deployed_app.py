@@ -36,8 +36,9 @@ def test_serve_config_application_streams_events_into_recommendations(serving, s
     from actors.supervisor import get_supervisor
     from recserve.ops.stack import free_port, start_kafka, stop_pid
 
-    broker = start_kafka(tmp_path / "kafka", free_port())   # a broker of its own: the test ends by losing it
-    kafka_bootstrap = broker.args[broker.args.index("--listener-url") + 1].removeprefix("tcp://")
+    port = free_port()
+    broker = start_kafka(tmp_path / "kafka", port)   # a broker of its own: the test ends by losing it
+    kafka_bootstrap = f"127.0.0.1:{port}"
 
     http, reg, base = serving
     _, info = stack

@@ -19,16 +19,10 @@ def make_log(cfg, client=None, timeout_s: float = 10.0) -> EventLog:
     if sc.backend == "kafka":
         from recserve.streaming.eventlog.kafka import KafkaLog
 
-        setting = "stream.bootstrap_servers" if sc.bootstrap_servers else \
-            ("KAFKA_BOOTSTRAP_SERVERS" if _env("KAFKA_BOOTSTRAP_SERVERS") else "stream.kafka_port (the embedded broker)")
-        return KafkaLog(cfg.kafka_bootstrap, topic=sc.topic, partitions=sc.partitions, dedup=client,
+        bootstrap, setting = cfg.kafka_source
+        return KafkaLog(bootstrap, topic=sc.topic, partitions=sc.partitions, dedup=client,
                         timeout_s=timeout_s, setting=setting)
     from recserve.streaming.eventlog.redis import RedisStreamLog
 
     return RedisStreamLog(client, partitions=sc.partitions, prefix=sc.topic)
 
-
-def _env(name: str) -> str | None:
-    import os
-
-    return os.environ.get(name)

@@ -35,6 +35,11 @@ class Entry:
     event: dict
 
 
+def behind(appended: list[int], committed_counts: list) -> dict[int, int]:
+    """Per partition: entries appended minus those the aggregators committed (never below 0)."""
+    return {p: max(0, int(a) - int(c or 0)) for p, (a, c) in enumerate(zip(appended, committed_counts))}
+
+
 class EventLogUnavailable(RuntimeError):
     """The log did not acknowledge (broker or Redis unreachable): nothing of the batch counts as
     appended; the caller retries (event ids make the retry idempotent). The message says which

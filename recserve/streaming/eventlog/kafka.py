@@ -22,11 +22,16 @@ import threading
 import time
 
 from recserve import keys
-from recserve.streaming.eventlog.base import Entry, EventLog, EventLogUnavailable, partition_of
+from recserve.streaming.eventlog.base import Entry, EventLog, EventLogUnavailable, behind, partition_of
 
 PENDING_TTL_S = 60
 MIN_FETCH_MS = 300
 FETCH_WAIT_MS = 50    # the broker holds an empty fetch this long: a seek waits for the one in flight
+
+
+def _next_offset(off: str | None) -> int:
+    """The position after a committed offset ("" or the Redis-style "0-0": from the start)."""
+    return int(off) + 1 if off not in ("", None, "0-0") else 0
 
 
 def _errors():
@@ -174,12 +179,6 @@ class KafkaLog(EventLog):
             pipe.execute()
         return out
 
-    async def aappend(self, aclient, events: list[dict]) -> list[str | None]:
-        """`append` off the event loop (the producer and its acknowledgements are blocking)."""
-        import asyncio
-
-        return await asyncio.to_thread(self.append, events)
-
     # ------------------------------------------------------------------ read
     def read_after_many(self, offsets: dict[int, str], count: int = 1000, block_ms: int = 0) -> list[Entry]:
         """Entries after each partition's offset (exclusive; "" = from the start), waiting up to
@@ -201,7 +200,7 @@ class KafkaLog(EventLog):
                 c.assign(list(tps.values()))
                 self._reader_next = {}
             for p, off in offsets.items():
-                want = int(off) + 1 if off not in ("", None, "0-0") else 0
+                want = _next_offset(off)
                 if self._reader_next.get(p) != want:
                     c.seek(tps[p], want)
                     self._reader_next[p] = want
@@ -220,13 +219,10 @@ class KafkaLog(EventLog):
                 if (out and not batch) or len(out) >= count or time.monotonic() >= deadline:
                     return out
 
-    def read_after(self, p: int, offset: str, count: int = 1000) -> list[Entry]:
-        return [e for e in self.read_after_many({p: offset}, count, block_ms=200) if e.partition == p]
-
     def pending(self, client, committed_counts: list[int]) -> dict[int, int]:
         """Per partition: acknowledged records not yet committed by an aggregator."""
         appended = client.mget([self.appended_key(p) for p in range(self.partitions)])
-        return {p: max(0, int(a or 0) - int(c or 0)) for p, (a, c) in enumerate(zip(appended, committed_counts))}
+        return behind([int(a or 0) for a in appended], committed_counts)
 
     def oldest_ts(self, offsets: dict[int, str]) -> dict[int, float]:
         """Append time (s) of the first record after each offset, for the partitions that have one."""
@@ -239,7 +235,7 @@ class KafkaLog(EventLog):
             for p, off in offsets.items():
                 tp = TopicPartition(self.topic, p)
                 c.assign([tp])
-                c.seek(tp, int(off) + 1 if off not in ("", None) else 0)
+                c.seek(tp, _next_offset(off))
                 got = c.poll(timeout_ms=300, max_records=1).get(tp)
                 if got:
                     out[p] = got[0].timestamp / 1000.0
@@ -305,10 +301,9 @@ class KafkaLog(EventLog):
         try:
             tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
             c.assign(tps)
-            out = {}
+            committed = {tp.partition: c.committed(tp) or 0 for tp in tps}
             for tp in tps:
-                committed = c.committed(tp) or 0
-                c.seek(tp, committed)
+                c.seek(tp, committed[tp.partition])
             deadline = time.monotonic() + 5
             hw: dict[int, int] = {}
             while len(hw) < len(tps) and time.monotonic() < deadline:
@@ -317,9 +312,7 @@ class KafkaLog(EventLog):
                     h = c.highwater(tp)
                     if h is not None:
                         hw[tp.partition] = h
-            for tp in tps:
-                out[tp.partition] = max(0, hw.get(tp.partition, 0) - (c.committed(tp) or 0))
-            return out
+            return {p: max(0, hw.get(p, 0) - n) for p, n in committed.items()}
         finally:
             c.close()
 

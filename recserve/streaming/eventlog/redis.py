@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from recserve import keys
-from recserve.streaming.eventlog.base import Entry, EventLog, partition_of
+from recserve.streaming.eventlog.base import Entry, EventLog, behind, partition_of
 
 _APPEND_LUA = """
 local out = {}
@@ -59,9 +59,8 @@ class RedisStreamLog(EventLog):
         for p, off in committed.items():
             if not off:
                 continue                        # nothing committed yet: keep everything
-            off_ms, _, off_seq = off.partition("-")
             # MINID keeps ids >= the bound: the committed entry itself stays (it is the read position)
-            bound = off if int(off_ms) <= edge_ms else f"{edge_ms}-0"
+            bound = off if int(off.split("-")[0]) <= edge_ms else f"{edge_ms}-0"
             dropped += int(self._trim(keys=[self.stream(p), self.trimmed_key(p)], args=[bound]))
         return dropped
 
@@ -149,25 +148,39 @@ class RedisStreamLog(EventLog):
             out += self._entries(p, rows)
         return out
 
-    def pending(self, client, committed_counts: list) -> dict[int, int]:
-        pipe = client.pipeline(transaction=False)
+    def queue_appended(self, pipe) -> None:
+        """Queue, per partition, what `appended` reads: the stream's length and what was trimmed."""
         for p in range(self.partitions):
             pipe.xlen(self.stream(p))
             pipe.get(self.trimmed_key(p))
-        res = pipe.execute()
-        return {p: max(0, int(res[2 * p] or 0) + int(res[2 * p + 1] or 0) - int(c or 0))
-                for p, c in enumerate(committed_counts)}
 
-    def oldest_ts(self, offsets: dict[int, str]) -> dict[int, float]:
-        pipe = self.r.pipeline(transaction=False)
+    def appended(self, res: list) -> list[int]:
+        """Entries ever appended per partition, from the answers to `queue_appended`."""
+        return [int(res[2 * p] or 0) + int(res[2 * p + 1] or 0) for p in range(self.partitions)]
+
+    def pending(self, client, committed_counts: list) -> dict[int, int]:
+        pipe = client.pipeline(transaction=False)
+        self.queue_appended(pipe)
+        return behind(self.appended(pipe.execute()), committed_counts)
+
+    def queue_oldest(self, pipe, offsets: dict[int, str]) -> None:
+        """Queue, per partition, the first entry after its offset (what `oldest_of` reads)."""
         for p, off in offsets.items():
             pipe.xrange(self.stream(p), min=f"({off}" if off else "-", max="+", count=1)
+
+    def oldest_of(self, offsets: dict[int, str], rows_per_partition: list) -> dict[int, float]:
+        """Append time (s) of those first entries: a stream entry id carries it in ms."""
         out = {}
-        for p, rows in zip(offsets, pipe.execute()):
+        for p, rows in zip(offsets, rows_per_partition):
             if rows:
                 eid = rows[0][0].decode() if isinstance(rows[0][0], bytes) else rows[0][0]
                 out[p] = int(eid.split("-")[0]) / 1000.0
         return out
+
+    def oldest_ts(self, offsets: dict[int, str]) -> dict[int, float]:
+        pipe = self.r.pipeline(transaction=False)
+        self.queue_oldest(pipe, offsets)
+        return self.oldest_of(offsets, pipe.execute())
 
     def read_after(self, p: int, offset: str, count: int = 1000) -> list[Entry]:
         """Entries of partition p after `offset` (exclusive), oldest first: what an aggregator
