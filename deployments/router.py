@@ -2,23 +2,26 @@
 replica's `RecService` (recserve.serving.service), built once from the ports `deployments/app.py`
 chose (recserve.serving.wiring). Errors follow recserve.api's contract: 4xx JSON naming the field,
 never a 5xx for bad input; a failing dependency lowers the degradation level instead."""
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
 from recserve.serving.api import (
+    AuthGate,
     EventsRequest,
     FeedbackRequest,
     ItemsRequest,
     RecommendRequest,
     RecommendResponse,
     error_body,
+    install_auth,
     install_error_handlers,
 )
 
 api = FastAPI(title="recserve", version="1", description="Real-time personalization on Ray Serve")
 install_error_handlers(api)
+install_auth(api)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_queued_requests=256,
@@ -41,6 +44,7 @@ class Router:
             await asyncio.to_thread(ensure_supervisor, c, ctx.app_name, registry_uri, c.stream.supervisor_resources)
         self.svc = await build_service(c, registry_uri, index_root, choice, replicas,
                                        cache, share_as, replica=str(getattr(ctx.replica_id, "unique_id", ctx.replica_id)))
+        AuthGate.gate = self.svc.gate   # this process's key check (the middleware in front of the routes)
 
     async def __del__(self):
         """Graceful shutdown: background tasks stop, pending impressions and metrics are flushed;
@@ -81,8 +85,9 @@ class Router:
         return Response(body, media_type="application/json")
 
     @api.post("/v1/events", status_code=202)
-    async def events(self, req: EventsRequest):
-        code, body, headers = await self.svc.events([e.model_dump() for e in req.events])
+    async def events(self, req: EventsRequest, request: Request):
+        code, body, headers = await self.svc.events([e.model_dump() for e in req.events],
+                                                    request.scope.get("recserve.key"))
         return JSONResponse(body, code, headers=headers)
 
     @api.post("/v1/feedback")
@@ -102,6 +107,18 @@ class Router:
             return JSONResponse(error_body("invalid_request", f"item_id must be between 0 and {MAX_ID}",
                                            "item_id"), 422)
         code, body, headers = await self.svc.delete_item(item_id)
+        return JSONResponse(body, code, headers=headers)
+
+    @api.delete("/v1/users/{user_id}")
+    async def forget_user(self, user_id: int):
+        """Forget a user (admin): live context, counters, cached answers, bandit logs and logged
+        events go; a tombstone keeps aggregators and the next training run from using them."""
+        from recserve.serving.api import MAX_ID
+
+        if user_id < 0 or user_id > MAX_ID:
+            return JSONResponse(error_body("invalid_request", f"user_id must be between 0 and {MAX_ID}",
+                                           "user_id"), 422)
+        code, body, headers = await self.svc.forget_user(user_id)
         return JSONResponse(body, code, headers=headers)
 
     @api.get("/ui", response_class=HTMLResponse, include_in_schema=False)

@@ -206,6 +206,26 @@ class EvalConfig(_Strict):
     min_user_events: int = Field(5, ge=2)
 
 
+def _default_quotas() -> dict:
+    return {"recommend": {"rate": 1000.0, "burst": 2000.0}, "events": {"rate": 500.0, "burst": 1000.0},
+            "feedback": {"rate": 1000.0, "burst": 2000.0}, "catalogue": {"rate": 50.0, "burst": 100.0},
+            "admin": {"rate": 20.0, "burst": 50.0}}
+
+
+class QuotaConfig(_Strict):
+    rate: float = Field(gt=0, description="requests per second per key, over all router replicas")
+    burst: float = Field(ge=1, description="requests a key may send at once after a quiet spell")
+
+
+class AuthConfig(_Strict):
+    enabled: bool = Field(True, description="API keys on every endpoint but /healthz, /readyz, the schema and "
+                                            "the /ui page (`recserve keys create`); false only on a closed network")
+    quotas: dict[Literal["recommend", "events", "feedback", "catalogue", "admin"], QuotaConfig] = Field(
+        default_factory=lambda: {k: QuotaConfig(**v) for k, v in _default_quotas().items()},
+        description="per-key token bucket per scope (a key may carry its own: `recserve keys create --quota`); "
+                    "each router replica enforces rate / serve.router_replicas")
+
+
 EMBEDDED_KAFKA = "stream.kafka_port (the embedded broker)"
 
 
@@ -222,6 +242,7 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
     explainer: ExplainerConfig = ExplainerConfig()
+    auth: AuthConfig = AuthConfig()
 
     @property
     def registry_uri(self) -> str:

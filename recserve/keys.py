@@ -21,6 +21,11 @@ its owner was configured with (tests give their own, so they never share state).
   bandit:params               hash a:<item> / b:<item>: the bandit's Beta posteriors
   bandit:impressions          stream of shown slates with their propensities (off-policy evaluation)
   region:drain                this region is draining (readiness answers 503)
+  users:forgotten             hash user -> when they were forgotten (DELETE /v1/users/{id}; recserve.privacy)
+  auth:ids                    set of API key ids
+  auth:key:<id>               hash: an API key's name, scopes, quota overrides, created, revoked, sha256
+  auth:hash:<sha256>          the key id whose secret hashes to this (deleted on revoke)
+  auth:gen                    bumped on every create or revoke (router replicas forget looked-up keys)
 """
 
 from __future__ import annotations
@@ -29,6 +34,17 @@ EVENTS = "events"
 STREAM = "st"
 BANDIT = "bandit"
 REGION_DRAIN = "region:drain"
+FORGOTTEN = "users:forgotten"
+AUTH_IDS = "auth:ids"
+AUTH_GEN = "auth:gen"
+
+
+def auth_key(kid: str) -> str:
+    return f"auth:key:{kid}"
+
+
+def auth_hash(sha: str) -> str:
+    return f"auth:hash:{sha}"
 
 
 def event_stream(p: int, prefix: str = EVENTS) -> str:

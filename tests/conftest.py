@@ -95,6 +95,25 @@ def stream_config(cfg, backend: str, kafka: str | None, db: int, topic: str):
                                   "stream": cfg.stream.model_copy(update=stream)})
 
 
+def make_key(cfg, scopes: str = "admin", quota: dict | None = None, name: str = "tests") -> str:
+    """An API key in cfg's Redis (where that application's router looks keys up). The tests'
+    admin key carries a large admin quota: they read /v1/status in loops."""
+    import redis
+
+    from recserve.auth import KeyStore
+
+    r = redis.Redis.from_url(cfg.redis_url)
+    try:
+        q = {"admin": {"rate": 1000.0, "burst": 1000.0}} if quota is None else quota
+        return KeyStore(r).create(name, scopes, q)[1]
+    finally:
+        r.close()
+
+
+def auth(key: str) -> dict:
+    return {"authorization": f"Bearer {key}"}
+
+
 def trained_registry(cfg, root: Path):
     """A small generated world and the offline chain on all of it (holdout 0), as serving uses it."""
     from recserve.offline import jobs
@@ -127,7 +146,7 @@ def serving(stack, tmp_path_factory):
     from deployments.app import build_app
 
     serve.run(build_app(cfg, str(reg.uri), str(root / "index-live")), name="recserve", route_prefix="/")
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30, headers=auth(make_key(cfg)))
     client.index_root = str(root / "index-live")  # to redeploy the same application (hot swap)
     yield client, reg, cfg
     client.close()

@@ -36,8 +36,8 @@ def _pids(class_name: str) -> list[int]:
 
 
 class Load:
-    def __init__(self, base: str, users: np.ndarray, items: np.ndarray, concurrency: int):
-        self.base, self.users, self.items, self.c = base, users, items, concurrency
+    def __init__(self, base: str, users: np.ndarray, items: np.ndarray, concurrency: int, key: str | None = None):
+        self.base, self.users, self.items, self.c, self.key = base, users, items, concurrency, key
         self.records: list[tuple[float, int, int | None, float, bool]] = []   # t, status, level, ms, explain
         self.acked: set[str] = set()
         self.event_errors: dict[int, int] = {}
@@ -54,7 +54,8 @@ class Load:
         u = urlsplit(self.base)
         loop = asyncio.get_running_loop()
         pos = [0]
-        async with httpx.AsyncClient(base_url=self.base, timeout=10, limits=httpx.Limits(max_connections=2)) as client:
+        async with httpx.AsyncClient(base_url=self.base, timeout=10, limits=httpx.Limits(max_connections=2),
+                                     headers={"authorization": f"Bearer {self.key}"} if self.key else None) as client:
             async def rec_worker():
                 # the recommendation load on raw keep-alive sockets (recserve.bench.loadgen's): an
                 # httpx client would cost ~2 ms of CPU per request on the cores the server uses
@@ -69,7 +70,7 @@ class Load:
                         if conn is None or conn.closed:
                             _, conn = await asyncio.wait_for(loop.create_connection(Connection, u.hostname, u.port), 10)
                         status, payload = await asyncio.wait_for(
-                            conn.request(request_bytes(u.hostname, "/v1/recommend", body, user)), 10)
+                            conn.request(request_bytes(u.hostname, "/v1/recommend", body, user, self.key)), 10)
                         m = LEVEL_RE.search(payload) if status == 200 else None
                         self.records.append((t, status, int(m.group(1)) if m else None, (time.time() - t) * 1000,
                                              explain))
@@ -159,7 +160,11 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     # theirs), the router holding the cache, the ladder, the index client and the live context
     serve.run(build_app(cfg, name="chaos", colocate=False), name="chaos", route_prefix="/")
     sup = get_supervisor(cfg)      # the application's stream supervisor (the builder started it)
-    load = Load(f"http://127.0.0.1:{port}", users, items, concurrency)
+    from recserve.auth import KeyStore
+
+    kid, key = KeyStore(r).create("chaos", "recommend,events", {"recommend": {"rate": 1e6, "burst": 1e6},
+                                                               "events": {"rate": 1e6, "burst": 1e6}})
+    load = Load(f"http://127.0.0.1:{port}", users, items, concurrency, key)
     phase_s = duration / len(FAULTS)
     log(f"load: {concurrency} recommend clients + 1 event client; {len(FAULTS)} phases of {phase_s:.0f} s; "
         f"request budget {cfg.serve.deadline_ms:.0f} ms")
@@ -212,7 +217,8 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     log_obj = make_log(cfg, r)
     present = set()
     for p in range(cfg.stream.partitions):
-        present |= {e.event.get("event_id") for e in log_obj.read_after(p, "", 10**7)}
+        # the log holds each id as the sending key's own: <key id>/<event id>
+        present |= {str(e.event.get("event_id")).split("/", 1)[-1] for e in log_obj.read_after(p, "", 10**7)}
     lost = sorted(load.acked - present)
     phases = {name: _phase_report(load.records, a, b, f) for name, a, b, f in marks}
     allrec = load.records

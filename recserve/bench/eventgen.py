@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 import uuid
 
@@ -14,7 +15,7 @@ import numpy as np
 
 
 async def run(url: str, posters: int, duration: float, batch: int, users: np.ndarray, items: np.ndarray,
-              seed: int) -> dict:
+              seed: int, key: str | None = None) -> dict:
     rng = np.random.default_rng(seed)
     run_id = uuid.uuid4().hex[:8]
     accepted, dups, errors, posts, lat = 0, 0, 0, 0, []
@@ -46,7 +47,8 @@ async def run(url: str, posters: int, duration: float, batch: int, users: np.nda
             else:
                 errors += 1
 
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=posters)) as client:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=posters),
+                                 headers={"authorization": f"Bearer {key}"} if key else None) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*[poster(client, w) for w in range(posters)])
         elapsed = time.perf_counter() - t0
@@ -65,11 +67,13 @@ def main() -> None:
     p.add_argument("--users", default="0-999", help="range LO-HI of user ids")
     p.add_argument("--items", default="0-999", help="range LO-HI of item ids")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--key", default=os.environ.get("RECSERVE_API_KEY"),
+                   help="API key with the events scope (default $RECSERVE_API_KEY)")
     a = p.parse_args()
     ulo, uhi = (int(x) for x in a.users.split("-"))
     ilo, ihi = (int(x) for x in a.items.split("-"))
     print(json.dumps(asyncio.run(run(a.url, a.posters, a.duration, a.batch, np.arange(ulo, uhi + 1),
-                                     np.arange(ilo, ihi + 1), a.seed))))
+                                     np.arange(ilo, ihi + 1), a.seed, a.key))))
 
 
 if __name__ == "__main__":

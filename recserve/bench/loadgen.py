@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import re
 import time
 from urllib.parse import urlsplit
@@ -105,14 +106,16 @@ def draw_users(users: np.ndarray, n: int, zipf: float | None, seed: int) -> np.n
     return perm[rng.integers(len(perm), size=n)]
 
 
-def request_bytes(host: str, path: str, body: bytes, session: int | None) -> bytes:
+def request_bytes(host: str, path: str, body: bytes, session: int | None, key: str | None = None) -> bytes:
     extra = f"x-session-id: {session}\r\n" if session is not None else ""
+    if key:
+        extra += f"Authorization: Bearer {key}\r\n"
     return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
 
 
 async def _run(url: str, concurrency: int, duration: float, seq: np.ndarray, k: int, affinity: bool,
-               body_extra: str) -> dict:
+               body_extra: str, key: str | None = None) -> dict:
     u = urlsplit(url)
     host, port, path = u.hostname, u.port or 80, u.path or "/"
     loop = asyncio.get_running_loop()
@@ -134,7 +137,7 @@ async def _run(url: str, concurrency: int, duration: float, seq: np.ndarray, k: 
             user = int(seq[pos[0] % len(seq)])
             pos[0] += 1
             body = b'{"user_id":%d,"k":%d%s}' % (user, k, body_extra.encode())
-            raw = request_bytes(host, path, body, user if affinity else None)
+            raw = request_bytes(host, path, body, user if affinity else None, key)
             t = time.perf_counter()
             try:
                 status, payload = await conn.request(raw)
@@ -170,24 +173,26 @@ async def _run(url: str, concurrency: int, duration: float, seq: np.ndarray, k: 
 
 
 def _child(args: tuple) -> dict:
-    url, c, duration, seq, k, affinity, extra = args
+    url, c, duration, seq, k, affinity, extra, key = args
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    return asyncio.run(_run(url, c, duration, seq, k, affinity, extra))
+    return asyncio.run(_run(url, c, duration, seq, k, affinity, extra, key))
 
 
 def run(url: str, concurrency: int, duration: float, users: np.ndarray, zipf: float | None = None, k: int = 10,
-        seed: int = 0, affinity: bool = False, processes: int = 1, explain: bool = False) -> dict:
+        seed: int = 0, affinity: bool = False, processes: int = 1, explain: bool = False,
+        key: str | None = None) -> dict:
+    """`key`: the API key sent as `Authorization: Bearer` (recserve keys create)."""
     processes = max(1, min(processes, concurrency))
     seq = draw_users(users, 2_000_000, zipf, seed)
     extra = ',"explain":true' if explain else ""
     shares = [concurrency // processes + (1 if i < concurrency % processes else 0) for i in range(processes)]
     # each process walks its own stretch of the same seeded sequence
-    parts = [(url, c, duration, seq[i::processes], k, affinity, extra) for i, c in enumerate(shares)]
+    parts = [(url, c, duration, seq[i::processes], k, affinity, extra, key) for i, c in enumerate(shares)]
     if processes == 1:
         outs = [_child(parts[0])]
     else:
@@ -220,6 +225,8 @@ def main() -> None:
     p.add_argument("--affinity", action="store_true", help="send x-session-id: <user_id> (the routing key)")
     p.add_argument("--explain", action="store_true", help="ask for explanations")
     p.add_argument("--processes", type=int, default=1, help="client processes the workers are split over")
+    p.add_argument("--key", default=os.environ.get("RECSERVE_API_KEY"),
+                   help="API key with the recommend scope (default $RECSERVE_API_KEY)")
     a = p.parse_args()
     if a.concurrency < 1 or a.duration <= 0:
         p.error("--concurrency must be >= 1 and --duration > 0")
@@ -228,7 +235,7 @@ def main() -> None:
     except ValueError:
         p.error(f"--users must be LO-HI, got {a.users!r}")
     print(json.dumps(run(a.url, a.concurrency, a.duration, np.arange(lo, hi + 1), a.zipf, a.k, a.seed, a.affinity,
-                         a.processes, a.explain)))
+                         a.processes, a.explain, a.key)))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ Cases, each deployed alone (the one before it is deleted, its shard actors with 
   noop                the same no-op on the stack's cluster, served the way the application is
                       (serve.ingress: haproxy = Ray 2.60's proxy-free ingress)
   recommend           /v1/recommend, L1 cache off, the application as `make demo` deploys it
+                      (API keys on: the generator sends a key of its own, with a quota it cannot reach)
+  recommend_noauth    the same with auth.enabled false: what checking the key costs
   recommend_split     the same in the cluster topology: Ranker, Bandit and Explainer deployments
   recommend_cached    /v1/recommend, cache on, the same application, Zipf(1.1) users
   recommend_cached_2_replicas   two router replicas (each its own L1 cache), Zipf users with the
@@ -63,7 +65,7 @@ def _cpu_seconds() -> dict[str, float]:
 
 
 def _load(url: str, c: int, duration: float, users: np.ndarray, seed: int, zipf: float | None = None,
-          affinity: bool = False) -> dict:
+          affinity: bool = False, key: str | None = None) -> dict:
     lo_hi = None
     if len(users) and np.array_equal(users, np.arange(users.min(), users.max() + 1)):
         lo_hi = f"{int(users.min())}-{int(users.max())}"
@@ -72,6 +74,7 @@ def _load(url: str, c: int, duration: float, users: np.ndarray, seed: int, zipf:
     cmd = [sys.executable, "-m", "recserve.bench.loadgen", "--url", url, "--concurrency", str(c), "--duration",
            str(duration), "--users", lo_hi, "--seed", str(seed), "--k", "10"]
     cmd += (["--zipf", str(zipf)] if zipf else []) + (["--affinity"] if affinity else [])
+    cmd += ["--key", key] if key else []
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr[-2000:]}")
@@ -102,10 +105,10 @@ def _point(url: str, c: int, duration: float, users: np.ndarray, seed: int, cpu:
     return r
 
 
-def _wait_ready(url: str, body: dict, timeout: float = 120.0) -> dict:
+def _wait_ready(url: str, body: dict, timeout: float = 120.0, key: str | None = None) -> dict:
     from recserve.ops.stack import wait_http
 
-    r, last = wait_http(url, timeout, body)
+    r, last = wait_http(url, timeout, body, headers={"authorization": f"Bearer {key}"} if key else None)
     if r is None:
         raise RuntimeError(f"{url} did not answer within {timeout}s ({last})")
     return r.json()
@@ -193,8 +196,15 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
     base = f"http://127.0.0.1:{port}"
     body = {"user_id": int(user_ids[0]), "k": 10}
     cases = res["cases"]
+    import redis
+
+    from recserve.auth import KeyStore
+
+    r = redis.Redis.from_url(cfg.redis_url)
+    kid, key = KeyStore(r).create("bench serving", "recommend", {"recommend": {"rate": 1e6, "burst": 1e6}})
 
     def measure(case: str, url: str, pools: dict | None = None, **kw) -> None:
+        kw.setdefault("key", key)
         cases[case] = {}
         for c in CONCURRENCY:
             users, seed = user_ids if pools is None else pools[c], 1000 * len(cases) + c
@@ -208,7 +218,7 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
     def deploy(app, name: str, prefix: str) -> None:
         t = time.perf_counter()
         serve.run(app, name=name, route_prefix=prefix)
-        _wait_ready(f"{base}{prefix}/v1/recommend" if name != "noop" else f"{base}{prefix}/", body)
+        _wait_ready(f"{base}{prefix}/v1/recommend" if name != "noop" else f"{base}{prefix}/", body, key=key)
         log(f"{name}: deployed and answering in {time.perf_counter() - t:.1f} s")
         _settle(log)
 
@@ -224,10 +234,15 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
     delete("noop")
 
     deploy(build_app(cfg, cache=False, name="nocache"), "nocache", "/nocache")
-    first = _wait_ready(f"{base}/nocache/v1/recommend", {"user_id": int(user_ids[-1]), "k": 10})
+    first = _wait_ready(f"{base}/nocache/v1/recommend", {"user_id": int(user_ids[-1]), "k": 10}, key=key)
     res["first_answer_level"] = first["degradation_level"]
     measure("recommend", f"{base}/nocache/v1/recommend")
     delete("nocache")
+    # the same without API keys: what the key check and the quota cost per request
+    noauth = cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"enabled": False})})
+    deploy(build_app(noauth, cache=False, name="noauth"), "noauth", "/noauth")
+    measure("recommend_noauth", f"{base}/noauth/v1/recommend", key=None)
+    delete("noauth")
 
     # the cluster topology: ranker, bandit and explainer each a deployment of its own (what each Serve
     # hop costs; the Bandit replica's CPU per request feeds `recserve capacity`)
@@ -249,6 +264,7 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
             pools=spread)
     delete("cached2")
     serve.shutdown()  # the bench's own Serve instance (its HTTP port is fixed once started)
+    KeyStore(r).revoke(kid)
 
     def hit_rate(case: str) -> float:
         tot: dict[str, int] = {}
@@ -263,6 +279,8 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
     res["cache_hit_rate_2_replicas_no_affinity"] = hit_rate("recommend_cached_2_replicas_no_affinity")
     res["recommend_vs_noop"] = round(rps("recommend") / rps("noop"), 3)
     res["recommend_vs_default_noop"] = round(rps("recommend") / rps("noop_default"), 3)
+    res["auth_vs_noauth"] = round(rps("recommend") / rps("recommend_noauth"), 3)
+    res["auth_p95_ms"] = {"on": cases["recommend"]["4"]["p95_ms"], "off": cases["recommend_noauth"]["4"]["p95_ms"]}
     res["split_vs_noop"] = round(rps("recommend_split") / rps("noop"), 3)
     res["cached_vs_noop"] = round(rps("recommend_cached") / rps("noop"), 3)
     res["cached_vs_default_noop"] = round(rps("recommend_cached") / rps("noop_default"), 3)

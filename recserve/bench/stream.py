@@ -72,6 +72,9 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
                                  "redis": {**cfg.redis.model_dump(mode="json"), "url": f"{base_url}/1"}})
     r = redis.Redis.from_url(cfg.redis_url)
     r.flushdb()
+    from recserve.auth import KeyStore
+
+    _, key = KeyStore(r).create("bench stream", "events", {"events": {"rate": 1e6, "burst": 1e6}})
     fsync_before = r.config_get("appendfsync")["appendfsync"]
     if appendfsync:     # the stack's Redis, for this run only (restored at the end)
         r.config_set("appendfsync", appendfsync)
@@ -97,7 +100,7 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
 
     def prober():
         j = 0
-        with httpx.Client(base_url=base, timeout=30) as c:
+        with httpx.Client(base_url=base, timeout=30, headers={"authorization": f"Bearer {key}"}) as c:
             while not stop.is_set():
                 uid = 2_000_000_000 + j
                 ev = {"events": [{"event_id": f"probe-{uid}-{time.time_ns()}", "user_id": uid,
@@ -117,7 +120,7 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
     cmd = [sys.executable, "-m", "recserve.bench.eventgen", "--url", f"{base}/v1/events", "--posters", str(posters),
            "--duration", str(duration), "--batch", str(batch),
            "--users", f"{int(user_ids.min())}-{int(user_ids.max())}",
-           "--items", f"{int(item_ids.min())}-{int(item_ids.max())}"]
+           "--items", f"{int(item_ids.min())}-{int(item_ids.max())}", "--key", key]
     t0 = time.perf_counter()
     th.start()
     gen = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300,

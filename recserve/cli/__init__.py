@@ -7,6 +7,7 @@ from recserve.cli import offline  # noqa: F401,I001
 from recserve.cli import registry  # noqa: F401,I001
 from recserve.cli import region  # noqa: F401,I001
 from recserve.cli import ops  # noqa: F401,I001
+from recserve.cli import keys  # noqa: F401,I001
 from recserve.cli import bench  # noqa: F401,I001
 from recserve.cli.main import app, main
 

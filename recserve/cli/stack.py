@@ -148,12 +148,24 @@ def _serve_forever(cfg: Config, reg) -> None:
     sup = get_supervisor(cfg)
     user = int(np.load(reg.fetch("embeddings") / "user_ids.npy")[0])
     item = int(np.load(reg.fetch("embeddings") / "item_ids.npy")[0])
-    console.print(f"\nserving at {url}  (OpenAPI: {url}/docs). Try:\n")
-    print(f"curl -s -X POST {url}/v1/recommend -H 'content-type: application/json' "
+    if cfg.auth.enabled:
+        import redis as _redis
+
+        from recserve.auth import KeyStore
+
+        kid, key = KeyStore(_redis.Redis.from_url(cfg.redis_url)).create("demo", "admin")
+        hdr = f" -H 'authorization: Bearer {key}'"
+        console.print(f"\nan API key with every scope was made for this session: {kid} (`recserve keys revoke {kid}` "
+                      f"ends it; `recserve keys create` makes narrower ones)")
+    else:
+        hdr = ""
+    console.print(f"\nserving at {url}  (OpenAPI: {url}/docs; status page: {url}/ui"
+                  f"{'#key=' + key if cfg.auth.enabled else ''}). Try:\n")
+    print(f"curl -s -X POST {url}/v1/recommend{hdr} -H 'content-type: application/json' "
           f"-d '{{\"user_id\": {user}, \"k\": 5, \"explain\": true}}'")
-    print(f"curl -s -X POST {url}/v1/events -H 'content-type: application/json' "
+    print(f"curl -s -X POST {url}/v1/events{hdr} -H 'content-type: application/json' "
           f"-d '{{\"events\": [{{\"user_id\": {user}, \"item_id\": {item}, \"event_type\": \"click\"}}]}}'")
-    print(f"curl -s {url}/v1/status")
+    print(f"curl -s {url}/v1/status{hdr}")
     st = ray.get(sup.stats.remote()) if sup is not None else {"aggregators": []}
     console.print(f"\n{len(st['aggregators'])} stream aggregators over {cfg.stream.partitions} partitions, supervised "
                   f"inside the cluster (more when the lag passes {cfg.stream.scale_up_lag} events). This process "

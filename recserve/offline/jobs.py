@@ -55,7 +55,12 @@ def dataset_fingerprint(dataset_dir: str | Path) -> str:
 
 def train_part(cfg: Config, dataset_dir: str | Path, holdout: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(train, test, items): the temporal split's train part when holdout > 0, else all events."""
+    from recserve.privacy import drop_forgotten, forgotten_for_training
+
     events, items = read_events(dataset_dir), read_items(dataset_dir)
+    gone = forgotten_for_training(cfg.redis_url)
+    if gone:   # users forgotten by DELETE /v1/users/{id}: their events up to then are left out
+        events = drop_forgotten(events, gone).reset_index(drop=True)
     if holdout > 0:
         train, test = temporal_split(events, holdout, cfg.eval.min_user_events)
     else:

@@ -248,15 +248,16 @@ def start_ray_head(temp_dir: Path, gcs_port: int, dashboard_port: int, num_cpus:
     return address, dash
 
 
-def wait_http(url: str, timeout: float, body: dict | None = None, poll_s: float = 0.5):
-    """Ask `url` (GET, or POST of `body` as JSON) until it answers 200: (the response, None), or
-    (None, the last thing it said) once `timeout` passes."""
+def wait_http(url: str, timeout: float, body: dict | None = None, poll_s: float = 0.5, headers: dict | None = None):
+    """Ask `url` (GET, or POST of `body` as JSON; `headers`: an API key) until it answers 200: (the
+    response, None), or (None, the last thing it said) once `timeout` passes."""
     import httpx
 
     deadline, last = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(url, timeout=2) if body is None else httpx.post(url, json=body, timeout=30)
+            r = httpx.get(url, timeout=2, headers=headers) if body is None else \
+                httpx.post(url, json=body, timeout=30, headers=headers)
             if r.status_code == 200:
                 return r, None
             last = f"HTTP {r.status_code}: {r.text[:200]}"

@@ -229,10 +229,58 @@ class BodyCheck:
         return await self.app(scope, replay, send)
 
 
-async def _reject(send, status: int, body: dict) -> None:
+class AuthGate:
+    """Pure ASGI middleware in front of every route: the API key (`Authorization: Bearer <key>`)
+    and the scope the path needs (recserve.auth.required_scope), then the key's quota for that
+    scope: 401, 403 or 429 (Retry-After) in the JSON contract before the route sees the request.
+    The key's id goes on to the route in `scope["recserve.key"]` (events' dedup is per key).
+    `AuthGate.gate` is the process's recserve.auth.Gate, set by the router replica it serves."""
+
+    gate = None
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        from recserve.auth import required_scope
+
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, root = scope["path"], scope.get("root_path") or ""
+        if root and path.startswith(root):   # under a route prefix (an application at /name)
+            path = path[len(root):] or "/"
+        need = required_scope(scope["method"], path)
+        if need is None:
+            return await self.app(scope, receive, send)
+        gate = AuthGate.gate
+        if gate is None:
+            return await _reject(send, 503, error_body("unavailable", "the replica is starting; retry"),
+                                 {"Retry-After": "1"})
+        authz = None
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                authz = v.decode("latin-1")
+                break
+        refusal, p = await gate.check(authz, need)
+        if refusal is not None:
+            status, code, msg, headers = refusal
+            return await _reject(send, status, error_body(code, msg), headers)
+        if p is not None:
+            scope["recserve.key"] = p.id
+        return await self.app(scope, receive, send)
+
+
+def install_auth(app) -> None:
+    """API keys on every route but the open ones (health, readiness, the schema, the page)."""
+    app.add_middleware(AuthGate)
+
+
+async def _reject(send, status: int, body: dict, headers: dict | None = None) -> None:
     import json
 
     raw = json.dumps(body).encode()
+    extra = [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+                            *extra]})
     await send({"type": "http.response.body", "body": raw})

@@ -12,12 +12,14 @@ from typing import Callable
 
 class StreamWatch:
     def __init__(self, aredis, log, bound_s: float, on_users: Callable[[list[int]], None],
-                 on_stale: Callable[[bool], None], interval_s: float = 1.0):
+                 on_stale: Callable[[bool], None], interval_s: float = 1.0,
+                 on_forget: Callable[[list[int]], None] | None = None):
         self.r = aredis
         self.log = log
         self.bound_s = bound_s
         self.on_users = on_users
         self.on_stale = on_stale
+        self.on_forget = on_forget   # users forgotten (`!<user>` on the channel): their last lists go too
         self.interval_s = interval_s
         self.staleness = 0.0
         self.lag = 0
@@ -80,7 +82,11 @@ class StreamWatch:
                     if msg and msg.get("type") == "message":
                         data = msg["data"]
                         data = data.decode() if isinstance(data, bytes) else data
-                        self.on_users([int(x) for x in data.split(",") if x])
+                        parts = [x for x in data.split(",") if x]
+                        self.on_users([int(x) for x in parts if x[0] != "!"])
+                        gone = [int(x[1:]) for x in parts if x[0] == "!"]
+                        if gone and self.on_forget is not None:
+                            self.on_forget(gone)
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - Redis restarting: subscribe again

@@ -88,6 +88,12 @@ class Recommender:
     def knows(self, user_id: int) -> bool:
         return int(user_id) in self.user_index
 
+    def forget(self, users) -> None:
+        """Forgotten users (recserve.privacy) are strangers from now on: their trained vectors and
+        history stay unused until the next model, which leaves them out."""
+        for u in users:
+            self.user_index.pop(int(u), None)
+
     def seen(self, u: int) -> np.ndarray:
         """Item ids the user (dense index) interacted with in training."""
         m = self.data.matrix

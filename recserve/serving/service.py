@@ -48,8 +48,9 @@ def finish(prefix: bytes, took_ms: float, how: str) -> bytes:
 
 class RecService:
     def __init__(self, cfg, stage, ladder: Ladder, index, aredis, log, ports, cache: bool = True,
-                 local_bandit=None, replica: str = ""):
+                 local_bandit=None, replica: str = "", gate=None):
         self.cfg = cfg
+        self.gate = gate         # API keys and quotas (recserve.auth.Gate), checked by the router's middleware
         self.replica = replica   # which router replica answers (status)
         self.stage = stage
         self.ladder = ladder
@@ -66,7 +67,8 @@ class RecService:
         self.index_sizes: dict[int, int] = {}    # vectors per shard, refreshed every 10 s
         self._ranker_version: str | None = None
         self._context_counted = (0, 0)
-        self.watch = StreamWatch(aredis, log, cfg.stream.staleness_bound_s, self._invalidate, ladder.set_stale)
+        self.watch = StreamWatch(aredis, log, cfg.stream.staleness_bound_s, self._invalidate, ladder.set_stale,
+                                 on_forget=self._forget_local)
         self.tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------- lifecycle
@@ -117,6 +119,11 @@ class RecService:
         while True:
             await asyncio.sleep(1.0)
             try:
+                if self.gate is not None:
+                    await self.gate.refresh()   # a created or revoked key: forget the ones looked up
+            except Exception:  # noqa: BLE001 - Redis away: the keys already checked keep working
+                pass
+            try:
                 if time.monotonic() - slow_at >= 10.0:
                     slow_at = time.monotonic()
                     await self.refresh_slow_stats()
@@ -156,6 +163,34 @@ class RecService:
             self.ports.context.drop(u)
             self.cache.invalidate_user(u)
 
+    def _forget_local(self, users: list[int]) -> None:
+        """A forgotten user: nothing of theirs stays in this replica (caches, the last list)."""
+        self.stage.forget(users)
+        self._invalidate(users)
+        for u in users:
+            self.ladder.last_good.pop(u, None)
+
+    async def forget_user(self, user_id: int) -> tuple[int, dict, dict | None]:
+        """DELETE /v1/users/{id}: the user forgotten in every store (recserve.privacy)."""
+        import redis
+
+        from recserve.privacy import forget
+
+        def run() -> dict:
+            r = redis.Redis.from_url(self.cfg.redis_url, socket_timeout=10)
+            try:
+                return forget(r, self.log, user_id)
+            finally:
+                r.close()
+
+        try:
+            removed = await asyncio.to_thread(run)
+        except Exception as e:  # noqa: BLE001 - Redis away: nothing can be promised
+            return 503, error_body("unavailable", f"the user could not be forgotten ({type(e).__name__}: {e}); "
+                                                  f"retry: forgetting twice is harmless", None), RETRY
+        self._forget_local([user_id])
+        return 200, {"user_id": user_id, "removed": removed}, None
+
     # ------------------------------------------------------------- recommend
     async def recommend(self, user_id: int, k: int, filters: dict | None, explain: bool, key: str) -> bytes:
         """The answer's bytes; `key` is the request's parameters other than the user (the cache key)."""
@@ -190,10 +225,15 @@ class RecService:
         return finish(prefix, took, how)
 
     # ---------------------------------------------------------------- writes
-    async def events(self, events: list[dict]) -> tuple[int, dict, dict | None]:
-        """(status, body, headers) of a batch of validated events."""
+    async def events(self, events: list[dict], key_id: str | None = None) -> tuple[int, dict, dict | None]:
+        """(status, body, headers) of a batch of validated events; event ids are the sending key's
+        own (`key_id`): deduplication is per API key, so one client cannot claim another's ids."""
         t0 = time.perf_counter()
         dup = first_repeat([e.get("event_id") for e in events], "events.{}.event_id")
+        if key_id and not dup:
+            for e in events:
+                if e.get("event_id"):
+                    e["event_id"] = f"{key_id}/{e['event_id']}"
         status, body, headers = (422, dup, None) if dup else await self._append(events)
         self.metrics.request("events", status, (time.perf_counter() - t0) * 1000)
         return status, body, headers

@@ -1,7 +1,10 @@
 """The status page the router serves at `/ui`: the degradation level, circuit breakers, stream lag,
 cache hit rates per cache level, index size, the versions serving, the explainer's queue and
 fallbacks, and a form to try a recommendation for a user id. One static page; its script reads `v1/status` every two seconds and
-posts the form to `v1/recommend` (relative URLs, so it works under any route prefix)."""
+posts the form to `v1/recommend` (relative URLs, so it works under any route prefix). The page
+itself holds no data: it asks for an API key (admin scope for the status, recommend for the form),
+keeps it in the tab's sessionStorage and sends it as `Authorization: Bearer`; `/ui#key=<key>`
+fills it in (a URL fragment never reaches the server or its logs)."""
 
 STATUS_PAGE = """<!doctype html>
 <html lang="en">
@@ -23,6 +26,11 @@ STATUS_PAGE = """<!doctype html>
 </head>
 <body>
 <h1>recserve</h1>
+<form id="key-form">
+  <label>API key <input id="api-key" type="password" size="48" autocomplete="off"
+         placeholder="an admin key: recserve keys create --scopes admin"></label>
+  <button type="submit">use</button>
+</form>
 <div id="updated">loading&hellip;</div>
 <section>
   <h2>Degradation level</h2>
@@ -70,9 +78,27 @@ function cell(tr, text, cls) { const td = document.createElement("td"); td.textC
   if (cls) td.className = cls; tr.appendChild(td); return td; }
 function rows(table, keep) { while (table.rows.length > keep) table.deleteRow(keep); }
 function pct(x) { return (100 * x).toFixed(1) + "%"; }
+if (location.hash.startsWith("#key=")) {
+  sessionStorage.setItem("recserve-key", decodeURIComponent(location.hash.slice(5)));
+  history.replaceState(null, "", location.pathname);
+}
+function auth() { const k = sessionStorage.getItem("recserve-key");
+  return k ? {"authorization": "Bearer " + k} : {}; }
+document.getElementById("key-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  sessionStorage.setItem("recserve-key", document.getElementById("api-key").value.trim());
+  document.getElementById("api-key").value = ""; refresh();
+});
 async function refresh() {
   try {
-    const r = await fetch("v1/status", {cache: "no-store"});
+    const r = await fetch("v1/status", {cache: "no-store", headers: auth()});
+    if (r.status === 401 || r.status === 403) {
+      const out = await r.json();
+      document.getElementById("updated").textContent = "enter an API key with the admin scope above (" +
+        r.status + ": " + ((out.error || {}).message || "") + ")";
+      document.getElementById("updated").dataset.auth = r.status;
+      return;
+    }
     if (!r.ok) throw new Error("status " + r.status);
     const s = await r.json();
     document.getElementById("level").textContent = s.degradation_level;
@@ -116,7 +142,7 @@ document.getElementById("try").addEventListener("submit", async (ev) => {
   list.innerHTML = ""; err.textContent = ""; meta.textContent = "asking\u2026";
   try {
     const r = await fetch("v1/recommend", {method: "POST", body: JSON.stringify(body),
-      headers: {"content-type": "application/json", "x-session-id": String(user)}});
+      headers: {"content-type": "application/json", "x-session-id": String(user), ...auth()}});
     const out = await r.json();
     if (!r.ok) { meta.textContent = ""; err.textContent = r.status + ": " + ((out.error || {}).message || r.statusText);
                  return; }

@@ -53,6 +53,12 @@ async def build_service(cfg: Config, registry_uri: str, index_root: str, choice:
     stage = await asyncio.to_thread(Recommender, cfg, reg)
     ar = aredis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=1)
     sync = redis.Redis.from_url(cfg.redis_url, socket_timeout=2)
+    from recserve.privacy import tombstones
+
+    try:
+        stage.forget(await asyncio.to_thread(tombstones, sync))   # users forgotten before this replica started
+    except redis.RedisError:
+        pass   # Redis away at start: the serving path degrades anyway; the listener brings later ones
     local_bandit = None
     if choice.score is not None:
         score = HandleScore(choice.score)
@@ -83,8 +89,13 @@ async def build_service(cfg: Config, registry_uri: str, index_root: str, choice:
                                         sv.breaker_open_s, sv.breaker_probes))
     ladder = Ladder(stage, ports, breakers, deadline_ms=sv.deadline_ms, explainer_budget_ms=sv.explainer_budget_ms)
     log = await asyncio.to_thread(make_log, cfg, sync)
+    from recserve.auth import Gate
+    from recserve.config import _default_quotas
+
+    quotas = {**_default_quotas(), **{k: v.model_dump() for k, v in cfg.auth.quotas.items()}}
+    gate = Gate(ar, quotas, replicas=cfg.serve.router_replicas, enabled=cfg.auth.enabled)
     svc = RecService(cfg, stage, ladder, index, ar, log, ports,
-                     cache=cache, local_bandit=local_bandit, replica=replica)
+                     cache=cache, local_bandit=local_bandit, replica=replica, gate=gate)
     if warm:
         await svc.warm()
     svc.start()

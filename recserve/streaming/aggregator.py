@@ -94,6 +94,7 @@ class AggregatorCore:
             self.vectors = {int(i): v[j] for j, i in enumerate(item_ids)}
         self.processed = 0
         self.fenced = 0
+        self.skipped = 0     # events of forgotten users, not folded
 
     def key(self, *parts) -> str:
         return keys.stream_key(*parts, prefix=self.s.prefix)
@@ -132,8 +133,20 @@ class AggregatorCore:
 
     def _fold(self, events: list[dict], p: int) -> list:
         """The batch's effect as the commit script's arguments (nothing is written here)."""
+        last_ts = max(int(e["ts"]) for e in events)
         users = sorted({int(e["user_id"]) for e in events})
-        raw = self.r.mget([self.key("ctx", u) for u in users])
+        pipe = self.r.pipeline(transaction=False)
+        pipe.mget([self.key("ctx", u) for u in users])
+        pipe.hmget(keys.FORGOTTEN, [str(u) for u in users])
+        raw, gone = pipe.execute()
+        gone = {u: float(t) for u, t in zip(users, gone) if t is not None}
+        if gone:   # forgotten users (recserve.privacy): their events up to then are skipped
+            kept = [e for e in events if int(e["ts"]) > gone.get(int(e["user_id"]), -1.0)]
+            self.skipped += len(events) - len(kept)
+            events = kept
+            keep_users = {int(e["user_id"]) for e in events}
+            raw = [x for u, x in zip(users, raw) if u in keep_users]
+            users = [u for u in users if u in keep_users]
         ctxs = {u: LiveContext.loads(x) for u, x in zip(users, raw)}
         item_counts: dict[tuple[str, int], dict[int, int]] = {}
         user_counts: dict[tuple[str, int], dict[int, int]] = {}
@@ -180,7 +193,6 @@ class AggregatorCore:
             d["expire"].append([k, 3600 + TREND_BUCKET_S])
         pk = keys.bandit_params(self.s.bandit_prefix)
         d["bandit"] = [[pk, f, 1.0, n] for f, n in bandit.items()]  # Beta(1, 1) prior, as ThompsonBandit.update
-        last_ts = max(int(e["ts"]) for e in events)
         d["ts"] = [self.key("ts", p), json.dumps({"event_ts": last_ts, "wall": time.time()})]
         d["pub"] = [INVALIDATE_CHANNEL, ",".join(map(str, users))]
         return [json.dumps(d, separators=(",", ":"))]

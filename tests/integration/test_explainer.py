@@ -26,7 +26,7 @@ def llm_app(serving, tmp_path_factory):
     ec = ExplainerConfig(backend="transformers", model=str(model), device="cpu", max_new_tokens=6)
     llm_cfg = cfg.model_copy(update={"explainer": ec})
     serve.run(build_app(llm_cfg, str(reg.uri), None, name="llm"), name="llm", route_prefix="/llm")
-    client = httpx.Client(base_url=f"{http.base_url}/llm", timeout=30)
+    client = httpx.Client(base_url=f"{http.base_url}/llm", timeout=30, headers=http.headers)
     yield client, reg
     client.close()
     serve.delete("llm")

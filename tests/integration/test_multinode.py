@@ -78,6 +78,9 @@ def test_a_worker_node_dies_under_load_and_nothing_acknowledged_is_lost(serving,
                                                     "supervisor_resources": HEAD})})
         r = redis.Redis.from_url(cfg.redis_url)
         r.flushdb()
+        from tests.conftest import auth, make_key
+
+        hdr = auth(make_key(cfg))
         serve.run(build_app(cfg, str(reg.uri), None, name="nodes", router_options={
             "ray_actor_options": {"num_cpus": 0.1, "resources": HEAD}}), name="nodes", route_prefix="/nodes")
         share = f"nodes-{reg.resolve('index')}"
@@ -95,7 +98,7 @@ def test_a_worker_node_dies_under_load_and_nothing_acknowledged_is_lost(serving,
         stop = threading.Event()
 
         def queries():
-            with httpx.Client(base_url=f"{http.base_url}/nodes", timeout=30) as c:
+            with httpx.Client(base_url=f"{http.base_url}/nodes", timeout=30, headers=hdr) as c:
                 j = 0
                 while not stop.is_set():
                     resp = c.post("/v1/recommend", json={"user_id": users[j % len(users)], "k": 5})
@@ -106,7 +109,7 @@ def test_a_worker_node_dies_under_load_and_nothing_acknowledged_is_lost(serving,
                     j += 1
 
         def writes():
-            with httpx.Client(base_url=f"{http.base_url}/nodes", timeout=30) as c:
+            with httpx.Client(base_url=f"{http.base_url}/nodes", timeout=30, headers=hdr) as c:
                 j = 0
                 while not stop.is_set():
                     ev = [{"event_id": f"n-{j}-{k}-{uuid.uuid4().hex[:6]}", "user_id": 50_000 + (j * 7 + k) % 40,

@@ -47,7 +47,7 @@ def test_hot_model_swap_without_failed_requests(serving, tmp_path):
     def load():
         import httpx
 
-        with httpx.Client(base_url=http.base_url, timeout=30) as c:
+        with httpx.Client(base_url=http.base_url, timeout=30, headers=http.headers) as c:
             us = _users(reg, 40)
             i = 0
             while not stop.is_set():
@@ -104,7 +104,7 @@ def two_routers(serving):
     serve.run(build_app(cfg, str(reg.uri), None, name="affine", router_replicas=2, affinity=True,
                         router_options={"max_ongoing_requests": 2, "max_queued_requests": 2}),
               name="affine", route_prefix="/affine")
-    client = httpx.Client(base_url=f"{http.base_url}/affine", timeout=30)
+    client = httpx.Client(base_url=f"{http.base_url}/affine", timeout=30, headers=http.headers)
     seen, deadline = set(), time.monotonic() + 60
     while len(seen) < 2 and time.monotonic() < deadline:   # both replicas in the load balancer's rotation
         seen.add(client.get("/v1/status", headers={"connection": "close"}).json()["replica"])
@@ -148,7 +148,7 @@ def test_burst_beyond_the_queue_gets_429_with_retry_after(two_routers):
     users = _users(reg, 60, 40)
 
     async def burst():
-        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=30,
+        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=30, headers=client.headers,
                                      limits=httpx.Limits(max_connections=200)) as c:
             return await asyncio.gather(*[c.post("/v1/recommend", json={"user_id": u, "k": 3 + i % 5})
                                           for i, u in enumerate(users * 2)])
@@ -233,7 +233,7 @@ def test_colocated_router_answers_the_same_contract(serving):
     http, reg, cfg = serving
     serve.run(build_app(cfg, str(reg.uri), None, name="colo", colocate=True), name="colo", route_prefix="/colo")
     try:
-        with httpx.Client(base_url=f"{http.base_url}/colo", timeout=30) as c:
+        with httpx.Client(base_url=f"{http.base_url}/colo", timeout=30, headers=http.headers) as c:
             r = c.post("/v1/recommend", json={"user_id": _users(reg, 1)[0], "k": 5, "explain": True})
             assert r.status_code == 200, r.text
             body = r.json()
