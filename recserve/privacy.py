@@ -41,10 +41,16 @@ def forget(client, log, user_id: int, stream_prefix: str = keys.STREAM, bandit_p
     client.publish(keys.invalidate_channel(stream_prefix), f"!{u}")
     if sweep_again_s:
         time.sleep(sweep_again_s)
-        again = _sweep(client, u, stream_prefix)
+        again = sweep_again(client, u, stream_prefix)
         out = {k: v + again.get(k, 0) for k, v in out.items()}
-        client.publish(keys.invalidate_channel(stream_prefix), f"!{u}")
     out["forgotten_at"] = round(at, 3)
+    return out
+
+
+def sweep_again(client, user_id: int, stream_prefix: str = keys.STREAM) -> dict:
+    """The second sweep (a second after `forget`): what an aggregator batch in flight wrote back."""
+    out = _sweep(client, int(user_id), stream_prefix)
+    client.publish(keys.invalidate_channel(stream_prefix), f"!{int(user_id)}")
     return out
 
 

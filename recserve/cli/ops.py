@@ -92,6 +92,34 @@ def chaos_cmd(duration: float = typer.Option(120.0, help="seconds in all (six ph
     console.print_json(json.dumps(res))
 
 
+@app.command("fuzz")
+def fuzz_cmd(examples: int = typer.Option(1000, "--examples", help="examples in all (at least; over every operation, "
+                                                                   "valid and invalid inputs, with a key and without)"),
+             out: Path = typer.Option(Path("benchmarks/results/fuzz.json")),
+             seed: int = typer.Option(0, help="Hypothesis' seed (the same seed, the same examples)"),
+             config: Optional[Path] = ConfigOpt):
+    """Fuzz the HTTP API from its OpenAPI schema (Schemathesis): no answer may be >= 500, and no
+    4xx may change anything (event log, index, bandit, forgotten users, keys, registry). Brings
+    the stack up and fills the registry when needed (as `demo --no-serve`), deploys an application
+    of its own at /fuzz on Redis database 3 (what is served stays untouched), deletes it after."""
+    from recserve.bench.fuzz import run
+    from recserve.cli.stack import prepare
+
+    if examples < 1:
+        _fail(ValueError("--examples must be at least 1"))
+    cfg = _cfg(config)
+    prepare(cfg)
+    try:
+        res = run(cfg, examples, out, seed, log=_progress("fuzz"))
+    except RuntimeError as e:
+        _fail(e)
+    console.print_json(json.dumps({k: v for k, v in res.items() if k not in ("endpoints", "failures")}))
+    for f in res["failures"][:5]:
+        console.print(f"failure: {f['why']}: {f['operation']} ({f['way']})", markup=False)
+    if res["status_5xx"] or res["state_changed_after_4xx"] or res["non_json_4xx"]:
+        raise typer.Exit(1)
+
+
 @app.command("backup")
 def backup_cmd(to: str = typer.Option(..., "--to", help="local folder or pyarrow.fs URI (s3://..., gs://...)"),
                keep: int = typer.Option(24, help="backups to keep there (older ones are removed)"),

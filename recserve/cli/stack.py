@@ -66,19 +66,14 @@ def status(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(Fals
 
 
 
-@app.command()
-def demo(movielens: Optional[Path] = typer.Option(None, "--movielens", help="use this MovieLens folder instead "
-                                                                             "of a generated world"),
-         no_serve: bool = typer.Option(False, "--no-serve", help="stop after the offline chain"),
-         config: Optional[Path] = ConfigOpt):
-    """Bring the stack up, build a dataset, run the offline chain (reusing what a previous run
-    built), deploy the serving application and serve until Ctrl-C."""
+def prepare(cfg: Config, movielens: Optional[Path] = None):
+    """The stack up and the registry filled: a dataset, embeddings, index and ranker (each reused
+    when a previous run built it from the same inputs). Returns the registry (demo, fuzz)."""
     from recserve.offline import jobs
     from recserve.ops.stack import Stack, StackError
     from recserve.registry import Registry, RegistryError
     from recserve.schemas import DataError
 
-    cfg = _cfg(config)
     try:
         info = Stack(cfg).up()
         console.print(f"stack up: redis {info.redis_url}, ray {info.ray_address}, jobs API {info.dashboard_url}")
@@ -112,6 +107,18 @@ def demo(movielens: Optional[Path] = typer.Option(None, "--movielens", help="use
     except (StackError, DataError, RegistryError, ValueError) as e:
         _fail(e)
     console.print(f"ready: embeddings {emb}, index {idx}, ranker {rk} in {cfg.registry_uri}")
+    return reg
+
+
+@app.command()
+def demo(movielens: Optional[Path] = typer.Option(None, "--movielens", help="use this MovieLens folder instead "
+                                                                             "of a generated world"),
+         no_serve: bool = typer.Option(False, "--no-serve", help="stop after the offline chain"),
+         config: Optional[Path] = ConfigOpt):
+    """Bring the stack up, build a dataset, run the offline chain (reusing what a previous run
+    built), deploy the serving application and serve until Ctrl-C."""
+    cfg = _cfg(config)
+    reg = prepare(cfg, movielens)
     if no_serve:
         return
     _serve_forever(cfg, reg)

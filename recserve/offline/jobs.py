@@ -53,12 +53,14 @@ def dataset_fingerprint(dataset_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def train_part(cfg: Config, dataset_dir: str | Path, holdout: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(train, test, items): the temporal split's train part when holdout > 0, else all events."""
+def train_part(cfg: Config, dataset_dir: str | Path, holdout: float,
+               gone: dict[int, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, test, items): the temporal split's train part when holdout > 0, else all events;
+    without the events of forgotten users (`gone`, else the tombstones in Redis now)."""
     from recserve.privacy import drop_forgotten, forgotten_for_training
 
     events, items = read_events(dataset_dir), read_items(dataset_dir)
-    gone = forgotten_for_training(cfg.redis_url)
+    gone = forgotten_for_training(cfg.redis_url) if gone is None else gone
     if gone:   # users forgotten by DELETE /v1/users/{id}: their events up to then are left out
         events = drop_forgotten(events, gone).reset_index(drop=True)
     if holdout > 0:
@@ -117,9 +119,13 @@ def train_embeddings(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0,
     reg.check_writable("embeddings")
     ensure_ray(cfg)
     t0 = time.perf_counter()
-    train, _, items = train_part(cfg, dataset_dir, holdout)
+    from recserve.privacy import forgotten_for_training
+
+    gone = forgotten_for_training(cfg.redis_url, log)
+    train, _, items = train_part(cfg, dataset_dir, holdout, gone)
     data = build_interactions(train, train.iloc[:0], items)
-    log(f"{data.n_users} users, {data.n_items} items, {data.matrix.nnz} user-item pairs")
+    log(f"{data.n_users} users, {data.n_items} items, {data.matrix.nnz} user-item pairs"
+        + (f" ({len(gone)} forgotten users' events left out)" if gone else ""))
     res = _train_mf_remote(interaction_pairs(data), data.n_users, data.n_items, cfg, "train_embeddings")
     with tempfile.TemporaryDirectory() as tmp:
         save_embeddings(tmp, user_ids=data.user_ids, item_ids=data.item_ids, user_vectors=res.user_vectors,
@@ -127,7 +133,8 @@ def train_embeddings(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0,
         v = reg.publish("embeddings", tmp, metrics={"final_loss": res.history[-1]["loss"],
                                                     "seconds": time.perf_counter() - t0,
                                                     "n_users": data.n_users, "n_items": data.n_items},
-                        params=cfg.embeddings.model_dump(), lineage=_lineage(dataset_dir, holdout),
+                        params=cfg.embeddings.model_dump(),
+                        lineage=_lineage(dataset_dir, holdout, forgotten={str(u): t for u, t in gone.items()}),
                         extra={"history": res.history, "dim": int(res.item_vectors.shape[1])})
     log(f"published embeddings {v}")
     return v

@@ -271,8 +271,36 @@ class AuthGate:
 
 
 def install_auth(app) -> None:
-    """API keys on every route but the open ones (health, readiness, the schema, the page)."""
+    """API keys on every route but the open ones (health, readiness, the schema, the page); the
+    OpenAPI schema says which scope each operation needs and documents 401, 403 and 429."""
     app.add_middleware(AuthGate)
+    plain = app.openapi
+
+    def openapi():
+        from recserve.auth import required_scope
+
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = plain()
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "an API key from `recserve keys create` (Authorization: Bearer <key>)"}}
+        err = {"content": {"application/json": {"schema": {"type": "object"}}}}
+        for path, ops in schema.get("paths", {}).items():
+            for method, op in ops.items():
+                scope = required_scope(method.upper(), path)
+                if scope is None:
+                    continue
+                op["security"] = [{"bearer": []}]
+                op["description"] = (op.get("description", "") + f"\n\nNeeds an API key with the `{scope}` scope "
+                                     f"(or admin).").strip()
+                for code, what in (("401", "no, unknown or revoked key"), ("403", f"the key lacks `{scope}`"),
+                                   ("429", "over the key's quota (Retry-After)")):
+                    op.setdefault("responses", {}).setdefault(code, {"description": what, **err})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
 
 
 async def _reject(send, status: int, body: dict, headers: dict | None = None) -> None:

@@ -64,6 +64,12 @@ class Recommender:
                          "ranker": registry.resolve("ranker")}
         dataset = trained_on(registry, emb["version"])
         events, items = read_events(dataset), read_items(dataset)
+        from recserve.privacy import drop_forgotten
+
+        # the users forgotten when these embeddings were trained: their events were left out then
+        lineage = registry.manifest("embeddings", emb["version"])["lineage"]
+        gone = {int(u): float(t) for u, t in (lineage.get("forgotten") or {}).items()}
+        events = drop_forgotten(events, gone).reset_index(drop=True) if gone else events
         self.data = build_interactions(events, events.iloc[:0], items)
         if not (np.array_equal(self.data.item_ids, emb["item_ids"]) and
                 np.array_equal(self.data.user_ids, emb["user_ids"])):

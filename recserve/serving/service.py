@@ -174,21 +174,30 @@ class RecService:
         """DELETE /v1/users/{id}: the user forgotten in every store (recserve.privacy)."""
         import redis
 
-        from recserve.privacy import forget
+        from recserve.privacy import SWEEP_AGAIN_S, forget, sweep_again
 
-        def run() -> dict:
+        def run(fn, *args) -> dict:
             r = redis.Redis.from_url(self.cfg.redis_url, socket_timeout=10)
             try:
-                return forget(r, self.log, user_id)
+                return fn(r, *args)
             finally:
                 r.close()
 
+        async def later() -> None:   # the second sweep, without holding the answer
+            await asyncio.sleep(SWEEP_AGAIN_S)
+            try:
+                await asyncio.to_thread(run, sweep_again, user_id)
+            except Exception:  # noqa: BLE001 - best effort: the tombstone already hides new folds
+                pass
+
         try:
-            removed = await asyncio.to_thread(run)
+            removed = await asyncio.to_thread(run, forget, self.log, user_id, "st", "bandit", 0)
         except Exception as e:  # noqa: BLE001 - Redis away: nothing can be promised
             return 503, error_body("unavailable", f"the user could not be forgotten ({type(e).__name__}: {e}); "
                                                   f"retry: forgetting twice is harmless", None), RETRY
         self._forget_local([user_id])
+        self.tasks.append(asyncio.get_running_loop().create_task(later()))
+        self.tasks = [t for t in self.tasks if not t.done()]
         return 200, {"user_id": user_id, "removed": removed}, None
 
     # ------------------------------------------------------------- recommend

@@ -56,8 +56,14 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
             assert http.post("/v1/recommend", json={"user_id": u, "k": 5},
                              headers={"x-session-id": str(u)}).status_code == 200
 
+    # without a key the page asks for one (the status needs the admin scope)
     browser.get(f"{http.base_url}/ui")
     assert browser.title == "recserve status"
+    _wait(browser, lambda d: "enter an API key" in _text(d, "#updated"))
+    assert _text(browser, "#level") in ("…", "...", "\u2026")
+    # the key in the URL's fragment (never sent to the server) fills it in
+    key = http.headers["authorization"].split(" ", 1)[1]
+    browser.get(f"{http.base_url}/ui#key={key}")
     _wait(browser, lambda d: _text(d, "#level").isdigit() and d.find_elements(By.CSS_SELECTOR, "#versions tr"))
     st = http.get("/v1/status").json()
 
