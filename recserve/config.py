@@ -32,6 +32,10 @@ class RedisConfig(_Strict):
     port: int = Field(6390, ge=1, le=65535)
     appendfsync: Literal["everysec", "always", "no"] = "always"   # an acknowledged write survives a host crash
     maxmemory_mb: int = Field(0, ge=0, description="0 = no limit")
+    password: str | None = Field(None, description="Redis AUTH (requirepass). Unset: $REDIS_PASSWORD, else the file "
+                                 "$REDIS_PASSWORD_FILE names, else for the embedded Redis the one `recserve up` "
+                                 "generates into <data_dir>/redis.password (mode 0600). Put into redis.url when "
+                                 "that URL carries none")
 
 
 class RayConfig(_Strict):
@@ -250,7 +254,14 @@ class Config(_Strict):
 
     @property
     def redis_url(self) -> str:
-        return self.redis.url or f"redis://{self.redis.host}:{self.redis.port}/0"
+        url = self.redis.url or f"redis://{self.redis.host}:{self.redis.port}/0"
+        pw = self.redis.password
+        if pw and "@" not in url.split("://", 1)[-1].split("/", 1)[0]:
+            from urllib.parse import quote
+
+            scheme, rest = url.split("://", 1)
+            url = f"{scheme}://:{quote(pw, safe='')}@{rest}"
+        return url
 
     @property
     def kafka_source(self) -> tuple[str, str]:
@@ -332,6 +343,35 @@ def load_config(path: str | Path | None = None, environ: dict[str, str] | None =
         _set_path(tree, key.split("."), value if isinstance(value, str) else yaml.safe_dump(value))
         sources[key] = f"override {key}"
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_format_errors(e, sources)) from None
+    if cfg.redis.password is None:
+        cfg.redis.password = redis_password(cfg, env)
+    return cfg
+
+
+REDIS_PASSWORD_FILE = "redis.password"
+
+
+def redis_password(cfg: Config, env: dict[str, str]) -> str | None:
+    """The Redis password from the environment, a secret file, or the embedded stack's own."""
+    if env.get("REDIS_PASSWORD"):
+        return env["REDIS_PASSWORD"]
+    if env.get("REDIS_PASSWORD_FILE"):
+        f = Path(env["REDIS_PASSWORD_FILE"])
+        if not f.exists():
+            raise ConfigError(f"REDIS_PASSWORD_FILE names {f}, which does not exist")
+        return f.read_text().strip() or None
+    own = Path(cfg.data_dir) / REDIS_PASSWORD_FILE
+    if cfg.redis.url is None and own.exists():
+        return own.read_text().strip() or None
+    return None
+
+
+def redact(url: str) -> str:
+    """A Redis URL fit to print: its password replaced."""
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

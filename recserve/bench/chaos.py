@@ -1,8 +1,11 @@
 """`recserve chaos`: load on the serving application while faults are injected one after another:
 a ranker replica killed, a vector-shard actor killed, a stream aggregator killed, the Redis server
-killed (SIGKILL) and restarted, the explainer slowed past its budget. Reports per phase the status
-codes, the degradation levels served, p95 latency and the time back to full level, and at the end
-whether every event the API acknowledged is in the log.
+killed (SIGKILL) and restarted, a host crash of Redis (killed, and its AOF cut back to what the disk
+held: with appendfsync everysec the last second was in the page cache only and is gone; with always
+every acknowledged write was on disk before Redis answered), the explainer slowed past its budget.
+Reports per phase the status codes, the degradation levels served, p95 latency and the time back to
+full level, and at the end whether every event the API acknowledged is in the log (and which
+phase acknowledged those that are not).
 
 Load: `concurrency` clients posting /v1/recommend (Zipf users, a quarter with explain=true, each
 with its user as the routing key) and one client posting event batches. The application runs in the
@@ -25,7 +28,9 @@ import numpy as np
 from recserve import keys
 from recserve.bench.common import require_own_serve, write_result
 
-FAULTS = ("baseline", "kill_ranker_replica", "kill_shard_actor", "kill_aggregator", "kill_redis", "slow_explainer")
+FAULTS = ("baseline", "kill_ranker_replica", "kill_shard_actor", "kill_aggregator", "kill_redis", "host_crash",
+          "slow_explainer")
+UNSYNCED_S = 1.0    # appendfsync everysec: what a host crash can take (Redis fsyncs once a second)
 
 
 def _pids(class_name: str) -> list[int]:
@@ -39,7 +44,7 @@ class Load:
     def __init__(self, base: str, users: np.ndarray, items: np.ndarray, concurrency: int, key: str | None = None):
         self.base, self.users, self.items, self.c, self.key = base, users, items, concurrency, key
         self.records: list[tuple[float, int, int | None, float, bool]] = []   # t, status, level, ms, explain
-        self.acked: set[str] = set()
+        self.acked: dict[str, float] = {}     # event id -> when the API acknowledged it
         self.event_errors: dict[int, int] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -91,7 +96,8 @@ class Load:
                     try:
                         r = await client.post("/v1/events", json={"events": batch})
                         if r.status_code == 202:
-                            self.acked.update(e["event_id"] for e in batch)
+                            now = time.time()
+                            self.acked.update((e["event_id"], now) for e in batch)
                         else:
                             self.event_errors[r.status_code] = self.event_errors.get(r.status_code, 0) + 1
                             await asyncio.sleep(0.2)   # honour Retry-After loosely; the ids make retries safe
@@ -129,7 +135,32 @@ def _phase_report(records, t0: float, t1: float, fault_at: float | None) -> dict
             "recovery_s": rec_s}
 
 
-def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | None = None, log=print) -> dict:
+def _aof_sizes(aof: Path, seconds: float, every: float = 0.05) -> list[tuple[float, int]]:
+    """The AOF's size every `every` s for `seconds` (what was written when)."""
+    out = []
+    end = time.time() + seconds
+    while time.time() < end:
+        try:
+            out.append((time.time(), aof.stat().st_size))
+        except OSError:
+            pass
+        time.sleep(every)
+    return out
+
+
+def crash_cut(samples: list[tuple[float, int]], crash_at: float, size_now: int, fsync: str) -> int:
+    """Where a host crash at `crash_at` leaves the AOF: with `always` every acknowledged write was
+    fsynced before Redis answered (nothing cut); otherwise the size it had UNSYNCED_S before the
+    crash (what the last fsync had surely written). A rewrite meanwhile (the file shrank) cuts nothing."""
+    if fsync == "always":
+        return size_now
+    before = [s for t, s in samples if t <= crash_at - UNSYNCED_S]
+    keep = before[-1] if before else (samples[0][1] if samples else size_now)
+    return keep if keep <= size_now else size_now
+
+
+def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | None = None, log=print,
+        appendfsync: str | None = None) -> dict:
     import ray
     import redis
     from ray import serve
@@ -150,6 +181,10 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     ensure_ray(cfg)
     require_own_serve("chaos")
     r = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
+    fsync_before = r.config_get("appendfsync")["appendfsync"]
+    fsync = appendfsync or fsync_before
+    r.config_set("appendfsync", fsync)   # this run's setting (restored at the end)
+    crash: dict = {}
     for pattern in (f"{keys.EVENTS}:*", f"{keys.STREAM}:*"):
         found = list(r.scan_iter(pattern, count=1000))
         if found:
@@ -175,7 +210,9 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
         for name in FAULTS:
             t_start = time.time()
             fault_at = None
-            time.sleep(min(3.0, phase_s / 4))
+            lead = min(3.0, phase_s / 4)
+            samples = _aof_sizes(Path(cfg.data_dir) / "redis" / "appendonly.aof", lead) if name == "host_crash" \
+                else time.sleep(lead)
             if name == "kill_ranker_replica":
                 pid = _pids("ServeReplica:chaos:Ranker")[0]
                 fault_at = time.time()
@@ -194,7 +231,23 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
                 os.kill(info.redis_pid, signal.SIGKILL)
                 time.sleep(2.0)
                 proc = start_redis(Path(cfg.data_dir) / "redis", cfg.redis.host, cfg.redis.port,
-                                   cfg.redis.appendfsync, cfg.redis.maxmemory_mb)
+                                   fsync, cfg.redis.maxmemory_mb, password=cfg.redis.password)
+                info.redis_pid = proc.pid
+                st._write_state(info)
+            elif name == "host_crash":
+                info = st.read_state()
+                aof = Path(cfg.data_dir) / "redis" / "appendonly.aof"
+                fault_at = time.time()
+                os.kill(info.redis_pid, signal.SIGKILL)
+                size_now = aof.stat().st_size
+                keep = crash_cut(samples, fault_at, size_now, fsync)
+                if keep < size_now:
+                    with open(aof, "r+b") as f:   # the page cache's part of the file never reached the disk
+                        f.truncate(keep)
+                crash = {"appendfsync": fsync, "aof_bytes": size_now, "aof_bytes_dropped": size_now - keep}
+                time.sleep(2.0)
+                proc = start_redis(Path(cfg.data_dir) / "redis", cfg.redis.host, cfg.redis.port,
+                                   fsync, cfg.redis.maxmemory_mb, password=cfg.redis.password)
                 info.redis_pid = proc.pid
                 st._write_state(info)
             elif name == "slow_explainer":
@@ -219,15 +272,20 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     for p in range(cfg.stream.partitions):
         # the log holds each id as the sending key's own: <key id>/<event id>
         present |= {str(e.event.get("event_id")).split("/", 1)[-1] for e in log_obj.read_after(p, "", 10**7)}
-    lost = sorted(load.acked - present)
+    lost = sorted(set(load.acked) - present)
     phases = {name: _phase_report(load.records, a, b, f) for name, a, b, f in marks}
+    for name, a, b, _ in marks:   # which phase acknowledged the events that are gone
+        phases[name]["events_acknowledged"] = sum(1 for t in load.acked.values() if a <= t < b)
+        phases[name]["events_lost"] = sum(1 for e in lost if a <= load.acked[e] < b)
+    if crash:
+        phases["host_crash"].update(crash)
     allrec = load.records
     levels: dict[str, int] = {}
     for _, _, lv, _, _ in allrec:
         if lv is not None:
             levels[str(lv)] = levels.get(str(lv), 0) + 1
     res = {"duration_s": duration, "concurrency": concurrency, "deadline_ms": cfg.serve.deadline_ms,
-           "appendfsync": cfg.redis.appendfsync, "requests": len(allrec),
+           "appendfsync": fsync, "requests": len(allrec),
            "http_5xx": sum(1 for x in allrec if x[1] >= 500), "http_429": sum(1 for x in allrec if x[1] == 429),
            "levels": levels, "p95_ms": round(float(np.percentile([x[3] for x in allrec], 95)), 1) if allrec else None,
            "max_recovery_s": max((p["recovery_s"] or 0.0) for p in phases.values()),
@@ -236,5 +294,6 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
            "phases": phases}
     stop_supervisor(cfg, "chaos")
     serve.shutdown()
+    redis.Redis.from_url(cfg.redis_url, socket_timeout=5).config_set("appendfsync", fsync_before)
     write_result(out, res)
     return res

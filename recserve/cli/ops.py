@@ -76,17 +76,23 @@ def capacity_cmd(mau: Optional[float] = typer.Option(None, help="monthly active 
 
 
 @app.command("chaos")
-def chaos_cmd(duration: float = typer.Option(120.0, help="seconds in all (six phases)"),
+def chaos_cmd(duration: float = typer.Option(120.0, help="seconds in all (seven phases)"),
               concurrency: int = typer.Option(4, help="concurrent /v1/recommend clients"),
+              appendfsync: Optional[str] = typer.Option(None, "--appendfsync", help="always | everysec | no for this "
+                                                        "run (default: the running Redis'): the host-crash phase "
+                                                        "shows what each loses"),
               out: Path = typer.Option(Path("benchmarks/results/chaos.json")),
               config: Optional[Path] = ConfigOpt):
     """Load plus faults, one per phase: kill a ranker replica, a vector-shard actor, an aggregator,
-    Redis (then restart it), slow the explainer; per phase status codes, levels, p95, recovery."""
+    Redis (then restart it), crash Redis' host (its AOF cut back to what the disk held), slow the
+    explainer; per phase status codes, levels, p95, recovery and acknowledged events lost."""
+    if appendfsync not in (None, "always", "everysec", "no"):
+        _fail(ValueError(f"--appendfsync must be always, everysec or no, not {appendfsync!r}"))
     from recserve.bench.chaos import run
 
     cfg = _cfg(config)
     try:
-        res = run(cfg, duration, concurrency, out, log=_progress("chaos"))
+        res = run(cfg, duration, concurrency, out, log=_progress("chaos"), appendfsync=appendfsync)
     except RuntimeError as e:
         _fail(e)
     console.print_json(json.dumps(res))

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from recserve.cli.main import ConfigOpt, _cfg, _fail, app, console
-from recserve.config import Config
+from recserve.config import Config, redact
 
 
 @app.command()
@@ -32,7 +32,7 @@ def up(config: Optional[Path] = ConfigOpt,
         info = Stack(cfg).up(with_ray=not no_ray)
     except StackError as e:
         _fail(e)
-    console.print(f"redis  {info.redis_url}" + (" (started)" if info.redis_started else " (external)"))
+    console.print(f"redis  {redact(info.redis_url)}" + (" (started)" if info.redis_started else " (external)"))
     if info.ray_address:
         console.print(f"ray    {info.ray_address}  jobs API {info.dashboard_url}")
         console.print(f"submit: ray job submit --address {info.dashboard_url} --working-dir . -- "
@@ -76,7 +76,8 @@ def prepare(cfg: Config, movielens: Optional[Path] = None):
 
     try:
         info = Stack(cfg).up()
-        console.print(f"stack up: redis {info.redis_url}, ray {info.ray_address}, jobs API {info.dashboard_url}")
+        console.print(f"stack up: redis {redact(info.redis_url)}, ray {info.ray_address}, jobs API "
+                      f"{info.dashboard_url}")
         reg = Registry(cfg.registry_uri, cfg.registry.keep)
         name = "movielens" if movielens else "generated"
         ds_dir = Path(cfg.data_dir) / "datasets" / name

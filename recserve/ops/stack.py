@@ -84,8 +84,10 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 def start_redis(data_dir: Path, host: str, port: int, appendfsync: str = "always",
-                maxmemory_mb: int = 0, timeout: float = 60.0, appendonly: bool = True) -> subprocess.Popen:
-    """Start a real redis-server with AOF under `data_dir`; wait until it answers PING."""
+                maxmemory_mb: int = 0, timeout: float = 60.0, appendonly: bool = True,
+                password: str | None = None) -> subprocess.Popen:
+    """Start a real redis-server with AOF under `data_dir` (with `password`: requirepass); wait
+    until it answers PING."""
     if not port_is_free(port, host):
         raise StackError(f"port {port} on {host} is taken: Redis cannot start there. Stop what uses it "
                          f"or choose another port (RECSERVE_REDIS__PORT=...)")
@@ -98,9 +100,11 @@ def start_redis(data_dir: Path, host: str, port: int, appendfsync: str = "always
             "--daemonize", "no", "--protected-mode", "no"]
     if maxmemory_mb:
         args += ["--maxmemory", f"{maxmemory_mb}mb"]
+    if password:
+        args += ["--requirepass", password]
     with open(boot, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    client = redis.Redis(host=host, port=port, socket_connect_timeout=0.5)
+    client = redis.Redis(host=host, port=port, socket_connect_timeout=0.5, password=password)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -349,7 +353,9 @@ class Stack:
 
     def _write_state(self, info: StackInfo) -> None:
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info.to_json(), indent=2))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it holds the Redis URL (password)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(info.to_json(), indent=2))
         os.replace(tmp, self.state_file)
 
     # --------------------------------------------------------------------- up
@@ -368,8 +374,11 @@ class Stack:
                 except redis.exceptions.RedisError as e:
                     raise StackError(f"external Redis at {external_redis} is not reachable: {e}") from e
             else:
+                self._own_password()
                 redis_proc = start_redis(self.data_dir / "redis", self.cfg.redis.host, self.cfg.redis.port,
-                                         self.cfg.redis.appendfsync, self.cfg.redis.maxmemory_mb)
+                                         self.cfg.redis.appendfsync, self.cfg.redis.maxmemory_mb,
+                                         password=self.cfg.redis.password)
+                info.redis_url = self.cfg.redis_url
                 info.redis_pid = redis_proc.pid
                 info.redis_started = True
             if self.cfg.stream.backend == "kafka":
@@ -407,6 +416,22 @@ class Stack:
             raise
         self._write_state(info)
         return info
+
+    def _own_password(self) -> None:
+        """The embedded Redis never runs open: a password generated once into <data_dir>/redis.password
+        (0600), read back by every later `load_config` of this data dir; put into this config too."""
+        import secrets
+
+        from recserve.config import REDIS_PASSWORD_FILE
+
+        if self.cfg.redis.password:
+            return
+        f = self.data_dir / REDIS_PASSWORD_FILE
+        if not f.exists():
+            fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(24))
+        self.cfg.redis.password = f.read_text().strip()
 
     def _alive(self, info: StackInfo) -> bool:
         try:
@@ -455,7 +480,10 @@ class Stack:
         info = self.read_state()
         if info is None:
             return {"running": False, "message": "stack is not up (run: recserve up)"}
+        from recserve.config import redact
+
         out: dict = {"running": True, **info.to_json()}
+        out["redis_url"] = redact(info.redis_url)
         try:
             r = redis.Redis.from_url(info.redis_url, socket_connect_timeout=1)
             pers = r.info("persistence")

@@ -1,5 +1,6 @@
 """The embedded stack on real processes: redis-server with AOF, a Ray head with the jobs API."""
 
+import json
 import subprocess
 import sys
 
@@ -22,6 +23,29 @@ def test_stack_is_up(stack):
     # a second `up` finds the running stack and starts nothing new
     again = Stack(cfg).up()
     assert again.redis_pid == info.redis_pid
+
+
+def test_embedded_redis_has_a_generated_password(stack):
+    """The embedded Redis never runs open: `up` generates a password into <data_dir>/redis.password
+    (0600), a later load_config of that data dir reads it, and a client without it is refused."""
+    import stat
+
+    from recserve.config import load_config
+
+    cfg, info = stack
+    f = cfg.data_dir / "redis.password"
+    assert f.exists() and stat.S_IMODE(f.stat().st_mode) == 0o600
+    assert cfg.redis.password == f.read_text().strip() and len(cfg.redis.password) >= 24
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(host=cfg.redis.host, port=cfg.redis.port).ping()
+    assert redis.Redis.from_url(cfg.redis_url).ping()
+    again = load_config(environ={}, overrides={"data_dir": str(cfg.data_dir), "redis.port": str(cfg.redis.port)})
+    assert again.redis_url == cfg.redis_url
+    env = load_config(environ={"REDIS_PASSWORD": "from-env"}, overrides={"data_dir": str(cfg.data_dir)})
+    assert env.redis.password == "from-env" and ":from-env@" in env.redis_url
+    st = Stack(cfg).status()
+    assert cfg.redis.password not in json.dumps(st) and st["redis"]["ok"]
+    assert stat.S_IMODE((cfg.data_dir / "stack.json").stat().st_mode) == 0o600
 
 
 def test_port_taken_is_a_clear_error(tmp_path):

@@ -48,6 +48,10 @@ def test_secure_defaults(path):
     cfg = yaml.safe_load(path.read_text())
     starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
     assert starts and all("RAY_AUTH_MODE=token" in c and "RAY_AUTH_TOKEN_PATH=" in c for c in starts)
+    # Redis AUTH: the password a mounted secret, named to recserve by REDIS_PASSWORD_FILE on every node
+    mounts = cfg["file_mounts"]
+    pw = next(dst for dst, src in mounts.items() if src == "secrets/redis_password")
+    assert all(f"REDIS_PASSWORD_FILE={pw}" in c for c in starts)
     head = next(c for c in cfg["head_start_ray_commands"] if "--head" in c)
     assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
     assert any(src.startswith("secrets/") for src in cfg["file_mounts"].values())
