@@ -17,7 +17,8 @@ its owner was configured with (tests give their own, so they never share state).
   st:supervisor:<name>        the stream supervisor's aggregator count (a restarted one adopts them)
   st:supervisor:<name>:apps   the applications using that stream (the last one gone stops it)
   st:watch                    the supervisor's report each second: lag, staleness, aggregators
-  st:invalidate               channel: users whose events an aggregator folded (routers drop their caches)
+  st:invalidate[:db<n>]       channel: users whose events an aggregator folded (routers drop their caches);
+                              `!<user>`: a forgotten user. Suffixed by the database unless it is 0
   bandit:params               hash a:<item> / b:<item>: the bandit's Beta posteriors
   bandit:impressions          stream of shown slates with their propensities (off-policy evaluation)
   region:drain                this region is draining (readiness answers 503)
@@ -93,8 +94,15 @@ def assignment(aggregator: str, prefix: str = STREAM) -> str:
     return stream_key("assign", aggregator, prefix=prefix)
 
 
-def invalidate_channel(prefix: str = STREAM) -> str:
-    return stream_key("invalidate", prefix=prefix)
+def invalidate_channel(prefix: str = STREAM, db: int = 0) -> str:
+    """Pub/sub channels are server-wide, not per database: an application on another database of
+    the same Redis gets a channel of its own (its users' invalidations and forgettings stay its own)."""
+    return stream_key("invalidate", prefix=prefix) + (f":db{db}" if db else "")
+
+
+def db_of(client) -> int:
+    """The database number a redis-py client (sync or asyncio) talks to."""
+    return int(client.connection_pool.connection_kwargs.get("db") or 0)
 
 
 def bandit_params(prefix: str = BANDIT) -> str:

@@ -38,7 +38,7 @@ def forget(client, log, user_id: int, stream_prefix: str = keys.STREAM, bandit_p
     out = _sweep(client, u, stream_prefix)
     out["impressions"] = _drop_impressions(client, u, bandit_prefix)
     out["log_entries"] = _drop_log_entries(client, log, u, stream_prefix)
-    client.publish(keys.invalidate_channel(stream_prefix), f"!{u}")
+    client.publish(keys.invalidate_channel(stream_prefix, keys.db_of(client)), f"!{u}")
     if sweep_again_s:
         time.sleep(sweep_again_s)
         again = sweep_again(client, u, stream_prefix)
@@ -50,7 +50,7 @@ def forget(client, log, user_id: int, stream_prefix: str = keys.STREAM, bandit_p
 def sweep_again(client, user_id: int, stream_prefix: str = keys.STREAM) -> dict:
     """The second sweep (a second after `forget`): what an aggregator batch in flight wrote back."""
     out = _sweep(client, int(user_id), stream_prefix)
-    client.publish(keys.invalidate_channel(stream_prefix), f"!{int(user_id)}")
+    client.publish(keys.invalidate_channel(stream_prefix, keys.db_of(client)), f"!{int(user_id)}")
     return out
 
 

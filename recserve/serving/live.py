@@ -72,12 +72,13 @@ class StreamWatch:
             await asyncio.sleep(self.interval_s)
 
     async def run_listen(self) -> None:
-        from recserve.streaming.aggregator import INVALIDATE_CHANNEL
+        from recserve import keys
 
+        channel = keys.invalidate_channel(db=keys.db_of(self.r))
         while True:
             ps = self.r.pubsub(ignore_subscribe_messages=True)
             try:
-                await ps.subscribe(INVALIDATE_CHANNEL)
+                await ps.subscribe(channel)
                 async for msg in ps.listen():
                     if msg and msg.get("type") == "message":
                         data = msg["data"]

@@ -25,7 +25,6 @@ from recserve.streaming.eventlog.base import behind
 
 WINDOWS = {"1h": (3600, 300), "24h": (86400, 3600), "7d": (7 * 86400, 86400)}  # span, bucket
 TREND_BUCKET_S = 300
-INVALIDATE_CHANNEL = keys.invalidate_channel()
 SUCCESS = {"click", "purchase"}
 
 # One script per batch: the whole batch's effect travels as one JSON argument (decoded by the
@@ -95,6 +94,7 @@ class AggregatorCore:
         self.processed = 0
         self.fenced = 0
         self.skipped = 0     # events of forgotten users, not folded
+        self.channel = keys.invalidate_channel(db=keys.db_of(client))
 
     def key(self, *parts) -> str:
         return keys.stream_key(*parts, prefix=self.s.prefix)
@@ -194,7 +194,7 @@ class AggregatorCore:
         pk = keys.bandit_params(self.s.bandit_prefix)
         d["bandit"] = [[pk, f, 1.0, n] for f, n in bandit.items()]  # Beta(1, 1) prior, as ThompsonBandit.update
         d["ts"] = [self.key("ts", p), json.dumps({"event_ts": last_ts, "wall": time.time()})]
-        d["pub"] = [INVALIDATE_CHANNEL, ",".join(map(str, users))]
+        d["pub"] = [self.channel, ",".join(map(str, users))]
         return [json.dumps(d, separators=(",", ":"))]
 
 
