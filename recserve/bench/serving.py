@@ -172,6 +172,30 @@ def _shard_actors() -> int:
     return len(list_actors(filters=[("class_name", "=", "ShardReplica"), ("state", "=", "ALIVE")]))
 
 
+def gate_check_us(redis_url: str, key: str, n: int = 20_000) -> float:
+    """CPU time of one key check on the request path (a known key, its quota's bucket), in µs."""
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    from recserve.auth import Gate
+    from recserve.config import _default_quotas
+
+    async def go() -> float:
+        ar = aredis.Redis.from_url(redis_url)
+        gate = Gate(ar, _default_quotas())
+        header = f"Bearer {key}"
+        assert (await gate.check(header, "recommend"))[0] is None
+        t = time.process_time()
+        for _ in range(n):
+            await gate.check(header, "recommend")
+        took = time.process_time() - t
+        await ar.aclose()
+        return took / n * 1e6
+
+    return round(asyncio.run(go()), 2)
+
+
 def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -> dict:
     from ray import serve
 
@@ -202,6 +226,8 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
 
     r = redis.Redis.from_url(cfg.redis_url)
     kid, key = KeyStore(r).create("bench serving", "recommend", {"recommend": {"rate": 1e6, "burst": 1e6}})
+    res["auth_check_us"] = gate_check_us(cfg.redis_url, key)
+    log(f"one API-key check on the request path: {res['auth_check_us']} µs of CPU")
 
     def measure(case: str, url: str, pools: dict | None = None, **kw) -> None:
         kw.setdefault("key", key)

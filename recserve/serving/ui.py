@@ -78,10 +78,16 @@ function cell(tr, text, cls) { const td = document.createElement("td"); td.textC
   if (cls) td.className = cls; tr.appendChild(td); return td; }
 function rows(table, keep) { while (table.rows.length > keep) table.deleteRow(keep); }
 function pct(x) { return (100 * x).toFixed(1) + "%"; }
-if (location.hash.startsWith("#key=")) {
-  sessionStorage.setItem("recserve-key", decodeURIComponent(location.hash.slice(5)));
-  history.replaceState(null, "", location.pathname);
+function keyFromHash() {
+  if (location.hash.startsWith("#key=")) {
+    sessionStorage.setItem("recserve-key", decodeURIComponent(location.hash.slice(5)));
+    history.replaceState(null, "", location.pathname);
+    return true;
+  }
+  return false;
 }
+keyFromHash();
+window.addEventListener("hashchange", () => { if (keyFromHash()) refresh(); });
 function auth() { const k = sessionStorage.getItem("recserve-key");
   return k ? {"authorization": "Bearer " + k} : {}; }
 document.getElementById("key-form").addEventListener("submit", (ev) => {
