@@ -45,6 +45,7 @@ class Router:
         self.svc = await build_service(c, registry_uri, index_root, choice, replicas,
                                        cache, share_as, replica=str(getattr(ctx.replica_id, "unique_id", ctx.replica_id)))
         AuthGate.gate = self.svc.gate   # this process's key check (the middleware in front of the routes)
+        api.state.vector_dim = self.svc.index.dim   # the schema says what PUT /v1/items needs
 
     async def __del__(self):
         """Graceful shutdown: background tasks stop, pending impressions and metrics are flushed;

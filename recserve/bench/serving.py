@@ -196,7 +196,9 @@ def gate_check_us(redis_url: str, key: str, n: int = 20_000) -> float:
     return round(asyncio.run(go()), 2)
 
 
-def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -> dict:
+def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, auth_only: bool = False) -> dict:
+    """All the cases; `auth_only`: only what API keys cost, each case beside the same with
+    auth.enabled false (uncached: median of three at c=4; cached: disjoint user pools)."""
     from ray import serve
 
     from deployments.app import build_app, colocated
@@ -213,8 +215,10 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
     res: dict = {"duration_s": duration, "users": len(user_ids), "cpus": os.cpu_count(),
                  "ingress": cfg.serve.ingress, "deadline_ms": cfg.serve.deadline_ms,
                  "in_router_process": colocated(cfg), "index_shards": cfg.index.num_shards, "cases": {}}
-    log(f"noop_default: the no-op behind Serve's default proxy (a Ray cluster of its own), {duration:.0f} s per point")
-    res["cases"]["noop_default"] = default_noop(duration, seed=100)
+    if not auth_only:
+        log(f"noop_default: the no-op behind Serve's default proxy (a Ray cluster of its own), {duration:.0f} s "
+            f"per point")
+        res["cases"]["noop_default"] = default_noop(duration, seed=100)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
@@ -255,6 +259,32 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
             time.sleep(0.5)
         res.setdefault("shard_actors_after_delete", {})[name] = _shard_actors()
 
+    noauth = cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"enabled": False})})
+    pools = np.array_split(user_ids, 3 * len(CONCURRENCY))
+    pools = [np.arange(p.min(), p.max() + 1) for p in pools]
+    own, aff, spread = ({c: pools[j * len(CONCURRENCY) + i] for i, c in enumerate(CONCURRENCY)} for j in range(3))
+    if auth_only:
+        for name, c, cache in (("recommend", cfg, False), ("recommend_noauth", noauth, False),
+                               ("recommend_cached", cfg, True), ("recommend_cached_noauth", noauth, True)):
+            app = name.replace("_", "-")
+            deploy(build_app(c, cache=cache, name=app), app, f"/{app}")
+            kw = {"key": None} if c is noauth else {}
+            if cache:
+                measure(name, f"{base}/{app}/v1/recommend", zipf=1.1, affinity=True,
+                        pools=own if c is cfg else spread, **kw)
+            else:
+                measure(name, f"{base}/{app}/v1/recommend", **kw)
+            delete(app)
+        serve.shutdown()
+        KeyStore(r).revoke(kid)
+        rps = lambda case: cases[case]["4"]["rps"]  # noqa: E731
+        res["auth_vs_noauth"] = round(rps("recommend") / rps("recommend_noauth"), 3)
+        res["cached_auth_vs_noauth"] = round(rps("recommend_cached") / rps("recommend_cached_noauth"), 3)
+        res["auth_p95_ms"] = {c: cases[c]["4"]["p95_ms"] for c in cases}
+        log(f"with keys / without: uncached {res['auth_vs_noauth']}, cached {res['cached_auth_vs_noauth']}")
+        write_result(out, res)
+        return res
+
     deploy(Noop.bind(), "noop", "/noop")
     measure("noop", f"{base}/noop/")
     delete("noop")
@@ -265,7 +295,6 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
     measure("recommend", f"{base}/nocache/v1/recommend")
     delete("nocache")
     # the same without API keys: what the key check and the quota cost per request
-    noauth = cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"enabled": False})})
     deploy(build_app(noauth, cache=False, name="noauth"), "noauth", "/noauth")
     measure("recommend_noauth", f"{base}/noauth/v1/recommend", key=None)
     delete("noauth")
@@ -277,9 +306,6 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print) -
     delete("split")
 
     # disjoint user pools per point: no point finds entries an earlier one cached
-    pools = np.array_split(user_ids, 3 * len(CONCURRENCY))
-    pools = [np.arange(p.min(), p.max() + 1) for p in pools]
-    own, aff, spread = ({c: pools[j * len(CONCURRENCY) + i] for i, c in enumerate(CONCURRENCY)} for j in range(3))
     deploy(build_app(cfg, cache=True, name="cached"), "cached", "/cached")
     measure("recommend_cached", f"{base}/cached/v1/recommend", zipf=1.1, affinity=True, pools=own)
     delete("cached")

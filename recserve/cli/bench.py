@@ -31,6 +31,8 @@ def bench_index(out: Path = typer.Option(Path("benchmarks/results/index.json")),
 @bench_app.command("serving")
 def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json")),
                   duration: float = typer.Option(15.0, min=1, help="seconds per case and concurrency"),
+                  auth_only: bool = typer.Option(False, "--auth-only", help="only what API keys cost: recommend, "
+                                                 "cached and not, with keys and with auth.enabled false"),
                   config: Optional[Path] = ConfigOpt):
     """/v1/recommend (cache off; cache on with Zipf users) against a FastAPI no-op served the same way
     and behind Serve's default proxy, at concurrency 1, 4, 16, each point with its own users; CPU per
@@ -39,7 +41,7 @@ def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json
 
     cfg = _cfg(config)
     try:
-        res = run(cfg, duration, out, log=_progress("bench serving"))
+        res = run(cfg, duration, out, log=_progress("bench serving"), auth_only=auth_only)
     except RuntimeError as e:
         _fail(e)
     console.print_json(json.dumps({k: v for k, v in res.items() if k != "cases"}))

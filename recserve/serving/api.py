@@ -21,6 +21,7 @@ MAX_K = 100
 MAX_FUTURE_S = 300          # an event more than 5 min in the future is rejected
 MAX_PAST_S = 30 * 86400     # ... and one older than 30 days
 MAX_ID = 2**63 - 1          # ids are int64 everywhere they are stored (index, Redis keys, parquet)
+MAX_VECTOR_VALUE = 3.4e38   # vectors are float32 in the index: a larger value would become infinite
 
 Id = Annotated[int, Field(ge=0, le=MAX_ID)]
 
@@ -120,6 +121,8 @@ class CatalogueItem(_Strict):
     def _finite_vec(cls, v: list[float] | None) -> list[float] | None:
         if v is not None and not all(math.isfinite(x) for x in v):
             raise ValueError("vector holds NaN or infinite values")
+        if v is not None and any(abs(x) > MAX_VECTOR_VALUE for x in v):
+            raise ValueError(f"vector values must lie within ±{MAX_VECTOR_VALUE:g} (the index stores float32)")
         return v
 
 
@@ -286,6 +289,13 @@ def install_auth(app) -> None:
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "an API key from `recserve keys create` (Authorization: Bearer <key>)"}}
         err = {"content": {"application/json": {"schema": {"type": "object"}}}}
+        dim = getattr(app.state, "vector_dim", None)   # the served index's: an item's vector must have it
+        item = schema.get("components", {}).get("schemas", {}).get("CatalogueItem")
+        if dim and item and "vector" in item.get("properties", {}):
+            item["properties"]["vector"] = {"type": "array", "items": {"type": "number"}, "minItems": dim,
+                                            "maxItems": dim, "title": "Vector",
+                                            "description": f"the item's embedding: {dim} finite numbers"}
+            item["required"] = sorted(set(item.get("required", [])) | {"vector"})
         for path, ops in schema.get("paths", {}).items():
             for method, op in ops.items():
                 scope = required_scope(method.upper(), path)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from recserve.index.client import IndexUnavailable
+from recserve.index.shard import ShardError
 from recserve.serving.api import error_body, first_repeat
 from recserve.serving.cache import CacheStats, ResponseCache
 from recserve.serving.ladder import LEVEL_TEMPLATES, Ladder
@@ -294,6 +295,8 @@ class RecService:
         except IndexUnavailable as e:
             return 503, error_body("unavailable", f"{e}: the write is in the shard's log and will be applied "
                                                   f"when a replica recovers; retrying it is safe", None), RETRY
+        except ShardError as e:   # the batch itself is unfit for the index (checked before any write)
+            return 422, error_body("invalid_request", f"items: {e}", "items"), None
         self.stage.add_items({it.item_id: it.category for it in items})
         self.cache.clear()  # this replica's cached lists predate the catalogue change
         return 200, {"upserted": len(items), "shards": {str(k): v for k, v in acks.items()}}, None

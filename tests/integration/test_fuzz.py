@@ -28,6 +28,8 @@ def test_fuzzing_the_live_api_finds_no_5xx_and_no_change_after_a_4xx(serving):
         bad = eps[op]["invalid_with_key"]["status"]
         assert sum(n for code, n in bad.items() if code.startswith("4")) >= sum(bad.values()) / 2, eps[op]
     assert "200" in eps["POST /v1/recommend"]["valid_with_key"]["status"]
+    # the schema gives the index's dimension, so valid catalogue writes reach the index
+    assert "200" in eps["PUT /v1/items"]["valid_with_key"]["status"], eps["PUT /v1/items"]
 
 
 def test_the_state_probe_sees_what_a_write_changes(serving):
