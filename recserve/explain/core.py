@@ -172,11 +172,12 @@ class ExplainerCore:
         elif tier is not None:
             self.queue_depth += 1
             try:
-                texts, per_prompt = await self._generate(tier, [prompt_for(signals[j]) for j in todo], t0 + budget_s)
+                prompt = getattr(tier.backend, "prompt", prompt_for)
+                texts, per_prompt = await self._generate(tier, [prompt(signals[j]) for j in todo], t0 + budget_s)
                 tokens = sum(per_prompt)
                 for j, text in zip(todo, texts):
                     sentence = first_sentence(text)
-                    if self.grounding.check(sentence, allowed_names(signals[j]))[0]:
+                    if self.grounding.check(sentence, allowed_names(signals[j]), grounded_facts(signals[j]))[0]:
                         reasons[j], sources[j] = [sentence], "llm"
                         self._cache_put(keys[j], (sentence, tier.name, tier.backend.name))
                         writer = (tier.name, tier.backend.name)
@@ -276,6 +277,7 @@ def from_config(cfg, grounding: Grounding | None = None, registry=None, warm: bo
     if grounding is None:
         grounding = catalogue_grounding(registry) if ec.backend != "templates" else Grounding()
     tiers: dict[str, Any] = {}
+    grounding.lexical = faithful_check(ec) if ec.backend != "templates" else False
     if ec.backend != "templates":
         tiers["large"] = make_backend(ec.backend, ec.model, ec.device, ec.dtype, "explainer.model")
         if ec.small_model:
@@ -287,6 +289,18 @@ def from_config(cfg, grounding: Grounding | None = None, registry=None, warm: bo
     if ec.warmup if warm is None else warm:
         core.warm()
     return core
+
+
+def faithful_check(ec) -> bool:
+    """explainer.faithful: auto = the lexical check for a real model; a random-weight test model
+    (recserve.explain.test_models marks its directory) writes random words, so only names are checked."""
+    if ec.faithful != "auto":
+        return bool(ec.faithful)
+    from pathlib import Path
+
+    from recserve.explain.test_models import MARKER
+
+    return not (Path(ec.model or "") / MARKER).exists()
 
 
 def catalogue_grounding(registry) -> Grounding:

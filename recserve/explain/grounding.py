@@ -32,13 +32,49 @@ def title_forms(title: str) -> list[tuple[str, ...]]:
     return [f for f in forms if f]
 
 
+# the words a faithful sentence may use besides the item's title, its facts and the names in them:
+# pronouns, articles, connectives and the verbs of recommending; no praise, plot or quality words
+CONNECTIVES = frozenset("""
+a an the and or but so because since as also too both it its it's this that these those which who what here
+is are was were be been being has have had do does did will would can could might may
+you your you've you're yours we we're our us i they their them he she his her
+to of for in on at by from with about into than then just now here's there there's
+recommend recommended recommending recommendation suggest suggested pick picked picks try
+like likes liked enjoy enjoyed watch watched watching see seen saw look looked looking check out one
+""".split())   # claim words ("often", "together", "similar", "trending", "new", "taste") only from the facts
+
+
+def display_title(title: str) -> str:
+    """A catalogue title as a sentence would name it: "Bug's Life, A (1998)" -> "A Bug's Life"."""
+    t = _YEAR.sub("", title).strip()
+    m = _ARTICLE.match(t)
+    return f"{m.group(2)} {m.group(1)}" if m else t
+
+
+def lexical_check(text: str, facts: list[str], names: list[str]) -> tuple[bool, str]:
+    """(ok, why not): every word of the sentence comes from the item's facts, the names it was
+    given (title, category, the similar item) or CONNECTIVES; anything else ("classic", "praised",
+    "storytelling", "game") is a claim the facts do not hold."""
+    vocab = set(CONNECTIVES)
+    for t in list(facts) + list(names):
+        vocab |= set(_words(t))
+        vocab |= {w for f in title_forms(t) for w in f}
+    extra = [w for w in _words(text) if w not in vocab and w.rstrip("s") not in vocab and w + "s" not in vocab]
+    if extra:
+        return False, "adds " + ", ".join(dict.fromkeys(extra))
+    return True, ""
+
+
 @dataclass
 class Grounding:
     """The catalogue's names (item titles, categories) as word sequences: what a sentence could
-    name. A sentence passes when every catalogue name it contains is among the item's facts."""
+    name. A sentence passes when every catalogue name it contains is among the item's facts and,
+    with `lexical` (a real model: explainer.faithful), when every word comes from its facts, its
+    names or CONNECTIVES (lexical_check)."""
 
     terms: set[tuple[str, ...]] = field(default_factory=set)
     max_len: int = 1
+    lexical: bool = False
 
     @classmethod
     def from_catalogue(cls, titles: list[str], categories: list[str]) -> "Grounding":
@@ -68,9 +104,9 @@ class Grounding:
                         taken[j] = True
         return found
 
-    def check(self, text: str, allowed: list[str]) -> tuple[bool, str]:
+    def check(self, text: str, allowed: list[str], facts: list[str] | None = None) -> tuple[bool, str]:
         """(ok, why not): a non-empty sentence naming only `allowed` catalogue names (and no item
-        number it was not given)."""
+        number it was not given); with `lexical` and the item's `facts`, using only their words."""
         if not _words(text):
             return False, "empty"
         ok_terms: set[tuple[str, ...]] = set()
@@ -83,6 +119,8 @@ class Grounding:
         for num in re.findall(r"(?:item|#)\s*(\d+)", text.lower()):
             if not any(num in _words(a) for a in allowed):
                 return False, f"names item {num}"
+        if self.lexical and facts is not None:
+            return lexical_check(text, facts, allowed)
         return True, ""
 
 
@@ -104,7 +142,8 @@ def grounded_facts(signal: dict) -> list[str]:
     keys = [k for k in ranking_facts(signal) if cat or not k.endswith("_category")]
     n_cat = sum(k.endswith("_category") for k in keys)   # the category fact comes first
     facts = [PROMPT_FACTS[k].format(category=cat) for k in keys[:n_cat]]
-    facts += [f"it is similar to {s['title']}, which the user just saw" for s in signal.get("similar_seen") or []]
+    facts += [f"it is similar to {display_title(s['title'])}, which the user just saw"
+              for s in signal.get("similar_seen") or []]
     facts += [PROMPT_FACTS[k].format(category=cat) for k in keys[n_cat:]]
     return facts or ["it matches the user's taste"]
 
@@ -113,6 +152,34 @@ def allowed_names(signal: dict) -> list[str]:
     out = [signal.get("title") or "", signal.get("category") or ""]
     out += [s["title"] for s in signal.get("similar_seen") or []]
     return [x for x in out if x]
+
+
+SYSTEM = ("You explain a recommendation to a user in one short sentence. Use only the facts given; "
+          "add no praise, plot, quality or other claims.")
+FEW_SHOT = [
+    ("Item: Heat (Action). Facts: the user has been looking at Action; it is trending now.",
+     "We recommend Heat because you have been looking at Action, and it is trending now."),
+    ("Item: Toy Story (Animation). Facts: it is similar to A Bug's Life, which the user just saw.",
+     "Toy Story is similar to A Bug's Life, which you just saw."),
+    ("Item: Casino (Crime). Facts: the user often chooses Crime; it is often viewed together with items the "
+     "user just saw.",
+     "You often choose Crime, and Casino is often viewed together with what you just saw."),
+]
+
+
+def chat_item(signal: dict) -> str:
+    """One item as a chat model's user turn: its title, category and the facts that ranked it."""
+    title = display_title(signal.get("title") or "") or f"item {signal['item_id']}"
+    cat = signal.get("category") or "its category"
+    return f"Item: {title} ({cat}). Facts: {'; '.join(grounded_facts(signal))}."
+
+
+def chat_messages(item_turn: str) -> list[dict]:
+    """The system rule, the few-shot turns (facts-only, one sentence each) and the item's turn."""
+    msgs = [{"role": "system", "content": SYSTEM}]
+    for q, a in FEW_SHOT:
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return msgs + [{"role": "user", "content": item_turn}]
 
 
 def prompt_for(signal: dict) -> str:

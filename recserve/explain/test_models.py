@@ -25,6 +25,9 @@ PROMPT_WORDS = ("write one short sentence telling a user why we recommend use on
                 "now something new shown explore user's taste matches its category you because and this").split()
 
 
+MARKER = "recserve_random_model.txt"   # in a built model's directory: its sentences mean nothing
+
+
 def vocabulary(words: list[str] | None = None, size: int | None = None) -> list[str]:
     """Specials, the prompt's words, `words` (lower-cased, deduplicated), padded to `size`."""
     seen, out = set(), []
@@ -72,6 +75,7 @@ def build_random_model(out: str | Path, size: str = "tiny", words: list[str] | N
     cfg = LlamaConfig(vocab_size=len(vocab), max_position_embeddings=512, pad_token_id=0, bos_token_id=2,
                       eos_token_id=3, **spec)
     LlamaForCausalLM(cfg).save_pretrained(out)
+    (Path(out) / MARKER).write_text("random weights (recserve.explain.test_models): fluent nonsense, for timings\n")
     return out
 
 

