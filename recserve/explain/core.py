@@ -19,6 +19,9 @@
 - **Deadline**: each request brings its budget (what is left of the request's, at most the seed's
   300 ms); waiting for the model and generating both count; past it, templates.
 - **Cache**: sentences per (user, item, facts), least recently used out first.
+- **Background fill**: a request past its deadline gets templates at once, but its prompts stay
+  queued (behind every request still in time, for up to `background_s`) and their sentences go
+  into the cache: the user's next request for those items is LLM-explained.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class ExplainerSettings:
     latency_window_s: float = 30.0
     cache_entries: int = 100_000
     max_batch_prompts: int = 64       # prompts per generation call (requests waiting together share one)
+    background_fill: bool = True      # past the deadline: templates now, the sentences into the cache later
+    background_s: float = 60.0        # how long a late request's prompts may wait to be generated
+    max_background: int = 512         # prompts waiting for the background at most (past it: dropped)
 
 
 @dataclass
@@ -59,6 +65,7 @@ class _Waiting:
     prompts: list[str]
     deadline: float
     future: asyncio.Future
+    background: bool = False     # its request already answered with templates: only the cache waits
 
 
 @dataclass
@@ -105,7 +112,9 @@ class ExplainerCore:
         self.queue_depth = 0
         self.cache: OrderedDict[tuple, tuple[str, str, str]] = OrderedDict()   # key -> (sentence, tier, model)
         self.counts = {"requests": 0, "llm": 0, "templates": 0, "queue_full": 0, "deadline": 0, "error": 0,
-                       "rejected": 0, "cache_hits": 0, "tokens": 0}
+                       "rejected": 0, "cache_hits": 0, "tokens": 0, "background_filled": 0,
+                       "background_rejected": 0}
+        self.background_waiting = 0   # prompts of late requests still to generate
 
     # ---------------------------------------------------------------- tiers
     @property
@@ -173,7 +182,9 @@ class ExplainerCore:
             self.queue_depth += 1
             try:
                 prompt = getattr(tier.backend, "prompt", prompt_for)
-                texts, per_prompt = await self._generate(tier, [prompt(signals[j]) for j in todo], t0 + budget_s)
+                late = self._filler(tier, [signals[j] for j in todo], [keys[j] for j in todo])
+                texts, per_prompt = await self._generate(tier, [prompt(signals[j]) for j in todo], t0 + budget_s,
+                                                         late)
                 tokens = sum(per_prompt)
                 for j, text in zip(todo, texts):
                     sentence = first_sentence(text)
@@ -203,7 +214,26 @@ class ExplainerCore:
                 "items": n, "llm_items": llm_items, "lookups": lookups, "cached": cached, "rejected": rejected,
                 "tokens": tokens, "ms": round((self.clock() - t0) * 1000, 2)}
 
-    async def _generate(self, tier: _Tier, prompts: list[str], deadline: float) -> tuple[list[str], list[int]]:
+    def _filler(self, tier: _Tier, signals: list[dict], keys: list[tuple]):
+        """What to do with a late request's generation when it arrives: check each sentence and
+        cache it (the request itself was answered with templates)."""
+        def fill(fut: asyncio.Future) -> None:
+            self.background_waiting -= len(signals)
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            texts, tokens = fut.result()
+            self.counts["tokens"] += sum(tokens)
+            for sig, key, text in zip(signals, keys, texts):
+                sentence = first_sentence(text)
+                if self.grounding.check(sentence, allowed_names(sig), grounded_facts(sig))[0]:
+                    self._cache_put(key, (sentence, tier.name, tier.backend.name))
+                    self.counts["background_filled"] += 1
+                else:
+                    self.counts["background_rejected"] += 1
+        return fill
+
+    async def _generate(self, tier: _Tier, prompts: list[str], deadline: float,
+                        late=None) -> tuple[list[str], list[int]]:
         """This request's prompts generated within its deadline. Requests wait in the tier's queue;
         one generation runs at a time per tier, over every request waiting when it starts (up to
         `max_batch_prompts` prompts): a request's items always go in one call, and concurrent
@@ -215,15 +245,35 @@ class ExplainerCore:
         if tier.pool is None:
             tier.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"explain-{tier.name}")
         fut = loop.create_future()
-        tier.pending.append(_Waiting(prompts, deadline, fut))
+        waiting = _Waiting(prompts, deadline, fut)
+        tier.pending.append(waiting)
         if tier.worker is None or tier.worker.done():
             tier.worker = loop.create_task(self._drain(tier))
+        s = self.settings
         try:
             res = await asyncio.wait_for(asyncio.shield(fut), timeout=left)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
-            fut.cancel()   # not started: skipped; started: its result is dropped
+        except asyncio.TimeoutError:
+            if late is not None and s.background_fill and self.background_waiting + len(prompts) <= s.max_background:
+                # answered with templates now; the prompts wait behind the requests still in time
+                if fut.done():   # the drain gave up on it (it could not be in time): queued again
+                    fut = loop.create_future()
+                    waiting = _Waiting(prompts, 0.0, fut)
+                    tier.pending.append(waiting)
+                    if tier.worker is None or tier.worker.done():
+                        tier.worker = loop.create_task(self._drain(tier))
+                waiting.background, waiting.deadline = True, self.clock() + s.background_s
+                self.background_waiting += len(prompts)
+                fut.add_done_callback(late)
+            else:
+                fut.cancel()   # not started: skipped; started: its result is dropped
+            raise
+        except asyncio.CancelledError:
+            fut.cancel()
             raise
         if self.clock() > deadline:
+            if late is not None and s.background_fill:
+                self.background_waiting += len(prompts)
+                late(fut)      # generated, but too late for the answer: into the cache
             raise asyncio.TimeoutError
         return res
 
@@ -232,7 +282,11 @@ class ExplainerCore:
         loop = asyncio.get_running_loop()
         while tier.pending:
             now = self.clock()
+            for w in tier.pending:
+                if not w.future.done() and w.deadline <= now:
+                    w.future.cancel()   # past its time (a late request's fill too): nobody waits for it
             live = [w for w in tier.pending if not w.future.done() and w.deadline > now]
+            live.sort(key=lambda w: w.background)   # requests still in time first, late ones' fill after
             batch, n, first_deadline = [], 0, math.inf
             for w in live:
                 m, d = n + len(w.prompts), min(first_deadline, w.deadline)
@@ -267,6 +321,7 @@ class ExplainerCore:
 
     def stats(self) -> dict:
         return {"queue_depth": self.queue_depth, "tiers": self.backend_names, "cache_entries": len(self.cache),
+                "background_waiting": self.background_waiting,
                 "generation_calls": {n: t.calls for n, t in self.tiers.items()}, **self.counts}
 
 

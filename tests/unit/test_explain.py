@@ -226,6 +226,39 @@ def test_the_deadline_falls_back_to_templates_in_time(models, grounding):
     assert core.counts["deadline"] == 2 and core.queue_depth == 0
 
 
+def test_a_late_request_fills_the_cache_for_the_next_one(models, grounding):
+    """Past the deadline the answer has templates at once, and the generation goes on behind the
+    requests in time: its sentences reach the cache, so the same items come LLM-explained next."""
+    be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.4)
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(budget_ms=300))
+    items = [signal(), signal(item_id=2)]
+
+    async def go():
+        t = time.perf_counter()
+        first = await core.explain(7, items, 100)
+        took = time.perf_counter() - t
+        for _ in range(100):
+            if core.counts["background_filled"] + core.counts["background_rejected"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        return first, took, await core.explain(7, items, 100)
+
+    first, took, second = run(go())
+    assert first["fallback"] == "deadline" and first["llm_items"] == 0 and took < 0.3
+    assert core.counts["background_filled"] == 2 and core.background_waiting == 0
+    assert second["sources"] == ["cache", "cache"] and second["fallback"] is None and second["llm_items"] == 2
+    # with background_fill off, a late request's generation is dropped
+    off = ExplainerCore({"large": Counting(be.backend, delay_s=0.4)}, grounding,
+                        ExplainerSettings(budget_ms=300, background_fill=False))
+
+    async def go_off():
+        await off.explain(7, items, 100)
+        await asyncio.sleep(0.8)
+        return await off.explain(7, items, 100)
+
+    assert run(go_off())["sources"] != ["cache", "cache"] and off.counts["background_filled"] == 0
+
+
 def test_a_full_queue_falls_back_at_once(models, grounding):
     be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.4)
     core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_queue=1, budget_ms=2000))
