@@ -83,6 +83,8 @@ def main() -> None:
     p.add_argument("--out", required=True, help="a folder for gpu_check.json and explain-gpu.json")
     p.add_argument("--model", default=None, help="the explainer's model (default: a random-weights 0.5B Llama)")
     p.add_argument("--requests", type=int, default=50)
+    p.add_argument("--size", default="0.5b", help="the random-weights model's shape without --model: 0.5b, "
+                                                  "smollm2 (the real explainer's), small, tiny")
     a = p.parse_args()
     import torch
 
@@ -101,8 +103,8 @@ def main() -> None:
     try:
         from recserve.bench.explain import run
 
-        ex = run(["transformers", "vllm"], a.model, None if a.model else "0.5b", "cuda", a.requests, 4, 32, 300.0,
-                 out / "explain-gpu.json", log=lambda m: print(m, flush=True))
+        ex = run(["transformers", "vllm"], a.model, None if a.model else a.size, "cuda", a.requests, 4, 32, 300.0,
+                 out / f"explain-gpu-{a.size if not a.model else 'model'}.json", log=lambda m: print(m, flush=True))
         res["explain"] = {k: v for k, v in ex.items() if k != "backends"}
         res["explain"]["backends"] = ex["backends"]
     except Exception as e:  # noqa: BLE001

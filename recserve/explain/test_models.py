@@ -16,6 +16,9 @@ SIZES = {
                  num_key_value_heads=2, vocab_size=None),
     "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=4, vocab_size=8192),
+    # SmolLM2-135M-Instruct's shape (the real explainer model): its timings on a machine its weights cannot reach
+    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                    num_key_value_heads=3, vocab_size=49_152, tie_word_embeddings=True),
     "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, vocab_size=151_936, tie_word_embeddings=True),
 }
