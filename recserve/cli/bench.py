@@ -111,7 +111,7 @@ def bench_explain(out: Path = typer.Option(Path("benchmarks/results/explain.json
                                                "not available here is reported as skipped"),
                   model: Optional[str] = typer.Option(None, help="a local model directory (default: build a "
                                                       "random-weights model, nothing is downloaded)"),
-                  size: Optional[str] = typer.Option(None, help="size of the built model: tiny | small | 0.5b "
+                  size: Optional[str] = typer.Option(None, help="size of the built model: tiny | small | smollm2 | 0.5b "
                                                      "(default: small on CPU, 0.5b on a GPU)"),
                   device: str = typer.Option("auto", help="auto | cpu | cuda"),
                   requests: int = typer.Option(100, min=1, help="requests of 10 items per pass"),
