@@ -14,7 +14,7 @@ from recserve.serving.api import (
     ItemsRequest,
     RecommendRequest,
     RecommendResponse,
-    error_body,
+    id_out_of_range,
     install_auth,
     install_error_handlers,
 )
@@ -102,11 +102,9 @@ class Router:
 
     @api.delete("/v1/items/{item_id}")
     async def delete_item(self, item_id: int):
-        from recserve.serving.api import MAX_ID
-
-        if item_id < 0 or item_id > MAX_ID:
-            return JSONResponse(error_body("invalid_request", f"item_id must be between 0 and {MAX_ID}",
-                                           "item_id"), 422)
+        bad = id_out_of_range(item_id, "item_id")
+        if bad:
+            return JSONResponse(bad, 422)
         code, body, headers = await self.svc.delete_item(item_id)
         return JSONResponse(body, code, headers=headers)
 
@@ -114,11 +112,9 @@ class Router:
     async def forget_user(self, user_id: int):
         """Forget a user (admin): live context, counters, cached answers, bandit logs and logged
         events go; a tombstone keeps aggregators and the next training run from using them."""
-        from recserve.serving.api import MAX_ID
-
-        if user_id < 0 or user_id > MAX_ID:
-            return JSONResponse(error_body("invalid_request", f"user_id must be between 0 and {MAX_ID}",
-                                           "user_id"), 422)
+        bad = id_out_of_range(user_id, "user_id")
+        if bad:
+            return JSONResponse(bad, 422)
         code, body, headers = await self.svc.forget_user(user_id)
         return JSONResponse(body, code, headers=headers)
 

@@ -158,9 +158,12 @@ class Gate:
     Looked-up keys are remembered until `auth:gen` changes; a Redis that cannot be reached keeps
     the remembered keys working and refuses unknown ones with 503 (it cannot tell)."""
 
-    def __init__(self, aredis, quotas: dict[str, dict[str, float]], replicas: int = 1, enabled: bool = True):
+    def __init__(self, aredis, quotas: dict[str, dict[str, float]] | None = None, replicas: int = 1,
+                 enabled: bool = True):
+        from recserve.config import _default_quotas
+
         self.r = aredis
-        self.quotas = quotas
+        self.quotas = {**_default_quotas(), **(quotas or {})}   # a scope the config leaves out keeps its default
         self.share = 1.0 / max(1, replicas)
         self.enabled = enabled
         self.known: dict[str, Principal | None] = {}
@@ -194,14 +197,14 @@ class Gate:
     def _bucket(self, p: Principal, scope: str) -> TokenBucket:
         b = self.buckets.get((p.id, scope))
         if b is None:
-            q = p.quota.get(scope) or self.quotas.get(scope) or {"rate": 100.0, "burst": 200.0}
+            q = p.quota.get(scope) or self.quotas[scope]
             rate = float(q["rate"]) * self.share
             b = self.buckets[(p.id, scope)] = TokenBucket(rate, max(1.0, float(q["burst"]) * self.share))
         return b
 
     async def check(self, authorization: str | None, scope: str):
-        """None when the request may go on (with the principal in `.last`), else (status, code,
-        message, headers)."""
+        """(refusal, principal): refusal is None when the request may go on, else (status, code,
+        message, headers); principal is the key's, when it is a valid one."""
         if not self.enabled:
             return None, None
         if not authorization:

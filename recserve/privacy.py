@@ -10,8 +10,8 @@
      trimmed with the retention).
   3. every router replica drops the user's cached answers and last personalized list (a `!<user>`
      on the invalidation channel).
-The stores are swept twice, a second apart: an aggregator batch folded just before the tombstone
-was written cannot bring the context back."""
+The stores are swept twice, a second apart (`forget`, then `sweep_again`): an aggregator batch
+folded just before the tombstone was written cannot bring the context back."""
 
 from __future__ import annotations
 
@@ -28,21 +28,17 @@ def tombstones(client) -> dict[int, float]:
     return {int(k): float(v) for k, v in client.hgetall(keys.FORGOTTEN).items()}
 
 
-def forget(client, log, user_id: int, stream_prefix: str = keys.STREAM, bandit_prefix: str = keys.BANDIT,
-           sweep_again_s: float = SWEEP_AGAIN_S) -> dict:
+def forget(client, log, user_id: int, stream_prefix: str = keys.STREAM, bandit_prefix: str = keys.BANDIT) -> dict:
     """Forget `user_id` everywhere (a synchronous Redis client; `log` the application's event log).
-    Returns what was removed from each store."""
+    Returns what was removed from each store. The caller runs `sweep_again` SWEEP_AGAIN_S later."""
     u = int(user_id)
     at = time.time()
     client.hset(keys.FORGOTTEN, str(u), f"{at:.3f}")
     out = _sweep(client, u, stream_prefix)
-    out["impressions"] = _drop_impressions(client, u, bandit_prefix)
+    out["impressions"] = _xdel_where(client, keys.bandit_impressions(bandit_prefix), "+",
+                                     lambda f: f.get(b"user_id") == str(u).encode())
     out["log_entries"] = _drop_log_entries(client, log, u, stream_prefix)
     client.publish(keys.invalidate_channel(stream_prefix, keys.db_of(client)), f"!{u}")
-    if sweep_again_s:
-        time.sleep(sweep_again_s)
-        again = sweep_again(client, u, stream_prefix)
-        out = {k: v + again.get(k, 0) for k, v in out.items()}
     out["forgotten_at"] = round(at, 3)
     return out
 
@@ -62,23 +58,27 @@ def _sweep(client, u: int, prefix: str) -> dict:
     return {"context": n_ctx, "counters": n_cnt}
 
 
-def _drop_impressions(client, u: int, prefix: str) -> int:
-    key, start, gone = keys.bandit_impressions(prefix), "-", 0
+def _xdel_where(client, stream: str, max_id: str, mine, counter: str | None = None, page: int = 5000) -> int:
+    """Delete the entries of `stream` up to `max_id` whose fields `mine` accepts (adding how many to
+    `counter` in the same transaction); returns how many went."""
+    start, gone = "-", 0
     while True:
-        rows = client.xrange(key, min=start, max="+", count=5000)
-        if not rows:
+        rows = client.xrange(stream, min=start, max=max_id, count=page)
+        ids = [eid for eid, f in rows if mine(f)]
+        if ids:
+            pipe = client.pipeline(transaction=True)
+            pipe.xdel(stream, *ids)
+            if counter:
+                pipe.incrby(counter, len(ids))
+            gone += int(pipe.execute()[0])
+        if len(rows) < page:
             return gone
-        mine = [eid for eid, f in rows if f.get(b"user_id") == str(u).encode()]
-        if mine:
-            gone += int(client.xdel(key, *mine))
-        last = rows[-1][0].decode()
-        start = "(" + last
-        if len(rows) < 5000:
-            return gone
+        start = "(" + rows[-1][0].decode()
 
 
 def _drop_log_entries(client, log, u: int, prefix: str) -> int:
-    """The user's entries of the Redis event log up to the aggregators' committed offset."""
+    """The user's entries of the Redis event log up to the aggregators' committed offset (counted
+    as trimmed, so length-based figures such as the lag stay exact)."""
     from recserve.streaming.eventlog.base import partition_of
     from recserve.streaming.eventlog.redis import RedisStreamLog
 
@@ -88,25 +88,14 @@ def _drop_log_entries(client, log, u: int, prefix: str) -> int:
     off = client.get(keys.committed_offset(p, prefix))
     if not off:
         return 0
-    off = off.decode()
-    stream, start, gone = log.stream(p), "-", 0
-    while True:
-        rows = client.xrange(stream, min=start, max=off, count=5000)
-        mine = []
-        for eid, f in rows:
-            try:
-                if int(json.loads(f[b"e"]).get("user_id", -1)) == u:
-                    mine.append(eid)
-            except (KeyError, ValueError, TypeError, AttributeError):
-                continue
-        if mine:
-            pipe = client.pipeline(transaction=True)
-            pipe.xdel(stream, *mine)
-            pipe.incrby(log.trimmed_key(p), len(mine))
-            gone += int(pipe.execute()[0])
-        if len(rows) < 5000:
-            return gone
-        start = "(" + rows[-1][0].decode()
+
+    def mine(f) -> bool:
+        try:
+            return int(json.loads(f[b"e"]).get("user_id", -1)) == u
+        except (KeyError, ValueError, TypeError, AttributeError):
+            return False
+
+    return _xdel_where(client, log.stream(p), off.decode(), mine, log.trimmed_key(p))
 
 
 def drop_forgotten(events, gone: dict[int, float]):

@@ -211,8 +211,11 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
             t_start = time.time()
             fault_at = None
             lead = min(3.0, phase_s / 4)
-            samples = _aof_sizes(Path(cfg.data_dir) / "redis" / "appendonly.aof", lead) if name == "host_crash" \
-                else time.sleep(lead)
+            samples = []
+            if name == "host_crash":   # what the AOF held when, over the lead-in
+                samples = _aof_sizes(Path(cfg.data_dir) / "redis" / "appendonly.aof", lead)
+            else:
+                time.sleep(lead)
             if name == "kill_ranker_replica":
                 pid = _pids("ServeReplica:chaos:Ranker")[0]
                 fault_at = time.time()

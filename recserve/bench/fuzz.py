@@ -37,37 +37,28 @@ def _digest(x) -> str:
 class StateProbe:
     """What a request could change, read from the stores themselves and the router's status."""
 
-    def __init__(self, http, redis_client, registry_uri: str, partitions: int, event_prefix: str = keys.EVENTS,
-                 stream_prefix: str = keys.STREAM, bandit_prefix: str = keys.BANDIT):
+    def __init__(self, http, redis_client, registry_uri: str, log, stream_prefix: str = keys.STREAM,
+                 bandit_prefix: str = keys.BANDIT):
         self.http = http             # an httpx.Client with the admin key, at the application's URL
         self.r = redis_client
         self.registry_uri = registry_uri
-        self.partitions = partitions
-        self.ev, self.st, self.bandit = event_prefix, stream_prefix, bandit_prefix
-
-    def _appended_and_done(self) -> tuple[list[int], list[int]]:
-        pipe = self.r.pipeline(transaction=False)
-        for p in range(self.partitions):
-            pipe.xlen(keys.event_stream(p, self.ev))
-            pipe.get(keys.event_trimmed(p, self.ev))
-            pipe.get(keys.committed_count(p, self.st))
-        res = pipe.execute()
-        appended = [int(res[3 * p] or 0) + int(res[3 * p + 1] or 0) for p in range(self.partitions)]
-        return appended, [int(res[3 * p + 2] or 0) for p in range(self.partitions)]
+        self.log = log               # the application's event log (recserve.streaming.eventlog.make_log)
+        self.st, self.bandit = stream_prefix, bandit_prefix
 
     def quiesce(self, timeout_s: float = 10.0) -> None:
         """Wait until the aggregators committed every appended event (their folds change the bandit)."""
+        from recserve.streaming.aggregator import lag
+
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            a, d = self._appended_and_done()
-            if all(x <= y for x, y in zip(a, d)):
-                return
+        while time.monotonic() < deadline and any(lag(self.r, self.log, self.st).values()):
             time.sleep(0.02)
 
     def snapshot(self) -> dict:
         from recserve.registry import Registry
 
-        appended, _ = self._appended_and_done()
+        pipe = self.r.pipeline(transaction=False)
+        self.log.queue_appended(pipe)
+        appended = self.log.appended(pipe.execute())
         st = self.http.get("/v1/status").json()
         return {"event_log": appended, "index_vectors": st.get("index", {}).get("vectors"),
                 "bandit": _digest(sorted(self.r.hgetall(keys.bandit_params(self.bandit)).items())),
@@ -219,7 +210,9 @@ def deploy_and_fuzz(cfg, http_root: str, examples: int, seed: int = 0, name: str
         if got is None:
             raise RuntimeError(f"the fuzz application did not answer ({last})")
         with httpx.Client(base_url=base, timeout=30, headers={"authorization": f"Bearer {key}"}) as c:
-            probe = StateProbe(c, r, registry_uri, fcfg.stream.partitions)
+            from recserve.streaming.eventlog import make_log
+
+            probe = StateProbe(c, r, registry_uri, make_log(fcfg, r))
             res = fuzz(base, key, probe, examples, seed, log)
     finally:
         serve.delete(name)

@@ -179,11 +179,10 @@ def gate_check_us(redis_url: str, key: str, n: int = 20_000) -> float:
     import redis.asyncio as aredis
 
     from recserve.auth import Gate
-    from recserve.config import _default_quotas
 
     async def go() -> float:
         ar = aredis.Redis.from_url(redis_url)
-        gate = Gate(ar, _default_quotas())
+        gate = Gate(ar)
         header = f"Bearer {key}"
         assert (await gate.check(header, "recommend"))[0] is None
         t = time.process_time()

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from recserve.auth import required_scope
 from recserve.schemas import EVENT_TYPES
 
 MAX_BODY_BYTES = 1 << 20
@@ -130,6 +131,13 @@ class ItemsRequest(_Strict):
     items: list[CatalogueItem] = Field(min_length=1, max_length=MAX_EVENTS)
 
 
+def id_out_of_range(value: int, field: str) -> dict[str, Any] | None:
+    """The 422 body for a path id outside what the system stores (0 .. int64), or None."""
+    if 0 <= value <= MAX_ID:
+        return None
+    return error_body("invalid_request", f"{field} must be between 0 and {MAX_ID}", field)
+
+
 def first_repeat(values: list, what: str) -> dict[str, Any] | None:
     """The 422 body for the first value that repeats an earlier one in the same batch (`what`:
     "events.{}.event_id"), or None; None values are not compared."""
@@ -245,8 +253,6 @@ class AuthGate:
         self.app = app
 
     async def __call__(self, scope, receive, send):
-        from recserve.auth import required_scope
-
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, root = scope["path"], scope.get("root_path") or ""
@@ -280,8 +286,6 @@ def install_auth(app) -> None:
     plain = app.openapi
 
     def openapi():
-        from recserve.auth import required_scope
-
         if app.openapi_schema:
             return app.openapi_schema
         schema = plain()

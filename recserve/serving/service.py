@@ -192,7 +192,7 @@ class RecService:
                 pass
 
         try:
-            removed = await asyncio.to_thread(run, forget, self.log, user_id, "st", "bandit", 0)
+            removed = await asyncio.to_thread(run, forget, self.log, user_id)
         except Exception as e:  # noqa: BLE001 - Redis away: nothing can be promised
             return 503, error_body("unavailable", f"the user could not be forgotten ({type(e).__name__}: {e}); "
                                                   f"retry: forgetting twice is harmless", None), RETRY

@@ -90,10 +90,9 @@ async def build_service(cfg: Config, registry_uri: str, index_root: str, choice:
     ladder = Ladder(stage, ports, breakers, deadline_ms=sv.deadline_ms, explainer_budget_ms=sv.explainer_budget_ms)
     log = await asyncio.to_thread(make_log, cfg, sync)
     from recserve.auth import Gate
-    from recserve.config import _default_quotas
 
-    quotas = {**_default_quotas(), **{k: v.model_dump() for k, v in cfg.auth.quotas.items()}}
-    gate = Gate(ar, quotas, replicas=cfg.serve.router_replicas, enabled=cfg.auth.enabled)
+    gate = Gate(ar, {k: v.model_dump() for k, v in cfg.auth.quotas.items()}, replicas=cfg.serve.router_replicas,
+                enabled=cfg.auth.enabled)
     svc = RecService(cfg, stage, ladder, index, ar, log, ports,
                      cache=cache, local_bandit=local_bandit, replica=replica, gate=gate)
     if warm:

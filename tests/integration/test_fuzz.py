@@ -41,9 +41,11 @@ def test_the_state_probe_sees_what_a_write_changes(serving):
     import redis
 
     from recserve.bench.fuzz import StateProbe
+    from recserve.streaming.eventlog import make_log
 
     http, reg, cfg = serving
-    probe = StateProbe(http, redis.Redis.from_url(cfg.redis_url), str(reg.uri), cfg.stream.partitions)
+    r = redis.Redis.from_url(cfg.redis_url)
+    probe = StateProbe(http, r, str(reg.uri), make_log(cfg, r))
     u = int(np.load(reg.fetch("embeddings") / "user_ids.npy")[4])
     probe.quiesce()
     s0 = probe.snapshot()

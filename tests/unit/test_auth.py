@@ -9,7 +9,6 @@ import redis
 import redis.asyncio as aredis
 
 from recserve.auth import SCOPES, AuthError, Gate, KeyStore, TokenBucket, parse_quota, parse_scopes, required_scope
-from recserve.config import _default_quotas
 
 
 @pytest.fixture()
@@ -23,7 +22,7 @@ def store(redis_url):
 def _gate(store, **kw):
     url = store.r.connection_pool.connection_kwargs
     ar = aredis.Redis(host=url["host"], port=url["port"], db=url["db"])
-    return Gate(ar, {**_default_quotas(), **kw.pop("quotas", {})}, **kw)
+    return Gate(ar, kw.pop("quotas", None), **kw)
 
 
 def test_keys_are_stored_hashed_listed_and_revoked(store):
