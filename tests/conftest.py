@@ -37,6 +37,8 @@ def small_config(data_dir: Path, **extra):
         # a loaded 2-core test machine misses the seed's 80 ms origin budget often; tests of the
         # ladder set their own budget
         "serve.deadline_ms": "5000",
+        # recserve.yaml's explainer is the real model; tests that need a model deploy their own
+        "explainer.backend": "templates", "explainer.model": "null",
     }
     overrides.update({k: str(v) for k, v in extra.items()})
     return load_config(environ={}, overrides=overrides)

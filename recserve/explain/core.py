@@ -249,33 +249,38 @@ class ExplainerCore:
         tier.pending.append(waiting)
         if tier.worker is None or tier.worker.done():
             tier.worker = loop.create_task(self._drain(tier))
-        s = self.settings
         try:
             res = await asyncio.wait_for(asyncio.shield(fut), timeout=left)
-        except asyncio.TimeoutError:
-            if late is not None and s.background_fill and self.background_waiting + len(prompts) <= s.max_background:
-                # answered with templates now; the prompts wait behind the requests still in time
-                if fut.done():   # the drain gave up on it (it could not be in time): queued again
-                    fut = loop.create_future()
-                    waiting = _Waiting(prompts, 0.0, fut)
-                    tier.pending.append(waiting)
-                    if tier.worker is None or tier.worker.done():
-                        tier.worker = loop.create_task(self._drain(tier))
-                waiting.background, waiting.deadline = True, self.clock() + s.background_s
-                self.background_waiting += len(prompts)
-                fut.add_done_callback(late)
-            else:
-                fut.cancel()   # not started: skipped; started: its result is dropped
-            raise
-        except asyncio.CancelledError:
-            fut.cancel()
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            # past the deadline, or the caller gave up first (its own timeout cancels this call):
+            # answered with templates, and the prompts wait behind the requests still in time
+            self._to_background(tier, waiting, late)
             raise
         if self.clock() > deadline:
-            if late is not None and s.background_fill:
+            if late is not None and self.settings.background_fill:
                 self.background_waiting += len(prompts)
                 late(fut)      # generated, but too late for the answer: into the cache
             raise asyncio.TimeoutError
         return res
+
+    def _to_background(self, tier: _Tier, waiting: _Waiting, late) -> None:
+        """A late request's prompts: generated later into the cache (`late` is called with the
+        result), if background fill is on and there is room; else dropped (not started: skipped;
+        started: its result is dropped)."""
+        s = self.settings
+        fut = waiting.future
+        if late is None or not s.background_fill or self.background_waiting + len(waiting.prompts) > s.max_background:
+            fut.cancel()
+            return
+        if fut.done():   # the drain gave up on it (it could not be in time): queued again
+            fut = asyncio.get_running_loop().create_future()
+            waiting = _Waiting(waiting.prompts, 0.0, fut)
+            tier.pending.append(waiting)
+            if tier.worker is None or tier.worker.done():
+                tier.worker = asyncio.get_running_loop().create_task(self._drain(tier))
+        waiting.background, waiting.deadline = True, self.clock() + s.background_s
+        self.background_waiting += len(waiting.prompts)
+        fut.add_done_callback(late)
 
     async def _drain(self, tier: _Tier) -> None:
         """The tier's generation loop: while requests wait, one call over as many as fit."""

@@ -36,10 +36,20 @@ EXPLANATION_FIELDS = {"tier": "templates", "model": "templates", "fallback": Non
 
 
 def explainer_fault(out: dict) -> str | None:
-    """An explainer answer that counts against its breaker: it missed its deadline or its model failed
-    (a full queue is admission control working, not a fault)."""
+    """An explainer answer that counts against its breaker: its model failed. A model late for the
+    deadline (answered in time with templates, its sentences filling the cache behind) and a full
+    queue are the explainer working as designed, not faults: a CPU model is late on most first
+    requests, and an open breaker would stop the background fill that makes the next ones explained."""
     fb = out.get("fallback") if isinstance(out, dict) else None
-    return fb if fb and (fb == "deadline" or fb.startswith("error")) else None
+    return fb if fb and fb.startswith("error") else None
+
+
+def explainer_budget_ms(hop_budget_s: float) -> float:
+    """What the explainer is told it has: the hop's budget less the reply's way back (10 %, at most
+    20 ms), so that it answers with templates before the router gives up on the call (a call given
+    up is cancelled in the replica and counts against the breaker)."""
+    ms = hop_budget_s * 1000
+    return ms - min(20.0, 0.1 * ms)
 
 
 def _ms(t0: float) -> float:
@@ -182,7 +192,8 @@ class Ladder:
             budget = min(left(), self.explainer_budget_s)
             got = None
             if chosen:
-                ok, got = await self.hop("explainer", lambda: ports.explain.explain(user_id, signals, budget * 1000),
+                told_ms = explainer_budget_ms(budget)
+                ok, got = await self.hop("explainer", lambda: ports.explain.explain(user_id, signals, told_ms),
                                          budget, timings, healthy=explainer_fault)
             if got is not None:
                 reasons = got["reasons"]

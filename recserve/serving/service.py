@@ -47,6 +47,16 @@ def finish(prefix: bytes, took_ms: float, how: str) -> bytes:
     return prefix + b',"took_ms":%.2f,"cache":"%s"}' % (took_ms, how.encode())
 
 
+def keep_answer(computed: tuple) -> bool:
+    """Whether a computed answer goes into the L1 cache. Degraded answers (batch vectors, a last
+    list, popular) are not kept, and neither are explanations that fell back to templates (the
+    model late, its queue full, the explainer away): the model goes on writing those sentences in
+    the background, so the same request a few seconds later gets them instead of ten minutes of
+    cached templates."""
+    _, level, _, explanation = computed
+    return level <= LEVEL_TEMPLATES and not (explanation and explanation.get("fallback"))
+
+
 class RecService:
     def __init__(self, cfg, stage, ladder: Ladder, index, aredis, log, ports, cache: bool = True,
                  local_bandit=None, replica: str = "", gate=None):
@@ -212,10 +222,8 @@ class RecService:
             return encode(out), out["degradation_level"], out.get("hop_ms"), out.get("explanation")
 
         if self.cache_enabled:
-            # degraded answers (batch vectors, a last list, popular) are not kept: the next request
-            # tries the full path again
             (prefix, level, hops, ex), how = await self.cache.get_or_compute(
-                (user_id, key), user_id, compute, cacheable=lambda v: v[1] <= LEVEL_TEMPLATES)
+                (user_id, key), user_id, compute, cacheable=keep_answer)
         else:
             (prefix, level, hops, ex), how = await compute(), "off"
         v = self.ladder.ranker_version

@@ -75,6 +75,9 @@ def test_a_slow_explainer_gives_templates_at_level_1(llm_app, serving):
         assert "TimeoutError" in body["explanation"]["fallback"]
         assert body["model_versions"]["explainer"] == "templates" and all(i["reasons"] for i in body["items"])
         assert body["took_ms"] < cfg.serve.explainer_budget_ms + 1000
+        # templates because the model was late are not kept in the L1 cache: the repeat asks again
+        again = client.post("/v1/recommend", json={"user_id": _user(reg, 9), "k": 5, "explain": True}).json()
+        assert again["cache"] == "miss" and again["explanation"]["fallback"], again
     finally:
         h.set_delay.remote(0).result()
     st = h.stats.remote().result()

@@ -259,6 +259,31 @@ def test_a_late_request_fills_the_cache_for_the_next_one(models, grounding):
     assert run(go_off())["sources"] != ["cache", "cache"] and off.counts["background_filled"] == 0
 
 
+def test_a_request_its_caller_gave_up_on_still_fills_the_cache(models, grounding):
+    """The router's timeout cancels the call in the Explainer replica: the prompts still go on to
+    the cache, so the user's next request for those items is LLM-explained."""
+    be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.3)
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(budget_ms=2000))
+    items = [signal(), signal(item_id=2)]
+
+    async def go():
+        call = asyncio.create_task(core.explain(7, items, 2000))
+        await asyncio.sleep(0.1)
+        call.cancel()                      # what the router's asyncio.timeout does to the Serve call
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert core.queue_depth == 0
+        for _ in range(100):
+            if core.counts["background_filled"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        return await core.explain(7, items, 100)
+
+    again = run(go())
+    assert core.counts["background_filled"] == 2 and core.background_waiting == 0
+    assert again["sources"] == ["cache", "cache"] and again["llm_items"] == 2
+
+
 def test_a_full_queue_falls_back_at_once(models, grounding):
     be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.4)
     core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_queue=1, budget_ms=2000))
@@ -305,7 +330,10 @@ def test_a_failing_model_gives_templates_not_an_error(grounding):
 
 
 def test_templates_backend_and_config(models, tmp_path):
-    core = from_config(load_config(environ={}), Grounding())
+    default = load_config(environ={}).explainer   # recserve.yaml: the real model on the CPU
+    assert (default.backend, default.model, default.faithful) == ("transformers", "smollm2", "auto")
+    core = from_config(load_config(environ={}, overrides={"explainer.backend": "templates", "explainer.model": "null"}),
+                       Grounding())
     out = run(core.explain(7, [signal()], 300))
     assert out["tier"] == "templates" and out["fallback"] is None and out["llm_items"] == 0
     assert out["lookups"] == 0 and not core.cache            # templates need no sentence cache
