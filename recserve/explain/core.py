@@ -310,7 +310,7 @@ class ExplainerCore:
             t = self.clock()
             try:
                 texts, tokens = await loop.run_in_executor(
-                    tier.pool, tier.backend.generate, prompts, self.settings.max_new_tokens, first_deadline - t)
+                    tier.pool, tier.backend.generate, prompts, self.settings.max_new_tokens, self._useful_until(batch) - t)
             except Exception as e:  # noqa: BLE001 - each waiting request falls back on its own
                 for w in batch:
                     if not w.future.done():
@@ -323,6 +323,15 @@ class ExplainerCore:
                 if not w.future.done():
                     w.future.set_result((texts[i:i + k], tokens[i:i + k]))
                 i += k
+
+    def _useful_until(self, batch: list[_Waiting]) -> float:
+        """When a generation call stops being of use to anyone in it: a request still in time that
+        misses its deadline has its sentences filled into the cache (background fill), so the call
+        is cut (`max_time`) only when no one could use it any more. Cutting at the earliest
+        deadline would leave every sentence of the call half-written (and rejected)."""
+        s = self.settings
+        extra = s.background_s if s.background_fill else 0.0
+        return max(w.deadline + (0.0 if w.background else extra) for w in batch)
 
     def stats(self) -> dict:
         return {"queue_depth": self.queue_depth, "tiers": self.backend_names, "cache_entries": len(self.cache),

@@ -106,7 +106,8 @@ class Grounding:
 
     def check(self, text: str, allowed: list[str], facts: list[str] | None = None) -> tuple[bool, str]:
         """(ok, why not): a non-empty sentence naming only `allowed` catalogue names (and no item
-        number it was not given); with `lexical` and the item's `facts`, using only their words."""
+        number it was not given); with `lexical` and the item's `facts`: a finished sentence that
+        names the item or one of its facts and uses only their words (lexical_check)."""
         if not _words(text):
             return False, "empty"
         ok_terms: set[tuple[str, ...]] = set()
@@ -120,7 +121,13 @@ class Grounding:
             if not any(num in _words(a) for a in allowed):
                 return False, f"names item {num}"
         if self.lexical and facts is not None:
-            return lexical_check(text, facts, allowed)
+            if not re.search(r"[.!?][\"')]?$", text.strip()):
+                return False, "unfinished: cut off before its end (max_new_tokens, or a generation stopped)"
+            ok, why = lexical_check(text, facts, allowed)
+            own = {w for t in list(facts) + list(allowed) for w in _words(t)} - CONNECTIVES
+            if ok and not set(_words(text)) & own:
+                return False, "names neither the item nor its facts"
+            return ok, why
         return True, ""
 
 

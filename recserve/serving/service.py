@@ -361,7 +361,8 @@ class RecService:
                            "lag": self.watch.lag, "supervisor": await self._supervisor_report(),
                            **({"error": self.watch.error} if self.watch.error else {})},
                 "explainer": {k: self.explainer_stats[k] for k in ("queue_depth", "requests", "llm", "templates",
-                                                                    "deadline", "queue_full", "rejected")
+                                                                    "deadline", "queue_full", "rejected",
+                                                                    "background_filled", "background_rejected")
                               if k in self.explainer_stats},
                 "index_batching": {"calls": search.batcher.calls, "searches": search.batcher.items},
                 **({"bandit": {"impressions_waiting": len(self.local_bandit.pending),

@@ -59,12 +59,13 @@ class Counting:
     """A backend wrapper that counts generation calls and can be slowed down."""
 
     def __init__(self, backend, delay_s=0.0):
-        self.backend, self.delay_s, self.calls, self.prompts = backend, delay_s, 0, []
+        self.backend, self.delay_s, self.calls, self.prompts, self.max_times = backend, delay_s, 0, [], []
         self.name = backend.name
 
     def generate(self, prompts, max_new_tokens, max_time_s):
         self.calls += 1
         self.prompts.append(list(prompts))
+        self.max_times.append(max_time_s)
         time.sleep(self.delay_s)
         return self.backend.generate(prompts, max_new_tokens, max_time_s)
 
@@ -115,6 +116,9 @@ def test_the_lexical_check_keeps_sentences_to_their_facts(grounding):
     ok, why = g.check("Toy Story is a classic animated film praised for its innovative storytelling.", names, facts)
     assert not ok and why.startswith("adds classic") and "storytelling" in why
     assert g.check("It is trending now.", names, facts) == (False, "adds trending")   # not this item's fact
+    # what a generation cut at the request's deadline left: half a sentence, or only connectives
+    assert g.check("Toy Story is similar to", names, facts)[1].startswith("unfinished")
+    assert g.check("The.", names, facts) == (False, "names neither the item nor its facts")
     assert lexical_check("You often choose Crime.", ["it is often viewed together with items the user just saw"],
                          ["Casino", "Crime"]) == (False, "adds choose")
     # without `lexical` (a random-weight test model) only the names are policed, as before
@@ -245,6 +249,9 @@ def test_a_late_request_fills_the_cache_for_the_next_one(models, grounding):
 
     first, took, second = run(go())
     assert first["fallback"] == "deadline" and first["llm_items"] == 0 and took < 0.3
+    # the call was not cut at the request's deadline (its sentences would be half-written): it may
+    # run on for as long as the background would wait for them
+    assert be.max_times[0] > 59
     assert core.counts["background_filled"] == 2 and core.background_waiting == 0
     assert second["sources"] == ["cache", "cache"] and second["fallback"] is None and second["llm_items"] == 2
     # with background_fill off, a late request's generation is dropped
