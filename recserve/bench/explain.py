@@ -116,9 +116,8 @@ def run(backends: list[str], model: str | None, size: str | None, device: str, r
                  "gpu": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__,
                  "threads": torch.get_num_threads(), "backends": {}}
     tmp = tempfile.TemporaryDirectory()
-    model_dir = model
+    model_dir = model or (None if size else "smollm2")   # recserve.yaml's explainer unless a built size is asked
     if model_dir is None and any(b != "templates" for b in backends):
-        size = size or ("0.5b" if device.startswith("cuda") else "small")
         log(f"building a random-weights {size} model over the catalogue's words (no downloads)")
         model_dir = str(build_random_model(Path(tmp.name) / size, size, catalogue_words(titles, cats)))
         res["model"] = {"built": size}

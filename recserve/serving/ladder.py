@@ -45,11 +45,11 @@ def explainer_fault(out: dict) -> str | None:
 
 
 def explainer_budget_ms(hop_budget_s: float) -> float:
-    """What the explainer is told it has: the hop's budget less the reply's way back (10 %, at most
-    20 ms), so that it answers with templates before the router gives up on the call (a call given
-    up is cancelled in the replica and counts against the breaker)."""
+    """What the explainer is told it has: the hop's budget less the reply's way back (a quarter, at
+    most 20 ms), so that it answers with templates before the router gives up on the call (a call
+    given up counts against the breaker)."""
     ms = hop_budget_s * 1000
-    return ms - min(20.0, 0.1 * ms)
+    return ms - min(20.0, 0.25 * ms)
 
 
 def _ms(t0: float) -> float:

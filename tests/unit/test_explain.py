@@ -291,6 +291,31 @@ def test_a_request_its_caller_gave_up_on_still_fills_the_cache(models, grounding
     assert again["sources"] == ["cache", "cache"] and again["llm_items"] == 2
 
 
+def test_a_request_the_busy_model_cannot_serve_in_time_gets_templates_at_once(models, grounding):
+    """While a call runs, a request whose own call (by the recent calls' times) would end past its
+    deadline does not wait for it: templates at once, its sentences into the cache afterwards."""
+    be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.5)
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(budget_ms=3000))
+
+    async def go():
+        await core.explain(1, [signal(item_id=5)], 3000)          # one call timed: about 0.5 s
+        busy = asyncio.create_task(core.explain(2, [signal(item_id=6)], 3000))
+        await asyncio.sleep(0.1)                                  # its call is running
+        t = time.perf_counter()
+        late = await core.explain(3, [signal(item_id=7)], 300)
+        took = time.perf_counter() - t
+        await busy
+        for _ in range(100):
+            if core.counts["background_filled"] >= 1:
+                break
+            await asyncio.sleep(0.05)
+        return late, took, await core.explain(3, [signal(item_id=7)], 300)
+
+    late, took, again = run(go())
+    assert late["fallback"] == "deadline" and late["llm_items"] == 0 and took < 0.1, (late, took)
+    assert again["sources"] == ["cache"] and again["llm_items"] == 1
+
+
 def test_a_full_queue_falls_back_at_once(models, grounding):
     be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.4)
     core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_queue=1, budget_ms=2000))

@@ -229,7 +229,7 @@ def test_no_budget_left_skips_every_hop(budget_ms):
 def test_the_explainer_answers_before_the_router_gives_up_and_lateness_is_no_fault():
     from recserve.serving.ladder import explainer_budget_ms, explainer_fault
 
-    assert explainer_budget_ms(0.3) == pytest.approx(280.0) and explainer_budget_ms(0.05) == pytest.approx(45.0)
+    assert explainer_budget_ms(0.3) == pytest.approx(280.0) and explainer_budget_ms(0.06) == pytest.approx(45.0)
     assert explainer_fault({"fallback": "deadline"}) is None          # a CPU model late: templates in time
     assert explainer_fault({"fallback": "queue_full"}) is None
     assert explainer_fault({"fallback": "error: RuntimeError"}) == "error: RuntimeError"
