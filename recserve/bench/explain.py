@@ -209,7 +209,7 @@ def faithfulness(backend, titles: list[str], cats: list[str], items: int = 200, 
                 accepted.append(ex)
             else:
                 rejected.append({**ex, "why": reason})
-                why[reason.split(" ", 1)[0]] += 1
+                why[reason.split(" ", 1)[0].rstrip(":,")] += 1   # adds, names, mentions, unfinished
                 if reason.startswith("adds "):
                     added.update(reason[5:].split(", "))
         log(f"{min(i + batch, len(sigs))}/{len(sigs)} explained, {len(accepted)} accepted")

@@ -126,7 +126,7 @@ class Grounding:
             ok, why = lexical_check(text, facts, allowed)
             own = {w for t in list(facts) + list(allowed) for w in _words(t)} - CONNECTIVES
             if ok and not set(_words(text)) & own:
-                return False, "names neither the item nor its facts"
+                return False, "mentions neither the item nor its facts"
             return ok, why
         return True, ""
 

@@ -118,7 +118,7 @@ def test_the_lexical_check_keeps_sentences_to_their_facts(grounding):
     assert g.check("It is trending now.", names, facts) == (False, "adds trending")   # not this item's fact
     # what a generation cut at the request's deadline left: half a sentence, or only connectives
     assert g.check("Toy Story is similar to", names, facts)[1].startswith("unfinished")
-    assert g.check("The.", names, facts) == (False, "names neither the item nor its facts")
+    assert g.check("The.", names, facts) == (False, "mentions neither the item nor its facts")
     assert lexical_check("You often choose Crime.", ["it is often viewed together with items the user just saw"],
                          ["Casino", "Crime"]) == (False, "adds choose")
     # without `lexical` (a random-weight test model) only the names are policed, as before
