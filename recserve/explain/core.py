@@ -18,7 +18,9 @@
   tier's recent p95 is past its threshold, new requests go to the small tier. Answers name the tier.
 - **Deadline**: each request brings its budget (what is left of the request's, at most the seed's
   300 ms); waiting for the model and generating both count; past it, templates.
-- **Cache**: sentences per (user, item, facts), least recently used out first.
+- **Cache**: sentences per (user, item, facts), least recently used out first; a sentence the
+  check rejected is remembered too (greedy decoding would write it again): that item gets its
+  templates without another generation.
 - **Background fill**: a request past its deadline gets templates at once, but its prompts stay
   queued (behind every request still in time, for up to `background_s`) and their sentences go
   into the cache: the user's next request for those items is LLM-explained.
@@ -166,15 +168,19 @@ class ExplainerCore:
         keys = [self._key(user_id, sig, grounded_facts(sig)) for sig in signals]
         writer = None   # (tier, model) of the sentences served
         lookups = n if self.tiers else 0   # templates need no cache
+        known_bad = set()   # the model's sentence for it was rejected before: templates, not generated again
         for j, k in enumerate(keys[:lookups]):
             hit = self.cache.get(k)
             if hit is not None:
                 self.cache.move_to_end(k)
+                if not hit[0]:
+                    known_bad.add(j)
+                    continue
                 reasons[j], sources[j] = [hit[0]], "cache"
                 writer = writer or hit[1:]
         cached = n - sources.count("template")
         self.counts["cache_hits"] += cached
-        todo = [j for j in range(n) if reasons[j] is None]
+        todo = [j for j in range(n) if reasons[j] is None and j not in known_bad]
         fallback, tokens, rejected = None, 0, 0
         tier = self.choose_tier() if todo else None
         if tier is not None and self.queue_depth >= s.max_queue:
@@ -195,6 +201,7 @@ class ExplainerCore:
                         writer = (tier.name, tier.backend.name)
                     else:
                         rejected += 1
+                        self._cache_put(keys[j], ("", tier.name, tier.backend.name))   # greedy: the same again
             except asyncio.TimeoutError:
                 fallback = "deadline"
             except Exception as e:  # noqa: BLE001 - a failing model means templates, never an error
@@ -230,6 +237,7 @@ class ExplainerCore:
                     self._cache_put(key, (sentence, tier.name, tier.backend.name))
                     self.counts["background_filled"] += 1
                 else:
+                    self._cache_put(key, ("", tier.name, tier.backend.name))
                     self.counts["background_rejected"] += 1
         return fill
 

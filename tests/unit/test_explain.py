@@ -194,6 +194,11 @@ def test_an_invented_category_is_rejected_for_the_template(models, grounding):
     assert out["rejected"] == 2 and out["llm_items"] == 0 and out["tier"] == "templates"
     assert out["reasons"][0] == ["you have been looking at Comedy", "trending now"]   # the template's
     assert out["sources"] == ["template", "template"]
+    # remembered: greedy decoding would write the same, so the repeat generates nothing
+    core.tiers["large"].backend = Counting(core.tiers["large"].backend)
+    again = run(core.explain(7, sigs, 300))
+    assert core.tiers["large"].backend.calls == 0 and again["fallback"] is None and again["rejected"] == 0
+    assert again["reasons"] == out["reasons"] and again["sources"] == ["template", "template"]
     # the same model is fine for an item whose own category it names
     own = run(core.explain(7, [signal(item_id=3, title="Alien (1979)", category="Horror")], 300))
     assert own["llm_items"] == 1 and own["reasons"][0][0].startswith("horror")
