@@ -18,6 +18,10 @@ class Explainer:
         from recserve.registry import Registry
 
         c = Config.model_validate(cfg)
+        if c.explainer.cpu_threads and not c.explainer.num_gpus:
+            import torch
+
+            torch.set_num_threads(c.explainer.cpu_threads)
         # a missing model fails here, naming the key
         self.core = from_config(c, registry=Registry(registry_uri, c.registry.keep))
         self.delay_s = 0.0

@@ -160,6 +160,9 @@ class ExplainerConfig(_Strict):
                                                          "model share one call, each request's items together")
     warmup: bool = Field(True, description="one generation per tier at start (pre-warm)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per Explainer replica")
+    cpu_threads: int = Field(1, ge=0, description="torch threads of an Explainer replica generating on the CPU "
+                                                  "(0: torch's default, every core): a model writing in the "
+                                                  "background leaves the other cores to the serving path")
     faithful: bool | Literal["auto"] = Field("auto", description="the lexical check: a sentence passes only when "
                                              "its words come from the item's title, its facts and connectives; "
                                              "auto = on for a real model, off for a random-weight test model")
