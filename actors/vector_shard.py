@@ -93,6 +93,9 @@ class ShardReplica:
     def search(self, queries, k, filters=None):
         return self.core.search(queries, k, filters)
 
+    def vectors(self, ids):
+        return self.core.vectors(ids)
+
     def snapshot(self) -> dict:
         man = self.core.snapshot(self.dir)
         snaps = sorted(self.dir.glob("snap-*"))

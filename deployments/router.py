@@ -2,18 +2,25 @@
 replica's `RecService` (recserve.serving.service), built once from the ports `deployments/app.py`
 chose (recserve.serving.wiring). Errors follow recserve.api's contract: 4xx JSON naming the field,
 never a 5xx for bad input; a failing dependency lowers the degradation level instead."""
-from fastapi import FastAPI, Request
+import json
+
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import ValidationError
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
 from recserve.serving.api import (
+    MAX_K,
     AuthGate,
     EventsRequest,
     FeedbackRequest,
+    Filters,
     ItemsRequest,
     RecommendRequest,
     RecommendResponse,
+    SimilarResponse,
+    error_body,
     id_out_of_range,
     install_auth,
     install_error_handlers,
@@ -79,10 +86,42 @@ class Router:
 
     @api.post("/v1/recommend", response_model=RecommendResponse)
     async def recommend(self, req: RecommendRequest):
+        """Recommendations for a known user (`user_id`) or an anonymous visitor (`session_items`)."""
         key = req.model_dump_json(exclude={"user_id"})
+        if req.session_items is not None:
+            unknown = await self.svc.unknown_items(req.session_items)
+            if unknown:
+                return JSONResponse(error_body("invalid_request", f"session_items: {unknown[:10]} are in no "
+                                               f"catalogue (neither trained on nor added with PUT /v1/items)",
+                                               "session_items"), 422)
         body = await self.svc.recommend(req.user_id, req.k,
                                         req.filters.model_dump(exclude_none=True) if req.filters else None,
-                                        req.explain, key)
+                                        req.explain, key, session=req.session_items)
+        return Response(body, media_type="application/json")
+
+    @api.get("/v1/items/{item_id}/similar", response_model=SimilarResponse,
+             responses={404: {"description": "the item is not in the catalogue"}})
+    async def similar(self, item_id: int, k: int = Query(10, ge=1, le=MAX_K),
+                      categories: list[str] | None = Query(None, max_length=100),
+                      exclude_ids: list[int] | None = Query(None, max_length=10_000),
+                      attributes: str | None = Query(None, max_length=10_000, description="a JSON object: attribute "
+                                                     "name -> the values allowed, as in recommend's filters")):
+        """More like this: the items nearest to `item_id` in the index, within the filters."""
+        bad = id_out_of_range(item_id, "item_id")
+        if bad:
+            return JSONResponse(bad, 422)
+        try:
+            flt = Filters(categories=categories, exclude_ids=exclude_ids,
+                          attributes=json.loads(attributes) if attributes is not None else None)
+        except (ValueError, ValidationError) as e:   # JSONDecodeError is a ValueError
+            first = e.errors()[0] if isinstance(e, ValidationError) else None
+            where = ".".join(str(x) for x in first["loc"]) if first else "attributes"
+            why = first["msg"] if first else f"not a JSON object ({e})"
+            return JSONResponse(error_body("invalid_request", f"{where}: {why}", where), 422)
+        key = json.dumps([k, flt.model_dump(exclude_none=True)], sort_keys=True)
+        code, body = await self.svc.similar(item_id, k, flt.model_dump(exclude_none=True) or None, key)
+        if code != 200:
+            return JSONResponse(body, code)
         return Response(body, media_type="application/json")
 
     @api.post("/v1/events", status_code=202)

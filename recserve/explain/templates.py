@@ -29,10 +29,16 @@ TEMPLATE_REASONS = {"session_category": "you have been looking at {category}",
                     "covisit": "often viewed with items you just saw", "trending": "trending now",
                     "explored": "something new for you"}
 POPULAR_REASON = "popular right now"
+SIMILAR_REASON = "like {title}, which you just saw"
 
 
 def template_reasons_from(signal: dict) -> list[str]:
     """Reasons from the signals that ranked the item: `signal` is one entry of
-    `Recommender.signals` (features by name, category, explored)."""
-    out = [TEMPLATE_REASONS[k].format(category=signal["category"]) for k in ranking_facts(signal)]
+    `Recommender.signals` (features by name, category, explored, the item just seen that it is
+    most like, which the reasons name first)."""
+    from recserve.explain.grounding import display_title
+
+    out = [SIMILAR_REASON.format(title=display_title(s["title"])) for s in signal.get("similar_seen") or []
+           if s.get("title")]
+    out += [TEMPLATE_REASONS[k].format(category=signal["category"]) for k in ranking_facts(signal)]
     return out or ["matches your taste"]

@@ -236,6 +236,31 @@ class IndexRouter:
                     deadline = max(deadline, time.monotonic() + self.timeout_s)
         return self._merge(groups, results, k)
 
+    async def avectors(self, ids) -> dict[int, tuple[np.ndarray, dict]]:
+        """{item id: (its vector, its metadata)} for the live items among `ids`, each asked of its
+        shard's replicas in turn (IndexUnavailable when none of a shard's answers)."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        groups = self.groups
+        owner = self._route(ids, groups)
+        out: dict[int, tuple[np.ndarray, dict]] = {}
+        errors = _actor_errors() + (asyncio.TimeoutError,)
+        for si in np.unique(owner).tolist():
+            g, tried = groups[si], set()
+            while True:
+                rep = self._pick(g, tried)
+                if rep is None:
+                    raise IndexUnavailable(f"shard {g.shard}: no replica answered a vector lookup")
+                tried.add(rep.name)
+                try:
+                    found, vecs, metas = await asyncio.wait_for(rep.handle.vectors.remote(ids[owner == si]),
+                                                                timeout=self.timeout_s)
+                    break
+                except errors:
+                    self._mark_bad(rep)
+            for i, v, m in zip(found.tolist(), vecs, metas):
+                out[int(i)] = (v, m)
+        return out
+
     # ------------------------------------------------------------------ write
     def _route(self, ids: np.ndarray, groups: list[ShardGroup]) -> np.ndarray:
         starts = np.array([g.lo for g in groups], dtype=np.int64)

@@ -336,6 +336,13 @@ class ShardCore:
             p.sel = sel
         return p
 
+    def vectors(self, ids) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """(ids found, their vectors [n, dim], their metadata): the live items among `ids`."""
+        with self.lock:
+            found = [int(i) for i in np.asarray(ids, dtype=np.int64).reshape(-1) if int(i) in self.item_slot]
+            slots = np.array([self.item_slot[i] for i in found], dtype=np.int64)
+            return np.array(found, dtype=np.int64), self._reconstruct(slots), [self.item_meta[i] for i in found]
+
     def search(self, queries, k: int, filters: dict | list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (item ids, scores) per query; -1 / -inf pad where fewer than k items match.
         `filters` is one filter for all queries or one per query."""

@@ -130,6 +130,13 @@ def train_embeddings(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0,
     with tempfile.TemporaryDirectory() as tmp:
         save_embeddings(tmp, user_ids=data.user_ids, item_ids=data.item_ids, user_vectors=res.user_vectors,
                         item_vectors=res.item_vectors)
+        # the item-content encoder, for items that will arrive with content and no vector
+        from recserve.ranking.content import ContentEncoder
+
+        by_id = items.set_index("item_id").reindex(data.item_ids)
+        ContentEncoder.fit(by_id["title"].fillna("").tolist(), by_id["category"].fillna("").tolist(),
+                           by_id["attributes"].tolist() if "attributes" in by_id else [None] * len(by_id),
+                           res.item_vectors).save(tmp)
         v = reg.publish("embeddings", tmp, metrics={"final_loss": res.history[-1]["loss"],
                                                     "seconds": time.perf_counter() - t0,
                                                     "n_users": data.n_users, "n_items": data.n_items},
@@ -264,7 +271,8 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
 
 
 # ---------------------------------------------------------------------------------- evaluate
-METHODS = ("popularity", "als", "ease", "retrieval", "retrieval_ranker")
+METHODS = ("popularity", "als", "ease", "retrieval", "retrieval_ranker", "anonymous_session")
+SESSION_ITEMS = 5   # the anonymous-session row: each test user's last 5 training items, no user id
 
 
 def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = None,
@@ -308,7 +316,7 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
     if "ease" in methods:
         run("ease", lambda: ev.ease_recs(data, k, cfg.eval.ease_lambda))
 
-    if {"retrieval", "retrieval_ranker"} & set(methods):
+    if {"retrieval", "retrieval_ranker", "anonymous_session"} & set(methods):
         emb = load_embeddings(reg, versions.get("embeddings"))
         versions["embeddings"] = emb["version"]
         versions["index"] = reg.resolve("index", versions.get("index"))
@@ -347,6 +355,8 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
                 X = feature_tensor(inp, data.test_users, cand, cand_sc, cfg.ranker)
                 return rerank(model, X, cand, k)
             run("retrieval_ranker", ranked)
+        if "anonymous_session" in methods:
+            run("anonymous_session", lambda: _session_recs(cfg, data, train, emb, e_user, item_pos, shards, k))
 
     report = {"dataset": str(dataset_dir), "dataset_source": dataset_meta(dataset_dir).get("source"),
               "k": k, "holdout": cfg.eval.holdout, "test_users": int(len(data.test_users)),
@@ -368,6 +378,33 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
             shutil.copy(Path(tmp) / "eval.png", out.with_suffix(".png"))
     log(f"published evaluation {v}")
     return report
+
+
+def _session_recs(cfg: Config, data, train, emb: dict, e_user: dict, item_pos: np.ndarray, shards, k: int):
+    """Each test user as an anonymous visitor: their last SESSION_ITEMS training items as the
+    session, the user vector folded in from those items' vectors as serving does (no user id, no
+    other history: only the session's items are excluded), top k from the index."""
+    from recserve.ranking.content import fold_in, mean_pair_score
+
+    m = data.matrix.tocoo()
+    urow = np.array([e_user.get(int(u), -1) for u in data.user_ids], dtype=np.int64)[m.row]
+    icol = item_pos[m.col]
+    ok = (urow >= 0) & (icol >= 0)
+    target = mean_pair_score(emb["user_vectors"], emb["item_vectors"], urow[ok], icol[ok])
+    last = (train.sort_values("ts", kind="stable").groupby("user_id")["item_id"]
+            .apply(lambda s: s.tail(SESSION_ITEMS).tolist()).to_dict())
+    id_to_dense = {int(i): d for d, i in enumerate(data.item_ids)}
+    queries = np.zeros((len(data.test_users), emb["user_vectors"].shape[1]), dtype=np.float32)
+    excl = []
+    for r, u in enumerate(data.test_users):
+        session = [int(i) for i in last.get(int(data.user_ids[u]), [])]
+        pos = item_pos[[id_to_dense[i] for i in session if i in id_to_dense]]
+        pos = pos[pos >= 0]
+        if len(pos):
+            queries[r] = fold_in(emb["item_vectors"][pos], cfg.stream.vector_decay, target)
+        excl.append(np.array(session, dtype=np.int64))
+    ids, _ = shards.search(queries, k, exclude=excl)
+    return np.vectorize(lambda x: id_to_dense.get(int(x), -1), otypes=[np.int64])(ids) if ids.size else ids
 
 
 def markdown_table(report: dict, k: int = 10) -> str:

@@ -11,7 +11,7 @@ import math
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from recserve.auth import required_scope
 from recserve.schemas import EVENT_TYPES
@@ -40,12 +40,29 @@ class Filters(_Strict):
     exclude_ids: list[Id] | None = Field(None, max_length=10_000)
 
 
+MAX_SESSION = 200
+
+
 class RecommendRequest(_Strict):
-    user_id: Id
+    session_items: list[Id] | None = Field(None, min_length=1, max_length=MAX_SESSION,
+                                           description="an anonymous visitor: the item ids of this session, "
+                                                       "oldest first (instead of user_id)")
+    user_id: Id | None = Field(None, validate_default=True,
+                               description="a known user; or leave it out and give session_items")
     k: int = Field(10, ge=1, le=MAX_K)
     context: dict[str, Scalar] = Field(default_factory=dict)
     filters: Filters | None = None
     explain: bool = False
+
+    @field_validator("user_id")
+    @classmethod
+    def _who(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if "session_items" not in info.data:
+            return v     # session_items failed its own validation: that is the error to report
+        if (v is None) == (info.data["session_items"] is None):
+            raise ValueError("give user_id (a known user) or session_items (an anonymous visitor's items, "
+                             "oldest first), one of the two")
+        return v
 
 
 class Item(BaseModel):
@@ -66,6 +83,17 @@ class RecommendResponse(BaseModel):
     explanation: dict[str, Any] | None = Field(None, description="how the reasons were written (tier, model, "
                                                                  "fallback) when explain was asked")
     cache: str = Field(description="hit, coalesced, miss (the L1 response cache) or off")
+
+
+class SimilarResponse(BaseModel):
+    request_id: str
+    item_id: int
+    items: list[Item]
+    degradation_level: int = Field(description="0 the index's neighbours, 3 co-visitation from training, 4 popular")
+    model_versions: dict[str, str]
+    took_ms: float
+    hop_ms: dict[str, float] = Field(default_factory=dict)
+    cache: str
 
 
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
@@ -115,7 +143,9 @@ class CatalogueItem(_Strict):
     title: str = Field("", max_length=500)
     category: str = Field(min_length=1, max_length=200)
     attributes: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
-    vector: list[float] | None = None
+    vector: list[float] | None = Field(None, description="the item's vector in the served embeddings' space; "
+                                       "without it, the content encoder places the item from its title, "
+                                       "category and attributes")
 
     @field_validator("vector")
     @classmethod
@@ -298,8 +328,9 @@ def install_auth(app) -> None:
         if dim and item and "vector" in item.get("properties", {}):
             item["properties"]["vector"] = {"type": "array", "items": {"type": "number"}, "minItems": dim,
                                             "maxItems": dim, "title": "Vector",
-                                            "description": f"the item's embedding: {dim} finite numbers"}
-            item["required"] = sorted(set(item.get("required", [])) | {"vector"})
+                                            "description": f"the item's embedding: {dim} finite numbers; without "
+                                                           f"it, the content encoder places the item from its "
+                                                           f"title, category and attributes"}
         for path, ops in schema.get("paths", {}).items():
             for method, op in ops.items():
                 scope = required_scope(method.upper(), path)

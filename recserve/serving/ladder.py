@@ -111,6 +111,39 @@ class Ladder:
         return self._count({"request_id": rid, "items": items, "degradation_level": level, "model_versions": versions,
                             "took_ms": _ms(t0), "hop_ms": timings, "live_context": False})
 
+    async def similar(self, item_id: int, k: int, filters: dict | None, request_id: str | None = None) -> dict | None:
+        """The items most like `item_id` ("more like this"), None when the index does not hold it.
+        Level 0: its vector's neighbours in the index, within the filters, by cosine. The index
+        away (breaker, no time left): level 3, the items most often viewed with it in training,
+        else level 4, popular items."""
+        t0 = time.perf_counter()
+        deadline = t0 + self.deadline_s
+
+        def left() -> float:
+            return deadline - time.perf_counter()
+
+        rid = request_id or uuid.uuid4().hex
+        timings: dict = {}
+        stage, search = self.stage, self.ports.search
+        versions = {key: stage.versions[key] for key in ("embeddings", "index")}
+        ok, found = await self.hop("vector_index", lambda: search.vectors([item_id]), left(), timings)
+        if ok and int(item_id) not in found:
+            return None
+        if ok:
+            vector = found[int(item_id)][0]
+            q, n, flt = stage.similar_query(item_id, vector, k, filters)
+            ok, res = await self.hop("vector_index", lambda: search.search(q, n, flt), left(), timings)
+            if ok:
+                return self._count({"request_id": rid, "item_id": int(item_id),
+                                    "items": stage.similar_items(vector, *res, k), "degradation_level": LEVEL_FULL,
+                                    "model_versions": versions, "took_ms": _ms(t0), "hop_ms": timings})
+        items, level = stage.covisited(item_id, k, filters), LEVEL_CACHED
+        if not items:
+            exclude = {int(i) for i in (filters or {}).get("exclude_ids") or []} | {int(item_id)}
+            items, level = stage.popular(k, filters, exclude), LEVEL_POPULAR
+        return self._count({"request_id": rid, "item_id": int(item_id), "items": items, "degradation_level": level,
+                            "model_versions": versions, "took_ms": _ms(t0), "hop_ms": timings})
+
     def remember(self, user_id: int, items: list[dict]) -> None:
         self.last_good[user_id] = items
         self.last_good.move_to_end(user_id)
@@ -138,8 +171,11 @@ class Ladder:
         return out
 
     # -------------------------------------------------------------- recommend
-    async def recommend(self, user_id: int, k: int, filters: dict | None, explain: bool,
-                        deadline_ms: float | None = None, request_id: str | None = None) -> dict:
+    async def recommend(self, user_id: int | None, k: int, filters: dict | None, explain: bool,
+                        deadline_ms: float | None = None, request_id: str | None = None,
+                        session: list[int] | None = None) -> dict:
+        """A known user's answer, or (`user_id` None) an anonymous visitor's from the items of
+        their `session` (oldest first): the same path after the query, without the feature store."""
         t0 = time.perf_counter()
         deadline = t0 + (deadline_ms / 1000.0 if deadline_ms is not None else self.deadline_s)
 
@@ -150,22 +186,27 @@ class Ladder:
         timings: dict = {}
         stage, ports = self.stage, self.ports
         versions = dict(stage.versions)
-        if not stage.knows(user_id):   # cold start: popular items blended with the request's filters
-            request_excl = {int(i) for i in (filters or {}).get("exclude_ids") or []}
+        q = stage.session_query(session, k, filters) if user_id is None else None
+        if q is None and (user_id is None or not stage.knows(user_id)):
+            # cold start (or a session of items trained on nothing yet): popular items within the filters
+            request_excl = {int(i) for i in (filters or {}).get("exclude_ids") or []} | set(session or [])
             return self._count({"request_id": rid, "items": stage.popular(k, filters, request_excl),
                                 "degradation_level": LEVEL_FULL, "model_versions": versions, "took_ms": _ms(t0),
                                 "hop_ms": timings, "live_context": False})
-        level = LEVEL_BATCH if self.stale else LEVEL_FULL
-        live = None
-        if not self.stale:
-            # a feature store that does not answer leaves the batch vectors and the training history;
-            # the answer says so (live_context false) at its level, as before the stream existed
-            _, live = await self.hop("feature_store", lambda: ports.context.get(user_id), left(), timings)
-        q = stage.prepare(user_id, k, filters, live)
+        level = LEVEL_FULL
+        if q is None:
+            level = LEVEL_BATCH if self.stale else LEVEL_FULL
+            live = None
+            if not self.stale:
+                # a feature store that does not answer leaves the batch vectors and the training history;
+                # the answer says so (live_context false) at its level, as before the stream existed
+                _, live = await self.hop("feature_store", lambda: ports.context.get(user_id), left(), timings)
+            q = stage.prepare(user_id, k, filters, live)
+        who = -1 if user_id is None else user_id   # the bandit's and explainer's id of an anonymous visitor
         ok, found = await self.hop("vector_index", lambda: ports.search.search(q.vector, q.n, q.filter), left(),
                                    timings)
         if not ok:
-            return self.fallback(user_id, k, q.exclude, filters, rid, versions, timings, t0)
+            return self.fallback(who, k, q.exclude, filters, rid, versions, timings, t0)
         cands = stage.features(q, *found)
         scores = None
         if len(cands.ids):
@@ -175,13 +216,13 @@ class Ladder:
                 self.ranker_version = versions["ranker"]
             else:
                 versions["ranker"] = "unavailable"
-                if self.last_good.get(user_id):
-                    return self.fallback(user_id, k, q.exclude, filters, rid, versions, timings, t0)
+                if self.last_good.get(who):
+                    return self.fallback(who, k, q.exclude, filters, rid, versions, timings, t0)
                 level = max(level, LEVEL_CACHED)   # retrieval order, nothing ranked
         ranked = stage.ranked(cands, scores)
         slate = None
         if ranked:  # failing: no exploration this time
-            ok, slate = await self.hop("bandit", lambda: ports.select.select(ranked, k, user_id, rid), left(),
+            ok, slate = await self.hop("bandit", lambda: ports.select.select(ranked, k, who, rid), left(),
                                        timings)
         chosen = list(slate.items) if slate else ranked[:k]
         explored = list(slate.explored) if slate else [False] * len(chosen)
@@ -193,7 +234,7 @@ class Ladder:
             got = None
             if chosen:
                 told_ms = explainer_budget_ms(budget)
-                ok, got = await self.hop("explainer", lambda: ports.explain.explain(user_id, signals, told_ms),
+                ok, got = await self.hop("explainer", lambda: ports.explain.explain(who, signals, told_ms),
                                          budget, timings, healthy=explainer_fault)
             if got is not None:
                 reasons = got["reasons"]
@@ -208,6 +249,6 @@ class Ladder:
                "model_versions": versions, "took_ms": _ms(t0), "hop_ms": timings, "live_context": q.live}
         if explanation is not None:
             out["explanation"] = explanation
-        if level <= LEVEL_TEMPLATES and out["items"]:
+        if level <= LEVEL_TEMPLATES and out["items"] and user_id is not None:
             self.remember(user_id, out["items"])
         return self._count(out)

@@ -27,6 +27,9 @@ class SearchPort(Protocol):
     async def search(self, query: np.ndarray, n: int, flt: dict) -> tuple[np.ndarray, np.ndarray]:
         """(ids [1, n], scores [1, n]) of one query under its filter; raises when the index cannot answer."""
 
+    async def vectors(self, ids) -> dict[int, tuple[np.ndarray, dict]]:
+        """{item id: (its index vector, its metadata)} of the live items among `ids`."""
+
 
 class ContextPort(Protocol):
     async def get(self, user_id: int) -> Any:
@@ -80,6 +83,10 @@ class IndexSearch:
 
     async def search(self, query: np.ndarray, n: int, flt: dict) -> tuple[np.ndarray, np.ndarray]:
         return await self.batcher.submit(n, (query, flt))
+
+    async def vectors(self, ids) -> dict[int, tuple[np.ndarray, dict]]:
+        """{item id: (vector, metadata)} of the live items among `ids` (IndexRouter.avectors)."""
+        return await self.index.avectors(ids)
 
 
 # ---------------------------------------------------------------------------- context

@@ -22,7 +22,13 @@ import numpy as np
 
 from recserve.config import Config
 from recserve.explain.templates import POPULAR_REASON
-from recserve.ranking.features import FEATURE_NAMES, SessionContext, candidate_features, update_session
+from recserve.ranking.features import (
+    FEATURE_NAMES,
+    SessionContext,
+    candidate_features,
+    session_context,
+    update_session,
+)
 
 RANK_COL = FEATURE_NAMES.index("retrieval_rank")
 
@@ -76,6 +82,12 @@ class Recommender:
             raise ValueError(f"embeddings {emb['version']} were not trained on all of {dataset} (holdout?): "
                              f"serve a version trained with --holdout 0")
         self.user_vectors = emb["user_vectors"]
+        from recserve.ranking.content import ContentEncoder
+
+        self.content = ContentEncoder.load(registry.fetch("embeddings", emb["version"]))   # None: trained before it
+        self.item_vectors = emb["item_vectors"].astype(np.float32)   # [n_items, d + 1] = [v, b]
+        self._item_norms = np.linalg.norm(self.item_vectors[:, :-1], axis=1)
+        self._target: float | None = None   # the fold-in's target score, computed at the first session
         self.inputs = ranking_inputs(self.data, items, emb["item_vectors"], cfg.ranker)
         self.user_index = self.data.user_index()
         by_id = items.set_index("item_id")
@@ -157,6 +169,84 @@ class Recommender:
             scale = np.linalg.norm(query[: self.dim]) / max(float(np.linalg.norm(m)), 1e-9)
             query[: self.dim] = (1 - self.live_weight) * query[: self.dim] + self.live_weight * scale * m
         return ctx, query, [int(e[0]) for e in live.events]
+
+    # ------------------------------------------------------------ known items
+    def dense_of(self, ids) -> np.ndarray:
+        """Dense indexes of item ids, -1 for items the embeddings were not trained on."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if not len(ids):
+            return np.zeros(0, dtype=np.int64)
+        dense = np.minimum(np.searchsorted(self.data.item_ids, ids), self.data.n_items - 1)
+        return np.where(self.data.item_ids[dense] == ids, dense, -1)
+
+    # ------------------------------------------------------ anonymous sessions
+    def session_query(self, items: list[int], k: int, filters: dict | None) -> Query | None:
+        """An anonymous visitor's query from the items of their session (oldest first), or None
+        when none of them is in the trained catalogue: the user vector folded in from the trained
+        item vectors (recserve.ranking.content.fold_in), the session as the ranker's context, as a
+        live one would be."""
+        from recserve.ranking.content import fold_in, mean_pair_score
+
+        filters = dict(filters or {})
+        dense = self.dense_of(items)
+        d = dense[dense >= 0]
+        if not len(d):
+            return None
+        if self._target is None:
+            m = self.data.matrix.tocoo()
+            self._target = mean_pair_score(self.user_vectors, self.item_vectors, m.row, m.col)
+        query = fold_in(self.item_vectors[d], self.cfg.stream.vector_decay, self._target)[None, :]
+        ctx = session_context(d, self.inputs.stats.item_cat, np.full(len(d), self.t_data), self.cfg.ranker.session_len)
+        exclude = {int(i) for i in filters.get("exclude_ids") or []} | {int(i) for i in items}
+        search_filter = {key: val for key, val in filters.items() if key in ("categories", "attributes") and val}
+        search_filter["exclude_ids"] = sorted(exclude)
+        return Query(-1, -1, ctx, query, max(k, self.cfg.ranker.candidates), search_filter, filters, exclude, True)
+
+    # ------------------------------------------------------------ similar items
+    def similar_query(self, item_id: int, vector: np.ndarray, k: int, filters: dict | None) -> tuple:
+        """(query [1, d + 1], candidates to fetch, the search filter) for the items like `item_id`,
+        whose index vector is `vector` ([v, b]): the query [v, 0] scores v . v' (the bias, an item's
+        popularity, left out); four times k are fetched and re-scored by cosine (`similar_items`)."""
+        filters = dict(filters or {})
+        q = np.zeros((1, len(vector)), dtype=np.float32)
+        q[0, :-1] = np.asarray(vector, dtype=np.float32)[:-1]
+        flt = {key: val for key, val in filters.items() if key in ("categories", "attributes") and val}
+        flt["exclude_ids"] = sorted({int(i) for i in filters.get("exclude_ids") or []} | {int(item_id)})
+        return q, max(4 * k, 40), flt
+
+    def similar_items(self, vector: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int) -> list[dict]:
+        """The index's answer ([1, n], -1 padded) re-scored by cosine with `vector`, the best k."""
+        ids, scores = ids[0], scores[0]
+        keep = ids >= 0
+        ids, scores = ids[keep], scores[keep].astype(np.float64)
+        if not len(ids):
+            return []
+        norm = max(float(np.linalg.norm(np.asarray(vector)[:-1])), 1e-9)
+        dense = self.dense_of(ids)
+        other = np.where(dense >= 0, self._item_norms[np.maximum(dense, 0)], float(np.median(self._item_norms)))
+        cos = scores / (norm * np.maximum(other, 1e-9))
+        order = np.argsort(-cos, kind="stable")[:k]
+        return [{"item_id": int(ids[j]), "score": round(float(cos[j]), 6), "reasons": []} for j in order]
+
+    def covisited(self, item_id: int, k: int, filters: dict | None) -> list[dict]:
+        """The items most often viewed together with `item_id` in training (when the index cannot
+        answer), within the request's categories and exclusions."""
+        d = int(self.dense_of([item_id])[0])
+        if d < 0:
+            return []
+        m = self.inputs.stats.covisit
+        cols, w = m.indices[m.indptr[d]:m.indptr[d + 1]], m.data[m.indptr[d]:m.indptr[d + 1]]
+        cats = set((filters or {}).get("categories") or [])
+        excl = {int(i) for i in (filters or {}).get("exclude_ids") or []} | {int(item_id)}
+        out = []
+        for j in np.argsort(-w, kind="stable").tolist():
+            iid = int(self.data.item_ids[cols[j]])
+            if iid in excl or (cats and self.item_category[cols[j]] not in cats):
+                continue
+            out.append({"item_id": iid, "score": round(float(w[j]), 6), "reasons": ["often viewed together"]})
+            if len(out) == k:
+                break
+        return out
 
     # ----------------------------------------------------------------- features
     def features(self, q: Query, ids: np.ndarray, scores: np.ndarray) -> Candidates:

@@ -47,6 +47,10 @@ def finish(prefix: bytes, took_ms: float, how: str) -> bytes:
     return prefix + b',"took_ms":%.2f,"cache":"%s"}' % (took_ms, how.encode())
 
 
+ANONYMOUS = "anonymous"   # the L1 cache's user of anonymous sessions (their items are in the key)
+SIMILAR = "similar"       # ...and of similar-item answers (a catalogue change clears them)
+
+
 def keep_answer(computed: tuple) -> bool:
     """Whether a computed answer goes into the L1 cache. Degraded answers (batch vectors, a last
     list, popular) are not kept, and neither are explanations that fell back to templates (the
@@ -212,18 +216,21 @@ class RecService:
         return 200, {"user_id": user_id, "removed": removed}, None
 
     # ------------------------------------------------------------- recommend
-    async def recommend(self, user_id: int, k: int, filters: dict | None, explain: bool, key: str) -> bytes:
-        """The answer's bytes; `key` is the request's parameters other than the user (the cache key)."""
+    async def recommend(self, user_id: int | None, k: int, filters: dict | None, explain: bool, key: str,
+                        session: list[int] | None = None) -> bytes:
+        """The answer's bytes; `key` is the request's parameters other than the user (the cache key:
+        an anonymous visitor's answer is cached per session, its items being part of the key)."""
         t0 = time.perf_counter()
 
         async def compute() -> tuple[bytes, int, dict | None, dict | None]:
-            out = await self.ladder.recommend(user_id, k, filters, explain)
+            out = await self.ladder.recommend(user_id, k, filters, explain, session=session)
             out.pop("took_ms", None)   # the request's own, appended by `finish`
             return encode(out), out["degradation_level"], out.get("hop_ms"), out.get("explanation")
 
         if self.cache_enabled:
+            who = user_id if user_id is not None else ANONYMOUS
             (prefix, level, hops, ex), how = await self.cache.get_or_compute(
-                (user_id, key), user_id, compute, cacheable=keep_answer)
+                (who, key), who, compute, cacheable=keep_answer)
         else:
             (prefix, level, hops, ex), how = await compute(), "off"
         v = self.ladder.ranker_version
@@ -241,6 +248,48 @@ class RecService:
             self.explanation_stats.misses += misses
             m.explanation_lookups(hits, misses)
         return finish(prefix, took, how)
+
+    async def unknown_items(self, ids: list[int]) -> list[int]:
+        """Which of `ids` are in no catalogue: neither trained on nor in the index (items added
+        since training). The index away: only the trained catalogue is known, nothing is refused."""
+        dense = self.stage.dense_of(ids)
+        rest = [int(i) for i, d in zip(ids, dense.tolist()) if d < 0]
+        if not rest:
+            return []
+        try:
+            found = await asyncio.wait_for(self.index.avectors(rest), timeout=1.0)
+        except Exception:  # noqa: BLE001 - cannot tell: the ladder serves what it knows
+            return []
+        return [i for i in rest if i not in found]
+
+    async def similar(self, item_id: int, k: int, filters: dict | None, key: str) -> tuple[int, bytes | dict]:
+        """(200, the answer's bytes) of the items like `item_id`, or (404, an error body) when the
+        index does not hold it. Cached like recommendations (a catalogue change clears it)."""
+        t0 = time.perf_counter()
+
+        async def compute() -> tuple[bytes | None, int, dict | None, None]:
+            out = await self.ladder.similar(item_id, k, filters)
+            if out is None:
+                return None, -1, None, None
+            out.pop("took_ms", None)
+            return encode(out), out["degradation_level"], out.get("hop_ms"), None
+
+        def keep(v: tuple) -> bool:   # an unknown item's 404 is not kept: it may be added any moment
+            return v[0] is not None and keep_answer(v)
+
+        if self.cache_enabled:
+            (prefix, level, hops, _), how = await self.cache.get_or_compute((SIMILAR, item_id, key), SIMILAR, compute,
+                                                                           cacheable=keep)
+        else:
+            (prefix, level, hops, _), how = await compute(), "off"
+        took = (time.perf_counter() - t0) * 1000
+        if prefix is None:
+            self.metrics.request("similar", 404, took)
+            return 404, error_body("not_found", f"item {item_id} is not in the catalogue (the index holds no such "
+                                                f"item): add it with PUT /v1/items", "item_id")
+        self.metrics.request("similar", 200, took)
+        self.metrics.answer(level, how, hops if how not in ("hit", "coalesced") else None)
+        return 200, finish(prefix, took, how)
 
     # ---------------------------------------------------------------- writes
     async def events(self, events: list[dict], key_id: str | None = None) -> tuple[int, dict, dict | None]:
@@ -292,13 +341,28 @@ class RecService:
         if dup:
             return 422, dup, None
         dim = self.index.dim
+        vectors = []
         for j, it in enumerate(items):
-            if it.vector is None or len(it.vector) != dim:
-                return 422, error_body("invalid_request", f"items.{j}.vector: a vector of dimension {dim} "
-                                                          f"is required", f"items.{j}.vector"), None
+            if it.vector is not None:
+                if len(it.vector) != dim:
+                    return 422, error_body("invalid_request", f"items.{j}.vector: a vector of dimension {dim} is "
+                                                              f"required (or none: the vector from the item's "
+                                                              f"content)", f"items.{j}.vector"), None
+                vectors.append(it.vector)
+                continue
+            enc = self.stage.content
+            v = enc.encode(it.title, it.category, it.attributes) if enc is not None and enc.dim == dim else None
+            if v is None:
+                why = ("the serving embeddings have no content encoder (trained before it): retrain them"
+                       if enc is None or enc.dim != dim else
+                       "none of its content (title words, category, attribute values) is known to the content "
+                       "encoder")
+                return 422, error_body("invalid_request", f"items.{j}: no vector, and {why}; send a vector of "
+                                                          f"dimension {dim}", f"items.{j}.vector"), None
+            vectors.append(v.tolist())
         try:
             acks = await asyncio.to_thread(
-                self.index.upsert, [it.item_id for it in items], np.array([it.vector for it in items]),
+                self.index.upsert, [it.item_id for it in items], np.array(vectors, dtype=np.float32),
                 [{"category": it.category, "attributes": it.attributes} for it in items])
         except IndexUnavailable as e:
             return 503, error_body("unavailable", f"{e}: the write is in the shard's log and will be applied "

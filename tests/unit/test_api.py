@@ -46,6 +46,9 @@ NOW = int(time.time())
 @pytest.mark.parametrize("path,body,status,field", [
     ("/v1/recommend", {"user_id": "abc"}, 422, "user_id"),
     ("/v1/recommend", {}, 422, "user_id"),
+    ("/v1/recommend", {"user_id": 1, "session_items": [3]}, 422, "user_id"),
+    ("/v1/recommend", {"session_items": []}, 422, "session_items"),
+    ("/v1/recommend", {"session_items": [1, -2]}, 422, "session_items.1"),
     ("/v1/recommend", {"user_id": 1, "k": 0}, 422, "k"),
     ("/v1/recommend", {"user_id": 1, "k": 101}, 422, "k"),
     ("/v1/recommend", {"user_id": 1, "filters": {"colour": ["red"]}}, 422, "filters.colour"),

@@ -443,3 +443,12 @@ def test_concurrent_requests_share_generation_calls(models, grounding):
     assert sum(sizes) == 14 and all(n % 2 == 0 and n <= 6 for n in sizes), sizes   # requests never split
     assert be.calls == 3, sizes                           # 7 requests of 2 prompts, 6 prompts a call
     assert core.stats()["generation_calls"] == {"large": be.calls}
+
+
+def test_template_reasons_name_the_item_just_seen_first():
+    from recserve.explain.templates import template_reasons_from
+
+    sig = signal(title="Toy Story (1995)", category="Animation", similar="Bug's Life, A (1998)", log_trending=0.0)
+    got = template_reasons_from(sig)
+    assert got[0] == "like A Bug's Life, which you just saw" and len(got) >= 2
+    assert template_reasons_from(signal(log_trending=0.0, session_cat_share=0.0))[0] != got[0]
