@@ -48,12 +48,16 @@ class ContentEncoder:
     BUCKETS = 1 << 18   # hashed feature table (collisions are rare at catalogue vocabularies)
     SHRINK = 2.0        # a feature seen on n items: its mean weighs n / (n + SHRINK) against the catalogue's
 
-    def __init__(self, keys: np.ndarray, sums: np.ndarray, counts: np.ndarray, mean: np.ndarray, n_items: int):
+    def __init__(self, keys: np.ndarray, sums: np.ndarray, counts: np.ndarray, mean: np.ndarray, n_items: int,
+                 norm_sums: np.ndarray | None = None, mean_norm: float = 1.0):
         self.keys = np.asarray(keys, dtype=np.int64)              # sorted bucket ids that occur
         self.sums = np.asarray(sums, dtype=np.float32)            # [len(keys), d + 1]
         self.counts = np.asarray(counts, dtype=np.float32)        # items per bucket
         self.mean = np.asarray(mean, dtype=np.float32)            # [d + 1] the catalogue's mean vector
         self.n_items = int(n_items)
+        self.norm_sums = (np.asarray(norm_sums, dtype=np.float32) if norm_sums is not None
+                          else np.zeros(len(self.keys), np.float32))   # sum of the items' |v| per bucket
+        self.mean_norm = float(mean_norm)
 
     @property
     def dim(self) -> int:
@@ -73,7 +77,9 @@ class ContentEncoder:
         sums = np.zeros((len(keys), vectors.shape[1]), dtype=np.float64)
         np.add.at(sums, inv, vectors[rows_a])
         counts = np.bincount(inv, minlength=len(keys)).astype(np.float64)
-        return cls(keys, sums, counts, vectors.mean(axis=0), len(vectors))
+        norms = np.linalg.norm(vectors[:, :-1], axis=1)
+        norm_sums = np.bincount(inv, weights=norms[rows_a], minlength=len(keys))
+        return cls(keys, sums, counts, vectors.mean(axis=0), len(vectors), norm_sums, float(norms.mean()))
 
     def encode(self, title: str, category: str, attributes: dict | None) -> np.ndarray | None:
         """The item's vector ([d + 1] float32), or None when none of its features is known."""
@@ -88,11 +94,18 @@ class ContentEncoder:
         n = self.counts[pos].astype(np.float64)
         centroid = (self.sums[pos] + self.SHRINK * self.mean) / (n + self.SHRINK)[:, None]
         w = np.log1p(self.n_items / n)
-        return (w[:, None] * centroid).sum(axis=0).astype(np.float32) / np.float32(w.sum())
+        out = (w[:, None] * centroid).sum(axis=0) / w.sum()
+        # a mean of vectors is shorter than the vectors: the new item gets the length its content's
+        # items have, so that an inner-product search finds it as readily as them
+        norm = float(np.linalg.norm(out[:-1]))
+        want = float((w * (self.norm_sums[pos] + self.SHRINK * self.mean_norm) / (n + self.SHRINK)).sum() / w.sum())
+        if norm > 1e-9:
+            out[:-1] *= want / norm
+        return out.astype(np.float32)
 
     def save(self, directory: str | Path) -> None:
         np.savez(Path(directory) / CONTENT_FILE, keys=self.keys, sums=self.sums, counts=self.counts, mean=self.mean,
-                 n_items=np.array(self.n_items))
+                 n_items=np.array(self.n_items), norm_sums=self.norm_sums, mean_norm=np.array(self.mean_norm))
 
     @classmethod
     def load(cls, directory: str | Path) -> "ContentEncoder | None":
@@ -100,7 +113,8 @@ class ContentEncoder:
         if not p.exists():
             return None
         z = np.load(p)
-        return cls(z["keys"], z["sums"], z["counts"], z["mean"], int(z["n_items"]))
+        return cls(z["keys"], z["sums"], z["counts"], z["mean"], int(z["n_items"]), z["norm_sums"],
+                   float(z["mean_norm"]))
 
 
 # ------------------------------------------------------------------------- sessions

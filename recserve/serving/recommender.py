@@ -99,6 +99,8 @@ class Recommender:
         self._popular_ids = self.data.item_ids[self._popular].astype(np.int64)
         self._popular_scores = np.log1p(pop[self._popular]).astype(np.float64)
         self.new_items: dict[int, str] = {}
+        self.new_units: dict[int, np.ndarray] = {}   # unit vectors of items added since training
+        self._cat_codes = {str(c): int(k) for c, k in zip(self.item_category, self.inputs.stats.item_cat)}
         self.live_weight = 0.7   # share of the real-time vector in the retrieval query
         self.dim = self.user_vectors.shape[1] - 1   # [u, 1] . [v, b]
 
@@ -265,6 +267,9 @@ class Recommender:
             X[known] = candidate_features(q.ctx, dense[known], scores[known], self.inputs.stats, t_ref,
                                           self.cfg.ranker.trending_window_s)
             X[~known, 0] = scores[~known]
+            sub = X[~known]
+            self._new_item_features(q.ctx, ids[~known], sub, t_ref)
+            X[~known] = sub
         X[:, RANK_COL] = np.arange(len(ids)) / max(len(ids) - 1, 1)
         return Candidates(q, ids, np.where(known, dense, -1), X)
 
@@ -279,10 +284,45 @@ class Recommender:
     def category_of(self, dense: int, item_id: int) -> str:
         return str(self.item_category[dense]) if dense >= 0 else self.new_items.get(item_id, "")
 
-    def add_items(self, items: dict[int, str]) -> None:
-        """Categories of catalogue items added while serving (for reasons; statistics come with
-        the next offline run)."""
+    def add_items(self, items: dict[int, str], vectors: np.ndarray | None = None) -> None:
+        """Catalogue items added while serving: their categories (for reasons and the category
+        features) and vectors (for the similarity features); statistics come with the next offline run."""
         self.new_items.update(items)
+        if vectors is not None:
+            v = np.asarray(vectors, dtype=np.float32)[:, :-1]
+            unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
+            self.new_units.update({int(i): u for i, u in zip(items, unit)})
+
+    NEW_ITEM_NEIGHBOURS = 5
+    BEHAVIOUR_COLS = [FEATURE_NAMES.index(n) for n in ("log_popularity", "log_trending", "covisit",
+                                                        "log_hours_since_item", "covisit_history", "log_trending_long")]
+
+    def _new_item_features(self, ctx: SessionContext, ids: np.ndarray, X: np.ndarray, t_ref: int) -> None:
+        """The features of items added since training, which have no statistics of their own: their
+        category against the session's and the history's and their cosine with the items just
+        seen, from their own category and vector; and for what only use can tell (popularity,
+        trending, co-visitation, recency), a prior: the mean of their nearest trained items' (by
+        cosine), as if they were used like the items they are like. Without it the ranker, which
+        never saw an item nobody used, ranks every new item last until the next training."""
+        stats = self.inputs.stats
+        codes = [self._cat_codes.get(self.new_items.get(int(i), ""), -1) for i in ids]
+        recent = np.asarray(ctx.last_items, dtype=np.int64)
+        if len(recent):
+            X[:, 3] = np.array([ctx.category_counts.get(c, 0) if c >= 0 else 0 for c in codes], np.float32) / len(recent)
+        X[:, 8] = np.log1p(ctx.n_events)
+        total = sum(ctx.history_cats.values())
+        X[:, 12] = np.array([ctx.history_cats.get(c, 0) if c >= 0 else 0 for c in codes], np.float32) / max(total, 1)
+        for j, i in enumerate(ids.tolist()):
+            u = self.new_units.get(int(i))
+            if u is None or u.shape[0] != stats.unit_vectors.shape[1]:
+                continue
+            if len(recent):
+                sims = stats.unit_vectors[recent] @ u
+                X[j, 4], X[j, 5] = sims.max(), sims.mean()
+            near = np.argsort(-(stats.unit_vectors @ u))[: self.NEW_ITEM_NEIGHBOURS]
+            prior = candidate_features(ctx, near, np.zeros(len(near), np.float32), stats, t_ref,
+                                       self.cfg.ranker.trending_window_s)
+            X[j, self.BEHAVIOUR_COLS] = prior[:, self.BEHAVIOUR_COLS].mean(axis=0)
 
     SIMILAR_SEEN = 0.5   # cosine from which a just-seen item is named as similar
 

@@ -369,7 +369,7 @@ class RecService:
                                                   f"when a replica recovers; retrying it is safe", None), RETRY
         except ShardError as e:   # the batch itself is unfit for the index (checked before any write)
             return 422, error_body("invalid_request", f"items: {e}", "items"), None
-        self.stage.add_items({it.item_id: it.category for it in items})
+        self.stage.add_items({it.item_id: it.category for it in items}, np.array(vectors, dtype=np.float32))
         self.cache.clear()  # this replica's cached lists predate the catalogue change
         return 200, {"upserted": len(items), "shards": {str(k): v for k, v in acks.items()}}, None
 
