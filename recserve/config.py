@@ -270,6 +270,11 @@ class Config(_Strict):
         return url
 
     @property
+    def redis_shown(self) -> str:
+        """The Redis URL for messages and logs: its password masked."""
+        return masked_url(self.redis_url)
+
+    @property
     def kafka_source(self) -> tuple[str, str]:
         """(the Kafka bootstrap servers, the setting that named them): stream.bootstrap_servers, else
         $KAFKA_BOOTSTRAP_SERVERS, else the embedded broker `recserve up` starts on stream.kafka_port."""
@@ -381,3 +386,10 @@ def redact(url: str) -> str:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
+
+
+def masked_url(url: str) -> str:
+    """A URL fit for a message or a log: the password of its user info replaced by ***."""
+    import re
+
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^:@/]*:)[^@/]*@", r"\1***@", url)

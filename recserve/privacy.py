@@ -113,6 +113,8 @@ def forgotten_for_training(redis_url: str, log=print) -> dict[int, float]:
     """The tombstones an offline job honours; a Redis it cannot reach is said, not hidden."""
     import redis
 
+    from recserve.config import masked_url
+
     try:
         r = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
         try:
@@ -120,6 +122,6 @@ def forgotten_for_training(redis_url: str, log=print) -> dict[int, float]:
         finally:
             r.close()
     except redis.RedisError as e:
-        log(f"warning: the forgotten-user list at {redis_url} cannot be read ({type(e).__name__}); training on "
+        log(f"warning: the forgotten-user list at {masked_url(redis_url)} cannot be read ({type(e).__name__}); training on "
             f"the dataset as it is (forgotten users would be included: run with Redis up)")
         return {}

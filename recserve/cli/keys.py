@@ -27,7 +27,7 @@ def _store(config):
     try:
         r.ping()
     except redis.RedisError as e:
-        _fail(RuntimeError(f"Redis at {cfg.redis_url} cannot be reached ({e}): keys live there; `recserve up` "
+        _fail(RuntimeError(f"Redis at {cfg.redis_shown} cannot be reached ({e}): keys live there; `recserve up` "
                            f"starts the embedded one, or set redis.url"))
     return KeyStore(r)
 

@@ -110,7 +110,7 @@ def backup(cfg, dest: str, keep: int = 24, log=print) -> dict:
     try:
         rdir = Path(r.config_get("dir")["dir"])
     except redis.exceptions.RedisError as e:
-        raise BackupError(f"Redis at {cfg.redis_url} is not reachable: {e}") from e
+        raise BackupError(f"Redis at {cfg.redis_shown} is not reachable: {e}") from e
     if not (rdir / "dump.rdb").parent.is_dir():
         raise BackupError(f"Redis writes its files to {rdir}, which this machine cannot read: run the backup "
                           f"on the Redis host (or use the managed Redis's own snapshots)")

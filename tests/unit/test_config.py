@@ -54,3 +54,11 @@ def test_state_pool_resources_reach_the_actor_options():
     assert cfg.serve.shard_resources == {"index": 1.0} and cfg.stream.aggregator_resources == {"stream": 1.0}
     rt = IndexRouter("/tmp/unused", cfg.index, 8, actor_options={"resources": cfg.serve.shard_resources})
     assert rt.actor_options["resources"] == {"index": 1.0} and rt.actor_options["max_restarts"] == -1
+
+
+def test_redis_urls_in_messages_hide_the_password():
+    from recserve.config import masked_url
+
+    cfg = load_config(environ={"REDIS_PASSWORD": "s3cr3t-pw"}, overrides={"redis.port": "6399"})
+    assert "s3cr3t-pw" in cfg.redis_url and "s3cr3t-pw" not in cfg.redis_shown and ":***@" in cfg.redis_shown
+    assert masked_url("redis://127.0.0.1:6390/0") == "redis://127.0.0.1:6390/0"
