@@ -98,6 +98,10 @@ class RankerConfig(_Strict):
     lr: float = Field(0.003, gt=0)
     batch_size: int = Field(2048, ge=1)
     session_len: int = Field(20, ge=1, description="last N events that make the session context")
+    session_items: int = Field(5, ge=1, le=200, description="the retrieval query folds in the user's last N items "
+                                                           "(recserve.ranking.content.fold_in)...")
+    session_weight: float = Field(0.7, ge=0, le=1, description="...with this share against the trained user "
+                                                               "vector (0: the user vector alone)")
     trending_window_s: int = Field(7 * 86400, ge=1)
     seed: int = 0
 

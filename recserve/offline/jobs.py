@@ -214,11 +214,18 @@ def _write_items_meta(reg: Registry, emb_version: str, ids: np.ndarray, path: Pa
 # ---------------------------------------------------------------------------------- ranker
 def _ranker_examples(cfg: Config, data: Interactions, items: pd.DataFrame, user_vectors: np.ndarray,
                      item_vectors: np.ndarray):
+    from recserve.ranking.content import blended_queries, mean_pair_score
     from recserve.ranking.ranker import feature_tensor, ranking_inputs, retrieve_exact
 
     rcfg = cfg.ranker
     inp = ranking_inputs(data, items, item_vectors, rcfg)
-    cand, sc = retrieve_exact(user_vectors, item_vectors, data.matrix, data.test_users, rcfg.candidates)
+    m = data.matrix.tocoo()
+    queries = user_vectors.copy()
+    queries[data.test_users] = blended_queries(user_vectors, data.test_users, inp.contexts, item_vectors,
+                                               cfg.stream.vector_decay, mean_pair_score(user_vectors, item_vectors,
+                                                                                        m.row, m.col),
+                                               rcfg.session_weight, rcfg.session_items)
+    cand, sc = retrieve_exact(queries, item_vectors, data.matrix, data.test_users, rcfg.candidates)
     X = feature_tensor(inp, data.test_users, cand, sc, rcfg)
     Y = np.zeros(cand.shape, dtype=bool)
     for r, rel in enumerate(data.test_items):
@@ -271,7 +278,8 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
 
 
 # ---------------------------------------------------------------------------------- evaluate
-METHODS = ("popularity", "als", "ease", "retrieval", "retrieval_ranker", "anonymous_session")
+METHODS = ("popularity", "als", "ease", "retrieval", "retrieval_ranker", "anonymous_session",
+           "session_vector_seen_excluded")
 SESSION_ITEMS = 5   # the anonymous-session row: each test user's last 5 training items, no user id
 
 
@@ -332,6 +340,19 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
             j = e_user.get(int(data.user_ids[u]))
             if j is not None:
                 uvec[r] = emb["user_vectors"][j]
+        ivec = np.zeros((data.n_items, emb["item_vectors"].shape[1]), dtype=np.float32)
+        ivec[common] = emb["item_vectors"][item_pos[common]]
+        inp = ranking_inputs(data, items, ivec, cfg.ranker)
+        # the query serving sends: the user vector moved toward the fold-in of their last items
+        from recserve.ranking.content import blended_queries, mean_pair_score
+
+        tm = data.matrix.tocoo()
+        urow = np.array([e_user.get(int(u), -1) for u in data.user_ids], dtype=np.int64)[tm.row]
+        ok = urow >= 0
+        target = mean_pair_score(emb["user_vectors"], ivec, urow[ok], tm.col[ok])
+        uvec = blended_queries(uvec,
+                               np.arange(len(uvec)), [inp.contexts[u] for u in data.test_users], ivec,
+                               cfg.stream.vector_decay, target, cfg.ranker.session_weight, cfg.ranker.session_items)
         seen = [data.item_ids[data.matrix.indices[data.matrix.indptr[u]:data.matrix.indptr[u + 1]]]
                 for u in data.test_users]
         n_cand = cfg.ranker.candidates if "retrieval_ranker" in methods else k
@@ -347,16 +368,16 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
         if "retrieval_ranker" in methods:
             versions["ranker"] = reg.resolve("ranker", versions.get("ranker"))
             model, _ = load_model(ranker_path(reg, versions["ranker"]))
-            ivec = np.zeros((data.n_items, emb["item_vectors"].shape[1]), dtype=np.float32)
-            ivec[common] = emb["item_vectors"][item_pos[common]]
-            inp = ranking_inputs(data, items, ivec, cfg.ranker)
-
             def ranked():
                 X = feature_tensor(inp, data.test_users, cand, cand_sc, cfg.ranker)
                 return rerank(model, X, cand, k)
             run("retrieval_ranker", ranked)
         if "anonymous_session" in methods:
             run("anonymous_session", lambda: _session_recs(cfg, data, train, emb, e_user, item_pos, shards, k))
+            # the same session vectors with the user's whole training history excluded, as the other
+            # rows have it: what the session vector is worth, apart from not knowing the history
+            run("session_vector_seen_excluded",
+                lambda: _session_recs(cfg, data, train, emb, e_user, item_pos, shards, k, seen))
 
     report = {"dataset": str(dataset_dir), "dataset_source": dataset_meta(dataset_dir).get("source"),
               "k": k, "holdout": cfg.eval.holdout, "test_users": int(len(data.test_users)),
@@ -380,7 +401,8 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
     return report
 
 
-def _session_recs(cfg: Config, data, train, emb: dict, e_user: dict, item_pos: np.ndarray, shards, k: int):
+def _session_recs(cfg: Config, data, train, emb: dict, e_user: dict, item_pos: np.ndarray, shards, k: int,
+                  seen: list | None = None):
     """Each test user as an anonymous visitor: their last SESSION_ITEMS training items as the
     session, the user vector folded in from those items' vectors as serving does (no user id, no
     other history: only the session's items are excluded), top k from the index."""
@@ -402,7 +424,7 @@ def _session_recs(cfg: Config, data, train, emb: dict, e_user: dict, item_pos: n
         pos = pos[pos >= 0]
         if len(pos):
             queries[r] = fold_in(emb["item_vectors"][pos], cfg.stream.vector_decay, target)
-        excl.append(np.array(session, dtype=np.int64))
+        excl.append(np.array(session, dtype=np.int64) if seen is None else seen[r])
     ids, _ = shards.search(queries, k, exclude=excl)
     return np.vectorize(lambda x: id_to_dense.get(int(x), -1), otypes=[np.int64])(ids) if ids.size else ids
 

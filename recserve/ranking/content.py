@@ -142,3 +142,27 @@ def mean_pair_score(user_vectors: np.ndarray, item_vectors: np.ndarray, rows: np
         return 1.0
     take = np.random.default_rng(0).choice(len(rows), size=min(len(rows), sample), replace=False)
     return float(np.mean(np.einsum("ij,ij->i", user_vectors[rows[take]], item_vectors[cols[take]])))
+
+
+def session_blend(user_vector: np.ndarray, recent_vectors: np.ndarray, decay: float, target: float,
+                  weight: float) -> np.ndarray:
+    """A known user's retrieval query: their trained vector moved toward the fold-in of their
+    last items (`weight` of it). On the temporal split the recent items predict the next ones
+    better than the whole history the trained vector sums up (`recserve eval`'s
+    session_vector_seen_excluded row against retrieval); the blend keeps both."""
+    if weight <= 0 or not len(recent_vectors):
+        return np.asarray(user_vector, dtype=np.float32)
+    s = fold_in(recent_vectors, decay, target)
+    return ((1 - weight) * np.asarray(user_vector, dtype=np.float64) + weight * s).astype(np.float32)
+
+
+def blended_queries(user_vectors: np.ndarray, users, contexts, item_vectors: np.ndarray, decay: float,
+                    target: float, weight: float, n_items: int) -> np.ndarray:
+    """`session_blend` for many users: rows `users` of `user_vectors`, each with its context's
+    last `n_items` items (SessionContext.last_items, dense indexes into `item_vectors`)."""
+    out = np.asarray(user_vectors[users], dtype=np.float32).copy()
+    for r, u in enumerate(np.asarray(users).tolist()):
+        recent = np.asarray(contexts[u].last_items[-n_items:], dtype=np.int64)
+        if len(recent):
+            out[r] = session_blend(out[r], item_vectors[recent], decay, target, weight)
+    return out

@@ -101,7 +101,6 @@ class Recommender:
         self.new_items: dict[int, str] = {}
         self.new_units: dict[int, np.ndarray] = {}   # unit vectors of items added since training
         self._cat_codes = {str(c): int(k) for c, k in zip(self.item_category, self.inputs.stats.item_cat)}
-        self.live_weight = 0.7   # share of the real-time vector in the retrieval query
         self.dim = self.user_vectors.shape[1] - 1   # [u, 1] . [v, b]
 
     # ------------------------------------------------------------------- users
@@ -144,10 +143,11 @@ class Recommender:
         request_excl = {int(i) for i in filters.get("exclude_ids") or []}
         u = self.user_index[int(user_id)]
         seen = self.seen(u)
-        ctx, query, seen_live, folded = self.inputs.contexts[u], self.user_vectors[u], [], False
+        ctx, seen_live, folded = self.inputs.contexts[u], [], False
         if live is not None and live.events:
-            ctx, query, seen_live = self._with_live(u, live)
+            ctx, seen_live = self._with_live(u, live)
             folded = True
+        query = self.query_of(u, ctx)
         exclude = request_excl | set(seen.tolist())
         search_filter = {key: v for key, v in filters.items() if key in ("categories", "attributes") and v}
         search_filter["exclude_ids"] = sorted(exclude | set(seen_live))
@@ -156,21 +156,35 @@ class Recommender:
 
     def _with_live(self, u: int, live) -> tuple:
         """The offline context with the stream's newer events folded in by the same function the
-        offline job uses (update_session), and the retrieval query moved toward the real-time
-        vector (a decayed mean of the items just interacted with)."""
+        offline job uses (update_session), and the ids the stream saw."""
         ctx = copy.deepcopy(self.inputs.contexts[u])
         ids = np.array([e[0] for e in live.events], dtype=np.int64)
         dense = np.minimum(np.searchsorted(self.data.item_ids, ids), self.data.n_items - 1)
         for e, d in zip(live.events, dense.tolist()):
             if self.data.item_ids[d] == e[0] and e[1] >= ctx.last_ts:
                 update_session(ctx, d, int(self.inputs.stats.item_cat[d]), int(e[1]), self.cfg.ranker.session_len)
-        query = self.user_vectors[u].copy()
-        vec = live.vector()
-        if vec is not None and len(vec) >= self.dim:
-            m = vec[: self.dim]
-            scale = np.linalg.norm(query[: self.dim]) / max(float(np.linalg.norm(m)), 1e-9)
-            query[: self.dim] = (1 - self.live_weight) * query[: self.dim] + self.live_weight * scale * m
-        return ctx, query, [int(e[0]) for e in live.events]
+        return ctx, [int(e[0]) for e in live.events]
+
+    def query_of(self, u: int, ctx: SessionContext) -> np.ndarray:
+        """A known user's retrieval query: the trained vector moved toward the fold-in of the
+        context's last items (the stream's newest included), as training and `recserve eval` form it
+        (recserve.ranking.content.session_blend): a click changes the next answer's candidates."""
+        from recserve.ranking.content import session_blend
+
+        rc = self.cfg.ranker
+        recent = np.asarray(ctx.last_items[-rc.session_items:], dtype=np.int64)
+        return session_blend(self.user_vectors[u], self.item_vectors[recent], self.cfg.stream.vector_decay,
+                             self.target_score, rc.session_weight)
+
+    @property
+    def target_score(self) -> float:
+        """The mean score of the training pairs (the fold-in's target), computed once."""
+        if self._target is None:
+            from recserve.ranking.content import mean_pair_score
+
+            m = self.data.matrix.tocoo()
+            self._target = mean_pair_score(self.user_vectors, self.item_vectors, m.row, m.col)
+        return self._target
 
     # ------------------------------------------------------------ known items
     def dense_of(self, ids) -> np.ndarray:
@@ -187,17 +201,14 @@ class Recommender:
         when none of them is in the trained catalogue: the user vector folded in from the trained
         item vectors (recserve.ranking.content.fold_in), the session as the ranker's context, as a
         live one would be."""
-        from recserve.ranking.content import fold_in, mean_pair_score
+        from recserve.ranking.content import fold_in
 
         filters = dict(filters or {})
         dense = self.dense_of(items)
         d = dense[dense >= 0]
         if not len(d):
             return None
-        if self._target is None:
-            m = self.data.matrix.tocoo()
-            self._target = mean_pair_score(self.user_vectors, self.item_vectors, m.row, m.col)
-        query = fold_in(self.item_vectors[d], self.cfg.stream.vector_decay, self._target)[None, :]
+        query = fold_in(self.item_vectors[d], self.cfg.stream.vector_decay, self.target_score)[None, :]
         ctx = session_context(d, self.inputs.stats.item_cat, np.full(len(d), self.t_data), self.cfg.ranker.session_len)
         exclude = {int(i) for i in filters.get("exclude_ids") or []} | {int(i) for i in items}
         search_filter = {key: val for key, val in filters.items() if key in ("categories", "attributes") and val}
