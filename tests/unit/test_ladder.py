@@ -68,6 +68,15 @@ class Stage:
         return [{"item_id": i, "features": {}, "category": "x", "explored": e, "title": ""}
                 for i, e in zip(chosen, explored)]
 
+    def similar_query(self, item_id, vector, k, filters):
+        return np.ones((1, 4), np.float32), max(4 * k, 40), {"exclude_ids": [item_id]}
+
+    def similar_items(self, vector, ids, scores, k):
+        return [{"item_id": int(i), "score": 1.0, "reasons": []} for i in ids[0][:k]]
+
+    def covisited(self, item_id, k, filters):
+        return [{"item_id": 139, "score": 2.0, "reasons": ["often viewed together"]}] if item_id == 100 else []
+
     def items(self, c, scores, chosen, reasons=None):
         return [{"item_id": i, "score": 0.0, "reasons": reasons[n] if reasons else []} for n, i in enumerate(chosen)]
 
@@ -99,6 +108,10 @@ class Fakes:
         await self._step("search")
         keep = [i for i in ITEMS if int(i) not in set(flt.get("exclude_ids") or [])][:n]
         return np.array([keep]), np.linspace(1, 0, len(keep))[None].astype(np.float32)
+
+    async def vectors(self, ids):
+        await self._step("search")
+        return {int(i): (np.ones(5, np.float32), {}) for i in ids if int(i) in set(ITEMS.tolist())}
 
     async def score(self, X):
         await self._step("score")
@@ -234,3 +247,15 @@ def test_the_explainer_answers_before_the_router_gives_up_and_lateness_is_no_fau
     assert explainer_fault({"fallback": "queue_full"}) is None
     assert explainer_fault({"fallback": "error: RuntimeError"}) == "error: RuntimeError"
     assert explainer_fault({"fallback": None}) is None
+
+
+def test_similar_items_climb_down_the_ladder_when_the_index_is_away():
+    lad, f = ladder(deadline_ms=1000)
+    out = asyncio.run(lad.similar(100, 3, None))
+    assert out["degradation_level"] == LEVEL_FULL and [i["item_id"] for i in out["items"]] == [101, 102, 103]
+    assert asyncio.run(lad.similar(5, 3, None)) is None          # not in the index: the route's 404
+    f.fail.add("search")
+    co = asyncio.run(lad.similar(100, 3, None))
+    assert co["degradation_level"] == LEVEL_CACHED and co["items"][0]["item_id"] == 139
+    pop = asyncio.run(lad.similar(105, 3, None))
+    assert pop["degradation_level"] == LEVEL_POPULAR and 105 not in [i["item_id"] for i in pop["items"]]
