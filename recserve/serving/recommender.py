@@ -16,6 +16,7 @@ popularity, trending, co-visitation and each user's history) through recserve.ar
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +89,7 @@ class Recommender:
         self.item_vectors = emb["item_vectors"].astype(np.float32)   # [n_items, d + 1] = [v, b]
         self._item_norms = np.linalg.norm(self.item_vectors[:, :-1], axis=1)
         self._target: float | None = None   # the fold-in's target score, computed at the first session
+        self._queries: OrderedDict[int, np.ndarray] = OrderedDict()
         self.inputs = ranking_inputs(self.data, items, emb["item_vectors"], cfg.ranker)
         self.user_index = self.data.user_index()
         by_id = items.set_index("item_id")
@@ -147,7 +149,7 @@ class Recommender:
         if live is not None and live.events:
             ctx, seen_live = self._with_live(u, live)
             folded = True
-        query = self.query_of(u, ctx)
+        query = self.query_of(u, ctx) if folded else self._trained_query(u)
         exclude = request_excl | set(seen.tolist())
         search_filter = {key: v for key, v in filters.items() if key in ("categories", "attributes") and v}
         search_filter["exclude_ids"] = sorted(exclude | set(seen_live))
@@ -175,6 +177,19 @@ class Recommender:
         recent = np.asarray(ctx.last_items[-rc.session_items:], dtype=np.int64)
         return session_blend(self.user_vectors[u], self.item_vectors[recent], self.cfg.stream.vector_decay,
                              self.target_score, rc.session_weight)
+
+    QUERY_CACHE = 100_000   # users whose trained-context query is kept (it changes only with live events)
+
+    def _trained_query(self, u: int) -> np.ndarray:
+        """`query_of` the training context, computed once per user (least recently used out)."""
+        q = self._queries.get(u)
+        if q is None:
+            q = self._queries[u] = self.query_of(u, self.inputs.contexts[u])
+            if len(self._queries) > self.QUERY_CACHE:
+                self._queries.popitem(last=False)
+        else:
+            self._queries.move_to_end(u)
+        return q
 
     @property
     def target_score(self) -> float:
