@@ -207,6 +207,13 @@ class Ladder:
                                    timings)
         if not ok:
             return self.fallback(who, k, q.exclude, filters, rid, versions, timings, t0)
+        strangers = stage.unfamiliar(found[0])
+        if strangers:
+            # items added since training through another replica: their vectors and categories from the
+            # index, so that they get their content's features here too (nothing answered: without them)
+            ok, held = await self.hop("vector_index", lambda: ports.search.vectors(strangers), left(), {})
+            if ok:
+                stage.learn_items(held)
         cands = stage.features(q, *found)
         scores = None
         if len(cands.ids):

@@ -319,6 +319,21 @@ class Recommender:
             unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
             self.new_units.update({int(i): u for i, u in zip(items, unit)})
 
+    def unfamiliar(self, ids: np.ndarray) -> list[int]:
+        """Ids among a search's answer that are neither trained on nor known to this replica as
+        added since (added through another router replica)."""
+        ids = np.asarray(ids).reshape(-1)
+        ids = ids[ids >= 0]
+        dense = self.dense_of(ids)
+        return [int(i) for i, d in zip(ids.tolist(), dense.tolist()) if d < 0 and int(i) not in self.new_units]
+
+    def learn_items(self, found: dict) -> None:
+        """Items added since training, as the index holds them ({id: (vector, metadata)})."""
+        if found:
+            ids = list(found)
+            self.add_items({i: str(found[i][1].get("category", "")) for i in ids},
+                           np.array([found[i][0] for i in ids], dtype=np.float32))
+
     NEW_ITEM_NEIGHBOURS = 5
     BEHAVIOUR_COLS = [FEATURE_NAMES.index(n) for n in ("log_popularity", "log_trending", "covisit",
                                                         "log_hours_since_item", "covisit_history", "log_trending_long")]

@@ -68,6 +68,15 @@ class Stage:
         return [{"item_id": i, "features": {}, "category": "x", "explored": e, "title": ""}
                 for i, e in zip(chosen, explored)]
 
+    strangers: list = []
+    learned: dict = {}
+
+    def unfamiliar(self, ids):
+        return [i for i in self.strangers if i in set(np.asarray(ids).reshape(-1).tolist())]
+
+    def learn_items(self, found):
+        self.learned.update(found)
+
     def similar_query(self, item_id, vector, k, filters):
         return np.ones((1, 4), np.float32), max(4 * k, 40), {"exclude_ids": [item_id]}
 
@@ -259,3 +268,11 @@ def test_similar_items_climb_down_the_ladder_when_the_index_is_away():
     assert co["degradation_level"] == LEVEL_CACHED and co["items"][0]["item_id"] == 139
     pop = asyncio.run(lad.similar(105, 3, None))
     assert pop["degradation_level"] == LEVEL_POPULAR and 105 not in [i["item_id"] for i in pop["items"]]
+
+
+def test_items_added_through_another_replica_are_learned_from_the_index():
+    lad, f = ladder(deadline_ms=1000)
+    lad.stage.strangers, lad.stage.learned = [104, 999], {}
+    out = run(lad)
+    assert out["degradation_level"] == LEVEL_FULL and set(lad.stage.learned) == {104}   # 999 is in no answer
+    assert lad.stage.learned[104][0].shape == (5,)
