@@ -23,6 +23,7 @@ import numpy as np
 
 from recserve.config import Config
 from recserve.explain.templates import POPULAR_REASON
+from recserve.ranking.content import ContentEncoder, fold_in, mean_pair_score, session_blend
 from recserve.ranking.features import (
     FEATURE_NAMES,
     SessionContext,
@@ -83,12 +84,10 @@ class Recommender:
             raise ValueError(f"embeddings {emb['version']} were not trained on all of {dataset} (holdout?): "
                              f"serve a version trained with --holdout 0")
         self.user_vectors = emb["user_vectors"]
-        from recserve.ranking.content import ContentEncoder
-
         self.content = ContentEncoder.load(registry.fetch("embeddings", emb["version"]))   # None: trained before it
         self.item_vectors = emb["item_vectors"].astype(np.float32)   # [n_items, d + 1] = [v, b]
         self._item_norms = np.linalg.norm(self.item_vectors[:, :-1], axis=1)
-        self._target: float | None = None   # the fold-in's target score, computed at the first session
+        self._target: float | None = None   # the fold-in's target score, computed at the first query
         self._queries: OrderedDict[int, np.ndarray] = OrderedDict()
         self.inputs = ranking_inputs(self.data, items, emb["item_vectors"], cfg.ranker)
         self.user_index = self.data.user_index()
@@ -171,8 +170,6 @@ class Recommender:
         """A known user's retrieval query: the trained vector moved toward the fold-in of the
         context's last items (the stream's newest included), as training and `recserve eval` form it
         (recserve.ranking.content.session_blend): a click changes the next answer's candidates."""
-        from recserve.ranking.content import session_blend
-
         rc = self.cfg.ranker
         recent = np.asarray(ctx.last_items[-rc.session_items:], dtype=np.int64)
         return session_blend(self.user_vectors[u], self.item_vectors[recent], self.cfg.stream.vector_decay,
@@ -195,8 +192,6 @@ class Recommender:
     def target_score(self) -> float:
         """The mean score of the training pairs (the fold-in's target), computed once."""
         if self._target is None:
-            from recserve.ranking.content import mean_pair_score
-
             m = self.data.matrix.tocoo()
             self._target = mean_pair_score(self.user_vectors, self.item_vectors, m.row, m.col)
         return self._target
@@ -216,8 +211,6 @@ class Recommender:
         when none of them is in the trained catalogue: the user vector folded in from the trained
         item vectors (recserve.ranking.content.fold_in), the session as the ranker's context, as a
         live one would be."""
-        from recserve.ranking.content import fold_in
-
         filters = dict(filters or {})
         dense = self.dense_of(items)
         d = dense[dense >= 0]
