@@ -145,6 +145,17 @@ class ServeConfig(_Strict):
                                                   "default 30 s suits HAProxies on many nodes)")
 
 
+class SequenceConfig(_Strict):
+    """The sequence model (recserve.ranking.sequence): measured by `recserve eval` alone so far."""
+    dim: int = Field(64, ge=4, le=1024)
+    max_len: int = Field(50, ge=2, le=1000, description="the last items of a user it reads")
+    blocks: int = Field(2, ge=1, le=12)
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    max_seconds: float = Field(300.0, gt=0, description="training stops after this many seconds")
+
+
 class ExplainerConfig(_Strict):
     backend: Literal["templates", "transformers", "vllm"] = Field(
         "templates", description="templates (no model), transformers (CPU or GPU) or vllm (GPU, the llm extra)")
@@ -256,6 +267,7 @@ class Config(_Strict):
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
     explainer: ExplainerConfig = ExplainerConfig()
+    sequence: SequenceConfig = SequenceConfig()
     auth: AuthConfig = AuthConfig()
 
     @property

@@ -279,7 +279,7 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
 
 # ---------------------------------------------------------------------------------- evaluate
 METHODS = ("popularity", "als", "ease", "retrieval", "retrieval_ranker", "anonymous_session",
-           "session_vector_seen_excluded")
+           "session_vector_seen_excluded", "sequence_model")
 SESSION_ITEMS = 5   # the anonymous-session row: each test user's last 5 training items, no user id
 
 
@@ -324,6 +324,8 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
     if "ease" in methods:
         run("ease", lambda: ev.ease_recs(data, k, cfg.eval.ease_lambda))
 
+    if "sequence_model" in methods:
+        run("sequence_model", lambda: _sequence_recs(cfg, data, train, k, log))
     if {"retrieval", "retrieval_ranker", "anonymous_session"} & set(methods):
         emb = load_embeddings(reg, versions.get("embeddings"))
         versions["embeddings"] = emb["version"]
@@ -399,6 +401,48 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
             shutil.copy(Path(tmp) / "eval.png", out.with_suffix(".png"))
     log(f"published evaluation {v}")
     return report
+
+
+def _sequence_recs(cfg: Config, data, train, k: int, log: Progress) -> np.ndarray:
+    """The sequence model alone: trained in a Ray task on each user's training items in time order,
+    then each test user's top k next items, the training history excluded as the other rows have it."""
+    import ray
+
+    from recserve.ranking.sequence import SequenceSettings, next_item_scores, sequences, train_sequence_model
+
+    ensure_ray(cfg)
+    sc = cfg.sequence
+    st = SequenceSettings(dim=sc.dim, max_len=sc.max_len, blocks=sc.blocks, epochs=sc.epochs,
+                          batch_size=sc.batch_size, lr=sc.lr, max_seconds=sc.max_seconds)
+    idx = {int(i): d for d, i in enumerate(data.item_ids)}
+    uidx = {int(u): r for r, u in enumerate(data.user_ids)}
+    ordered = train.sort_values(["user_id", "ts"], kind="stable")
+    user_items: list = [np.zeros(0, np.int64)] * data.n_users
+    for u, items in ordered.groupby("user_id")["item_id"]:
+        if int(u) in uidx:
+            user_items[uidx[int(u)]] = np.array([idx[int(i)] for i in items if int(i) in idx], dtype=np.int64)
+
+    @ray.remote(num_cpus=1)
+    def fit(user_items, n_items, st):
+        import torch
+
+        torch.set_num_threads(2)
+        lines = []
+        model = train_sequence_model(user_items, n_items, st, progress=lines.append)
+        return model.state_dict(), lines
+
+    state, lines = ray.get(fit.remote(user_items, data.n_items, st))
+    for rec in lines[-1:] + [x for x in lines if "stopped" in x]:
+        log(f"sequence model: {rec}")
+    from recserve.ranking.sequence import SeqModel
+
+    model = SeqModel(data.n_items, st)
+    model.load_state_dict(state)
+    model.eval()
+    scores = next_item_scores(model, sequences([user_items[u] for u in data.test_users], st.max_len))
+    for r, u in enumerate(data.test_users):
+        scores[r, data.matrix.indices[data.matrix.indptr[u]:data.matrix.indptr[u + 1]]] = -np.inf
+    return np.argsort(-scores, axis=1)[:, :k]
 
 
 def _session_recs(cfg: Config, data, train, emb: dict, e_user: dict, item_pos: np.ndarray, shards, k: int,
