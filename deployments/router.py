@@ -3,10 +3,11 @@ replica's `RecService` (recserve.serving.service), built once from the ports `de
 chose (recserve.serving.wiring). Errors follow recserve.api's contract: 4xx JSON naming the field,
 never a 5xx for bad input; a failing dependency lowers the degradation level instead."""
 import json
+from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
@@ -102,11 +103,14 @@ class Router:
     @api.get("/v1/items/{item_id}/similar", response_model=SimilarResponse,
              responses={404: {"description": "the item is not in the catalogue"}})
     async def similar(self, item_id: int, k: int = Query(10, ge=1, le=MAX_K),
-                      categories: list[str] | None = Query(None, max_length=100),
-                      exclude_ids: list[int] | None = Query(None, max_length=10_000),
-                      attributes: str | None = Query(None, max_length=10_000, description="a JSON object: attribute "
+                      categories: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Query(
+                          None, max_length=10),
+                      exclude_ids: list[int] | None = Query(None, max_length=100),
+                      attributes: str | None = Query(None, max_length=1000, description="a JSON object: attribute "
                                                      "name -> the values allowed, as in recommend's filters")):
-        """More like this: the items nearest to `item_id` in the index, within the filters."""
+        """More like this: the items nearest to `item_id` in the index, within the filters. The
+        filters' bounds keep the URL, percent-encoded, well under the ingress's 16 KB (HAProxy's
+        buffer; past it HAProxy itself answers 400 in HTML): longer filters go in a recommend body."""
         bad = id_out_of_range(item_id, "item_id")
         if bad:
             return JSONResponse(bad, 422)

@@ -13,7 +13,9 @@ is the command: it brings the stack up and fills the registry when they are not 
 demo --no-serve`), deploys an application of its own at /fuzz on a Redis database of its own
 (its event log, keys, bandit and index apart from anything served), fuzzes it, and deletes it.
 
-JSON: `examples`, `status_5xx`, `state_changed_after_4xx`, `non_json_4xx`, `endpoints` (per
+JSON: `examples`, `status_5xx`, `state_changed_after_4xx`, `non_json_4xx`, `refused_by_the_ingress`
+(a request line and headers past 8 KB that HAProxy answered itself with its HTML 400/414: the
+application never saw them; its own bounds keep valid requests far below), `endpoints` (per
 operation and way: examples and status codes), `failures` (the first few, with their requests)."""
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def fuzz(base_url: str, key: str, probe: StateProbe, examples: int = 1000, seed:
     session = requests.Session()
     endpoints: dict[str, dict] = {}
     failures: list[dict] = []
-    totals = {"examples": 0, "status_5xx": 0, "state_changed_after_4xx": 0, "non_json_4xx": 0}
+    totals = {"examples": 0, "status_5xx": 0, "state_changed_after_4xx": 0, "non_json_4xx": 0,
+              "refused_by_the_ingress": 0}
 
     def record(name: str, way: str, case, resp, before: dict | None) -> None:
         ep = endpoints.setdefault(name, {}).setdefault(way, {"examples": 0, "status": {}})
@@ -106,7 +109,10 @@ def fuzz(base_url: str, key: str, probe: StateProbe, examples: int = 1000, seed:
                 ok = isinstance(body, dict) and isinstance(body.get("error"), dict) and "message" in body["error"]
             except ValueError:
                 ok = False
-            if not ok:
+            if not ok and code in (400, 414) and request_bytes(resp.request) > INGRESS_REQUEST_BYTES:
+                # a request line past HAProxy's buffer: refused before the application sees it
+                totals["refused_by_the_ingress"] += 1
+            elif not ok:
                 totals["non_json_4xx"] += 1
                 why = "4xx not in the JSON error contract"
             if before is not None:
@@ -176,6 +182,14 @@ def fuzz(base_url: str, key: str, probe: StateProbe, examples: int = 1000, seed:
         rnd += 1
     return {**totals, "operations": len(ops), "seconds": round(time.monotonic() - t0, 1), "endpoints": endpoints,
             "failures": failures}
+
+
+INGRESS_REQUEST_BYTES = 8192   # HAProxy's tune.bufsize is 16 KB (Ray's default) for the request line and headers
+
+
+def request_bytes(req) -> int:
+    """The size of a sent request's line and headers (what HAProxy must buffer)."""
+    return len(req.method or "") + len(req.url or "") + sum(len(k) + len(v) + 4 for k, v in req.headers.items()) + 12
 
 
 def deploy_and_fuzz(cfg, http_root: str, examples: int, seed: int = 0, name: str = "fuzz", db: int = 3,
