@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from recserve import keys
+from recserve.config import masked_url
 
 WAYS = ("valid_with_key", "invalid_with_key", "valid_without_key")
 
@@ -230,7 +231,7 @@ def deploy_and_fuzz(cfg, http_root: str, examples: int, seed: int = 0, name: str
             res = fuzz(base, key, probe, examples, seed, log)
     finally:
         serve.delete(name)
-    res["application"] = {"url": base, "redis": url}
+    res["application"] = {"url": base, "redis": masked_url(url)}   # the password stays out of the JSON
     return res
 
 
