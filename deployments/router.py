@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import Field, ValidationError
 from ray import serve
@@ -114,16 +115,19 @@ class Router:
         bad = id_out_of_range(item_id, "item_id")
         if bad:
             return JSONResponse(bad, 422)
+        # the filters are validated as recommend's are, and a problem is answered by the app's
+        # validation handler (recserve.serving.api.install_error_handlers) like any other
         try:
-            flt = Filters(categories=categories, exclude_ids=exclude_ids,
-                          attributes=json.loads(attributes) if attributes is not None else None)
-        except (ValueError, ValidationError) as e:   # JSONDecodeError is a ValueError
-            first = e.errors()[0] if isinstance(e, ValidationError) else None
-            where = ".".join(str(x) for x in first["loc"]) if first else "attributes"
-            why = first["msg"] if first else f"not a JSON object ({e})"
-            return JSONResponse(error_body("invalid_request", f"{where}: {why}", where), 422)
-        key = json.dumps([k, flt.model_dump(exclude_none=True)], sort_keys=True)
-        code, body = await self.svc.similar(item_id, k, flt.model_dump(exclude_none=True) or None, key)
+            given = json.loads(attributes) if attributes is not None else None
+        except ValueError as e:   # JSONDecodeError
+            raise RequestValidationError([{"loc": ("query", "attributes"), "msg": f"not a JSON object ({e})",
+                                           "type": "json_invalid_query"}]) from None
+        try:
+            flt = Filters(categories=categories, exclude_ids=exclude_ids, attributes=given).model_dump(exclude_none=True)
+        except ValidationError as e:
+            raise RequestValidationError(e.errors()) from None
+        key = json.dumps([k, flt], sort_keys=True)
+        code, body = await self.svc.similar(item_id, k, flt or None, key)
         if code != 200:
             return JSONResponse(body, code)
         return Response(body, media_type="application/json")

@@ -57,7 +57,8 @@ def packaged_model(name: str, key: str = "explainer.model") -> Path:
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    tmp.replace(out) if not out.exists() else None
+    if not out.exists():   # another process may have put it there meanwhile
+        tmp.replace(out)
     return out
 
 

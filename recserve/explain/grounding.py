@@ -54,14 +54,18 @@ def display_title(title: str) -> str:
 def lexical_check(text: str, facts: list[str], names: list[str]) -> tuple[bool, str]:
     """(ok, why not): every word of the sentence comes from the item's facts, the names it was
     given (title, category, the similar item) or CONNECTIVES; anything else ("classic", "praised",
-    "storytelling", "game") is a claim the facts do not hold."""
-    vocab = set(CONNECTIVES)
+    "storytelling", "game") is a claim the facts do not hold. And at least one of its words is
+    the facts' or the names' own (connectives alone say nothing)."""
+    own: set[str] = set()
     for t in list(facts) + list(names):
-        vocab |= set(_words(t))
-        vocab |= {w for f in title_forms(t) for w in f}
-    extra = [w for w in _words(text) if w not in vocab and w.rstrip("s") not in vocab and w + "s" not in vocab]
+        own |= set(_words(t))
+    vocab = CONNECTIVES | own | {w for t in list(facts) + list(names) for f in title_forms(t) for w in f}
+    words = _words(text)
+    extra = [w for w in words if w not in vocab and w.rstrip("s") not in vocab and w + "s" not in vocab]
     if extra:
         return False, "adds " + ", ".join(dict.fromkeys(extra))
+    if not set(words) & (own - CONNECTIVES):
+        return False, "mentions neither the item nor its facts"
     return True, ""
 
 
@@ -123,11 +127,7 @@ class Grounding:
         if self.lexical and facts is not None:
             if not re.search(r"[.!?][\"')]?$", text.strip()):
                 return False, "unfinished: cut off before its end (max_new_tokens, or a generation stopped)"
-            ok, why = lexical_check(text, facts, allowed)
-            own = {w for t in list(facts) + list(allowed) for w in _words(t)} - CONNECTIVES
-            if ok and not set(_words(text)) & own:
-                return False, "mentions neither the item nor its facts"
-            return ok, why
+            return lexical_check(text, facts, allowed)
         return True, ""
 
 

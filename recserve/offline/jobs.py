@@ -363,8 +363,7 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
         log(f"index search: {len(uvec)} users x top-{n_cand} over {shards.manifest['num_shards']} shards "
             f"({time.perf_counter() - t:.1f}s)")
         id_to_dense = {int(i): d for d, i in enumerate(data.item_ids)}
-        cand = np.vectorize(lambda x: id_to_dense.get(int(x), -1), otypes=[np.int64])(cand_ids) \
-            if cand_ids.size else cand_ids
+        cand = _dense(cand_ids, id_to_dense)
         if "retrieval" in methods:
             run("retrieval", lambda: cand[:, :k])
         if "retrieval_ranker" in methods:
@@ -375,11 +374,16 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
                 return rerank(model, X, cand, k)
             run("retrieval_ranker", ranked)
         if "anonymous_session" in methods:
-            run("anonymous_session", lambda: _session_recs(cfg, data, train, emb, e_user, item_pos, shards, k))
+            # the anonymous rows' fold-in aims at the pairs whose item the embeddings know too
+            known = ok & (item_pos[tm.col] >= 0)
+            session_target = mean_pair_score(emb["user_vectors"], emb["item_vectors"], urow[known],
+                                             item_pos[tm.col][known])
+            queries, sessions = _session_queries(cfg, data, train, emb, item_pos, id_to_dense, session_target)
+            run("anonymous_session", lambda: _dense(shards.search(queries, k, exclude=sessions)[0], id_to_dense))
             # the same session vectors with the user's whole training history excluded, as the other
             # rows have it: what the session vector is worth, apart from not knowing the history
             run("session_vector_seen_excluded",
-                lambda: _session_recs(cfg, data, train, emb, e_user, item_pos, shards, k, seen))
+                lambda: _dense(shards.search(queries, k, exclude=seen)[0], id_to_dense))
 
     report = {"dataset": str(dataset_dir), "dataset_source": dataset_meta(dataset_dir).get("source"),
               "k": k, "holdout": cfg.eval.holdout, "test_users": int(len(data.test_users)),
@@ -408,7 +412,13 @@ def _sequence_recs(cfg: Config, data, train, k: int, log: Progress) -> np.ndarra
     then each test user's top k next items, the training history excluded as the other rows have it."""
     import ray
 
-    from recserve.ranking.sequence import SequenceSettings, next_item_scores, sequences, train_sequence_model
+    from recserve.ranking.sequence import (
+        SeqModel,
+        SequenceSettings,
+        next_item_scores,
+        sequences,
+        train_sequence_model,
+    )
 
     ensure_ray(cfg)
     sc = cfg.sequence
@@ -434,8 +444,6 @@ def _sequence_recs(cfg: Config, data, train, k: int, log: Progress) -> np.ndarra
     state, lines = ray.get(fit.remote(user_items, data.n_items, st))
     for rec in lines[-1:] + [x for x in lines if "stopped" in x]:
         log(f"sequence model: {rec}")
-    from recserve.ranking.sequence import SeqModel
-
     model = SeqModel(data.n_items, st)
     model.load_state_dict(state)
     model.eval()
@@ -445,31 +453,28 @@ def _sequence_recs(cfg: Config, data, train, k: int, log: Progress) -> np.ndarra
     return np.argsort(-scores, axis=1)[:, :k]
 
 
-def _session_recs(cfg: Config, data, train, emb: dict, e_user: dict, item_pos: np.ndarray, shards, k: int,
-                  seen: list | None = None):
-    """Each test user as an anonymous visitor: their last SESSION_ITEMS training items as the
-    session, the user vector folded in from those items' vectors as serving does (no user id, no
-    other history: only the session's items are excluded), top k from the index."""
-    from recserve.ranking.content import fold_in, mean_pair_score
+def _session_queries(cfg: Config, data, train, emb: dict, item_pos: np.ndarray, id_to_dense: dict,
+                     target: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each test user as an anonymous visitor: (the user vectors folded in from their last
+    SESSION_ITEMS training items' vectors, as serving does, and those sessions' item ids)."""
+    from recserve.ranking.content import fold_in
 
-    m = data.matrix.tocoo()
-    urow = np.array([e_user.get(int(u), -1) for u in data.user_ids], dtype=np.int64)[m.row]
-    icol = item_pos[m.col]
-    ok = (urow >= 0) & (icol >= 0)
-    target = mean_pair_score(emb["user_vectors"], emb["item_vectors"], urow[ok], icol[ok])
     last = (train.sort_values("ts", kind="stable").groupby("user_id")["item_id"]
             .apply(lambda s: s.tail(SESSION_ITEMS).tolist()).to_dict())
-    id_to_dense = {int(i): d for d, i in enumerate(data.item_ids)}
     queries = np.zeros((len(data.test_users), emb["user_vectors"].shape[1]), dtype=np.float32)
-    excl = []
+    sessions = []
     for r, u in enumerate(data.test_users):
         session = [int(i) for i in last.get(int(data.user_ids[u]), [])]
         pos = item_pos[[id_to_dense[i] for i in session if i in id_to_dense]]
         pos = pos[pos >= 0]
         if len(pos):
             queries[r] = fold_in(emb["item_vectors"][pos], cfg.stream.vector_decay, target)
-        excl.append(np.array(session, dtype=np.int64) if seen is None else seen[r])
-    ids, _ = shards.search(queries, k, exclude=excl)
+        sessions.append(np.array(session, dtype=np.int64))
+    return queries, sessions
+
+
+def _dense(ids: np.ndarray, id_to_dense: dict) -> np.ndarray:
+    """Item ids as the evaluation's dense indexes (-1: unknown)."""
     return np.vectorize(lambda x: id_to_dense.get(int(x), -1), otypes=[np.int64])(ids) if ids.size else ids
 
 

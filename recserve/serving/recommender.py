@@ -87,6 +87,7 @@ class Recommender:
         self.content = ContentEncoder.load(registry.fetch("embeddings", emb["version"]))   # None: trained before it
         self.item_vectors = emb["item_vectors"].astype(np.float32)   # [n_items, d + 1] = [v, b]
         self._item_norms = np.linalg.norm(self.item_vectors[:, :-1], axis=1)
+        self._median_norm = float(np.median(self._item_norms))   # an item added since training, in similar_items
         self._target: float | None = None   # the fold-in's target score, computed at the first query
         self._queries: OrderedDict[int, np.ndarray] = OrderedDict()
         self.inputs = ranking_inputs(self.data, items, emb["item_vectors"], cfg.ranker)
@@ -101,6 +102,7 @@ class Recommender:
         self._popular_scores = np.log1p(pop[self._popular]).astype(np.float64)
         self.new_items: dict[int, str] = {}
         self.new_units: dict[int, np.ndarray] = {}   # unit vectors of items added since training
+        self.new_near: dict[int, np.ndarray] = {}    # ...and their nearest trained items (dense indexes)
         self._cat_codes = {str(c): int(k) for c, k in zip(self.item_category, self.inputs.stats.item_cat)}
         self.dim = self.user_vectors.shape[1] - 1   # [u, 1] . [v, b]
 
@@ -244,7 +246,7 @@ class Recommender:
             return []
         norm = max(float(np.linalg.norm(np.asarray(vector)[:-1])), 1e-9)
         dense = self.dense_of(ids)
-        other = np.where(dense >= 0, self._item_norms[np.maximum(dense, 0)], float(np.median(self._item_norms)))
+        other = np.where(dense >= 0, self._item_norms[np.maximum(dense, 0)], self._median_norm)
         cos = scores / (norm * np.maximum(other, 1e-9))
         order = np.argsort(-cos, kind="stable")[:k]
         return [{"item_id": int(ids[j]), "score": round(float(cos[j]), 6), "reasons": []} for j in order]
@@ -275,8 +277,8 @@ class Recommender:
         ids, scores = ids[0], scores[0]
         keep = ids >= 0
         ids, scores = ids[keep], scores[keep]
-        dense = np.minimum(np.searchsorted(self.data.item_ids, ids), self.data.n_items - 1)
-        known = self.data.item_ids[dense] == ids   # items added since training have no statistics yet
+        dense = self.dense_of(ids)
+        known = dense >= 0   # items added since training have no statistics yet
         t_ref = max(int(q.ctx.last_ts), self.t_data)
         X = np.zeros((len(ids), len(FEATURE_NAMES)), dtype=np.float32)
         if known.all():
@@ -285,12 +287,9 @@ class Recommender:
         else:
             X[known] = candidate_features(q.ctx, dense[known], scores[known], self.inputs.stats, t_ref,
                                           self.cfg.ranker.trending_window_s)
-            X[~known, 0] = scores[~known]
-            sub = X[~known]
-            self._new_item_features(q.ctx, ids[~known], sub, t_ref)
-            X[~known] = sub
+            X[~known] = self._new_item_features(q.ctx, ids[~known], scores[~known], t_ref)
         X[:, RANK_COL] = np.arange(len(ids)) / max(len(ids) - 1, 1)
-        return Candidates(q, ids, np.where(known, dense, -1), X)
+        return Candidates(q, ids, dense, X)
 
     # ------------------------------------------------------------------- answer
     @staticmethod
@@ -310,7 +309,11 @@ class Recommender:
         if vectors is not None:
             v = np.asarray(vectors, dtype=np.float32)[:, :-1]
             unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
-            self.new_units.update({int(i): u for i, u in zip(items, unit)})
+            stats = self.inputs.stats
+            for i, u in zip(items, unit):
+                self.new_units[int(i)] = u
+                if u.shape[0] == stats.unit_vectors.shape[1]:   # its nearest trained items, for its prior
+                    self.new_near[int(i)] = np.argsort(-(stats.unit_vectors @ u))[: self.NEW_ITEM_NEIGHBOURS]
 
     def unfamiliar(self, ids: np.ndarray) -> list[int]:
         """Ids among a search's answer that are neither trained on nor known to this replica as
@@ -331,7 +334,8 @@ class Recommender:
     BEHAVIOUR_COLS = [FEATURE_NAMES.index(n) for n in ("log_popularity", "log_trending", "covisit",
                                                         "log_hours_since_item", "covisit_history", "log_trending_long")]
 
-    def _new_item_features(self, ctx: SessionContext, ids: np.ndarray, X: np.ndarray, t_ref: int) -> None:
+    def _new_item_features(self, ctx: SessionContext, ids: np.ndarray, scores: np.ndarray,
+                           t_ref: int) -> np.ndarray:
         """The features of items added since training, which have no statistics of their own: their
         category against the session's and the history's and their cosine with the items just
         seen, from their own category and vector; and for what only use can tell (popularity,
@@ -339,6 +343,8 @@ class Recommender:
         cosine), as if they were used like the items they are like. Without it the ranker, which
         never saw an item nobody used, ranks every new item last until the next training."""
         stats = self.inputs.stats
+        X = np.zeros((len(ids), len(FEATURE_NAMES)), dtype=np.float32)
+        X[:, 0] = scores
         codes = [self._cat_codes.get(self.new_items.get(int(i), ""), -1) for i in ids]
         recent = np.asarray(ctx.last_items, dtype=np.int64)
         if len(recent):
@@ -347,16 +353,16 @@ class Recommender:
         total = sum(ctx.history_cats.values())
         X[:, 12] = np.array([ctx.history_cats.get(c, 0) if c >= 0 else 0 for c in codes], np.float32) / max(total, 1)
         for j, i in enumerate(ids.tolist()):
-            u = self.new_units.get(int(i))
-            if u is None or u.shape[0] != stats.unit_vectors.shape[1]:
+            near = self.new_near.get(int(i))
+            if near is None:
                 continue
             if len(recent):
-                sims = stats.unit_vectors[recent] @ u
+                sims = stats.unit_vectors[recent] @ self.new_units[int(i)]
                 X[j, 4], X[j, 5] = sims.max(), sims.mean()
-            near = np.argsort(-(stats.unit_vectors @ u))[: self.NEW_ITEM_NEIGHBOURS]
             prior = candidate_features(ctx, near, np.zeros(len(near), np.float32), stats, t_ref,
                                        self.cfg.ranker.trending_window_s)
             X[j, self.BEHAVIOUR_COLS] = prior[:, self.BEHAVIOUR_COLS].mean(axis=0)
+        return X
 
     SIMILAR_SEEN = 0.5   # cosine from which a just-seen item is named as similar
 
