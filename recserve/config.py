@@ -146,14 +146,22 @@ class ServeConfig(_Strict):
 
 
 class SequenceConfig(_Strict):
-    """The sequence model (recserve.ranking.sequence): measured by `recserve eval` alone so far."""
+    """The sequence model (recserve.ranking.sequence): trained with the embeddings (and again on the
+    ranker's inner split), a ranker feature, served from the live context."""
+    enabled: bool = Field(True, description="false: embeddings without a sequence model; the ranker's "
+                                            "sequence_logprob feature is then 0")
     dim: int = Field(64, ge=4, le=1024)
     max_len: int = Field(50, ge=2, le=1000, description="the last items of a user it reads")
     blocks: int = Field(2, ge=1, le=12)
-    epochs: int = Field(40, ge=1)
+    epochs: int = Field(50, ge=1)
     batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    max_seconds: float = Field(300.0, gt=0, description="training stops after this many seconds")
+    lr: float = Field(3e-3, gt=0)
+    max_seconds: float = Field(900.0, gt=0, description="training stops after this many seconds (progress says so)")
+    negatives: int = Field(2048, ge=0, description="sampled softmax: items drawn per batch against each target "
+                                                   "(0: a softmax over every item)")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    candidates: int = Field(0, ge=0, description="a retrieval source beside the index: the model's best N items "
+                                                 "for the user join the index's candidates (0: a ranker feature only)")
 
 
 class ExplainerConfig(_Strict):

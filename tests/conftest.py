@@ -34,6 +34,7 @@ def small_config(data_dir: Path, **extra):
         "embeddings.epochs": "4", "embeddings.dim": "16", "embeddings.negatives": "2",
         "ranker.epochs": "3", "ranker.candidates": "50", "ranker.ensemble": "2",
         "index.num_shards": "2", "eval.als_iterations": "3",
+        "sequence.epochs": "4", "sequence.dim": "16", "sequence.max_len": "20",
         # a loaded 2-core test machine misses the seed's 80 ms origin budget often; tests of the
         # ladder set their own budget
         "serve.deadline_ms": "5000",

@@ -108,6 +108,60 @@ def _train_mf_remote(pairs: tuple[np.ndarray, np.ndarray], n_users: int, n_items
     return ray.get(train_task.remote(ds, n_users, n_items, logq, ecfg, label))
 
 
+def sequence_settings(cfg: Config):
+    from recserve.ranking.sequence import SequenceSettings
+
+    sc = cfg.sequence
+    return SequenceSettings(dim=sc.dim, max_len=sc.max_len, blocks=sc.blocks, epochs=sc.epochs,
+                            batch_size=sc.batch_size, lr=sc.lr, max_seconds=sc.max_seconds,
+                            negatives=sc.negatives, dropout=sc.dropout)
+
+
+def _train_sequence_remote(cfg: Config, data: Interactions, label: str, log: Progress):
+    """The sequence model on `data`'s training events in time order, in a Ray task (progress
+    printed from it per epoch); a SequenceScorer over `data`'s dense items."""
+    import ray
+
+    from recserve.ranking.sequence import SeqModel, SequenceScorer, ordered_histories, train_sequence_model
+
+    st = sequence_settings(cfg)
+
+    @ray.remote(num_cpus=1)
+    def fit(histories, n_items, st):
+        import torch
+
+        torch.set_num_threads(2)
+
+        def progress(rec):
+            print(f"[{label}] " + (f"epoch {rec['epoch']}/{rec['epochs']} loss={rec['loss']:.4f} "
+                                   f"({rec['seconds']:.0f}s)" if "epoch" in rec else rec["stopped"]), flush=True)
+        return train_sequence_model(histories, n_items, st, progress).state_dict()
+
+    t = time.perf_counter()
+    state = ray.get(fit.remote(ordered_histories(data.train, data.n_users), data.n_items, st))
+    model = SeqModel(data.n_items, st)
+    model.load_state_dict(state)
+    log(f"sequence model trained ({time.perf_counter() - t:.0f}s)")
+    return SequenceScorer(model, st, device="cpu")
+
+
+def sequence_source(cfg: Config, data: Interactions, users: np.ndarray, queries: np.ndarray,
+                    item_vectors: np.ndarray, cand: np.ndarray, scores: np.ndarray, sequence,
+                    histories: list) -> tuple[np.ndarray, np.ndarray]:
+    """The index's candidates of `users` (rows of `queries`) with the sequence model's best
+    `sequence.candidates` unseen items after them, scored by the query as the index scores (what
+    serving does in Recommender.features)."""
+    from recserve.ranking.sequence import top_unseen, with_sequence_candidates
+
+    if sequence is None or cfg.sequence.candidates <= 0:
+        return cand, scores
+    m = data.matrix
+    seen = [m.indices[m.indptr[u]:m.indptr[u + 1]] for u in users.tolist()]
+    top = top_unseen(sequence.log_probs(sequence.states(histories)), seen, cfg.sequence.candidates)
+    extra_sc = np.einsum("ud,umd->um", queries, item_vectors[np.maximum(top, 0)])
+    return with_sequence_candidates(cand, scores, top, extra_sc)
+
+
 def interaction_pairs(data: Interactions) -> tuple[np.ndarray, np.ndarray]:
     m = data.matrix.tocoo()
     return m.row.astype(np.int64), m.col.astype(np.int64)
@@ -137,6 +191,11 @@ def train_embeddings(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0,
         ContentEncoder.fit(by_id["title"].fillna("").tolist(), by_id["category"].fillna("").tolist(),
                            by_id["attributes"].tolist() if "attributes" in by_id else [None] * len(by_id),
                            res.item_vectors).save(tmp)
+        if cfg.sequence.enabled:   # the sequence model, over the same items in the same dense order
+            from recserve.ranking.sequence import save_sequence
+
+            scorer = _train_sequence_remote(cfg, data, "train_embeddings/sequence", log)
+            save_sequence(scorer.model, scorer.settings, tmp)
         v = reg.publish("embeddings", tmp, metrics={"final_loss": res.history[-1]["loss"],
                                                     "seconds": time.perf_counter() - t0,
                                                     "n_users": data.n_users, "n_items": data.n_items},
@@ -213,7 +272,7 @@ def _write_items_meta(reg: Registry, emb_version: str, ids: np.ndarray, path: Pa
 
 # ---------------------------------------------------------------------------------- ranker
 def _ranker_examples(cfg: Config, data: Interactions, items: pd.DataFrame, user_vectors: np.ndarray,
-                     item_vectors: np.ndarray):
+                     item_vectors: np.ndarray, sequence=None):
     from recserve.ranking.content import blended_queries, mean_pair_score
     from recserve.ranking.ranker import feature_tensor, ranking_inputs, retrieve_exact
 
@@ -226,7 +285,9 @@ def _ranker_examples(cfg: Config, data: Interactions, items: pd.DataFrame, user_
                                                                                         m.row, m.col),
                                                rcfg.session_weight, rcfg.session_items)
     cand, sc = retrieve_exact(queries, item_vectors, data.matrix, data.test_users, rcfg.candidates)
-    X = feature_tensor(inp, data.test_users, cand, sc, rcfg)
+    cand, sc = sequence_source(cfg, data, data.test_users, queries[data.test_users], item_vectors, cand, sc, sequence,
+                               [inp.contexts[u].history for u in data.test_users])
+    X = feature_tensor(inp, data.test_users, cand, sc, rcfg, sequence)
     Y = np.zeros(cand.shape, dtype=bool)
     for r, rel in enumerate(data.test_items):
         Y[r] = np.isin(cand[r], rel)
@@ -255,7 +316,9 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
                          f"to train a ranker")
     log(f"inner split: {len(inner)} events to learn from, {len(target)} future events as labels")
     res = _train_mf_remote(interaction_pairs(data), data.n_users, data.n_items, cfg, "train_ranker/embeddings")
-    X, Y, cand = _ranker_examples(cfg, data, items, res.user_vectors, res.item_vectors)
+    # the sequence model of the inner split too: trained on the labels' future, its feature would lie
+    sequence = _train_sequence_remote(cfg, data, "train_ranker/sequence", log) if cfg.sequence.enabled else None
+    X, Y, cand = _ranker_examples(cfg, data, items, res.user_vectors, res.item_vectors, sequence)
     cand_recall = float(Y.sum(1).mean())
     log(f"{len(X)} users x {X.shape[1]} candidates, {cand_recall:.2f} future items per candidate list")
 
@@ -324,9 +387,7 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
     if "ease" in methods:
         run("ease", lambda: ev.ease_recs(data, k, cfg.eval.ease_lambda))
 
-    if "sequence_model" in methods:
-        run("sequence_model", lambda: _sequence_recs(cfg, data, train, k, log))
-    if {"retrieval", "retrieval_ranker", "anonymous_session"} & set(methods):
+    if {"retrieval", "retrieval_ranker", "anonymous_session", "sequence_model"} & set(methods):
         emb = load_embeddings(reg, versions.get("embeddings"))
         versions["embeddings"] = emb["version"]
         versions["index"] = reg.resolve("index", versions.get("index"))
@@ -345,6 +406,16 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
         ivec = np.zeros((data.n_items, emb["item_vectors"].shape[1]), dtype=np.float32)
         ivec[common] = emb["item_vectors"][item_pos[common]]
         inp = ranking_inputs(data, items, ivec, cfg.ranker)
+        from recserve.ranking.sequence import SequenceScorer
+
+        scorer = SequenceScorer.load(reg.fetch("embeddings", versions["embeddings"]), device="cpu")
+        if scorer is not None:
+            scorer = scorer.remap(item_pos)
+            if "sequence_model" in methods:
+                run("sequence_model", lambda: _sequence_recs(scorer, data, k))
+        else:
+            log(f"embeddings {versions['embeddings']} have no sequence model (sequence.enabled false?): "
+                f"no sequence_model row, and the ranker's sequence feature is 0")
         # the query serving sends: the user vector moved toward the fold-in of their last items
         from recserve.ranking.content import blended_queries, mean_pair_score
 
@@ -370,8 +441,10 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
             versions["ranker"] = reg.resolve("ranker", versions.get("ranker"))
             model, _ = load_model(ranker_path(reg, versions["ranker"]))
             def ranked():
-                X = feature_tensor(inp, data.test_users, cand, cand_sc, cfg.ranker)
-                return rerank(model, X, cand, k)
+                c, c_sc = sequence_source(cfg, data, data.test_users, uvec, ivec, cand, cand_sc, scorer,
+                                          [inp.contexts[u].history for u in data.test_users])
+                X = feature_tensor(inp, data.test_users, c, c_sc, cfg.ranker, scorer)
+                return rerank(model, X, c, k)
             run("retrieval_ranker", ranked)
         if "anonymous_session" in methods:
             # the anonymous rows' fold-in aims at the pairs whose item the embeddings know too
@@ -407,47 +480,13 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
     return report
 
 
-def _sequence_recs(cfg: Config, data, train, k: int, log: Progress) -> np.ndarray:
-    """The sequence model alone: trained in a Ray task on each user's training items in time order,
-    then each test user's top k next items, the training history excluded as the other rows have it."""
-    import ray
+def _sequence_recs(scorer, data, k: int) -> np.ndarray:
+    """The sequence model alone (the one trained with the embeddings): each test user's top k next
+    items after their training history, which is excluded as the other rows have it."""
+    from recserve.ranking.sequence import ordered_histories
 
-    from recserve.ranking.sequence import (
-        SeqModel,
-        SequenceSettings,
-        next_item_scores,
-        sequences,
-        train_sequence_model,
-    )
-
-    ensure_ray(cfg)
-    sc = cfg.sequence
-    st = SequenceSettings(dim=sc.dim, max_len=sc.max_len, blocks=sc.blocks, epochs=sc.epochs,
-                          batch_size=sc.batch_size, lr=sc.lr, max_seconds=sc.max_seconds)
-    idx = {int(i): d for d, i in enumerate(data.item_ids)}
-    uidx = {int(u): r for r, u in enumerate(data.user_ids)}
-    ordered = train.sort_values(["user_id", "ts"], kind="stable")
-    user_items: list = [np.zeros(0, np.int64)] * data.n_users
-    for u, items in ordered.groupby("user_id")["item_id"]:
-        if int(u) in uidx:
-            user_items[uidx[int(u)]] = np.array([idx[int(i)] for i in items if int(i) in idx], dtype=np.int64)
-
-    @ray.remote(num_cpus=1)
-    def fit(user_items, n_items, st):
-        import torch
-
-        torch.set_num_threads(2)
-        lines = []
-        model = train_sequence_model(user_items, n_items, st, progress=lines.append)
-        return model.state_dict(), lines
-
-    state, lines = ray.get(fit.remote(user_items, data.n_items, st))
-    for rec in lines[-1:] + [x for x in lines if "stopped" in x]:
-        log(f"sequence model: {rec}")
-    model = SeqModel(data.n_items, st)
-    model.load_state_dict(state)
-    model.eval()
-    scores = next_item_scores(model, sequences([user_items[u] for u in data.test_users], st.max_len))
+    hist = ordered_histories(data.train, data.n_users)
+    scores = scorer.log_probs(scorer.states([hist[u] for u in data.test_users]))
     for r, u in enumerate(data.test_users):
         scores[r, data.matrix.indices[data.matrix.indptr[u]:data.matrix.indptr[u + 1]]] = -np.inf
     return np.argsort(-scores, axis=1)[:, :k]

@@ -26,7 +26,9 @@ FEATURE_NAMES = [
     "covisit_history",     # co-visitation of the item with the user's longer history (log1p)
     "log_trending_long",   # log1p(interactions in 4x the trending window)
     "history_cat_share",   # share of the user's longer history in the item's category
+    "sequence_logprob",    # log-probability of the item as the user's next, by the sequence model (0 without one)
 ]
+SEQUENCE_COL = FEATURE_NAMES.index("sequence_logprob")
 
 
 @dataclass
@@ -168,8 +170,10 @@ def covisitation(uidx: np.ndarray, iidx: np.ndarray, ts: np.ndarray, n_items: in
 
 
 def candidate_features(ctx: SessionContext, candidates: np.ndarray, retrieval_scores: np.ndarray,
-                       stats: ItemStats, t_ref: int, trending_window_s: int) -> np.ndarray:
-    """[len(candidates), len(FEATURE_NAMES)] float32 features for one user's candidate list."""
+                       stats: ItemStats, t_ref: int, trending_window_s: int,
+                       sequence_logprob: np.ndarray | None = None) -> np.ndarray:
+    """[len(candidates), len(FEATURE_NAMES)] float32 features for one user's candidate list
+    (`sequence_logprob`: the candidates' column from `SequenceScorer.log_probs`, when there is one)."""
     n = len(candidates)
     f = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float32)
     if n == 0:
@@ -197,4 +201,6 @@ def candidate_features(ctx: SessionContext, candidates: np.ndarray, retrieval_sc
         f[:, 12] = np.array([ctx.history_cats.get(int(c), 0) for c in stats.item_cat[candidates]],
                             np.float32) / max(total, 1)
     f[:, 11] = np.log1p(stats.trending(candidates, t_ref, 4 * trending_window_s))
+    if sequence_logprob is not None:
+        f[:, SEQUENCE_COL] = sequence_logprob
     return f

@@ -91,12 +91,16 @@ def retrieve_exact(user_vectors: np.ndarray, item_vectors: np.ndarray, seen, use
 
 
 def feature_tensor(inp: RankingInputs, users: np.ndarray, cand: np.ndarray, cand_scores: np.ndarray,
-                   cfg: RankerConfig) -> np.ndarray:
+                   cfg: RankerConfig, sequence=None) -> np.ndarray:
+    """[len(users), n_candidates, len(FEATURE_NAMES)]; `sequence`: a SequenceScorer over the same
+    dense items, fed each user's context history as serving feeds it."""
     X = np.zeros((len(users), cand.shape[1], len(FEATURE_NAMES)), dtype=np.float32)
+    states = sequence.states([inp.contexts[u].history for u in users.tolist()]) if sequence is not None else None
     for r, u in enumerate(users.tolist()):
         valid = cand[r] >= 0
+        logp = sequence.log_probs(states[r:r + 1])[0, cand[r][valid]] if sequence is not None else None
         X[r, valid] = candidate_features(inp.contexts[u], cand[r][valid], cand_scores[r][valid], inp.stats,
-                                         int(inp.t_ref[u]), cfg.trending_window_s)
+                                         int(inp.t_ref[u]), cfg.trending_window_s, logp)
     return X
 
 

@@ -48,6 +48,7 @@ class Query:
     filters: dict             # the request's filters
     exclude: set[int]         # what no answer may show: the request's exclusions and seen items
     live: bool                # the stream's context was folded in
+    sequence: tuple | None = None   # (state, normaliser) of the sequence model, computed by `features`
 
 
 @dataclass
@@ -85,6 +86,11 @@ class Recommender:
                              f"serve a version trained with --holdout 0")
         self.user_vectors = emb["user_vectors"]
         self.content = ContentEncoder.load(registry.fetch("embeddings", emb["version"]))   # None: trained before it
+        from recserve.ranking.sequence import SequenceScorer
+
+        # the sequence model trained with these embeddings (None: without one; its feature is then 0)
+        self.sequence = SequenceScorer.load(registry.fetch("embeddings", emb["version"]))
+        self._states: OrderedDict[int, tuple] = OrderedDict()
         self.item_vectors = emb["item_vectors"].astype(np.float32)   # [n_items, d + 1] = [v, b]
         self._item_norms = np.linalg.norm(self.item_vectors[:, :-1], axis=1)
         self._median_norm = float(np.median(self._item_norms))   # an item added since training, in similar_items
@@ -190,6 +196,29 @@ class Recommender:
             self._queries.move_to_end(u)
         return q
 
+    def sequence_state(self, q: Query) -> tuple | None:
+        """(state, normaliser) of the sequence model after the query's context history (the stream's
+        newest events included: a click changes it); a known user's training context once, kept
+        like `_trained_query`'s."""
+        if self.sequence is None:
+            return None
+        if q.sequence is None:
+            if q.live or q.u < 0:
+                q.sequence = self._state_of(q.ctx.history)
+            else:
+                q.sequence = self._states.get(q.u)
+                if q.sequence is None:
+                    q.sequence = self._states[q.u] = self._state_of(q.ctx.history)
+                    if len(self._states) > self.QUERY_CACHE:
+                        self._states.popitem(last=False)
+                else:
+                    self._states.move_to_end(q.u)
+        return q.sequence
+
+    def _state_of(self, history: list[int]) -> tuple:
+        state = self.sequence.states([history])[0]
+        return state, self.sequence.normaliser(state)
+
     @property
     def target_score(self) -> float:
         """The mean score of the training pairs (the fold-in's target), computed once."""
@@ -277,19 +306,44 @@ class Recommender:
         ids, scores = ids[0], scores[0]
         keep = ids >= 0
         ids, scores = ids[keep], scores[keep]
+        seq = self.sequence_state(q)
+        if seq is not None and self.cfg.sequence.candidates > 0:
+            ids, scores = self._with_sequence_source(q, seq[0], ids, scores)
         dense = self.dense_of(ids)
         known = dense >= 0   # items added since training have no statistics yet
         t_ref = max(int(q.ctx.last_ts), self.t_data)
         X = np.zeros((len(ids), len(FEATURE_NAMES)), dtype=np.float32)
+        logp = (lambda d: self.sequence.item_log_probs(seq[0], seq[1], d)) if seq is not None else (lambda d: None)
         if known.all():
             X[:] = candidate_features(q.ctx, dense, scores, self.inputs.stats, t_ref,
-                                      self.cfg.ranker.trending_window_s)
+                                      self.cfg.ranker.trending_window_s, logp(dense))
         else:
             X[known] = candidate_features(q.ctx, dense[known], scores[known], self.inputs.stats, t_ref,
-                                          self.cfg.ranker.trending_window_s)
-            X[~known] = self._new_item_features(q.ctx, ids[~known], scores[~known], t_ref)
+                                          self.cfg.ranker.trending_window_s, logp(dense[known]))
+            X[~known] = self._new_item_features(q.ctx, ids[~known], scores[~known], t_ref, logp)
         X[:, RANK_COL] = np.arange(len(ids)) / max(len(ids) - 1, 1)
         return Candidates(q, ids, dense, X)
+
+    def _with_sequence_source(self, q: Query, state: np.ndarray, ids: np.ndarray,
+                              scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The sequence model as a retrieval source beside the index (sequence.candidates > 0): its
+        best items for this context that pass the request's categories and exclusions and are not
+        among the index's, after them, scored by the query as the index scores them. A request
+        filtering on attributes keeps the index's answer alone (the attributes live in the shards)."""
+        if q.filters.get("attributes"):
+            return ids, scores
+        z = self.sequence.items @ state
+        gone = self.dense_of(list(q.filter.get("exclude_ids") or []) + ids.tolist())
+        z[gone[gone >= 0]] = -np.inf
+        cats = q.filters.get("categories")
+        if cats:
+            z[~np.isin(self.item_category, list(cats))] = -np.inf
+        n = min(self.cfg.sequence.candidates, len(z))
+        top = np.argpartition(-z, n - 1)[:n]
+        top = top[np.argsort(-z[top], kind="stable")]
+        top = top[np.isfinite(z[top])]
+        extra = (self.item_vectors[top] @ q.vector[0]).astype(scores.dtype)
+        return np.concatenate([ids, self.data.item_ids[top].astype(ids.dtype)]), np.concatenate([scores, extra])
 
     # ------------------------------------------------------------------- answer
     @staticmethod
@@ -332,15 +386,17 @@ class Recommender:
 
     NEW_ITEM_NEIGHBOURS = 5
     BEHAVIOUR_COLS = [FEATURE_NAMES.index(n) for n in ("log_popularity", "log_trending", "covisit",
-                                                        "log_hours_since_item", "covisit_history", "log_trending_long")]
+                                                        "log_hours_since_item", "covisit_history", "log_trending_long",
+                                                        "sequence_logprob")]
 
     def _new_item_features(self, ctx: SessionContext, ids: np.ndarray, scores: np.ndarray,
-                           t_ref: int) -> np.ndarray:
+                           t_ref: int, logp=lambda d: None) -> np.ndarray:
         """The features of items added since training, which have no statistics of their own: their
         category against the session's and the history's and their cosine with the items just
         seen, from their own category and vector; and for what only use can tell (popularity,
         trending, co-visitation, recency), a prior: the mean of their nearest trained items' (by
-        cosine), as if they were used like the items they are like. Without it the ranker, which
+        cosine), as if they were used like the items they are like (the sequence model's
+        log-probability too: `logp` gives it for trained items). Without it the ranker, which
         never saw an item nobody used, ranks every new item last until the next training."""
         stats = self.inputs.stats
         X = np.zeros((len(ids), len(FEATURE_NAMES)), dtype=np.float32)
@@ -360,7 +416,7 @@ class Recommender:
                 sims = stats.unit_vectors[recent] @ self.new_units[int(i)]
                 X[j, 4], X[j, 5] = sims.max(), sims.mean()
             prior = candidate_features(ctx, near, np.zeros(len(near), np.float32), stats, t_ref,
-                                       self.cfg.ranker.trending_window_s)
+                                       self.cfg.ranker.trending_window_s, logp(near))
             X[j, self.BEHAVIOUR_COLS] = prior[:, self.BEHAVIOUR_COLS].mean(axis=0)
         return X
 

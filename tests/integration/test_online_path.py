@@ -97,6 +97,26 @@ def test_the_live_context_moves_the_answer_and_excludes_what_was_just_seen(onlin
     assert after["live_context"] is True and just_seen not in [i["item_id"] for i in after["items"]]
 
 
+def test_a_click_changes_the_sequence_models_feature(online):
+    """The sequence model trained with the embeddings is served from the live context: one click
+    changes its state and so the ranker's sequence_logprob of the same candidates."""
+    from recserve.ranking.features import SEQUENCE_COL
+
+    st = online.stage
+    assert st.sequence is not None
+    u = int(st.data.user_ids[5])
+    q = st.prepare(u, 10, None)
+    ids, scores = online.loop.run_until_complete(online.ladder.ports.search.search(q.vector, q.n, q.filter))
+    base = st.features(q, ids, scores).X[:, SEQUENCE_COL]
+    assert len(base) >= 10 and np.all(base < 0) and base.std() > 0    # log-probabilities, not a constant
+    clicked = int(st.data.item_ids[np.argmax(st.inputs.stats.popularity)])
+    t = int(st.t_data) + 1
+    live = st.prepare(u, 10, None, LiveContext(events=[[clicked, t, "click"]], n=1, last_ts=t))
+    after = st.features(live, ids, scores).X[:, SEQUENCE_COL]
+    assert not np.allclose(base, after)
+    assert st.features(st.prepare(u, 10, None), ids, scores).X[:, SEQUENCE_COL].tolist() == base.tolist()
+
+
 def test_impressions_are_logged_in_batches_with_propensities(online):
     import json
 
