@@ -94,7 +94,10 @@ class RankerConfig(_Strict):
     candidates: int = Field(200, ge=10)
     hidden: int = Field(64, ge=4)
     ensemble: int = Field(5, ge=1, description="MLPs trained with different seeds; scores averaged")
-    epochs: int = Field(30, ge=1)
+    epochs: int = Field(30, ge=1, description="at most; how many is measured on held-out lists (validation)")
+    validation: float = Field(0.2, ge=0, le=0.5, description="share of the training lists held out (k-fold, "
+                                                            "k = 1 / validation) to find the epoch count "
+                                                            "(0: always `epochs`)")
     lr: float = Field(0.003, gt=0)
     batch_size: int = Field(2048, ge=1)
     session_len: int = Field(20, ge=1, description="last N events that make the session context")

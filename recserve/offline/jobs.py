@@ -325,6 +325,10 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
     @ray.remote(num_cpus=1)
     def fit(X, Y, mask, rcfg):
         def progress(rec):
+            if rec["member"] == 0:
+                print(f"[train_ranker] held-out lists' loss lowest after {rec['epoch']} of {rec['epochs']} epochs "
+                      f"({rec['loss']:.4f}): every member learns that long", flush=True)
+                return
             print(f"[train_ranker] member {rec['member']}/{rec['members']} epoch {rec['epoch']}/{rec['epochs']} "
                   f"loss={rec['loss']:.4f}", flush=True)
         return train_ranker_model(X, Y, mask, rcfg, progress)
@@ -333,6 +337,7 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, Path(tmp) / RANKER_FILE, {"embeddings_version": emb_version})
         v = reg.publish("ranker", tmp, metrics={"final_loss": history[-1]["loss"], "seconds": time.perf_counter() - t0,
+                                                "epochs": history[-1]["epochs"],
                                                 "train_users": int(len(X)), "positives_per_list": cand_recall},
                         params=cfg.ranker.model_dump(), lineage=_lineage(dataset_dir, holdout, embeddings=emb_version),
                         extra={"history": history})

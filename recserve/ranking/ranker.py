@@ -104,10 +104,48 @@ def feature_tensor(inp: RankingInputs, users: np.ndarray, cand: np.ndarray, cand
     return X
 
 
+def _listwise_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return -(torch.log_softmax(logits, dim=1) * y).sum(1).div(y.sum(1)).mean()
+
+
+def _fit_member(member: torch.nn.Module, Z: torch.Tensor, Y: torch.Tensor, M: torch.Tensor, cfg: RankerConfig,
+                seed: int, epochs: int, bs: int, on_epoch: Callable[[int, float, float], None],
+                held: tuple | None = None) -> list[float]:
+    """Train one member for `epochs`; the listwise loss of the `held` lists after each epoch."""
+    torch.manual_seed(seed)
+    for layer in member:
+        if isinstance(layer, torch.nn.Linear):
+            layer.reset_parameters()
+    opt = torch.optim.Adam(member.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    g = torch.Generator().manual_seed(seed)
+    held_losses = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(Z), generator=g)
+        total = 0.0
+        for s in range(0, len(perm), bs):
+            idx = perm[s:s + bs]
+            loss = _listwise_loss(member(Z[idx]).squeeze(-1).masked_fill(~M[idx], -1e9), Y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        if held is not None:
+            with torch.no_grad():
+                hz, hy, hm = held
+                held_losses.append(float(_listwise_loss(member(hz).squeeze(-1).masked_fill(~hm, -1e9), hy)))
+        on_epoch(epoch, total / len(perm), time.perf_counter() - t0)
+    return held_losses
+
+
 def train_ranker_model(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, cfg: RankerConfig,
                        progress: Callable[[dict], None] | None = None) -> tuple[RankerNet, list[dict]]:
     """Listwise training: softmax cross-entropy over each user's candidates against the items
-    that user went on to interact with."""
+    that user went on to interact with. How long to train is measured, not set: in k-fold
+    cross-validation (k = 1 / `cfg.validation`) a member learns on the other folds' lists for up to
+    `cfg.epochs` epochs, and the epoch where the held-out lists' mean loss is lowest is how long every
+    member then learns on all of them (a few hundred lists overfit within tens of epochs; a large log
+    does not)."""
     keep = Y.sum(axis=1) > 0
     X, Y, mask = X[keep], Y[keep], mask[keep]
     if len(X) == 0:
@@ -120,32 +158,33 @@ def train_ranker_model(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, cfg: Rank
     Xt, Yt, Mt = torch.from_numpy(X), torch.from_numpy(Y.astype(np.float32)), torch.from_numpy(mask)
     Zt = (Xt - model.mean) / model.std
     bs = max(1, cfg.batch_size // X.shape[1])
-    history = []
+    history: list[dict] = []
+    epochs = cfg.epochs
+    folds = int(round(1 / cfg.validation)) if cfg.validation > 0 else 0
+    if folds >= 2 and len(X) >= 10 * folds:
+        # k-fold: each fifth of the lists held out once, the held-out loss curves averaged
+        order = torch.randperm(len(X), generator=torch.Generator().manual_seed(cfg.seed))
+        curves = []
+        for f in range(folds):
+            va = order[f::folds]
+            tr = order[torch.arange(len(order)) % folds != f]
+            curves.append(_fit_member(_mlp(X.shape[-1], cfg.hidden), Zt[tr], Yt[tr], Mt[tr], cfg, cfg.seed + 100 + f,
+                                      cfg.epochs, bs, lambda e, loss, secs: None, (Zt[va], Yt[va], Mt[va])))
+        held = np.mean(curves, axis=0)
+        epochs = int(np.argmin(held)) + 1
+        history += [{"member": 0, "members": len(model.members), "epoch": e + 1, "epochs": cfg.epochs,
+                     "held_out_loss": float(h)} for e, h in enumerate(held)]
+        if progress:
+            progress({"member": 0, "members": len(model.members), "epoch": epochs, "epochs": cfg.epochs,
+                      "loss": float(held[epochs - 1]), "seconds": 0.0})
     for m_i, member in enumerate(model.members):
-        torch.manual_seed(cfg.seed + m_i)
-        for layer in member:
-            if isinstance(layer, torch.nn.Linear):
-                layer.reset_parameters()
-        opt = torch.optim.Adam(member.parameters(), lr=cfg.lr, weight_decay=1e-5)
-        g = torch.Generator().manual_seed(cfg.seed + m_i)
-        for epoch in range(cfg.epochs):
-            t0 = time.perf_counter()
-            perm = torch.randperm(len(Xt), generator=g)
-            total = 0.0
-            for s in range(0, len(perm), bs):
-                idx = perm[s:s + bs]
-                logits = member(Zt[idx]).squeeze(-1).masked_fill(~Mt[idx], -1e9)
-                y = Yt[idx]
-                loss = -(torch.log_softmax(logits, dim=1) * y).sum(1).div(y.sum(1)).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-            rec = {"member": m_i + 1, "members": len(model.members), "epoch": epoch + 1, "epochs": cfg.epochs,
-                   "loss": total / len(perm), "seconds": time.perf_counter() - t0}
+        def on_epoch(epoch, loss, secs, m_i=m_i):
+            rec = {"member": m_i + 1, "members": len(model.members), "epoch": epoch + 1, "epochs": epochs,
+                   "loss": loss, "seconds": secs}
             history.append(rec)
             if progress:
                 progress(rec)
+        _fit_member(member, Zt, Yt, Mt, cfg, cfg.seed + m_i, epochs, bs, on_epoch)
     return model, history
 
 

@@ -10,23 +10,23 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recserve.ranking.features import ItemStats
+from recserve.ranking.features import FEATURE_NAMES, ItemStats
 from recserve.ranking.ranker import FusedEnsemble, RankerNet, ServingRanker, save_model
 
 
 def _model(members: int = 3, seed: int = 0) -> RankerNet:
     torch.manual_seed(seed)
-    m = RankerNet(13, 16, members)
+    m = RankerNet(len(FEATURE_NAMES), 16, members)
     with torch.no_grad():
-        m.mean.copy_(torch.randn(13))
-        m.std.copy_(torch.rand(13) + 0.5)
+        m.mean.copy_(torch.randn(len(FEATURE_NAMES)))
+        m.std.copy_(torch.rand(len(FEATURE_NAMES)) + 0.5)
         m.members[0][2].weight[0, :4] = 1e-40      # subnormal weights, as weight decay leaves them
     return m.eval()
 
 
 def test_fused_ensemble_scores_like_the_torch_module():
     m = _model()
-    X = np.random.default_rng(1).normal(size=(257, 13)).astype(np.float32)
+    X = np.random.default_rng(1).normal(size=(257, len(FEATURE_NAMES))).astype(np.float32)
     with torch.no_grad():
         want = m(torch.from_numpy(X)).numpy()
     got = FusedEnsemble(m)(X)
@@ -39,7 +39,7 @@ def test_serving_ranker_on_cpu_scores_several_lists_in_one_pass(tmp_path):
     r = ServingRanker({"model_path": str(tmp_path / "ranker.pt"), "version": "v7"}, device="cpu")
     assert r.fused is not None
     rng = np.random.default_rng(2)
-    lists = [rng.normal(size=(n, 13)).astype(np.float32) for n in (5, 200, 1)]
+    lists = [rng.normal(size=(n, len(FEATURE_NAMES))).astype(np.float32) for n in (5, 200, 1)]
     out = r.score_lists(lists)
     with torch.no_grad():
         for x, (s, v) in zip(lists, out):
