@@ -71,6 +71,7 @@ def prepare(cfg: Config, movielens: Optional[Path] = None):
     when a previous run built it from the same inputs). Returns the registry (demo, fuzz)."""
     from recserve.offline import jobs
     from recserve.ops.stack import Stack, StackError
+    from recserve.ranking.features import FEATURE_NAMES
     from recserve.registry import Registry, RegistryError
     from recserve.schemas import DataError
 
@@ -89,7 +90,9 @@ def prepare(cfg: Config, movielens: Optional[Path] = None):
             console.print(f"reusing dataset {ds_dir}")
         fp = jobs.dataset_fingerprint(ds_dir)
         emb = reg.latest("embeddings")
-        if emb is None or reg.manifest("embeddings", emb)["lineage"].get("dataset_fingerprint") != fp:
+        seq = cfg.sequence.model_dump() if cfg.sequence.enabled else None
+        if emb is None or reg.manifest("embeddings", emb)["lineage"].get("dataset_fingerprint") != fp or \
+                reg.manifest("embeddings", emb).get("sequence") != seq:   # trained before the sequence model
             emb = jobs.train_embeddings(cfg, ds_dir, 0.0, reg)
         else:
             console.print(f"reusing embeddings {emb}")
@@ -101,7 +104,8 @@ def prepare(cfg: Config, movielens: Optional[Path] = None):
         else:
             console.print(f"reusing index {idx}")
         rk = reg.latest("ranker")
-        if rk is None or reg.manifest("ranker", rk)["lineage"].get("embeddings") != emb:
+        if rk is None or reg.manifest("ranker", rk)["lineage"].get("embeddings") != emb or \
+                reg.manifest("ranker", rk).get("features") != FEATURE_NAMES:   # another code's features
             rk = jobs.train_ranker(cfg, ds_dir, 0.0, reg, emb)
         else:
             console.print(f"reusing ranker {rk}")

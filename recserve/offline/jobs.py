@@ -201,7 +201,8 @@ def train_embeddings(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0,
                                                     "n_users": data.n_users, "n_items": data.n_items},
                         params=cfg.embeddings.model_dump(),
                         lineage=_lineage(dataset_dir, holdout, forgotten={str(u): t for u, t in gone.items()}),
-                        extra={"history": res.history, "dim": int(res.item_vectors.shape[1])})
+                        extra={"history": res.history, "dim": int(res.item_vectors.shape[1]),
+                               "sequence": cfg.sequence.model_dump() if cfg.sequence.enabled else None})
     log(f"published embeddings {v}")
     return v
 
@@ -301,6 +302,7 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
     candidates the user went on to take."""
     import ray
 
+    from recserve.ranking.features import FEATURE_NAMES
     from recserve.ranking.ranker import save_model, train_ranker_model
 
     reg = registry or Registry(cfg.registry_uri, cfg.registry.keep)
@@ -340,7 +342,7 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
                                                 "epochs": history[-1]["epochs"],
                                                 "train_users": int(len(X)), "positives_per_list": cand_recall},
                         params=cfg.ranker.model_dump(), lineage=_lineage(dataset_dir, holdout, embeddings=emb_version),
-                        extra={"history": history})
+                        extra={"history": history, "features": FEATURE_NAMES})
     log(f"published ranker {v}")
     return v
 
