@@ -20,13 +20,14 @@ SHARED_ML = ROOT.parent / "shared" / "data" / "ml-latest-small"
 
 def small_config(data_dir: Path, **extra):
     from recserve.config import load_config
-    from recserve.ops.stack import free_port
+    from recserve.ops.stack import free_ports
 
+    redis_port, gcs_port, dashboard_port = free_ports(3)
     overrides = {
         "data_dir": str(data_dir),
-        "redis.port": str(free_port()),
-        "ray.gcs_port": str(free_port()),
-        "ray.dashboard_port": str(free_port()),
+        "redis.port": str(redis_port),
+        "ray.gcs_port": str(gcs_port),
+        "ray.dashboard_port": str(dashboard_port),
         "ray.num_cpus": "2",
         "ray.object_store_mb": "300",
         "world.n_users": "300", "world.n_items": "200", "world.events_per_user": "30",

@@ -76,6 +76,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: held open together while chosen (calls of `free_port` one after another
+    may get the same port back, and two components of one process then collide)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def _tail(path: Path, n: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -204,7 +217,7 @@ def ingress_env(cfg: Config) -> dict[str, str]:
            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),
            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(d / "server-state"),
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+           **dict(zip(("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"), map(str, free_ports(2)))),
            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(cfg.serve.drain_s)}
     if cfg.serve.affinity:
         env["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"] = "hdr(x-session-id)"
@@ -231,9 +244,9 @@ def start_ray_head(temp_dir: Path, gcs_port: int, dashboard_port: int, num_cpus:
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
             "--include-dashboard", "true", "--temp-dir", str(temp_dir.resolve()),
             "--object-store-memory", str(object_store_mb * 1024 * 1024), "--disable-usage-stats",
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
-            "--ray-client-server-port", str(free_port())]
+            *[x for flag, p in zip(("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                    "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port"),
+                                   free_ports(5)) for x in (flag, str(p))]]
     if num_cpus:
         args += ["--num-cpus", str(num_cpus)]
     run_env = dict(os.environ)

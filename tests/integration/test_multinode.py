@@ -22,14 +22,15 @@ HEAD = {"node:__internal_head__": 0.001}
 
 
 def _start_worker(address: str, label: str, log_dir) -> subprocess.Popen:
-    from recserve.ops.stack import _ray_bin, free_port
+    from recserve.ops.stack import _ray_bin, free_ports
 
+    ports = [str(p) for p in free_ports(6)]   # distinct: Ray refuses one port for two components
     args = [_ray_bin(), "start", "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
             "--resources", json.dumps({"pool": 10, label: 1}), "--object-store-memory", str(100 * 1024 * 1024),
-            "--disable-usage-stats", "--block", "--node-manager-port", str(free_port()),
-            "--object-manager-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
-            "--dashboard-agent-grpc-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
-            "--metrics-export-port", str(free_port())]
+            "--disable-usage-stats", "--block", "--node-manager-port", ports[0],
+            "--object-manager-port", ports[1], "--dashboard-agent-listen-port", ports[2],
+            "--dashboard-agent-grpc-port", ports[3], "--runtime-env-agent-port", ports[4],
+            "--metrics-export-port", ports[5]]
     out = open(log_dir / f"{label}.log", "wb")
     return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})
