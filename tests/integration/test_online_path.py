@@ -117,6 +117,36 @@ def test_a_click_changes_the_sequence_models_feature(online):
     assert st.features(st.prepare(u, 10, None), ids, scores).X[:, SEQUENCE_COL].tolist() == base.tolist()
 
 
+def test_the_sequence_source_adds_unseen_items_within_the_filters(online):
+    """sequence.candidates > 0: the model's best items join the index's, after them, none seen, none
+    excluded, none outside the request's categories; a filter on attributes keeps the index's alone."""
+    st = online.stage
+    cfg = st.cfg
+    st.cfg = cfg.model_copy(update={"sequence": cfg.sequence.model_copy(update={"candidates": 15})})
+    try:
+        u = int(st.data.user_ids[6])
+
+        def answer(filters):
+            q = st.prepare(u, 10, filters)
+            ids, scores = online.loop.run_until_complete(online.ladder.ports.search.search(q.vector, q.n, q.filter))
+            index_ids = ids[0][ids[0] >= 0]
+            got = st.features(q, ids, scores).ids
+            assert got[:len(index_ids)].tolist() == index_ids.tolist()
+            return q, index_ids, got[len(index_ids):]
+
+        q, index_ids, extra = answer({"exclude_ids": [int(st.data.item_ids[0])]})
+        assert 0 < len(extra) <= 15
+        assert not set(extra.tolist()) & (set(index_ids.tolist()) | q.exclude)
+        cat = str(st.item_category[st.dense_of(extra[:1])[0]])
+        _, _, extra = answer({"categories": [cat]})   # (the index may hold every item of it: maybe none)
+        assert all(st.item_category[d] == cat for d in st.dense_of(extra))
+        q2 = st.prepare(u, 10, {"attributes": {"colour": ["red"]}})
+        ids2, scores2 = online.loop.run_until_complete(online.ladder.ports.search.search(q2.vector, q2.n, q2.filter))
+        assert len(st.features(q2, ids2, scores2).ids) == int((ids2[0] >= 0).sum())
+    finally:
+        st.cfg = cfg
+
+
 def test_impressions_are_logged_in_batches_with_propensities(online):
     import json
 

@@ -191,6 +191,7 @@ def test_queue_depth_policy_scales_up_and_back_down(serving):
 
     from deployments.app import ranker_user_config
     from deployments.ranker import Ranker
+    from recserve.ranking.features import FEATURE_NAMES
     from recserve.serving.autoscale import autoscaling_config
 
     _, reg, cfg = serving
@@ -205,7 +206,7 @@ def test_queue_depth_policy_scales_up_and_back_down(serving):
         return dep.replica_states.get("RUNNING", 0)
 
     assert running() == 1
-    X = np.random.default_rng(0).random((200, 13)).astype(np.float32)
+    X = np.random.default_rng(0).random((200, len(FEATURE_NAMES))).astype(np.float32)
     seen_up = False
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not seen_up:
