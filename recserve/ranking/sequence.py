@@ -105,13 +105,18 @@ def windows(user_items: list[np.ndarray], length: int) -> np.ndarray:
 def train_sequence_model(user_items: list[np.ndarray], n_items: int, s: SequenceSettings,
                          progress=None) -> SeqModel:
     """Next-item prediction over every user's whole history in windows of max_len + 1 items (inputs:
-    all but the last; targets: all but the first), cross-entropy over every item at every non-padded
-    position."""
+    all but the last; targets: all but the first) at every non-padded position: cross-entropy against
+    `negatives` items drawn per batch (every item when 0 or the catalogue is smaller). With no user
+    of two events there is nothing to learn: the model stays as initialised, and progress says so."""
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     full = windows(user_items, s.max_len + 1)
     full = full[(full > 0).sum(axis=1) >= 2]               # a sequence needs a next item
     model = SeqModel(n_items, s)
+    if len(full) == 0:
+        if progress:
+            progress({"stopped": "no user has two events: nothing to learn, the model is untrained"})
+        return model.eval()
     opt = torch.optim.Adam(model.parameters(), lr=s.lr, betas=(0.9, 0.98))
     t0 = time.perf_counter()
     x_all, y_all = torch.from_numpy(full[:, :-1]), torch.from_numpy(full[:, 1:])
