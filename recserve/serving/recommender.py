@@ -31,6 +31,7 @@ from recserve.ranking.features import (
     session_context,
     update_session,
 )
+from recserve.ranking.sequence import SequenceScorer, top_unseen
 
 RANK_COL = FEATURE_NAMES.index("retrieval_rank")
 
@@ -86,8 +87,6 @@ class Recommender:
                              f"serve a version trained with --holdout 0")
         self.user_vectors = emb["user_vectors"]
         self.content = ContentEncoder.load(registry.fetch("embeddings", emb["version"]))   # None: trained before it
-        from recserve.ranking.sequence import SequenceScorer
-
         # the sequence model trained with these embeddings (None: without one; its feature is then 0)
         self.sequence = SequenceScorer.load(registry.fetch("embeddings", emb["version"]))
         self._states: OrderedDict[int, tuple] = OrderedDict()
@@ -187,14 +186,18 @@ class Recommender:
 
     def _trained_query(self, u: int) -> np.ndarray:
         """`query_of` the training context, computed once per user (least recently used out)."""
-        q = self._queries.get(u)
-        if q is None:
-            q = self._queries[u] = self.query_of(u, self.inputs.contexts[u])
-            if len(self._queries) > self.QUERY_CACHE:
-                self._queries.popitem(last=False)
+        return self._kept(self._queries, u, lambda: self.query_of(u, self.inputs.contexts[u]))
+
+    def _kept(self, cache: OrderedDict, u: int, make):
+        """`cache[u]`, made by `make()` the first time; at most QUERY_CACHE users, least recently used out."""
+        v = cache.get(u)
+        if v is None:
+            v = cache[u] = make()
+            if len(cache) > self.QUERY_CACHE:
+                cache.popitem(last=False)
         else:
-            self._queries.move_to_end(u)
-        return q
+            cache.move_to_end(u)
+        return v
 
     def sequence_state(self, q: Query) -> tuple | None:
         """(state, normaliser) of the sequence model after the query's context history (the stream's
@@ -203,16 +206,8 @@ class Recommender:
         if self.sequence is None:
             return None
         if q.sequence is None:
-            if q.live or q.u < 0:
-                q.sequence = self._state_of(q.ctx.history)
-            else:
-                q.sequence = self._states.get(q.u)
-                if q.sequence is None:
-                    q.sequence = self._states[q.u] = self._state_of(q.ctx.history)
-                    if len(self._states) > self.QUERY_CACHE:
-                        self._states.popitem(last=False)
-                else:
-                    self._states.move_to_end(q.u)
+            q.sequence = (self._state_of(q.ctx.history) if q.live or q.u < 0 else
+                          self._kept(self._states, q.u, lambda: self._state_of(q.ctx.history)))
         return q.sequence
 
     def _state_of(self, history: list[int]) -> tuple:
@@ -334,14 +329,11 @@ class Recommender:
             return ids, scores
         z = self.sequence.items @ state
         gone = self.dense_of(list(q.filter.get("exclude_ids") or []) + ids.tolist())
-        z[gone[gone >= 0]] = -np.inf
         cats = q.filters.get("categories")
         if cats:
             z[~np.isin(self.item_category, list(cats))] = -np.inf
-        n = min(self.cfg.sequence.candidates, len(z))
-        top = np.argpartition(-z, n - 1)[:n]
-        top = top[np.argsort(-z[top], kind="stable")]
-        top = top[np.isfinite(z[top])]
+        top = top_unseen(z[None, :], [gone[gone >= 0]], self.cfg.sequence.candidates)[0]
+        top = top[top >= 0]
         extra = (self.item_vectors[top] @ q.vector[0]).astype(scores.dtype)
         return np.concatenate([ids, self.data.item_ids[top].astype(ids.dtype)]), np.concatenate([scores, extra])
 
