@@ -23,7 +23,6 @@ from deployments.bandit import Bandit
 from deployments.explainer import Explainer
 from deployments.ranker import Ranker
 from deployments.router import Router
-from recserve.artifacts import ranker_path
 from recserve.config import Config
 from recserve.registry import Registry
 
@@ -58,9 +57,9 @@ def _pinned(deployment, version: str):
 
 
 def ranker_user_config(cfg: Config, reg: Registry, version: str | None = None) -> dict:
-    version = version or reg.resolve("ranker")
-    return {"model_path": str(ranker_path(reg, version)), "version": version,
-            "quantize": cfg.serve.ranker_quantize, "dtype": cfg.serve.ranker_dtype}
+    from recserve.ranking.ranker import ranker_spec
+
+    return ranker_spec(cfg, reg, version)
 
 
 def colocated(cfg: Config, colocate: bool | str | None = None) -> dict[str, bool]:

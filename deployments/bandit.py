@@ -16,9 +16,11 @@ class Bandit:
 
         self.bandit = ThompsonBandit(redis.Redis.from_url(redis_url, socket_timeout=2), prefix=prefix, share=share)
 
-    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str) -> Slate:
-        """The slate shown to the user; the impression is logged with its propensities."""
-        return self.bandit.choose(ranked, k, user_id, request_id)
+    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
+                     arm: str | None = None) -> Slate:
+        """The slate shown to the user; the impression is logged with its propensities (and the
+        experiment's arm; `share`: the arm's exploration share)."""
+        return self.bandit.choose(ranked, k, user_id, request_id, share, arm)
 
     async def update(self, item_id: int, reward: float) -> tuple[float, float]:
         return self.bandit.update(item_id, reward)

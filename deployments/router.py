@@ -98,7 +98,8 @@ class Router:
                                                "session_items"), 422)
         body = await self.svc.recommend(req.user_id, req.k,
                                         req.filters.model_dump(exclude_none=True) if req.filters else None,
-                                        req.explain, key, session=req.session_items)
+                                        req.explain, key, session=req.session_items,
+                                        session_id=req.context.get("session_id"))
         return Response(body, media_type="application/json")
 
     @api.get("/v1/items/{item_id}/similar", response_model=SimilarResponse,
@@ -140,7 +141,7 @@ class Router:
 
     @api.post("/v1/feedback")
     async def feedback(self, req: FeedbackRequest):
-        return await self.svc.feedback(req.item_id, req.reward)
+        return await self.svc.feedback(req.item_id, req.reward, req.request_id)
 
     @api.put("/v1/items")
     async def put_items(self, req: ItemsRequest):

@@ -262,6 +262,52 @@ class AuthConfig(_Strict):
                     "each router replica enforces rate / serve.router_replicas")
 
 
+ARM_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+
+class ArmConfig(_Strict):
+    """One arm of an experiment: its share of the units and what it changes (unset: as served)."""
+    share: float = Field(gt=0, le=1, description="share of the experiment's users (or sessions) in this arm")
+    ranker_version: str | None = Field(None, description="a registry version of the ranker (null: the one serving)")
+    bandit_share: float | None = Field(None, ge=0, le=1, description="exploration share (null: serve.bandit_share)")
+    candidates: int | None = Field(None, ge=10, description="retrieval: candidates fetched from the index "
+                                                           "(null: ranker.candidates)")
+
+
+class GuardrailConfig(_Strict):
+    enabled: bool = True
+    min_shown: int = Field(2000, ge=10, description="items an arm and the control must each have shown before "
+                                                    "the guardrail judges it")
+    alpha: float = Field(0.001, gt=0, lt=0.5, description="one-sided significance: an arm whose mean reward per "
+                                                          "shown item is below control's at this level is stopped "
+                                                          "(small: the guardrail looks every few seconds)")
+
+
+class ExperimentConfig(_Strict):
+    """An A/B/n experiment (`recserve experiment start NAME`): each user (an anonymous visitor: their
+    session) is put in one arm by hash(unit, experiment), sticky for the experiment's life."""
+    control: str = Field("control", description="the arm the others are compared with (and the guardrail "
+                                                "sends a stopped arm's users to)")
+    arms: dict[str, ArmConfig] = Field(min_length=2)
+    guardrail: GuardrailConfig = GuardrailConfig()
+
+    @model_validator(mode="after")
+    def _arms(self):
+        import re
+
+        bad = [a for a in self.arms if not re.match(ARM_NAME, a)]
+        if bad:
+            raise ValueError(f"arms: arm name {bad[0]!r} must be 1-32 of a-z, 0-9, _ and - (it goes into request "
+                             f"ids and metric labels)")
+        if self.control not in self.arms:
+            raise ValueError(f"control: {self.control!r} is not one of the arms ({', '.join(self.arms)})")
+        total = sum(a.share for a in self.arms.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"arms: the arms' shares sum to {total:g}, not 1; set each arms.<arm>.share so "
+                             f"that they sum to 1")
+        return self
+
+
 EMBEDDED_KAFKA = "stream.kafka_port (the embedded broker)"
 
 
@@ -280,6 +326,17 @@ class Config(_Strict):
     explainer: ExplainerConfig = ExplainerConfig()
     sequence: SequenceConfig = SequenceConfig()
     auth: AuthConfig = AuthConfig()
+    experiments: dict[str, ExperimentConfig] = Field(default_factory=dict, description="A/B/n experiments, "
+                                                     "started and stopped with `recserve experiment`")
+
+    @model_validator(mode="after")
+    def _experiment_names(self):
+        import re
+
+        bad = [n for n in self.experiments if not re.match(ARM_NAME, n)]
+        if bad:
+            raise ValueError(f"experiments: name {bad[0]!r} must be 1-32 of a-z, 0-9, _ and -")
+        return self
 
     @property
     def registry_uri(self) -> str:

@@ -21,6 +21,10 @@ its owner was configured with (tests give their own, so they never share state).
                               `!<user>`: a forgotten user. Suffixed by the database unless it is 0
   bandit:params               hash a:<item> / b:<item>: the bandit's Beta posteriors
   bandit:impressions          stream of shown slates with their propensities (off-policy evaluation)
+  bandit:rewards              stream of feedback: request id, item, reward (off-policy evaluation)
+  exp:active                  the running experiment (JSON: name, its config, when it started)
+  exp:<name>:stats            hash <arm>:<figure> -> sum: answers, shown, feedback, clicks, reward, reward_sq
+  exp:<name>:stopped          hash arm -> JSON why and when the guardrail (or an operator) stopped it
   region:drain                this region is draining (readiness answers 503)
   users:forgotten             hash user -> when they were forgotten (DELETE /v1/users/{id}; recserve.privacy)
   auth:ids                    set of API key ids
@@ -111,3 +115,18 @@ def bandit_params(prefix: str = BANDIT) -> str:
 
 def bandit_impressions(prefix: str = BANDIT) -> str:
     return f"{prefix}:impressions"
+
+
+def bandit_rewards(prefix: str = BANDIT) -> str:
+    return f"{prefix}:rewards"
+
+
+EXPERIMENT_ACTIVE = "exp:active"
+
+
+def experiment_stats(name: str) -> str:
+    return f"exp:{name}:stats"
+
+
+def experiment_stopped(name: str) -> str:
+    return f"exp:{name}:stopped"

@@ -5,9 +5,14 @@ Each item has a Beta(alpha, beta) posterior of its reward (a click / engagement 
 the Redis hash `<prefix>:params` (`a:<item>`, `b:<item>`, starting at the prior). For a list of k:
 the first `k - n_explore` places keep the ranker's order; the `n_explore = round(share * k)`
 exploration places go to the remaining candidates of the ranker's top-N with the highest Thompson
-draws. Every shown
-item gets a propensity (the probability that this policy shows it, estimated by re-drawing), and
-the impression is logged with them, so off-policy evaluation can weight by 1 / propensity.
+draws. Every shown item gets a propensity (the probability that this policy shows it), and the
+impression is logged with them, so off-policy evaluation can weight by 1 / propensity.
+
+An explored item's propensity is 1 / G, G the number of fresh draws until the policy picks it
+again: G is geometric, so 1 / propensity is an *unbiased* estimate of the inverse probability
+(what IPS divides by). The share of a fixed number of draws would be an unbiased propensity whose
+inverse is biased upward (at p = 0.05 over 100 draws, by about a quarter): every IPS estimate
+from such logs would be too high.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ WARMUP_PREFIX = "warmup-"   # a deploy's warm-up request: its slate is drawn, it
 
 class ThompsonBandit:
     def __init__(self, client, prefix: str = "bandit", share: float = 0.2, prior: tuple[float, float] = (1.0, 1.0),
-                 propensity_draws: int = 100, seed: int | None = None, top_n: int = 50):
+                 propensity_draws: int = 10_000, seed: int | None = None, top_n: int = 50):
         import redis
 
         if not 0.0 <= share <= 1.0:
@@ -43,7 +48,7 @@ class ThompsonBandit:
         self.prefix = prefix
         self.share = share
         self.prior = prior
-        self.draws = propensity_draws
+        self.draws = propensity_draws   # the most fresh draws a propensity takes (it is then 1 / this)
         if top_n < 1:
             raise ValueError("bandit top_n must be >= 1")
         self.top_n = top_n  # exploration draws from the ranker's top-N only
@@ -63,51 +68,66 @@ class ThompsonBandit:
         b = np.where(np.isnan(vals[:, 1]), self.prior[1], vals[:, 1])
         return a, b
 
-    def _choose(self, ranked: list[int], k: int, a: np.ndarray, b: np.ndarray, theta: np.ndarray) -> list[int]:
-        n_explore = int(round(self.share * k)) if len(ranked) > k else 0
+    def _choose(self, ranked: list[int], k: int, theta: np.ndarray, share: float) -> list[int]:
+        n_explore = int(round(share * k)) if len(ranked) > k else 0
         keep = ranked[: k - n_explore]
         rest = np.arange(k - n_explore, len(ranked))
         picked = rest[np.argsort(-theta[rest])[:n_explore]] if n_explore else np.array([], dtype=int)
         return keep + [ranked[int(j)] for j in picked]
 
     def select(self, ranked: list[int], k: int, params: tuple[np.ndarray, np.ndarray] | None = None,
-               with_propensities: bool = True) -> Slate:
+               with_propensities: bool = True, share: float | None = None) -> Slate:
         """Re-order / fill exploration slots of the ranker's list (best first) into k items;
         `params`: the (alpha, beta) of the list's first max(top_n, k) items when the caller has
         them (else they are read from Redis). Without propensities the slate's are None: the
-        caller computes them later (`propensities`), off the request path."""
+        caller computes them later (`propensities`), off the request path. `share`: another
+        exploration share than the configured one (an experiment's arm)."""
         if k <= 0:
             raise ValueError("k must be positive")
+        share = self.share if share is None else share
         ranked = list(ranked[: max(self.top_n, k)])
         a, b = self.params(ranked) if params is None else params
         theta = self.rng.beta(a, b)
-        chosen = self._choose(ranked, k, a, b, theta)
-        n_keep = k - int(round(self.share * k)) if len(ranked) > k else len(chosen)
+        chosen = self._choose(ranked, k, theta, share)
+        n_keep = k - int(round(share * k)) if len(ranked) > k else len(chosen)
         explored = [j >= n_keep for j in range(len(chosen))]
         props = self.propensities(ranked, chosen, explored, a, b) if with_propensities else None
         return Slate(chosen, explored, props)
 
     def propensities(self, ranked: list[int], chosen: list[int], explored: list[bool], a: np.ndarray,
                      b: np.ndarray, rng: np.random.Generator | None = None) -> list[float]:
-        """How often the policy would show each explored item, over fresh draws (all draws at
-        once: the top n_explore Thompson samples among the non-kept candidates); 1 for kept ones."""
+        """1 for kept items; for each explored one 1 / G, G the fresh draws (the top n_explore
+        Thompson samples among the non-kept candidates) until the policy picks it again, so that
+        1 / propensity is unbiased (module docstring). Draws go in growing batches, all at once."""
         n_keep = len(chosen) - sum(explored)
         if not any(explored):
             return [1.0] * len(chosen)
+        rng = rng or self.rng
         rest = np.arange(n_keep, len(ranked))
         n_explore = len(chosen) - n_keep
-        th = (rng or self.rng).beta(a[rest], b[rest], size=(self.draws, len(rest)))
-        top = np.argpartition(-th, n_explore - 1, axis=1)[:, :n_explore]
-        counts = np.bincount(top.ravel(), minlength=len(rest))
         where = {ranked[int(r)]: j for j, r in enumerate(rest)}
-        props = [counts[where[it]] / self.draws if ex else 1.0 for it, ex in zip(chosen, explored)]
-        return [max(p, 1.0 / self.draws) for p in props]
+        want = np.array([where[it] for it, ex in zip(chosen, explored) if ex])
+        first = np.zeros(len(want), dtype=np.int64)   # draws until picked; 0: not yet
+        done, batch = 0, 64
+        while done < self.draws and not first.all():
+            n = min(batch, self.draws - done)
+            th = rng.beta(a[rest], b[rest], size=(n, len(rest)))
+            top = np.argpartition(-th, n_explore - 1, axis=1)[:, :n_explore] if n_explore < len(rest) else \
+                np.broadcast_to(np.arange(len(rest)), (n, len(rest)))
+            hit = (top[:, :, None] == want[None, None, :]).any(axis=1)          # [n, wanted]
+            new = (first == 0) & hit.any(axis=0)
+            first[new] = done + 1 + hit[:, new].argmax(axis=0)
+            done, batch = done + n, batch * 2
+        first[first == 0] = self.draws
+        inv = iter(first.tolist())
+        return [1.0 / next(inv) if ex else 1.0 for ex in explored]
 
-    def choose(self, ranked: list[int], k: int, user_id: int, request_id: str) -> Slate:
-        """The slate shown to the user, its impression logged with the propensities."""
-        slate = self.select(ranked, k)
+    def choose(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
+               arm: str | None = None) -> Slate:
+        """The slate shown to the user, its impression logged with the propensities (and the arm)."""
+        slate = self.select(ranked, k, share=share)
         if not request_id.startswith(WARMUP_PREFIX):
-            self.log_impression(request_id, int(user_id), slate)
+            self.log_impression(request_id, int(user_id), slate, arm=arm)
         return slate
 
     @property
@@ -115,12 +135,15 @@ class ThompsonBandit:
         return keys.bandit_impressions(self.prefix)
 
     @staticmethod
-    def impression(request_id: str, user_id: int, slate: Slate) -> dict:
+    def impression(request_id: str, user_id: int, slate: Slate, arm: str | None = None) -> dict:
+        """The logged impression; `arm`: the experiment's `<experiment>.<arm>` that served it."""
         return {"request_id": request_id, "user_id": user_id, "ts": time.time(), "items": json.dumps(slate.items),
-                "explored": json.dumps(slate.explored), "propensities": json.dumps(slate.propensities)}
+                "explored": json.dumps(slate.explored), "propensities": json.dumps(slate.propensities),
+                **({"arm": arm} if arm else {})}
 
-    def log_impression(self, request_id: str, user_id: int, slate: Slate, maxlen: int = IMPRESSIONS_MAXLEN) -> None:
-        self.r.xadd(self.impressions_key, self.impression(request_id, user_id, slate), maxlen=maxlen,
+    def log_impression(self, request_id: str, user_id: int, slate: Slate, maxlen: int = IMPRESSIONS_MAXLEN,
+                       arm: str | None = None) -> None:
+        self.r.xadd(self.impressions_key, self.impression(request_id, user_id, slate, arm), maxlen=maxlen,
                     approximate=True)
 
     def update(self, item_id: int, reward: float) -> tuple[float, float]:
@@ -171,15 +194,16 @@ class LiveBandit:
         return (np.array([x[0] if x else a0 for x in ab], dtype=np.float64),
                 np.array([x[1] if x else b0 for x in ab], dtype=np.float64))
 
-    async def achoose(self, ranked: list[int], k: int, user_id: int, request_id: str) -> Slate:
+    async def achoose(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
+                      arm: str | None = None) -> Slate:
         """The slate; its propensities are computed when its impression is logged (`flush`)."""
         top = list(ranked[: max(self.bandit.top_n, k)])
         a, b = self.params(top)
-        slate = self.bandit.select(top, k, params=(a, b), with_propensities=False)
+        slate = self.bandit.select(top, k, params=(a, b), with_propensities=False, share=share)
         if request_id.startswith(WARMUP_PREFIX):
             return slate
         if len(self.pending) < self.max_pending:
-            self.pending.append((request_id, int(user_id), slate, top, a, b))
+            self.pending.append((request_id, int(user_id), slate, top, a, b, arm))
         else:
             self.dropped += 1
         return slate
@@ -235,10 +259,10 @@ class LiveBandit:
     def _impressions(self, batch: list) -> list[dict]:
         out = []
         for x in batch:
-            if not isinstance(x, dict):   # (request_id, user, slate, ranked, a, b): propensities now
-                rid, user, slate, top, a, b = x
+            if not isinstance(x, dict):   # (request_id, user, slate, ranked, a, b, arm): propensities now
+                rid, user, slate, top, a, b, arm = x
                 slate.propensities = self.bandit.propensities(top, slate.items, slate.explored, a, b, self.rng)
-                x = self.bandit.impression(rid, user, slate)
+                x = self.bandit.impression(rid, user, slate, arm)
             out.append(x)
         return out
 

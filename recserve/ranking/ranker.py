@@ -253,6 +253,16 @@ class FusedEnsemble:
         return (h @ self.w3 + self.b3)[:, :, 0].mean(axis=0)
 
 
+def ranker_spec(cfg, reg, version: str | None = None) -> dict:
+    """The serving spec of a registry version of the ranker (latest by default): what `ServingRanker`
+    loads (Serve's user_config of the Ranker, or of the router when it ranks in process)."""
+    from recserve.artifacts import ranker_path
+
+    version = version or reg.resolve("ranker")
+    return {"model_path": str(ranker_path(reg, version)), "version": version,
+            "quantize": cfg.serve.ranker_quantize, "dtype": cfg.serve.ranker_dtype}
+
+
 class ServingRanker:
     """The ranker as served: a model loaded from a `{model_path, version, quantize, dtype}` spec
     (Serve's user_config), INT8 dynamic quantisation on CPU and fp16/bf16 on GPU when asked, and

@@ -83,6 +83,10 @@ class RecommendResponse(BaseModel):
     explanation: dict[str, Any] | None = Field(None, description="how the reasons were written (tier, model, "
                                                                  "fallback) when explain was asked")
     cache: str = Field(description="hit, coalesced, miss (the L1 response cache) or off")
+    experiment: dict[str, str] | None = Field(None, description="the running experiment's arm this user (an "
+                                              "anonymous visitor: context.session_id, else the session's first "
+                                              "item) is in: {name, arm, served}; served is the control when the "
+                                              "guardrail stopped the arm")
 
 
 class SimilarResponse(BaseModel):

@@ -20,6 +20,7 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Awaitable, Callable
 
 from recserve.explain.templates import template_reasons_from
@@ -173,9 +174,11 @@ class Ladder:
     # -------------------------------------------------------------- recommend
     async def recommend(self, user_id: int | None, k: int, filters: dict | None, explain: bool,
                         deadline_ms: float | None = None, request_id: str | None = None,
-                        session: list[int] | None = None) -> dict:
+                        session: list[int] | None = None, arm=None) -> dict:
         """A known user's answer, or (`user_id` None) an anonymous visitor's from the items of
-        their `session` (oldest first): the same path after the query, without the feature store."""
+        their `session` (oldest first): the same path after the query, without the feature store.
+        `arm`: an experiment's arm (recserve.serving.experiments.Arm) whose settings serve it: its
+        ranker version, exploration share and retrieval candidates."""
         t0 = time.perf_counter()
         deadline = t0 + (deadline_ms / 1000.0 if deadline_ms is not None else self.deadline_s)
 
@@ -202,6 +205,10 @@ class Ladder:
                 # the answer says so (live_context false) at its level, as before the stream existed
                 _, live = await self.hop("feature_store", lambda: ports.context.get(user_id), left(), timings)
             q = stage.prepare(user_id, k, filters, live)
+        if arm is not None and arm.candidates:
+            q = replace(q, n=max(k, arm.candidates))
+        spec = arm.ranker_spec if arm is not None else None
+        share, tag = (arm.bandit_share, arm.tag) if arm is not None else (None, None)
         who = -1 if user_id is None else user_id   # the bandit's and explainer's id of an anonymous visitor
         ok, found = await self.hop("vector_index", lambda: ports.search.search(q.vector, q.n, q.filter), left(),
                                    timings)
@@ -217,10 +224,11 @@ class Ladder:
         cands = stage.features(q, *found)
         scores = None
         if len(cands.ids):
-            ok, res = await self.hop("ranker", lambda: ports.score.score(cands.X), left(), timings)
+            ok, res = await self.hop("ranker", lambda: ports.score.score(cands.X, spec), left(), timings)
             if ok:
                 scores, versions["ranker"] = res
-                self.ranker_version = versions["ranker"]
+                if spec is None:   # the version serving (an arm's own is not it)
+                    self.ranker_version = versions["ranker"]
             else:
                 versions["ranker"] = "unavailable"
                 if self.last_good.get(who):
@@ -229,8 +237,8 @@ class Ladder:
         ranked = stage.ranked(cands, scores)
         slate = None
         if ranked:  # failing: no exploration this time
-            ok, slate = await self.hop("bandit", lambda: ports.select.select(ranked, k, who, rid), left(),
-                                       timings)
+            ok, slate = await self.hop("bandit", lambda: ports.select.select(ranked, k, who, rid, share, tag),
+                                       left(), timings)
         chosen = list(slate.items) if slate else ranked[:k]
         explored = list(slate.explored) if slate else [False] * len(chosen)
         reasons, explanation = None, None

@@ -46,6 +46,26 @@ class RouterMetrics:
             if n:
                 self.counts[("cache", (("level", "context"), ("outcome", outcome)))] += n
 
+    def arm_answer(self, experiment: str, arm: str, shown: int, stopped: bool) -> None:
+        """An answer served by an experiment's arm (a stopped arm's users, served control: `stopped`)."""
+        tags = (("arm", arm), ("experiment", experiment), ("served", "control" if stopped else "arm"))
+        self.counts[("experiment_answers", tags)] += 1
+        self.counts[("experiment_shown", tags)] += shown
+
+    def arm_feedback(self, experiment: str, arm: str, reward: float) -> None:
+        tags = (("arm", arm), ("experiment", experiment))
+        self.counts[("experiment_feedback", tags)] += 1
+        self.counts[("experiment_reward", tags)] += reward
+
+    def arm_figures(self, summary: dict) -> None:
+        """Every arm's reward per shown item and CTR with their 95 % bounds (all replicas' sums, from Redis)."""
+        for arm, a in summary["arms"].items():
+            for metric, fig in (("experiment_reward_per_item", "reward_per_item"), ("experiment_ctr", "ctr")):
+                for bound in ("estimate", "lo", "hi"):
+                    v = a[fig][bound]
+                    if v is not None:
+                        self.set(metric, v, experiment=summary["name"], arm=arm, bound=bound)
+
     def events(self, n: int) -> None:
         self.counts[("events", ())] += n
 
@@ -92,6 +112,24 @@ class RouterMetrics:
                 "lag": Gauge("recserve_stream_lag_events", "events in the log no aggregator has committed yet (all "
                              "partitions, as the router sees them; per partition: recserve_stream_consumer_lag)"),
                 "index_vectors": Gauge("recserve_index_vectors", "live vectors per index shard", tag_keys=("shard",)),
+                "experiment_answers": Counter("recserve_experiment_answers_total", "answers per experiment arm "
+                                              "(served: arm, or control for a stopped arm's users)",
+                                              tag_keys=("experiment", "arm", "served")),
+                "experiment_shown": Counter("recserve_experiment_items_shown_total", "items shown per experiment arm",
+                                            tag_keys=("experiment", "arm", "served")),
+                "experiment_feedback": Counter("recserve_experiment_feedback_total", "feedback received per arm",
+                                               tag_keys=("experiment", "arm")),
+                "experiment_reward": Counter("recserve_experiment_reward_total", "reward received per arm (sum)",
+                                             tag_keys=("experiment", "arm")),
+                "experiment_arm_running": Gauge("recserve_experiment_arm_running", "1 while an arm serves, 0 once "
+                                                "stopped (the guardrail says why on /v1/status)",
+                                                tag_keys=("experiment", "arm")),
+                "experiment_reward_per_item": Gauge("recserve_experiment_reward_per_item", "reward per shown item "
+                                                    "per arm, all replicas (bound: estimate, lo, hi of the 95 % "
+                                                    "interval)", tag_keys=("experiment", "arm", "bound")),
+                "experiment_ctr": Gauge("recserve_experiment_ctr", "clicks (reward > 0) per shown item per arm, "
+                                        "all replicas (bound: estimate, lo, hi: Wilson 95 %)",
+                                        tag_keys=("experiment", "arm", "bound")),
                 "model_version": Gauge("recserve_model_version", "1 for the version of each component serving "
                                        "now, 0 for one that served before", tag_keys=("component", "version")),
             }

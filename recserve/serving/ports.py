@@ -38,13 +38,16 @@ class ContextPort(Protocol):
 
 
 class ScorePort(Protocol):
-    async def score(self, X: np.ndarray) -> tuple[np.ndarray, str]:
-        """Scores of one candidate list's features and the model version that computed them."""
+    async def score(self, X: np.ndarray, spec: dict | None = None) -> tuple[np.ndarray, str]:
+        """Scores of one candidate list's features and the model version that computed them; `spec`:
+        another ranker version than the one serving (an experiment's arm), loaded on first use."""
 
 
 class SelectPort(Protocol):
-    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str) -> Any:
-        """The slate (recserve.ranking.bandit.Slate) shown for a ranked list, its impression logged."""
+    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
+                     arm: str | None = None) -> Any:
+        """The slate (recserve.ranking.bandit.Slate) shown for a ranked list, its impression logged
+        (with the experiment's `arm`); `share`: another exploration share than the configured one."""
 
     async def update(self, item_id: int, reward: float) -> tuple[float, float]:
         """Fold a reward (0..1) into the item's posterior; its (alpha, beta) after."""
@@ -125,17 +128,39 @@ class LiveContexts:
 # ----------------------------------------------------------------------------- score
 class LocalScore:
     """The ranker in this process (recserve.ranking.ranker.ServingRanker): concurrent requests'
-    lists go through one forward pass."""
+    lists go through one forward pass (one per model version, when an experiment's arms rank with
+    other versions: those are loaded beside the serving one, `others`)."""
 
     def __init__(self, ranker, max_batch: int = 256):
         self.ranker = ranker
+        self.others: dict[str, object] = {}       # version -> ServingRanker
+        self.specs: dict[str, dict] = {}
         self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=1)
 
-    async def _batch(self, _key, lists: list) -> list:
-        return self.ranker.score_lists(lists)
+    async def _batch(self, version: str | None, lists: list) -> list:
+        return self.model(self.specs.get(version)).score_lists(lists)
 
-    async def score(self, X: np.ndarray) -> tuple[np.ndarray, str]:
-        return await self.batcher.submit(0, X)
+    def model(self, spec: dict | None):
+        if spec is None or spec.get("version") == self.ranker.version:
+            return self.ranker
+        got = self.others.get(spec["version"])
+        if got is None:
+            from recserve.ranking.ranker import ServingRanker
+
+            got = self.others[spec["version"]] = ServingRanker(spec, device=self.ranker.device)
+        return got
+
+    def keep_only(self, specs: list[dict]) -> None:
+        """Load the versions an experiment needs now; forget the ones no arm uses any more."""
+        self.others = {s["version"]: self.others.get(s["version"]) or self.model(s) for s in specs
+                       if s.get("version") != self.ranker.version}
+        self.specs = {s["version"]: s for s in specs}
+
+    async def score(self, X: np.ndarray, spec: dict | None = None) -> tuple[np.ndarray, str]:
+        if spec is None:
+            return await self.batcher.submit(None, X)
+        self.specs.setdefault(spec["version"], spec)
+        return await self.batcher.submit(spec["version"], X)
 
     def load(self, spec: dict) -> None:
         """A new model version in place (Serve's user_config reaching the router)."""
@@ -149,8 +174,11 @@ class HandleScore:
     def __init__(self, handle):
         self.h = handle
 
-    async def score(self, X: np.ndarray) -> tuple[np.ndarray, str]:
-        return await self.h.score.remote(X)
+    async def score(self, X: np.ndarray, spec: dict | None = None) -> tuple[np.ndarray, str]:
+        return await (self.h.score.remote(X) if spec is None else self.h.score.remote(X, spec))
+
+    def keep_only(self, specs: list[dict]) -> None:
+        """The Ranker replicas load an arm's version on its first list."""
 
 
 # ---------------------------------------------------------------------------- select
@@ -161,8 +189,9 @@ class LocalSelect:
     def __init__(self, bandit):
         self.bandit = bandit
 
-    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str):
-        return await self.bandit.achoose(ranked, k, user_id, request_id)
+    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
+                     arm: str | None = None):
+        return await self.bandit.achoose(ranked, k, user_id, request_id, share, arm)
 
     async def update(self, item_id: int, reward: float) -> tuple[float, float]:
         return await self.bandit.aupdate(item_id, reward)
@@ -172,8 +201,11 @@ class HandleSelect:
     def __init__(self, handle):
         self.h = handle
 
-    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str):
-        return await self.h.select.remote(ranked, k, user_id, request_id)
+    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
+                     arm: str | None = None):
+        if share is None and arm is None:
+            return await self.h.select.remote(ranked, k, user_id, request_id)
+        return await self.h.select.remote(ranked, k, user_id, request_id, share, arm)
 
     async def update(self, item_id: int, reward: float) -> tuple[float, float]:
         return await self.h.update.remote(item_id, reward)

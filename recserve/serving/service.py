@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from recserve.index.client import IndexUnavailable
 from recserve.index.shard import ShardError
 from recserve.serving.api import error_body, first_repeat
 from recserve.serving.cache import CacheStats, ResponseCache
+from recserve.serving.experiments import LiveExperiments
 from recserve.serving.ladder import LEVEL_TEMPLATES, Ladder
 from recserve.serving.live import StreamWatch
 from recserve.serving.metrics import RouterMetrics
@@ -57,13 +59,13 @@ def keep_answer(computed: tuple) -> bool:
     model late, its queue full, the explainer away): the model goes on writing those sentences in
     the background, so the same request a few seconds later gets them instead of ten minutes of
     cached templates."""
-    _, level, _, explanation = computed
+    _, level, _, explanation = computed[:4]
     return level <= LEVEL_TEMPLATES and not (explanation and explanation.get("fallback"))
 
 
 class RecService:
     def __init__(self, cfg, stage, ladder: Ladder, index, aredis, log, ports, cache: bool = True,
-                 local_bandit=None, replica: str = "", gate=None):
+                 local_bandit=None, replica: str = "", gate=None, experiments=None):
         self.cfg = cfg
         self.gate = gate         # API keys and quotas (recserve.auth.Gate), checked by the router's middleware
         self.replica = replica   # which router replica answers (status)
@@ -76,6 +78,7 @@ class RecService:
         self.cache = ResponseCache(ttl_s=cfg.serve.cache_ttl_s)
         self.cache_enabled = cache
         self.local_bandit = local_bandit
+        self.experiments = experiments if experiments is not None else LiveExperiments(aredis)
         self.metrics = RouterMetrics()
         self.explanation_stats = CacheStats()    # the explainer's sentence cache, from its answers
         self.explainer_stats: dict = {}          # its models and queue, refreshed every 10 s
@@ -91,7 +94,7 @@ class RecService:
         """The background tasks, on the running event loop."""
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self.watch.run_poll()), loop.create_task(self.watch.run_listen()),
-                      loop.create_task(self._housekeeping())]
+                      loop.create_task(self._housekeeping()), loop.create_task(self._experiments())]
         if self.local_bandit is not None:
             self.tasks.append(loop.create_task(self.local_bandit.run()))
 
@@ -104,6 +107,7 @@ class RecService:
         try:
             if self.local_bandit is not None:
                 await self.local_bandit.flush()
+            await self.experiments.flush()
             self.metrics.flush()
         except Exception:  # noqa: BLE001 - shutting down: best effort
             pass
@@ -126,6 +130,41 @@ class RecService:
         self.ladder.last_good.pop(user, None)
         self._ranker_version = self.ladder.ranker_version
         return out
+
+    async def refresh_experiments(self) -> None:
+        """The running experiment as Redis holds it; a change (started, stopped, an arm stopped by
+        the guardrail) loads the arms' ranker versions and drops the cached answers of the old arms."""
+        exps = self.experiments
+        if await exps.refresh():
+            keep_only = getattr(self.ports.score, "keep_only", None)
+            if keep_only is not None:
+                await asyncio.to_thread(keep_only, list(exps.specs.values()))
+            self.cache.clear()
+            for arm in (exps.exp.arms if exps.exp else {}):
+                self.metrics.set("experiment_arm_running", int(arm not in exps.stopped), experiment=exps.name,
+                                 arm=arm)
+
+    async def _experiments(self) -> None:
+        """Once a second: the experiment's state and this replica's counts to Redis; every 5 s the
+        guardrail (any replica may stop an arm: the stop is written once, every replica reads it)."""
+        guard_at = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.refresh_experiments()
+                await self.experiments.flush()
+                if self.experiments.running and time.monotonic() - guard_at >= 5.0:
+                    guard_at = time.monotonic()
+                    for arm, why in (await self.experiments.guard()).items():
+                        import logging
+
+                        logging.getLogger("recserve.experiments").warning("experiment %s: arm %s stopped: %s",
+                                                                          self.experiments.name, arm, why["reason"])
+                    summary = await self.experiments.summary()
+                    if summary:
+                        self.metrics.arm_figures(summary)
+            except Exception:  # noqa: BLE001 - Redis away: the last state serves, counts wait
+                pass
 
     async def _housekeeping(self) -> None:
         """Once a second: metrics to Ray (breakers, staleness, lag, versions with them); every 10 s
@@ -217,22 +256,32 @@ class RecService:
 
     # ------------------------------------------------------------- recommend
     async def recommend(self, user_id: int | None, k: int, filters: dict | None, explain: bool, key: str,
-                        session: list[int] | None = None) -> bytes:
+                        session: list[int] | None = None, session_id: Any = None) -> bytes:
         """The answer's bytes; `key` is the request's parameters other than the user (the cache key:
-        an anonymous visitor's answer is cached per session, its items being part of the key)."""
+        an anonymous visitor's answer is cached per session, its items being part of the key).
+        With an experiment running, the user's (or the anonymous `session_id`'s, else the session's
+        first item's) arm serves it, and the answer says which."""
         t0 = time.perf_counter()
+        exps = self.experiments
+        arm = None
+        if exps.running:
+            unit = f"u:{user_id}" if user_id is not None else f"s:{session_id if session_id is not None else session[0]}"
+            arm = exps.assign(unit)
 
-        async def compute() -> tuple[bytes, int, dict | None, dict | None]:
-            out = await self.ladder.recommend(user_id, k, filters, explain, session=session)
+        async def compute() -> tuple[bytes, int, dict | None, dict | None, int]:
+            rid = None if arm is None else f"{uuid.uuid4().hex}.{arm.tag}"
+            out = await self.ladder.recommend(user_id, k, filters, explain, session=session, arm=arm, request_id=rid)
             out.pop("took_ms", None)   # the request's own, appended by `finish`
-            return encode(out), out["degradation_level"], out.get("hop_ms"), out.get("explanation")
+            if arm is not None:
+                out["experiment"] = arm.answer()
+            return encode(out), out["degradation_level"], out.get("hop_ms"), out.get("explanation"), len(out["items"])
 
         if self.cache_enabled:
             who = user_id if user_id is not None else ANONYMOUS
-            (prefix, level, hops, ex), how = await self.cache.get_or_compute(
+            (prefix, level, hops, ex, shown), how = await self.cache.get_or_compute(
                 (who, key), who, compute, cacheable=keep_answer)
         else:
-            (prefix, level, hops, ex), how = await compute(), "off"
+            (prefix, level, hops, ex, shown), how = await compute(), "off"
         v = self.ladder.ranker_version
         if v != self._ranker_version:   # a new model is serving: lists ranked by the old one go
             if self._ranker_version is not None:
@@ -242,6 +291,9 @@ class RecService:
         m = self.metrics
         m.request("recommend", 200, took)
         m.answer(level, how, hops if how not in ("hit", "coalesced") else None)
+        if arm is not None:
+            exps.count(arm, shown)
+            m.arm_answer(arm.experiment, arm.name, shown, arm.stopped)
         if ex and how not in ("hit", "coalesced"):   # an L1 hit asked the explainer nothing
             hits, misses = ex["cached"], ex["lookups"] - ex["cached"]
             self.explanation_stats.hits += hits
@@ -332,9 +384,27 @@ class RecService:
             self.metrics.events(accepted)
         return 202, {"accepted": accepted, "duplicates": len(offsets) - accepted}, None
 
-    async def feedback(self, item_id: int, reward: float) -> dict:
+    async def feedback(self, item_id: int, reward: float, request_id: str = "") -> dict:
+        """The reward folded into the item's posterior; logged beside the impressions (off-policy
+        evaluation) and, when an experiment's arm served the request, into the arm's figures."""
+        from recserve import keys
+        from recserve.ranking.bandit import IMPRESSIONS_MAXLEN
+
         a, b = await self.ports.select.update(item_id, reward)
-        return {"item_id": item_id, "posterior": {"alpha": a, "beta": b}}
+        arm = self.experiments.feedback_arm(request_id)
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                pipe.xadd(keys.bandit_rewards(), {"request_id": request_id, "item_id": item_id, "reward": reward,
+                                                  "ts": time.time()}, maxlen=IMPRESSIONS_MAXLEN, approximate=True)
+                if arm is not None:
+                    self.experiments.queue_feedback(pipe, *arm, reward)
+                await pipe.execute()
+        except Exception:  # noqa: BLE001 - the posterior has it; the log of rewards is for evaluation
+            pass
+        if arm is not None:
+            self.metrics.arm_feedback(*arm, reward)
+        return {"item_id": item_id, "posterior": {"alpha": a, "beta": b},
+                **({"experiment": {"name": arm[0], "arm": arm[1]}} if arm else {})}
 
     async def put_items(self, items: list) -> tuple[int, dict, dict | None]:
         dup = first_repeat([it.item_id for it in items], "items.{}.item_id")
@@ -404,6 +474,10 @@ class RecService:
 
     async def status(self) -> dict:
         await self.watch.poll()
+        try:
+            await self.refresh_experiments()
+        except Exception:  # noqa: BLE001 - Redis away: the last state is shown
+            pass
         await self.refresh_slow_stats()   # index sizes and the explainer's stats as of now
         st = self.cache.stats
 
@@ -430,7 +504,14 @@ class RecService:
                               if k in self.explainer_stats},
                 "index_batching": {"calls": search.batcher.calls, "searches": search.batcher.items},
                 **({"bandit": {"impressions_waiting": len(self.local_bandit.pending),
-                               "impressions_dropped": self.local_bandit.dropped}} if self.local_bandit else {})}
+                               "impressions_dropped": self.local_bandit.dropped}} if self.local_bandit else {}),
+                **({"experiment": await self._experiment_status()} if self.experiments.running else {})}
+
+    async def _experiment_status(self) -> dict:
+        try:
+            return await self.experiments.summary()
+        except Exception as e:  # noqa: BLE001 - Redis away: the figures cannot be read
+            return {"name": self.experiments.name, "error": f"{type(e).__name__}: {e}"}
 
     async def ready(self) -> tuple[bool, dict]:
         from recserve.ops.region import adraining

@@ -93,8 +93,12 @@ async def build_service(cfg: Config, registry_uri: str, index_root: str, choice:
 
     gate = Gate(ar, {k: v.model_dump() for k, v in cfg.auth.quotas.items()}, replicas=cfg.serve.router_replicas,
                 enabled=cfg.auth.enabled)
-    svc = RecService(cfg, stage, ladder, index, ar, log, ports,
-                     cache=cache, local_bandit=local_bandit, replica=replica, gate=gate)
+    from recserve.ranking.ranker import ranker_spec
+    from recserve.serving.experiments import LiveExperiments
+
+    experiments = LiveExperiments(ar, spec_of=lambda version: ranker_spec(cfg, reg, version))
+    svc = RecService(cfg, stage, ladder, index, ar, log, ports, cache=cache, local_bandit=local_bandit,
+                     replica=replica, gate=gate, experiments=experiments)
     if warm:
         await svc.warm()
     svc.start()

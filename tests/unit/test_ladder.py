@@ -115,6 +115,7 @@ class Fakes:
 
     async def search(self, query, n, flt):
         await self._step("search")
+        self.asked_n = n
         keep = [i for i in ITEMS if int(i) not in set(flt.get("exclude_ids") or [])][:n]
         return np.array([keep]), np.linspace(1, 0, len(keep))[None].astype(np.float32)
 
@@ -122,12 +123,15 @@ class Fakes:
         await self._step("search")
         return {int(i): (np.ones(5, np.float32), {}) for i in ids if int(i) in set(ITEMS.tolist())}
 
-    async def score(self, X):
+    async def score(self, X, spec=None):
         await self._step("score")
+        if spec is not None:
+            return X[:, 0], spec["version"]    # another version keeps the retrieval order
         return -X[:, 0], "r2"      # the ranker reverses the retrieval order
 
-    async def select(self, ranked, k, user_id, rid):
+    async def select(self, ranked, k, user_id, rid, share=None, arm=None):
         await self._step("select")
+        self.selected = (rid, share, arm)
         return Slate(ranked[:k], [False] * k, None)
 
     async def update(self, item_id, reward):
@@ -148,6 +152,20 @@ def ladder(**kw):
 
 def run(lad, user=1, k=5, filters=None, explain=False):
     return asyncio.run(lad.recommend(user, k, filters, explain))
+
+
+def test_an_experiments_arm_ranks_with_its_version_explores_with_its_share_and_fetches_its_candidates():
+    from recserve.serving.experiments import Arm
+
+    lad, f = ladder(deadline_ms=1000)
+    arm = Arm("exp1", "treatment", "treatment", "r-old", {"version": "r-old", "model_path": "x"}, 0.5, 77)
+    out = asyncio.run(lad.recommend(1, 5, None, False, request_id="abc.exp1.treatment", arm=arm))
+    assert out["model_versions"]["ranker"] == "r-old"
+    assert [i["item_id"] for i in out["items"]] == [100, 101, 102, 103, 104]    # the old version's order
+    assert f.selected == ("abc.exp1.treatment", 0.5, "exp1.treatment") and f.asked_n == 77
+    assert lad.ranker_version is None    # an arm's version is not the one serving (no cache flush)
+    out = run(lad)
+    assert out["model_versions"]["ranker"] == "r2" and f.selected[1:] == (None, None) and f.asked_n != 77
 
 
 def test_full_path_ranks_explores_and_remembers():
