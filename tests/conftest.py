@@ -133,6 +133,23 @@ def trained_registry(cfg, root: Path):
     return reg
 
 
+def publish_negated_ranker(reg, tmp_path) -> str:
+    """A new registry version of the ranker with its weights negated (same architecture): it ranks
+    the worst candidates first. The registry's latest becomes it: set it back when done."""
+    import torch
+
+    from recserve.ranking.ranker import load_model, save_model
+
+    model, meta = load_model(reg.fetch("ranker") / "ranker.pt")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(-1.0)
+    out = tmp_path / "ranker2"
+    out.mkdir()
+    save_model(model, out / "ranker.pt", meta)
+    return reg.publish("ranker", out, lineage={"derived_from": reg.resolve("ranker")})
+
+
 @pytest.fixture(scope="session")
 def serving(stack, tmp_path_factory):
     """The Serve application over real HTTP (one Serve instance per session), on a small world

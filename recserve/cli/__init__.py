@@ -8,6 +8,7 @@ from recserve.cli import registry  # noqa: F401,I001
 from recserve.cli import region  # noqa: F401,I001
 from recserve.cli import ops  # noqa: F401,I001
 from recserve.cli import keys  # noqa: F401,I001
+from recserve.cli import experiment  # noqa: F401,I001
 from recserve.cli import bench  # noqa: F401,I001
 from recserve.cli.main import app, main
 

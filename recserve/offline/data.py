@@ -44,6 +44,37 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- generated world
+def click_probability(affinity: np.ndarray) -> np.ndarray:
+    """The world's truth: how likely a user clicks an item shown, from their affinity (the dot of
+    the user's interest and the item's vector, both unit)."""
+    return 1 / (1 + np.exp(-(np.asarray(affinity) - 0.3) * 6))
+
+
+class Truth:
+    """A generated world's ground truth (`truth/` of its dataset): each user's interest at the end
+    of their history and each item's vector, so that a simulation can draw a shown item's click."""
+
+    def __init__(self, dataset_dir: str | Path):
+        d = Path(dataset_dir) / "truth"
+        if not (d / "items.parquet").exists():
+            raise DataError(f"{dataset_dir} has no ground truth (truth/items.parquet): only a generated world "
+                            f"(python -m pipelines.generate_world) knows its users' true preferences")
+        items = pq.read_table(d / "items.parquet").to_pandas()
+        users = pq.read_table(d / "users").to_pandas()
+        self.item_ids = items["item_id"].to_numpy(np.int64)
+        self.item_vectors = np.stack(items["vector"].to_numpy()).astype(np.float32)
+        self.user_ids = users["user_id"].to_numpy(np.int64)
+        self.user_vectors = np.stack(users["end_vector"].to_numpy()).astype(np.float32)
+        self._item_row = {int(i): r for r, i in enumerate(self.item_ids)}
+        self._user_row = {int(u): r for r, u in enumerate(self.user_ids)}
+
+    def click_probability(self, user_id: int, item_ids) -> np.ndarray:
+        """The true chance that `user_id` clicks each of `item_ids` (0 for an item the world lacks)."""
+        rows = np.array([self._item_row.get(int(i), -1) for i in item_ids], dtype=np.int64)
+        aff = self.item_vectors[np.maximum(rows, 0)] @ self.user_vectors[self._user_row[int(user_id)]]
+        return np.where(rows >= 0, click_probability(aff), 0.0)
+
+
 class World:
     """The latent structure of a generated world: categories, items and their popularity."""
 
@@ -129,7 +160,7 @@ class World:
                 p /= p.sum()
                 chosen = pool[rng.choice(len(pool), size=len(idx), p=p)]
                 aff = self.item_vec[chosen] @ u
-                clicked = rng.uniform(size=len(idx)) < 1 / (1 + np.exp(-(aff - 0.3) * 6))
+                clicked = rng.uniform(size=len(idx)) < click_probability(aff)
                 bought = clicked & (rng.uniform(size=len(idx)) < 0.25)
                 t = ts[idx].astype(np.int64)
                 for mask, etype, dt in ((np.ones(len(idx), bool), 0, 0), (clicked, 1, 5), (bought, 2, 60)):

@@ -19,7 +19,7 @@ STATUS_PAGE = """<!doctype html>
   table { border-collapse: collapse; }
   td, th { padding: 2px 10px 2px 0; text-align: left; }
   .lv { font-size: 2em; font-weight: bold; }
-  .closed { color: #197a19; } .half_open { color: #b8860b; } .open { color: #c0392b; }
+  .closed, .running { color: #197a19; } .half_open { color: #b8860b; } .open, .stopped { color: #c0392b; }
   #result-error { color: #c0392b; }
   #updated { color: #777; font-size: .9em; }
 </style>
@@ -58,6 +58,11 @@ STATUS_PAGE = """<!doctype html>
   <table id="versions"></table>
   <h2>Explainer</h2>
   <table id="explainer"></table>
+</section>
+<section id="experiment-section">
+  <h2>Experiment <span id="experiment-name">none running</span></h2>
+  <table id="experiment"><tr><th>arm</th><th>share</th><th>settings</th><th>answers</th><th>shown</th>
+    <th>reward / item [95 %]</th><th>CTR [95 %]</th><th>status</th></tr></table>
 </section>
 <section>
   <h2>Try a recommendation</h2>
@@ -132,6 +137,18 @@ async function refresh() {
     const et = document.getElementById("explainer"); rows(et, 0);
     for (const [k, n] of Object.entries(s.explainer || {})) {
       const tr = et.insertRow(); tr.dataset.key = k; cell(tr, k.replace("_", " ")); cell(tr, n);
+    }
+    const xt = document.getElementById("experiment"); rows(xt, 1);
+    const x = s.experiment;
+    document.getElementById("experiment-name").textContent = x ? x.name + " (control " + x.control + ")" :
+      "none running";
+    const ci = (f) => f.estimate === null ? "-" : f.estimate.toFixed(4) +
+      (f.lo === null ? "" : " [" + f.lo.toFixed(4) + ", " + f.hi.toFixed(4) + "]");
+    for (const [arm, a] of Object.entries((x && x.arms) || {})) {
+      const tr = xt.insertRow(); tr.dataset.arm = arm;
+      cell(tr, arm); cell(tr, a.share); cell(tr, JSON.stringify(a.settings)); cell(tr, a.answers); cell(tr, a.shown);
+      cell(tr, ci(a.reward_per_item)); cell(tr, ci(a.ctr));
+      cell(tr, a.status === "running" ? "running" : "stopped: " + a.stopped.reason, a.status);
     }
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {

@@ -10,27 +10,13 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import publish_negated_ranker
+
 pytestmark = pytest.mark.integration
 
 
 def _users(reg, n, offset=0):
     return [int(u) for u in np.load(reg.fetch("embeddings") / "user_ids.npy")[offset:offset + n]]
-
-
-def _publish_other_ranker(reg, tmp_path) -> str:
-    """A new registry version of the ranker with different weights (same architecture)."""
-    import torch
-
-    from recserve.ranking.ranker import load_model, save_model
-
-    model, meta = load_model(reg.fetch("ranker") / "ranker.pt")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(-1.0)
-    out = tmp_path / "ranker2"
-    out.mkdir()
-    save_model(model, out / "ranker.pt", meta)
-    return reg.publish("ranker", out, lineage={"derived_from": reg.resolve("ranker")})
 
 
 def test_hot_model_swap_without_failed_requests(serving, tmp_path):
@@ -40,7 +26,7 @@ def test_hot_model_swap_without_failed_requests(serving, tmp_path):
 
     http, reg, cfg = serving
     old = http.post("/v1/recommend", json={"user_id": _users(reg, 1)[0], "k": 5}).json()["model_versions"]["ranker"]
-    new = _publish_other_ranker(reg, tmp_path)
+    new = publish_negated_ranker(reg, tmp_path)
     assert new != old
     codes, versions, stop = [], [], threading.Event()
 
