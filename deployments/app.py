@@ -123,8 +123,9 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
         choice.score = _pinned(Ranker.options(**opts("Ranker", user_config=ranker_user_config(cfg, reg, ranker_version),
                                                      ray_actor_options=ranker_opts)), _version(ranker_opts)).bind()
     if not inproc["select"]:
-        choice.select = _pinned(Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share)).bind(
-            cfg.redis_url, s.bandit_share)
+        choice.select = _pinned(Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share,
+                                                                           s.bandit_uniform)).bind(
+            cfg.redis_url, s.bandit_share, uniform=s.bandit_uniform)
     if not inproc["explain"]:
         ec = cfg.explainer
         explainer_opts = {"num_cpus": 0.1, **({"num_gpus": ec.num_gpus} if ec.num_gpus else {})}

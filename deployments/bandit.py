@@ -11,10 +11,11 @@ from recserve.ranking.bandit import Slate, ThompsonBandit
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 class Bandit:
-    def __init__(self, redis_url: str, share: float = 0.2, prefix: str = "bandit"):
+    def __init__(self, redis_url: str, share: float = 0.2, prefix: str = "bandit", uniform: float = 0.1):
         import redis
 
-        self.bandit = ThompsonBandit(redis.Redis.from_url(redis_url, socket_timeout=2), prefix=prefix, share=share)
+        self.bandit = ThompsonBandit(redis.Redis.from_url(redis_url, socket_timeout=2), prefix=prefix, share=share,
+                                    uniform=uniform)
 
     async def select(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
                      arm: str | None = None) -> Slate:

@@ -119,6 +119,9 @@ class ServeConfig(_Strict):
     shard_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per index "
                                               "shard actor, e.g. {index: 1} on the cluster's state pool")
     bandit_share: float = Field(0.2, ge=0, le=1, description="share of each list given to exploration")
+    bandit_uniform: float = Field(0.1, ge=0, le=1, description="share of slates whose exploration places are "
+                                  "drawn uniformly instead of by Thompson sampling: every candidate keeps a chance "
+                                  "to be shown, which off-policy evaluation of other policies needs")
     ranker_quantize: bool = Field(False, description="INT8 dynamic quantisation of the ranker on CPU")
     ranker_dtype: str = Field("float32", pattern="^(float32|float16|bfloat16)$", description="ranker dtype on GPU")
     ranker_num_gpus: float = Field(0.0, ge=0, description="GPUs per ranker replica (fractions allowed)")

@@ -399,19 +399,7 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
         versions["embeddings"] = emb["version"]
         versions["index"] = reg.resolve("index", versions.get("index"))
         shards = ShardSet(reg.fetch("index", versions["index"]))
-        # map the evaluation's dense indexes onto the embedding artifact's ids
-        e_user = {int(u): i for i, u in enumerate(emb["user_ids"])}
-        e_items = emb["item_ids"]
-        item_pos = np.full(data.n_items, -1, dtype=np.int64)
-        common = np.isin(data.item_ids, e_items)
-        item_pos[common] = np.searchsorted(e_items, data.item_ids[common])
-        uvec = np.zeros((len(data.test_users), emb["user_vectors"].shape[1]), dtype=np.float32)
-        for r, u in enumerate(data.test_users):
-            j = e_user.get(int(data.user_ids[u]))
-            if j is not None:
-                uvec[r] = emb["user_vectors"][j]
-        ivec = np.zeros((data.n_items, emb["item_vectors"].shape[1]), dtype=np.float32)
-        ivec[common] = emb["item_vectors"][item_pos[common]]
+        item_pos, ivec = aligned_items(emb, data)
         inp = ranking_inputs(data, items, ivec, cfg.ranker)
         from recserve.ranking.sequence import SequenceScorer
 
@@ -423,16 +411,7 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
         else:
             log(f"embeddings {versions['embeddings']} have no sequence model (sequence.enabled false?): "
                 f"no sequence_model row, and the ranker's sequence feature is 0")
-        # the query serving sends: the user vector moved toward the fold-in of their last items
-        from recserve.ranking.content import blended_queries, mean_pair_score
-
-        tm = data.matrix.tocoo()
-        urow = np.array([e_user.get(int(u), -1) for u in data.user_ids], dtype=np.int64)[tm.row]
-        ok = urow >= 0
-        target = mean_pair_score(emb["user_vectors"], ivec, urow[ok], tm.col[ok])
-        uvec = blended_queries(uvec,
-                               np.arange(len(uvec)), [inp.contexts[u] for u in data.test_users], ivec,
-                               cfg.stream.vector_decay, target, cfg.ranker.session_weight, cfg.ranker.session_items)
+        uvec = serving_queries(cfg, data, inp, emb, ivec, data.test_users)
         seen = [data.item_ids[data.matrix.indices[data.matrix.indptr[u]:data.matrix.indptr[u + 1]]]
                 for u in data.test_users]
         n_cand = cfg.ranker.candidates if "retrieval_ranker" in methods else k
@@ -454,8 +433,12 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
                 return rerank(model, X, c, k)
             run("retrieval_ranker", ranked)
         if "anonymous_session" in methods:
+            from recserve.ranking.content import mean_pair_score
+
             # the anonymous rows' fold-in aims at the pairs whose item the embeddings know too
-            known = ok & (item_pos[tm.col] >= 0)
+            tm = data.matrix.tocoo()
+            urow = _embedding_rows(emb, data)[tm.row]
+            known = (urow >= 0) & (item_pos[tm.col] >= 0)
             session_target = mean_pair_score(emb["user_vectors"], emb["item_vectors"], urow[known],
                                              item_pos[tm.col][known])
             queries, sessions = _session_queries(cfg, data, train, emb, item_pos, id_to_dense, session_target)
@@ -485,6 +468,40 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
             shutil.copy(Path(tmp) / "eval.png", out.with_suffix(".png"))
     log(f"published evaluation {v}")
     return report
+
+
+def aligned_items(emb: dict, data) -> tuple[np.ndarray, np.ndarray]:
+    """(item_pos, item vectors) over `data`'s dense items: each one's row in the embeddings
+    artifact (-1: not in it) and its vector there (zeros when not)."""
+    item_pos = np.full(data.n_items, -1, dtype=np.int64)
+    common = np.isin(data.item_ids, emb["item_ids"])
+    item_pos[common] = np.searchsorted(emb["item_ids"], data.item_ids[common])
+    ivec = np.zeros((data.n_items, emb["item_vectors"].shape[1]), dtype=np.float32)
+    ivec[common] = emb["item_vectors"][item_pos[common]]
+    return item_pos, ivec
+
+
+def _embedding_rows(emb: dict, data) -> np.ndarray:
+    """Each of `data`'s dense users' row in the embeddings artifact (-1: not in it)."""
+    e_user = {int(u): i for i, u in enumerate(emb["user_ids"])}
+    return np.array([e_user.get(int(u), -1) for u in data.user_ids], dtype=np.int64)
+
+
+def serving_queries(cfg: Config, data, inp, emb: dict, ivec: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """The retrieval query serving sends for each of `users` (dense): the user's trained vector
+    moved toward the fold-in of their last items (zeros for a user the embeddings lack)."""
+    from recserve.ranking.content import blended_queries, mean_pair_score
+
+    rows = _embedding_rows(emb, data)
+    uvec = np.zeros((len(users), emb["user_vectors"].shape[1]), dtype=np.float32)
+    have = rows[users] >= 0
+    uvec[have] = emb["user_vectors"][rows[users][have]]
+    tm = data.matrix.tocoo()
+    urow = rows[tm.row]
+    ok = urow >= 0
+    target = mean_pair_score(emb["user_vectors"], ivec, urow[ok], tm.col[ok])
+    return blended_queries(uvec, np.arange(len(uvec)), [inp.contexts[u] for u in users], ivec,
+                           cfg.stream.vector_decay, target, cfg.ranker.session_weight, cfg.ranker.session_items)
 
 
 def _sequence_recs(scorer, data, k: int) -> np.ndarray:

@@ -13,6 +13,13 @@ again: G is geometric, so 1 / propensity is an *unbiased* estimate of the invers
 (what IPS divides by). The share of a fixed number of draws would be an unbiased propensity whose
 inverse is biased upward (at p = 0.05 over 100 draws, by about a quarter): every IPS estimate
 from such logs would be too high.
+
+A share `uniform` of the slates (0.1 by default) fills its exploration places uniformly from the
+candidates instead of by Thompson draws. Thompson sampling alone concentrates as posteriors
+sharpen: candidates it has written off get inclusion probabilities near 0, and logs in which
+they never appear cannot judge a policy that would show them (off-policy evaluation needs every
+candidate to keep a chance). With the mixture each explored candidate keeps at least
+uniform * n_explore / (candidates - kept); the propensities are those of the mixture.
 """
 
 from __future__ import annotations
@@ -39,11 +46,14 @@ WARMUP_PREFIX = "warmup-"   # a deploy's warm-up request: its slate is drawn, it
 
 class ThompsonBandit:
     def __init__(self, client, prefix: str = "bandit", share: float = 0.2, prior: tuple[float, float] = (1.0, 1.0),
-                 propensity_draws: int = 10_000, seed: int | None = None, top_n: int = 50):
+                 propensity_draws: int = 10_000, seed: int | None = None, top_n: int = 50, uniform: float = 0.1):
         import redis
 
         if not 0.0 <= share <= 1.0:
             raise ValueError("bandit exploration share must be in 0..1")
+        if not 0.0 <= uniform <= 1.0:
+            raise ValueError("bandit uniform share must be in 0..1")
+        self.uniform = uniform
         self.r: redis.Redis = client if not isinstance(client, str) else redis.Redis.from_url(client)
         self.prefix = prefix
         self.share = share
@@ -87,7 +97,7 @@ class ThompsonBandit:
         share = self.share if share is None else share
         ranked = list(ranked[: max(self.top_n, k)])
         a, b = self.params(ranked) if params is None else params
-        theta = self.rng.beta(a, b)
+        theta = self.rng.beta(a, b) if self.rng.random() >= self.uniform else self.rng.random(len(a))
         chosen = self._choose(ranked, k, theta, share)
         n_keep = k - int(round(share * k)) if len(ranked) > k else len(chosen)
         explored = [j >= n_keep for j in range(len(chosen))]
@@ -112,6 +122,8 @@ class ThompsonBandit:
         while done < self.draws and not first.all():
             n = min(batch, self.draws - done)
             th = rng.beta(a[rest], b[rest], size=(n, len(rest)))
+            flat = rng.random(n) < self.uniform        # the mixture's uniform draws
+            th[flat] = rng.random((int(flat.sum()), len(rest)))
             top = np.argpartition(-th, n_explore - 1, axis=1)[:, :n_explore] if n_explore < len(rest) else \
                 np.broadcast_to(np.arange(len(rest)), (n, len(rest)))
             hit = (top[:, :, None] == want[None, None, :]).any(axis=1)          # [n, wanted]

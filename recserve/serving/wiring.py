@@ -74,7 +74,8 @@ async def build_service(cfg: Config, registry_uri: str, index_root: str, choice:
     else:
         from recserve.ranking.bandit import LiveBandit, ThompsonBandit
 
-        local_bandit = LiveBandit(ThompsonBandit(sync, share=cfg.serve.bandit_share), ar)
+        local_bandit = LiveBandit(ThompsonBandit(sync, share=cfg.serve.bandit_share, uniform=cfg.serve.bandit_uniform),
+                                  ar)
         select = LocalSelect(local_bandit)
     if choice.explain is not None:
         explain = HandleExplain(choice.explain)
