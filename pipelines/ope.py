@@ -24,6 +24,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=20_000, help="simulate: impressions the bandit learns from before "
                                                               "its posteriors are frozen as the 'current bandit'")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--replications", type=int, default=0, help="simulate: more runs with seeds seed+1.. (coverage "
+                                                                "and order-agreement rates)")
     p.add_argument("--out", help="write the JSON here too (and .md / .png beside it)")
     args = p.parse_args(argv)
 
@@ -47,7 +49,8 @@ def main(argv=None):
                 from recserve.artifacts import trained_on
 
                 return ope.simulate(cfg, args.dataset or trained_on(reg), reg, args.impressions,
-                                    warmup=args.warmup, versions=args.versions, seed=args.seed, log=log)
+                                    warmup=args.warmup, versions=args.versions, seed=args.seed,
+                                    replications=args.replications, log=log)
             import redis
 
             return ope.evaluate_live(cfg, reg, redis.Redis.from_url(cfg.redis_url), max_impressions=args.impressions,

@@ -79,6 +79,8 @@ def simulate_cmd(policy: str = typer.Option("bandit", help="the logging policy: 
                  dataset: Optional[Path] = typer.Option(None, help="the generated world (default: the one the "
                                                                   "registry's embeddings were trained on)"),
                  seed: int = typer.Option(0),
+                 replications: int = typer.Option(0, min=0, help="more runs with seeds seed+1.. (the same pools): "
+                                                               "how often the intervals cover, the orders agree"),
                  out: Path = typer.Option(Path("benchmarks/results/ope.json"), help="JSON report (.md/.png beside it)"),
                  config: Optional[Path] = ConfigOpt):
     """Prove off-policy evaluation on ground truth: log impressions with propensities on a generated
@@ -98,7 +100,7 @@ def simulate_cmd(policy: str = typer.Option("bandit", help="the logging policy: 
         versions = ranker_version or [v for v in reg.versions("ranker") if v != reg.resolve("ranker")]
         report = ope.simulate(cfg, dataset or trained_on(reg), reg, impressions,
                               uniform=1.0 if policy == "uniform" else None, warmup=warmup, versions=versions,
-                              seed=seed, log=lambda m: console.print(f"[simulate] {m}", markup=False, highlight=False))
+                              seed=seed, replications=replications, log=lambda m: console.print(f"[simulate] {m}", markup=False, highlight=False))
         report["logging_policy"]["name"] = policy
         report["version"] = ope.publish(reg, report, {"source": "simulate"})
         ope.write(report, out)
@@ -108,3 +110,8 @@ def simulate_cmd(policy: str = typer.Option("bandit", help="the logging policy: 
     agree = ", ".join(f"{e} {'yes' if ok else 'no'}" for e, ok in report["order_agrees"].items())
     console.print(f"DR intervals cover every true reward: {'yes' if report['dr_covers_all'] else 'no'}; "
                   f"order as the truth's: {agree}; wrote {out} (registry ope {report['version']})")
+    rep = report.get("replications")
+    if rep:
+        console.print(f"over {rep['runs']} runs: intervals cover the truth "
+                      + ", ".join(f"{e} {c:.0%}" for e, c in rep["coverage"].items())
+                      + "; order agrees " + ", ".join(f"{e} {c:.0%}" for e, c in rep["order_agrees"].items()))

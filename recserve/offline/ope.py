@@ -99,11 +99,15 @@ def build_pool(cfg, dataset_dir, reg, n_users: int | None = None, versions: list
     order = np.argsort(-s0, axis=1, kind="stable")[:, :top_n]
     pick = np.take_along_axis
     pool_dense = pick(cand, order, axis=1)
-    if (pool_dense < 0).any():
-        raise DataError(f"some users have fewer than {top_n} unseen candidates: the pool needs {top_n} each")
+    notes = []
+    full_pool = (pool_dense >= 0).all(1)
+    if not full_pool.all():   # a user who has seen nearly everything: fewer unseen candidates than the bandit's top_n
+        notes.append(f"{int((~full_pool).sum())} users left out: fewer than {top_n} unseen candidates")
+        users, cand, sc, X, s0, order, pool_dense = (a[full_pool] for a in (users, cand, sc, X, s0, order, pool_dense))
+    if not len(users):
+        raise DataError(f"no user has {top_n} unseen candidates: nothing to build pools of")
     Xp = np.take_along_axis(X, order[:, :, None], axis=1)
     scores = {serving: pick(s0, order, axis=1)}
-    notes = []
     for v in versions or []:
         if v == serving or v in scores:
             continue
@@ -324,20 +328,10 @@ def ranks_agree(policies_out: dict, est: str) -> bool:
     return true == got
 
 
-def simulate(cfg, dataset_dir, reg, impressions: int = 50_000, k: int = 10, share: float | None = None,
-             uniform: float | None = None, warmup: int = 20_000, n_users: int | None = None,
-             versions: list[str] | None = None, seed: int = 0, log=print) -> dict:
-    """The live bandit learns for `warmup` impressions (its posteriors then are "the current
-    bandit", a candidate policy fitted on nothing it is judged on), then logs `impressions` while it
-    goes on learning; every candidate policy is estimated from those logs and compared with its
-    true reward."""
-    t0 = time.perf_counter()
-    share = cfg.serve.bandit_share if share is None else share
-    uniform = cfg.serve.bandit_uniform if uniform is None else uniform
-    pool = build_pool(cfg, dataset_dir, reg, n_users, versions, seed, log)
-    if pool.truth is None:
-        raise ValueError(f"{dataset_dir} has no truth: the simulation needs a generated world")
-    sim = Simulator(pool, k, share, uniform, seed)
+def _judge(pool: Pool, sim: "Simulator", warmup: int, impressions: int, k: int, share: float, uniform: float,
+           seed: int, log, measure: bool = False) -> tuple[dict, Logs]:
+    """One simulated run: warm-up, logs, every policy's estimates against its true reward (and,
+    `measure`, the policy run for as many impressions)."""
     if warmup:
         sim.run(warmup, log=log, what="warm-up")
     a, b = sim.posteriors()
@@ -347,18 +341,59 @@ def simulate(cfg, dataset_dir, reg, impressions: int = 50_000, k: int = 10, shar
     for name, M in policies(pool, a, b, k, share, uniform, seed).items():
         est = estimate(M, logs, q)
         truth = true_reward(M, pool.truth, k)
-        out[name] = {"true_reward": truth, "measured": measured_reward(M, pool.truth, k, impressions, seed + 7),
-                     **est, "covered": {e: est[e]["lo"] <= truth <= est[e]["hi"] for e in ("ips", "snips", "dr")}}
-        log(f"{name:22s} true {truth:.4f}  IPS {est['ips']['estimate']:.4f}  SNIPS {est['snips']['estimate']:.4f}  "
-            f"DR {est['dr']['estimate']:.4f} [{est['dr']['lo']:.4f}, {est['dr']['hi']:.4f}]")
-    return {"impressions": impressions, "k": k, "contexts": int(pool.shape[0]), "candidates": int(pool.shape[1]),
-            "logging_policy": {"name": "bandit", "share": share, "uniform": uniform, "learning": True,
-                               "warmup": warmup, "reward": float(logs.reward.mean())},
-            "serving_ranker": pool.serving_version, "seed": seed, "policies": out,
-            "dr_covers_all": all(p["covered"]["dr"] for p in out.values()),
-            "order_agrees": {e: ranks_agree(out, e) for e in ("ips", "snips", "dr")},
-            "true_order": sorted(out, key=lambda p: -out[p]["true_reward"]),
-            "notes": pool.notes, "seconds": round(time.perf_counter() - t0, 1)}
+        out[name] = {"true_reward": truth, **est,
+                     "covered": {e: est[e]["lo"] <= truth <= est[e]["hi"] for e in ("ips", "snips", "dr")}}
+        if measure:
+            out[name]["measured"] = measured_reward(M, pool.truth, k, impressions, seed + 7)
+    return out, logs
+
+
+def simulate(cfg, dataset_dir, reg, impressions: int = 50_000, k: int = 10, share: float | None = None,
+             uniform: float | None = None, warmup: int = 20_000, n_users: int | None = None,
+             versions: list[str] | None = None, seed: int = 0, replications: int = 0, log=print) -> dict:
+    """The live bandit learns for `warmup` impressions (its posteriors then are "the current
+    bandit", a candidate policy fitted on nothing it is judged on), then logs `impressions` while it
+    goes on learning; every candidate policy is estimated from those logs and compared with its
+    true reward (and measured by running it). `replications` more runs with other seeds say how
+    often the intervals cover and the orders agree."""
+    t0 = time.perf_counter()
+    share = cfg.serve.bandit_share if share is None else share
+    uniform = cfg.serve.bandit_uniform if uniform is None else uniform
+    pool = build_pool(cfg, dataset_dir, reg, n_users, versions, seed, log)
+    if pool.truth is None:
+        raise ValueError(f"{dataset_dir} has no truth: the simulation needs a generated world")
+    out, logs = _judge(pool, Simulator(pool, k, share, uniform, seed), warmup, impressions, k, share, uniform, seed,
+                       log, measure=True)
+    for name, p in out.items():
+        log(f"{name:22s} true {p['true_reward']:.4f}  IPS {p['ips']['estimate']:.4f}  "
+            f"SNIPS {p['snips']['estimate']:.4f}  DR {p['dr']['estimate']:.4f} [{p['dr']['lo']:.4f}, "
+            f"{p['dr']['hi']:.4f}]")
+    report = {"impressions": impressions, "k": k, "contexts": int(pool.shape[0]), "candidates": int(pool.shape[1]),
+              "logging_policy": {"name": "bandit", "share": share, "uniform": uniform, "learning": True,
+                                 "warmup": warmup, "reward": float(logs.reward.mean())},
+              "serving_ranker": pool.serving_version, "seed": seed, "policies": out,
+              "dr_covers_all": all(p["covered"]["dr"] for p in out.values()),
+              "order_agrees": {e: ranks_agree(out, e) for e in ("ips", "snips", "dr")},
+              "true_order": sorted(out, key=lambda p: -out[p]["true_reward"]), "notes": pool.notes}
+    if replications:
+        runs = []
+        for r in range(1, replications + 1):
+            got, _ = _judge(pool, Simulator(pool, k, share, uniform, seed + r), warmup, impressions, k, share,
+                            uniform, seed + r, lambda m: None)
+            runs.append(got)
+            log(f"replication {r}/{replications}: DR covers {sum(p['covered']['dr'] for p in got.values())}/"
+                f"{len(got)}, order {'agrees' if ranks_agree(got, 'dr') else 'differs'}")
+        allruns = [out, *runs]
+        report["replications"] = {
+            "runs": len(allruns), "seeds": [seed + r for r in range(replications + 1)],
+            "coverage": {e: sum(p["covered"][e] for g in allruns for p in g.values()) / sum(len(g) for g in allruns)
+                         for e in ("ips", "snips", "dr")},
+            "all_covered_by_dr": sum(all(p["covered"]["dr"] for p in g.values()) for g in allruns) / len(allruns),
+            "order_agrees": {e: sum(ranks_agree(g, e) for g in allruns) / len(allruns) for e in ("ips", "snips", "dr")},
+            "z": {name: [round((g[name]["dr"]["estimate"] - g[name]["true_reward"]) / g[name]["dr"]["se"], 2)
+                         for g in allruns] for name in out}}
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    return report
 
 
 # ------------------------------------------------------------------------ live logs

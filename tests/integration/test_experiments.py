@@ -123,3 +123,35 @@ def test_two_ranker_versions_sticky_split_figures_and_the_guardrail(serving, tmp
     while "experiment" in _status(http) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert "experiment" not in http.post("/v1/recommend", json={"user_id": users[0], "k": 10}).json()
+
+
+def test_off_policy_evaluation_of_the_live_logs(serving):
+    """The bandit's logged impressions and the feedback, as the live system wrote them, judged by
+    the OPE job's code: every candidate policy gets its three estimates, and a registry entry."""
+    from recserve.offline import ope
+
+    http, reg, cfg = serving
+    truth = Truth(Path(str(reg.uri)).parent / "world")
+    rng = np.random.default_rng(11)
+    users = [int(u) for u in np.load(reg.fetch("embeddings") / "user_ids.npy")][:150]
+    for u in users:
+        body = http.post("/v1/recommend", json={"user_id": u, "k": 10, "context": {"page": "ope"}}).json()
+        items = [i["item_id"] for i in body["items"]]
+        for item, p in zip(items, truth.click_probability(u, items)):
+            if rng.random() < p:
+                assert http.post("/v1/feedback", json={"request_id": body["request_id"], "item_id": item,
+                                                       "reward": 1.0}).status_code == 200
+    time.sleep(1.5)   # the impressions leave the router in batches
+    r = redis.Redis.from_url(cfg.redis_url)
+    try:
+        report = ope.evaluate_live(cfg, reg, r, log=lambda m: None)
+    finally:
+        r.close()
+    assert report["impressions"] >= 100 and report["rewards"] > 0
+    assert report["shown_in_pool"] > 0.5, report["shown_in_pool"]   # the offline pools are the serving ones, mostly
+    assert set(report["policies"]) >= {"bandit", "greedy_ranker", "random", "popularity"}
+    for name, p in report["policies"].items():
+        for e in ("ips", "snips", "dr"):
+            assert np.isfinite(p[e]["estimate"]) and p[e]["lo"] <= p[e]["estimate"] <= p[e]["hi"], (name, e, p[e])
+    version = ope.publish(reg, report)
+    assert reg.resolve("ope") == version and (reg.fetch("ope", version) / "ope.png").exists()

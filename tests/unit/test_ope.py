@@ -42,7 +42,6 @@ def test_the_estimators_recover_each_policys_true_reward_from_the_bandits_logs()
 
 
 def test_shown_items_outside_the_pool_weigh_nothing():
-    pool = _pool(U=3, C=20)
     logs = ope.Logs(np.array([0, 1]), np.array([[0, 1], [-1, 2]]), np.array([[1.0, 1.0], [0.5, 0.5]]),
                     np.array([[1.0, 0.0], [1.0, 1.0]]), 2)
     M = np.zeros((3, 20))
