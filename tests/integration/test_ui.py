@@ -49,7 +49,7 @@ def _wait(drv, cond, timeout=30):
 def test_status_page_renders_live_values_in_chromium(serving, browser):
     from selenium.webdriver.common.by import By
 
-    http, reg, _ = serving
+    http, reg, cfg = serving
     users = [int(u) for u in np.load(reg.fetch("embeddings") / "user_ids.npy")[40:43]]
     for u in users:   # some traffic, so hit rates and levels have something to show
         for _ in range(2):
@@ -115,3 +115,27 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
     first = _text(browser, "#updated")
     time.sleep(2.5)
     assert _text(browser, "#updated") != first or "updated" in first
+
+    # a running experiment's arms appear, with their figures and status
+    import redis
+
+    from recserve.config import ExperimentConfig
+    from recserve.serving import experiments as ex
+
+    assert _text(browser, "#experiment-name") == "none running"
+    exp = ExperimentConfig.model_validate({"arms": {"control": {"share": 0.5},
+                                                    "lessexplore": {"share": 0.5, "bandit_share": 0.1}}})
+    r = redis.Redis.from_url(cfg.redis_url)
+    ex.start(r, cfg.model_copy(update={"experiments": {"ui-exp": exp}}), reg, "ui-exp")
+    try:
+        for uu in users:
+            http.post("/v1/recommend", json={"user_id": uu, "k": 6})
+        _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#experiment tr[data-arm]")) == 2)
+        assert _text(browser, "#experiment-name").startswith("ui-exp (control control)")
+        rows = {tr.get_attribute("data-arm"): tr.text for tr in
+                browser.find_elements(By.CSS_SELECTOR, "#experiment tr[data-arm]")}
+        assert set(rows) == {"control", "lessexplore"} and "bandit_share" in rows["lessexplore"]
+        assert all("running" in t for t in rows.values())
+    finally:
+        ex.stop(r)
+        r.close()
