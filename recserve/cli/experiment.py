@@ -11,25 +11,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from recserve.cli.main import ConfigOpt, _cfg, _fail, app, console
+from recserve.cli.main import ConfigOpt, _cfg, _fail, _redis, app, console
 
 experiment_app = typer.Typer(no_args_is_help=True, help="A/B/n experiments on live traffic (experiments.<name> in "
                                                         "recserve.yaml): start, stop, status with per-arm reward, CTR "
                                                         "and 95 % intervals; a guardrail stops an arm significantly "
                                                         "worse than control.")
 app.add_typer(experiment_app, name="experiment")
-
-
-def _redis(cfg):
-    import redis
-
-    r = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=2)
-    try:
-        r.ping()
-    except redis.RedisError as e:
-        _fail(RuntimeError(f"Redis at {cfg.redis_shown} cannot be reached ({e}): experiments live there; "
-                           f"`recserve up` starts the embedded one, or set redis.url"))
-    return r
 
 
 @experiment_app.command("start")
@@ -44,7 +32,7 @@ def start(name: str = typer.Argument(..., help="an experiment of the config: exp
 
     cfg = _cfg(config)
     try:
-        state = ex.start(_redis(cfg), cfg, Registry(cfg.registry_uri, cfg.registry.keep), name, replace)
+        state = ex.start(_redis(cfg, "experiments"), cfg, Registry(cfg.registry_uri, cfg.registry.keep), name, replace)
     except (ConfigError, FileNotFoundError) as e:
         _fail(e)
     arms = ", ".join(f"{a} {v['share']:g}" for a, v in state["config"]["arms"].items())
@@ -59,7 +47,7 @@ def stop(name: Optional[str] = typer.Argument(None, help="the running experiment
     from recserve.serving import experiments as ex
 
     cfg = _cfg(config)
-    got = ex.stop(_redis(cfg), name)
+    got = ex.stop(_redis(cfg, "experiments"), name)
     if got is None:
         _fail(RuntimeError(f"no experiment{' ' + repr(name) if name else ''} is running"))
     console.print(f"experiment {got['name']} stopped")
@@ -73,7 +61,7 @@ def status(name: Optional[str] = typer.Argument(None, help="default: the running
     from recserve.serving import experiments as ex
 
     cfg = _cfg(config)
-    st = ex.status(_redis(cfg), name)
+    st = ex.status(_redis(cfg, "experiments"), name)
     if st is None:
         _fail(RuntimeError("no experiment is running; name one to read a stopped one's sums"))
     if as_json:

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from recserve.cli.main import ConfigOpt, _cfg, _fail, app, console
+from recserve.cli.main import ConfigOpt, _cfg, _fail, _redis, app, console
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (printed once), list, revoke. Scopes: recommend, "
                                                   "events, feedback, catalogue, admin (admin holds every other).")
@@ -18,18 +18,9 @@ app.add_typer(keys_app, name="keys")
 
 
 def _store(config):
-    import redis
-
     from recserve.auth import KeyStore
 
-    cfg = _cfg(config)
-    r = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=2)
-    try:
-        r.ping()
-    except redis.RedisError as e:
-        _fail(RuntimeError(f"Redis at {cfg.redis_shown} cannot be reached ({e}): keys live there; `recserve up` "
-                           f"starts the embedded one, or set redis.url"))
-    return KeyStore(r)
+    return KeyStore(_redis(_cfg(config), "keys"))
 
 
 @keys_app.command("create")

@@ -35,6 +35,19 @@ def _cfg(config: Optional[Path]) -> Config:
         _fail(e)
 
 
+def _redis(cfg: Config, what: str):
+    """A client of the application's Redis, or a clear exit naming what lives there."""
+    import redis
+
+    r = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=2)
+    try:
+        r.ping()
+    except redis.RedisError as e:
+        _fail(RuntimeError(f"Redis at {cfg.redis_shown} cannot be reached ({e}): {what} live there; `recserve up` "
+                           f"starts the embedded one, or set redis.url"))
+    return r
+
+
 def _progress(what: str):
     """A progress printer: `[what] message` (markup off: the brackets are text, not a rich style)."""
     return lambda m: console.print(f"[{what}] {m}", markup=False, highlight=False)
