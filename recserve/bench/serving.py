@@ -105,6 +105,40 @@ def _point(url: str, c: int, duration: float, users: np.ndarray, seed: int, cpu:
     return r
 
 
+def _experiment_cost(cfg, reg, r, url: str, duration: float, user_ids: np.ndarray, key: str, log) -> dict:
+    """`/v1/recommend` (cache off, c=4) without an experiment and with one running whose second arm
+    ranks with another registry ranker version (so the router holds two models and splits its
+    batches by version; the serving version in both arms when the registry has no other), the two
+    alternated REPEATS times with users of their own; the medians' ratio."""
+    from recserve.config import ExperimentConfig
+    from recserve.serving import experiments as ex
+
+    other = other_ranker(reg)
+    arm = {"share": 0.5, **({"ranker_version": other} if other else {"bandit_share": 0.1})}
+    exp = ExperimentConfig.model_validate({"arms": {"control": {"share": 0.5}, "candidate": arm},
+                                           "guardrail": {"enabled": False}})
+    with_exp = cfg.model_copy(update={"experiments": {"bench": exp}})
+    runs: dict[str, list] = {"without": [], "with": []}
+    try:
+        for i in range(REPEATS):
+            for case in ("without", "with"):
+                if case == "with":
+                    ex.start(r, with_exp, reg, "bench", replace=True)
+                else:
+                    ex.stop(r)
+                time.sleep(2.5)   # every replica reads the experiment within a second
+                got = _point(url, 4, duration, user_ids, 5000 + 100 * i + (case == "with"), cpu=True, key=key)
+                runs[case].append(got)
+                log(f"experiment {case:7s} run {i + 1}: {got['rps']:8.1f} req/s  p95 {got['p95_ms']:7.2f} ms  "
+                    f"levels {got.get('levels')}")
+    finally:
+        ex.stop(r)
+    med = {c: sorted(v, key=lambda x: x["rps"])[len(v) // 2] for c, v in runs.items()}
+    ratio = round(med["with"]["rps"] / med["without"]["rps"], 3)
+    log(f"with an experiment / without: {ratio} (arm ranker {other or 'the serving one'})")
+    return {"arm": arm, "ratio": ratio, **{c: {**med[c], "runs_rps": [x["rps"] for x in v]} for c, v in runs.items()}}
+
+
 def _wait_ready(url: str, body: dict, timeout: float = 120.0, key: str | None = None) -> dict:
     from recserve.ops.stack import wait_http
 
@@ -195,9 +229,28 @@ def gate_check_us(redis_url: str, key: str, n: int = 20_000) -> float:
     return round(asyncio.run(go()), 2)
 
 
-def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, auth_only: bool = False) -> dict:
+def other_ranker(reg) -> str | None:
+    """The newest registry version of the ranker other than the serving one that this code can load."""
+    from recserve.artifacts import ranker_path
+    from recserve.ranking.ranker import load_model
+
+    serving = reg.resolve("ranker")
+    for v in reversed(reg.versions("ranker")):
+        if v == serving:
+            continue
+        try:
+            load_model(ranker_path(reg, v))
+            return v
+        except (ValueError, FileNotFoundError):
+            continue
+    return None
+
+
+def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, auth_only: bool = False,
+        experiment: bool = False) -> dict:
     """All the cases; `auth_only`: only what API keys cost, each case beside the same with
-    auth.enabled false (uncached: median of three at c=4; cached: disjoint user pools)."""
+    auth.enabled false (uncached: median of three at c=4; cached: disjoint user pools);
+    `experiment`: only what a running experiment costs (`_experiment_cost`)."""
     from ray import serve
 
     from deployments.app import build_app, colocated
@@ -214,7 +267,7 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, a
     res: dict = {"duration_s": duration, "users": len(user_ids), "cpus": os.cpu_count(),
                  "ingress": cfg.serve.ingress, "deadline_ms": cfg.serve.deadline_ms,
                  "in_router_process": colocated(cfg), "index_shards": cfg.index.num_shards, "cases": {}}
-    if not auth_only:
+    if not auth_only and not experiment:
         log(f"noop_default: the no-op behind Serve's default proxy (a Ray cluster of its own), {duration:.0f} s "
             f"per point")
         res["cases"]["noop_default"] = default_noop(duration, seed=100)
@@ -257,6 +310,16 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, a
         while _shard_actors() and time.monotonic() < deadline:
             time.sleep(0.5)
         res.setdefault("shard_actors_after_delete", {})[name] = _shard_actors()
+
+    if experiment:
+        deploy(build_app(cfg, cache=False, name="nocache"), "nocache", "/nocache")
+        res["experiment"] = _experiment_cost(cfg, reg, r, f"{base}/nocache/v1/recommend", duration, user_ids, key,
+                                             log)
+        delete("nocache")
+        serve.shutdown()
+        KeyStore(r).revoke(kid)
+        write_result(out, res)
+        return res
 
     noauth = cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"enabled": False})})
     pools = np.array_split(user_ids, 3 * len(CONCURRENCY))

@@ -33,6 +33,10 @@ def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json
                   duration: float = typer.Option(15.0, min=1, help="seconds per case and concurrency"),
                   auth_only: bool = typer.Option(False, "--auth-only", help="only what API keys cost: recommend, "
                                                  "cached and not, with keys and with auth.enabled false"),
+                  experiment: bool = typer.Option(False, "--experiment", help="only what a running experiment "
+                                                  "costs: recommend at c=4 without one and with two arms (the "
+                                                  "second ranking with another registry ranker version), "
+                                                  "alternated"),
                   config: Optional[Path] = ConfigOpt):
     """/v1/recommend (cache off; cache on with Zipf users) against a FastAPI no-op served the same way
     and behind Serve's default proxy, at concurrency 1, 4, 16, each point with its own users; CPU per
@@ -41,7 +45,7 @@ def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json
 
     cfg = _cfg(config)
     try:
-        res = run(cfg, duration, out, log=_progress("bench serving"), auth_only=auth_only)
+        res = run(cfg, duration, out, log=_progress("bench serving"), auth_only=auth_only, experiment=experiment)
     except RuntimeError as e:
         _fail(e)
     console.print_json(json.dumps({k: v for k, v in res.items() if k != "cases"}))
