@@ -455,6 +455,10 @@ def evaluate_live(cfg, reg, r, k: int = 10, max_impressions: int = 1_000_000, ve
     t0 = time.perf_counter()
     imps, rewards = read_live(r, max_impressions)
     log(f"read {len(imps)} impressions, {len(rewards)} rewards")
+    notes = [] if rewards else ["no feedback was logged (POST /v1/feedback): every reward is 0, and so is every "
+                                "estimate"]
+    for n in notes:
+        log(f"warning: {n}")
     users = np.unique([i["user_id"] for i in imps if i["user_id"] >= 0])
     pool = build_pool(cfg, trained_on(reg), reg, versions=versions, log=log, user_ids=users)
     logs, cover = live_logs(pool, imps, rewards, k)
@@ -472,7 +476,7 @@ def evaluate_live(cfg, reg, r, k: int = 10, max_impressions: int = 1_000_000, ve
             "shown_in_pool": cover["shown_in_pool"], "rewards": len(rewards),
             "logged_reward": float(logs.reward.mean()), "serving_ranker": pool.serving_version,
             "policies": out, "order": {e: sorted(out, key=lambda p: -out[p][e]["estimate"]) for e in ("ips", "snips", "dr")},
-            "notes": pool.notes, "seconds": round(time.perf_counter() - t0, 1)}
+            "notes": notes + pool.notes, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def bandit_posteriors(r, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
