@@ -106,9 +106,10 @@ class ThompsonBandit:
 
     def propensities(self, ranked: list[int], chosen: list[int], explored: list[bool], a: np.ndarray,
                      b: np.ndarray, rng: np.random.Generator | None = None) -> list[float]:
-        """1 for kept items; for each explored one 1 / G, G the fresh draws (the top n_explore
-        Thompson samples among the non-kept candidates) until the policy picks it again, so that
-        1 / propensity is unbiased (module docstring). Draws go in growing batches, all at once."""
+        """1 for kept items; for each explored one 1 / G, G the fresh draws of the policy (the top
+        n_explore Thompson samples among the non-kept candidates, or in a share `uniform` of the
+        draws uniform ones) until it picks the item again, so that 1 / propensity is unbiased
+        (module docstring). Draws go in growing batches, all at once."""
         n_keep = len(chosen) - sum(explored)
         if not any(explored):
             return [1.0] * len(chosen)
