@@ -61,3 +61,38 @@ def region_lag(standby: str = typer.Option(..., "--standby", help="the standby's
     cfg = _cfg(config)
     console.print_json(json.dumps(lag(_redis.Redis.from_url(cfg.redis_url), _redis.Redis.from_url(standby),
                                       cfg.stream.partitions)))
+
+
+LOCAL_PORTS = {"us-west-2": 8100, "us-east-1": 8200, "eu-west-1": 8300}   # the regions of one machine
+
+
+@region_app.command("lb-config")
+def region_lb_config(backend: Optional[list[str]] = typer.Option(None, "--backend", help="REGION=HOST:PORT of a "
+                                                                 "region's ingress (repeatable; default: each "
+                                                                 "region of the files on this machine, "
+                                                                 "us-west-2 127.0.0.1:8100, us-east-1 :8200, "
+                                                                 "eu-west-1 :8300)"),
+                     regions_dir: Path = typer.Option(Path("regions"), "--regions", help="the region files"),
+                     bind: str = typer.Option("127.0.0.1:8080", help="where the load balancer listens"),
+                     slowstart: int = typer.Option(60, min=1, help="seconds over which a region back in rotation "
+                                                                  "ramps to its full weight"),
+                     out: Path = typer.Option(Path("haproxy-regions.cfg"), help="the HAProxy configuration")):
+    """An HAProxy configuration in front of the regions, from the region files: active regions
+    weighted by their share, the standby a backup, health checks on /readyz (3 failures out, 5 passes
+    back, then a slow start), a user's requests on one region (x-session-id hashed consistently)."""
+    from recserve.ops.region import RegionError, lb_config, read_regions
+
+    try:
+        regions = read_regions(regions_dir)
+        given = {}
+        for x in backend or []:
+            name, _, addr = x.partition("=")
+            if not addr:
+                raise RegionError(f"--backend {x!r}: write REGION=HOST:PORT")
+            given[name] = addr
+        backends = given or {r: f"127.0.0.1:{LOCAL_PORTS[r]}" for r in regions if r in LOCAL_PORTS}
+        text = lb_config(regions, backends, bind, slowstart)
+    except RegionError as e:
+        _fail(e)
+    out.write_text(text)
+    console.print(f"wrote {out}: " + ", ".join(f"{r} {v['role']} {v['share']}%" for r, v in regions.items()))

