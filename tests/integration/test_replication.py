@@ -74,3 +74,45 @@ def test_the_mirror_catches_up_after_a_partition_between_the_regions(redis_url):
     got = [e["event_id"] for e in _all(b)]
     assert len(got) == 70 == len(set(got))
     assert sum(v["events"] for v in ab.lag().values()) == 0
+
+
+def test_the_replicator_actor_mirrors_both_ways_and_a_restarted_one_resumes(stack, redis_url):
+    """Two Replicator actors (one per direction) on the session's Ray; one killed and started again
+    carries on from its cursors: every event in both regions, once."""
+    import ray
+
+    from actors.replicator import Replicator
+
+    ra, a = _region(redis_url, 9)
+    rb, b = _region(redis_url, 10)
+    base = redis_url.rsplit("/", 1)[0]
+    A = {"region": "us-west-2", "redis_url": f"{base}/9", "partitions": 4}
+    B = {"region": "us-east-1", "redis_url": f"{base}/10", "partitions": 4}
+    ab, ba = Replicator.remote(A, B), Replicator.remote(B, A)
+
+    def settled(n: int) -> bool:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if len(_all(a)) == n and len(_all(b)) == n:
+                return True
+            time.sleep(0.2)
+        return False
+
+    try:
+        a.append(_events(25, "a"))
+        b.append(_events(15, "b", user0=50))
+        assert settled(40), (len(_all(a)), len(_all(b)))
+        ray.kill(ab, no_restart=True)
+        a.append(_events(10, "a-while-down"))
+        time.sleep(1.0)
+        assert len(_all(b)) == 40                  # nobody mirrors that direction now
+        ab = Replicator.remote(A, B)               # a new one reads the cursors from us-east-1's Redis
+        assert settled(50)
+        ids = [e["event_id"] for e in _all(b)]
+        assert len(ids) == len(set(ids)) == 50
+        st = ray.get(ab.stats.remote())
+        assert st["mirrored"] == 10 and st["from"] == "us-west-2"
+        assert all(v["events"] == 0 for v in ray.get(ab.lag.remote()).values())
+    finally:
+        for actor in (ab, ba):
+            ray.kill(actor, no_restart=True)
