@@ -51,16 +51,47 @@ def region_shift(weights: list[str] = typer.Argument(..., help="REGION=WEIGHT ..
 
 
 @region_app.command("lag")
-def region_lag(standby: str = typer.Option(..., "--standby", help="the standby's Redis URL"),
+def region_lag(standby: Optional[str] = typer.Option(None, "--standby", help="the standby's Redis URL"),
+               mirror: Optional[list[str]] = typer.Option(None, "--mirror", help="REGION=REDIS_URL of the two "
+                                                          "active regions (give it twice): the mirror's lag "
+                                                          "each way"),
                config: Optional[Path] = ConfigOpt):
-    """How far the standby's event log is behind this (active) region's."""
+    """How far the standby's event log is behind this (active) region's (--standby), or how far each
+    active region's mirror of the other's events is behind, in events and seconds (--mirror twice)."""
     import redis as _redis
 
-    from recserve.ops.region import lag
+    from recserve.ops.region import RegionError, lag
 
     cfg = _cfg(config)
-    console.print_json(json.dumps(lag(_redis.Redis.from_url(cfg.redis_url), _redis.Redis.from_url(standby),
-                                      cfg.stream.partitions)))
+    if bool(standby) == bool(mirror):
+        _fail(RegionError("give --standby URL, or --mirror REGION=URL twice"))
+    if standby:
+        console.print_json(json.dumps(lag(_redis.Redis.from_url(cfg.redis_url), _redis.Redis.from_url(standby),
+                                          cfg.stream.partitions)))
+        return
+    from recserve.ops.replication import EventMirror
+    from recserve.streaming.eventlog.redis import RedisStreamLog
+    from scripts.regions import REGIONS
+
+    try:
+        pairs = [m.partition("=")[::2] for m in mirror]
+        if len(pairs) != 2 or not all(url for _, url in pairs):
+            raise RegionError("--mirror takes REGION=REDIS_URL, twice (the two active regions)")
+        unknown = sorted({name for name, _ in pairs} - set(REGIONS))
+        if unknown:
+            raise RegionError(f"unknown regions {unknown}; the region files name {sorted(REGIONS)}")
+        (na, ua), (nb, ub) = pairs
+        ra, rb = _redis.Redis.from_url(ua), _redis.Redis.from_url(ub)
+        la, lb = (RedisStreamLog(x, cfg.stream.partitions, cfg.stream.topic) for x in (ra, rb))
+        out = {}
+        for src, dst, rdst, s_name, d_name in ((la, lb, rb, na, nb), (lb, la, ra, nb, na)):
+            per = EventMirror(src, dst, rdst, s_name, d_name).lag()
+            out[f"{s_name} -> {d_name}"] = {"events": sum(v["events"] for v in per.values()),
+                                           "seconds": max((v["seconds"] for v in per.values()), default=0.0),
+                                           "partitions": per}
+    except (RegionError, ValueError, _redis.RedisError) as e:
+        _fail(e)
+    console.print_json(json.dumps(out))
 
 
 LOCAL_PORTS = {"us-west-2": 8100, "us-east-1": 8200, "eu-west-1": 8300}   # the regions of one machine

@@ -12,8 +12,8 @@ such an event back where it came from. An event without an id gets one from its 
 log, so that it too is deduplicated. A partition between the regions (the destination does not
 answer) leaves the cursors where they were: the mirror catches up when it answers again.
 
-`lag()` says how far the destination is behind, per partition: events not yet mirrored (counted up
-to `lag_cap`) and the age of the oldest of them."""
+`lag()` says how far the destination is behind, per partition: the events of this region not yet
+mirrored (counted up to `lag_cap`) and the age of the oldest of them."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ import time
 from recserve.streaming.eventlog.base import Entry
 
 CURSOR = "mirror:{name}:cursor"
+
+
+def _acknowledged_at(e: Entry) -> float:
+    """When the source log acknowledged an entry: a Redis stream id's milliseconds, else the event's ts."""
+    return int(e.offset.split("-")[0]) / 1000 if "-" in e.offset else float(e.event.get("ts") or 0)
 
 
 class EventMirror:
@@ -52,7 +57,7 @@ class EventMirror:
         events = []
         for e in entries:
             ev = dict(e.event)
-            if ev.get("origin") and ev["origin"] != self.src_region:
+            if not self._ours(ev):
                 self.skipped += 1       # mirrored into the source: not ours to send back
                 continue
             ev.setdefault("origin", self.src_region)
@@ -85,10 +90,14 @@ class EventMirror:
         now = time.time() if now is None else now
         out = {}
         for p, off in self.cursors().items():
-            rest = self.src.read_after(p, off, self.lag_cap)
-            oldest = int(rest[0].offset.split("-")[0]) / 1000 if rest else None
+            rest = [e for e in self.src.read_after(p, off, self.lag_cap) if self._ours(e.event)]
+            oldest = _acknowledged_at(rest[0]) if rest else None
             out[p] = {"events": len(rest), "seconds": round(now - oldest, 3) if oldest is not None else 0.0}
         return out
+
+    def _ours(self, event: dict) -> bool:
+        """An event this mirror sends: one acknowledged here, not one mirrored in from elsewhere."""
+        return not event.get("origin") or event["origin"] == self.src_region
 
     def stats(self) -> dict:
         return {"from": self.src_region, "to": self.dst_region, "mirrored": self.mirrored,

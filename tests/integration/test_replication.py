@@ -69,6 +69,19 @@ def test_the_mirror_catches_up_after_a_partition_between_the_regions(redis_url):
         cut.step()
     lag = ab.lag()
     assert sum(v["events"] for v in lag.values()) == 40 and max(v["seconds"] for v in lag.values()) >= 0
+    # the operator's view: `recserve region lag --mirror` each way
+    import json
+
+    from typer.testing import CliRunner
+
+    from recserve.cli import app
+
+    base = redis_url.rsplit("/", 1)[0]
+    res = CliRunner().invoke(app, ["region", "lag", "--mirror", f"us-west-2={base}/13", "--mirror",
+                                   f"us-east-1={base}/14"], env={"RECSERVE_STREAM__PARTITIONS": "4"})
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert out["us-west-2 -> us-east-1"]["events"] == 40 and out["us-east-1 -> us-west-2"]["events"] == 0
     # healed: everything acknowledged during the partition arrives, once
     assert ab.catch_up() == 40
     got = [e["event_id"] for e in _all(b)]
