@@ -10,6 +10,8 @@ import typer
 
 from recserve.cli.main import ConfigOpt, _cfg, _fail, console, region_app
 
+REGION_FILES = Path(__file__).resolve().parents[2] / "regions"   # written by `python -m scripts.regions`
+
 
 @region_app.command("drain")
 def region_drain(region: str = typer.Argument(..., help="this region's name, e.g. us-west-2"),
@@ -94,16 +96,14 @@ def region_lag(standby: Optional[str] = typer.Option(None, "--standby", help="th
     console.print_json(json.dumps(out))
 
 
-LOCAL_PORTS = {"us-west-2": 8100, "us-east-1": 8200, "eu-west-1": 8300}   # the regions of one machine
-
-
 @region_app.command("lb-config")
 def region_lb_config(backend: Optional[list[str]] = typer.Option(None, "--backend", help="REGION=HOST:PORT of a "
                                                                  "region's ingress (repeatable; default: each "
                                                                  "region of the files on this machine, "
                                                                  "us-west-2 127.0.0.1:8100, us-east-1 :8200, "
                                                                  "eu-west-1 :8300)"),
-                     regions_dir: Path = typer.Option(Path("regions"), "--regions", help="the region files"),
+                     regions_dir: Path = typer.Option(None, "--regions", help="the region files (default: the "
+                                                      "repository's regions/)"),
                      bind: str = typer.Option("127.0.0.1:8080", help="where the load balancer listens"),
                      slowstart: int = typer.Option(60, min=1, help="seconds over which a region back in rotation "
                                                                   "ramps to its full weight"),
@@ -111,19 +111,71 @@ def region_lb_config(backend: Optional[list[str]] = typer.Option(None, "--backen
     """An HAProxy configuration in front of the regions, from the region files: active regions
     weighted by their share, the standby a backup, health checks on /readyz (3 failures out, 5 passes
     back, then a slow start), a user's requests on one region (x-session-id hashed consistently)."""
-    from recserve.ops.region import RegionError, lb_config, read_regions
+    from recserve.ops.region import LOCAL_SLOT, RegionError, lb_config, local_port, read_regions
 
     try:
-        regions = read_regions(regions_dir)
+        regions = read_regions(regions_dir or REGION_FILES)
         given = {}
         for x in backend or []:
             name, _, addr = x.partition("=")
             if not addr:
                 raise RegionError(f"--backend {x!r}: write REGION=HOST:PORT")
             given[name] = addr
-        backends = given or {r: f"127.0.0.1:{LOCAL_PORTS[r]}" for r in regions if r in LOCAL_PORTS}
+        backends = given or {r: f"127.0.0.1:{local_port(r)}" for r in regions if r in LOCAL_SLOT}
         text = lb_config(regions, backends, bind, slowstart)
     except RegionError as e:
         _fail(e)
     out.write_text(text)
     console.print(f"wrote {out}: " + ", ".join(f"{r} {v['role']} {v['share']}%" for r, v in regions.items()))
+
+
+def _region_cfg(region: str, config):
+    from recserve.ops.region import RegionError, read_regions, region_config
+
+    try:
+        return region_config(_cfg(config), region, read_regions(REGION_FILES))
+    except RegionError as e:
+        _fail(e)
+
+
+@region_app.command("up")
+def region_up(region: str = typer.Argument(..., help="a region of the region files: us-west-2, us-east-1, eu-west-1"),
+              config: Optional[Path] = ConfigOpt):
+    """Start one region's stack on this machine — its own Redis, its own Ray head (own ports and
+    temp dir under <data_dir>/<region>) — and deploy the application on it (HTTP on
+    8100 / 8200 / 8300), from the shared registry. A region already running: an error, nothing started."""
+    import ray
+
+    from deployments.app import deploy
+    from recserve.ops.stack import Stack, StackError, port_is_free
+
+    rc = _region_cfg(region, config)
+    stack = Stack(rc)
+    prev = stack.read_state()
+    if prev is not None and stack._alive(prev):
+        _fail(StackError(f"region {region} is already running (its Redis on port {rc.redis.port}, Ray at "
+                         f"{prev.ray_address}); `recserve region down {region}` stops it"))
+    busy = [p for p in (rc.redis.port, rc.ray.gcs_port, rc.ray.dashboard_port, rc.serve.http_port)
+            if not port_is_free(p)]
+    if busy:
+        _fail(StackError(f"region {region}'s ports {busy} are taken by something else: nothing was started"))
+    try:
+        info = stack.up()
+    except StackError as e:
+        _fail(e)
+    console.print(f"region {region}: redis on {rc.redis.port}, ray at {info.ray_address}; deploying...")
+    ray.init(address=info.ray_address, logging_level="ERROR")
+    try:
+        url = deploy(rc, rc.registry_uri)
+    finally:
+        ray.shutdown()
+    console.print(f"region {region} serving on {url} (readiness: {url}/readyz)")
+
+
+@region_app.command("down")
+def region_down(region: str = typer.Argument(...), config: Optional[Path] = ConfigOpt):
+    """Stop one region's stack on this machine (its Ray head with the application, its Redis)."""
+    from recserve.ops.stack import Stack
+
+    stopped = Stack(_region_cfg(region, config)).down()
+    console.print(f"region {region} stopped: " + (", ".join(stopped) if stopped else "nothing (it was not up)"))

@@ -141,3 +141,32 @@ def lb_config(regions: dict[str, dict], backends: dict[str, str], bind: str = "1
         else:
             lines.append(f"    server {name} {backends[name]} check weight {r['share']}")
     return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ regions on one machine
+LOCAL_SLOT = {"us-west-2": 1, "us-east-1": 2, "eu-west-1": 3}   # each region's ports on one machine
+
+
+def local_port(region: str) -> int:
+    """The HTTP port of a region run on this machine (`recserve region up`)."""
+    return 8000 + 100 * LOCAL_SLOT[region]
+
+
+def region_config(cfg, region: str, regions: dict[str, dict]):
+    """The config of one region's stack on this machine: its own data dir (Redis AOF, Ray temp dir)
+    under <data_dir>/<region>, its own Redis, Ray and HTTP ports, the shared registry."""
+    from pathlib import Path
+
+    if region not in regions:
+        raise RegionError(f"no region {region!r} in the region files (they name {sorted(regions)})")
+    if region not in LOCAL_SLOT:
+        raise RegionError(f"region {region!r} has no ports on this machine (known: {sorted(LOCAL_SLOT)})")
+    i = LOCAL_SLOT[region]
+    reg = cfg.registry_uri if "://" in cfg.registry_uri else str(Path(cfg.registry_uri).resolve())
+    return cfg.model_copy(update={
+        "data_dir": Path(cfg.data_dir).resolve() / region,   # short: Ray caps socket paths at 107 bytes
+        "redis": cfg.redis.model_copy(update={"port": cfg.redis.port + 10 * i, "password": None, "url": None}),
+        "ray": cfg.ray.model_copy(update={"address": None, "gcs_port": cfg.ray.gcs_port + 10 * i,
+                                          "dashboard_port": cfg.ray.dashboard_port + i}),
+        "registry": cfg.registry.model_copy(update={"uri": reg}),
+        "serve": cfg.serve.model_copy(update={"http_port": local_port(region)})})

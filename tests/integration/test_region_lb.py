@@ -114,3 +114,26 @@ def test_a_real_haproxy_takes_a_failing_region_out_and_keeps_users_on_one_region
         stop_pid(proc.pid)
         for s in servers.values():
             s.shutdown()
+
+
+def test_each_region_on_one_machine_gets_its_own_ports_and_data_and_a_bad_region_starts_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from recserve.cli import app
+    from recserve.config import load_config
+    from recserve.ops.region import region_config
+
+    cfg = load_config(environ={}, overrides={"data_dir": str(tmp_path / "data")})
+    regions = read_regions(ROOT / "regions")
+    cfgs = {r: region_config(cfg, r, regions) for r in regions}
+    ports = [p for c in cfgs.values() for p in (c.redis.port, c.ray.gcs_port, c.ray.dashboard_port, c.serve.http_port)]
+    ports += [cfg.redis.port, cfg.ray.gcs_port, cfg.ray.dashboard_port, cfg.serve.http_port]
+    assert len(ports) == len(set(ports))                                   # no two stacks share a port
+    assert {c.serve.http_port for c in cfgs.values()} == {8100, 8200, 8300}
+    assert {c.data_dir for c in cfgs.values()} == {(tmp_path / "data").resolve() / r for r in regions}
+    assert all(c.registry_uri == str((tmp_path / "data" / "registry").resolve()) for c in cfgs.values())
+    with pytest.raises(RegionError, match="no region 'mars-1'"):
+        region_config(cfg, "mars-1", regions)
+    res = CliRunner().invoke(app, ["region", "up", "mars-1"], env={"RECSERVE_DATA_DIR": str(tmp_path / "d2")})
+    assert res.exit_code == 2 and "no region 'mars-1' in the region files" in res.output
+    assert not (tmp_path / "d2").exists()                                  # nothing started, nothing written
