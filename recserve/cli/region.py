@@ -11,6 +11,7 @@ import typer
 from recserve.cli.main import ConfigOpt, _cfg, _fail, console, region_app
 
 REGION_FILES = Path(__file__).resolve().parents[2] / "regions"   # written by `python -m scripts.regions`
+MIRROR_NAMESPACE = "recserve-mirror"   # the Replicator actors `region up` starts (named mirror-<source region>)
 
 
 @region_app.command("drain")
@@ -170,6 +171,38 @@ def region_up(region: str = typer.Argument(..., help="a region of the region fil
     finally:
         ray.shutdown()
     console.print(f"region {region} serving on {url} (readiness: {url}/readyz)")
+    _start_mirrors(region, rc, config)
+
+
+def _start_mirrors(region: str, rc, config) -> None:
+    """The active regions already running and this one mirror each other's events: in each region's
+    cluster a detached Replicator pulls the other's events in (cursors in its own Redis)."""
+    import ray
+
+    from actors.replicator import Replicator
+    from recserve.ops.region import mirror_spec, read_regions, region_config
+    from recserve.ops.stack import Stack
+
+    regions = read_regions(REGION_FILES)
+    if regions[region]["role"] != "active":
+        return
+    for other, o in regions.items():
+        if other == region or o["role"] != "active":
+            continue
+        oc = region_config(_cfg(config), other, regions)
+        st = Stack(oc)
+        prev = st.read_state()
+        if prev is None or not st._alive(prev):
+            continue
+        for src, dst, address in ((oc, rc, Stack(rc).read_state().ray_address), (rc, oc, prev.ray_address)):
+            s_name, d_name = (other, region) if src is oc else (region, other)
+            ray.init(address=address, namespace=MIRROR_NAMESPACE, logging_level="ERROR")
+            try:
+                Replicator.options(name=f"mirror-{s_name}", lifetime="detached", get_if_exists=True).remote(
+                    mirror_spec(src, s_name), mirror_spec(dst, d_name))
+            finally:
+                ray.shutdown()
+        console.print(f"mirroring events both ways between {region} and {other}")
 
 
 @region_app.command("down")

@@ -161,12 +161,22 @@ def region_config(cfg, region: str, regions: dict[str, dict]):
         raise RegionError(f"no region {region!r} in the region files (they name {sorted(regions)})")
     if region not in LOCAL_SLOT:
         raise RegionError(f"region {region!r} has no ports on this machine (known: {sorted(LOCAL_SLOT)})")
+    from recserve.config import redis_password
+
     i = LOCAL_SLOT[region]
     reg = cfg.registry_uri if "://" in cfg.registry_uri else str(Path(cfg.registry_uri).resolve())
-    return cfg.model_copy(update={
+    rc = cfg.model_copy(update={
         "data_dir": Path(cfg.data_dir).resolve() / region,   # short: Ray caps socket paths at 107 bytes
         "redis": cfg.redis.model_copy(update={"port": cfg.redis.port + 10 * i, "password": None, "url": None}),
         "ray": cfg.ray.model_copy(update={"address": None, "gcs_port": cfg.ray.gcs_port + 10 * i,
                                           "dashboard_port": cfg.ray.dashboard_port + i}),
         "registry": cfg.registry.model_copy(update={"uri": reg}),
         "serve": cfg.serve.model_copy(update={"http_port": local_port(region)})})
+    rc.redis.password = redis_password(rc, {})   # the region's own (its data dir's), once it has run
+    return rc
+
+
+def mirror_spec(rc, region: str) -> dict:
+    """What a Replicator needs of one region's event log (actors/replicator.py)."""
+    return {"region": region, "redis_url": rc.redis_url, "partitions": rc.stream.partitions,
+            "prefix": rc.stream.topic}
