@@ -24,6 +24,7 @@ from deployments.explainer import Explainer
 from deployments.ranker import Ranker
 from deployments.router import Router
 from recserve.config import Config
+from recserve.ranking.ranker import ranker_spec
 from recserve.registry import Registry
 
 CONSISTENT_HASH = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
@@ -54,12 +55,6 @@ def _pinned(deployment, version: str):
         return deployment.options(version=version, _internal=True)
     except (TypeError, ValueError):
         return deployment
-
-
-def ranker_user_config(cfg: Config, reg: Registry, version: str | None = None) -> dict:
-    from recserve.ranking.ranker import ranker_spec
-
-    return ranker_spec(cfg, reg, version)
 
 
 def colocated(cfg: Config, colocate: bool | str | None = None) -> dict[str, bool]:
@@ -116,11 +111,11 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
     inproc = colocated(cfg, colocate)
     choice = PortChoice()
     if inproc["score"]:
-        choice.ranker_spec = ranker_user_config(cfg, reg, ranker_version)
+        choice.ranker_spec = ranker_spec(cfg, reg, ranker_version)
         router_kw["user_config"] = {"ranker": choice.ranker_spec}
     else:
         ranker_opts = {"num_gpus": s.ranker_num_gpus, "num_cpus": 0.1} if s.ranker_num_gpus else {"num_cpus": 0.1}
-        choice.score = _pinned(Ranker.options(**opts("Ranker", user_config=ranker_user_config(cfg, reg, ranker_version),
+        choice.score = _pinned(Ranker.options(**opts("Ranker", user_config=ranker_spec(cfg, reg, ranker_version),
                                                      ray_actor_options=ranker_opts)), _version(ranker_opts)).bind()
     if not inproc["select"]:
         choice.select = _pinned(Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share,

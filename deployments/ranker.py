@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from ray import serve
 
-from recserve.ranking.ranker import ServingRanker
+from recserve.ranking.ranker import RankerVersions, ServingRanker
 from recserve.serving.autoscale import QUEUE_DEPTH
 
 
@@ -23,7 +23,7 @@ class Ranker:
         if self.ranker.device == "cpu":
             torch.set_num_threads(1)  # batches are small; threads only fight the other replicas for cores
         self.pending = 0
-        self.others: dict[str, ServingRanker] = {}   # experiments' arms' versions
+        self.versions = RankerVersions(self.ranker, keep=4)   # experiments' arms' versions beside it: the last few
 
     def reconfigure(self, user_config: dict) -> None:
         """A new registry version in place (Serve's user_config), without a restart."""
@@ -41,25 +41,7 @@ class Ranker:
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.003)
     async def _score(self, lists: list[np.ndarray], specs: list[dict | None]) -> list[tuple[np.ndarray, str]]:
-        if all(s is None for s in specs):
-            return self.ranker.score_lists(lists)
-        out: list = [None] * len(lists)
-        by_version: dict = {}
-        for i, s in enumerate(specs):
-            by_version.setdefault(None if s is None else s["version"], (s, []))[1].append(i)
-        for _, (s, idx) in by_version.items():
-            for i, r in zip(idx, self._model(s).score_lists([lists[i] for i in idx])):
-                out[i] = r
-        return out
-
-    def _model(self, spec: dict | None) -> ServingRanker:
-        if spec is None or spec.get("version") == self.ranker.version:
-            return self.ranker
-        if spec["version"] not in self.others:
-            if len(self.others) >= 4:   # experiments come and go: keep the last few versions
-                self.others.pop(next(iter(self.others)))
-            self.others[spec["version"]] = ServingRanker(spec, device=self.ranker.device)
-        return self.others[spec["version"]]
+        return self.versions.score_lists(lists, specs)
 
     def record_autoscaling_stats(self) -> dict:
         return {QUEUE_DEPTH: self.pending}

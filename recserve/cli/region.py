@@ -72,17 +72,18 @@ def region_lag(standby: Optional[str] = typer.Option(None, "--standby", help="th
         console.print_json(json.dumps(lag(_redis.Redis.from_url(cfg.redis_url), _redis.Redis.from_url(standby),
                                           cfg.stream.partitions)))
         return
+    from recserve.ops.region import read_regions
     from recserve.ops.replication import EventMirror
     from recserve.streaming.eventlog.redis import RedisStreamLog
-    from scripts.regions import REGIONS
 
     try:
         pairs = [m.partition("=")[::2] for m in mirror]
         if len(pairs) != 2 or not all(url for _, url in pairs):
             raise RegionError("--mirror takes REGION=REDIS_URL, twice (the two active regions)")
-        unknown = sorted({name for name, _ in pairs} - set(REGIONS))
+        known = read_regions(REGION_FILES)
+        unknown = sorted({name for name, _ in pairs} - set(known))
         if unknown:
-            raise RegionError(f"unknown regions {unknown}; the region files name {sorted(REGIONS)}")
+            raise RegionError(f"unknown regions {unknown}; the region files name {sorted(known)}")
         (na, ua), (nb, ub) = pairs
         ra, rb = _redis.Redis.from_url(ua), _redis.Redis.from_url(ub)
         la, lb = (RedisStreamLog(x, cfg.stream.partitions, cfg.stream.topic) for x in (ra, rb))

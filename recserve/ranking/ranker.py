@@ -312,3 +312,40 @@ class ServingRanker:
                 t = t.to(self.dtype)
             s = model(t).float().cpu().numpy()
         return [(s[i, : len(x)], version) for i, x in enumerate(lists)]
+
+
+class RankerVersions:
+    """The serving ranker and, beside it, the other registry versions an experiment's arms rank
+    with, each loaded (on this ranker's device) on its first use; `keep`: at most that many others,
+    the oldest loaded going first (None: as many as asked; `keep_only` prunes)."""
+
+    def __init__(self, serving: ServingRanker, keep: int | None = None):
+        self.serving = serving
+        self.keep = keep
+        self.others: dict[str, ServingRanker] = {}
+
+    def get(self, spec: dict | None) -> ServingRanker:
+        if spec is None or spec.get("version") == self.serving.version:
+            return self.serving
+        got = self.others.get(spec["version"])
+        if got is None:
+            if self.keep is not None and len(self.others) >= self.keep:
+                self.others.pop(next(iter(self.others)))
+            got = self.others[spec["version"]] = ServingRanker(spec, device=self.serving.device)
+        return got
+
+    def keep_only(self, specs: list[dict]) -> None:
+        """Load the versions of `specs` now; forget the others (the serving one stays)."""
+        self.others = {s["version"]: self.others.get(s["version"]) or self.get(s) for s in specs
+                       if s.get("version") != self.serving.version}
+
+    def score_lists(self, lists: list[np.ndarray], specs: list[dict | None]) -> list[tuple[np.ndarray, str]]:
+        """Each list scored by the version of its spec (None: the serving one), one pass per version."""
+        out: list = [None] * len(lists)
+        by_version: dict = {}
+        for i, sp in enumerate(specs):
+            by_version.setdefault(None if sp is None else sp["version"], (sp, []))[1].append(i)
+        for sp, idx in by_version.values():
+            for i, r in zip(idx, self.get(sp).score_lists([lists[i] for i in idx])):
+                out[i] = r
+        return out

@@ -202,13 +202,18 @@ def active(r) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def stopped_arms(raw: dict) -> dict[str, dict]:
-    return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in (raw or {}).items()}
-
-
 def decode(raw: dict) -> dict:
     return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in (raw or {}).items()}
+
+
+def stopped_arms(raw: dict) -> dict[str, dict]:
+    return {k: json.loads(v) for k, v in decode(raw).items()}
+
+
+def report(name: str, started_at: float, exp: ExperimentConfig, raw: dict, stopped: dict[str, dict]) -> dict:
+    """A running experiment's figures: what /v1/status, `recserve experiment status` and the metrics show."""
+    return {"name": name, "started_at": started_at, "control": exp.control, "arms": summarize(raw, exp, stopped)}
 
 
 def status(r, name: str | None = None) -> dict | None:
@@ -222,8 +227,8 @@ def status(r, name: str | None = None) -> dict | None:
     raw = decode(r.hgetall(keys.experiment_stats(name)))
     if exp is None:
         return {"name": name, "running": False, "stats": raw}
-    return {"name": name, "running": True, "started_at": cur["started_at"], "control": exp.control,
-            "arms": summarize(raw, exp, stopped_arms(r.hgetall(keys.experiment_stopped(name))))}
+    return {"running": True, **report(name, cur["started_at"], exp, raw,
+                                      stopped_arms(r.hgetall(keys.experiment_stopped(name))))}
 
 
 # ------------------------------------------------------------------------ a router replica
@@ -342,19 +347,19 @@ class LiveExperiments:
         pipe.hincrbyfloat(k, f"{arm}:reward_sq", reward * reward)
 
     # ------------------------------------------------------------------ guardrail
-    async def guard(self) -> dict[str, dict]:
-        """Stop the arms the guardrail finds significantly worse than control (once, for every replica)."""
+    async def guard(self) -> tuple[dict[str, dict], dict | None]:
+        """(the arms the guardrail stops now — written once, for every replica — and the figures it
+        judged them on, `report`), from one read of the experiment's sums."""
         if self.exp is None:
-            return {}
+            return {}, None
         raw = decode(await self.r.hgetall(keys.experiment_stats(self.name)))
         verdicts = guard(raw, self.exp, self.stopped)
         for arm, why in verdicts.items():
             await self.r.hsetnx(keys.experiment_stopped(self.name), arm, json.dumps(why))
-        return verdicts
+        return verdicts, report(self.name, self.started_at, self.exp, raw, self.stopped)
 
     async def summary(self) -> dict | None:
         if self.exp is None:
             return None
         raw = decode(await self.r.hgetall(keys.experiment_stats(self.name)))
-        return {"name": self.name, "started_at": self.started_at, "control": self.exp.control,
-                "arms": summarize(raw, self.exp, self.stopped)}
+        return report(self.name, self.started_at, self.exp, raw, self.stopped)

@@ -129,31 +129,22 @@ class LiveContexts:
 class LocalScore:
     """The ranker in this process (recserve.ranking.ranker.ServingRanker): concurrent requests'
     lists go through one forward pass (one per model version, when an experiment's arms rank with
-    other versions: those are loaded beside the serving one, `others`)."""
+    other versions: those are loaded beside the serving one, recserve.ranking.ranker.RankerVersions)."""
 
     def __init__(self, ranker, max_batch: int = 256):
+        from recserve.ranking.ranker import RankerVersions
+
         self.ranker = ranker
-        self.others: dict[str, object] = {}       # version -> ServingRanker
-        self.specs: dict[str, dict] = {}
+        self.versions = RankerVersions(ranker)
+        self.specs: dict[str, dict] = {}          # version -> its spec (the batcher's key is the version)
         self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=1)
 
     async def _batch(self, version: str | None, lists: list) -> list:
-        return self.model(self.specs.get(version)).score_lists(lists)
-
-    def model(self, spec: dict | None):
-        if spec is None or spec.get("version") == self.ranker.version:
-            return self.ranker
-        got = self.others.get(spec["version"])
-        if got is None:
-            from recserve.ranking.ranker import ServingRanker
-
-            got = self.others[spec["version"]] = ServingRanker(spec, device=self.ranker.device)
-        return got
+        return self.versions.get(self.specs.get(version)).score_lists(lists)
 
     def keep_only(self, specs: list[dict]) -> None:
         """Load the versions an experiment needs now; forget the ones no arm uses any more."""
-        self.others = {s["version"]: self.others.get(s["version"]) or self.model(s) for s in specs
-                       if s.get("version") != self.ranker.version}
+        self.versions.keep_only(specs)
         self.specs = {s["version"]: s for s in specs}
 
     async def score(self, X: np.ndarray, spec: dict | None = None) -> tuple[np.ndarray, str]:

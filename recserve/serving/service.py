@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from typing import Any
 
 import numpy as np
 
+from recserve import keys
 from recserve.index.client import IndexUnavailable
 from recserve.index.shard import ShardError
+from recserve.ranking.bandit import IMPRESSIONS_MAXLEN
 from recserve.serving.api import error_body, first_repeat
 from recserve.serving.cache import CacheStats, ResponseCache
 from recserve.serving.experiments import LiveExperiments
@@ -155,14 +158,12 @@ class RecService:
                 await self.experiments.flush()
                 if self.experiments.running and time.monotonic() - guard_at >= 5.0:
                     guard_at = time.monotonic()
-                    for arm, why in (await self.experiments.guard()).items():
-                        import logging
-
+                    verdicts, figures = await self.experiments.guard()
+                    for arm, why in verdicts.items():
                         logging.getLogger("recserve.experiments").warning("experiment %s: arm %s stopped: %s",
                                                                           self.experiments.name, arm, why["reason"])
-                    summary = await self.experiments.summary()
-                    if summary:
-                        self.metrics.arm_figures(summary)
+                    if figures:
+                        self.metrics.arm_figures(figures)
             except Exception:  # noqa: BLE001 - Redis away: the last state serves, counts wait
                 pass
 
@@ -387,9 +388,6 @@ class RecService:
     async def feedback(self, item_id: int, reward: float, request_id: str = "") -> dict:
         """The reward folded into the item's posterior; logged beside the impressions (off-policy
         evaluation) and, when an experiment's arm served the request, into the arm's figures."""
-        from recserve import keys
-        from recserve.ranking.bandit import IMPRESSIONS_MAXLEN
-
         a, b = await self.ports.select.update(item_id, reward)
         arm = self.experiments.feedback_arm(request_id)
         try:

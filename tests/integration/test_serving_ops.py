@@ -175,16 +175,16 @@ def test_queue_depth_policy_scales_up_and_back_down(serving):
     calls takes it from 1 to 2 replicas; when the load stops it returns to 1."""
     from ray import serve
 
-    from deployments.app import ranker_user_config
     from deployments.ranker import Ranker
     from recserve.ranking.features import FEATURE_NAMES
+    from recserve.ranking.ranker import ranker_spec
     from recserve.serving.autoscale import autoscaling_config
 
     _, reg, cfg = serving
     auto = autoscaling_config(min_replicas=1, max_replicas=2, target=4, upscale_delay_s=1, downscale_delay_s=4,
                               metrics_interval_s=0.5, look_back_period_s=2)
     app = Ranker.options(name="ScaleRanker", autoscaling_config=auto,
-                         user_config=ranker_user_config(cfg, reg)).bind()
+                         user_config=ranker_spec(cfg, reg)).bind()
     handle = serve.run(app, name="scale", route_prefix=None)
 
     def running() -> int:
