@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -85,13 +86,21 @@ class KeyStore:
     def __init__(self, r):
         self.r = r
 
-    def create(self, name: str, scopes: str | list[str], quota: dict | None = None) -> tuple[str, str]:
-        """(key id, the key itself): the key is shown this once and stored only hashed."""
+    def create(self, name: str, scopes: str | list[str], quota: dict | None = None,
+               key: str | None = None) -> tuple[str, str]:
+        """(key id, the key itself): the key is shown this once and stored only hashed. `key`: one
+        created before in another store (another region's Redis), made valid here too."""
         sc = parse_scopes(scopes)
         if not name or len(name) > 100:
             raise AuthError("give the key a name of 1 to 100 characters (who uses it)")
-        kid = secrets.token_hex(4)
-        key = f"rs_{kid}_{secrets.token_urlsafe(24)}"
+        if key is None:
+            kid = secrets.token_hex(4)
+            key = f"rs_{kid}_{secrets.token_urlsafe(24)}"
+        else:
+            m = re.fullmatch(r"rs_([0-9a-f]{8})_[A-Za-z0-9_-]{32}", key)
+            if m is None:
+                raise AuthError("not a recserve key (rs_<id>_<secret>, as `recserve keys create` prints)")
+            kid = m.group(1)
         rec = {"name": name, "scopes": ",".join(sc), "quota": json.dumps(quota or {}),
                "created": str(int(time.time())), "revoked": "0", "hash": digest(key)}
         p = self.r.pipeline(transaction=True)

@@ -36,6 +36,7 @@ class Connection(asyncio.Protocol):
         self.waiter: asyncio.Future | None = None
         self.transport = None
         self.closed = False
+        self.head = b""
 
     def connection_made(self, transport):
         self.transport = transport
@@ -72,6 +73,7 @@ class Connection(asyncio.Protocol):
         else:
             return  # (every server we test sends one of the two)
         status = int(head[9:12])
+        self.head = head   # (lowercased) for a caller that reads a header, e.g. x-recserve-region
         self.waiter.set_result((status, body))
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:

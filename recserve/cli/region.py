@@ -213,3 +213,160 @@ def region_down(region: str = typer.Argument(...), config: Optional[Path] = Conf
 
     stopped = Stack(_region_cfg(region, config)).down()
     console.print(f"region {region} stopped: " + (", ".join(stopped) if stopped else "nothing (it was not up)"))
+
+
+# ------------------------------------------------------------------ the load balancer on this machine
+def _lb(config):
+    from recserve.ops.region import LoadBalancer
+
+    return LoadBalancer(Path(_cfg(config).data_dir) / "lb")
+
+
+def _running_lb(config):
+    lb = _lb(config)
+    if not lb.pid():
+        _fail(RuntimeError(f"no regions' load balancer runs here ({lb.dir}): start it with `recserve region lb-up`"))
+    return lb
+
+
+def _readyz(region: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body) of a region's /readyz on this machine; 0 when it does not answer."""
+    import urllib.error
+    import urllib.request
+
+    from recserve.ops.region import local_port
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{local_port(region)}/readyz", timeout=timeout) as resp:
+            return resp.status, resp.read().decode()[:300]
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()[:300]
+    except (OSError, ValueError) as e:
+        return 0, f"{type(e).__name__}: {e}"
+
+
+@region_app.command("lb-up")
+def region_lb_up(bind: str = typer.Option("127.0.0.1:8080", help="where the load balancer listens"),
+                 slowstart: int = typer.Option(60, min=1, help="seconds over which a region back in rotation "
+                                                              "ramps to its full weight"),
+                 config: Optional[Path] = ConfigOpt):
+    """Start the regions' load balancer on this machine (HAProxy, `lb-config`'s configuration in front
+    of the regions' ingresses 8100 / 8200 / 8300, its runtime API on a socket in <data_dir>/lb)."""
+    from recserve.ops.region import LOCAL_SLOT, RegionError, local_port, read_regions
+
+    lb = _lb(config)
+    try:
+        regions = read_regions(REGION_FILES)
+        url = lb.start(regions, {r: f"127.0.0.1:{local_port(r)}" for r in regions if r in LOCAL_SLOT}, bind,
+                       slowstart)
+    except RegionError as e:
+        _fail(e)
+    console.print(f"regions' load balancer on {url} (pid {lb.pid()}; config {lb.cfg_path})")
+
+
+@region_app.command("lb-down")
+def region_lb_down(config: Optional[Path] = ConfigOpt):
+    """Stop the regions' load balancer on this machine."""
+    console.print("load balancer stopped" if _lb(config).stop() else "no load balancer was running")
+
+
+@region_app.command("lb-status")
+def region_lb_status(config: Optional[Path] = ConfigOpt):
+    """Each region as the load balancer sees it: UP, DOWN (failing /readyz), MAINT (taken out), its weight."""
+    lb = _running_lb(config)
+    console.print_json(json.dumps({"url": lb.url(), "regions": lb.servers()}))
+
+
+@region_app.command("failover")
+def region_failover(region: str = typer.Argument(..., help="the region lost, e.g. us-west-2"),
+                    out: Path = typer.Option(Path("traffic.json"), help="the traffic shares after the failover"),
+                    config: Optional[Path] = ConfigOpt):
+    """Runbook, a region is lost (docs/runbook.md): take it out of the load balancer now and keep it
+    out (its failing health checks take it out within 3 s anyway; this keeps it out when it flaps or
+    comes back unready) until `recserve region return`, move its share of traffic to the other active
+    regions (traffic.json), and show the survivors' readiness. Refused when no other active region is up."""
+    from recserve.ops.region import RegionError, read_regions, shift
+
+    lb = _running_lb(config)
+    try:
+        regions = read_regions(REGION_FILES)
+        if region not in regions:
+            raise RegionError(f"no region {region!r} in the region files (they name {sorted(regions)})")
+        servers = lb.servers()
+        survivors = [r for r, s in servers.items() if r != region and regions.get(r, {}).get("role") == "active"
+                     and s["status"].startswith("UP")]
+        if not survivors:
+            raise RegionError(f"no other active region is up in the load balancer ({ {r: s['status'] for r, s in servers.items()} }): "
+                              f"bring one up (`recserve region up REGION`) before failing {region} over")
+        lb.set_state(region, "maint")
+        shares = shift({r: regions[r]["share"] for r in survivors}, regions)
+    except RegionError as e:
+        _fail(e)
+    out.write_text(json.dumps(shares, indent=2))
+    console.print_json(json.dumps({"out": region, "traffic": shares,
+                                   "survivors": {r: _readyz(r)[0] for r in survivors},
+                                   "load_balancer": {r: s["status"] for r, s in lb.servers().items()}}))
+
+
+@region_app.command("return")
+def region_return(region: str = typer.Argument(..., help="the region coming back, e.g. us-west-2"),
+                  max_lag_s: float = typer.Option(1.0, help="the mirrors' lag, each way, under which it goes back "
+                                                            "(seconds of the oldest event not yet mirrored)"),
+                  timeout: float = typer.Option(300.0, help="seconds to wait for readiness and the mirrors"),
+                  config: Optional[Path] = ConfigOpt):
+    """Runbook, recovery (after `recserve region up REGION`): wait until the region answers /readyz
+    and the mirrors between it and every other running active region are caught up (what it
+    acknowledged before it was lost reaches them, theirs reaches it), then put it back in the load
+    balancer: 5 passing health checks bring it in and slow start ramps its weight up."""
+    import time
+
+    import redis as _redis
+
+    from recserve.ops.region import RegionError, read_regions, region_config
+    from recserve.ops.replication import EventMirror
+    from recserve.ops.stack import Stack
+    from recserve.streaming.eventlog.redis import RedisStreamLog
+
+    lb = _running_lb(config)
+    rc = _region_cfg(region, config)
+    regions = read_regions(REGION_FILES)
+    t0 = time.time()
+    while _readyz(region)[0] != 200:
+        if time.time() - t0 > timeout:
+            _fail(RegionError(f"{region} is not ready after {timeout:.0f} s ({_readyz(region)}): is it up "
+                              f"(`recserve region up {region}`)? it stays out of the load balancer"))
+        time.sleep(0.5)
+    ready_s = time.time() - t0
+    lags: dict = {}
+    if regions[region]["role"] == "active":
+        pairs = []
+        for other, o in regions.items():
+            if other == region or o["role"] != "active":
+                continue
+            oc = region_config(_cfg(config), other, regions)
+            st = Stack(oc)
+            prev = st.read_state()
+            if prev is None or not st._alive(prev):
+                continue
+            logs = {}
+            for name, c in ((region, rc), (other, oc)):
+                cl = _redis.Redis.from_url(c.redis_url, socket_timeout=5)
+                logs[name] = (RedisStreamLog(cl, c.stream.partitions, c.stream.topic), cl)
+            pairs += [EventMirror(logs[a][0], logs[b][0], logs[b][1], a, b) for a, b in ((region, other),
+                                                                                       (other, region))]
+        while True:
+            lags = {f"{m.src_region} -> {m.dst_region}": max((v["seconds"] for v in m.lag().values()), default=0.0)
+                    for m in pairs}
+            if all(v <= max_lag_s for v in lags.values()):
+                break
+            if time.time() - t0 > timeout:
+                _fail(RegionError(f"the mirrors have not caught up after {timeout:.0f} s (lag {lags}): "
+                                  f"{region} stays out of the load balancer; see `recserve region lag`"))
+            time.sleep(0.5)
+    try:
+        lb.set_state(region, "ready")
+    except RegionError as e:
+        _fail(e)
+    console.print_json(json.dumps({"back": region, "ready_after_s": round(ready_s, 2),
+                                   "caught_up_after_s": round(time.time() - t0, 2), "mirror_lag_s": lags,
+                                   "load_balancer": {r: s["status"] for r, s in lb.servers().items()}}))
