@@ -164,3 +164,30 @@ def restore_cmd(src: str = typer.Option(..., "--from", help="where `recserve bac
     except BackupError as e:
         _fail(e)
     console.print_json(json.dumps(res))
+
+
+drill_app = typer.Typer(no_args_is_help=True, help="Drills: lose a part of the system on purpose, under load, "
+                                                   "and measure what clients saw (docs/runbook.md).")
+app.add_typer(drill_app, name="drill")
+
+
+@drill_app.command("region-failure")
+def drill_region_failure(region: str = typer.Option("us-west-2", "--region", help="the active region to lose"),
+                         duration: float = typer.Option(120.0, min=30, help="seconds of load at least: the region "
+                                                        "is killed at 1/6, recovered from 1/2"),
+                         concurrency: int = typer.Option(4, min=1, help="concurrent /v1/recommend clients"),
+                         out: Path = typer.Option(Path("benchmarks/results/drill.json")),
+                         config: Optional[Path] = ConfigOpt):
+    """Kill a whole region (its Redis and Ray cluster, SIGKILL) under load through the regions' load
+    balancer, run the runbook's failover and recovery (`recserve region failover / up / return`),
+    and measure: 5xx (during detection and after), RTO, events acknowledged and lost, RPO, the
+    personalized share of the survivor's answers for users whose events were mirrored, the return.
+    Needs both active regions up (`recserve region up us-west-2`, `... us-east-1`)."""
+    from recserve.bench.drill import run
+    from recserve.ops.region import RegionError
+
+    try:
+        res = run(_cfg(config), region, duration, concurrency, out, log=_progress("drill"))
+    except (RegionError, RuntimeError) as e:
+        _fail(e)
+    console.print_json(json.dumps({k: v for k, v in res.items() if k not in ("phases", "load_balancer", "runbook")}))
