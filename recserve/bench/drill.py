@@ -156,7 +156,8 @@ def lost_events(acks: dict, present: dict[str, bool], t_fail: float) -> dict:
     lost = [eid for eid in acks if not present.get(eid, False)]
     ages = [t_fail - acks[eid][0] for eid in lost]
     return {"events_acknowledged": len(acks), "events_lost": len(lost),
-            "rpo_s": round(max(0.0, max(ages)), 3) if ages else 0.0, "lost_ids": sorted(lost)[:20]}
+            "rpo_s": round(max(0.0, max(ages)), 3) if ages else 0.0, "lost_ids": sorted(lost)[:20],
+            "lost_all": lost}
 
 
 def personalized_after(records, acks: dict, present: dict[str, bool], lost_region: str, survivor: str,
@@ -219,11 +220,13 @@ def _recserve(*args: str, timeout: float = 600) -> tuple[int, str, float]:
     return done.returncode, (done.stdout + done.stderr)[-1500:], round(time.time() - t, 2)
 
 
-def _present(client, prefix: str, ids: list[str]) -> dict[str, bool]:
+def _present(client, prefix: str, ids: list[str], key_id: str) -> dict[str, bool]:
+    """Whether each event id is in a region's log (its deduplication record; the API stores an
+    event's id under the id of the key that sent it)."""
     from recserve import keys
 
     out = {}
-    seen = keys.event_seen(prefix)
+    seen = keys.event_seen(prefix) + f"{key_id}/"
     for i in range(0, len(ids), 2000):
         chunk = ids[i:i + 2000]
         p = client.pipeline(transaction=False)
@@ -326,7 +329,7 @@ def run(cfg, region: str, duration: float = 120.0, concurrency: int = 4, out: st
             raise RuntimeError(f"the load balancer never marked {region} DOWN: {lb.servers()}")
         t_check = time.time()
         acked = dict(load.acks)
-        present = _present(clients[survivor], rcs[survivor].stream.topic, list(acked))
+        present = _present(clients[survivor], rcs[survivor].stream.topic, list(acked), kid)
         lost = lost_events(acked, present, t_fail)
         pers = personalized_after(list(load.records), acked, present, region, survivor, t_fail, t_check)
         log(f"acknowledged {lost['events_acknowledged']} events, {lost['events_lost']} not in {survivor}'s log "
@@ -371,7 +374,7 @@ def run(cfg, region: str, duration: float = 120.0, concurrency: int = 4, out: st
             lb.stop()
     t_end = time.time()
     records = list(load.records)
-    present_after = _present(clients[survivor], rcs[survivor].stream.topic, [e for e in lost["lost_ids"]])
+    present_after = _present(clients[survivor], rcs[survivor].stream.topic, lost["lost_all"], kid)
     five = [r for r in records if r[2] >= 500]
     res = {
         "region": region, "survivor": survivor, "duration_s": round(t_end - t0, 1), "concurrency": concurrency,
@@ -385,6 +388,7 @@ def run(cfg, region: str, duration: float = 120.0, concurrency: int = 4, out: st
         "events_acknowledged": lost["events_acknowledged"], "events_lost": lost["events_lost"],
         "rpo_s": lost["rpo_s"],
         "lost_events_in_survivor_after_return": sum(present_after.values()),
+        "lost_event_ids": lost["lost_ids"],
         "personalized_share_after": pers["personalized_share_after"],
         "personalized": pers,
         "personalized_share_before_in_region": personalized_before(records, acked, region, t0, t_fail),

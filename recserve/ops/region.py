@@ -341,9 +341,8 @@ def kill_region(rc) -> list[int]:
     info = Stack(rc).read_state()
     if info is None:
         raise RegionError(f"no stack state for this region in {rc.data_dir}: is it up?")
-    pids = [p.pid for p in ray_processes(info.ray_temp_dir)] if info.ray_temp_dir else []
-    if info.redis_pid:
-        pids.append(info.redis_pid)
+    pids = [info.redis_pid] if info.redis_pid else []   # Redis first: from then on nothing more is acknowledged
+    pids += [p.pid for p in ray_processes(info.ray_temp_dir)] if info.ray_temp_dir else []
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
