@@ -242,12 +242,18 @@ def run(cfg, region: str, duration: float = 120.0, concurrency: int = 4, out: st
 
     from recserve.artifacts import embedding_ids
     from recserve.auth import KeyStore
-    from recserve.ops.region import (LOCAL_SLOT, LoadBalancer, RegionError, kill_region, local_port,
-                                     read_regions, region_config)
+    from recserve.cli.region import REGION_FILES
+    from recserve.ops.region import (
+        LOCAL_SLOT,
+        LoadBalancer,
+        RegionError,
+        kill_region,
+        local_port,
+        read_regions,
+        region_config,
+    )
     from recserve.ops.stack import Stack
     from recserve.registry import Registry
-
-    from recserve.cli.region import REGION_FILES
 
     regions = read_regions(REGION_FILES)
     if region not in regions:

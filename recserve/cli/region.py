@@ -54,7 +54,8 @@ def region_shift(weights: list[str] = typer.Argument(..., help="REGION=WEIGHT ..
 
 
 @region_app.command("lag")
-def region_lag(standby: Optional[str] = typer.Option(None, "--standby", help="the standby's Redis URL"),
+def region_lag(standby: Optional[str] = typer.Option(None, "--standby", help="the standby's Redis URL, or the "
+                                                   "standby region run on this machine (eu-west-1)"),
                mirror: Optional[list[str]] = typer.Option(None, "--mirror", help="REGION=REDIS_URL of the two "
                                                           "active regions (give it twice): the mirror's lag "
                                                           "each way"),
@@ -69,7 +70,13 @@ def region_lag(standby: Optional[str] = typer.Option(None, "--standby", help="th
     if bool(standby) == bool(mirror):
         _fail(RegionError("give --standby URL, or --mirror REGION=URL twice"))
     if standby:
-        console.print_json(json.dumps(lag(_redis.Redis.from_url(cfg.redis_url), _redis.Redis.from_url(standby),
+        active_url, standby_url = cfg.redis_url, standby
+        if "://" not in standby:   # a standby region on this machine: against the active region it follows
+            try:
+                active_url, standby_url = _followed(standby, config)
+            except (RegionError, _redis.RedisError) as e:
+                _fail(e)
+        console.print_json(json.dumps(lag(_redis.Redis.from_url(active_url), _redis.Redis.from_url(standby_url),
                                           cfg.stream.partitions)))
         return
     from recserve.ops.region import read_regions
@@ -96,6 +103,24 @@ def region_lag(standby: Optional[str] = typer.Option(None, "--standby", help="th
     except (RegionError, ValueError, _redis.RedisError) as e:
         _fail(e)
     console.print_json(json.dumps(out))
+
+
+def _followed(standby: str, config) -> tuple[str, str]:
+    """(active's Redis URL, standby's) for a standby region on this machine and the region it follows."""
+    import redis as _redis
+
+    from recserve.ops.region import RegionError, read_regions, region_config, replication
+
+    regions = read_regions(REGION_FILES)
+    sc = region_config(_cfg(config), standby, regions)
+    state = replication(_redis.Redis.from_url(sc.redis_url, socket_timeout=5))
+    if state["role"] != "slave":
+        raise RegionError(f"{standby}'s Redis follows no region (it is a {state['role']}): not a running standby")
+    for name in regions:
+        oc = region_config(_cfg(config), name, regions)
+        if state["master"] == f"{oc.redis.host}:{oc.redis.port}":
+            return oc.redis_url, sc.redis_url
+    raise RegionError(f"{standby} follows {state['master']}, which is no region of this machine")
 
 
 @region_app.command("lb-config")
@@ -146,9 +171,6 @@ def region_up(region: str = typer.Argument(..., help="a region of the region fil
     """Start one region's stack on this machine — its own Redis, its own Ray head (own ports and
     temp dir under <data_dir>/<region>) — and deploy the application on it (HTTP on
     8100 / 8200 / 8300), from the shared registry. A region already running: an error, nothing started."""
-    import ray
-
-    from deployments.app import deploy
     from recserve.ops.stack import Stack, StackError, port_is_free
 
     rc = _region_cfg(region, config)
@@ -165,36 +187,78 @@ def region_up(region: str = typer.Argument(..., help="a region of the region fil
         info = stack.up()
     except StackError as e:
         _fail(e)
+    from recserve.ops.region import read_regions
+
+    if read_regions(REGION_FILES)[region]["role"] == "standby":
+        _follow(region, rc, config)
+        console.print(f"standby {region}: redis on {rc.redis.port}, ray at {info.ray_address}; nothing served until "
+                      f"`recserve region promote {region}`")
+        return
     console.print(f"region {region}: redis on {rc.redis.port}, ray at {info.ray_address}; deploying...")
-    ray.init(address=info.ray_address, logging_level="ERROR")
+    _deploy(rc, info.ray_address)
+    _start_mirrors(region, rc, config)
+
+
+def _deploy(rc, address: str) -> None:
+    import ray
+
+    from deployments.app import deploy
+
+    ray.init(address=address, logging_level="ERROR")
     try:
         url = deploy(rc, rc.registry_uri)
     finally:
         ray.shutdown()
-    console.print(f"region {region} serving on {url} (readiness: {url}/readyz)")
-    _start_mirrors(region, rc, config)
+    console.print(f"serving on {url} (readiness: {url}/readyz)")
 
 
-def _start_mirrors(region: str, rc, config) -> None:
-    """The active regions already running and this one mirror each other's events: in each region's
-    cluster a detached Replicator pulls the other's events in (cursors in its own Redis)."""
-    import ray
-
-    from actors.replicator import Replicator
-    from recserve.ops.region import mirror_spec, read_regions, region_config
+def _running_actives(region: str, config) -> list[tuple[str, object, object]]:
+    """(name, config, stack state) of each active region other than `region` running on this machine."""
+    from recserve.ops.region import read_regions, region_config
     from recserve.ops.stack import Stack
 
     regions = read_regions(REGION_FILES)
-    if regions[region]["role"] != "active":
-        return
+    out = []
     for other, o in regions.items():
         if other == region or o["role"] != "active":
             continue
         oc = region_config(_cfg(config), other, regions)
         st = Stack(oc)
         prev = st.read_state()
-        if prev is None or not st._alive(prev):
-            continue
+        if prev is not None and st._alive(prev):
+            out.append((other, oc, prev))
+    return out
+
+
+def _follow(region: str, rc, config) -> None:
+    """The standby's Redis replicates the first active region running here."""
+    import redis as _redis
+
+    from recserve.ops.region import follow
+
+    actives = _running_actives(region, config)
+    if not actives:
+        console.print(f"standby {region}: no active region runs here to follow; it follows one when started "
+                      f"again after one (`recserve region up us-east-1`)")
+        return
+    name, oc, _ = actives[0]
+    follow(_redis.Redis.from_url(rc.redis_url), oc.redis.host, oc.redis.port, oc.redis.password)
+    console.print(f"standby {region} follows {name}'s Redis (replication; `recserve region lag --standby "
+                  f"{rc.redis_url.split('@')[-1]}` from {name})")
+
+
+def _start_mirrors(region: str, rc, config, promoted: bool = False) -> None:
+    """The active regions already running and this one mirror each other's events: in each region's
+    cluster a detached Replicator pulls the other's events in (cursors in its own Redis)."""
+    import ray
+
+    from actors.replicator import Replicator
+    from recserve.ops.region import mirror_spec, read_regions
+    from recserve.ops.stack import Stack
+
+    if read_regions(REGION_FILES)[region]["role"] != "active" and not promoted:
+        return
+    for other, oc, prev in _running_actives(region, config):
         for src, dst, address in ((oc, rc, Stack(rc).read_state().ray_address), (rc, oc, prev.ray_address)):
             s_name, d_name = (other, region) if src is oc else (region, other)
             ray.init(address=address, namespace=MIRROR_NAMESPACE, logging_level="ERROR")
@@ -206,12 +270,43 @@ def _start_mirrors(region: str, rc, config) -> None:
         console.print(f"mirroring events both ways between {region} and {other}")
 
 
+@region_app.command("promote")
+def region_promote(region: str = typer.Argument(..., help="the standby, e.g. eu-west-1"),
+                   config: Optional[Path] = ConfigOpt):
+    """Runbook, both active regions lost (or one lost and the survivor short of headroom): the warm
+    standby stops following (its Redis keeps what it replicated), the application is deployed on it
+    from the shared registry, and it mirrors events with any active region still running. The load
+    balancer sends it traffic as its backup when no active region is up (`region shift` to give it a
+    share otherwise)."""
+    import redis as _redis
+
+    from recserve.ops.region import RegionError, promote, read_regions
+    from recserve.ops.stack import Stack
+
+    if read_regions(REGION_FILES).get(region, {}).get("role") != "standby":
+        _fail(RegionError(f"{region} is not the standby in the region files: only the standby is promoted"))
+    rc = _region_cfg(region, config)
+    st = Stack(rc)
+    info = st.read_state()
+    if info is None or not st._alive(info):
+        _fail(RegionError(f"standby {region} is not running: `recserve region up {region}` first"))
+    try:
+        state = promote(_redis.Redis.from_url(rc.redis_url))
+    except _redis.RedisError as e:
+        _fail(e)
+    console.print(f"{region}'s Redis stopped following: {state}; deploying...")
+    _deploy(rc, info.ray_address)
+    _start_mirrors(region, rc, config, promoted=True)
+
+
 @region_app.command("down")
 def region_down(region: str = typer.Argument(...), config: Optional[Path] = ConfigOpt):
     """Stop one region's stack on this machine (its Ray head with the application, its Redis)."""
     from recserve.ops.stack import Stack
 
-    stopped = Stack(_region_cfg(region, config)).down()
+    rc = _region_cfg(region, config)
+    stopped = Stack(rc).down()
+    stopped += _stop_mirrors_of(region, config)
     console.print(f"region {region} stopped: " + (", ".join(stopped) if stopped else "nothing (it was not up)"))
 
 
@@ -370,3 +465,24 @@ def region_return(region: str = typer.Argument(..., help="the region coming back
     console.print_json(json.dumps({"back": region, "ready_after_s": round(ready_s, 2),
                                    "caught_up_after_s": round(time.time() - t0, 2), "mirror_lag_s": lags,
                                    "load_balancer": {r: s["status"] for r, s in lb.servers().items()}}))
+
+
+def _stop_mirrors_of(region: str, config) -> list[str]:
+    """The Replicators in the other running regions that pull this region's events in: stopped with
+    it (a region brought down on purpose; one that is lost keeps its mirrors, which catch up when
+    it returns)."""
+    import ray
+
+    stopped = []
+    for other, _, prev in _running_actives(region, config):
+        ray.init(address=prev.ray_address, namespace=MIRROR_NAMESPACE, logging_level="ERROR")
+        try:
+            actor = ray.get_actor(f"mirror-{region}")
+            ray.get(actor.shutdown.remote(), timeout=15)
+            ray.kill(actor, no_restart=True)
+            stopped.append(f"the mirror of its events in {other}")
+        except ValueError:   # no such actor
+            pass
+        finally:
+            ray.shutdown()
+    return stopped

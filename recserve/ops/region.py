@@ -349,3 +349,31 @@ def kill_region(rc) -> list[int]:
         except ProcessLookupError:
             pass
     return pids
+
+
+# ------------------------------------------------------------------ the warm standby
+def follow(standby, active_host: str, active_port: int, active_password: str | None = None) -> None:
+    """Make the standby's Redis a replica of an active region's (Redis replication: the event log,
+    features, contexts, bandit and keys follow it; the registry is shared and the index is built from
+    it when the standby is promoted). The standby's own data is replaced by the active's."""
+    if active_password:
+        standby.config_set("masterauth", active_password)
+    standby.execute_command("REPLICAOF", active_host, str(active_port))
+
+
+def replication(client) -> dict:
+    """A Redis' replication state: {role, master, link (up/down), offset}."""
+    info = client.info("replication")
+    out = {"role": info.get("role")}
+    if info.get("role") == "slave":
+        out.update(master=f"{info.get('master_host')}:{info.get('master_port')}",
+                   link=info.get("master_link_status"), offset=info.get("slave_repl_offset"))
+    else:
+        out.update(replicas=info.get("connected_slaves", 0), offset=info.get("master_repl_offset"))
+    return out
+
+
+def promote(standby) -> dict:
+    """The standby's Redis stops following and takes writes (what it holds is kept)."""
+    standby.execute_command("REPLICAOF", "NO", "ONE")
+    return replication(standby)
