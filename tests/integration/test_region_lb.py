@@ -137,3 +137,67 @@ def test_each_region_on_one_machine_gets_its_own_ports_and_data_and_a_bad_region
     res = CliRunner().invoke(app, ["region", "up", "mars-1"], env={"RECSERVE_DATA_DIR": str(tmp_path / "d2")})
     assert res.exit_code == 2 and "no region 'mars-1' in the region files" in res.output
     assert not (tmp_path / "d2").exists()                                  # nothing started, nothing written
+
+
+@pytest.mark.skipif(_haproxy() is None, reason="no HAProxy binary")
+def test_the_load_balancer_names_the_region_retries_a_dead_one_and_takes_one_out_and_back(tmp_path):
+    """recserve.ops.region.LoadBalancer: HAProxy started from the region files' config, its runtime API
+    (failover's `maint`, return's `ready`), the answering region in x-recserve-region, and a region that
+    died before its health checks noticed costing the clients nothing (retried on the other)."""
+    import httpx
+
+    from recserve.ops.region import LoadBalancer
+
+    servers = {}
+    for name in ("us-west-2", "us-east-1"):
+        srv = ThreadingHTTPServer(("127.0.0.1", free_port()), _Region)
+        srv.name, srv.ready = name, True
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers[name] = srv
+    regions = {"us-west-2": {"role": "active", "share": 50}, "us-east-1": {"role": "active", "share": 50}}
+    lb = LoadBalancer(tmp_path / "lb")
+    bind = f"127.0.0.1:{free_port()}"
+    url = lb.start(regions, {n: f"127.0.0.1:{s.server_address[1]}" for n, s in servers.items()}, bind, slowstart_s=1)
+    try:
+        with pytest.raises(RegionError, match="already runs"):
+            lb.start(regions, {n: f"127.0.0.1:{s.server_address[1]}" for n, s in servers.items()}, bind)
+        assert lb.url() == url and lb.pid()
+        deadline = time.monotonic() + 15
+        while {s["status"] for s in lb.servers().values()} != {"UP"}:
+            assert time.monotonic() < deadline, lb.servers()
+            time.sleep(0.2)
+        assert {n: s["weight"] for n, s in lb.servers().items()} == {"us-west-2": 50, "us-east-1": 50}
+
+        def regions_of(users):
+            out = {}
+            for u in users:
+                r = httpx.get(f"{url}/v1/recommend", headers={"x-session-id": str(u)}, timeout=5)
+                assert r.status_code == 200
+                assert r.headers["x-recserve-region"] == r.text   # the header names the answering region
+                out[u] = r.text
+            return out
+
+        time.sleep(1.5)   # the slow start (1 s) over
+        first = regions_of(range(40))
+        west = [u for u, r in first.items() if r == "us-west-2"]
+        assert west and len(west) < 40
+        lb.set_state("us-west-2", "maint")                       # `recserve region failover us-west-2`
+        assert lb.servers()["us-west-2"]["status"] == "MAINT"
+        assert set(regions_of(range(40)).values()) == {"us-east-1"}
+        lb.set_state("us-west-2", "ready")                       # `recserve region return us-west-2`
+        deadline = time.monotonic() + 15
+        while lb.servers()["us-west-2"]["status"] != "UP":
+            assert time.monotonic() < deadline, lb.servers()
+            time.sleep(0.2)
+        time.sleep(1.5)
+        assert regions_of(west) == {u: "us-west-2" for u in west}   # its users come back to it
+        with pytest.raises(RegionError, match="no region 'mars-1'"):
+            lb.set_state("mars-1", "maint")
+        servers["us-west-2"].shutdown()                           # dies: refused before any check notices
+        servers["us-west-2"].server_close()
+        assert regions_of(west) == {u: "us-east-1" for u in west}  # retried on the other region, no error
+    finally:
+        assert lb.stop()
+        for s in servers.values():
+            s.shutdown()
+    assert lb.pid() is None and not lb.stop()
