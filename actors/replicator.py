@@ -1,7 +1,8 @@
 """The `Replicator` actor: one direction of cross-region replication, an EventMirror
 (recserve/ops/replication.py) from one region's event log into another's, stepping in a thread:
 right away while there is a backlog, every `idle_s` when caught up, backing off while the other
-region does not answer. Its cursors live in the destination's Redis, so Ray restarting a killed
+region does not answer; once a second it also merges the other region's API keys (and revocations)
+into this one's when they changed. Its cursors live in the destination's Redis, so Ray restarting a killed
 one (or a new one) carries on where the last left off; event ids make any repeat harmless."""
 
 from __future__ import annotations
@@ -26,15 +27,22 @@ class Replicator:
                                   RedisStreamLog(rd, dst.get("partitions", 8), dst.get("prefix", "events")), rd,
                                   src["region"], dst["region"], batch=batch)
         self.idle_s = idle_s
+        self.keys_every_s = 1.0
         self.errors, self.last_error = 0, None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
+        import time
+
         backoff = self.idle_s
+        keys_at = 0.0
         while not self.stop.is_set():
             try:
+                if time.monotonic() - keys_at >= self.keys_every_s:   # API keys: merged when they changed
+                    self.mirror.sync_keys()
+                    keys_at = time.monotonic()
                 moved = self.mirror.step()
                 backoff = self.idle_s
                 if not moved:

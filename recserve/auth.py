@@ -121,6 +121,33 @@ class KeyStore:
                             "revoked": int(rec.get("revoked", 0)) or None})
         return out
 
+    def merge_from(self, src: "KeyStore") -> int:
+        """Another region's keys made valid here too (cross-region replication, both ways): a key there
+        and not here is added; one revoked there is revoked here (a revocation wins, wherever it was
+        made). Returns how many keys changed here."""
+        changed = 0
+        for kid in sorted(x.decode() for x in src.r.smembers(K.AUTH_IDS)):
+            theirs = src.r.hgetall(K.auth_key(kid))
+            if not theirs:
+                continue
+            ours = self.r.hgetall(K.auth_key(kid))
+            revoked_there = theirs.get(b"revoked", b"0") != b"0"
+            p = self.r.pipeline(transaction=True)
+            if not ours:
+                p.hset(K.auth_key(kid), mapping=theirs)
+                p.sadd(K.AUTH_IDS, kid)
+                if not revoked_there:
+                    p.set(K.auth_hash(theirs[b"hash"].decode()), kid)
+            elif revoked_there and ours.get(b"revoked", b"0") == b"0":
+                p.hset(K.auth_key(kid), "revoked", theirs[b"revoked"])
+                p.delete(K.auth_hash(ours[b"hash"].decode()))
+            else:
+                continue
+            p.incr(K.AUTH_GEN)
+            p.execute()
+            changed += 1
+        return changed
+
     def revoke(self, kid: str) -> bool:
         """False when there is no such key; revoking twice is harmless."""
         rec = self.r.hgetall(K.auth_key(kid))

@@ -60,8 +60,8 @@ class DrillLoad:
         self.url, self.users, self.items, self.c, self.key = url, users, items, concurrency, key
         self.rng = np.random.default_rng(seed)
         self.run_id = secrets.token_hex(4)    # this run's event ids: never deduplicated against an earlier run's
-        # (start, end, status, level, region, user, live_context, items)
-        self.records: list[tuple[float, float, int, int | None, str | None, int, bool, tuple]] = []
+        # (start, end, status, level, region, user, live_context, items, cache)
+        self.records: list[tuple[float, float, int, int | None, str | None, int, bool, tuple, str | None]] = []
         # event id -> (acknowledged at, region, user, item)
         self.acks: dict[str, tuple[float, str | None, int, int]] = {}
         self.event_errors: dict[int, int] = {}
@@ -94,7 +94,7 @@ class DrillLoad:
             return 599, b"", None
 
     async def _main(self) -> None:
-        from recserve.bench.loadgen import LEVEL_RE
+        from recserve.bench.loadgen import CACHE_RE, LEVEL_RE
 
         seq = self.rng.choice(self.users, size=1_000_000)
         pos = [0]
@@ -109,9 +109,11 @@ class DrillLoad:
                                                               b'{"user_id":%d,"k":10}' % user, user)
                 lv = LEVEL_RE.search(payload) if status == 200 else None
                 live = LIVE_RE.search(payload) if status == 200 else None
+                cache = CACHE_RE.search(payload) if status == 200 else None
                 self.records.append((t, time.time(), status, int(lv.group(1)) if lv else None, region, user,
                                      bool(live and live.group(1) == b"true"),
-                                     tuple(int(x) for x in ITEM_RE.findall(payload)) if status == 200 else ()))
+                                     tuple(int(x) for x in ITEM_RE.findall(payload)) if status == 200 else (),
+                                     cache.group(1).decode() if cache else None))
 
         async def event_worker():
             state: dict = {}
@@ -200,15 +202,18 @@ def phase(records, t0: float, t1: float) -> dict:
     codes: dict[str, int] = {}
     regions: dict[str, int] = {}
     levels: dict[str, int] = {}
+    cache: dict[str, int] = {}
     for r in rs:
         codes[str(r[2])] = codes.get(str(r[2]), 0) + 1
         if r[4]:
             regions[r[4]] = regions.get(r[4], 0) + 1
         if r[3] is not None:
             levels[str(r[3])] = levels.get(str(r[3]), 0) + 1
+        if r[8]:
+            cache[r[8]] = cache.get(r[8], 0) + 1
     lat = np.array([(r[1] - r[0]) * 1000 for r in rs]) if rs else np.array([np.nan])
     return {"seconds": round(t1 - t0, 1), "requests": len(rs), "status": codes, "regions": regions, "levels": levels,
-            "p95_ms": round(float(np.percentile(lat, 95)), 1)}
+            "cache": cache, "p95_ms": round(float(np.percentile(lat, 95)), 1)}
 
 
 # ------------------------------------------------------------------ the drill
@@ -238,6 +243,7 @@ def _present(client, prefix: str, ids: list[str], key_id: str) -> dict[str, bool
 
 def run(cfg, region: str, duration: float = 120.0, concurrency: int = 4, out: str | Path | None = None,
         log=print, n_users: int = 2000) -> dict:
+    """The drill (the module's docstring); `n_users` users of the trained world drawn for the load."""
     import redis
 
     from recserve.artifacts import embedding_ids

@@ -176,6 +176,8 @@ def drill_region_failure(region: str = typer.Option("us-west-2", "--region", hel
                          duration: float = typer.Option(120.0, min=30, help="seconds of load at least: the region "
                                                         "is killed at 1/6, recovered from 1/2"),
                          concurrency: int = typer.Option(4, min=1, help="concurrent /v1/recommend clients"),
+                         users: int = typer.Option(2000, min=10, help="users of the trained world the load draws "
+                                                   "from (uniformly)"),
                          out: Path = typer.Option(Path("benchmarks/results/drill.json")),
                          config: Optional[Path] = ConfigOpt):
     """Kill a whole region (its Redis and Ray cluster, SIGKILL) under load through the regions' load
@@ -187,7 +189,7 @@ def drill_region_failure(region: str = typer.Option("us-west-2", "--region", hel
     from recserve.ops.region import RegionError
 
     try:
-        res = run(_cfg(config), region, duration, concurrency, out, log=_progress("drill"))
+        res = run(_cfg(config), region, duration, concurrency, out, log=_progress("drill"), n_users=users)
     except (RegionError, RuntimeError) as e:
         _fail(e)
     console.print_json(json.dumps({k: v for k, v in res.items() if k not in ("phases", "load_balancer", "runbook")}))

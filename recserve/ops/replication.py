@@ -13,7 +13,11 @@ log, so that it too is deduplicated. A partition between the regions (the destin
 answer) leaves the cursors where they were: the mirror catches up when it answers again.
 
 `lag()` says how far the destination is behind, per partition: the events of this region not yet
-mirrored (counted up to `lag_cap`) and the age of the oldest of them."""
+mirrored (counted up to `lag_cap`) and the age of the oldest of them.
+
+`sync_keys()` makes the source's API keys valid in the destination too, and its revocations
+revoked there (recserve.auth.KeyStore.merge_from), whenever the source's keys changed: a client's
+key works in every active region, and a leaked key revoked in one is refused in all."""
 
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ class EventMirror:
         self.batch, self.lag_cap = batch, lag_cap
         self.key = CURSOR.format(name=f"{src_region}>{dst_region}")
         self.mirrored = self.duplicates = self.skipped = 0
+        self.keys_gen: bytes | None = None   # the source's key generation last merged
+        self.keys_changed = 0
 
     def cursors(self) -> dict[int, str]:
         raw = self.r.hgetall(self.key)
@@ -95,10 +101,23 @@ class EventMirror:
             out[p] = {"events": len(rest), "seconds": round(now - oldest, 3) if oldest is not None else 0.0}
         return out
 
+    def sync_keys(self) -> int:
+        """The source's keys merged into the destination when they changed since the last call."""
+        from recserve import keys
+        from recserve.auth import KeyStore
+
+        gen = self.src.r.get(keys.AUTH_GEN)
+        if gen is None or gen == self.keys_gen:
+            return 0
+        n = KeyStore(self.r).merge_from(KeyStore(self.src.r))
+        self.keys_gen = gen
+        self.keys_changed += n
+        return n
+
     def _ours(self, event: dict) -> bool:
         """An event this mirror sends: one acknowledged here, not one mirrored in from elsewhere."""
         return not event.get("origin") or event["origin"] == self.src_region
 
     def stats(self) -> dict:
         return {"from": self.src_region, "to": self.dst_region, "mirrored": self.mirrored,
-                "duplicates": self.duplicates, "skipped_mirrored_in": self.skipped}
+                "duplicates": self.duplicates, "skipped_mirrored_in": self.skipped, "keys_changed": self.keys_changed}

@@ -89,6 +89,24 @@ def test_the_mirror_catches_up_after_a_partition_between_the_regions(redis_url):
     assert sum(v["events"] for v in ab.lag().values()) == 0
 
 
+def test_api_keys_are_made_valid_in_the_other_region_and_a_revocation_wins(redis_url):
+    from recserve import keys as K
+    from recserve.auth import KeyStore, digest
+
+    ra, a = _region(redis_url, 15)
+    rb, b = _region(redis_url, 9)
+    ab, ba = EventMirror(a, b, rb, "us-west-2", "us-east-1"), EventMirror(b, a, ra, "us-east-1", "us-west-2")
+    kid, key = KeyStore(ra).create("web", "recommend,events")
+    assert ab.sync_keys() == 1 and ab.sync_keys() == 0          # merged once; nothing new since
+    assert rb.get(K.auth_hash(digest(key))).decode() == kid     # the key is valid in the other region
+    assert ba.sync_keys() == 0                                  # and sending it back changes nothing
+    assert KeyStore(rb).revoke(kid)                             # revoked in the other region...
+    assert ba.sync_keys() == 1
+    assert ra.get(K.auth_hash(digest(key))) is None             # ...is refused here too
+    assert ab.sync_keys() == 0                                  # a revocation is not undone by the merge
+    assert rb.get(K.auth_hash(digest(key))) is None and KeyStore(rb).list()[0]["revoked"]
+
+
 def test_the_replicator_actor_mirrors_both_ways_and_a_restarted_one_resumes(stack, redis_url):
     """Two Replicator actors (one per direction) on the session's Ray; one killed and started again
     carries on from its cursors: every event in both regions, once."""

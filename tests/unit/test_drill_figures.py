@@ -6,9 +6,10 @@ from recserve.bench.drill import lost_events, personalized_after, personalized_b
 W, E = "us-west-2", "us-east-1"
 
 
-def rec(t0, t1, status=200, region=E, user=1, live=True, level=0, items=(10, 11)):
-    """(start, end, status, level, region, user, live_context, items), as DrillLoad records them."""
-    return (t0, t1, status, level if status == 200 else None, region if status != 599 else None, user, live, items)
+def rec(t0, t1, status=200, region=E, user=1, live=True, level=0, items=(10, 11), cache=None):
+    """(start, end, status, level, region, user, live_context, items, cache), as DrillLoad records them."""
+    return (t0, t1, status, level if status == 200 else None, region if status != 599 else None, user, live, items,
+            cache if status == 200 else None)
 
 
 def test_rto_runs_to_the_last_answer_that_was_not_a_200_from_the_survivor():
@@ -62,6 +63,7 @@ def test_personalized_before_counts_the_regions_own_answers_after_a_users_first_
 
 
 def test_a_phase_counts_codes_regions_and_levels():
-    got = phase([rec(1, 1.01), rec(2, 2.02, region=W, level=3), rec(3, 3.5, status=599), rec(9, 9.1)], 0.0, 5.0)
-    assert got["requests"] == 3 and got["status"] == {"200": 2, "599": 1}
+    got = phase([rec(1, 1.01, cache="hit"), rec(2, 2.02, region=W, level=3, cache="miss"), rec(3, 3.5, status=599),
+                 rec(9, 9.1)], 0.0, 5.0)
+    assert got["requests"] == 3 and got["status"] == {"200": 2, "599": 1} and got["cache"] == {"hit": 1, "miss": 1}
     assert got["regions"] == {E: 1, W: 1} and got["levels"] == {"0": 1, "3": 1}
