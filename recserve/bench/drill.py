@@ -280,6 +280,18 @@ def run(cfg, region: str, duration: float = 120.0, concurrency: int = 4, out: st
         raise RegionError(f"no other active region runs: `recserve region up` one (the files name "
                           f"{sorted(r for r, v in regions.items() if v['role'] == 'active' and r != region)})")
     survivor = survivors[0]
+    standby = {}
+    for r, v in regions.items():
+        if v["role"] == "standby" and r in rcs:
+            if not alive(r):
+                standby[r] = "down"
+                continue
+            from recserve.ops.region import replication
+
+            st = replication(redis.Redis.from_url(rcs[r].redis_url, socket_timeout=5))
+            by_addr = {f"{c.redis.host}:{c.redis.port}": name for name, c in rcs.items()}
+            standby[r] = (f"following {by_addr.get(st['master'], st['master'])}" if st["role"] == "slave"
+                          else "serving (promoted)")
     lb = LoadBalancer(Path(cfg.data_dir) / "lb")
     started_lb = False
     if not lb.pid():
@@ -390,7 +402,7 @@ def run(cfg, region: str, duration: float = 120.0, concurrency: int = 4, out: st
     five = [r for r in records if r[2] >= 500]
     res = {
         "region": region, "survivor": survivor, "duration_s": round(t_end - t0, 1), "concurrency": concurrency,
-        "users": len(users), "budget_ms": cfg.serve.deadline_ms,
+        "users": len(users), "budget_ms": cfg.serve.deadline_ms, "standby": standby,
         "requests": len(records),
         "http_5xx": len(five),
         "http_5xx_during_detection": sum(1 for r in five if t_fail <= r[1] and r[0] < t_down),
