@@ -350,7 +350,8 @@ def run(cfg, region: str, duration: float = 120.0, concurrency: int = 4, out: st
                 steps["failover"] = {"exit": code, "seconds": secs, "output": text[-600:]}
             time.sleep(0.2)
         if t_down is None:
-            raise RuntimeError(f"the load balancer never marked {region} DOWN: {lb.servers()}")
+            raise RuntimeError(f"the load balancer never marked {region} DOWN ({lb.servers()}); {region} was "
+                               f"killed: `recserve region up {region}` and `recserve region return {region}`")
         t_check = time.time()
         acked = dict(load.acks)
         present = _present(clients[survivor], rcs[survivor].stream.topic, list(acked), kid)

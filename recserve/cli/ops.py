@@ -185,9 +185,13 @@ def drill_region_failure(region: str = typer.Option("us-west-2", "--region", hel
     and measure: 5xx (during detection and after), RTO, events acknowledged and lost, RPO, the
     personalized share of the survivor's answers for users whose events were mirrored, the return.
     Needs both active regions up (`recserve region up us-west-2`, `... us-east-1`)."""
+    import os
+
     from recserve.bench.drill import run
     from recserve.ops.region import RegionError
 
+    if config is not None:   # the runbook commands the drill runs read the same config
+        os.environ["RECSERVE_CONFIG"] = str(config.resolve())
     try:
         res = run(_cfg(config), region, duration, concurrency, out, log=_progress("drill"), n_users=users)
     except (RegionError, RuntimeError) as e:

@@ -391,8 +391,9 @@ def region_failover(region: str = typer.Argument(..., help="the region lost, e.g
         survivors = [r for r, s in servers.items() if r != region and regions.get(r, {}).get("role") == "active"
                      and s["status"].startswith("UP")]
         if not survivors:
-            raise RegionError(f"no other active region is up in the load balancer ({ {r: s['status'] for r, s in servers.items()} }): "
-                              f"bring one up (`recserve region up REGION`) before failing {region} over")
+            states = {r: s["status"] for r, s in servers.items()}
+            raise RegionError(f"no other active region is up in the load balancer ({states}): bring one up "
+                              f"(`recserve region up REGION`) before failing {region} over")
         lb.set_state(region, "maint")
         shares = shift({r: regions[r]["share"] for r in survivors}, regions)
     except RegionError as e:
@@ -417,9 +418,8 @@ def region_return(region: str = typer.Argument(..., help="the region coming back
 
     import redis as _redis
 
-    from recserve.ops.region import RegionError, read_regions, region_config
+    from recserve.ops.region import RegionError, read_regions
     from recserve.ops.replication import EventMirror
-    from recserve.ops.stack import Stack
     from recserve.streaming.eventlog.redis import RedisStreamLog
 
     lb = _running_lb(config)
@@ -435,14 +435,7 @@ def region_return(region: str = typer.Argument(..., help="the region coming back
     lags: dict = {}
     if regions[region]["role"] == "active":
         pairs = []
-        for other, o in regions.items():
-            if other == region or o["role"] != "active":
-                continue
-            oc = region_config(_cfg(config), other, regions)
-            st = Stack(oc)
-            prev = st.read_state()
-            if prev is None or not st._alive(prev):
-                continue
+        for other, oc, _ in _running_actives(region, config):
             logs = {}
             for name, c in ((region, rc), (other, oc)):
                 cl = _redis.Redis.from_url(c.redis_url, socket_timeout=5)
