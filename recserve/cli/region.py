@@ -34,8 +34,13 @@ def region_drain(region: str = typer.Argument(..., help="this region's name, e.g
 
 @region_app.command("shift")
 def region_shift(weights: list[str] = typer.Argument(..., help="REGION=WEIGHT ..., e.g. us-west-2=100 us-east-1=0"),
-                 out: Path = typer.Option(Path("traffic.json"), help="weights document for the DNS / LB tooling")):
-    """Write the traffic shares per region (summing to 100) for the global load balancer."""
+                 out: Path = typer.Option(Path("traffic.json"), help="weights document for the DNS / LB tooling"),
+                 apply: bool = typer.Option(False, "--apply", help="also set them as the weights of the regions' "
+                                                                  "load balancer running here (`region lb-up`)"),
+                 config: Optional[Path] = ConfigOpt):
+    """Write the traffic shares per region (summing to 100) for the global load balancer; with --apply,
+    set them on the load balancer running here too (the standby, its backup, still takes traffic only
+    while no active region is up)."""
     from recserve.ops.region import RegionError, shift
     from scripts.regions import REGIONS
 
@@ -50,6 +55,13 @@ def region_shift(weights: list[str] = typer.Argument(..., help="REGION=WEIGHT ..
     except (RegionError, ValueError) as e:
         _fail(e)
     out.write_text(json.dumps(shares, indent=2))
+    if apply:
+        try:
+            applied = _running_lb(config).set_weights(shares)
+        except RegionError as e:
+            _fail(e)
+        console.print_json(json.dumps({"traffic": shares, "load_balancer_weights": applied}))
+        return
     console.print_json(json.dumps(shares))
 
 

@@ -330,6 +330,20 @@ class LoadBalancer:
             raise RegionError(f"HAProxy: {out}")
 
 
+    def set_weights(self, shares: dict[str, int]) -> dict[str, int]:
+        """Each region's weight set to its share (`region shift --apply`; 0: no new users sent there).
+        A backup (the standby) takes traffic only while no active region is up, whatever its weight."""
+        known = self.servers()
+        unknown = sorted(set(shares) - set(known))
+        if unknown:
+            raise RegionError(f"the load balancer has no regions {unknown} (it has {sorted(known)})")
+        for region, w in shares.items():
+            out = self.command(f"set weight {self.BACKEND}/{region} {int(w)}").strip()
+            if out:
+                raise RegionError(f"HAProxy: {out}")
+        return {r: s["weight"] for r, s in self.servers().items()}
+
+
 def kill_region(rc) -> list[int]:
     """A region's stack killed hard (SIGKILL), as losing its machines would: its Redis, every process of
     its Ray cluster (the application, its ingress, the mirrors running there). Returns the pids."""

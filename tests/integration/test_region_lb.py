@@ -186,6 +186,12 @@ def test_the_load_balancer_names_the_region_retries_a_dead_one_and_takes_one_out
         assert regions_of(west) == {u: "us-west-2" for u in west}   # its users come back to it
         with pytest.raises(RegionError, match="no region 'mars-1'"):
             lb.set_state("mars-1", "maint")
+        assert lb.set_weights({"us-west-2": 0, "us-east-1": 100}) == {"us-west-2": 0, "us-east-1": 100}
+        assert set(regions_of(west).values()) == {"us-east-1"}       # `region shift ... --apply`
+        with pytest.raises(RegionError, match="no regions"):
+            lb.set_weights({"mars-1": 10})
+        lb.set_weights({"us-west-2": 50, "us-east-1": 50})
+        time.sleep(0.5)
         servers["us-west-2"].shutdown()                           # dies: refused before any check notices
         servers["us-west-2"].server_close()
         assert regions_of(west) == {u: "us-east-1" for u in west}  # retried on the other region, no error
