@@ -16,16 +16,9 @@ import ray
 class Replicator:
     def __init__(self, src: dict, dst: dict, idle_s: float = 0.1, batch: int = 1000):
         """`src` / `dst`: {region, redis_url, partitions, prefix} of the two regions' Redis event logs."""
-        import redis
-
         from recserve.ops.replication import EventMirror
-        from recserve.streaming.eventlog.redis import RedisStreamLog
 
-        rs = redis.Redis.from_url(src["redis_url"], socket_timeout=5, socket_connect_timeout=2)
-        rd = redis.Redis.from_url(dst["redis_url"], socket_timeout=5, socket_connect_timeout=2)
-        self.mirror = EventMirror(RedisStreamLog(rs, src.get("partitions", 8), src.get("prefix", "events")),
-                                  RedisStreamLog(rd, dst.get("partitions", 8), dst.get("prefix", "events")), rd,
-                                  src["region"], dst["region"], batch=batch)
+        self.mirror = EventMirror.between(src, dst, batch, socket_timeout=5, socket_connect_timeout=2)
         self.idle_s = idle_s
         self.keys_every_s = 1.0
         self.errors, self.last_error = 0, None

@@ -103,13 +103,27 @@ class KeyStore:
             kid = m.group(1)
         rec = {"name": name, "scopes": ",".join(sc), "quota": json.dumps(quota or {}),
                "created": str(int(time.time())), "revoked": "0", "hash": digest(key)}
+        self._put(kid, rec, rec["hash"])
+        return kid, key
+
+    def _put(self, kid: str, rec: dict, valid_hash: str | None) -> None:
+        """A key's record stored, its hash looked up to it when it is valid (`valid_hash`); the
+        generation moves, so every router replica re-reads its keys."""
         p = self.r.pipeline(transaction=True)
         p.hset(K.auth_key(kid), mapping=rec)
-        p.set(K.auth_hash(rec["hash"]), kid)
+        if valid_hash is not None:
+            p.set(K.auth_hash(valid_hash), kid)
         p.sadd(K.AUTH_IDS, kid)
         p.incr(K.AUTH_GEN)
         p.execute()
-        return kid, key
+
+    def _revoked(self, kid: str, key_hash: str, when: str) -> None:
+        """A key marked revoked at `when` and its hash no longer looked up; the generation moves."""
+        p = self.r.pipeline(transaction=True)
+        p.hset(K.auth_key(kid), "revoked", when)
+        p.delete(K.auth_hash(key_hash))
+        p.incr(K.AUTH_GEN)
+        p.execute()
 
     def list(self) -> list[dict]:
         out = []
@@ -132,19 +146,12 @@ class KeyStore:
                 continue
             ours = self.r.hgetall(K.auth_key(kid))
             revoked_there = theirs.get(b"revoked", b"0") != b"0"
-            p = self.r.pipeline(transaction=True)
             if not ours:
-                p.hset(K.auth_key(kid), mapping=theirs)
-                p.sadd(K.AUTH_IDS, kid)
-                if not revoked_there:
-                    p.set(K.auth_hash(theirs[b"hash"].decode()), kid)
+                self._put(kid, theirs, None if revoked_there else theirs[b"hash"].decode())
             elif revoked_there and ours.get(b"revoked", b"0") == b"0":
-                p.hset(K.auth_key(kid), "revoked", theirs[b"revoked"])
-                p.delete(K.auth_hash(ours[b"hash"].decode()))
+                self._revoked(kid, ours[b"hash"].decode(), theirs[b"revoked"].decode())
             else:
                 continue
-            p.incr(K.AUTH_GEN)
-            p.execute()
             changed += 1
         return changed
 
@@ -153,11 +160,7 @@ class KeyStore:
         rec = self.r.hgetall(K.auth_key(kid))
         if not rec:
             return False
-        p = self.r.pipeline(transaction=True)
-        p.hset(K.auth_key(kid), "revoked", str(int(time.time())))
-        p.delete(K.auth_hash(rec[b"hash"].decode()))
-        p.incr(K.AUTH_GEN)
-        p.execute()
+        self._revoked(kid, rec[b"hash"].decode(), str(int(time.time())))
         return True
 
 

@@ -248,34 +248,30 @@ def run(cfg, region: str, duration: float = 120.0, concurrency: int = 4, out: st
 
     from recserve.artifacts import embedding_ids
     from recserve.auth import KeyStore
-    from recserve.cli.region import REGION_FILES
     from recserve.ops.region import (
         LOCAL_SLOT,
+        REGION_DIR,
         LoadBalancer,
         RegionError,
+        followed,
         kill_region,
-        local_port,
+        local_backends,
         read_regions,
         region_config,
+        running,
+        running_actives,
     )
-    from recserve.ops.stack import Stack
     from recserve.registry import Registry
 
-    regions = read_regions(REGION_FILES)
+    regions = read_regions(REGION_DIR)
     if region not in regions:
         raise RegionError(f"no region {region!r} in the region files (they name {sorted(regions)})")
     if regions[region]["role"] != "active":
         raise RegionError(f"{region} is the standby: the drill fails an active region over")
     rcs = {r: region_config(cfg, r, regions) for r in regions if r in LOCAL_SLOT}
-
-    def alive(r: str) -> bool:
-        st = Stack(rcs[r])
-        prev = st.read_state()
-        return prev is not None and st._alive(prev)
-
-    if not alive(region):
+    if running(rcs[region]) is None:
         raise RegionError(f"{region} is not running: `recserve region up {region}` first")
-    survivors = [r for r, v in regions.items() if r != region and v["role"] == "active" and alive(r)]
+    survivors = [name for name, _, _ in running_actives(cfg, region, regions)]
     if not survivors:
         raise RegionError(f"no other active region runs: `recserve region up` one (the files name "
                           f"{sorted(r for r, v in regions.items() if v['role'] == 'active' and r != region)})")
@@ -283,19 +279,15 @@ def run(cfg, region: str, duration: float = 120.0, concurrency: int = 4, out: st
     standby = {}
     for r, v in regions.items():
         if v["role"] == "standby" and r in rcs:
-            if not alive(r):
+            if running(rcs[r]) is None:
                 standby[r] = "down"
                 continue
-            from recserve.ops.region import replication
-
-            st = replication(redis.Redis.from_url(rcs[r].redis_url, socket_timeout=5))
-            by_addr = {f"{c.redis.host}:{c.redis.port}": name for name, c in rcs.items()}
-            standby[r] = (f"following {by_addr.get(st['master'], st['master'])}" if st["role"] == "slave"
-                          else "serving (promoted)")
+            st, name = followed(cfg, r, regions)
+            standby[r] = f"following {name or st['master']}" if st["role"] == "slave" else "serving (promoted)"
     lb = LoadBalancer(Path(cfg.data_dir) / "lb")
     started_lb = False
     if not lb.pid():
-        lb.start(regions, {r: f"127.0.0.1:{local_port(r)}" for r in rcs}, "127.0.0.1:8080")
+        lb.start(regions, local_backends(regions), "127.0.0.1:8080")
         started_lb = True
     if lb.servers().get(region, {}).get("status", "").startswith("MAINT"):
         lb.set_state(region, "ready")   # left out by an earlier failover

