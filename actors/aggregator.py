@@ -32,10 +32,18 @@ class StreamAggregator:
         self.name = name
         self.block_ms = block_ms
         self.r = redis.Redis.from_url(c.redis_url, socket_timeout=5)
-        self.core = AggregatorCore(self.r, make_log(c, self.r), item_ids, item_vectors,
-                                   StreamSettings(session_len=c.stream.session_len,
-                                                  context_ttl_s=c.stream.context_ttl_s,
-                                                  vector_decay=c.stream.vector_decay, batch=c.stream.read_batch))
+        self.core = AggregatorCore(
+            self.r,
+            make_log(c, self.r),
+            item_ids,
+            item_vectors,
+            StreamSettings(
+                session_len=c.stream.session_len,
+                context_ttl_s=c.stream.context_ttl_s,
+                vector_decay=c.stream.vector_decay,
+                batch=c.stream.read_batch,
+            ),
+        )
         saved = self.r.get(keys.assignment(name, self.core.s.prefix))
         self.core.assign(json.loads(saved) if saved else [])
         self.lock = threading.Lock()
@@ -48,7 +56,7 @@ class StreamAggregator:
         while not self.stop.is_set():
             try:
                 with self.lock:
-                    self.core.step(self.block_ms)   # waits on the log, not in a polling loop
+                    self.core.step(self.block_ms)  # waits on the log, not in a polling loop
                 self.error = None
             except Exception as e:  # noqa: BLE001 - Redis or the broker away: nothing committed, retry
                 self.error = f"{type(e).__name__}: {e}"
@@ -65,9 +73,15 @@ class StreamAggregator:
     def stats(self) -> dict:
         import os
 
-        return {"name": self.name, "partitions": self.core.partitions, "processed": self.core.processed,
-                "fenced": self.core.fenced, "error": self.error, "pid": os.getpid(),
-                "node": ray.get_runtime_context().get_node_id()}
+        return {
+            "name": self.name,
+            "partitions": self.core.partitions,
+            "processed": self.core.processed,
+            "fenced": self.core.fenced,
+            "error": self.error,
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+        }
 
     def pid(self) -> int:
         import os

@@ -33,7 +33,7 @@ class Replicator:
         keys_at = 0.0
         while not self.stop.is_set():
             try:
-                if time.monotonic() - keys_at >= self.keys_every_s:   # API keys: merged when they changed
+                if time.monotonic() - keys_at >= self.keys_every_s:  # API keys: merged when they changed
                     self.mirror.sync_keys()
                     keys_at = time.monotonic()
                 moved = self.mirror.step()

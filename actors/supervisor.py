@@ -68,8 +68,12 @@ class StreamSupervisorActor:
         return len(self.sup.members)
 
     def stats(self) -> dict:
-        return {**self.sup.stats(), "apps": self._apps(), "error": self.error,
-                "node": ray.get_runtime_context().get_node_id()}
+        return {
+            **self.sup.stats(),
+            "apps": self._apps(),
+            "error": self.error,
+            "node": ray.get_runtime_context().get_node_id(),
+        }
 
     def lag(self) -> dict[int, int]:
         return self.sup.lag()
@@ -90,9 +94,10 @@ def ensure_supervisor(cfg, app: str | None, registry_uri: str | None = None, res
     """Get-or-create the detached supervisor of cfg's event log, wait until it runs, and attach
     `app` to it (when given); returns its handle. Needs a connected Ray."""
     opts = {"resources": dict(resources)} if resources else {}
-    h = StreamSupervisorActor.options(name=supervisor_name(cfg), namespace=NAMESPACE, get_if_exists=True,
-                                      lifetime="detached", **opts).remote(cfg.model_dump(mode="json"), registry_uri)
-    ray.get(h.attach.remote(app) if app else h.stats.remote(), timeout=120)   # up (and attached)
+    h = StreamSupervisorActor.options(
+        name=supervisor_name(cfg), namespace=NAMESPACE, get_if_exists=True, lifetime="detached", **opts
+    ).remote(cfg.model_dump(mode="json"), registry_uri)
+    ray.get(h.attach.remote(app) if app else h.stats.remote(), timeout=120)  # up (and attached)
     return h
 
 
@@ -112,9 +117,9 @@ def stop_supervisor(cfg, app: str, timeout_s: float = 30.0) -> bool:
     try:
         last = ray.get(h.detach.remote(app), timeout=timeout_s)
     except ray.exceptions.RayActorError:
-        return True     # already gone
+        return True  # already gone
     if not last:
-        return False    # other applications still use the stream
+        return False  # other applications still use the stream
     ray.kill(h, no_restart=True)
     deadline = time.monotonic() + timeout_s
     while get_supervisor(cfg) is not None and time.monotonic() < deadline:

@@ -37,14 +37,23 @@ def _gpu_index(index, use_gpu: bool):
 class ShardReplica:
     """The actor's body, usable without Ray (tests call it directly)."""
 
-    def __init__(self, name: str, replica_dir: str, wal_path: str, cfg: dict, dim: int,
-                 artifact: str | None = None, metas_path: str | None = None, use_gpu: bool = False,
-                 keep_snapshots: int = 2):
+    def __init__(
+        self,
+        name: str,
+        replica_dir: str,
+        wal_path: str,
+        cfg: dict,
+        dim: int,
+        artifact: str | None = None,
+        metas_path: str | None = None,
+        use_gpu: bool = False,
+        keep_snapshots: int = 2,
+    ):
         self.name = name
         self.cfg = IndexConfig(**cfg)
         self.dir = Path(replica_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.wal = WriteAheadLog(wal_path, counter=False)   # the routers write it; this replica replays it
+        self.wal = WriteAheadLog(wal_path, counter=False)  # the routers write it; this replica replays it
         self.keep = keep_snapshots
         self.restored_from = "empty"
         self.core = None
@@ -64,8 +73,9 @@ class ShardReplica:
         if self.core is None:
             self.core = ShardCore(dim, self.cfg, name=name)
         self.core.background_rebuild = True  # rebuilds never stall the actor's queries
-        self.core.index, self.core.use_gpu = _gpu_index(self.core.index, use_gpu) if self.core.index is not None \
-            else (None, False)
+        self.core.index, self.core.use_gpu = (
+            _gpu_index(self.core.index, use_gpu) if self.core.index is not None else (None, False)
+        )
         self.replayed = self.catch_up()
 
     def catch_up(self) -> int:
@@ -84,7 +94,7 @@ class ShardReplica:
 
     def apply(self, rec: dict) -> int:
         """Apply a logged write; a replica that missed earlier records reads them from the log first."""
-        if rec.get("prev", rec["seq"] - 1) > self.core.version:   # it missed a record of its log
+        if rec.get("prev", rec["seq"] - 1) > self.core.version:  # it missed a record of its log
             self.catch_up()
         if rec["seq"] > self.core.version:
             self._apply(rec)
@@ -99,7 +109,7 @@ class ShardReplica:
     def snapshot(self) -> dict:
         man = self.core.snapshot(self.dir)
         snaps = sorted(self.dir.glob("snap-*"))
-        for old in snaps[:-self.keep]:
+        for old in snaps[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return man
 
@@ -110,8 +120,7 @@ class ShardReplica:
         return self.core.load_items(data["ids"], data["vectors"], data["metas"], data["seqs"])
 
     def stats(self) -> dict:
-        return {**self.core.stats(), "restored_from": self.restored_from, "replayed": self.replayed,
-                "pid": os.getpid()}
+        return {**self.core.stats(), "restored_from": self.restored_from, "replayed": self.replayed, "pid": os.getpid()}
 
     def version(self) -> int:
         return self.core.version

@@ -62,15 +62,24 @@ def colocated(cfg: Config, colocate: bool | str | None = None) -> dict[str, bool
     or False (a deployment of its own, called through its handle)."""
     c = cfg.serve.colocate if colocate is None else colocate
     if c == "auto":
-        return {"score": not cfg.serve.ranker_num_gpus, "select": True,
-                "explain": cfg.explainer.backend == "templates"}
+        return {"score": not cfg.serve.ranker_num_gpus, "select": True, "explain": cfg.explainer.backend == "templates"}
     return dict.fromkeys(("score", "select", "explain"), bool(c))
 
 
-def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | None = None, cache: bool = True,
-              name: str = "recserve", ranker_version: str | None = None, router_replicas: int | None = None,
-              affinity: bool | None = None, autoscaling: dict | None = None, router_options: dict | None = None,
-              colocate: bool | str | None = None, stream: bool = True):
+def build_app(
+    cfg: Config,
+    registry_uri: str | None = None,
+    index_root: str | None = None,
+    cache: bool = True,
+    name: str = "recserve",
+    ranker_version: str | None = None,
+    router_replicas: int | None = None,
+    affinity: bool | None = None,
+    autoscaling: dict | None = None,
+    router_options: dict | None = None,
+    colocate: bool | str | None = None,
+    stream: bool = True,
+):
     """The application: the Router, and the Ranker, Bandit and Explainer deployments for the ports
     that do not run inside it (`colocated`); and the stream (`stream`): the detached supervisor of
     the configured event log (actors/supervisor.py), got or created here so that whatever deploys
@@ -84,7 +93,9 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
 
     if cfg.stream.backend == "kafka" and not cfg.stream.bootstrap_servers:
         # the replicas get the config, not this process's environment: the broker goes with it
-        cfg = cfg.model_copy(update={"stream": cfg.stream.model_copy(update={"bootstrap_servers": cfg.kafka_bootstrap})})
+        cfg = cfg.model_copy(
+            update={"stream": cfg.stream.model_copy(update={"bootstrap_servers": cfg.kafka_bootstrap})}
+        )
     reg = Registry(registry_uri or cfg.registry_uri, cfg.registry.keep)
     if stream:
         from actors.supervisor import ensure_supervisor
@@ -99,8 +110,9 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
             kw["autoscaling_config"] = autoscaling[dep]
         return kw
 
-    root = index_root or (str(Path(s.index_root) / name) if s.index_root else
-                          str(Path(cfg.data_dir).resolve() / f"index-live-{name}"))
+    root = index_root or (
+        str(Path(s.index_root) / name) if s.index_root else str(Path(cfg.data_dir).resolve() / f"index-live-{name}")
+    )
     replicas = router_replicas or s.router_replicas
     share_as = f"{name}-{reg.resolve('index')}" if (replicas > 1 or "Router" in autoscaling) else None
     router_kw = {"num_replicas": replicas, **(router_options or {})}
@@ -115,18 +127,23 @@ def build_app(cfg: Config, registry_uri: str | None = None, index_root: str | No
         router_kw["user_config"] = {"ranker": choice.ranker_spec}
     else:
         ranker_opts = {"num_gpus": s.ranker_num_gpus, "num_cpus": 0.1} if s.ranker_num_gpus else {"num_cpus": 0.1}
-        choice.score = _pinned(Ranker.options(**opts("Ranker", user_config=ranker_spec(cfg, reg, ranker_version),
-                                                     ray_actor_options=ranker_opts)), _version(ranker_opts)).bind()
+        choice.score = _pinned(
+            Ranker.options(
+                **opts("Ranker", user_config=ranker_spec(cfg, reg, ranker_version), ray_actor_options=ranker_opts)
+            ),
+            _version(ranker_opts),
+        ).bind()
     if not inproc["select"]:
-        choice.select = _pinned(Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share,
-                                                                           s.bandit_uniform)).bind(
-            cfg.redis_url, s.bandit_share, uniform=s.bandit_uniform)
+        choice.select = _pinned(
+            Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share, s.bandit_uniform)
+        ).bind(cfg.redis_url, s.bandit_share, uniform=s.bandit_uniform)
     if not inproc["explain"]:
         ec = cfg.explainer
         explainer_opts = {"num_cpus": 0.1, **({"num_gpus": ec.num_gpus} if ec.num_gpus else {})}
-        choice.explain = _pinned(Explainer.options(**opts("Explainer", ray_actor_options=explainer_opts)),
-                                 _version(ec.model_dump(mode="json"), s.explainer_budget_ms, reg.uri)).bind(
-            cfg.model_dump(mode="json"), reg.uri)
+        choice.explain = _pinned(
+            Explainer.options(**opts("Explainer", ray_actor_options=explainer_opts)),
+            _version(ec.model_dump(mode="json"), s.explainer_budget_ms, reg.uri),
+        ).bind(cfg.model_dump(mode="json"), reg.uri)
     args = (cfg.model_dump(mode="json"), reg.uri, root)
     kw = {"replicas": s.index_replicas, "cache": cache, "share_as": share_as, "stream": stream}
     # the router's version leaves out the ranker's spec (it arrives as user_config: a new model

@@ -14,11 +14,19 @@ class Bandit:
     def __init__(self, redis_url: str, share: float = 0.2, prefix: str = "bandit", uniform: float = 0.1):
         import redis
 
-        self.bandit = ThompsonBandit(redis.Redis.from_url(redis_url, socket_timeout=2), prefix=prefix, share=share,
-                                    uniform=uniform)
+        self.bandit = ThompsonBandit(
+            redis.Redis.from_url(redis_url, socket_timeout=2), prefix=prefix, share=share, uniform=uniform
+        )
 
-    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
-                     arm: str | None = None) -> Slate:
+    async def select(
+        self,
+        ranked: list[int],
+        k: int,
+        user_id: int,
+        request_id: str,
+        share: float | None = None,
+        arm: str | None = None,
+    ) -> Slate:
         """The slate shown to the user; the impression is logged with its propensities (and the
         experiment's arm; `share`: the arm's exploration share)."""
         return self.bandit.choose(ranked, k, user_id, request_id, share, arm)

@@ -23,7 +23,7 @@ class Ranker:
         if self.ranker.device == "cpu":
             torch.set_num_threads(1)  # batches are small; threads only fight the other replicas for cores
         self.pending = 0
-        self.versions = RankerVersions(self.ranker, keep=4)   # experiments' arms' versions beside it: the last few
+        self.versions = RankerVersions(self.ranker, keep=4)  # experiments' arms' versions beside it: the last few
 
     def reconfigure(self, user_config: dict) -> None:
         """A new registry version in place (Serve's user_config), without a restart."""

@@ -2,6 +2,8 @@
 replica's `RecService` (recserve.serving.service), built once from the ports `deployments/app.py`
 chose (recserve.serving.wiring). Errors follow recserve.api's contract: 4xx JSON naming the field,
 never a 5xx for bad input; a failing dependency lowers the degradation level instead."""
+
+import contextlib
 import json
 from typing import Annotated
 
@@ -33,12 +35,25 @@ install_error_handlers(api)
 install_auth(api)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_queued_requests=256,
-                  backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1))
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.1},
+    max_ongoing_requests=64,
+    max_queued_requests=256,
+    backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1),
+)
 @serve.ingress(api)
 class Router:
-    async def __init__(self, cfg: dict, registry_uri: str, index_root: str, choice, replicas: int = 1,
-                       cache: bool = True, share_as: str | None = None, stream: bool = True):
+    async def __init__(
+        self,
+        cfg: dict,
+        registry_uri: str,
+        index_root: str,
+        choice,
+        replicas: int = 1,
+        cache: bool = True,
+        share_as: str | None = None,
+        stream: bool = True,
+    ):
         import asyncio
 
         from recserve.config import Config
@@ -47,14 +62,22 @@ class Router:
         ctx = serve.get_replica_context()
         c = Config.model_validate(cfg)
         self.stream = stream
-        if stream:   # this application uses the stream: its supervisor runs (again) and knows it
+        if stream:  # this application uses the stream: its supervisor runs (again) and knows it
             from actors.supervisor import ensure_supervisor
 
             await asyncio.to_thread(ensure_supervisor, c, ctx.app_name, registry_uri, c.stream.supervisor_resources)
-        self.svc = await build_service(c, registry_uri, index_root, choice, replicas,
-                                       cache, share_as, replica=str(getattr(ctx.replica_id, "unique_id", ctx.replica_id)))
-        AuthGate.gate = self.svc.gate   # this process's key check (the middleware in front of the routes)
-        api.state.vector_dim = self.svc.index.dim   # the schema says what PUT /v1/items needs
+        self.svc = await build_service(
+            c,
+            registry_uri,
+            index_root,
+            choice,
+            replicas,
+            cache,
+            share_as,
+            replica=str(getattr(ctx.replica_id, "unique_id", ctx.replica_id)),
+        )
+        AuthGate.gate = self.svc.gate  # this process's key check (the middleware in front of the routes)
+        api.state.vector_dim = self.svc.index.dim  # the schema says what PUT /v1/items needs
 
     async def __del__(self):
         """Graceful shutdown: background tasks stop, pending impressions and metrics are flushed;
@@ -70,17 +93,15 @@ class Router:
             st = serve.status().applications.get(app)
             deleting = st is None or str(st.status).endswith("DELETING")
         except Exception:  # noqa: BLE001 - no answer: leave the shared actors to the other replicas (if
-            pass           # the cluster itself is going away, they end with it)
+            pass  # the cluster itself is going away, they end with it)
         await self.svc.close(stop_shared_index=deleting)
-        if deleting and self.stream:   # the stream ends with the last application using it
+        if deleting and self.stream:  # the stream ends with the last application using it
             import asyncio
 
             from actors.supervisor import stop_supervisor
 
-            try:
+            with contextlib.suppress(Exception):  # best effort: the cluster may be going away
                 await asyncio.to_thread(stop_supervisor, self.svc.cfg, app, 20.0)
-            except Exception:  # noqa: BLE001 - best effort: the cluster may be going away
-                pass
 
     def reconfigure(self, user_config: dict) -> None:
         """An in-process ranker's new model version arrives here (user_config), in place."""
@@ -93,23 +114,43 @@ class Router:
         if req.session_items is not None:
             unknown = await self.svc.unknown_items(req.session_items)
             if unknown:
-                return JSONResponse(error_body("invalid_request", f"session_items: {unknown[:10]} are in no "
-                                               f"catalogue (neither trained on nor added with PUT /v1/items)",
-                                               "session_items"), 422)
-        body = await self.svc.recommend(req.user_id, req.k,
-                                        req.filters.model_dump(exclude_none=True) if req.filters else None,
-                                        req.explain, key, session=req.session_items,
-                                        session_id=req.context.get("session_id"))
+                return JSONResponse(
+                    error_body(
+                        "invalid_request",
+                        f"session_items: {unknown[:10]} are in no "
+                        f"catalogue (neither trained on nor added with PUT /v1/items)",
+                        "session_items",
+                    ),
+                    422,
+                )
+        body = await self.svc.recommend(
+            req.user_id,
+            req.k,
+            req.filters.model_dump(exclude_none=True) if req.filters else None,
+            req.explain,
+            key,
+            session=req.session_items,
+            session_id=req.context.get("session_id"),
+        )
         return Response(body, media_type="application/json")
 
-    @api.get("/v1/items/{item_id}/similar", response_model=SimilarResponse,
-             responses={404: {"description": "the item is not in the catalogue"}})
-    async def similar(self, item_id: int, k: int = Query(10, ge=1, le=MAX_K),
-                      categories: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Query(
-                          None, max_length=10),
-                      exclude_ids: list[int] | None = Query(None, max_length=100),
-                      attributes: str | None = Query(None, max_length=1000, description="a JSON object: attribute "
-                                                     "name -> the values allowed, as in recommend's filters")):
+    @api.get(
+        "/v1/items/{item_id}/similar",
+        response_model=SimilarResponse,
+        responses={404: {"description": "the item is not in the catalogue"}},
+    )
+    async def similar(
+        self,
+        item_id: int,
+        k: int = Query(10, ge=1, le=MAX_K),
+        categories: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Query(None, max_length=10),
+        exclude_ids: list[int] | None = Query(None, max_length=100),
+        attributes: str | None = Query(
+            None,
+            max_length=1000,
+            description="a JSON object: attribute name -> the values allowed, as in recommend's filters",
+        ),
+    ):
         """More like this: the items nearest to `item_id` in the index, within the filters. The
         filters' bounds keep the URL, percent-encoded, well under the ingress's 16 KB (HAProxy's
         buffer; past it HAProxy itself answers 400 in HTML): longer filters go in a recommend body."""
@@ -120,11 +161,14 @@ class Router:
         # validation handler (recserve.serving.api.install_error_handlers) like any other
         try:
             given = json.loads(attributes) if attributes is not None else None
-        except ValueError as e:   # JSONDecodeError
-            raise RequestValidationError([{"loc": ("query", "attributes"), "msg": f"not a JSON object ({e})",
-                                           "type": "json_invalid_query"}]) from None
+        except ValueError as e:  # JSONDecodeError
+            raise RequestValidationError(
+                [{"loc": ("query", "attributes"), "msg": f"not a JSON object ({e})", "type": "json_invalid_query"}]
+            ) from None
         try:
-            flt = Filters(categories=categories, exclude_ids=exclude_ids, attributes=given).model_dump(exclude_none=True)
+            flt = Filters(categories=categories, exclude_ids=exclude_ids, attributes=given).model_dump(
+                exclude_none=True
+            )
         except ValidationError as e:
             raise RequestValidationError(e.errors()) from None
         key = json.dumps([k, flt], sort_keys=True)
@@ -135,8 +179,9 @@ class Router:
 
     @api.post("/v1/events", status_code=202)
     async def events(self, req: EventsRequest, request: Request):
-        code, body, headers = await self.svc.events([e.model_dump() for e in req.events],
-                                                    request.scope.get("recserve.key"))
+        code, body, headers = await self.svc.events(
+            [e.model_dump() for e in req.events], request.scope.get("recserve.key")
+        )
         return JSONResponse(body, code, headers=headers)
 
     @api.post("/v1/feedback")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from recserve.config import ConfigError, load_config
 from recserve.registry import Registry, RegistryError
@@ -16,14 +16,22 @@ USER_ERRORS = (ConfigError, DataError, RegistryError, FileNotFoundError, ValueEr
 
 
 def parser(name: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python -m pipelines.{name}", description=description,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Runs locally, or on a cluster with:\n  ray job submit --address "
-                                       "http://127.0.0.1:8265 --working-dir . -- python -m pipelines." + name + " ...")
+    p = argparse.ArgumentParser(
+        prog=f"python -m pipelines.{name}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Runs locally, or on a cluster with:\n  ray job submit --address "
+        "http://127.0.0.1:8265 --working-dir . -- python -m pipelines." + name + " ...",
+    )
     p.add_argument("--config", help="recserve.yaml to use (default: ./recserve.yaml or $RECSERVE_CONFIG)")
     p.add_argument("--registry", help="registry path or pyarrow.fs URI (default: config registry.uri)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set embeddings.epochs=5 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set embeddings.epochs=5 (repeatable)",
+    )
     return p
 
 

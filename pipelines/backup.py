@@ -1,6 +1,6 @@
 """Ray job: a backup of the stack's state (see recserve.backup).
 
-    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.backup --to /backups
+ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.backup --to /backups
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ def main(argv=None):
             args.set.append(f"index.kind={args.kind}")
         cfg, reg = setup(args)
         from recserve.offline.jobs import build_index
+
         return {"index": build_index(cfg, args.embeddings_version, reg)}
 
     run(go)

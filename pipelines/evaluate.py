@@ -10,13 +10,15 @@ def main(argv=None):
     p = parser("evaluate", __doc__)
     p.add_argument("--dataset", required=True, help="dataset directory")
     p.add_argument("--out", help="write the JSON here (and .md / .png beside it)")
-    p.add_argument("--methods", default="popularity,als,ease,retrieval,retrieval_ranker",
-                   help="comma-separated subset of methods")
+    p.add_argument(
+        "--methods", default="popularity,als,ease,retrieval,retrieval_ranker", help="comma-separated subset of methods"
+    )
     args = p.parse_args(argv)
 
     def go():
         cfg, reg = setup(args)
         from recserve.offline.jobs import METHODS, evaluate, markdown_table
+
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
         unknown = [m for m in methods if m not in METHODS]
         if unknown:

@@ -16,16 +16,30 @@ from pipelines._cli import parser, run, setup
 def main(argv=None):
     p = parser("ope", __doc__)
     p.add_argument("--source", choices=("live", "simulate"), default="live")
-    p.add_argument("--ranker-version", action="append", default=[], dest="versions",
-                   help="another registry version of the ranker to judge (repeatable)")
-    p.add_argument("--impressions", type=int, default=50_000,
-                   help="simulate: impressions to log; live: the newest this many")
+    p.add_argument(
+        "--ranker-version",
+        action="append",
+        default=[],
+        dest="versions",
+        help="another registry version of the ranker to judge (repeatable)",
+    )
+    p.add_argument(
+        "--impressions", type=int, default=50_000, help="simulate: impressions to log; live: the newest this many"
+    )
     p.add_argument("--dataset", help="simulate: the generated world (default: the one the embeddings were trained on)")
-    p.add_argument("--warmup", type=int, default=20_000, help="simulate: impressions the bandit learns from before "
-                                                              "its posteriors are frozen as the 'current bandit'")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=20_000,
+        help="simulate: impressions the bandit learns from before its posteriors are frozen as the 'current bandit'",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--replications", type=int, default=0, help="simulate: more runs with seeds seed+1.. (coverage "
-                                                                "and order-agreement rates)")
+    p.add_argument(
+        "--replications",
+        type=int,
+        default=0,
+        help="simulate: more runs with seeds seed+1.. (coverage and order-agreement rates)",
+    )
     p.add_argument("--out", help="write the JSON here too (and .md / .png beside it)")
     args = p.parse_args(argv)
 
@@ -44,17 +58,31 @@ def main(argv=None):
 
         @ray.remote(num_cpus=1)
         def job():
-            log = lambda m: print(f"[ope] {m}", flush=True)   # noqa: E731
+            log = lambda m: print(f"[ope] {m}", flush=True)  # noqa: E731
             if args.source == "simulate":
                 from recserve.artifacts import trained_on
 
-                return ope.simulate(cfg, args.dataset or trained_on(reg), reg, args.impressions,
-                                    warmup=args.warmup, versions=args.versions, seed=args.seed,
-                                    replications=args.replications, log=log)
+                return ope.simulate(
+                    cfg,
+                    args.dataset or trained_on(reg),
+                    reg,
+                    args.impressions,
+                    warmup=args.warmup,
+                    versions=args.versions,
+                    seed=args.seed,
+                    replications=args.replications,
+                    log=log,
+                )
             import redis
 
-            return ope.evaluate_live(cfg, reg, redis.Redis.from_url(cfg.redis_url), max_impressions=args.impressions,
-                                     versions=args.versions, log=log)
+            return ope.evaluate_live(
+                cfg,
+                reg,
+                redis.Redis.from_url(cfg.redis_url),
+                max_impressions=args.impressions,
+                versions=args.versions,
+                log=log,
+            )
 
         report = ray.get(job.remote())
         report["version"] = ope.publish(reg, report, {"source": args.source})

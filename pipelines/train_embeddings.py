@@ -9,13 +9,18 @@ from pipelines._cli import parser, run, setup
 def main(argv=None):
     p = parser("train_embeddings", __doc__)
     p.add_argument("--dataset", required=True, help="dataset directory (generate_world / import_movielens)")
-    p.add_argument("--holdout", type=float, default=0.0,
-                   help="train on all but the last HOLDOUT share of each user's events (0 = all; eval uses 0.2)")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="train on all but the last HOLDOUT share of each user's events (0 = all; eval uses 0.2)",
+    )
     args = p.parse_args(argv)
 
     def go():
         cfg, reg = setup(args)
         from recserve.offline.jobs import train_embeddings
+
         return {"embeddings": train_embeddings(cfg, args.dataset, args.holdout, reg)}
 
     run(go)

@@ -16,6 +16,7 @@ def main(argv=None):
     def go():
         cfg, reg = setup(args)
         from recserve.offline.jobs import train_ranker
+
         return {"ranker": train_ranker(cfg, args.dataset, args.holdout, reg, args.embeddings_version)}
 
     run(go)

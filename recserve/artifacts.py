@@ -65,8 +65,10 @@ def routing(index_dir: str | Path) -> dict:
 def dataset_meta(dataset_dir: str | Path) -> dict:
     d = Path(dataset_dir)
     if not (d / DATASET_META).exists():
-        raise DataError(f"{d} is not a dataset directory (no {DATASET_META}); create one with "
-                        f"`python -m pipelines.generate_world` or `python -m pipelines.import_movielens`")
+        raise DataError(
+            f"{d} is not a dataset directory (no {DATASET_META}); create one with "
+            f"`python -m pipelines.generate_world` or `python -m pipelines.import_movielens`"
+        )
     return json.loads((d / DATASET_META).read_text())
 
 

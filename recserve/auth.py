@@ -42,10 +42,10 @@ def required_scope(method: str, path: str) -> str | None:
     if path == "/v1/feedback":
         return "feedback"
     if method.upper() == "GET" and path.startswith("/v1/items/") and path.endswith("/similar"):
-        return "recommend"   # "more like this" reads what recommend reads
+        return "recommend"  # "more like this" reads what recommend reads
     if path == "/v1/items" or path.startswith("/v1/items/"):
         return "catalogue"
-    return "admin"   # status, forgetting a user, anything else (an unknown path needs a key too)
+    return "admin"  # status, forgetting a user, anything else (an unknown path needs a key too)
 
 
 def digest(key: str) -> str:
@@ -86,8 +86,9 @@ class KeyStore:
     def __init__(self, r):
         self.r = r
 
-    def create(self, name: str, scopes: str | list[str], quota: dict | None = None,
-               key: str | None = None) -> tuple[str, str]:
+    def create(
+        self, name: str, scopes: str | list[str], quota: dict | None = None, key: str | None = None
+    ) -> tuple[str, str]:
         """(key id, the key itself): the key is shown this once and stored only hashed. `key`: one
         created before in another store (another region's Redis), made valid here too."""
         sc = parse_scopes(scopes)
@@ -101,8 +102,14 @@ class KeyStore:
             if m is None:
                 raise AuthError("not a recserve key (rs_<id>_<secret>, as `recserve keys create` prints)")
             kid = m.group(1)
-        rec = {"name": name, "scopes": ",".join(sc), "quota": json.dumps(quota or {}),
-               "created": str(int(time.time())), "revoked": "0", "hash": digest(key)}
+        rec = {
+            "name": name,
+            "scopes": ",".join(sc),
+            "quota": json.dumps(quota or {}),
+            "created": str(int(time.time())),
+            "revoked": "0",
+            "hash": digest(key),
+        }
         self._put(kid, rec, rec["hash"])
         return kid, key
 
@@ -130,12 +137,19 @@ class KeyStore:
         for kid in sorted(x.decode() for x in self.r.smembers(K.AUTH_IDS)):
             rec = {k.decode(): v.decode() for k, v in self.r.hgetall(K.auth_key(kid)).items()}
             if rec:
-                out.append({"id": kid, "name": rec["name"], "scopes": rec["scopes"].split(","),
-                            "quota": json.loads(rec.get("quota") or "{}"), "created": int(rec["created"]),
-                            "revoked": int(rec.get("revoked", 0)) or None})
+                out.append(
+                    {
+                        "id": kid,
+                        "name": rec["name"],
+                        "scopes": rec["scopes"].split(","),
+                        "quota": json.loads(rec.get("quota") or "{}"),
+                        "created": int(rec["created"]),
+                        "revoked": int(rec.get("revoked", 0)) or None,
+                    }
+                )
         return out
 
-    def merge_from(self, src: "KeyStore") -> int:
+    def merge_from(self, src: KeyStore) -> int:
         """Another region's keys made valid here too (cross-region replication, both ways): a key there
         and not here is added; one revoked there is revoked here (a revocation wins, wherever it was
         made). Returns how many keys changed here."""
@@ -199,12 +213,13 @@ class Gate:
     Looked-up keys are remembered until `auth:gen` changes; a Redis that cannot be reached keeps
     the remembered keys working and refuses unknown ones with 503 (it cannot tell)."""
 
-    def __init__(self, aredis, quotas: dict[str, dict[str, float]] | None = None, replicas: int = 1,
-                 enabled: bool = True):
+    def __init__(
+        self, aredis, quotas: dict[str, dict[str, float]] | None = None, replicas: int = 1, enabled: bool = True
+    ):
         from recserve.config import _default_quotas
 
         self.r = aredis
-        self.quotas = {**_default_quotas(), **(quotas or {})}   # a scope the config leaves out keeps its default
+        self.quotas = {**_default_quotas(), **(quotas or {})}  # a scope the config leaves out keeps its default
         self.share = 1.0 / max(1, replicas)
         self.enabled = enabled
         self.known: dict[str, Principal | None] = {}
@@ -228,9 +243,13 @@ class Gate:
         if kid is not None:
             rec = await self.r.hgetall(K.auth_key(kid.decode()))
             if rec and rec.get(b"revoked", b"0") == b"0":
-                p = Principal(kid.decode(), rec[b"name"].decode(), frozenset(rec[b"scopes"].decode().split(",")),
-                              json.loads(rec.get(b"quota", b"{}") or b"{}"))
-        if len(self.known) > 100_000:   # guessed keys must not grow it without end
+                p = Principal(
+                    kid.decode(),
+                    rec[b"name"].decode(),
+                    frozenset(rec[b"scopes"].decode().split(",")),
+                    json.loads(rec.get(b"quota", b"{}") or b"{}"),
+                )
+        if len(self.known) > 100_000:  # guessed keys must not grow it without end
             self.known.clear()
         self.known[h] = p
         return p
@@ -250,28 +269,49 @@ class Gate:
             return None, None
         if not authorization:
             self.refused["401"] += 1
-            return (401, "unauthenticated", "this endpoint needs an API key: send 'Authorization: Bearer <key>' "
-                    "(`recserve keys create` makes one)", {"WWW-Authenticate": "Bearer"}), None
+            return (
+                401,
+                "unauthenticated",
+                "this endpoint needs an API key: send 'Authorization: Bearer <key>' (`recserve keys create` makes one)",
+                {"WWW-Authenticate": "Bearer"},
+            ), None
         kind, _, key = authorization.partition(" ")
         if kind.lower() != "bearer" or not key.strip():
             self.refused["401"] += 1
-            return (401, "unauthenticated", "the Authorization header must read 'Bearer <key>'",
-                    {"WWW-Authenticate": "Bearer"}), None
+            return (
+                401,
+                "unauthenticated",
+                "the Authorization header must read 'Bearer <key>'",
+                {"WWW-Authenticate": "Bearer"},
+            ), None
         try:
             p = await self._lookup(key.strip())
         except Exception as e:  # noqa: BLE001 - Redis away and the key not seen before
-            return (503, "unavailable", f"the key store cannot be reached ({type(e).__name__}) to check this key; "
-                    "retry after the Retry-After delay", {"Retry-After": "2"}), None
+            return (
+                503,
+                "unavailable",
+                f"the key store cannot be reached ({type(e).__name__}) to check this key; "
+                "retry after the Retry-After delay",
+                {"Retry-After": "2"},
+            ), None
         if p is None:
             self.refused["401"] += 1
             return (401, "unauthenticated", "unknown or revoked API key", {"WWW-Authenticate": "Bearer"}), None
         if not p.allows(scope):
             self.refused["403"] += 1
-            return (403, "forbidden", f"key {p.id} ({p.name}) lacks the {scope!r} scope (it has "
-                    f"{', '.join(sorted(p.scopes))})", None), p
+            return (
+                403,
+                "forbidden",
+                f"key {p.id} ({p.name}) lacks the {scope!r} scope (it has {', '.join(sorted(p.scopes))})",
+                None,
+            ), p
         wait = self._bucket(p, scope).take()
         if wait > 0:
             self.refused["429"] += 1
-            return (429, "over_quota", f"key {p.id} is over its {scope!r} quota; retry after the Retry-After delay",
-                    {"Retry-After": str(max(1, int(wait + 0.999)))}), p
+            return (
+                429,
+                "over_quota",
+                f"key {p.id} is over its {scope!r} quota; retry after the Retry-After delay",
+                {"Retry-After": str(max(1, int(wait + 0.999)))},
+            ), p
         return None, p

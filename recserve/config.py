@@ -30,12 +30,15 @@ class RedisConfig(_Strict):
     url: str | None = Field(None, description="external Redis (redis://host:port/db); None = embedded")
     host: str = "127.0.0.1"
     port: int = Field(6390, ge=1, le=65535)
-    appendfsync: Literal["everysec", "always", "no"] = "always"   # an acknowledged write survives a host crash
+    appendfsync: Literal["everysec", "always", "no"] = "always"  # an acknowledged write survives a host crash
     maxmemory_mb: int = Field(0, ge=0, description="0 = no limit")
-    password: str | None = Field(None, description="Redis AUTH (requirepass). Unset: $REDIS_PASSWORD, else the file "
-                                 "$REDIS_PASSWORD_FILE names, else for the embedded Redis the one `recserve up` "
-                                 "generates into <data_dir>/redis.password (mode 0600). Put into redis.url when "
-                                 "that URL carries none")
+    password: str | None = Field(
+        None,
+        description="Redis AUTH (requirepass). Unset: $REDIS_PASSWORD, else the file "
+        "$REDIS_PASSWORD_FILE names, else for the embedded Redis the one `recserve up` "
+        "generates into <data_dir>/redis.password (mode 0600). Put into redis.url when "
+        "that URL carries none",
+    )
 
 
 class RayConfig(_Strict):
@@ -95,16 +98,26 @@ class RankerConfig(_Strict):
     hidden: int = Field(64, ge=4)
     ensemble: int = Field(5, ge=1, description="MLPs trained with different seeds; scores averaged")
     epochs: int = Field(30, ge=1, description="at most; how many is measured on held-out lists (validation)")
-    validation: float = Field(0.2, ge=0, le=0.5, description="share of the training lists held out (k-fold, "
-                                                            "k = 1 / validation) to find the epoch count "
-                                                            "(0: always `epochs`)")
+    validation: float = Field(
+        0.2,
+        ge=0,
+        le=0.5,
+        description="share of the training lists held out (k-fold, "
+        "k = 1 / validation) to find the epoch count "
+        "(0: always `epochs`)",
+    )
     lr: float = Field(0.003, gt=0)
     batch_size: int = Field(2048, ge=1)
     session_len: int = Field(20, ge=1, description="last N events that make the session context")
-    session_items: int = Field(5, ge=1, le=200, description="the retrieval query folds in the user's last N items "
-                                                           "(recserve.ranking.content.fold_in)...")
-    session_weight: float = Field(0.7, ge=0, le=1, description="...with this share against the trained user "
-                                                               "vector (0: the user vector alone)")
+    session_items: int = Field(
+        5,
+        ge=1,
+        le=200,
+        description="the retrieval query folds in the user's last N items (recserve.ranking.content.fold_in)...",
+    )
+    session_weight: float = Field(
+        0.7, ge=0, le=1, description="...with this share against the trained user vector (0: the user vector alone)"
+    )
     trending_window_s: int = Field(7 * 86400, ge=1)
     seed: int = 0
 
@@ -113,49 +126,78 @@ class ServeConfig(_Strict):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     index_replicas: int = Field(1, ge=1, le=8, description="replicas per vector-index shard")
-    index_root: str | None = Field(None, description="the live index's write-ahead logs and snapshots; null = "
-                                   "<data_dir>/index-live-<app>. Shared storage (NFS...) on a multi-node cluster, so "
-                                   "a shard restarted on another node finds its WAL and snapshots")
-    shard_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per index "
-                                              "shard actor, e.g. {index: 1} on the cluster's state pool")
+    index_root: str | None = Field(
+        None,
+        description="the live index's write-ahead logs and snapshots; null = "
+        "<data_dir>/index-live-<app>. Shared storage (NFS...) on a multi-node cluster, so "
+        "a shard restarted on another node finds its WAL and snapshots",
+    )
+    shard_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources per index shard actor, e.g. {index: 1} on the cluster's state pool",
+    )
     bandit_share: float = Field(0.2, ge=0, le=1, description="share of each list given to exploration")
-    bandit_uniform: float = Field(0.1, ge=0, le=1, description="share of slates whose exploration places are "
-                                  "drawn uniformly instead of by Thompson sampling: every candidate keeps a chance "
-                                  "to be shown, which off-policy evaluation of other policies needs")
+    bandit_uniform: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="share of slates whose exploration places are "
+        "drawn uniformly instead of by Thompson sampling: every candidate keeps a chance "
+        "to be shown, which off-policy evaluation of other policies needs",
+    )
     ranker_quantize: bool = Field(False, description="INT8 dynamic quantisation of the ranker on CPU")
     ranker_dtype: str = Field("float32", pattern="^(float32|float16|bfloat16)$", description="ranker dtype on GPU")
     ranker_num_gpus: float = Field(0.0, ge=0, description="GPUs per ranker replica (fractions allowed)")
     cache_ttl_s: float = Field(600.0, ge=1, description="L1 response cache TTL (the seed's 5-15 min)")
-    affinity: bool = Field(True, description="route a user's requests (header x-session-id: <user_id>) to one "
-                                             "router replica by consistent hashing")
+    affinity: bool = Field(
+        True,
+        description="route a user's requests (header x-session-id: <user_id>) to one "
+        "router replica by consistent hashing",
+    )
     router_replicas: int = Field(1, ge=1, le=64, description="router replicas (without autoscaling)")
-    deadline_ms: float = Field(80.0, gt=0, description="request budget at the origin (the seed's 80 ms): each hop "
-                                                        "gets what is left; past it the answer degrades")
+    deadline_ms: float = Field(
+        80.0,
+        gt=0,
+        description="request budget at the origin (the seed's 80 ms): each hop "
+        "gets what is left; past it the answer degrades",
+    )
     explainer_budget_ms: float = Field(300.0, gt=0, description="most the explainer may take (the seed's 300 ms)")
     breaker_failure_rate: float = Field(0.5, gt=0, le=1, description="circuit breakers: open at this failure share")
     breaker_min_failures: int = Field(10, ge=1, description="...with at least this many failures in the window")
     breaker_window_s: float = Field(30.0, gt=0)
     breaker_open_s: float = Field(30.0, gt=0, description="how long an open breaker stays open")
     breaker_probes: int = Field(5, ge=1, description="half-open probe calls that must succeed to close")
-    colocate: bool | Literal["auto"] = Field("auto", description="where the ranker, bandit and explainer run: "
-                                             "true = inside the router process (no Serve hop), false = each its own "
-                                             "deployment (the cluster topology, serve_config.yaml), auto = in the "
-                                             "router unless the ranker asks for a GPU (ranker_num_gpus) or the "
-                                             "explainer runs a model (explainer.backend is not templates)")
-    ingress: Literal["haproxy", "proxy"] = Field("haproxy", description="haproxy: Ray 2.60's proxy-free ingress (HAProxy "
-                                                 "in front, the router replicas serve HTTP themselves; user affinity by "
-                                                 "HAProxy's balance on x-session-id); proxy: Serve's Python HTTP proxy. "
-                                                 "A cluster-wide setting, applied when the stack starts Ray")
-    drain_s: float = Field(5.0, gt=0, description="with the haproxy ingress: how long a stopping router replica "
-                                                  "keeps serving while HAProxy takes it out of rotation (Ray's "
-                                                  "default 30 s suits HAProxies on many nodes)")
+    colocate: bool | Literal["auto"] = Field(
+        "auto",
+        description="where the ranker, bandit and explainer run: "
+        "true = inside the router process (no Serve hop), false = each its own "
+        "deployment (the cluster topology, serve_config.yaml), auto = in the "
+        "router unless the ranker asks for a GPU (ranker_num_gpus) or the "
+        "explainer runs a model (explainer.backend is not templates)",
+    )
+    ingress: Literal["haproxy", "proxy"] = Field(
+        "haproxy",
+        description="haproxy: Ray 2.60's proxy-free ingress (HAProxy "
+        "in front, the router replicas serve HTTP themselves; user affinity by "
+        "HAProxy's balance on x-session-id); proxy: Serve's Python HTTP proxy. "
+        "A cluster-wide setting, applied when the stack starts Ray",
+    )
+    drain_s: float = Field(
+        5.0,
+        gt=0,
+        description="with the haproxy ingress: how long a stopping router replica "
+        "keeps serving while HAProxy takes it out of rotation (Ray's "
+        "default 30 s suits HAProxies on many nodes)",
+    )
 
 
 class SequenceConfig(_Strict):
     """The sequence model (recserve.ranking.sequence): trained with the embeddings (and again on the
     ranker's inner split), a ranker feature, served from the live context."""
-    enabled: bool = Field(True, description="false: embeddings without a sequence model; the ranker's "
-                                            "sequence_logprob feature is then 0")
+
+    enabled: bool = Field(
+        True, description="false: embeddings without a sequence model; the ranker's sequence_logprob feature is then 0"
+    )
     dim: int = Field(64, ge=4, le=1024)
     max_len: int = Field(50, ge=2, le=1000, description="the last items of a user it reads")
     blocks: int = Field(2, ge=1, le=12)
@@ -163,38 +205,64 @@ class SequenceConfig(_Strict):
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
     max_seconds: float = Field(900.0, gt=0, description="training stops after this many seconds (progress says so)")
-    negatives: int = Field(2048, ge=0, description="sampled softmax: items drawn per batch against each target "
-                                                   "(0: a softmax over every item)")
+    negatives: int = Field(
+        2048,
+        ge=0,
+        description="sampled softmax: items drawn per batch against each target (0: a softmax over every item)",
+    )
     dropout: float = Field(0.2, ge=0, lt=1)
-    candidates: int = Field(0, ge=0, description="a retrieval source beside the index: the model's best N items "
-                                                 "for the user join the index's candidates (0: a ranker feature only)")
+    candidates: int = Field(
+        0,
+        ge=0,
+        description="a retrieval source beside the index: the model's best N items "
+        "for the user join the index's candidates (0: a ranker feature only)",
+    )
 
 
 class ExplainerConfig(_Strict):
     backend: Literal["templates", "transformers", "vllm"] = Field(
-        "templates", description="templates (no model), transformers (CPU or GPU) or vllm (GPU, the llm extra)")
-    model: str | None = Field(None, description="the large tier: a local model directory or a name in the local "
-                                                "Hugging Face cache (nothing is downloaded)")
-    small_model: str | None = Field(None, description="the small tier, used while the queue is deep or the large "
-                                                      "tier is slow (the seed's 7B at peak instead of 70B)")
+        "templates", description="templates (no model), transformers (CPU or GPU) or vllm (GPU, the llm extra)"
+    )
+    model: str | None = Field(
+        None,
+        description="the large tier: a local model directory or a name in the local "
+        "Hugging Face cache (nothing is downloaded)",
+    )
+    small_model: str | None = Field(
+        None,
+        description="the small tier, used while the queue is deep or the large "
+        "tier is slow (the seed's 7B at peak instead of 70B)",
+    )
     device: str = Field("auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     max_new_tokens: int = Field(32, ge=1, le=256, description="one short sentence per item")
-    max_queue: int = Field(128, ge=1, description="requests waiting or generating per replica; past it, "
-                                                  "templates at once")
+    max_queue: int = Field(
+        128, ge=1, description="requests waiting or generating per replica; past it, templates at once"
+    )
     small_tier_queue: int = Field(16, ge=1, description="queue depth from which new requests take the small tier")
     small_tier_p95_ms: float = Field(200.0, gt=0, description="...or the large tier's recent p95 past this")
     cache_entries: int = Field(100_000, ge=0, description="cached sentences per (user, item, facts)")
-    max_batch_prompts: int = Field(64, ge=1, description="prompts per generation call: requests waiting for the "
-                                                         "model share one call, each request's items together")
+    max_batch_prompts: int = Field(
+        64,
+        ge=1,
+        description="prompts per generation call: requests waiting for the "
+        "model share one call, each request's items together",
+    )
     warmup: bool = Field(True, description="one generation per tier at start (pre-warm)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per Explainer replica")
-    cpu_threads: int = Field(1, ge=0, description="torch threads of an Explainer replica generating on the CPU "
-                                                  "(0: torch's default, every core): a model writing in the "
-                                                  "background leaves the other cores to the serving path")
-    faithful: bool | Literal["auto"] = Field("auto", description="the lexical check: a sentence passes only when "
-                                             "its words come from the item's title, its facts and connectives; "
-                                             "auto = on for a real model, off for a random-weight test model")
+    cpu_threads: int = Field(
+        1,
+        ge=0,
+        description="torch threads of an Explainer replica generating on the CPU "
+        "(0: torch's default, every core): a model writing in the "
+        "background leaves the other cores to the serving path",
+    )
+    faithful: bool | Literal["auto"] = Field(
+        "auto",
+        description="the lexical check: a sentence passes only when "
+        "its words come from the item's title, its facts and connectives; "
+        "auto = on for a real model, off for a random-weight test model",
+    )
 
     @model_validator(mode="after")
     def _model_given(self):
@@ -204,35 +272,57 @@ class ExplainerConfig(_Strict):
 
 
 class StreamConfig(_Strict):
-    backend: Literal["redis", "kafka"] = Field("redis", description="the event log: Redis Streams (embedded) "
-                                               "or a Kafka-protocol broker")
-    bootstrap_servers: str | None = Field(None, description="kafka: host:port[,host:port]; null = "
-                                          "$KAFKA_BOOTSTRAP_SERVERS, else the embedded broker of `recserve up`")
-    kafka_port: int = Field(9093, ge=1, le=65535, description="the embedded Kafka-protocol broker's port "
-                                                              "(`recserve up` with backend kafka)")
-    topic: str = Field("events", min_length=1, pattern=r"^[A-Za-z0-9._-]+$",
-                       description="the event log's name: the Kafka topic, the Redis streams' prefix")
+    backend: Literal["redis", "kafka"] = Field(
+        "redis", description="the event log: Redis Streams (embedded) or a Kafka-protocol broker"
+    )
+    bootstrap_servers: str | None = Field(
+        None,
+        description="kafka: host:port[,host:port]; null = "
+        "$KAFKA_BOOTSTRAP_SERVERS, else the embedded broker of `recserve up`",
+    )
+    kafka_port: int = Field(
+        9093, ge=1, le=65535, description="the embedded Kafka-protocol broker's port (`recserve up` with backend kafka)"
+    )
+    topic: str = Field(
+        "events",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="the event log's name: the Kafka topic, the Redis streams' prefix",
+    )
     partitions: int = Field(8, ge=1, le=1024, description="event-log partitions (streams / Kafka partitions)")
     aggregators: int = Field(2, ge=1, le=256, description="StreamAggregator actors at start")
     max_aggregators: int = Field(8, ge=1, le=256)
     session_len: int = Field(20, ge=1, le=1000, description="events kept per user in the live context")
     context_ttl_s: int = Field(3600, ge=1, description="live user context TTL (the seed's 1 h)")
     vector_decay: float = Field(0.7, ge=0, lt=1, description="weight of the old real-time user vector per event")
-    retention_s: float = Field(86400.0, ge=0, description="events kept in the Redis log after every aggregator "
-                                                         "committed them (replays, backups, a standby region)")
-    read_batch: int = Field(2000, ge=1, le=100_000, description="events an aggregator reads per partition per step "
-                                                          "(smaller: fresher under load; larger: fewer commits)")
+    retention_s: float = Field(
+        86400.0,
+        ge=0,
+        description="events kept in the Redis log after every aggregator "
+        "committed them (replays, backups, a standby region)",
+    )
+    read_batch: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="events an aggregator reads per partition per step "
+        "(smaller: fresher under load; larger: fewer commits)",
+    )
     scale_up_lag: int = Field(10_000, ge=1, description="add an aggregator when the lag passes this many events")
     scale_up_after_s: float = Field(10.0, ge=0, description="...for this long (a burst is not a trend)")
     scale_down_lag: int = Field(1_000, ge=0, description="remove one when the lag stays under this...")
     scale_down_after_s: float = Field(600.0, ge=0, description="...for this long (the seed's 10 minutes)")
-    staleness_bound_s: float = Field(3600.0, gt=0, description="past this the router serves batch vectors "
-                                                                "(degradation level 2)")
+    staleness_bound_s: float = Field(
+        3600.0, gt=0, description="past this the router serves batch vectors (degradation level 2)"
+    )
     context_cache_s: float = Field(0.2, ge=0, description="router's in-process cache of live contexts")
-    aggregator_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per "
-                                                   "aggregator actor, e.g. {stream: 1} on the cluster's state pool")
-    supervisor_resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources of the "
-                                                   "stream supervisor actor (it needs no CPU)")
+    aggregator_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources per aggregator actor, e.g. {stream: 1} on the cluster's state pool",
+    )
+    supervisor_resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources of the stream supervisor actor (it needs no CPU)"
+    )
 
 
 class EvalConfig(_Strict):
@@ -246,9 +336,13 @@ class EvalConfig(_Strict):
 
 
 def _default_quotas() -> dict:
-    return {"recommend": {"rate": 1000.0, "burst": 2000.0}, "events": {"rate": 500.0, "burst": 1000.0},
-            "feedback": {"rate": 1000.0, "burst": 2000.0}, "catalogue": {"rate": 50.0, "burst": 100.0},
-            "admin": {"rate": 20.0, "burst": 50.0}}
+    return {
+        "recommend": {"rate": 1000.0, "burst": 2000.0},
+        "events": {"rate": 500.0, "burst": 1000.0},
+        "feedback": {"rate": 1000.0, "burst": 2000.0},
+        "catalogue": {"rate": 50.0, "burst": 100.0},
+        "admin": {"rate": 20.0, "burst": 50.0},
+    }
 
 
 class QuotaConfig(_Strict):
@@ -257,12 +351,16 @@ class QuotaConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    enabled: bool = Field(True, description="API keys on every endpoint but /healthz, /readyz, the schema and "
-                                            "the /ui page (`recserve keys create`); false only on a closed network")
+    enabled: bool = Field(
+        True,
+        description="API keys on every endpoint but /healthz, /readyz, the schema and "
+        "the /ui page (`recserve keys create`); false only on a closed network",
+    )
     quotas: dict[Literal["recommend", "events", "feedback", "catalogue", "admin"], QuotaConfig] = Field(
         default_factory=lambda: {k: QuotaConfig(**v) for k, v in _default_quotas().items()},
         description="per-key token bucket per scope (a key may carry its own: `recserve keys create --quota`); "
-                    "each router replica enforces rate / serve.router_replicas")
+        "each router replica enforces rate / serve.router_replicas",
+    )
 
 
 ARM_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
@@ -270,27 +368,37 @@ ARM_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 
 class ArmConfig(_Strict):
     """One arm of an experiment: its share of the units and what it changes (unset: as served)."""
+
     share: float = Field(gt=0, le=1, description="share of the experiment's users (or sessions) in this arm")
     ranker_version: str | None = Field(None, description="a registry version of the ranker (null: the one serving)")
     bandit_share: float | None = Field(None, ge=0, le=1, description="exploration share (null: serve.bandit_share)")
-    candidates: int | None = Field(None, ge=10, description="retrieval: candidates fetched from the index "
-                                                           "(null: ranker.candidates)")
+    candidates: int | None = Field(
+        None, ge=10, description="retrieval: candidates fetched from the index (null: ranker.candidates)"
+    )
 
 
 class GuardrailConfig(_Strict):
     enabled: bool = True
-    min_shown: int = Field(2000, ge=10, description="items an arm and the control must each have shown before "
-                                                    "the guardrail judges it")
-    alpha: float = Field(0.001, gt=0, lt=0.5, description="one-sided significance: an arm whose mean reward per "
-                                                          "shown item is below control's at this level is stopped "
-                                                          "(small: the guardrail looks every few seconds)")
+    min_shown: int = Field(
+        2000, ge=10, description="items an arm and the control must each have shown before the guardrail judges it"
+    )
+    alpha: float = Field(
+        0.001,
+        gt=0,
+        lt=0.5,
+        description="one-sided significance: an arm whose mean reward per "
+        "shown item is below control's at this level is stopped "
+        "(small: the guardrail looks every few seconds)",
+    )
 
 
 class ExperimentConfig(_Strict):
     """An A/B/n experiment (`recserve experiment start NAME`): each user (an anonymous visitor: their
     session) is put in one arm by hash(unit, experiment), sticky for the experiment's life."""
-    control: str = Field("control", description="the arm the others are compared with (and the guardrail "
-                                                "sends a stopped arm's users to)")
+
+    control: str = Field(
+        "control", description="the arm the others are compared with (and the guardrail sends a stopped arm's users to)"
+    )
     arms: dict[str, ArmConfig] = Field(min_length=2)
     guardrail: GuardrailConfig = GuardrailConfig()
 
@@ -300,14 +408,17 @@ class ExperimentConfig(_Strict):
 
         bad = [a for a in self.arms if not re.match(ARM_NAME, a)]
         if bad:
-            raise ValueError(f"arms: arm name {bad[0]!r} must be 1-32 of a-z, 0-9, _ and - (it goes into request "
-                             f"ids and metric labels)")
+            raise ValueError(
+                f"arms: arm name {bad[0]!r} must be 1-32 of a-z, 0-9, _ and - (it goes into request "
+                f"ids and metric labels)"
+            )
         if self.control not in self.arms:
             raise ValueError(f"control: {self.control!r} is not one of the arms ({', '.join(self.arms)})")
         total = sum(a.share for a in self.arms.values())
         if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"arms: the arms' shares sum to {total:g}, not 1; set each arms.<arm>.share so "
-                             f"that they sum to 1")
+            raise ValueError(
+                f"arms: the arms' shares sum to {total:g}, not 1; set each arms.<arm>.share so that they sum to 1"
+            )
         return self
 
 
@@ -329,8 +440,9 @@ class Config(_Strict):
     explainer: ExplainerConfig = ExplainerConfig()
     sequence: SequenceConfig = SequenceConfig()
     auth: AuthConfig = AuthConfig()
-    experiments: dict[str, ExperimentConfig] = Field(default_factory=dict, description="A/B/n experiments, "
-                                                     "started and stopped with `recserve experiment`")
+    experiments: dict[str, ExperimentConfig] = Field(
+        default_factory=dict, description="A/B/n experiments, started and stopped with `recserve experiment`"
+    )
 
     @model_validator(mode="after")
     def _experiment_names(self):
@@ -394,7 +506,7 @@ def env_overrides(environ: dict[str, str] | None = None) -> dict[str, tuple[list
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name == "RECSERVE_CONFIG":
             continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__") if p]
         if path:
             out[name] = (path, value)
     return out
@@ -412,8 +524,9 @@ def _format_errors(err: ValidationError, sources: dict[str, str]) -> str:
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
-def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None,
-                overrides: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, environ: dict[str, str] | None = None, overrides: dict[str, Any] | None = None
+) -> Config:
     """Load `recserve.yaml` (or `path`, or $RECSERVE_CONFIG), then apply env overrides."""
     env = dict(os.environ if environ is None else environ)
     if path is None:

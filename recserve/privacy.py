@@ -35,8 +35,9 @@ def forget(client, log, user_id: int, stream_prefix: str = keys.STREAM, bandit_p
     at = time.time()
     client.hset(keys.FORGOTTEN, str(u), f"{at:.3f}")
     out = _sweep(client, u, stream_prefix)
-    out["impressions"] = _xdel_where(client, keys.bandit_impressions(bandit_prefix), "+",
-                                     lambda f: f.get(b"user_id") == str(u).encode())
+    out["impressions"] = _xdel_where(
+        client, keys.bandit_impressions(bandit_prefix), "+", lambda f: f.get(b"user_id") == str(u).encode()
+    )
     out["log_entries"] = _drop_log_entries(client, log, u, stream_prefix)
     client.publish(keys.invalidate_channel(stream_prefix, keys.db_of(client)), f"!{u}")
     out["forgotten_at"] = round(at, 3)
@@ -83,7 +84,7 @@ def _drop_log_entries(client, log, u: int, prefix: str) -> int:
     from recserve.streaming.eventlog.redis import RedisStreamLog
 
     if not isinstance(log, RedisStreamLog):
-        return 0      # a Kafka record cannot be deleted: the tombstone hides it
+        return 0  # a Kafka record cannot be deleted: the tombstone hides it
     p = partition_of(u, log.partitions)
     off = client.get(keys.committed_offset(p, prefix))
     if not off:
@@ -122,6 +123,8 @@ def forgotten_for_training(redis_url: str, log=print) -> dict[int, float]:
         finally:
             r.close()
     except redis.RedisError as e:
-        log(f"warning: the forgotten-user list at {masked_url(redis_url)} cannot be read ({type(e).__name__}); training on "
-            f"the dataset as it is (forgotten users would be included: run with Redis up)")
+        log(
+            f"warning: the forgotten-user list at {masked_url(redis_url)} cannot be read ({type(e).__name__}); training on "
+            f"the dataset as it is (forgotten users would be included: run with Redis up)"
+        )
         return {}

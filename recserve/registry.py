@@ -14,6 +14,7 @@ version as they were. The last `keep` versions are kept; older ones are pruned a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -36,7 +37,7 @@ def _split_uri(uri: str) -> tuple[pafs.FileSystem, str]:
         uri = str(Path(uri).expanduser().resolve())
     try:
         fs, path = pafs.FileSystem.from_uri(uri)
-    except (pafs.ArrowInvalid if hasattr(pafs, "ArrowInvalid") else Exception, OSError, ValueError) as e:
+    except (OSError, ValueError) as e:  # pyarrow.ArrowInvalid is a ValueError
         raise RegistryError(f"registry URI {uri!r} is not usable: {e}") from e
     return fs, path.rstrip("/")
 
@@ -60,9 +61,12 @@ class Registry:
         out = []
         for info in self.fs.get_file_info(sel):
             base = info.path.rstrip("/").rsplit("/", 1)[-1]
-            if info.type == pafs.FileType.Directory and _VERSION_RE.match(base):
-                if self.fs.get_file_info(self._p(name, "versions", base, MANIFEST)).type == pafs.FileType.File:
-                    out.append(base)
+            if (
+                info.type == pafs.FileType.Directory
+                and _VERSION_RE.match(base)
+                and self.fs.get_file_info(self._p(name, "versions", base, MANIFEST)).type == pafs.FileType.File
+            ):
+                out.append(base)
         return sorted(out, key=lambda v: int(v[1:]))
 
     def latest(self, name: str) -> str | None:
@@ -77,8 +81,9 @@ class Registry:
     def resolve(self, name: str, version: str | None = None) -> str:
         v = version or self.latest(name)
         if v is None:
-            raise RegistryError(f"no published version of {name!r} in registry {self.uri}; run the job "
-                                f"that publishes it first")
+            raise RegistryError(
+                f"no published version of {name!r} in registry {self.uri}; run the job that publishes it first"
+            )
         if v not in self.versions(name):
             known = ", ".join(self.versions(name)) or "none"
             raise RegistryError(f"version {v!r} of {name!r} is not in registry {self.uri} (known: {known})")
@@ -99,8 +104,7 @@ class Registry:
         if not (dest / MANIFEST).exists():
             tmp = dest.with_name(dest.name + f".tmp-{uuid.uuid4().hex[:6]}")
             tmp.mkdir(parents=True, exist_ok=True)
-            pafs.copy_files(src, str(tmp), source_filesystem=self.fs,
-                            destination_filesystem=pafs.LocalFileSystem())
+            pafs.copy_files(src, str(tmp), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
             tmp.rename(dest)
         return dest
 
@@ -114,19 +118,32 @@ class Registry:
                 f.write(b"ok")
             self.fs.delete_file(probe)
         except (OSError, PermissionError) as e:
-            raise RegistryError(f"registry {self.uri} is not writable ({e}); choose a writable path with "
-                                f"--registry or RECSERVE_REGISTRY__URI") from e
+            raise RegistryError(
+                f"registry {self.uri} is not writable ({e}); choose a writable path with "
+                f"--registry or RECSERVE_REGISTRY__URI"
+            ) from e
 
     def _next_version(self, name: str) -> str:
         existing = self.versions(name)
         sel = pafs.FileSelector(self._p(name, "versions"), allow_not_found=True)
-        nums = [int(m.group(1)) for i in self.fs.get_file_info(sel)
-                if (m := _VERSION_RE.match(i.path.rstrip("/").rsplit("/", 1)[-1]))]
+        nums = [
+            int(m.group(1))
+            for i in self.fs.get_file_info(sel)
+            if (m := _VERSION_RE.match(i.path.rstrip("/").rsplit("/", 1)[-1]))
+        ]
         nums += [int(v[1:]) for v in existing]
         return f"v{(max(nums) + 1) if nums else 1:06d}"
 
-    def publish(self, name: str, src_dir: str | Path, *, metrics: dict | None = None,
-                params: dict | None = None, lineage: dict | None = None, extra: dict | None = None) -> str:
+    def publish(
+        self,
+        name: str,
+        src_dir: str | Path,
+        *,
+        metrics: dict | None = None,
+        params: dict | None = None,
+        lineage: dict | None = None,
+        extra: dict | None = None,
+    ) -> str:
         """Publish the files of local `src_dir` as the next version of `name`; return the version."""
         src_dir = Path(src_dir)
         if not src_dir.is_dir():
@@ -143,13 +160,21 @@ class Registry:
                     with open(f, "rb") as src, self.fs.open_output_stream(staging + "/" + rel) as dst:
                         while chunk := src.read(8 << 20):
                             dst.write(chunk)
-            files = sorted(p.relative_to(src_dir).as_posix() for p in src_dir.rglob("*")
-                           if p.is_file() and p.name != MANIFEST)
-            for attempt in range(20):
+            files = sorted(
+                p.relative_to(src_dir).as_posix() for p in src_dir.rglob("*") if p.is_file() and p.name != MANIFEST
+            )
+            for _attempt in range(20):
                 version = self._next_version(name)
-                manifest = {"name": name, "version": version, "created_at": time.time(),
-                            "metrics": metrics or {}, "params": params or {}, "lineage": lineage or {},
-                            "files": files, **(extra or {})}
+                manifest = {
+                    "name": name,
+                    "version": version,
+                    "created_at": time.time(),
+                    "metrics": metrics or {},
+                    "params": params or {},
+                    "lineage": lineage or {},
+                    "files": files,
+                    **(extra or {}),
+                }
                 with self.fs.open_output_stream(staging + "/" + MANIFEST) as fh:
                     fh.write(json.dumps(manifest, indent=2, default=str).encode())
                 target = self._p(name, "versions", version)
@@ -181,15 +206,13 @@ class Registry:
         self._set_latest(name, self.resolve(name, version))
 
     def _rm(self, path: str) -> None:
-        try:
+        with contextlib.suppress(OSError, FileNotFoundError):
             self.fs.delete_dir(path)
-        except (OSError, FileNotFoundError):
-            pass
 
     def prune(self, name: str) -> list[str]:
         vs = self.versions(name)
         latest = self.latest(name)
-        drop = [v for v in vs[:-self.keep] if v != latest] if len(vs) > self.keep else []
+        drop = [v for v in vs[: -self.keep] if v != latest] if len(vs) > self.keep else []
         for v in drop:
             self._rm(self._p(name, "versions", v))
         return drop

@@ -30,17 +30,28 @@ def small_config(data_dir: Path, **extra):
         "ray.dashboard_port": str(dashboard_port),
         "ray.num_cpus": "2",
         "ray.object_store_mb": "300",
-        "world.n_users": "300", "world.n_items": "200", "world.events_per_user": "30",
-        "world.users_per_block": "100", "world.n_categories": "8",
-        "embeddings.epochs": "4", "embeddings.dim": "16", "embeddings.negatives": "2",
-        "ranker.epochs": "3", "ranker.candidates": "50", "ranker.ensemble": "2",
-        "index.num_shards": "2", "eval.als_iterations": "3",
-        "sequence.epochs": "4", "sequence.dim": "16", "sequence.max_len": "20",
+        "world.n_users": "300",
+        "world.n_items": "200",
+        "world.events_per_user": "30",
+        "world.users_per_block": "100",
+        "world.n_categories": "8",
+        "embeddings.epochs": "4",
+        "embeddings.dim": "16",
+        "embeddings.negatives": "2",
+        "ranker.epochs": "3",
+        "ranker.candidates": "50",
+        "ranker.ensemble": "2",
+        "index.num_shards": "2",
+        "eval.als_iterations": "3",
+        "sequence.epochs": "4",
+        "sequence.dim": "16",
+        "sequence.max_len": "20",
         # a loaded 2-core test machine misses the seed's 80 ms origin budget often; tests of the
         # ladder set their own budget
         "serve.deadline_ms": "5000",
         # recserve.yaml's explainer is the real model; tests that need a model deploy their own
-        "explainer.backend": "templates", "explainer.model": "null",
+        "explainer.backend": "templates",
+        "explainer.model": "null",
     }
     overrides.update({k: str(v) for k, v in extra.items()})
     return load_config(environ={}, overrides=overrides)
@@ -95,8 +106,9 @@ def stream_config(cfg, backend: str, kafka: str | None, db: int, topic: str):
     application's) and the given event-log backend and topic."""
     url = f"{cfg.redis_url.rsplit('/', 1)[0]}/{db}"
     stream = {"backend": backend, "topic": topic, **({"bootstrap_servers": kafka} if kafka else {})}
-    return cfg.model_copy(update={"redis": cfg.redis.model_copy(update={"url": url}),
-                                  "stream": cfg.stream.model_copy(update=stream)})
+    return cfg.model_copy(
+        update={"redis": cfg.redis.model_copy(update={"url": url}), "stream": cfg.stream.model_copy(update=stream)}
+    )
 
 
 def make_key(cfg, scopes: str = "admin", quota: dict | None = None, name: str = "tests") -> str:

@@ -16,6 +16,7 @@ the registry filled (`make demo --no-serve`), and no other Serve application run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -28,23 +29,29 @@ import numpy as np
 from recserve import keys
 from recserve.bench.common import require_own_serve, write_result
 
-FAULTS = ("baseline", "kill_ranker_replica", "kill_shard_actor", "kill_aggregator", "kill_redis", "host_crash",
-          "slow_explainer")
-UNSYNCED_S = 1.0    # appendfsync everysec: what a host crash can take (Redis fsyncs once a second)
+FAULTS = (
+    "baseline",
+    "kill_ranker_replica",
+    "kill_shard_actor",
+    "kill_aggregator",
+    "kill_redis",
+    "host_crash",
+    "slow_explainer",
+)
+UNSYNCED_S = 1.0  # appendfsync everysec: what a host crash can take (Redis fsyncs once a second)
 
 
 def _pids(class_name: str) -> list[int]:
     from ray.util.state import list_actors
 
-    return [a.pid for a in list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
-            if a.pid]
+    return [a.pid for a in list_actors(filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")]) if a.pid]
 
 
 class Load:
     def __init__(self, base: str, users: np.ndarray, items: np.ndarray, concurrency: int, key: str | None = None):
         self.base, self.users, self.items, self.c, self.key = base, users, items, concurrency, key
-        self.records: list[tuple[float, int, int | None, float, bool]] = []   # t, status, level, ms, explain
-        self.acked: dict[str, float] = {}     # event id -> when the API acknowledged it
+        self.records: list[tuple[float, int, int | None, float, bool]] = []  # t, status, level, ms, explain
+        self.acked: dict[str, float] = {}  # event id -> when the API acknowledged it
         self.event_errors: dict[int, int] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
@@ -59,8 +66,13 @@ class Load:
         u = urlsplit(self.base)
         loop = asyncio.get_running_loop()
         pos = [0]
-        async with httpx.AsyncClient(base_url=self.base, timeout=10, limits=httpx.Limits(max_connections=2),
-                                     headers={"authorization": f"Bearer {self.key}"} if self.key else None) as client:
+        async with httpx.AsyncClient(
+            base_url=self.base,
+            timeout=10,
+            limits=httpx.Limits(max_connections=2),
+            headers={"authorization": f"Bearer {self.key}"} if self.key else None,
+        ) as client:
+
             async def rec_worker():
                 # the recommendation load on raw keep-alive sockets (recserve.bench.loadgen's): an
                 # httpx client would cost ~2 ms of CPU per request on the cores the server uses
@@ -75,11 +87,13 @@ class Load:
                         if conn is None or conn.closed:
                             _, conn = await asyncio.wait_for(loop.create_connection(Connection, u.hostname, u.port), 10)
                         status, payload = await asyncio.wait_for(
-                            conn.request(request_bytes(u.hostname, "/v1/recommend", body, user, self.key)), 10)
+                            conn.request(request_bytes(u.hostname, "/v1/recommend", body, user, self.key)), 10
+                        )
                         m = LEVEL_RE.search(payload) if status == 200 else None
-                        self.records.append((t, status, int(m.group(1)) if m else None, (time.time() - t) * 1000,
-                                             explain))
-                    except (OSError, asyncio.TimeoutError, ConnectionError):
+                        self.records.append(
+                            (t, status, int(m.group(1)) if m else None, (time.time() - t) * 1000, explain)
+                        )
+                    except (TimeoutError, OSError, ConnectionError):
                         self.records.append((t, 599, None, (time.time() - t) * 1000, explain))
                         if conn is not None and conn.transport is not None:
                             conn.transport.close()
@@ -89,9 +103,15 @@ class Load:
             async def event_worker():
                 n = 0
                 while not self.stop.is_set():
-                    batch = [{"event_id": f"chaos-{n + j}", "user_id": int(self.users[(n + j) % len(self.users)]),
-                              "item_id": int(self.items[(n + j) % len(self.items)]), "event_type": "view"}
-                             for j in range(50)]
+                    batch = [
+                        {
+                            "event_id": f"chaos-{n + j}",
+                            "user_id": int(self.users[(n + j) % len(self.users)]),
+                            "item_id": int(self.items[(n + j) % len(self.items)]),
+                            "event_type": "view",
+                        }
+                        for j in range(50)
+                    ]
                     n += 50
                     try:
                         r = await client.post("/v1/events", json={"events": batch})
@@ -100,7 +120,7 @@ class Load:
                             self.acked.update((e["event_id"], now) for e in batch)
                         else:
                             self.event_errors[r.status_code] = self.event_errors.get(r.status_code, 0) + 1
-                            await asyncio.sleep(0.2)   # honour Retry-After loosely; the ids make retries safe
+                            await asyncio.sleep(0.2)  # honour Retry-After loosely; the ids make retries safe
                     except httpx.HTTPError:
                         self.event_errors[599] = self.event_errors.get(599, 0) + 1
                     await asyncio.sleep(0.05)
@@ -128,11 +148,16 @@ def _phase_report(records, t0: float, t1: float, fault_at: float | None) -> dict
         after = sorted((r for r in rs if r[0] >= fault_at), key=lambda r: r[0])
         ok = [full(r) for r in after]
         for i in range(len(after) - 9):
-            if all(ok[i:i + 10]):
+            if all(ok[i : i + 10]):
                 rec_s = round(max(0.0, after[i][0] - fault_at), 2)
                 break
-    return {"requests": len(rs), "status": codes, "levels": levels, "p95_ms": round(float(np.percentile(lat, 95)), 1),
-            "recovery_s": rec_s}
+    return {
+        "requests": len(rs),
+        "status": codes,
+        "levels": levels,
+        "p95_ms": round(float(np.percentile(lat, 95)), 1),
+        "recovery_s": rec_s,
+    }
 
 
 def _aof_sizes(aof: Path, seconds: float, every: float = 0.05) -> list[tuple[float, int]]:
@@ -140,10 +165,8 @@ def _aof_sizes(aof: Path, seconds: float, every: float = 0.05) -> list[tuple[flo
     out = []
     end = time.time() + seconds
     while time.time() < end:
-        try:
+        with contextlib.suppress(OSError):
             out.append((time.time(), aof.stat().st_size))
-        except OSError:
-            pass
         time.sleep(every)
     return out
 
@@ -159,8 +182,14 @@ def crash_cut(samples: list[tuple[float, int]], crash_at: float, size_now: int, 
     return keep if keep <= size_now else size_now
 
 
-def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | None = None, log=print,
-        appendfsync: str | None = None) -> dict:
+def run(
+    cfg,
+    duration: float = 120.0,
+    concurrency: int = 4,
+    out: str | Path | None = None,
+    log=print,
+    appendfsync: str | None = None,
+) -> dict:
     import ray
     import redis
     from ray import serve
@@ -183,7 +212,7 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     r = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
     fsync_before = r.config_get("appendfsync")["appendfsync"]
     fsync = appendfsync or fsync_before
-    r.config_set("appendfsync", fsync)   # this run's setting (restored at the end)
+    r.config_set("appendfsync", fsync)  # this run's setting (restored at the end)
     crash: dict = {}
     for pattern in (f"{keys.EVENTS}:*", f"{keys.STREAM}:*"):
         found = list(r.scan_iter(pattern, count=1000))
@@ -194,15 +223,18 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     # the cluster topology: ranker, bandit and explainer each a deployment of its own (the faults are
     # theirs), the router holding the cache, the ladder, the index client and the live context
     serve.run(build_app(cfg, name="chaos", colocate=False), name="chaos", route_prefix="/")
-    sup = get_supervisor(cfg)      # the application's stream supervisor (the builder started it)
+    sup = get_supervisor(cfg)  # the application's stream supervisor (the builder started it)
     from recserve.auth import KeyStore
 
-    kid, key = KeyStore(r).create("chaos", "recommend,events", {"recommend": {"rate": 1e6, "burst": 1e6},
-                                                               "events": {"rate": 1e6, "burst": 1e6}})
+    kid, key = KeyStore(r).create(
+        "chaos", "recommend,events", {"recommend": {"rate": 1e6, "burst": 1e6}, "events": {"rate": 1e6, "burst": 1e6}}
+    )
     load = Load(f"http://127.0.0.1:{port}", users, items, concurrency, key)
     phase_s = duration / len(FAULTS)
-    log(f"load: {concurrency} recommend clients + 1 event client; {len(FAULTS)} phases of {phase_s:.0f} s; "
-        f"request budget {cfg.serve.deadline_ms:.0f} ms")
+    log(
+        f"load: {concurrency} recommend clients + 1 event client; {len(FAULTS)} phases of {phase_s:.0f} s; "
+        f"request budget {cfg.serve.deadline_ms:.0f} ms"
+    )
     load.thread.start()
     marks = []
     failed = True
@@ -212,7 +244,7 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
             fault_at = None
             lead = min(3.0, phase_s / 4)
             samples = []
-            if name == "host_crash":   # what the AOF held when, over the lead-in
+            if name == "host_crash":  # what the AOF held when, over the lead-in
                 samples = _aof_sizes(Path(cfg.data_dir) / "redis" / "appendonly.aof", lead)
             else:
                 time.sleep(lead)
@@ -233,8 +265,14 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
                 fault_at = time.time()
                 os.kill(info.redis_pid, signal.SIGKILL)
                 time.sleep(2.0)
-                proc = start_redis(Path(cfg.data_dir) / "redis", cfg.redis.host, cfg.redis.port,
-                                   fsync, cfg.redis.maxmemory_mb, password=cfg.redis.password)
+                proc = start_redis(
+                    Path(cfg.data_dir) / "redis",
+                    cfg.redis.host,
+                    cfg.redis.port,
+                    fsync,
+                    cfg.redis.maxmemory_mb,
+                    password=cfg.redis.password,
+                )
                 info.redis_pid = proc.pid
                 st._write_state(info)
             elif name == "host_crash":
@@ -245,12 +283,18 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
                 size_now = aof.stat().st_size
                 keep = crash_cut(samples, fault_at, size_now, fsync)
                 if keep < size_now:
-                    with open(aof, "r+b") as f:   # the page cache's part of the file never reached the disk
+                    with open(aof, "r+b") as f:  # the page cache's part of the file never reached the disk
                         f.truncate(keep)
                 crash = {"appendfsync": fsync, "aof_bytes": size_now, "aof_bytes_dropped": size_now - keep}
                 time.sleep(2.0)
-                proc = start_redis(Path(cfg.data_dir) / "redis", cfg.redis.host, cfg.redis.port,
-                                   fsync, cfg.redis.maxmemory_mb, password=cfg.redis.password)
+                proc = start_redis(
+                    Path(cfg.data_dir) / "redis",
+                    cfg.redis.host,
+                    cfg.redis.port,
+                    fsync,
+                    cfg.redis.maxmemory_mb,
+                    password=cfg.redis.password,
+                )
                 info.redis_pid = proc.pid
                 st._write_state(info)
             elif name == "slow_explainer":
@@ -277,7 +321,7 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
         present |= {str(e.event.get("event_id")).split("/", 1)[-1] for e in log_obj.read_after(p, "", 10**7)}
     lost = sorted(set(load.acked) - present)
     phases = {name: _phase_report(load.records, a, b, f) for name, a, b, f in marks}
-    for name, a, b, _ in marks:   # which phase acknowledged the events that are gone
+    for name, a, b, _ in marks:  # which phase acknowledged the events that are gone
         phases[name]["events_acknowledged"] = sum(1 for t in load.acked.values() if a <= t < b)
         phases[name]["events_lost"] = sum(1 for e in lost if a <= load.acked[e] < b)
     if crash:
@@ -287,14 +331,23 @@ def run(cfg, duration: float = 120.0, concurrency: int = 4, out: str | Path | No
     for _, _, lv, _, _ in allrec:
         if lv is not None:
             levels[str(lv)] = levels.get(str(lv), 0) + 1
-    res = {"duration_s": duration, "concurrency": concurrency, "deadline_ms": cfg.serve.deadline_ms,
-           "appendfsync": fsync, "requests": len(allrec),
-           "http_5xx": sum(1 for x in allrec if x[1] >= 500), "http_429": sum(1 for x in allrec if x[1] == 429),
-           "levels": levels, "p95_ms": round(float(np.percentile([x[3] for x in allrec], 95)), 1) if allrec else None,
-           "max_recovery_s": max((p["recovery_s"] or 0.0) for p in phases.values()),
-           "unrecovered": [n for n, a, b, f in marks if f is not None and phases[n]["recovery_s"] is None],
-           "events_acknowledged": len(load.acked), "events_lost": len(lost), "event_errors": load.event_errors,
-           "phases": phases}
+    res = {
+        "duration_s": duration,
+        "concurrency": concurrency,
+        "deadline_ms": cfg.serve.deadline_ms,
+        "appendfsync": fsync,
+        "requests": len(allrec),
+        "http_5xx": sum(1 for x in allrec if x[1] >= 500),
+        "http_429": sum(1 for x in allrec if x[1] == 429),
+        "levels": levels,
+        "p95_ms": round(float(np.percentile([x[3] for x in allrec], 95)), 1) if allrec else None,
+        "max_recovery_s": max((p["recovery_s"] or 0.0) for p in phases.values()),
+        "unrecovered": [n for n, a, b, f in marks if f is not None and phases[n]["recovery_s"] is None],
+        "events_acknowledged": len(load.acked),
+        "events_lost": len(lost),
+        "event_errors": load.event_errors,
+        "phases": phases,
+    }
     stop_supervisor(cfg, "chaos")
     serve.shutdown()
     redis.Redis.from_url(cfg.redis_url, socket_timeout=5).config_set("appendfsync", fsync_before)

@@ -13,9 +13,11 @@ def require_own_serve(what: str) -> None:
     except Exception:  # noqa: BLE001 - no Serve instance yet: what we want
         running = {}
     if running:
-        raise RuntimeError(f"Serve already runs applications {sorted(running)} on this cluster (make demo?); {what} "
-                           f"needs its own Serve instance: stop them (Ctrl-C the demo) and run it again")
-    try:   # a Serve instance with nothing deployed keeps its HTTP port: stop it, so ours takes effect
+        raise RuntimeError(
+            f"Serve already runs applications {sorted(running)} on this cluster (make demo?); {what} "
+            f"needs its own Serve instance: stop them (Ctrl-C the demo) and run it again"
+        )
+    try:  # a Serve instance with nothing deployed keeps its HTTP port: stop it, so ours takes effect
         if serve.context._get_global_client(raise_if_no_controller_running=False) is not None:
             serve.shutdown()
     except Exception:  # noqa: BLE001 - none running

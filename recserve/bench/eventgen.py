@@ -14,8 +14,16 @@ import httpx
 import numpy as np
 
 
-async def run(url: str, posters: int, duration: float, batch: int, users: np.ndarray, items: np.ndarray,
-              seed: int, key: str | None = None) -> dict:
+async def run(
+    url: str,
+    posters: int,
+    duration: float,
+    batch: int,
+    users: np.ndarray,
+    items: np.ndarray,
+    seed: int,
+    key: str | None = None,
+) -> dict:
     rng = np.random.default_rng(seed)
     run_id = uuid.uuid4().hex[:8]
     accepted, dups, errors, posts, lat = 0, 0, 0, 0, []
@@ -30,8 +38,18 @@ async def run(url: str, posters: int, duration: float, batch: int, users: np.nda
             it = items[rng.integers(len(items), size=batch)]
             ty = types[rng.integers(len(types), size=batch)]
             now = int(time.time())
-            body = {"events": [{"event_id": f"{run_id}-{w}-{n + j}", "user_id": int(a), "item_id": int(b),
-                                "event_type": str(c), "ts": now} for j, (a, b, c) in enumerate(zip(u, it, ty))]}
+            body = {
+                "events": [
+                    {
+                        "event_id": f"{run_id}-{w}-{n + j}",
+                        "user_id": int(a),
+                        "item_id": int(b),
+                        "event_type": str(c),
+                        "ts": now,
+                    }
+                    for j, (a, b, c) in enumerate(zip(u, it, ty))
+                ]
+            }
             n += batch
             t = time.perf_counter()
             try:
@@ -47,15 +65,25 @@ async def run(url: str, posters: int, duration: float, batch: int, users: np.nda
             else:
                 errors += 1
 
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=posters),
-                                 headers={"authorization": f"Bearer {key}"} if key else None) as client:
+    async with httpx.AsyncClient(
+        timeout=60,
+        limits=httpx.Limits(max_connections=posters),
+        headers={"authorization": f"Bearer {key}"} if key else None,
+    ) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*[poster(client, w) for w in range(posters)])
         elapsed = time.perf_counter() - t0
     a = np.array(lat) if lat else np.array([np.nan])
-    return {"accepted": accepted, "duplicates": dups, "posts": posts, "errors": errors, "seconds": round(elapsed, 3),
-            "events_per_s": round(accepted / elapsed, 1), "post_p50_ms": round(float(np.percentile(a, 50)), 2),
-            "post_p95_ms": round(float(np.percentile(a, 95)), 2)}
+    return {
+        "accepted": accepted,
+        "duplicates": dups,
+        "posts": posts,
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(accepted / elapsed, 1),
+        "post_p50_ms": round(float(np.percentile(a, 50)), 2),
+        "post_p95_ms": round(float(np.percentile(a, 95)), 2),
+    }
 
 
 def main() -> None:
@@ -67,13 +95,30 @@ def main() -> None:
     p.add_argument("--users", default="0-999", help="range LO-HI of user ids")
     p.add_argument("--items", default="0-999", help="range LO-HI of item ids")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--key", default=os.environ.get("RECSERVE_API_KEY"),
-                   help="API key with the events scope (default $RECSERVE_API_KEY)")
+    p.add_argument(
+        "--key",
+        default=os.environ.get("RECSERVE_API_KEY"),
+        help="API key with the events scope (default $RECSERVE_API_KEY)",
+    )
     a = p.parse_args()
     ulo, uhi = (int(x) for x in a.users.split("-"))
     ilo, ihi = (int(x) for x in a.items.split("-"))
-    print(json.dumps(asyncio.run(run(a.url, a.posters, a.duration, a.batch, np.arange(ulo, uhi + 1),
-                                     np.arange(ilo, ihi + 1), a.seed, a.key))))
+    print(
+        json.dumps(
+            asyncio.run(
+                run(
+                    a.url,
+                    a.posters,
+                    a.duration,
+                    a.batch,
+                    np.arange(ulo, uhi + 1),
+                    np.arange(ilo, ihi + 1),
+                    a.seed,
+                    a.key,
+                )
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

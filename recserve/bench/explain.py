@@ -35,13 +35,28 @@ def _signals(titles, cats, rng, n_items: int = 10) -> list[dict]:
     out = []
     for j in rng.choice(len(titles), size=n_items, replace=False):
         j = int(j)
-        f = {"session_cat_share": float(rng.random() * 0.6), "history_cat_share": float(rng.random() * 0.6),
-             "covisit": float(rng.random()), "log_trending": float(rng.random() * 4)}
+        f = {
+            "session_cat_share": float(rng.random() * 0.6),
+            "history_cat_share": float(rng.random() * 0.6),
+            "covisit": float(rng.random()),
+            "log_trending": float(rng.random() * 4),
+        }
         peers = by_cat[cats[j]]
-        similar = ([{"item_id": int(k), "title": titles[k]} for k in [int(rng.choice(peers))] if k != j]
-                   if rng.random() < 0.5 else [])
-        out.append({"item_id": j, "title": titles[j], "category": cats[j], "explored": bool(rng.random() < 0.2),
-                    "features": f, "similar_seen": similar})
+        similar = (
+            [{"item_id": int(k), "title": titles[k]} for k in [int(rng.choice(peers))] if k != j]
+            if rng.random() < 0.5
+            else []
+        )
+        out.append(
+            {
+                "item_id": j,
+                "title": titles[j],
+                "category": cats[j],
+                "explored": bool(rng.random() < 0.2),
+                "features": f,
+                "similar_seen": similar,
+            }
+        )
     return out
 
 
@@ -82,18 +97,35 @@ def _summary(rs: list[dict], wall_s: float, concurrency: int) -> dict:
             key = r["fallback"].split(":")[0]
             causes[key] = causes.get(key, 0) + 1
     tokens = sum(r["tokens"] for r in rs)
-    return {"requests": len(rs), "concurrency": concurrency, "items_per_request": items / max(len(rs), 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
-            "fallback_share": round(sum(1 for r in rs if r["fallback"]) / max(len(rs), 1), 4),
-            "fallbacks": causes,
-            "rejected_item_share": round(sum(r["rejected"] for r in rs) / max(items, 1), 4),
-            "llm_item_share": round(sum(r["llm_items"] for r in rs) / max(items, 1), 4),
-            "requests_per_s": round(len(rs) / wall_s, 2), "tokens": tokens,
-            "tokens_per_s": round(tokens / wall_s, 1) if tokens else 0.0}
+    return {
+        "requests": len(rs),
+        "concurrency": concurrency,
+        "items_per_request": items / max(len(rs), 1),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        "fallback_share": round(sum(1 for r in rs if r["fallback"]) / max(len(rs), 1), 4),
+        "fallbacks": causes,
+        "rejected_item_share": round(sum(r["rejected"] for r in rs) / max(items, 1), 4),
+        "llm_item_share": round(sum(r["llm_items"] for r in rs) / max(items, 1), 4),
+        "requests_per_s": round(len(rs) / wall_s, 2),
+        "tokens": tokens,
+        "tokens_per_s": round(tokens / wall_s, 1) if tokens else 0.0,
+    }
 
 
-def run(backends: list[str], model: str | None, size: str | None, device: str, requests: int, concurrency: int,
-        max_new_tokens: int, budget_ms: float, out, log=print, seed: int = 0) -> dict:
+def run(
+    backends: list[str],
+    model: str | None,
+    size: str | None,
+    device: str,
+    requests: int,
+    concurrency: int,
+    max_new_tokens: int,
+    budget_ms: float,
+    out,
+    log=print,
+    seed: int = 0,
+) -> dict:
     import torch
 
     from recserve.config import WorldConfig
@@ -111,12 +143,20 @@ def run(backends: list[str], model: str | None, size: str | None, device: str, r
     cuda = torch.cuda.is_available()
     if device == "auto":
         device = "cuda" if cuda else "cpu"
-    res: dict = {"requests": requests, "items_per_request": 10, "concurrency": concurrency,
-                 "max_new_tokens": max_new_tokens, "deadline_ms": budget_ms, "device": device,
-                 "gpu": torch.cuda.get_device_name(0) if cuda else None, "torch": torch.__version__,
-                 "threads": torch.get_num_threads(), "backends": {}}
+    res: dict = {
+        "requests": requests,
+        "items_per_request": 10,
+        "concurrency": concurrency,
+        "max_new_tokens": max_new_tokens,
+        "deadline_ms": budget_ms,
+        "device": device,
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "backends": {},
+    }
     tmp = tempfile.TemporaryDirectory()
-    model_dir = model or (None if size else "smollm2")   # recserve.yaml's explainer unless a built size is asked
+    model_dir = model or (None if size else "smollm2")  # recserve.yaml's explainer unless a built size is asked
     if model_dir is None and any(b != "templates" for b in backends):
         log(f"building a random-weights {size} model over the catalogue's words (no downloads)")
         model_dir = str(build_random_model(Path(tmp.name) / size, size, catalogue_words(titles, cats)))
@@ -133,8 +173,9 @@ def run(backends: list[str], model: str | None, size: str | None, device: str, r
                 try:
                     import vllm  # noqa: F401
                 except Exception as e:  # noqa: BLE001
-                    raise RuntimeError(f"vllm does not import here ({type(e).__name__}); it needs the llm extra "
-                                       f"on a GPU machine") from None
+                    raise RuntimeError(
+                        f"vllm does not import here ({type(e).__name__}); it needs the llm extra on a GPU machine"
+                    ) from None
                 if not cuda:
                     raise RuntimeError("no CUDA device: vLLM needs a GPU")
                 tiers = {"large": VLLMBackend(model_dir)}
@@ -153,36 +194,59 @@ def run(backends: list[str], model: str | None, size: str | None, device: str, r
         passes = {"deadline": (budget_ms, concurrency)}
         if tiers:
             passes["unbounded"] = (600_000.0, 1)
-        grounding.lexical = bool(tiers) and not (Path(str(model_dir)) / MARKER).exists()   # a real model's check
+        grounding.lexical = bool(tiers) and not (Path(str(model_dir)) / MARKER).exists()  # a real model's check
         entry["lexical_check"] = grounding.lexical
         for pname, (budget, conc) in passes.items():
-            second = pname == "deadline" and bool(tiers)   # a second pass after the background fill
-            core = ExplainerCore(tiers, grounding, ExplainerSettings(
-                max_new_tokens=max_new_tokens, budget_ms=budget, max_queue=10_000,
-                cache_entries=100_000 if second else 0, max_background=10**6))
+            second = pname == "deadline" and bool(tiers)  # a second pass after the background fill
+            core = ExplainerCore(
+                tiers,
+                grounding,
+                ExplainerSettings(
+                    max_new_tokens=max_new_tokens,
+                    budget_ms=budget,
+                    max_queue=10_000,
+                    cache_entries=100_000 if second else 0,
+                    max_background=10**6,
+                ),
+            )
             if tiers:
                 core.warm()
             if second:
                 rs, wall, waited, rs2, wall2 = asyncio.run(_two_passes(core, reqs, conc, budget, wait_s=1800))
-                entry["second_pass"] = {**_summary(rs2, wall2, conc), "waited_for_background_s": round(waited, 1),
-                                        "background_filled": core.counts["background_filled"],
-                                        "background_rejected": core.counts["background_rejected"]}
-                log(f"{name} [second pass, after {waited:.0f} s of background fill]: "
-                    f"{entry['second_pass']['llm_item_share']:.0%} of the items LLM-explained")
+                entry["second_pass"] = {
+                    **_summary(rs2, wall2, conc),
+                    "waited_for_background_s": round(waited, 1),
+                    "background_filled": core.counts["background_filled"],
+                    "background_rejected": core.counts["background_rejected"],
+                }
+                log(
+                    f"{name} [second pass, after {waited:.0f} s of background fill]: "
+                    f"{entry['second_pass']['llm_item_share']:.0%} of the items LLM-explained"
+                )
             else:
                 rs, wall = asyncio.run(_load(core, reqs, conc, budget))
             entry[pname] = _summary(rs, wall, conc)
-            log(f"{name} [{pname}]: p50 {entry[pname]['p50_ms']} ms, p95 {entry[pname]['p95_ms']} ms, "
+            log(
+                f"{name} [{pname}]: p50 {entry[pname]['p50_ms']} ms, p95 {entry[pname]['p95_ms']} ms, "
                 f"fell back {entry[pname]['fallback_share']:.0%}, {entry[pname]['requests_per_s']} req/s, "
-                f"{entry[pname]['tokens_per_s']} tokens/s")
+                f"{entry[pname]['tokens_per_s']} tokens/s"
+            )
         res["backends"][name] = entry
     tmp.cleanup()
     write_result(out, res)
     return res
 
 
-def faithfulness(backend, titles: list[str], cats: list[str], items: int = 200, batch: int = 8, seed: int = 0,
-                 max_new_tokens: int = 32, log=print) -> dict:
+def faithfulness(
+    backend,
+    titles: list[str],
+    cats: list[str],
+    items: int = 200,
+    batch: int = 8,
+    seed: int = 0,
+    max_new_tokens: int = 32,
+    log=print,
+) -> dict:
     """`items` explanations written by `backend` (unbounded time), each checked as serving checks it
     (catalogue names, then the lexical check): the share accepted, why the rest were rejected,
     five accepted and three rejected examples (facts -> sentence), tokens/s."""
@@ -198,7 +262,7 @@ def faithfulness(backend, titles: list[str], cats: list[str], items: int = 200, 
     accepted, rejected, why, added = [], [], Counter(), Counter()
     tokens, t0 = 0, time.perf_counter()
     for i in range(0, len(sigs), batch):
-        part = sigs[i:i + batch]
+        part = sigs[i : i + batch]
         texts, toks = backend.generate([prompt(s) for s in part], max_new_tokens, 600.0)
         tokens += sum(toks)
         for s, text in zip(part, texts):
@@ -209,19 +273,25 @@ def faithfulness(backend, titles: list[str], cats: list[str], items: int = 200, 
                 accepted.append(ex)
             else:
                 rejected.append({**ex, "why": reason})
-                why[reason.split(" ", 1)[0].rstrip(":,")] += 1   # adds, names, mentions, unfinished
+                why[reason.split(" ", 1)[0].rstrip(":,")] += 1  # adds, names, mentions, unfinished
                 if reason.startswith("adds "):
                     added.update(reason[5:].split(", "))
         log(f"{min(i + batch, len(sigs))}/{len(sigs)} explained, {len(accepted)} accepted")
     secs = time.perf_counter() - t0
-    return {"items": len(sigs), "accepted": len(accepted), "accepted_share": round(len(accepted) / max(1, len(sigs)), 3),
-            "rejected_by": dict(why), "words_added_most": dict(added.most_common(15)),
-            "examples_accepted": accepted[:5], "examples_rejected": rejected[:3],
-            "seconds": round(secs, 1), "tokens_per_s": round(tokens / secs, 1) if secs else None}
+    return {
+        "items": len(sigs),
+        "accepted": len(accepted),
+        "accepted_share": round(len(accepted) / max(1, len(sigs)), 3),
+        "rejected_by": dict(why),
+        "words_added_most": dict(added.most_common(15)),
+        "examples_accepted": accepted[:5],
+        "examples_rejected": rejected[:3],
+        "seconds": round(secs, 1),
+        "tokens_per_s": round(tokens / secs, 1) if secs else None,
+    }
 
 
-def run_faithfulness(model: str, items: int, movielens: str | None, device: str, out, log=print,
-                     seed: int = 0) -> dict:
+def run_faithfulness(model: str, items: int, movielens: str | None, device: str, out, log=print, seed: int = 0) -> dict:
     """`faithfulness` on the generated world's catalogue and on MovieLens (when its folder is given
     and exists)."""
     from recserve.config import WorldConfig
@@ -230,8 +300,13 @@ def run_faithfulness(model: str, items: int, movielens: str | None, device: str,
 
     t0 = time.perf_counter()
     backend = TransformersBackend(model, device=device)
-    res: dict = {"model": backend.name, "params": backend.params, "device": backend.device,
-                 "load_s": round(time.perf_counter() - t0, 1), "datasets": {}}
+    res: dict = {
+        "model": backend.name,
+        "params": backend.params,
+        "device": backend.device,
+        "load_s": round(time.perf_counter() - t0, 1),
+        "datasets": {},
+    }
     world = World(WorldConfig()).items_table().to_pandas()
     sets = {"generated": (world["title"].astype(str).tolist(), world["category"].astype(str).tolist())}
     if movielens and Path(movielens).is_dir():

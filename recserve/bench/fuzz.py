@@ -24,8 +24,8 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from recserve import keys
 from recserve.config import masked_url
@@ -40,12 +40,19 @@ def _digest(x) -> str:
 class StateProbe:
     """What a request could change, read from the stores themselves and the router's status."""
 
-    def __init__(self, http, redis_client, registry_uri: str, log, stream_prefix: str = keys.STREAM,
-                 bandit_prefix: str = keys.BANDIT):
-        self.http = http             # an httpx.Client with the admin key, at the application's URL
+    def __init__(
+        self,
+        http,
+        redis_client,
+        registry_uri: str,
+        log,
+        stream_prefix: str = keys.STREAM,
+        bandit_prefix: str = keys.BANDIT,
+    ):
+        self.http = http  # an httpx.Client with the admin key, at the application's URL
         self.r = redis_client
         self.registry_uri = registry_uri
-        self.log = log               # the application's event log (recserve.streaming.eventlog.make_log)
+        self.log = log  # the application's event log (recserve.streaming.eventlog.make_log)
         self.st, self.bandit = stream_prefix, bandit_prefix
 
     def quiesce(self, timeout_s: float = 10.0) -> None:
@@ -63,15 +70,25 @@ class StateProbe:
         self.log.queue_appended(pipe)
         appended = self.log.appended(pipe.execute())
         st = self.http.get("/v1/status").json()
-        return {"event_log": appended, "index_vectors": st.get("index", {}).get("vectors"),
-                "bandit": _digest(sorted(self.r.hgetall(keys.bandit_params(self.bandit)).items())),
-                "forgotten": _digest(sorted(self.r.hgetall(keys.FORGOTTEN).items())),
-                "api_keys": [self.r.get(keys.AUTH_GEN), self.r.scard(keys.AUTH_IDS)],
-                "registry": _digest(Registry(self.registry_uri).list())}
+        return {
+            "event_log": appended,
+            "index_vectors": st.get("index", {}).get("vectors"),
+            "bandit": _digest(sorted(self.r.hgetall(keys.bandit_params(self.bandit)).items())),
+            "forgotten": _digest(sorted(self.r.hgetall(keys.FORGOTTEN).items())),
+            "api_keys": [self.r.get(keys.AUTH_GEN), self.r.scard(keys.AUTH_IDS)],
+            "registry": _digest(Registry(self.registry_uri).list()),
+        }
 
 
-def fuzz(base_url: str, key: str, probe: StateProbe, examples: int = 1000, seed: int = 0,
-         log: Callable[[str], None] = print, max_failures: int = 20) -> dict:
+def fuzz(
+    base_url: str,
+    key: str,
+    probe: StateProbe,
+    examples: int = 1000,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    max_failures: int = 20,
+) -> dict:
     """Fuzz the API at `base_url` (the application's root: its schema at /openapi.json) until at
     least `examples` examples ran (or every operation's examples are exhausted)."""
     import requests
@@ -91,8 +108,13 @@ def fuzz(base_url: str, key: str, probe: StateProbe, examples: int = 1000, seed:
     session = requests.Session()
     endpoints: dict[str, dict] = {}
     failures: list[dict] = []
-    totals = {"examples": 0, "status_5xx": 0, "state_changed_after_4xx": 0, "non_json_4xx": 0,
-              "refused_by_the_ingress": 0}
+    totals = {
+        "examples": 0,
+        "status_5xx": 0,
+        "state_changed_after_4xx": 0,
+        "non_json_4xx": 0,
+        "refused_by_the_ingress": 0,
+    }
 
     def record(name: str, way: str, case, resp, before: dict | None) -> None:
         ep = endpoints.setdefault(name, {}).setdefault(way, {"examples": 0, "status": {}})
@@ -123,10 +145,21 @@ def fuzz(base_url: str, key: str, probe: StateProbe, examples: int = 1000, seed:
                     totals["state_changed_after_4xx"] += 1
                     why = f"state changed after {code}: {changed}"
         if why and len(failures) < max_failures:
-            failures.append({"why": why, "operation": name, "way": way, "status": code,
-                             "request": {"method": case.method, "path": case.formatted_path,
-                                         "query": case.query, "body": case.body if case.body is not None else None},
-                             "response": resp.text[:500]})
+            failures.append(
+                {
+                    "why": why,
+                    "operation": name,
+                    "way": way,
+                    "status": code,
+                    "request": {
+                        "method": case.method,
+                        "path": case.formatted_path,
+                        "query": case.query,
+                        "body": case.body if case.body is not None else None,
+                    },
+                    "response": resp.text[:500],
+                }
+            )
 
     def run_one(op, way: str, n: int, s: int) -> int:
         mode = GenerationMode.NEGATIVE if way == "invalid_with_key" else GenerationMode.POSITIVE
@@ -140,8 +173,13 @@ def fuzz(base_url: str, key: str, probe: StateProbe, examples: int = 1000, seed:
             return 0
 
         @hseed(s)
-        @settings(max_examples=n, deadline=None, database=None, phases=[Phase.generate],
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=n,
+            deadline=None,
+            database=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
         @given(case=strategy)
         def one(case):
             probe.quiesce()
@@ -176,16 +214,23 @@ def fuzz(base_url: str, key: str, probe: StateProbe, examples: int = 1000, seed:
                 if (op.path, op.method, way) in exhausted:
                     continue
                 got = run_one(op, way, per, seed + 1000 * rnd + len(endpoints))
-                if got < per:   # Hypothesis ran out of distinct examples: no more rounds for it
+                if got < per:  # Hypothesis ran out of distinct examples: no more rounds for it
                     exhausted.add((op.path, op.method, way))
-        log(f"round {rnd + 1}: {totals['examples']} examples, {totals['status_5xx']} answers >= 500, "
-            f"{totals['state_changed_after_4xx']} state changes after a 4xx ({time.monotonic() - t0:.0f} s)")
+        log(
+            f"round {rnd + 1}: {totals['examples']} examples, {totals['status_5xx']} answers >= 500, "
+            f"{totals['state_changed_after_4xx']} state changes after a 4xx ({time.monotonic() - t0:.0f} s)"
+        )
         rnd += 1
-    return {**totals, "operations": len(ops), "seconds": round(time.monotonic() - t0, 1), "endpoints": endpoints,
-            "failures": failures}
+    return {
+        **totals,
+        "operations": len(ops),
+        "seconds": round(time.monotonic() - t0, 1),
+        "endpoints": endpoints,
+        "failures": failures,
+    }
 
 
-INGRESS_REQUEST_BYTES = 8192   # HAProxy's tune.bufsize is 16 KB (Ray's default) for the request line and headers
+INGRESS_REQUEST_BYTES = 8192  # HAProxy's tune.bufsize is 16 KB (Ray's default) for the request line and headers
 
 
 def request_bytes(req) -> int:
@@ -193,8 +238,16 @@ def request_bytes(req) -> int:
     return len(req.method or "") + len(req.url or "") + sum(len(k) + len(v) + 4 for k, v in req.headers.items()) + 12
 
 
-def deploy_and_fuzz(cfg, http_root: str, examples: int, seed: int = 0, name: str = "fuzz", db: int = 3,
-                    registry_uri: str | None = None, log=print) -> dict:
+def deploy_and_fuzz(
+    cfg,
+    http_root: str,
+    examples: int,
+    seed: int = 0,
+    name: str = "fuzz",
+    db: int = 3,
+    registry_uri: str | None = None,
+    log=print,
+) -> dict:
     """Deploy an application of its own at `http_root`/`name` (Serve already started there) on
     Redis database `db` (flushed first), fuzz it, delete it."""
     import tempfile
@@ -210,8 +263,9 @@ def deploy_and_fuzz(cfg, http_root: str, examples: int, seed: int = 0, name: str
 
     url = cfg.redis_url.rsplit("/", 1)[0] + f"/{db}"
     stream = {**cfg.stream.model_dump(mode="json"), "backend": "redis"}
-    fcfg = Config.model_validate({**cfg.model_dump(mode="json"), "stream": stream,
-                                  "redis": {**cfg.redis.model_dump(mode="json"), "url": url}})
+    fcfg = Config.model_validate(
+        {**cfg.model_dump(mode="json"), "stream": stream, "redis": {**cfg.redis.model_dump(mode="json"), "url": url}}
+    )
     r = redis.Redis.from_url(url)
     r.flushdb()
     _, key = KeyStore(r).create("fuzz", "admin", {s: {"rate": 1e6, "burst": 1e6} for s in SCOPES})
@@ -231,7 +285,7 @@ def deploy_and_fuzz(cfg, http_root: str, examples: int, seed: int = 0, name: str
             res = fuzz(base, key, probe, examples, seed, log)
     finally:
         serve.delete(name)
-    res["application"] = {"url": base, "redis": masked_url(url)}   # the password stays out of the JSON
+    res["application"] = {"url": base, "redis": masked_url(url)}  # the password stays out of the JSON
     return res
 
 

@@ -60,10 +60,10 @@ class Connection(asyncio.Protocol):
         i = head.find(b"content-length:")
         if i >= 0:
             j = head.find(b"\r\n", i)
-            n = int(head[i + 15: j if j >= 0 else len(head)])
+            n = int(head[i + 15 : j if j >= 0 else len(head)])
             if len(self.buf) < end + 4 + n:
                 return
-            body = bytes(self.buf[end + 4: end + 4 + n])
+            body = bytes(self.buf[end + 4 : end + 4 + n])
             del self.buf[: end + 4 + n]
         elif b"transfer-encoding: chunked" in head:
             body, used = _dechunk(self.buf, end + 4)
@@ -73,7 +73,7 @@ class Connection(asyncio.Protocol):
         else:
             return  # (every server we test sends one of the two)
         status = int(head[9:12])
-        self.head = head   # (lowercased) for a caller that reads a header, e.g. x-recserve-region
+        self.head = head  # (lowercased) for a caller that reads a header, e.g. x-recserve-region
         self.waiter.set_result((status, body))
 
     async def request(self, raw: bytes) -> tuple[int, bytes]:
@@ -94,7 +94,7 @@ def _dechunk(buf: bytearray, start: int):
             return (bytes(out), k + 2) if k >= 0 else (None, 0)
         if len(buf) < j + 2 + size + 2:
             return None, 0
-        out += buf[j + 2: j + 2 + size]
+        out += buf[j + 2 : j + 2 + size]
         pos = j + 2 + size + 2
 
 
@@ -112,12 +112,22 @@ def request_bytes(host: str, path: str, body: bytes, session: int | None, key: s
     extra = f"x-session-id: {session}\r\n" if session is not None else ""
     if key:
         extra += f"Authorization: Bearer {key}\r\n"
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}\r\n"
+    ).encode() + body
 
 
-async def _run(url: str, concurrency: int, duration: float, seq: np.ndarray, k: int, affinity: bool,
-               body_extra: str, key: str | None = None) -> dict:
+async def _run(
+    url: str,
+    concurrency: int,
+    duration: float,
+    seq: np.ndarray,
+    k: int,
+    affinity: bool,
+    body_extra: str,
+    key: str | None = None,
+) -> dict:
     u = urlsplit(url)
     host, port, path = u.hostname, u.port or 80, u.path or "/"
     loop = asyncio.get_running_loop()
@@ -170,8 +180,15 @@ async def _run(url: str, concurrency: int, duration: float, seq: np.ndarray, k: 
     await asyncio.gather(*[worker(t0 + duration) for _ in range(concurrency)])
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu0
-    return {"lat": lat, "codes": codes, "cache": cache, "levels": levels, "errors": errors, "elapsed": elapsed,
-            "cpu_s": cpu}
+    return {
+        "lat": lat,
+        "codes": codes,
+        "cache": cache,
+        "levels": levels,
+        "errors": errors,
+        "elapsed": elapsed,
+        "cpu_s": cpu,
+    }
 
 
 def _child(args: tuple) -> dict:
@@ -185,9 +202,19 @@ def _child(args: tuple) -> dict:
     return asyncio.run(_run(url, c, duration, seq, k, affinity, extra, key))
 
 
-def run(url: str, concurrency: int, duration: float, users: np.ndarray, zipf: float | None = None, k: int = 10,
-        seed: int = 0, affinity: bool = False, processes: int = 1, explain: bool = False,
-        key: str | None = None) -> dict:
+def run(
+    url: str,
+    concurrency: int,
+    duration: float,
+    users: np.ndarray,
+    zipf: float | None = None,
+    k: int = 10,
+    seed: int = 0,
+    affinity: bool = False,
+    processes: int = 1,
+    explain: bool = False,
+    key: str | None = None,
+) -> dict:
     """`key`: the API key sent as `Authorization: Bearer` (recserve keys create)."""
     processes = max(1, min(processes, concurrency))
     seq = draw_users(users, 2_000_000, zipf, seed)
@@ -205,14 +232,23 @@ def run(url: str, concurrency: int, duration: float, users: np.ndarray, zipf: fl
     n = int(np.isfinite(lat).sum())
     elapsed = max(o["elapsed"] for o in outs)
     cache = merge("cache")
-    return {"requests": n, "rps": round(n / elapsed, 1), "p50_ms": round(float(np.percentile(lat, 50)), 2),
-            "p95_ms": round(float(np.percentile(lat, 95)), 2), "p99_ms": round(float(np.percentile(lat, 99)), 2),
-            "errors": sum(o["errors"] for o in outs), "status": merge("codes"), "cache": cache,
-            "levels": merge("levels"), "distinct_users_drawn": int(len(np.unique(seq[: max(n, 1)]))),
-            "cache_hit_rate": round((cache.get("hit", 0) + cache.get("coalesced", 0)) / max(1, sum(cache.values())), 4)
-            if cache else None,
-            "client_cpu_ms_per_request": round(sum(o["cpu_s"] for o in outs) * 1000 / max(n, 1), 3),
-            "client_processes": processes}
+    return {
+        "requests": n,
+        "rps": round(n / elapsed, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "p95_ms": round(float(np.percentile(lat, 95)), 2),
+        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        "errors": sum(o["errors"] for o in outs),
+        "status": merge("codes"),
+        "cache": cache,
+        "levels": merge("levels"),
+        "distinct_users_drawn": int(len(np.unique(seq[: max(n, 1)]))),
+        "cache_hit_rate": round((cache.get("hit", 0) + cache.get("coalesced", 0)) / max(1, sum(cache.values())), 4)
+        if cache
+        else None,
+        "client_cpu_ms_per_request": round(sum(o["cpu_s"] for o in outs) * 1000 / max(n, 1), 3),
+        "client_processes": processes,
+    }
 
 
 def main() -> None:
@@ -227,8 +263,11 @@ def main() -> None:
     p.add_argument("--affinity", action="store_true", help="send x-session-id: <user_id> (the routing key)")
     p.add_argument("--explain", action="store_true", help="ask for explanations")
     p.add_argument("--processes", type=int, default=1, help="client processes the workers are split over")
-    p.add_argument("--key", default=os.environ.get("RECSERVE_API_KEY"),
-                   help="API key with the recommend scope (default $RECSERVE_API_KEY)")
+    p.add_argument(
+        "--key",
+        default=os.environ.get("RECSERVE_API_KEY"),
+        help="API key with the recommend scope (default $RECSERVE_API_KEY)",
+    )
     a = p.parse_args()
     if a.concurrency < 1 or a.duration <= 0:
         p.error("--concurrency must be >= 1 and --duration > 0")
@@ -236,8 +275,23 @@ def main() -> None:
         lo, hi = (int(x) for x in a.users.split("-"))
     except ValueError:
         p.error(f"--users must be LO-HI, got {a.users!r}")
-    print(json.dumps(run(a.url, a.concurrency, a.duration, np.arange(lo, hi + 1), a.zipf, a.k, a.seed, a.affinity,
-                         a.processes, a.explain, a.key)))
+    print(
+        json.dumps(
+            run(
+                a.url,
+                a.concurrency,
+                a.duration,
+                np.arange(lo, hi + 1),
+                a.zipf,
+                a.k,
+                a.seed,
+                a.affinity,
+                a.processes,
+                a.explain,
+                a.key,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

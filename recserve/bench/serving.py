@@ -64,15 +64,38 @@ def _cpu_seconds() -> dict[str, float]:
     return out
 
 
-def _load(url: str, c: int, duration: float, users: np.ndarray, seed: int, zipf: float | None = None,
-          affinity: bool = False, key: str | None = None) -> dict:
+def _load(
+    url: str,
+    c: int,
+    duration: float,
+    users: np.ndarray,
+    seed: int,
+    zipf: float | None = None,
+    affinity: bool = False,
+    key: str | None = None,
+) -> dict:
     lo_hi = None
     if len(users) and np.array_equal(users, np.arange(users.min(), users.max() + 1)):
         lo_hi = f"{int(users.min())}-{int(users.max())}"
     if lo_hi is None:
         raise ValueError("the load generator takes a contiguous range of user ids")
-    cmd = [sys.executable, "-m", "recserve.bench.loadgen", "--url", url, "--concurrency", str(c), "--duration",
-           str(duration), "--users", lo_hi, "--seed", str(seed), "--k", "10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recserve.bench.loadgen",
+        "--url",
+        url,
+        "--concurrency",
+        str(c),
+        "--duration",
+        str(duration),
+        "--users",
+        lo_hi,
+        "--seed",
+        str(seed),
+        "--k",
+        "10",
+    ]
     cmd += (["--zipf", str(zipf)] if zipf else []) + (["--affinity"] if affinity else [])
     cmd += ["--key", key] if key else []
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120, cwd=ROOT)
@@ -81,7 +104,7 @@ def _load(url: str, c: int, duration: float, users: np.ndarray, seed: int, zipf:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-REPEATS = 3   # runs of the concurrency-4 point of the uncached cases and the no-ops: the median's is kept
+REPEATS = 3  # runs of the concurrency-4 point of the uncached cases and the no-ops: the median's is kept
 
 
 def _median_point(url: str, c: int, duration: float, users: np.ndarray, seed: int, repeats: int, **kw) -> dict:
@@ -97,8 +120,11 @@ def _point(url: str, c: int, duration: float, users: np.ndarray, seed: int, cpu:
     r = _load(url, c, duration, users, seed, **kw)
     if before is not None and r["requests"]:
         after = _cpu_seconds()
-        per = {k: round((after[k] - before.get(k, 0.0)) * 1000 / r["requests"], 3)
-               for k in after if after[k] - before.get(k, 0.0) > 0.002 * duration}
+        per = {
+            k: round((after[k] - before.get(k, 0.0)) * 1000 / r["requests"], 3)
+            for k in after
+            if after[k] - before.get(k, 0.0) > 0.002 * duration
+        }
         per["loadgen"] = r["client_cpu_ms_per_request"]
         r["cpu_ms_per_request"] = dict(sorted(per.items(), key=lambda kv: -kv[1]))
         r["cpu_ms_per_request_total"] = round(sum(per.values()), 3)
@@ -115,8 +141,9 @@ def _experiment_cost(cfg, reg, r, url: str, duration: float, user_ids: np.ndarra
 
     other = other_ranker(reg)
     arm = {"share": 0.5, **({"ranker_version": other} if other else {"bandit_share": 0.1})}
-    exp = ExperimentConfig.model_validate({"arms": {"control": {"share": 0.5}, "candidate": arm},
-                                           "guardrail": {"enabled": False}})
+    exp = ExperimentConfig.model_validate(
+        {"arms": {"control": {"share": 0.5}, "candidate": arm}, "guardrail": {"enabled": False}}
+    )
     with_exp = cfg.model_copy(update={"experiments": {"bench": exp}})
     runs: dict[str, list] = {"without": [], "with": []}
     try:
@@ -126,11 +153,13 @@ def _experiment_cost(cfg, reg, r, url: str, duration: float, user_ids: np.ndarra
                     ex.start(r, with_exp, reg, "bench", replace=True)
                 else:
                     ex.stop(r)
-                time.sleep(2.5)   # every replica reads the experiment within a second
+                time.sleep(2.5)  # every replica reads the experiment within a second
                 got = _point(url, 4, duration, user_ids, 5000 + 100 * i + (case == "with"), cpu=True, key=key)
                 runs[case].append(got)
-                log(f"experiment {case:7s} run {i + 1}: {got['rps']:8.1f} req/s  p95 {got['p95_ms']:7.2f} ms  "
-                    f"levels {got.get('levels')}")
+                log(
+                    f"experiment {case:7s} run {i + 1}: {got['rps']:8.1f} req/s  p95 {got['p95_ms']:7.2f} ms  "
+                    f"levels {got.get('levels')}"
+                )
     finally:
         ex.stop(r)
     med = {c: sorted(v, key=lambda x: x["rps"])[len(v) // 2] for c, v in runs.items()}
@@ -154,8 +183,9 @@ def default_noop(duration: float, seed: int) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_") and k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"
     cmd = [sys.executable, "-m", "recserve.bench.serving", "--default-noop", str(duration), str(seed)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
-                         timeout=len(CONCURRENCY) * (duration + 120) + 300)
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=len(CONCURRENCY) * (duration + 120) + 300
+    )
     if out.returncode != 0:
         raise RuntimeError(f"the default-proxy no-op run failed: {out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -177,8 +207,12 @@ def _default_noop_child(duration: float, seed: int) -> None:
         _wait_ready(url, {"user_id": 0, "k": 10})
         _settle(lambda m: None)
         users = np.arange(0, 1000)
-        res = {str(c): _median_point(url, c, duration, users, seed + c, REPEATS) if c == 4 else
-               _point(url, c, duration, users, seed + c, cpu=False) for c in CONCURRENCY}
+        res = {
+            str(c): _median_point(url, c, duration, users, seed + c, REPEATS)
+            if c == 4
+            else _point(url, c, duration, users, seed + c, cpu=False)
+            for c in CONCURRENCY
+        }
     finally:
         try:
             serve.shutdown()
@@ -246,8 +280,14 @@ def other_ranker(reg) -> str | None:
     return None
 
 
-def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, auth_only: bool = False,
-        experiment: bool = False) -> dict:
+def run(
+    cfg,
+    duration: float = 15.0,
+    out: str | Path | None = None,
+    log=print,
+    auth_only: bool = False,
+    experiment: bool = False,
+) -> dict:
     """All the cases; `auth_only`: only what API keys cost, each case beside the same with
     auth.enabled false (uncached: median of three at c=4; cached: disjoint user pools);
     `experiment`: only what a running experiment costs (`_experiment_cost`)."""
@@ -264,12 +304,21 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, a
     user_ids = np.sort(user_ids)
     ensure_ray(cfg)
     require_own_serve("the benchmark")
-    res: dict = {"duration_s": duration, "users": len(user_ids), "cpus": os.cpu_count(),
-                 "ingress": cfg.serve.ingress, "deadline_ms": cfg.serve.deadline_ms,
-                 "in_router_process": colocated(cfg), "index_shards": cfg.index.num_shards, "cases": {}}
+    res: dict = {
+        "duration_s": duration,
+        "users": len(user_ids),
+        "cpus": os.cpu_count(),
+        "ingress": cfg.serve.ingress,
+        "deadline_ms": cfg.serve.deadline_ms,
+        "in_router_process": colocated(cfg),
+        "index_shards": cfg.index.num_shards,
+        "cases": {},
+    }
     if not auth_only and not experiment:
-        log(f"noop_default: the no-op behind Serve's default proxy (a Ray cluster of its own), {duration:.0f} s "
-            f"per point")
+        log(
+            f"noop_default: the no-op behind Serve's default proxy (a Ray cluster of its own), {duration:.0f} s "
+            f"per point"
+        )
         res["cases"]["noop_default"] = default_noop(duration, seed=100)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -291,11 +340,16 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, a
         for c in CONCURRENCY:
             users, seed = user_ids if pools is None else pools[c], 1000 * len(cases) + c
             # the cached cases' users must arrive cold: one run per point, its pool its own
-            r = _median_point(url, c, duration, users, seed, REPEATS, **kw) if c == 4 and pools is None else \
-                _point(url, c, duration, users, seed, cpu=c == 4, **kw)
+            r = (
+                _median_point(url, c, duration, users, seed, REPEATS, **kw)
+                if c == 4 and pools is None
+                else _point(url, c, duration, users, seed, cpu=c == 4, **kw)
+            )
             cases[case][str(c)] = r
-            log(f"{case:17s} c={c:<3d} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  "
-                f"errors {r['errors']}  levels {r.get('levels')}  client {r['client_cpu_ms_per_request']} ms CPU/req")
+            log(
+                f"{case:17s} c={c:<3d} {r['rps']:8.1f} req/s  p50 {r['p50_ms']:7.2f} ms  p95 {r['p95_ms']:7.2f} ms  "
+                f"errors {r['errors']}  levels {r.get('levels')}  client {r['client_cpu_ms_per_request']} ms CPU/req"
+            )
 
     def deploy(app, name: str, prefix: str) -> None:
         t = time.perf_counter()
@@ -313,8 +367,7 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, a
 
     if experiment:
         deploy(build_app(cfg, cache=False, name="nocache"), "nocache", "/nocache")
-        res["experiment"] = _experiment_cost(cfg, reg, r, f"{base}/nocache/v1/recommend", duration, user_ids, key,
-                                             log)
+        res["experiment"] = _experiment_cost(cfg, reg, r, f"{base}/nocache/v1/recommend", duration, user_ids, key, log)
         delete("nocache")
         serve.shutdown()
         KeyStore(r).revoke(kid)
@@ -326,14 +379,19 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, a
     pools = [np.arange(p.min(), p.max() + 1) for p in pools]
     own, aff, spread = ({c: pools[j * len(CONCURRENCY) + i] for i, c in enumerate(CONCURRENCY)} for j in range(3))
     if auth_only:
-        for name, c, cache in (("recommend", cfg, False), ("recommend_noauth", noauth, False),
-                               ("recommend_cached", cfg, True), ("recommend_cached_noauth", noauth, True)):
+        for name, c, cache in (
+            ("recommend", cfg, False),
+            ("recommend_noauth", noauth, False),
+            ("recommend_cached", cfg, True),
+            ("recommend_cached_noauth", noauth, True),
+        ):
             app = name.replace("_", "-")
             deploy(build_app(c, cache=cache, name=app), app, f"/{app}")
             kw = {"key": None} if c is noauth else {}
             if cache:
-                measure(name, f"{base}/{app}/v1/recommend", zipf=1.1, affinity=True,
-                        pools=own if c is cfg else spread, **kw)
+                measure(
+                    name, f"{base}/{app}/v1/recommend", zipf=1.1, affinity=True, pools=own if c is cfg else spread, **kw
+                )
             else:
                 measure(name, f"{base}/{app}/v1/recommend", **kw)
             delete(app)
@@ -374,8 +432,13 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, a
     # two router replicas, each its own L1 cache: the hit rate with the routing key and without it
     deploy(build_app(cfg, cache=True, name="cached2", router_replicas=2, affinity=True), "cached2", "/cached2")
     measure("recommend_cached_2_replicas", f"{base}/cached2/v1/recommend", zipf=1.1, affinity=True, pools=aff)
-    measure("recommend_cached_2_replicas_no_affinity", f"{base}/cached2/v1/recommend", zipf=1.1, affinity=False,
-            pools=spread)
+    measure(
+        "recommend_cached_2_replicas_no_affinity",
+        f"{base}/cached2/v1/recommend",
+        zipf=1.1,
+        affinity=False,
+        pools=spread,
+    )
     delete("cached2")
     serve.shutdown()  # the bench's own Serve instance (its HTTP port is fixed once started)
     KeyStore(r).revoke(kid)
@@ -399,20 +462,25 @@ def run(cfg, duration: float = 15.0, out: str | Path | None = None, log=print, a
     res["cached_vs_noop"] = round(rps("recommend_cached") / rps("noop"), 3)
     res["cached_vs_default_noop"] = round(rps("recommend_cached") / rps("noop_default"), 3)
     res["noop_vs_default_noop"] = round(rps("noop") / rps("noop_default"), 3)
-    res["client_cpu_ms_per_request"] = max(r["client_cpu_ms_per_request"] for case in cases.values()
-                                           for r in case.values())
-    res["targets"] = {"recommend_vs_default_noop_ge_1": res["recommend_vs_default_noop"] >= 1.0,
-                      "recommend_vs_noop_ge_0_25": res["recommend_vs_noop"] >= 0.25,
-                      "p95_le_80ms_c4": cases["recommend"]["4"]["p95_ms"] <= 80,
-                      "hit_rate_ge_0_8": res["cache_hit_rate"] >= 0.8,
-                      "cached_vs_noop_ge_0_9": res["cached_vs_noop"] >= 0.9,
-                      "first_answer_level_0": res["first_answer_level"] == 0,
-                      "client_cpu_le_0_5ms": res["client_cpu_ms_per_request"] <= 0.5,
-                      "no_shard_actor_left": not any(res["shard_actors_after_delete"].values())}
-    log(f"recommend / noop {res['recommend_vs_noop']} (same ingress), / default-proxy noop "
+    res["client_cpu_ms_per_request"] = max(
+        r["client_cpu_ms_per_request"] for case in cases.values() for r in case.values()
+    )
+    res["targets"] = {
+        "recommend_vs_default_noop_ge_1": res["recommend_vs_default_noop"] >= 1.0,
+        "recommend_vs_noop_ge_0_25": res["recommend_vs_noop"] >= 0.25,
+        "p95_le_80ms_c4": cases["recommend"]["4"]["p95_ms"] <= 80,
+        "hit_rate_ge_0_8": res["cache_hit_rate"] >= 0.8,
+        "cached_vs_noop_ge_0_9": res["cached_vs_noop"] >= 0.9,
+        "first_answer_level_0": res["first_answer_level"] == 0,
+        "client_cpu_le_0_5ms": res["client_cpu_ms_per_request"] <= 0.5,
+        "no_shard_actor_left": not any(res["shard_actors_after_delete"].values()),
+    }
+    log(
+        f"recommend / noop {res['recommend_vs_noop']} (same ingress), / default-proxy noop "
         f"{res['recommend_vs_default_noop']}; cached / noop {res['cached_vs_noop']} at hit rate "
         f"{res['cache_hit_rate']}; 2 router replicas: hit rate {res['cache_hit_rate_2_replicas']} with the routing "
-        f"key, {res['cache_hit_rate_2_replicas_no_affinity']} without")
+        f"key, {res['cache_hit_rate_2_replicas_no_affinity']} without"
+    )
     write_result(out, res)
     return res
 

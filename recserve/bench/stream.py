@@ -29,8 +29,16 @@ from recserve.bench.common import require_own_serve, write_result
 
 
 def raw_xadd(client, seconds: float = 3.0, batch: int = 1000) -> float:
-    payload = json.dumps({"event_id": "x" * 16, "user_id": 123456, "item_id": 654321, "event_type": "view",
-                          "value": 1.0, "ts": int(time.time())})
+    payload = json.dumps(
+        {
+            "event_id": "x" * 16,
+            "user_id": 123456,
+            "item_id": 654321,
+            "event_type": "view",
+            "value": 1.0,
+            "ts": int(time.time()),
+        }
+    )
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         pipe = client.pipeline(transaction=False)
@@ -43,8 +51,16 @@ def raw_xadd(client, seconds: float = 3.0, batch: int = 1000) -> float:
     return rate
 
 
-def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: str | Path | None = None,
-        log=print, backend: str | None = None, appendfsync: str | None = None) -> dict:
+def run(
+    cfg,
+    duration: float = 15.0,
+    batch: int = 1000,
+    posters: int = 3,
+    out: str | Path | None = None,
+    log=print,
+    backend: str | None = None,
+    appendfsync: str | None = None,
+) -> dict:
     import ray
     import redis
     from ray import serve
@@ -68,15 +84,20 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
         broker = start_kafka(Path(tempfile.mkdtemp(prefix="bench-kafka-")), port)
         stream["bootstrap_servers"] = f"127.0.0.1:{port}"
         log(f"started the embedded Kafka-protocol broker on 127.0.0.1:{port} for the benchmark")
-    cfg = Config.model_validate({**cfg.model_dump(mode="json"), "stream": stream,
-                                 "redis": {**cfg.redis.model_dump(mode="json"), "url": f"{base_url}/1"}})
+    cfg = Config.model_validate(
+        {
+            **cfg.model_dump(mode="json"),
+            "stream": stream,
+            "redis": {**cfg.redis.model_dump(mode="json"), "url": f"{base_url}/1"},
+        }
+    )
     r = redis.Redis.from_url(cfg.redis_url)
     r.flushdb()
     from recserve.auth import KeyStore
 
     _, key = KeyStore(r).create("bench stream", "events", {"events": {"rate": 1e6, "burst": 1e6}})
     fsync_before = r.config_get("appendfsync")["appendfsync"]
-    if appendfsync:     # the stack's Redis, for this run only (restored at the end)
+    if appendfsync:  # the stack's Redis, for this run only (restored at the end)
         r.config_set("appendfsync", appendfsync)
     fsync_used = r.config_get("appendfsync")["appendfsync"]
     reg = Registry(cfg.registry_uri, cfg.registry.keep)
@@ -93,8 +114,10 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
     base = f"http://127.0.0.1:{port}"
     sup = get_supervisor(cfg)
     n_agg = len(ray.get(sup.stats.remote())["aggregators"])
-    log(f"{backend}: {n_agg} aggregators over {cfg.stream.partitions} partitions; posting {batch}-event batches "
-        f"from {posters} connections for {duration:.0f} s")
+    log(
+        f"{backend}: {n_agg} aggregators over {cfg.stream.partitions} partitions; posting {batch}-event batches "
+        f"from {posters} connections for {duration:.0f} s"
+    )
     probes: list[dict] = []
     stop = threading.Event()
 
@@ -103,8 +126,16 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
         with httpx.Client(base_url=base, timeout=30, headers={"authorization": f"Bearer {key}"}) as c:
             while not stop.is_set():
                 uid = 2_000_000_000 + j
-                ev = {"events": [{"event_id": f"probe-{uid}-{time.time_ns()}", "user_id": uid,
-                                  "item_id": int(item_ids[j % len(item_ids)]), "event_type": "click"}]}
+                ev = {
+                    "events": [
+                        {
+                            "event_id": f"probe-{uid}-{time.time_ns()}",
+                            "user_id": uid,
+                            "item_id": int(item_ids[j % len(item_ids)]),
+                            "event_type": "click",
+                        }
+                    ]
+                }
                 t_send = time.perf_counter()
                 resp = c.post("/v1/events", json=ev)
                 t_acc = time.perf_counter()
@@ -117,20 +148,38 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
                 stop.wait(0.2)
 
     th = threading.Thread(target=prober)
-    cmd = [sys.executable, "-m", "recserve.bench.eventgen", "--url", f"{base}/v1/events", "--posters", str(posters),
-           "--duration", str(duration), "--batch", str(batch),
-           "--users", f"{int(user_ids.min())}-{int(user_ids.max())}",
-           "--items", f"{int(item_ids.min())}-{int(item_ids.max())}", "--key", key]
+    cmd = [
+        sys.executable,
+        "-m",
+        "recserve.bench.eventgen",
+        "--url",
+        f"{base}/v1/events",
+        "--posters",
+        str(posters),
+        "--duration",
+        str(duration),
+        "--batch",
+        str(batch),
+        "--users",
+        f"{int(user_ids.min())}-{int(user_ids.max())}",
+        "--items",
+        f"{int(item_ids.min())}-{int(item_ids.max())}",
+        "--key",
+        key,
+    ]
     t0 = time.perf_counter()
     th.start()
-    gen = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 300,
-                         cwd=Path(__file__).resolve().parents[2])
+    gen = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=duration + 300, cwd=Path(__file__).resolve().parents[2]
+    )
     if gen.returncode != 0:
         stop.set()
         raise RuntimeError(f"event generator failed: {gen.stderr[-2000:]}")
     posted = json.loads(gen.stdout.strip().splitlines()[-1])
-    log(f"posted: {posted['accepted']:,} events accepted at {posted['events_per_s']:,.0f}/s "
-        f"(POST p95 {posted['post_p95_ms']} ms)")
+    log(
+        f"posted: {posted['accepted']:,} events accepted at {posted['events_per_s']:,.0f}/s "
+        f"(POST p95 {posted['post_p95_ms']} ms)"
+    )
     log_obj = make_log(cfg, r)
     while sum(lag(r, log_obj).values()) > 0 and time.perf_counter() - t0 < duration + 600:
         time.sleep(0.01)
@@ -140,10 +189,17 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
     total = posted["accepted"] + len(probes)
     fresh = np.array([p["fresh_ms"] for p in probes]) if probes else np.array([np.nan])
     res = {
-        "duration_s": duration, "batch": batch, "posters": posters, "backend": backend, "appendfsync": fsync_used, "aggregators": n_agg,
+        "duration_s": duration,
+        "batch": batch,
+        "posters": posters,
+        "backend": backend,
+        "appendfsync": fsync_used,
+        "aggregators": n_agg,
         "partitions": cfg.stream.partitions,
-        "events": total, "events_per_s": round(total / (t_done - t0), 1),
-        "ingest_events_per_s": posted["events_per_s"], "post_p95_ms": posted["post_p95_ms"],
+        "events": total,
+        "events_per_s": round(total / (t_done - t0), 1),
+        "ingest_events_per_s": posted["events_per_s"],
+        "post_p95_ms": posted["post_p95_ms"],
         "drain_s_after_posting": round(t_done - t0 - posted["seconds"], 3),
         "freshness_p50_ms": round(float(np.percentile(fresh, 50)), 2),
         "freshness_p95_ms": round(float(np.percentile(fresh, 95)), 2),
@@ -153,8 +209,10 @@ def run(cfg, duration: float = 15.0, batch: int = 1000, posters: int = 3, out: s
         "ingest_vs_raw": round(posted["events_per_s"] / raw, 3),
         "aggregator_stats": ray.get(sup.stats.remote())["aggregators"],
     }
-    res["targets"] = {"events_per_s_ge_10000": res["events_per_s"] >= 10_000,
-                      "freshness_p95_le_1000ms": res["freshness_p95_ms"] <= 1000}
+    res["targets"] = {
+        "events_per_s_ge_10000": res["events_per_s"] >= 10_000,
+        "freshness_p95_le_1000ms": res["freshness_p95_ms"] <= 1000,
+    }
     r.config_set("appendfsync", fsync_before)
     stop_supervisor(cfg, "stream")
     serve.shutdown()

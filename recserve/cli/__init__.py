@@ -3,13 +3,13 @@ One module per command group; each registers its commands on the app in `recserv
 
 # the order of these imports is the order of --help
 from recserve.cli import stack  # noqa: F401,I001 - each registers its commands
-from recserve.cli import offline  # noqa: F401,I001
-from recserve.cli import registry  # noqa: F401,I001
-from recserve.cli import region  # noqa: F401,I001
-from recserve.cli import ops  # noqa: F401,I001
-from recserve.cli import keys  # noqa: F401,I001
-from recserve.cli import experiment  # noqa: F401,I001
-from recserve.cli import bench  # noqa: F401,I001
+from recserve.cli import offline  # noqa: F401
+from recserve.cli import registry  # noqa: F401
+from recserve.cli import region  # noqa: F401
+from recserve.cli import ops  # noqa: F401
+from recserve.cli import keys  # noqa: F401
+from recserve.cli import experiment  # noqa: F401
+from recserve.cli import bench  # noqa: F401
 from recserve.cli.main import app, main
 
 __all__ = ["app", "main"]

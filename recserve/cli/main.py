@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 
 from recserve.config import Config, ConfigError, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="recserve: real-time personalization served from a Ray cluster.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="recserve: real-time personalization served from a Ray cluster."
+)
 registry_app = typer.Typer(no_args_is_help=True, help="Inspect the artifact registry.")
 app.add_typer(registry_app, name="registry")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: each writes JSON under benchmarks/results/.")
@@ -28,7 +28,7 @@ def _fail(e: Exception):
     raise typer.Exit(2)
 
 
-def _cfg(config: Optional[Path]) -> Config:
+def _cfg(config: Path | None) -> Config:
     try:
         return load_config(config)
     except ConfigError as e:
@@ -43,8 +43,12 @@ def _redis(cfg: Config, what: str):
     try:
         r.ping()
     except redis.RedisError as e:
-        _fail(RuntimeError(f"Redis at {cfg.redis_shown} cannot be reached ({e}): {what} live there; `recserve up` "
-                           f"starts the embedded one, or set redis.url"))
+        _fail(
+            RuntimeError(
+                f"Redis at {cfg.redis_shown} cannot be reached ({e}): {what} live there; `recserve up` "
+                f"starts the embedded one, or set redis.url"
+            )
+        )
     return r
 
 
@@ -54,7 +58,6 @@ def _progress(what: str):
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="recserve.yaml (default ./recserve.yaml or $RECSERVE_CONFIG)")
-
 
 
 def main() -> None:  # pragma: no cover

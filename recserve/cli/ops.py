@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -13,18 +12,22 @@ from recserve.cli.main import ConfigOpt, _cfg, _fail, _progress, app, console
 
 
 @app.command("capacity")
-def capacity_cmd(mau: Optional[float] = typer.Option(None, help="monthly active users (default: the design's "
-                                                                "year 0..3 projection)"),
-                 peak_qps: Optional[float] = typer.Option(None, "--peak-qps"),
-                 items: Optional[float] = typer.Option(None),
-                 events_per_day: Optional[float] = typer.Option(None, "--events-per-day"),
-                 headroom: float = typer.Option(0.3),
-                 dim: int = typer.Option(512, help="embedding dimension of the index"),
-                 ranker_lists_per_gpu: Optional[float] = typer.Option(
-                     None, "--ranker-lists-per-gpu", help="measured ranker throughput per GPU (no GPU benchmark "
-                                                          "here yet); without it the pool is reported unmeasured"),
-                 results: Path = typer.Option(Path("benchmarks/results"), help="where the benchmark JSONs are"),
-                 out: Path = typer.Option(Path("benchmarks/results/capacity.json"), help="JSON (and .png beside)")):
+def capacity_cmd(
+    mau: float | None = typer.Option(None, help="monthly active users (default: the design's year 0..3 projection)"),
+    peak_qps: float | None = typer.Option(None, "--peak-qps"),
+    items: float | None = typer.Option(None),
+    events_per_day: float | None = typer.Option(None, "--events-per-day"),
+    headroom: float = typer.Option(0.3),
+    dim: int = typer.Option(512, help="embedding dimension of the index"),
+    ranker_lists_per_gpu: float | None = typer.Option(
+        None,
+        "--ranker-lists-per-gpu",
+        help="measured ranker throughput per GPU (no GPU benchmark "
+        "here yet); without it the pool is reported unmeasured",
+    ),
+    results: Path = typer.Option(Path("benchmarks/results"), help="where the benchmark JSONs are"),
+    out: Path = typer.Option(Path("benchmarks/results/capacity.json"), help="JSON (and .png beside)"),
+):
     """Node counts per pool and region from the design's rules and this repo's measured throughput."""
     from recserve.ops.capacity import CapacityError, Measured, plan, projection
 
@@ -34,23 +37,51 @@ def capacity_cmd(mau: Optional[float] = typer.Option(None, help="monthly active 
         if mau is not None:
             if None in (peak_qps, items, events_per_day):
                 raise CapacityError("with --mau give --peak-qps, --items and --events-per-day too")
-            rows = [{"year": None, "inputs": {"mau": mau, "peak_qps": peak_qps, "items": items,
-                                              "events_per_day": events_per_day},
-                     **plan(mau, peak_qps, items, events_per_day, m, **kw)}]
+            rows = [
+                {
+                    "year": None,
+                    "inputs": {"mau": mau, "peak_qps": peak_qps, "items": items, "events_per_day": events_per_day},
+                    **plan(mau, peak_qps, items, events_per_day, m, **kw),
+                }
+            ]
         else:
             rows = projection(m, **kw)
     except CapacityError as e:
         _fail(e)
     t = Table(title="nodes per active region (standby in brackets)")
-    for col in ("year", "MAU", "peak QPS", "items", "api", "bandit", "state", "ranker_gpu", "llm_gpu", "aggregators",
-                "shards"):
+    for col in (
+        "year",
+        "MAU",
+        "peak QPS",
+        "items",
+        "api",
+        "bandit",
+        "state",
+        "ranker_gpu",
+        "llm_gpu",
+        "aggregators",
+        "shards",
+    ):
         t.add_column(col)
     for r in rows:
         reg, sb = r["per_active_region"], r["standby"]
-        cell = lambda k: "unmeasured" if reg[k] is None else f"{reg[k]} ({sb[k]})"  # noqa: E731
-        t.add_row(str(r["year"]), f"{r['inputs']['mau']:,.0f}", f"{r['inputs']['peak_qps']:,.0f}",
-                  f"{r['inputs']['items']:,.0f}", cell("api"), cell("bandit"), cell("state"), cell("ranker_gpu"),
-                  cell("llm_gpu"), str(r["aggregators_per_region"]), str(r["index_shards"]))
+
+        def cell(k, reg=reg, sb=sb):
+            return "unmeasured" if reg[k] is None else f"{reg[k]} ({sb[k]})"
+
+        t.add_row(
+            str(r["year"]),
+            f"{r['inputs']['mau']:,.0f}",
+            f"{r['inputs']['peak_qps']:,.0f}",
+            f"{r['inputs']['items']:,.0f}",
+            cell("api"),
+            cell("bandit"),
+            cell("state"),
+            cell("ranker_gpu"),
+            cell("llm_gpu"),
+            str(r["aggregators_per_region"]),
+            str(r["index_shards"]),
+        )
     console.print(t)
     res = {"measured_from": m.sources, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,13 +107,19 @@ def capacity_cmd(mau: Optional[float] = typer.Option(None, help="monthly active 
 
 
 @app.command("chaos")
-def chaos_cmd(duration: float = typer.Option(120.0, help="seconds in all (seven phases)"),
-              concurrency: int = typer.Option(4, help="concurrent /v1/recommend clients"),
-              appendfsync: Optional[str] = typer.Option(None, "--appendfsync", help="always | everysec | no for this "
-                                                        "run (default: the running Redis'): the host-crash phase "
-                                                        "shows what each loses"),
-              out: Path = typer.Option(Path("benchmarks/results/chaos.json")),
-              config: Optional[Path] = ConfigOpt):
+def chaos_cmd(
+    duration: float = typer.Option(120.0, help="seconds in all (seven phases)"),
+    concurrency: int = typer.Option(4, help="concurrent /v1/recommend clients"),
+    appendfsync: str | None = typer.Option(
+        None,
+        "--appendfsync",
+        help="always | everysec | no for this "
+        "run (default: the running Redis'): the host-crash phase "
+        "shows what each loses",
+    ),
+    out: Path = typer.Option(Path("benchmarks/results/chaos.json")),
+    config: Path | None = ConfigOpt,
+):
     """Load plus faults, one per phase: kill a ranker replica, a vector-shard actor, an aggregator,
     Redis (then restart it), crash Redis' host (its AOF cut back to what the disk held), slow the
     explainer; per phase status codes, levels, p95, recovery and acknowledged events lost."""
@@ -99,11 +136,16 @@ def chaos_cmd(duration: float = typer.Option(120.0, help="seconds in all (seven 
 
 
 @app.command("fuzz")
-def fuzz_cmd(examples: int = typer.Option(1000, "--examples", help="examples in all (at least; over every operation, "
-                                                                   "valid and invalid inputs, with a key and without)"),
-             out: Path = typer.Option(Path("benchmarks/results/fuzz.json")),
-             seed: int = typer.Option(0, help="Hypothesis' seed (the same seed, the same examples)"),
-             config: Optional[Path] = ConfigOpt):
+def fuzz_cmd(
+    examples: int = typer.Option(
+        1000,
+        "--examples",
+        help="examples in all (at least; over every operation, valid and invalid inputs, with a key and without)",
+    ),
+    out: Path = typer.Option(Path("benchmarks/results/fuzz.json")),
+    seed: int = typer.Option(0, help="Hypothesis' seed (the same seed, the same examples)"),
+    config: Path | None = ConfigOpt,
+):
     """Fuzz the HTTP API from its OpenAPI schema (Schemathesis): no answer may be >= 500, and no
     4xx may change anything (event log, index, bandit, forgotten users, keys, registry). Brings
     the stack up and fills the registry when needed (as `demo --no-serve`), deploys an application
@@ -127,10 +169,12 @@ def fuzz_cmd(examples: int = typer.Option(1000, "--examples", help="examples in 
 
 
 @app.command("backup")
-def backup_cmd(to: str = typer.Option(..., "--to", help="local folder or pyarrow.fs URI (s3://..., gs://...)"),
-               keep: int = typer.Option(24, help="backups to keep there (older ones are removed)"),
-               list_only: bool = typer.Option(False, "--list", help="list the backups there and exit"),
-               config: Optional[Path] = ConfigOpt):
+def backup_cmd(
+    to: str = typer.Option(..., "--to", help="local folder or pyarrow.fs URI (s3://..., gs://...)"),
+    keep: int = typer.Option(24, help="backups to keep there (older ones are removed)"),
+    list_only: bool = typer.Option(False, "--list", help="list the backups there and exit"),
+    config: Path | None = ConfigOpt,
+):
     """One consistent, timestamped backup of the running stack: Redis (BGSAVE + AOF: features,
     live contexts, counters, bandit, event log, committed offsets), the live indexes' snapshots and
     WALs, the registry's manifests."""
@@ -149,12 +193,14 @@ def backup_cmd(to: str = typer.Option(..., "--to", help="local folder or pyarrow
 
 
 @app.command("restore")
-def restore_cmd(src: str = typer.Option(..., "--from", help="where `recserve backup --to` wrote"),
-                point_in_time: Optional[str] = typer.Option(None, "--point-in-time",
-                                                            help="newest backup at or before this (unix seconds or "
-                                                                 "ISO time); default the newest"),
-                force: bool = typer.Option(False, "--force", help="restore over existing Redis data (kept aside)"),
-                config: Optional[Path] = ConfigOpt):
+def restore_cmd(
+    src: str = typer.Option(..., "--from", help="where `recserve backup --to` wrote"),
+    point_in_time: str | None = typer.Option(
+        None, "--point-in-time", help="newest backup at or before this (unix seconds or ISO time); default the newest"
+    ),
+    force: bool = typer.Option(False, "--force", help="restore over existing Redis data (kept aside)"),
+    config: Path | None = ConfigOpt,
+):
     """Load a backup into the stopped stack (`recserve down` first); `recserve up` then serves it."""
     from recserve.ops.backup import BackupError, restore
 
@@ -166,20 +212,24 @@ def restore_cmd(src: str = typer.Option(..., "--from", help="where `recserve bac
     console.print_json(json.dumps(res))
 
 
-drill_app = typer.Typer(no_args_is_help=True, help="Drills: lose a part of the system on purpose, under load, "
-                                                   "and measure what clients saw (docs/runbook.md).")
+drill_app = typer.Typer(
+    no_args_is_help=True,
+    help="Drills: lose a part of the system on purpose, under load, and measure what clients saw (docs/runbook.md).",
+)
 app.add_typer(drill_app, name="drill")
 
 
 @drill_app.command("region-failure")
-def drill_region_failure(region: str = typer.Option("us-west-2", "--region", help="the active region to lose"),
-                         duration: float = typer.Option(120.0, min=30, help="seconds of load at least: the region "
-                                                        "is killed at 1/6, recovered from 1/2"),
-                         concurrency: int = typer.Option(4, min=1, help="concurrent /v1/recommend clients"),
-                         users: int = typer.Option(2000, min=10, help="users of the trained world the load draws "
-                                                   "from (uniformly)"),
-                         out: Path = typer.Option(Path("benchmarks/results/drill.json")),
-                         config: Optional[Path] = ConfigOpt):
+def drill_region_failure(
+    region: str = typer.Option("us-west-2", "--region", help="the active region to lose"),
+    duration: float = typer.Option(
+        120.0, min=30, help="seconds of load at least: the region is killed at 1/6, recovered from 1/2"
+    ),
+    concurrency: int = typer.Option(4, min=1, help="concurrent /v1/recommend clients"),
+    users: int = typer.Option(2000, min=10, help="users of the trained world the load draws from (uniformly)"),
+    out: Path = typer.Option(Path("benchmarks/results/drill.json")),
+    config: Path | None = ConfigOpt,
+):
     """Kill a whole region (its Redis and Ray cluster, SIGKILL) under load through the regions' load
     balancer, run the runbook's failover and recovery (`recserve region failover / up / return`),
     and measure: 5xx (during detection and after), RTO, events acknowledged and lost, RPO, the
@@ -190,7 +240,7 @@ def drill_region_failure(region: str = typer.Option("us-west-2", "--region", hel
     from recserve.bench.drill import run
     from recserve.ops.region import RegionError
 
-    if config is not None:   # the runbook commands the drill runs read the same config
+    if config is not None:  # the runbook commands the drill runs read the same config
         os.environ["RECSERVE_CONFIG"] = str(config.resolve())
     try:
         res = run(_cfg(config), region, duration, concurrency, out, log=_progress("drill"), n_users=users)

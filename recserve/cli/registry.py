@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -12,7 +11,7 @@ from recserve.cli.main import ConfigOpt, _cfg, console, registry_app
 
 
 @registry_app.command("list")
-def registry_list(config: Optional[Path] = ConfigOpt, registry: Optional[str] = typer.Option(None, "--registry")):
+def registry_list(config: Path | None = ConfigOpt, registry: str | None = typer.Option(None, "--registry")):
     """Artifacts, their versions and where `latest` points."""
     from recserve.registry import Registry
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,7 +12,7 @@ from recserve.config import Config, redact
 
 
 @app.command()
-def serve(config: Optional[Path] = ConfigOpt):
+def serve(config: Path | None = ConfigOpt):
     """Deploy the serving application on the running stack from the registry's latest versions."""
     from recserve.registry import Registry
 
@@ -22,8 +21,7 @@ def serve(config: Optional[Path] = ConfigOpt):
 
 
 @app.command()
-def up(config: Optional[Path] = ConfigOpt,
-       no_ray: bool = typer.Option(False, "--no-ray", help="start Redis only")):
+def up(config: Path | None = ConfigOpt, no_ray: bool = typer.Option(False, "--no-ray", help="start Redis only")):
     """Start the embedded stack: a real redis-server (AOF, fsync always) and a local Ray head with the jobs API."""
     from recserve.ops.stack import Stack, StackError
 
@@ -35,12 +33,14 @@ def up(config: Optional[Path] = ConfigOpt,
     console.print(f"redis  {redact(info.redis_url)}" + (" (started)" if info.redis_started else " (external)"))
     if info.ray_address:
         console.print(f"ray    {info.ray_address}  jobs API {info.dashboard_url}")
-        console.print(f"submit: ray job submit --address {info.dashboard_url} --working-dir . -- "
-                      f"python -m pipelines.train_embeddings --help")
+        console.print(
+            f"submit: ray job submit --address {info.dashboard_url} --working-dir . -- "
+            f"python -m pipelines.train_embeddings --help"
+        )
 
 
 @app.command()
-def down(config: Optional[Path] = ConfigOpt):
+def down(config: Path | None = ConfigOpt):
     """Stop what `recserve up` started (and nothing else)."""
     from recserve.ops.stack import Stack
 
@@ -49,7 +49,7 @@ def down(config: Optional[Path] = ConfigOpt):
 
 
 @app.command()
-def status(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(False, "--json")):
+def status(config: Path | None = ConfigOpt, as_json: bool = typer.Option(False, "--json")):
     """Show whether the stack is up, and what is in the registry."""
     from recserve.ops.stack import Stack
     from recserve.registry import Registry
@@ -65,8 +65,7 @@ def status(config: Optional[Path] = ConfigOpt, as_json: bool = typer.Option(Fals
         raise typer.Exit(1)
 
 
-
-def prepare(cfg: Config, movielens: Optional[Path] = None):
+def prepare(cfg: Config, movielens: Path | None = None):
     """The stack up and the registry filled: a dataset, embeddings, index and ranker (each reused
     when a previous run built it from the same inputs). Returns the registry (demo, fuzz)."""
     from recserve.offline import jobs
@@ -77,8 +76,9 @@ def prepare(cfg: Config, movielens: Optional[Path] = None):
 
     try:
         info = Stack(cfg).up()
-        console.print(f"stack up: redis {redact(info.redis_url)}, ray {info.ray_address}, jobs API "
-                      f"{info.dashboard_url}")
+        console.print(
+            f"stack up: redis {redact(info.redis_url)}, ray {info.ray_address}, jobs API {info.dashboard_url}"
+        )
         reg = Registry(cfg.registry_uri, cfg.registry.keep)
         name = "movielens" if movielens else "generated"
         ds_dir = Path(cfg.data_dir) / "datasets" / name
@@ -91,21 +91,30 @@ def prepare(cfg: Config, movielens: Optional[Path] = None):
         fp = jobs.dataset_fingerprint(ds_dir)
         emb = reg.latest("embeddings")
         seq = cfg.sequence.model_dump() if cfg.sequence.enabled else None
-        if emb is None or reg.manifest("embeddings", emb)["lineage"].get("dataset_fingerprint") != fp or \
-                reg.manifest("embeddings", emb).get("sequence") != seq:   # trained before the sequence model
+        if (
+            emb is None
+            or reg.manifest("embeddings", emb)["lineage"].get("dataset_fingerprint") != fp
+            or reg.manifest("embeddings", emb).get("sequence") != seq
+        ):  # trained before the sequence model
             emb = jobs.train_embeddings(cfg, ds_dir, 0.0, reg)
         else:
             console.print(f"reusing embeddings {emb}")
         idx = reg.latest("index")
         man = reg.manifest("index", idx) if idx is not None else {}
-        if idx is None or man["lineage"].get("embeddings") != emb or \
-                man.get("params") != cfg.index.model_dump(mode="json"):   # another config: built again
+        if (
+            idx is None
+            or man["lineage"].get("embeddings") != emb
+            or man.get("params") != cfg.index.model_dump(mode="json")
+        ):  # another config: built again
             idx = jobs.build_index(cfg, emb, reg)
         else:
             console.print(f"reusing index {idx}")
         rk = reg.latest("ranker")
-        if rk is None or reg.manifest("ranker", rk)["lineage"].get("embeddings") != emb or \
-                reg.manifest("ranker", rk).get("features") != FEATURE_NAMES:   # another code's features
+        if (
+            rk is None
+            or reg.manifest("ranker", rk)["lineage"].get("embeddings") != emb
+            or reg.manifest("ranker", rk).get("features") != FEATURE_NAMES
+        ):  # another code's features
             rk = jobs.train_ranker(cfg, ds_dir, 0.0, reg, emb)
         else:
             console.print(f"reusing ranker {rk}")
@@ -116,10 +125,13 @@ def prepare(cfg: Config, movielens: Optional[Path] = None):
 
 
 @app.command()
-def demo(movielens: Optional[Path] = typer.Option(None, "--movielens", help="use this MovieLens folder instead "
-                                                                             "of a generated world"),
-         no_serve: bool = typer.Option(False, "--no-serve", help="stop after the offline chain"),
-         config: Optional[Path] = ConfigOpt):
+def demo(
+    movielens: Path | None = typer.Option(
+        None, "--movielens", help="use this MovieLens folder instead of a generated world"
+    ),
+    no_serve: bool = typer.Option(False, "--no-serve", help="stop after the offline chain"),
+    config: Path | None = ConfigOpt,
+):
     """Bring the stack up, build a dataset, run the offline chain (reusing what a previous run
     built), deploy the serving application and serve until Ctrl-C."""
     cfg = _cfg(config)
@@ -140,15 +152,21 @@ def _serve_forever(cfg: Config, reg) -> None:
     from recserve.ops.stack import ensure_ray, port_is_free
 
     if not port_is_free(cfg.serve.http_port, cfg.serve.http_host):
-        _fail(RuntimeError(f"port {cfg.serve.http_port} is taken: Serve cannot listen there. Stop what uses it or "
-                           f"set RECSERVE_SERVE__HTTP_PORT"))
+        _fail(
+            RuntimeError(
+                f"port {cfg.serve.http_port} is taken: Serve cannot listen there. Stop what uses it or "
+                f"set RECSERVE_SERVE__HTTP_PORT"
+            )
+        )
     ensure_ray(cfg)
     from deployments.app import colocated
 
     apart = [n for n, inproc in zip(("Ranker", "Bandit", "Explainer"), colocated(cfg).values()) if not inproc]
-    console.print(f"deploying the serving application (Router{''.join(', ' + n for n in apart)}, vector-index "
-                  f"shard actors, the stream supervisor and its aggregators on {cfg.stream.backend}; "
-                  f"{cfg.serve.ingress} ingress)...")
+    console.print(
+        f"deploying the serving application (Router{''.join(', ' + n for n in apart)}, vector-index "
+        f"shard actors, the stream supervisor and its aggregators on {cfg.stream.backend}; "
+        f"{cfg.serve.ingress} ingress)..."
+    )
     from recserve.streaming.eventlog import EventLogUnavailable
 
     try:
@@ -167,27 +185,39 @@ def _serve_forever(cfg: Config, reg) -> None:
 
         kid, key = KeyStore(_redis.Redis.from_url(cfg.redis_url)).create("demo", "admin")
         hdr = f" -H 'authorization: Bearer {key}'"
-        console.print(f"\nan API key with every scope was made for this session: {kid} (`recserve keys revoke {kid}` "
-                      f"ends it; `recserve keys create` makes narrower ones)")
+        console.print(
+            f"\nan API key with every scope was made for this session: {kid} (`recserve keys revoke {kid}` "
+            f"ends it; `recserve keys create` makes narrower ones)"
+        )
     else:
         hdr = ""
-    console.print(f"\nserving at {url}  (OpenAPI: {url}/docs; status page: {url}/ui"
-                  f"{'#key=' + key if cfg.auth.enabled else ''}). Try:\n")
-    print(f"curl -s -X POST {url}/v1/recommend{hdr} -H 'content-type: application/json' "
-          f"-d '{{\"user_id\": {user}, \"k\": 5, \"explain\": true}}'")
-    print(f"curl -s -X POST {url}/v1/events{hdr} -H 'content-type: application/json' "
-          f"-d '{{\"events\": [{{\"user_id\": {user}, \"item_id\": {item}, \"event_type\": \"click\"}}]}}'")
+    console.print(
+        f"\nserving at {url}  (OpenAPI: {url}/docs; status page: {url}/ui"
+        f"{'#key=' + key if cfg.auth.enabled else ''}). Try:\n"
+    )
+    print(
+        f"curl -s -X POST {url}/v1/recommend{hdr} -H 'content-type: application/json' "
+        f'-d \'{{"user_id": {user}, "k": 5, "explain": true}}\''
+    )
+    print(
+        f"curl -s -X POST {url}/v1/events{hdr} -H 'content-type: application/json' "
+        f'-d \'{{"events": [{{"user_id": {user}, "item_id": {item}, "event_type": "click"}}]}}\''
+    )
     print(f"curl -s {url}/v1/status{hdr}")
     if cfg.explainer.backend != "templates":
-        console.print(f"\nexplanations come from {cfg.explainer.model} ({cfg.explainer.backend}). Within its "
-                      f"{cfg.serve.explainer_budget_ms:.0f} ms deadline a model on the CPU explains with templates "
-                      f"(explanation.fallback says why) and goes on writing in the background: the same request a "
-                      f"few seconds later has the model's sentences (explanation.model names it).")
+        console.print(
+            f"\nexplanations come from {cfg.explainer.model} ({cfg.explainer.backend}). Within its "
+            f"{cfg.serve.explainer_budget_ms:.0f} ms deadline a model on the CPU explains with templates "
+            f"(explanation.fallback says why) and goes on writing in the background: the same request a "
+            f"few seconds later has the model's sentences (explanation.model names it)."
+        )
     st = ray.get(sup.stats.remote()) if sup is not None else {"aggregators": []}
-    console.print(f"\n{len(st['aggregators'])} stream aggregators over {cfg.stream.partitions} partitions, supervised "
-                  f"inside the cluster (more when the lag passes {cfg.stream.scale_up_lag} events). This process "
-                  f"only waits: Ctrl-C deletes the application (its stream stops with it; the stack stays up: "
-                  f"`recserve down` stops it).")
+    console.print(
+        f"\n{len(st['aggregators'])} stream aggregators over {cfg.stream.partitions} partitions, supervised "
+        f"inside the cluster (more when the lag passes {cfg.stream.scale_up_lag} events). This process "
+        f"only waits: Ctrl-C deletes the application (its stream stops with it; the stack stays up: "
+        f"`recserve down` stops it)."
+    )
     import signal as _signal
 
     def _stop(signum, frame):  # SIGTERM (a supervisor, `kill`) stops as cleanly as Ctrl-C

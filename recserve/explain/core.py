@@ -50,16 +50,16 @@ TIER_TEMPLATES = "templates"
 @dataclass
 class ExplainerSettings:
     max_new_tokens: int = 32
-    budget_ms: float = 300.0          # the seed's LLM deadline: at most this, whatever the request has left
-    max_queue: int = 128              # requests waiting or generating; past it, templates at once
-    small_tier_queue: int = 16        # queue depth from which new requests go to the small tier
+    budget_ms: float = 300.0  # the seed's LLM deadline: at most this, whatever the request has left
+    max_queue: int = 128  # requests waiting or generating; past it, templates at once
+    small_tier_queue: int = 16  # queue depth from which new requests go to the small tier
     small_tier_p95_ms: float = 200.0  # ...or the large tier's p95 over the last `latency_window_s`
     latency_window_s: float = 30.0
     cache_entries: int = 100_000
-    max_batch_prompts: int = 64       # prompts per generation call (requests waiting together share one)
-    background_fill: bool = True      # past the deadline: templates now, the sentences into the cache later
-    background_s: float = 60.0        # how long a late request's prompts may wait to be generated
-    max_background: int = 512         # prompts waiting for the background at most (past it: dropped)
+    max_batch_prompts: int = 64  # prompts per generation call (requests waiting together share one)
+    background_fill: bool = True  # past the deadline: templates now, the sentences into the cache later
+    background_s: float = 60.0  # how long a late request's prompts may wait to be generated
+    max_background: int = 512  # prompts waiting for the background at most (past it: dropped)
 
 
 @dataclass
@@ -67,7 +67,7 @@ class _Waiting:
     prompts: list[str]
     deadline: float
     future: asyncio.Future
-    background: bool = False     # its request already answered with templates: only the cache waits
+    background: bool = False  # its request already answered with templates: only the cache waits
 
 
 @dataclass
@@ -78,8 +78,8 @@ class _Tier:
     worker: asyncio.Task | None = None
     pool: ThreadPoolExecutor | None = None
     calls: int = 0
-    busy_until: float = 0.0      # when the running generation call is expected to end (0: none running)
-    recent: deque = field(default_factory=lambda: deque(maxlen=200))   # (time, prompts, ms) per generation call
+    busy_until: float = 0.0  # when the running generation call is expected to end (0: none running)
+    recent: deque = field(default_factory=lambda: deque(maxlen=200))  # (time, prompts, ms) per generation call
 
     def p95_ms(self, now: float, window_s: float) -> float | None:
         xs = sorted(ms for t, _, ms in self.recent if now - t <= window_s)
@@ -105,19 +105,34 @@ class _Tier:
 
 
 class ExplainerCore:
-    def __init__(self, tiers: dict[str, Any] | None, grounding: Grounding, settings: ExplainerSettings | None = None,
-                 clock=time.monotonic):
+    def __init__(
+        self,
+        tiers: dict[str, Any] | None,
+        grounding: Grounding,
+        settings: ExplainerSettings | None = None,
+        clock=time.monotonic,
+    ):
         """`tiers`: {"large": backend, "small": backend} (either may be missing; none = templates)."""
         self.settings = settings or ExplainerSettings()
         self.grounding = grounding
         self.clock = clock
         self.tiers = {n: _Tier(n, b) for n, b in (tiers or {}).items() if b is not None}
         self.queue_depth = 0
-        self.cache: OrderedDict[tuple, tuple[str, str, str]] = OrderedDict()   # key -> (sentence, tier, model)
-        self.counts = {"requests": 0, "llm": 0, "templates": 0, "queue_full": 0, "deadline": 0, "error": 0,
-                       "rejected": 0, "cache_hits": 0, "tokens": 0, "background_filled": 0,
-                       "background_rejected": 0}
-        self.background_waiting = 0   # prompts of late requests still to generate
+        self.cache: OrderedDict[tuple, tuple[str, str, str]] = OrderedDict()  # key -> (sentence, tier, model)
+        self.counts = {
+            "requests": 0,
+            "llm": 0,
+            "templates": 0,
+            "queue_full": 0,
+            "deadline": 0,
+            "error": 0,
+            "rejected": 0,
+            "cache_hits": 0,
+            "tokens": 0,
+            "background_filled": 0,
+            "background_rejected": 0,
+        }
+        self.background_waiting = 0  # prompts of late requests still to generate
 
     # ---------------------------------------------------------------- tiers
     @property
@@ -132,7 +147,9 @@ class ExplainerCore:
         if large is None or small is None:
             return large or small
         p95 = large.p95_ms(self.clock(), self.settings.latency_window_s)
-        if self.queue_depth >= self.settings.small_tier_queue or (p95 is not None and p95 > self.settings.small_tier_p95_ms):
+        if self.queue_depth >= self.settings.small_tier_queue or (
+            p95 is not None and p95 > self.settings.small_tier_p95_ms
+        ):
             return small
         return large
 
@@ -166,9 +183,9 @@ class ExplainerCore:
         reasons: list[list[str] | None] = [None] * n
         sources = ["template"] * n
         keys = [self._key(user_id, sig, grounded_facts(sig)) for sig in signals]
-        writer = None   # (tier, model) of the sentences served
-        lookups = n if self.tiers else 0   # templates need no cache
-        known_bad = set()   # the model's sentence for it was rejected before: templates, not generated again
+        writer = None  # (tier, model) of the sentences served
+        lookups = n if self.tiers else 0  # templates need no cache
+        known_bad = set()  # the model's sentence for it was rejected before: templates, not generated again
         for j, k in enumerate(keys[:lookups]):
             hit = self.cache.get(k)
             if hit is not None:
@@ -190,8 +207,7 @@ class ExplainerCore:
             try:
                 prompt = getattr(tier.backend, "prompt", prompt_for)
                 late = self._filler(tier, [signals[j] for j in todo], [keys[j] for j in todo])
-                texts, per_prompt = await self._generate(tier, [prompt(signals[j]) for j in todo], t0 + budget_s,
-                                                         late)
+                texts, per_prompt = await self._generate(tier, [prompt(signals[j]) for j in todo], t0 + budget_s, late)
                 tokens = sum(per_prompt)
                 for j, text in zip(todo, texts):
                     sentence = first_sentence(text)
@@ -201,8 +217,8 @@ class ExplainerCore:
                         writer = (tier.name, tier.backend.name)
                     else:
                         rejected += 1
-                        self._cache_put(keys[j], ("", tier.name, tier.backend.name))   # greedy: the same again
-            except asyncio.TimeoutError:
+                        self._cache_put(keys[j], ("", tier.name, tier.backend.name))  # greedy: the same again
+            except TimeoutError:
                 fallback = "deadline"
             except Exception as e:  # noqa: BLE001 - a failing model means templates, never an error
                 fallback = f"error: {type(e).__name__}"
@@ -218,13 +234,25 @@ class ExplainerCore:
         if fallback:
             self.counts[fallback.split(":")[0]] += 1
         tier_name, model = writer or (TIER_TEMPLATES, TIER_TEMPLATES)
-        return {"reasons": reasons, "sources": sources, "tier": tier_name, "model": model, "fallback": fallback,
-                "items": n, "llm_items": llm_items, "lookups": lookups, "cached": cached, "rejected": rejected,
-                "tokens": tokens, "ms": round((self.clock() - t0) * 1000, 2)}
+        return {
+            "reasons": reasons,
+            "sources": sources,
+            "tier": tier_name,
+            "model": model,
+            "fallback": fallback,
+            "items": n,
+            "llm_items": llm_items,
+            "lookups": lookups,
+            "cached": cached,
+            "rejected": rejected,
+            "tokens": tokens,
+            "ms": round((self.clock() - t0) * 1000, 2),
+        }
 
     def _filler(self, tier: _Tier, signals: list[dict], keys: list[tuple]):
         """What to do with a late request's generation when it arrives: check each sentence and
         cache it (the request itself was answered with templates)."""
+
         def fill(fut: asyncio.Future) -> None:
             self.background_waiting -= len(signals)
             if fut.cancelled() or fut.exception() is not None:
@@ -239,10 +267,12 @@ class ExplainerCore:
                 else:
                     self._cache_put(key, ("", tier.name, tier.backend.name))
                     self.counts["background_rejected"] += 1
+
         return fill
 
-    async def _generate(self, tier: _Tier, prompts: list[str], deadline: float,
-                        late=None) -> tuple[list[str], list[int]]:
+    async def _generate(
+        self, tier: _Tier, prompts: list[str], deadline: float, late=None
+    ) -> tuple[list[str], list[int]]:
         """This request's prompts generated within its deadline. Requests wait in the tier's queue;
         one generation runs at a time per tier, over every request waiting when it starts (up to
         `max_batch_prompts` prompts): a request's items always go in one call, and concurrent
@@ -250,7 +280,7 @@ class ExplainerCore:
         loop = asyncio.get_running_loop()
         left = deadline - self.clock()
         if left <= 0:
-            raise asyncio.TimeoutError
+            raise TimeoutError
         if tier.pool is None:
             tier.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"explain-{tier.name}")
         fut = loop.create_future()
@@ -263,10 +293,10 @@ class ExplainerCore:
             # the running call and its own, by the recent calls' times, end past the deadline:
             # templates at once instead of waiting for it, and the prompts go to the background
             self._to_background(tier, waiting, late)
-            raise asyncio.TimeoutError
+            raise TimeoutError
         try:
             res = await asyncio.wait_for(asyncio.shield(fut), timeout=left)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except (TimeoutError, asyncio.CancelledError):
             # past the deadline, or the caller gave up first (its own timeout cancels this call):
             # answered with templates, and the prompts wait behind the requests still in time
             self._to_background(tier, waiting, late)
@@ -274,8 +304,8 @@ class ExplainerCore:
         if self.clock() > deadline:
             if late is not None and self.settings.background_fill:
                 self.background_waiting += len(prompts)
-                late(fut)      # generated, but too late for the answer: into the cache
-            raise asyncio.TimeoutError
+                late(fut)  # generated, but too late for the answer: into the cache
+            raise TimeoutError
         return res
 
     def _to_background(self, tier: _Tier, waiting: _Waiting, late) -> None:
@@ -287,7 +317,7 @@ class ExplainerCore:
         if late is None or not s.background_fill or self.background_waiting + len(waiting.prompts) > s.max_background:
             fut.cancel()
             return
-        if fut.done():   # the drain gave up on it (it could not be in time): queued again
+        if fut.done():  # the drain gave up on it (it could not be in time): queued again
             fut = asyncio.get_running_loop().create_future()
             waiting = _Waiting(waiting.prompts, 0.0, fut)
             tier.pending.append(waiting)
@@ -304,21 +334,21 @@ class ExplainerCore:
             now = self.clock()
             for w in tier.pending:
                 if not w.future.done() and w.deadline <= now:
-                    w.future.cancel()   # past its time (a late request's fill too): nobody waits for it
+                    w.future.cancel()  # past its time (a late request's fill too): nobody waits for it
             live = [w for w in tier.pending if not w.future.done() and w.deadline > now]
-            live.sort(key=lambda w: w.background)   # requests still in time first, late ones' fill after
+            live.sort(key=lambda w: w.background)  # requests still in time first, late ones' fill after
             batch, n, first_deadline = [], 0, math.inf
             for w in live:
                 m, d = n + len(w.prompts), min(first_deadline, w.deadline)
                 est = tier.estimate_ms(m)
                 if batch and (m > self.settings.max_batch_prompts or (est is not None and now + est / 1000 > d)):
-                    break   # the call would make its earliest request late: the rest wait for the next
+                    break  # the call would make its earliest request late: the rest wait for the next
                 if not batch and est is not None and now + est / 1000 > d:
-                    w.future.set_exception(asyncio.TimeoutError())   # cannot make it even alone: templates now
+                    w.future.set_exception(TimeoutError())  # cannot make it even alone: templates now
                     continue
                 batch.append(w)
                 n, first_deadline = m, d
-            tier.pending = [w for w in live[live.index(batch[-1]) + 1:]] if batch else []
+            tier.pending = [w for w in live[live.index(batch[-1]) + 1 :]] if batch else []
             if not batch:
                 continue
             prompts = [p for w in batch for p in w.prompts]
@@ -327,7 +357,12 @@ class ExplainerCore:
             tier.busy_until = t + est / 1000 if est is not None else 0.0
             try:
                 texts, tokens = await loop.run_in_executor(
-                    tier.pool, tier.backend.generate, prompts, self.settings.max_new_tokens, self._useful_until(batch) - t)
+                    tier.pool,
+                    tier.backend.generate,
+                    prompts,
+                    self.settings.max_new_tokens,
+                    self._useful_until(batch) - t,
+                )
             except Exception as e:  # noqa: BLE001 - each waiting request falls back on its own
                 for w in batch:
                     if not w.future.done():
@@ -340,7 +375,7 @@ class ExplainerCore:
             for w in batch:
                 k = len(w.prompts)
                 if not w.future.done():
-                    w.future.set_result((texts[i:i + k], tokens[i:i + k]))
+                    w.future.set_result((texts[i : i + k], tokens[i : i + k]))
                 i += k
 
     def _useful_until(self, batch: list[_Waiting]) -> float:
@@ -353,9 +388,14 @@ class ExplainerCore:
         return max(w.deadline + (0.0 if w.background else extra) for w in batch)
 
     def stats(self) -> dict:
-        return {"queue_depth": self.queue_depth, "tiers": self.backend_names, "cache_entries": len(self.cache),
-                "background_waiting": self.background_waiting,
-                "generation_calls": {n: t.calls for n, t in self.tiers.items()}, **self.counts}
+        return {
+            "queue_depth": self.queue_depth,
+            "tiers": self.backend_names,
+            "cache_entries": len(self.cache),
+            "background_waiting": self.background_waiting,
+            "generation_calls": {n: t.calls for n, t in self.tiers.items()},
+            **self.counts,
+        }
 
 
 def from_config(cfg, grounding: Grounding | None = None, registry=None, warm: bool | None = None) -> ExplainerCore:
@@ -370,10 +410,19 @@ def from_config(cfg, grounding: Grounding | None = None, registry=None, warm: bo
         tiers["large"] = make_backend(ec.backend, ec.model, ec.device, ec.dtype, "explainer.model")
         if ec.small_model:
             tiers["small"] = make_backend(ec.backend, ec.small_model, ec.device, ec.dtype, "explainer.small_model")
-    core = ExplainerCore(tiers, grounding, ExplainerSettings(
-        max_new_tokens=ec.max_new_tokens, budget_ms=cfg.serve.explainer_budget_ms, max_queue=ec.max_queue,
-        small_tier_queue=ec.small_tier_queue, small_tier_p95_ms=ec.small_tier_p95_ms,
-        cache_entries=ec.cache_entries, max_batch_prompts=ec.max_batch_prompts))
+    core = ExplainerCore(
+        tiers,
+        grounding,
+        ExplainerSettings(
+            max_new_tokens=ec.max_new_tokens,
+            budget_ms=cfg.serve.explainer_budget_ms,
+            max_queue=ec.max_queue,
+            small_tier_queue=ec.small_tier_queue,
+            small_tier_p95_ms=ec.small_tier_p95_ms,
+            cache_entries=ec.cache_entries,
+            max_batch_prompts=ec.max_batch_prompts,
+        ),
+    )
     if ec.warmup if warm is None else warm:
         core.warm()
     return core
@@ -396,5 +445,6 @@ def catalogue_grounding(registry) -> Grounding:
     from recserve.artifacts import read_items, trained_on
 
     items = read_items(trained_on(registry))
-    return Grounding.from_catalogue(items["title"].astype(str).tolist(),
-                                    items["category"].astype(str).unique().tolist())
+    return Grounding.from_catalogue(
+        items["title"].astype(str).tolist(), items["category"].astype(str).unique().tolist()
+    )

@@ -34,14 +34,115 @@ def title_forms(title: str) -> list[tuple[str, ...]]:
 
 # the words a faithful sentence may use besides the item's title, its facts and the names in them:
 # pronouns, articles, connectives and the verbs of recommending; no praise, plot or quality words
-CONNECTIVES = frozenset("""
-a an the and or but so because since as also too both it its it's this that these those which who what here
-is are was were be been being has have had do does did will would can could might may
-you your you've you're yours we we're our us i they their them he she his her
-to of for in on at by from with about into than then just now here's there there's
-recommend recommended recommending recommendation suggest suggested pick picked picks try
-like likes liked enjoy enjoyed watch watched watching see seen saw look looked looking check out one
-""".split())   # claim words ("often", "together", "similar", "trending", "new", "taste") only from the facts
+CONNECTIVES = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "so",
+        "because",
+        "since",
+        "as",
+        "also",
+        "too",
+        "both",
+        "it",
+        "its",
+        "it's",
+        "this",
+        "that",
+        "these",
+        "those",
+        "which",
+        "who",
+        "what",
+        "here",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "has",
+        "have",
+        "had",
+        "do",
+        "does",
+        "did",
+        "will",
+        "would",
+        "can",
+        "could",
+        "might",
+        "may",
+        "you",
+        "your",
+        "you've",
+        "you're",
+        "yours",
+        "we",
+        "we're",
+        "our",
+        "us",
+        "i",
+        "they",
+        "their",
+        "them",
+        "he",
+        "she",
+        "his",
+        "her",
+        "to",
+        "of",
+        "for",
+        "in",
+        "on",
+        "at",
+        "by",
+        "from",
+        "with",
+        "about",
+        "into",
+        "than",
+        "then",
+        "just",
+        "now",
+        "here's",
+        "there",
+        "there's",
+        "recommend",
+        "recommended",
+        "recommending",
+        "recommendation",
+        "suggest",
+        "suggested",
+        "pick",
+        "picked",
+        "picks",
+        "try",
+        "like",
+        "likes",
+        "liked",
+        "enjoy",
+        "enjoyed",
+        "watch",
+        "watched",
+        "watching",
+        "see",
+        "seen",
+        "saw",
+        "look",
+        "looked",
+        "looking",
+        "check",
+        "out",
+        "one",
+    ]
+)  # claim words ("often", "together", "similar", "trending", "new", "taste") only from the facts
 
 
 def display_title(title: str) -> str:
@@ -81,7 +182,7 @@ class Grounding:
     lexical: bool = False
 
     @classmethod
-    def from_catalogue(cls, titles: list[str], categories: list[str]) -> "Grounding":
+    def from_catalogue(cls, titles: list[str], categories: list[str]) -> Grounding:
         terms: set[tuple[str, ...]] = set()
         for c in categories:
             if c and _words(c):
@@ -100,10 +201,10 @@ class Grounding:
         found = []
         for n in range(min(self.max_len, len(w)), 0, -1):
             for i in range(len(w) - n + 1):
-                if any(taken[i:i + n]):
+                if any(taken[i : i + n]):
                     continue
-                if w[i:i + n] in self.terms:
-                    found.append(w[i:i + n])
+                if w[i : i + n] in self.terms:
+                    found.append(w[i : i + n])
                     for j in range(i, i + n):
                         taken[j] = True
         return found
@@ -117,8 +218,7 @@ class Grounding:
         ok_terms: set[tuple[str, ...]] = set()
         for a in allowed:
             ok_terms |= set(title_forms(a)) | {_words(a)}
-        extra = [m for m in self.mentions(text) if m not in ok_terms and not any(
-            _contains(a, m) for a in ok_terms)]
+        extra = [m for m in self.mentions(text) if m not in ok_terms and not any(_contains(a, m) for a in ok_terms)]
         if extra:
             return False, "names " + ", ".join(" ".join(m) for m in extra)
         for num in re.findall(r"(?:item|#)\s*(\d+)", text.lower()):
@@ -133,13 +233,16 @@ class Grounding:
 
 def _contains(big: tuple[str, ...], small: tuple[str, ...]) -> bool:
     n = len(small)
-    return any(big[i:i + n] == small for i in range(len(big) - n + 1))
+    return any(big[i : i + n] == small for i in range(len(big) - n + 1))
 
 
-PROMPT_FACTS = {"session_category": "the user has been looking at {category}",
-                "history_category": "the user often chooses {category}",
-                "covisit": "it is often viewed together with items the user just saw",
-                "trending": "it is trending now", "explored": "it is something new, shown to explore the user's taste"}
+PROMPT_FACTS = {
+    "session_category": "the user has been looking at {category}",
+    "history_category": "the user often chooses {category}",
+    "covisit": "it is often viewed together with items the user just saw",
+    "trending": "it is trending now",
+    "explored": "it is something new, shown to explore the user's taste",
+}
 
 
 def grounded_facts(signal: dict) -> list[str]:
@@ -147,10 +250,12 @@ def grounded_facts(signal: dict) -> list[str]:
     ranking_facts, plus the similar item the user just saw)."""
     cat = signal.get("category") or ""
     keys = [k for k in ranking_facts(signal) if cat or not k.endswith("_category")]
-    n_cat = sum(k.endswith("_category") for k in keys)   # the category fact comes first
+    n_cat = sum(k.endswith("_category") for k in keys)  # the category fact comes first
     facts = [PROMPT_FACTS[k].format(category=cat) for k in keys[:n_cat]]
-    facts += [f"it is similar to {display_title(s['title'])}, which the user just saw"
-              for s in signal.get("similar_seen") or []]
+    facts += [
+        f"it is similar to {display_title(s['title'])}, which the user just saw"
+        for s in signal.get("similar_seen") or []
+    ]
     facts += [PROMPT_FACTS[k].format(category=cat) for k in keys[n_cat:]]
     return facts or ["it matches the user's taste"]
 
@@ -161,16 +266,24 @@ def allowed_names(signal: dict) -> list[str]:
     return [x for x in out if x]
 
 
-SYSTEM = ("You explain a recommendation to a user in one short sentence. Use only the facts given; "
-          "add no praise, plot, quality or other claims.")
+SYSTEM = (
+    "You explain a recommendation to a user in one short sentence. Use only the facts given; "
+    "add no praise, plot, quality or other claims."
+)
 FEW_SHOT = [
-    ("Item: Heat (Action). Facts: the user has been looking at Action; it is trending now.",
-     "We recommend Heat because you have been looking at Action, and it is trending now."),
-    ("Item: Toy Story (Animation). Facts: it is similar to A Bug's Life, which the user just saw.",
-     "Toy Story is similar to A Bug's Life, which you just saw."),
-    ("Item: Casino (Crime). Facts: the user often chooses Crime; it is often viewed together with items the "
-     "user just saw.",
-     "You often choose Crime, and Casino is often viewed together with what you just saw."),
+    (
+        "Item: Heat (Action). Facts: the user has been looking at Action; it is trending now.",
+        "We recommend Heat because you have been looking at Action, and it is trending now.",
+    ),
+    (
+        "Item: Toy Story (Animation). Facts: it is similar to A Bug's Life, which the user just saw.",
+        "Toy Story is similar to A Bug's Life, which you just saw.",
+    ),
+    (
+        "Item: Casino (Crime). Facts: the user often chooses Crime; it is often viewed together with items the "
+        "user just saw.",
+        "You often choose Crime, and Casino is often viewed together with what you just saw.",
+    ),
 ]
 
 
@@ -192,13 +305,15 @@ def chat_messages(item_turn: str) -> list[dict]:
 def prompt_for(signal: dict) -> str:
     title = signal.get("title") or f"item {signal['item_id']}"
     cat = signal.get("category") or "its category"
-    return (f"Write one short sentence telling a user why we recommend {title} ({cat}). "
-            f"Use only these facts: {'; '.join(grounded_facts(signal))}.\nSentence:")
+    return (
+        f"Write one short sentence telling a user why we recommend {title} ({cat}). "
+        f"Use only these facts: {'; '.join(grounded_facts(signal))}.\nSentence:"
+    )
 
 
 def first_sentence(text: str, limit: int = 240) -> str:
     text = text.strip().split("\n", 1)[0].strip()
     m = re.search(r"[.!?](\s|$)", text)
     if m:
-        text = text[:m.end()].strip()
+        text = text[: m.end()].strip()
     return text[:limit].strip()

@@ -24,10 +24,13 @@ def ranking_facts(signal: dict) -> list[str]:
     return out
 
 
-TEMPLATE_REASONS = {"session_category": "you have been looking at {category}",
-                    "history_category": "you often choose {category}",
-                    "covisit": "often viewed with items you just saw", "trending": "trending now",
-                    "explored": "something new for you"}
+TEMPLATE_REASONS = {
+    "session_category": "you have been looking at {category}",
+    "history_category": "you often choose {category}",
+    "covisit": "often viewed with items you just saw",
+    "trending": "trending now",
+    "explored": "something new for you",
+}
 POPULAR_REASON = "popular right now"
 SIMILAR_REASON = "like {title}, which you just saw"
 
@@ -38,7 +41,10 @@ def template_reasons_from(signal: dict) -> list[str]:
     most like, which the reasons name first)."""
     from recserve.explain.grounding import display_title
 
-    out = [SIMILAR_REASON.format(title=display_title(s["title"])) for s in signal.get("similar_seen") or []
-           if s.get("title")]
+    out = [
+        SIMILAR_REASON.format(title=display_title(s["title"]))
+        for s in signal.get("similar_seen") or []
+        if s.get("title")
+    ]
     out += [TEMPLATE_REASONS[k].format(category=signal["category"]) for k in ranking_facts(signal)]
     return out or ["matches your taste"]

@@ -12,23 +12,95 @@ from __future__ import annotations
 from pathlib import Path
 
 SIZES = {
-    "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=None),
-    "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-                  num_key_value_heads=4, vocab_size=8192),
+    "tiny": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=None,
+    ),
+    "small": dict(
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        vocab_size=8192,
+    ),
     # SmolLM2-135M-Instruct's shape (the real explainer model): its timings on a machine its weights cannot reach
-    "smollm2": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                    num_key_value_heads=3, vocab_size=49_152, tie_word_embeddings=True),
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151_936, tie_word_embeddings=True),
+    "smollm2": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49_152,
+        tie_word_embeddings=True,
+    ),
+    "0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151_936,
+        tie_word_embeddings=True,
+    ),
 }
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>"]
-PROMPT_WORDS = ("write one short sentence telling a user why we recommend use only these facts the has been "
-                "looking at often chooses it is similar to which just saw viewed together with items trending "
-                "now something new shown explore user's taste matches its category you because and this").split()
+PROMPT_WORDS = [
+    "write",
+    "one",
+    "short",
+    "sentence",
+    "telling",
+    "a",
+    "user",
+    "why",
+    "we",
+    "recommend",
+    "use",
+    "only",
+    "these",
+    "facts",
+    "the",
+    "has",
+    "been",
+    "looking",
+    "at",
+    "often",
+    "chooses",
+    "it",
+    "is",
+    "similar",
+    "to",
+    "which",
+    "just",
+    "saw",
+    "viewed",
+    "together",
+    "with",
+    "items",
+    "trending",
+    "now",
+    "something",
+    "new",
+    "shown",
+    "explore",
+    "user's",
+    "taste",
+    "matches",
+    "its",
+    "category",
+    "you",
+    "because",
+    "and",
+    "this",
+]
 
 
-MARKER = "recserve_random_model.txt"   # in a built model's directory: its sentences mean nothing
+MARKER = "recserve_random_model.txt"  # in a built model's directory: its sentences mean nothing
 
 
 def vocabulary(words: list[str] | None = None, size: int | None = None) -> list[str]:
@@ -71,12 +143,14 @@ def build_random_model(out: str | Path, size: str = "tiny", words: list[str] | N
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-                                   eos_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
     fast.save_pretrained(out)
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(vocab), max_position_embeddings=512, pad_token_id=0, bos_token_id=2,
-                      eos_token_id=3, **spec)
+    cfg = LlamaConfig(
+        vocab_size=len(vocab), max_position_embeddings=512, pad_token_id=0, bos_token_id=2, eos_token_id=3, **spec
+    )
     LlamaForCausalLM(cfg).save_pretrained(out)
     (Path(out) / MARKER).write_text("random weights (recserve.explain.test_models): fluent nonsense, for timings\n")
     return out

@@ -46,14 +46,29 @@ class BuiltIndex:
 
 def routing_manifest(cfg: IndexConfig, dim: int, shards: list[dict], count: int, **extra) -> dict:
     """The manifest (`routing.json`) of a sharded index artifact: routing table, counts, kind, dimension."""
-    return {"kind": cfg.kind, "metric": cfg.metric, "storage": cfg.storage, "dim": int(dim),
-            "padded_dim": padded_dim(dim, cfg), "count": int(count), "num_shards": len(shards),
-            "hash": "splitmix64>>32", "shards": sorted(shards, key=lambda r: r["shard"]),
-            "params": cfg.model_dump(), **extra}
+    return {
+        "kind": cfg.kind,
+        "metric": cfg.metric,
+        "storage": cfg.storage,
+        "dim": int(dim),
+        "padded_dim": padded_dim(dim, cfg),
+        "count": int(count),
+        "num_shards": len(shards),
+        "hash": "splitmix64>>32",
+        "shards": sorted(shards, key=lambda r: r["shard"]),
+        "params": cfg.model_dump(),
+        **extra,
+    }
 
 
-def build_sharded(item_ids: np.ndarray, vectors: np.ndarray, cfg: IndexConfig, out_dir: str | Path,
-                  version: str | None = None, progress=None) -> BuiltIndex:
+def build_sharded(
+    item_ids: np.ndarray,
+    vectors: np.ndarray,
+    cfg: IndexConfig,
+    out_dir: str | Path,
+    version: str | None = None,
+    progress=None,
+) -> BuiltIndex:
     """Write one FAISS file per shard plus `routing.json` in this process (the Ray job builds the
     shards in parallel tasks instead)."""
     t0 = time.perf_counter()
@@ -89,10 +104,14 @@ class ShardSet:
         self.manifest = json.loads((self.dir / "routing.json").read_text())
         cfg = IndexConfig(**self.manifest["params"])
         self.dim = self.manifest["dim"]
-        self.shards = [ShardCore.from_artifact(self.dir / s["file"], cfg, f"shard{s['shard']}", self.dim, mmap=mmap)
-                       for s in self.manifest["shards"]]
+        self.shards = [
+            ShardCore.from_artifact(self.dir / s["file"], cfg, f"shard{s['shard']}", self.dim, mmap=mmap)
+            for s in self.manifest["shards"]
+        ]
 
-    def search(self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, exclude: list[np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Global top-k ids and scores per query; `exclude[q]` ids never come back (a selector inside
         the search), so a query gets k results whenever k eligible items exist."""
         filters = None if exclude is None else [{"exclude_ids": np.asarray(e).tolist()} for e in exclude]

@@ -59,9 +59,19 @@ def _actor_errors():
 
 
 class IndexRouter:
-    def __init__(self, root: str | Path, cfg: IndexConfig, dim: int, replicas: int = 2,
-                 timeout_s: float = 2.0, cooldown_s: float = 1.0, actor_options: dict | None = None,
-                 use_gpu: bool = False, version: str = "empty", share_as: str | None = None):
+    def __init__(
+        self,
+        root: str | Path,
+        cfg: IndexConfig,
+        dim: int,
+        replicas: int = 2,
+        timeout_s: float = 2.0,
+        cooldown_s: float = 1.0,
+        actor_options: dict | None = None,
+        use_gpu: bool = False,
+        version: str = "empty",
+        share_as: str | None = None,
+    ):
         self.root = Path(root)
         self.cfg = cfg
         self.dim = dim
@@ -72,17 +82,16 @@ class IndexRouter:
         # share_as: the shard actors are named (detached) and found again by name, so several
         # routers (Serve router replicas) search and write the same shards through one WAL per shard
         self.share_as = share_as
-        self.actor_options = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0.05,
-                              **(actor_options or {})}
+        self.actor_options = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0.05, **(actor_options or {})}
         if use_gpu:
             self.actor_options.setdefault("num_gpus", 0.1)
         self.groups: list[ShardGroup] = []
-        self.counter = SeqCounter(self.root)   # one sequence for every shard and generation under root
+        self.counter = SeqCounter(self.root)  # one sequence for every shard and generation under root
         self.version = version
         self.generation = 0
         self._write_lock = threading.Lock()
         self._moving: list[ShardGroup] | None = None  # new assignment during a rebalance
-        self.carry_skipped = 0      # catalogue writes a swap could not carry (another dimension)
+        self.carry_skipped = 0  # catalogue writes a swap could not carry (another dimension)
 
     # ------------------------------------------------------------------ setup
     def _spawn(self, shard: int, gen: int, r: int, artifact: str | None = None, metas_path: str | None = None):
@@ -95,11 +104,18 @@ class IndexRouter:
         if self.share_as:
             opts.update(name=f"{self.share_as}:{name}", get_if_exists=True, lifetime="detached")
         h = VectorShard.options(**opts).remote(
-            name, str(rdir), str(wal), self.cfg.model_dump(), self.dim, artifact, metas_path, self.use_gpu)
+            name, str(rdir), str(wal), self.cfg.model_dump(), self.dim, artifact, metas_path, self.use_gpu
+        )
         return Replica(h, name)
 
-    def _new_groups(self, ranges: list[tuple[int, int]], gen: int, artifact_dir: Path | None = None,
-                    files: list[str] | None = None, metas_path: str | None = None) -> list[ShardGroup]:
+    def _new_groups(
+        self,
+        ranges: list[tuple[int, int]],
+        gen: int,
+        artifact_dir: Path | None = None,
+        files: list[str] | None = None,
+        metas_path: str | None = None,
+    ) -> list[ShardGroup]:
         groups = []
         for s, (lo, hi) in enumerate(ranges):
             wal = WriteAheadLog(self.root / f"g{gen}" / f"shard_{s:04d}" / "wal.log", counter=self.counter)
@@ -110,14 +126,15 @@ class IndexRouter:
         return groups
 
     @classmethod
-    def create(cls, root: str | Path, cfg: IndexConfig, dim: int, num_shards: int, **kw) -> "IndexRouter":
+    def create(cls, root: str | Path, cfg: IndexConfig, dim: int, num_shards: int, **kw) -> IndexRouter:
         rt = cls(root, cfg, dim, **kw)
         rt.groups = rt._new_groups(even_ranges(num_shards), rt.generation)
         return rt
 
     @classmethod
-    def from_artifact(cls, artifact_dir: str | Path, root: str | Path, items_meta: dict[int, dict] | None = None,
-                      **kw) -> "IndexRouter":
+    def from_artifact(
+        cls, artifact_dir: str | Path, root: str | Path, items_meta: dict[int, dict] | None = None, **kw
+    ) -> IndexRouter:
         """Serve a `build_index` artifact: one actor group per shard file, routing from its manifest."""
         artifact_dir = Path(artifact_dir)
         man = json.loads((artifact_dir / "routing.json").read_text())
@@ -176,9 +193,9 @@ class IndexRouter:
 
     def _dispatch(self, groups: list[ShardGroup], queries, k: int, filters):
         q = check_queries(queries, self.dim, k)
-        for f in (filters if isinstance(filters, list) else [filters]):
+        for f in filters if isinstance(filters, list) else [filters]:
             Filter.parse(f)  # bad filters fail here, before any shard sees them
-        q_arg = ray.put(q) if q.nbytes > 64 * 1024 else q   # small queries travel inline
+        q_arg = ray.put(q) if q.nbytes > 64 * 1024 else q  # small queries travel inline
         pending = {}
         tried: dict[int, set[str]] = {g.shard: set() for g in groups}
         for g in groups:
@@ -252,8 +269,9 @@ class IndexRouter:
                     raise IndexUnavailable(f"shard {g.shard}: no replica answered a vector lookup")
                 tried.add(rep.name)
                 try:
-                    found, vecs, metas = await asyncio.wait_for(rep.handle.vectors.remote(ids[owner == si]),
-                                                                timeout=self.timeout_s)
+                    found, vecs, metas = await asyncio.wait_for(
+                        rep.handle.vectors.remote(ids[owner == si]), timeout=self.timeout_s
+                    )
                     break
                 except errors:
                     self._mark_bad(rep)
@@ -278,7 +296,7 @@ class IndexRouter:
             if op == "upsert":
                 rec["vectors"] = vectors[sel]
                 rec["metas"] = [metas[j] for j in sel] if metas else None
-            seq = g.wal.append(rec)   # durable before anyone is told
+            seq = g.wal.append(rec)  # durable before anyone is told
             rec["seq"] = seq
             ref = ray.put(rec)
             calls.append((g, seq, [(r, r.handle.apply.remote(ref)) for r in g.replicas]))
@@ -292,8 +310,10 @@ class IndexRouter:
                 except errors:
                     self._mark_bad(rep)
             if ok == 0:
-                raise IndexUnavailable(f"shard {g.shard}: write seq {seq} is logged but no replica applied it yet; "
-                                       f"it will be applied when a replica recovers")
+                raise IndexUnavailable(
+                    f"shard {g.shard}: write seq {seq} is logged but no replica applied it yet; "
+                    f"it will be applied when a replica recovers"
+                )
             acks[g.shard] = seq
         return acks
 
@@ -326,8 +346,7 @@ class IndexRouter:
                     reps.append(ray.get(r.handle.stats.remote(), timeout=self.timeout_s))
                 except _actor_errors() as e:
                     reps.append({"name": r.name, "error": type(e).__name__})
-            out.append({"shard": g.shard, "hash_lo": g.lo, "hash_hi": g.hi, "wal_head": g.wal.head,
-                        "replicas": reps})
+            out.append({"shard": g.shard, "hash_lo": g.lo, "hash_hi": g.hi, "wal_head": g.wal.head, "replicas": reps})
         return {"version": self.version, "generation": self.generation, "shards": out}
 
     async def asizes(self) -> dict[int, int]:
@@ -360,8 +379,9 @@ class IndexRouter:
                 try:
                     v = ray.get(r.handle.version.remote(), timeout=self.timeout_s)
                     if v < head:
-                        v = ray.get(r.handle.catch_up.remote(), timeout=30) and \
-                            ray.get(r.handle.version.remote(), timeout=self.timeout_s)
+                        v = ray.get(r.handle.catch_up.remote(), timeout=30) and ray.get(
+                            r.handle.version.remote(), timeout=self.timeout_s
+                        )
                     r.version = v
                     r.unhealthy_until = 0.0
                 except _actor_errors():
@@ -407,7 +427,7 @@ class IndexRouter:
             for r in og.replicas:
                 ray.kill(r.handle, no_restart=True)
 
-    def _carry_writes(self, nxt: "IndexRouter", after: int) -> int:
+    def _carry_writes(self, nxt: IndexRouter, after: int) -> int:
         """Re-apply to `nxt` the catalogue writes logged by this index's shards with seq > after
         (in sequence order: one sequence spans the shards); returns the last seq carried. Writes
         of another dimension than nxt's are not carried (another embedding space)."""
@@ -429,10 +449,16 @@ class IndexRouter:
         """Serve another index version: build its actors aside, carry over the catalogue writes
         (upserts, deletes) made to the running index, switch the table, retire the old. The bulk is
         carried while writes still flow; the rest under the write lock, just before the switch."""
-        nxt = IndexRouter.from_artifact(artifact_dir, self.root / f"swap-{time.time_ns()}", items_meta,
-                                        replicas=self.n_replicas, timeout_s=self.timeout_s,
-                                        cooldown_s=self.cooldown_s, actor_options=self.actor_options,
-                                        use_gpu=self.use_gpu)
+        nxt = IndexRouter.from_artifact(
+            artifact_dir,
+            self.root / f"swap-{time.time_ns()}",
+            items_meta,
+            replicas=self.n_replicas,
+            timeout_s=self.timeout_s,
+            cooldown_s=self.cooldown_s,
+            actor_options=self.actor_options,
+            use_gpu=self.use_gpu,
+        )
         self.carry_skipped = 0
         carried = self._carry_writes(nxt, 0)
         with self._write_lock:

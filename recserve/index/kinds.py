@@ -25,11 +25,17 @@ def make_base_index(dim: int, cfg: IndexConfig, n_train: int) -> faiss.Index:
     metric = faiss.METRIC_INNER_PRODUCT if cfg.metric == "ip" else faiss.METRIC_L2
     sq = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
     if cfg.kind == "flat":
-        base = faiss.IndexFlat(dim, metric) if cfg.storage == "fp32" else \
-            faiss.IndexScalarQuantizer(dim, sq[cfg.storage], metric)
+        base = (
+            faiss.IndexFlat(dim, metric)
+            if cfg.storage == "fp32"
+            else faiss.IndexScalarQuantizer(dim, sq[cfg.storage], metric)
+        )
     elif cfg.kind == "hnsw":
-        base = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, metric) if cfg.storage == "fp32" else \
-            faiss.IndexHNSWSQ(dim, sq[cfg.storage], cfg.hnsw_m, metric)
+        base = (
+            faiss.IndexHNSWFlat(dim, cfg.hnsw_m, metric)
+            if cfg.storage == "fp32"
+            else faiss.IndexHNSWSQ(dim, sq[cfg.storage], cfg.hnsw_m, metric)
+        )
         base.hnsw.efConstruction = cfg.ef_construction
         base.hnsw.efSearch = cfg.ef_search
     else:

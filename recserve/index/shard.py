@@ -50,7 +50,7 @@ class Filter:
     exclude_ids: list[int] | None = None
 
     @classmethod
-    def parse(cls, spec: dict | None) -> "Filter":
+    def parse(cls, spec: dict | None) -> Filter:
         if not spec:
             return cls()
         if not isinstance(spec, dict):
@@ -122,8 +122,15 @@ def check_vectors(ids, vectors, dim: int) -> tuple[np.ndarray, np.ndarray]:
 class ShardCore:
     """A mutable FAISS shard (see the module docstring)."""
 
-    def __init__(self, dim: int, cfg: IndexConfig, name: str = "shard", rebuild_ratio: float = 0.2,
-                 use_gpu: bool = False, background_rebuild: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        cfg: IndexConfig,
+        name: str = "shard",
+        rebuild_ratio: float = 0.2,
+        use_gpu: bool = False,
+        background_rebuild: bool = False,
+    ):
         self.dim = dim
         self.cfg = cfg
         self.name = name
@@ -131,10 +138,10 @@ class ShardCore:
         self.use_gpu = use_gpu
         self.lock = threading.RLock()
         self._reset(self._fresh_index())
-        self.version = 0              # highest sequence applied
+        self.version = 0  # highest sequence applied
         self.rebuilds = 0
         self.background_rebuild = background_rebuild
-        self._journal: list[tuple] | None = None   # writes made while a background rebuild runs
+        self._journal: list[tuple] | None = None  # writes made while a background rebuild runs
         self._rebuild_thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- state
@@ -150,8 +157,8 @@ class ShardCore:
         self.live = np.zeros(0, dtype=bool)
         self.slot_cat = np.zeros(0, dtype=np.int32)
         self.item_slot: dict[int, int] = {}
-        self.item_seq: dict[int, int] = {}       # last write's sequence per item (deletes included)
-        self.item_meta: dict[int, dict] = {}     # category + attributes of live items
+        self.item_seq: dict[int, int] = {}  # last write's sequence per item (deletes included)
+        self.item_meta: dict[int, dict] = {}  # category + attributes of live items
         self.cat_codes: dict[str, int] = {}
         self.attr_slots: dict[tuple[str, Any], set[int]] = {}
 
@@ -169,8 +176,9 @@ class ShardCore:
         return self.cat_codes[cat]
 
     # ---------------------------------------------------------------- writes
-    def upsert(self, ids, vectors, metas: list[dict] | None = None, seq: int | None = None,
-               seqs: np.ndarray | None = None) -> int:
+    def upsert(
+        self, ids, vectors, metas: list[dict] | None = None, seq: int | None = None, seqs: np.ndarray | None = None
+    ) -> int:
         """Add or replace items. Writes older than an item's last write are ignored."""
         ids, x = check_vectors(ids, vectors, self.dim)
         metas = metas or [{} for _ in range(len(ids))]
@@ -186,8 +194,9 @@ class ShardCore:
                 for i, s in zip(ids[fresh].tolist(), per[fresh].tolist()):
                     self.item_seq[i] = s
                 if self._journal is not None:
-                    self._journal.append(("upsert", ids[fresh], x[fresh], [m for m, f in zip(metas, fresh) if f],
-                                          per[fresh]))
+                    self._journal.append(
+                        ("upsert", ids[fresh], x[fresh], [m for m, f in zip(metas, fresh) if f], per[fresh])
+                    )
             self.version = max(self.version, int(per.max()) if len(per) else self.version)
             self._maybe_rebuild()
             return self.version
@@ -268,7 +277,7 @@ class ShardCore:
             self._journal = []
         try:
             fresh = ShardCore(self.dim, self.cfg, self.name, rebuild_ratio=float("inf"), use_gpu=self.use_gpu)
-            fresh._add(ids, vecs, metas)   # the slow part, outside the lock
+            fresh._add(ids, vecs, metas)  # the slow part, outside the lock
         except BaseException:
             with self.lock:
                 self._journal = None
@@ -281,8 +290,7 @@ class ShardCore:
                     fresh._add(j_ids, j_x, j_metas)
                 else:
                     fresh._tombstone([i for i in op[1] if i in fresh.item_slot])
-            for name in ("index", "slot_item", "live", "slot_cat", "item_slot", "item_meta", "cat_codes",
-                         "attr_slots"):
+            for name in ("index", "slot_item", "live", "slot_cat", "item_slot", "item_meta", "cat_codes", "attr_slots"):
                 setattr(self, name, getattr(fresh, name))
             self._journal = None
             self.rebuilds += 1
@@ -293,8 +301,9 @@ class ShardCore:
         base = self.index
         if isinstance(faiss.downcast_index(base), faiss.IndexIVF):
             faiss.downcast_index(base).make_direct_map()
-        out = np.vstack([base.reconstruct_batch(slots[s:s + 65536].astype(np.int64))
-                         for s in range(0, len(slots), 65536)])
+        out = np.vstack(
+            [base.reconstruct_batch(slots[s : s + 65536].astype(np.int64)) for s in range(0, len(slots), 65536)]
+        )
         return out[:, : self.dim].astype(np.float32)
 
     # ---------------------------------------------------------------- search
@@ -386,10 +395,13 @@ class ShardCore:
             h = item_hash(ids) if len(ids) else np.zeros(0, np.int64)
             keep = (h >= hash_lo) & (h < hash_hi)
             ids, slots = ids[keep], live_slots[keep]
-            return {"ids": ids, "vectors": self._reconstruct(slots),
-                    "metas": [self.item_meta[int(i)] for i in ids],
-                    "seqs": np.array([self.item_seq[int(i)] for i in ids], dtype=np.int64),
-                    "version": self.version}
+            return {
+                "ids": ids,
+                "vectors": self._reconstruct(slots),
+                "metas": [self.item_meta[int(i)] for i in ids],
+                "seqs": np.array([self.item_seq[int(i)] for i in ids], dtype=np.int64),
+                "version": self.version,
+            }
 
     def load_items(self, ids, vectors, metas, seqs) -> int:
         if len(ids) == 0:
@@ -399,9 +411,18 @@ class ShardCore:
     def stats(self) -> dict:
         with self.lock:
             n = self.index.ntotal if self.index is not None else 0
-            return {"name": self.name, "count": self.count, "slots": int(n), "tombstones": self.tombstones,
-                    "version": self.version, "rebuilds": self.rebuilds, "kind": self.cfg.kind,
-                    "storage": self.cfg.storage, "dim": self.dim, "gpu": self.use_gpu}
+            return {
+                "name": self.name,
+                "count": self.count,
+                "slots": int(n),
+                "tombstones": self.tombstones,
+                "version": self.version,
+                "rebuilds": self.rebuilds,
+                "kind": self.cfg.kind,
+                "storage": self.cfg.storage,
+                "dim": self.dim,
+                "gpu": self.use_gpu,
+            }
 
     # ------------------------------------------------------------- snapshot
     def snapshot(self, directory: str | Path) -> dict:
@@ -415,19 +436,31 @@ class ShardCore:
             tmp.mkdir(parents=True)
             t0 = time.perf_counter()
             if self.index is not None:
-                faiss.write_index(faiss.index_gpu_to_cpu(self.index) if self.use_gpu else self.index,
-                                  str(tmp / "index.faiss"))
+                faiss.write_index(
+                    faiss.index_gpu_to_cpu(self.index) if self.use_gpu else self.index, str(tmp / "index.faiss")
+                )
             np.save(tmp / "slot_item.npy", self.slot_item)
             np.save(tmp / "live.npy", self.live)
             np.save(tmp / "slot_cat.npy", self.slot_cat)
-            state = {"cat_codes": self.cat_codes, "item_meta": {str(k): v for k, v in self.item_meta.items()},
-                     "item_seq": {str(k): v for k, v in self.item_seq.items()}}
+            state = {
+                "cat_codes": self.cat_codes,
+                "item_meta": {str(k): v for k, v in self.item_meta.items()},
+                "item_seq": {str(k): v for k, v in self.item_seq.items()},
+            }
             (tmp / "state.json").write_text(json.dumps(state))
             files = sorted(p.name for p in tmp.iterdir())
-            manifest = {"name": self.name, "version": self.version, "dim": self.dim, "kind": self.cfg.kind,
-                        "storage": self.cfg.storage, "metric": self.cfg.metric, "count": self.count,
-                        "checksums": {f: sha256_file(tmp / f) for f in files}, "written_at": time.time(),
-                        "write_s": time.perf_counter() - t0}
+            manifest = {
+                "name": self.name,
+                "version": self.version,
+                "dim": self.dim,
+                "kind": self.cfg.kind,
+                "storage": self.cfg.storage,
+                "metric": self.cfg.metric,
+                "count": self.count,
+                "checksums": {f: sha256_file(tmp / f) for f in files},
+                "written_at": time.time(),
+                "write_s": time.perf_counter() - t0,
+            }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
             if final.exists():
                 shutil.rmtree(final)
@@ -435,8 +468,15 @@ class ShardCore:
             return manifest
 
     @classmethod
-    def restore(cls, snap_dir: str | Path, cfg: IndexConfig, name: str = "shard", mmap: bool = True,
-                verify: bool = True, use_gpu: bool = False) -> "ShardCore":
+    def restore(
+        cls,
+        snap_dir: str | Path,
+        cfg: IndexConfig,
+        name: str = "shard",
+        mmap: bool = True,
+        verify: bool = True,
+        use_gpu: bool = False,
+    ) -> ShardCore:
         """Load a snapshot written by `snapshot` (memory-mapped where the index kind allows)."""
         d = Path(snap_dir)
         try:
@@ -445,8 +485,10 @@ class ShardCore:
             raise SnapshotError(f"snapshot {d} has no readable manifest ({e})") from e
         for key in ("kind", "metric"):
             if manifest.get(key) != getattr(cfg, key):
-                raise SnapshotError(f"snapshot {d} is a {key}={manifest.get(key)!r} index, this shard is "
-                                    f"configured {key}={getattr(cfg, key)!r}")
+                raise SnapshotError(
+                    f"snapshot {d} is a {key}={manifest.get(key)!r} index, this shard is "
+                    f"configured {key}={getattr(cfg, key)!r}"
+                )
         if verify:
             for f, digest in manifest.get("checksums", {}).items():
                 if not (d / f).exists() or sha256_file(d / f) != digest:
@@ -474,13 +516,21 @@ class ShardCore:
                     core.attr_slots.setdefault((k, val), set()).add(s)
         core.version = int(manifest["version"])
         if core.index is not None and core.index.ntotal != len(core.slot_item):
-            raise SnapshotError(f"snapshot {d}: index holds {core.index.ntotal} vectors but the state "
-                                f"{len(core.slot_item)} slots")
+            raise SnapshotError(
+                f"snapshot {d}: index holds {core.index.ntotal} vectors but the state {len(core.slot_item)} slots"
+            )
         return core
 
     @classmethod
-    def from_artifact(cls, path: str | Path, cfg: IndexConfig, name: str, dim: int,
-                      metas: dict[int, dict] | None = None, mmap: bool = True) -> "ShardCore":
+    def from_artifact(
+        cls,
+        path: str | Path,
+        cfg: IndexConfig,
+        name: str,
+        dim: int,
+        metas: dict[int, dict] | None = None,
+        mmap: bool = True,
+    ) -> ShardCore:
         """Load one shard file written by `build_index` (an IndexIDMap2 over item ids)."""
         try:
             idx = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)

@@ -22,8 +22,8 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -47,8 +47,11 @@ def _fsync_write(path: Path, text: str) -> None:
 def _enc(v):
     if isinstance(v, np.ndarray):
         a = np.ascontiguousarray(v)
-        return {"__nd__": base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode(),
-                "dtype": a.dtype.newbyteorder("<").str, "shape": list(a.shape)}
+        return {
+            "__nd__": base64.b64encode(a.astype(a.dtype.newbyteorder("<")).tobytes()).decode(),
+            "dtype": a.dtype.newbyteorder("<").str,
+            "shape": list(a.shape),
+        }
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, dict):
@@ -111,7 +114,7 @@ class SeqCounter:
 
 
 class WriteAheadLog:
-    HEAD_TTL_S = 0.1   # `head` re-reads the log's tail at most this often (other writers' appends)
+    HEAD_TTL_S = 0.1  # `head` re-reads the log's tail at most this often (other writers' appends)
 
     def __init__(self, path: str | Path, fsync: bool = True, counter: SeqCounter | None | bool = None):
         """counter: the shared SeqCounter of the index root (IndexRouter passes it); None = one of
@@ -155,7 +158,7 @@ class WriteAheadLog:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 prev = self._last_seq()
-                if f.tell() > self._scan_pos:     # a torn tail (a crash mid-append): cut it off first
+                if f.tell() > self._scan_pos:  # a torn tail (a crash mid-append): cut it off first
                     f.truncate(self._scan_pos)
                 seq = self.counter.next(at_least=prev + 1)
                 payload = encode_record({**record, "seq": seq, "prev": prev})

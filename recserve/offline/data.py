@@ -27,11 +27,50 @@ from recserve.artifacts import dataset_meta, read_events, read_items  # noqa: F4
 from recserve.config import WorldConfig
 from recserve.schemas import EVENTS_SCHEMA, ITEMS_SCHEMA, DataError
 
-CATEGORY_NAMES = ["books", "music", "movies", "games", "sports", "outdoors", "kitchen", "garden",
-                  "fashion", "beauty", "toys", "electronics", "phones", "computers", "office", "pets",
-                  "health", "grocery", "travel", "auto", "tools", "baby", "art", "jewelry"]
-_ADJ = ["classic", "new", "smart", "tiny", "grand", "bright", "quiet", "rapid", "golden", "wild",
-        "urban", "cosy", "bold", "pure", "vivid", "prime"]
+CATEGORY_NAMES = [
+    "books",
+    "music",
+    "movies",
+    "games",
+    "sports",
+    "outdoors",
+    "kitchen",
+    "garden",
+    "fashion",
+    "beauty",
+    "toys",
+    "electronics",
+    "phones",
+    "computers",
+    "office",
+    "pets",
+    "health",
+    "grocery",
+    "travel",
+    "auto",
+    "tools",
+    "baby",
+    "art",
+    "jewelry",
+]
+_ADJ = [
+    "classic",
+    "new",
+    "smart",
+    "tiny",
+    "grand",
+    "bright",
+    "quiet",
+    "rapid",
+    "golden",
+    "wild",
+    "urban",
+    "cosy",
+    "bold",
+    "pure",
+    "vivid",
+    "prime",
+]
 _NOUN = ["edition", "set", "pack", "series", "kit", "bundle", "collection", "model", "select", "one"]
 
 
@@ -57,8 +96,10 @@ class Truth:
     def __init__(self, dataset_dir: str | Path):
         d = Path(dataset_dir) / "truth"
         if not (d / "items.parquet").exists():
-            raise DataError(f"{dataset_dir} has no ground truth (truth/items.parquet): only a generated world "
-                            f"(python -m pipelines.generate_world) knows its users' true preferences")
+            raise DataError(
+                f"{dataset_dir} has no ground truth (truth/items.parquet): only a generated world "
+                f"(python -m pipelines.generate_world) knows its users' true preferences"
+            )
         items = pq.read_table(d / "items.parquet").to_pandas()
         users = pq.read_table(d / "users").to_pandas()
         self.item_ids = items["item_id"].to_numpy(np.int64)
@@ -87,7 +128,7 @@ class World:
         self.item_cat = rng.choice(C, size=n, p=cat_p / cat_p.sum())
         self.item_vec = _unit(self.centroids[self.item_cat] + 0.6 * rng.standard_normal((n, d)) / math.sqrt(d))
         rank = rng.permutation(n)
-        self.popularity = (1.0 / (rank + 1.0) ** cfg.zipf_a)
+        self.popularity = 1.0 / (rank + 1.0) ** cfg.zipf_a
         self.popularity /= self.popularity.sum()
         self.pop_cdf = np.cumsum(self.popularity)
         self.price_band = rng.choice(3, size=n, p=[0.5, 0.35, 0.15])
@@ -98,18 +139,32 @@ class World:
     def items_table(self) -> pa.Table:
         n = self.cfg.n_items
         bands = np.array(["low", "mid", "high"])
-        titles = [f"{_ADJ[a].title()} {category_name(int(c))} {_NOUN[b]} {i}"
-                  for i, (a, b, c) in enumerate(zip(*self.title_words, self.item_cat))]
-        attrs = [json.dumps({"price_band": str(bands[p]), "brand": f"brand_{b}"})
-                 for p, b in zip(self.price_band, self.brand)]
-        return pa.table({"item_id": np.arange(n, dtype=np.int64), "title": titles,
-                         "category": [category_name(int(c)) for c in self.item_cat],
-                         "attributes": attrs}, schema=ITEMS_SCHEMA)
+        titles = [
+            f"{_ADJ[a].title()} {category_name(int(c))} {_NOUN[b]} {i}"
+            for i, (a, b, c) in enumerate(zip(*self.title_words, self.item_cat))
+        ]
+        attrs = [
+            json.dumps({"price_band": str(bands[p]), "brand": f"brand_{b}"})
+            for p, b in zip(self.price_band, self.brand)
+        ]
+        return pa.table(
+            {
+                "item_id": np.arange(n, dtype=np.int64),
+                "title": titles,
+                "category": [category_name(int(c)) for c in self.item_cat],
+                "attributes": attrs,
+            },
+            schema=ITEMS_SCHEMA,
+        )
 
     def items_truth(self) -> pa.Table:
-        return pa.table({"item_id": np.arange(self.cfg.n_items, dtype=np.int64),
-                         "popularity": self.popularity.astype(np.float64),
-                         "vector": list(self.item_vec.astype(np.float32))})
+        return pa.table(
+            {
+                "item_id": np.arange(self.cfg.n_items, dtype=np.int64),
+                "popularity": self.popularity.astype(np.float64),
+                "vector": list(self.item_vec.astype(np.float32)),
+            }
+        )
 
     def users(self, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """User ids, start interest and drifted interest for one block of users."""
@@ -133,8 +188,9 @@ class World:
         uids, u0, u1 = self.users(block)
         rng = np.random.default_rng([cfg.seed, 2, block])
         sigma = 0.8
-        n_ev = np.maximum(3, np.round(np.exp(rng.normal(math.log(cfg.events_per_user) - sigma**2 / 2, sigma,
-                                                        size=len(uids))))).astype(int)
+        n_ev = np.maximum(
+            3, np.round(np.exp(rng.normal(math.log(cfg.events_per_user) - sigma**2 / 2, sigma, size=len(uids))))
+        ).astype(int)
         horizon = cfg.days * 86400.0
         out_u, out_i, out_t, out_ts = [], [], [], []
         stages = 4
@@ -174,15 +230,23 @@ class World:
         ts = np.concatenate(out_ts) if out_ts else np.zeros(0, np.int64)
         order = np.lexsort((et, ts, u))
         names = np.array(["view", "click", "purchase"])
-        return pa.table({"user_id": u[order], "item_id": i[order],
-                         "event_type": names[et[order]].tolist(),
-                         "value": np.ones(len(u), np.float32), "ts": ts[order]}, schema=EVENTS_SCHEMA)
+        return pa.table(
+            {
+                "user_id": u[order],
+                "item_id": i[order],
+                "event_type": names[et[order]].tolist(),
+                "value": np.ones(len(u), np.float32),
+                "ts": ts[order],
+            },
+            schema=EVENTS_SCHEMA,
+        )
 
     def users_truth(self, block: int) -> pa.Table:
         uids, u0, u1 = self.users(block)
         end = _unit((1 - self.cfg.drift) * u0 + self.cfg.drift * u1)
-        return pa.table({"user_id": uids, "start_vector": list(u0.astype(np.float32)),
-                         "end_vector": list(end.astype(np.float32))})
+        return pa.table(
+            {"user_id": uids, "start_vector": list(u0.astype(np.float32)), "end_vector": list(end.astype(np.float32))}
+        )
 
     @property
     def n_blocks(self) -> int:
@@ -227,8 +291,7 @@ def generate_world(cfg: WorldConfig, out_dir: str | Path, use_ray: bool = True) 
 
             src = ray.data.from_items([{"block": b} for b in blocks], override_num_blocks=len(blocks))
             src.map_batches(gen_events, batch_size=1, batch_format="pyarrow").write_parquet(str(tmp / "events"))
-            src.map_batches(gen_truth, batch_size=1, batch_format="pyarrow").write_parquet(
-                str(tmp / "truth" / "users"))
+            src.map_batches(gen_truth, batch_size=1, batch_format="pyarrow").write_parquet(str(tmp / "truth" / "users"))
         else:
             (tmp / "events").mkdir()
             (tmp / "truth" / "users").mkdir()
@@ -236,8 +299,13 @@ def generate_world(cfg: WorldConfig, out_dir: str | Path, use_ray: bool = True) 
                 pq.write_table(world.events(b), tmp / "events" / f"part-{b:05d}.parquet")
                 pq.write_table(world.users_truth(b), tmp / "truth" / "users" / f"part-{b:05d}.parquet")
         n_events = sum(pq.ParquetFile(f).metadata.num_rows for f in (tmp / "events").glob("*.parquet"))
-        meta = {"source": "generated", "config": cfg.model_dump(), "n_users": cfg.n_users,
-                "n_items": cfg.n_items, "n_events": int(n_events)}
+        meta = {
+            "source": "generated",
+            "config": cfg.model_dump(),
+            "n_users": cfg.n_users,
+            "n_items": cfg.n_items,
+            "n_events": int(n_events),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         _commit_out(tmp, out_dir)
     except BaseException:
@@ -247,9 +315,9 @@ def generate_world(cfg: WorldConfig, out_dir: str | Path, use_ray: bool = True) 
 
 
 # --------------------------------------------------------------------------- MovieLens
-MAX_BAD_FRACTION = 0.001   # bad rows tolerated (skipped, each named) before a load fails
+MAX_BAD_FRACTION = 0.001  # bad rows tolerated (skipped, each named) before a load fails
 MIN_TS = 0
-MAX_FUTURE_S = 86400       # a timestamp more than a day past "now" is an error
+MAX_FUTURE_S = 86400  # a timestamp more than a day past "now" is an error
 
 
 class LoadReport:
@@ -270,8 +338,11 @@ class LoadReport:
         if n > allowed:
             shown = "\n  ".join(f"{r['file']} line {r['line']}: {r['cause']}" for r in self.rejected[:10])
             more = f"\n  ... and {n - 10} more" if n > 10 else ""
-            policy = ("--strict is set" if strict else
-                      f"more than {max_bad_fraction:.2%} of {self.rows} rows (allowed {allowed})")
+            policy = (
+                "--strict is set"
+                if strict
+                else f"more than {max_bad_fraction:.2%} of {self.rows} rows (allowed {allowed})"
+            )
             raise DataError(f"{n} bad row(s), {policy}; fix or remove them:\n  {shown}{more}")
 
 
@@ -280,8 +351,10 @@ def _iter_rows(path: Path, n_fields: int, report: LoadReport):
     import csv
 
     if not path.exists():
-        raise DataError(f"{path.name} not found in {path.parent}: a MovieLens folder needs ratings and "
-                        f"movies files (ratings.csv + movies.csv, or ratings.dat + movies.dat)")
+        raise DataError(
+            f"{path.name} not found in {path.parent}: a MovieLens folder needs ratings and "
+            f"movies files (ratings.csv + movies.csv, or ratings.dat + movies.dat)"
+        )
     dat = path.suffix == ".dat"
     try:
         with open(path, encoding="latin-1" if dat else "utf-8", newline="") as f:
@@ -315,9 +388,12 @@ def _header_check(path: Path, expected: list[str]) -> None:
             raise DataError(f"{path.name}: header is {','.join(head)!r}, expected {','.join(expected)!r}")
 
 
-def load_movielens(data_dir: str | Path, strict: bool = False,
-                   max_bad_fraction: float = MAX_BAD_FRACTION,
-                   report: LoadReport | None = None) -> tuple[pa.Table, pa.Table]:
+def load_movielens(
+    data_dir: str | Path,
+    strict: bool = False,
+    max_bad_fraction: float = MAX_BAD_FRACTION,
+    report: LoadReport | None = None,
+) -> tuple[pa.Table, pa.Table]:
     """Read a MovieLens folder into canonical (events, items) tables.
 
     Each invalid row (wrong field count, a value that does not parse, an unknown movie id, a
@@ -363,8 +439,9 @@ def load_movielens(data_dir: str | Path, strict: bool = False,
         try:
             ui, mi, rv, ti = int(u), int(m), float(r), int(t)
         except ValueError:
-            report.reject(rpath.name, ln, f"a value does not parse as userId,movieId,rating,timestamp: "
-                                          f"{','.join([u, m, r, t])!r}")
+            report.reject(
+                rpath.name, ln, f"a value does not parse as userId,movieId,rating,timestamp: {','.join([u, m, r, t])!r}"
+            )
             continue
         if mi not in seen:
             report.reject(rpath.name, ln, f"movieId {mi} is not in {mpath.name} (unknown id)")
@@ -382,13 +459,23 @@ def load_movielens(data_dir: str | Path, strict: bool = False,
     report.check(max_bad_fraction, strict)
     if not users:
         raise DataError(f"{rpath.name} in {d} holds no valid ratings: nothing to learn from")
-    items = pa.table({"item_id": np.array(movie_ids, np.int64), "title": titles, "category": cats,
-                      "attributes": attrs}, schema=ITEMS_SCHEMA)
+    items = pa.table(
+        {"item_id": np.array(movie_ids, np.int64), "title": titles, "category": cats, "attributes": attrs},
+        schema=ITEMS_SCHEMA,
+    )
     users_a, mids_a = np.array(users, np.int64), np.array(mids, np.int64)
     ts_a, vals_a = np.array(tss, np.int64), np.array(vals, np.float32)
     order = np.lexsort((ts_a, users_a))
-    events = pa.table({"user_id": users_a[order], "item_id": mids_a[order], "event_type": ["rate"] * len(order),
-                       "value": vals_a[order], "ts": ts_a[order]}, schema=EVENTS_SCHEMA)
+    events = pa.table(
+        {
+            "user_id": users_a[order],
+            "item_id": mids_a[order],
+            "event_type": ["rate"] * len(order),
+            "value": vals_a[order],
+            "ts": ts_a[order],
+        },
+        schema=EVENTS_SCHEMA,
+    )
     return events, items
 
 
@@ -399,8 +486,12 @@ def write_dataset(events: pa.Table, items: pa.Table, out_dir: str | Path, meta: 
         (tmp / "events").mkdir()
         pq.write_table(events, tmp / "events" / "part-00000.parquet")
         pq.write_table(items, tmp / "items.parquet")
-        meta = {**meta, "n_users": int(pa.compute.count_distinct(events["user_id"]).as_py()),
-                "n_items": items.num_rows, "n_events": events.num_rows}
+        meta = {
+            **meta,
+            "n_users": int(pa.compute.count_distinct(events["user_id"]).as_py()),
+            "n_items": items.num_rows,
+            "n_events": events.num_rows,
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         _commit_out(tmp, out_dir)
     except BaseException:
@@ -409,17 +500,28 @@ def write_dataset(events: pa.Table, items: pa.Table, out_dir: str | Path, meta: 
     return meta
 
 
-def import_movielens(data_dir: str | Path, out_dir: str | Path, strict: bool = False,
-                     max_bad_fraction: float = MAX_BAD_FRACTION) -> dict:
+def import_movielens(
+    data_dir: str | Path, out_dir: str | Path, strict: bool = False, max_bad_fraction: float = MAX_BAD_FRACTION
+) -> dict:
     report = LoadReport()
     events, items = load_movielens(data_dir, strict=strict, max_bad_fraction=max_bad_fraction, report=report)
-    return write_dataset(events, items, out_dir, {"source": "movielens", "path": str(Path(data_dir).resolve()),
-                                                  "rows_read": report.rows, "rejected": report.rejected})
+    return write_dataset(
+        events,
+        items,
+        out_dir,
+        {
+            "source": "movielens",
+            "path": str(Path(data_dir).resolve()),
+            "rows_read": report.rows,
+            "rejected": report.rejected,
+        },
+    )
 
 
 # --------------------------------------------------------------------------- reading datasets
-def temporal_split(events: pd.DataFrame, holdout: float = 0.2,
-                   min_user_events: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
+def temporal_split(
+    events: pd.DataFrame, holdout: float = 0.2, min_user_events: int = 5
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-user temporal split: the last `holdout` share of each user's events (by time) is held
     out. Users with fewer than `min_user_events` events stay wholly in train."""
     ev = events.sort_values(["user_id", "ts"], kind="stable").reset_index(drop=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recserve.ranking.interactions import Interactions, topk_excluding  # noqa: F401 - the evaluation's callers
+from recserve.ranking.interactions import Interactions, topk_excluding
 
 
 def ranking_metrics(recs: np.ndarray, truth: list[np.ndarray], n_items: int, k: int = 10) -> dict:
@@ -20,15 +20,18 @@ def ranking_metrics(recs: np.ndarray, truth: list[np.ndarray], n_items: int, k: 
         idcg = discounts[: min(k, len(rel))].sum()
         ndcg.append(float((hit * discounts[: len(row)]).sum() / idcg))
     valid = recs[recs >= 0]
-    return {"recall_at_%d" % k: float(np.mean(recall)) if recall else 0.0,
-            "ndcg_at_%d" % k: float(np.mean(ndcg)) if ndcg else 0.0,
-            "coverage": float(len(np.unique(valid)) / max(n_items, 1)),
-            "users": len(truth)}
+    return {
+        f"recall_at_{k}": float(np.mean(recall)) if recall else 0.0,
+        f"ndcg_at_{k}": float(np.mean(ndcg)) if ndcg else 0.0,
+        "coverage": float(len(np.unique(valid)) / max(n_items, 1)),
+        "users": len(truth),
+    }
 
 
 def _batched(users: np.ndarray, fn, seen: sp.csr_matrix, k: int, batch: int = 1024) -> np.ndarray:
-    parts = [topk_excluding(fn(users[s:s + batch]), seen, users[s:s + batch], k)
-             for s in range(0, len(users), batch)]
+    parts = [
+        topk_excluding(fn(users[s : s + batch]), seen, users[s : s + batch], k) for s in range(0, len(users), batch)
+    ]
     return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)
 
 
@@ -48,14 +51,27 @@ def ease_recs(data: Interactions, k: int, lam: float = 250.0) -> np.ndarray:
     return _batched(data.test_users, lambda us: X[us] @ B, data.matrix, k)
 
 
-def als_recs(data: Interactions, k: int, factors: int = 64, iterations: int = 15,
-             regularization: float = 0.05, alpha: float = 2.0, seed: int = 0) -> np.ndarray:
+def als_recs(
+    data: Interactions,
+    k: int,
+    factors: int = 64,
+    iterations: int = 15,
+    regularization: float = 0.05,
+    alpha: float = 2.0,
+    seed: int = 0,
+) -> np.ndarray:
     from implicit.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(factors=factors, iterations=iterations, regularization=regularization,
-                                        alpha=alpha, random_state=seed, calculate_training_loss=False)
+        model = AlternatingLeastSquares(
+            factors=factors,
+            iterations=iterations,
+            regularization=regularization,
+            alpha=alpha,
+            random_state=seed,
+            calculate_training_loss=False,
+        )
         ui = data.matrix.tocsr().astype(np.float32)
         model.fit(ui, show_progress=False)
     uf, itf = np.asarray(model.user_factors), np.asarray(model.item_factors)

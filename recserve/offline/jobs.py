@@ -13,13 +13,13 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from recserve.artifacts import (  # noqa: F401 - load_embeddings: the jobs' callers
+from recserve.artifacts import (
     DATASET_ITEMS,
     DATASET_META,
     ITEMS_META_FILE,
@@ -31,7 +31,7 @@ from recserve.artifacts import (  # noqa: F401 - load_embeddings: the jobs' call
 )
 from recserve.config import Config
 from recserve.offline.data import dataset_meta, read_events, read_items, temporal_split
-from recserve.ops.stack import ensure_ray  # noqa: F401 - the jobs' callers
+from recserve.ops.stack import ensure_ray
 from recserve.ranking.embeddings import item_log_frequency
 from recserve.ranking.interactions import Interactions, build_interactions
 from recserve.registry import Registry
@@ -42,6 +42,7 @@ Progress = Callable[[str], None]
 def say(stage: str) -> Progress:
     def p(msg: str) -> None:
         print(f"[{stage}] {msg}", flush=True)
+
     return p
 
 
@@ -53,15 +54,16 @@ def dataset_fingerprint(dataset_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def train_part(cfg: Config, dataset_dir: str | Path, holdout: float,
-               gone: dict[int, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def train_part(
+    cfg: Config, dataset_dir: str | Path, holdout: float, gone: dict[int, float] | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(train, test, items): the temporal split's train part when holdout > 0, else all events;
     without the events of forgotten users (`gone`, else the tombstones in Redis now)."""
     from recserve.privacy import drop_forgotten, forgotten_for_training
 
     events, items = read_events(dataset_dir), read_items(dataset_dir)
     gone = forgotten_for_training(cfg.redis_url) if gone is None else gone
-    if gone:   # users forgotten by DELETE /v1/users/{id}: their events up to then are left out
+    if gone:  # users forgotten by DELETE /v1/users/{id}: their events up to then are left out
         events = drop_forgotten(events, gone).reset_index(drop=True)
     if holdout > 0:
         train, test = temporal_split(events, holdout, cfg.eval.min_user_events)
@@ -71,13 +73,17 @@ def train_part(cfg: Config, dataset_dir: str | Path, holdout: float,
 
 
 def _lineage(dataset_dir, holdout: float, **parents) -> dict:
-    return {"dataset": str(Path(dataset_dir).resolve()), "dataset_fingerprint": dataset_fingerprint(dataset_dir),
-            "dataset_source": dataset_meta(dataset_dir).get("source"), "holdout": holdout, **parents}
+    return {
+        "dataset": str(Path(dataset_dir).resolve()),
+        "dataset_fingerprint": dataset_fingerprint(dataset_dir),
+        "dataset_source": dataset_meta(dataset_dir).get("source"),
+        "holdout": holdout,
+        **parents,
+    }
 
 
 # ---------------------------------------------------------------------------------- embeddings
-def _train_mf_remote(pairs: tuple[np.ndarray, np.ndarray], n_users: int, n_items: int, cfg: Config,
-                     label: str):
+def _train_mf_remote(pairs: tuple[np.ndarray, np.ndarray], n_users: int, n_items: int, cfg: Config, label: str):
     """Train MF in a Ray task that reads its batches from a Ray Dataset."""
     import ray
 
@@ -100,8 +106,11 @@ def _train_mf_remote(pairs: tuple[np.ndarray, np.ndarray], n_users: int, n_items
                 yield {"uidx": b["data"][:, 0], "iidx": b["data"][:, 1]}
 
         def progress(rec):
-            print(f"[{label}] epoch {rec['epoch']}/{rec['epochs']} loss={rec['loss']:.4f} "
-                  f"({rec['seconds']:.1f}s, {rec['examples']} pairs)", flush=True)
+            print(
+                f"[{label}] epoch {rec['epoch']}/{rec['epochs']} loss={rec['loss']:.4f} "
+                f"({rec['seconds']:.1f}s, {rec['examples']} pairs)",
+                flush=True,
+            )
 
         return train_factorization(batches, n_users, n_items, logq, ecfg, progress)
 
@@ -112,9 +121,17 @@ def sequence_settings(cfg: Config):
     from recserve.ranking.sequence import SequenceSettings
 
     sc = cfg.sequence
-    return SequenceSettings(dim=sc.dim, max_len=sc.max_len, blocks=sc.blocks, epochs=sc.epochs,
-                            batch_size=sc.batch_size, lr=sc.lr, max_seconds=sc.max_seconds,
-                            negatives=sc.negatives, dropout=sc.dropout)
+    return SequenceSettings(
+        dim=sc.dim,
+        max_len=sc.max_len,
+        blocks=sc.blocks,
+        epochs=sc.epochs,
+        batch_size=sc.batch_size,
+        lr=sc.lr,
+        max_seconds=sc.max_seconds,
+        negatives=sc.negatives,
+        dropout=sc.dropout,
+    )
 
 
 def _train_sequence_remote(cfg: Config, data: Interactions, label: str, log: Progress):
@@ -133,8 +150,16 @@ def _train_sequence_remote(cfg: Config, data: Interactions, label: str, log: Pro
         torch.set_num_threads(2)
 
         def progress(rec):
-            print(f"[{label}] " + (f"epoch {rec['epoch']}/{rec['epochs']} loss={rec['loss']:.4f} "
-                                   f"({rec['seconds']:.0f}s)" if "epoch" in rec else rec["stopped"]), flush=True)
+            print(
+                f"[{label}] "
+                + (
+                    f"epoch {rec['epoch']}/{rec['epochs']} loss={rec['loss']:.4f} ({rec['seconds']:.0f}s)"
+                    if "epoch" in rec
+                    else rec["stopped"]
+                ),
+                flush=True,
+            )
+
         return train_sequence_model(histories, n_items, st, progress).state_dict()
 
     t = time.perf_counter()
@@ -145,9 +170,17 @@ def _train_sequence_remote(cfg: Config, data: Interactions, label: str, log: Pro
     return SequenceScorer(model, st, device="cpu")
 
 
-def sequence_source(cfg: Config, data: Interactions, users: np.ndarray, queries: np.ndarray,
-                    item_vectors: np.ndarray, cand: np.ndarray, scores: np.ndarray, sequence,
-                    histories: list) -> tuple[np.ndarray, np.ndarray]:
+def sequence_source(
+    cfg: Config,
+    data: Interactions,
+    users: np.ndarray,
+    queries: np.ndarray,
+    item_vectors: np.ndarray,
+    cand: np.ndarray,
+    scores: np.ndarray,
+    sequence,
+    histories: list,
+) -> tuple[np.ndarray, np.ndarray]:
     """The index's candidates of `users` (rows of `queries`) with the sequence model's best
     `sequence.candidates` unseen items after them, scored by the query as the index scores (what
     serving does in Recommender.features)."""
@@ -156,7 +189,7 @@ def sequence_source(cfg: Config, data: Interactions, users: np.ndarray, queries:
     if sequence is None or cfg.sequence.candidates <= 0:
         return cand, scores
     m = data.matrix
-    seen = [m.indices[m.indptr[u]:m.indptr[u + 1]] for u in users.tolist()]
+    seen = [m.indices[m.indptr[u] : m.indptr[u + 1]] for u in users.tolist()]
     top = top_unseen(sequence.log_probs(sequence.states(histories)), seen, cfg.sequence.candidates)
     extra_sc = np.einsum("ud,umd->um", queries, item_vectors[np.maximum(top, 0)])
     return with_sequence_candidates(cand, scores, top, extra_sc)
@@ -167,8 +200,14 @@ def interaction_pairs(data: Interactions) -> tuple[np.ndarray, np.ndarray]:
     return m.row.astype(np.int64), m.col.astype(np.int64)
 
 
-def train_embeddings(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0,
-                     registry: Registry | None = None, log: Progress = say("train_embeddings")) -> str:
+def train_embeddings(
+    cfg: Config,
+    dataset_dir: str | Path,
+    holdout: float = 0.0,
+    registry: Registry | None = None,
+    log: Progress | None = None,
+) -> str:
+    log = log or say("train_embeddings")
     reg = registry or Registry(cfg.registry_uri, cfg.registry.keep)
     reg.check_writable("embeddings")
     ensure_ray(cfg)
@@ -178,38 +217,63 @@ def train_embeddings(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0,
     gone = forgotten_for_training(cfg.redis_url, log)
     train, _, items = train_part(cfg, dataset_dir, holdout, gone)
     data = build_interactions(train, train.iloc[:0], items)
-    log(f"{data.n_users} users, {data.n_items} items, {data.matrix.nnz} user-item pairs"
-        + (f" ({len(gone)} forgotten users' events left out)" if gone else ""))
+    log(
+        f"{data.n_users} users, {data.n_items} items, {data.matrix.nnz} user-item pairs"
+        + (f" ({len(gone)} forgotten users' events left out)" if gone else "")
+    )
     res = _train_mf_remote(interaction_pairs(data), data.n_users, data.n_items, cfg, "train_embeddings")
     with tempfile.TemporaryDirectory() as tmp:
-        save_embeddings(tmp, user_ids=data.user_ids, item_ids=data.item_ids, user_vectors=res.user_vectors,
-                        item_vectors=res.item_vectors)
+        save_embeddings(
+            tmp,
+            user_ids=data.user_ids,
+            item_ids=data.item_ids,
+            user_vectors=res.user_vectors,
+            item_vectors=res.item_vectors,
+        )
         # the item-content encoder, for items that will arrive with content and no vector
         from recserve.ranking.content import ContentEncoder
 
         by_id = items.set_index("item_id").reindex(data.item_ids)
-        ContentEncoder.fit(by_id["title"].fillna("").tolist(), by_id["category"].fillna("").tolist(),
-                           by_id["attributes"].tolist() if "attributes" in by_id else [None] * len(by_id),
-                           res.item_vectors).save(tmp)
-        if cfg.sequence.enabled:   # the sequence model, over the same items in the same dense order
+        ContentEncoder.fit(
+            by_id["title"].fillna("").tolist(),
+            by_id["category"].fillna("").tolist(),
+            by_id["attributes"].tolist() if "attributes" in by_id else [None] * len(by_id),
+            res.item_vectors,
+        ).save(tmp)
+        if cfg.sequence.enabled:  # the sequence model, over the same items in the same dense order
             from recserve.ranking.sequence import save_sequence
 
             scorer = _train_sequence_remote(cfg, data, "train_embeddings/sequence", log)
             save_sequence(scorer.model, scorer.settings, tmp)
-        v = reg.publish("embeddings", tmp, metrics={"final_loss": res.history[-1]["loss"],
-                                                    "seconds": time.perf_counter() - t0,
-                                                    "n_users": data.n_users, "n_items": data.n_items},
-                        params=cfg.embeddings.model_dump(),
-                        lineage=_lineage(dataset_dir, holdout, forgotten={str(u): t for u, t in gone.items()}),
-                        extra={"history": res.history, "dim": int(res.item_vectors.shape[1]),
-                               "sequence": cfg.sequence.model_dump() if cfg.sequence.enabled else None})
+        v = reg.publish(
+            "embeddings",
+            tmp,
+            metrics={
+                "final_loss": res.history[-1]["loss"],
+                "seconds": time.perf_counter() - t0,
+                "n_users": data.n_users,
+                "n_items": data.n_items,
+            },
+            params=cfg.embeddings.model_dump(),
+            lineage=_lineage(dataset_dir, holdout, forgotten={str(u): t for u, t in gone.items()}),
+            extra={
+                "history": res.history,
+                "dim": int(res.item_vectors.shape[1]),
+                "sequence": cfg.sequence.model_dump() if cfg.sequence.enabled else None,
+            },
+        )
     log(f"published embeddings {v}")
     return v
 
 
 # ---------------------------------------------------------------------------------- index
-def build_index(cfg: Config, embeddings_version: str | None = None, registry: Registry | None = None,
-                log: Progress = say("build_index")) -> str:
+def build_index(
+    cfg: Config,
+    embeddings_version: str | None = None,
+    registry: Registry | None = None,
+    log: Progress | None = None,
+) -> str:
+    log = log or say("build_index")
     import ray
 
     from recserve.index.hashing import even_ranges, shard_of
@@ -231,6 +295,7 @@ def build_index(cfg: Config, embeddings_version: str | None = None, registry: Re
         import faiss
 
         from recserve.index.build import build_shard
+
         idx = build_shard(ids_s, vecs_s, icfg)
         return s, faiss.serialize_index(idx)
 
@@ -247,13 +312,19 @@ def build_index(cfg: Config, embeddings_version: str | None = None, registry: Re
             shards.append({"shard": s, "hash_lo": lo, "hash_hi": hi, "file": fname, "count": int((owner == s).sum())})
             log(f"shard {len(shards)}/{icfg.num_shards} built ({shards[-1]['count']} vectors)")
         from recserve.index.build import routing_manifest
+
         manifest = routing_manifest(icfg, vecs.shape[1], shards, len(ids), embeddings_version=emb["version"])
         Path(tmp, ROUTING_FILE).write_text(json.dumps(manifest, indent=2))
         _write_items_meta(reg, emb["version"], ids, Path(tmp) / ITEMS_META_FILE)
         seconds = time.perf_counter() - t0
-        v = reg.publish("index", tmp, metrics={"build_s": seconds, "count": int(len(ids))},
-                        params=icfg.model_dump(), lineage={"embeddings": emb["version"]},
-                        extra={"routing": {k: manifest[k] for k in ("kind", "metric", "dim", "num_shards", "shards")}})
+        v = reg.publish(
+            "index",
+            tmp,
+            metrics={"build_s": seconds, "count": int(len(ids))},
+            params=icfg.model_dump(),
+            lineage={"embeddings": emb["version"]},
+            extra={"routing": {k: manifest[k] for k in ("kind", "metric", "dim", "num_shards", "shards")}},
+        )
     log(f"published index {v} ({icfg.num_shards} shards, {len(ids)} vectors, {seconds:.1f}s)")
     return v
 
@@ -266,14 +337,22 @@ def _write_items_meta(reg: Registry, emb_version: str, ids: np.ndarray, path: Pa
         return
     items = read_items(ds).set_index("item_id")
     items = items[items.index.isin(ids)]
-    meta = {str(i): {"category": c, "attributes": json.loads(a) if a else {}}
-            for i, c, a in zip(items.index.tolist(), items["category"].tolist(), items["attributes"].tolist())}
+    meta = {
+        str(i): {"category": c, "attributes": json.loads(a) if a else {}}
+        for i, c, a in zip(items.index.tolist(), items["category"].tolist(), items["attributes"].tolist())
+    }
     path.write_text(json.dumps(meta))
 
 
 # ---------------------------------------------------------------------------------- ranker
-def _ranker_examples(cfg: Config, data: Interactions, items: pd.DataFrame, user_vectors: np.ndarray,
-                     item_vectors: np.ndarray, sequence=None):
+def _ranker_examples(
+    cfg: Config,
+    data: Interactions,
+    items: pd.DataFrame,
+    user_vectors: np.ndarray,
+    item_vectors: np.ndarray,
+    sequence=None,
+):
     from recserve.ranking.content import blended_queries, mean_pair_score
     from recserve.ranking.ranker import feature_tensor, ranking_inputs, retrieve_exact
 
@@ -281,13 +360,28 @@ def _ranker_examples(cfg: Config, data: Interactions, items: pd.DataFrame, user_
     inp = ranking_inputs(data, items, item_vectors, rcfg)
     m = data.matrix.tocoo()
     queries = user_vectors.copy()
-    queries[data.test_users] = blended_queries(user_vectors, data.test_users, inp.contexts, item_vectors,
-                                               cfg.stream.vector_decay, mean_pair_score(user_vectors, item_vectors,
-                                                                                        m.row, m.col),
-                                               rcfg.session_weight, rcfg.session_items)
+    queries[data.test_users] = blended_queries(
+        user_vectors,
+        data.test_users,
+        inp.contexts,
+        item_vectors,
+        cfg.stream.vector_decay,
+        mean_pair_score(user_vectors, item_vectors, m.row, m.col),
+        rcfg.session_weight,
+        rcfg.session_items,
+    )
     cand, sc = retrieve_exact(queries, item_vectors, data.matrix, data.test_users, rcfg.candidates)
-    cand, sc = sequence_source(cfg, data, data.test_users, queries[data.test_users], item_vectors, cand, sc, sequence,
-                               [inp.contexts[u].history for u in data.test_users])
+    cand, sc = sequence_source(
+        cfg,
+        data,
+        data.test_users,
+        queries[data.test_users],
+        item_vectors,
+        cand,
+        sc,
+        sequence,
+        [inp.contexts[u].history for u in data.test_users],
+    )
     X = feature_tensor(inp, data.test_users, cand, sc, rcfg, sequence)
     Y = np.zeros(cand.shape, dtype=bool)
     for r, rel in enumerate(data.test_items):
@@ -295,11 +389,18 @@ def _ranker_examples(cfg: Config, data: Interactions, items: pd.DataFrame, user_
     return X, Y, cand
 
 
-def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, registry: Registry | None = None,
-                 embeddings_version: str | None = None, log: Progress = say("train_ranker")) -> str:
+def train_ranker(
+    cfg: Config,
+    dataset_dir: str | Path,
+    holdout: float = 0.0,
+    registry: Registry | None = None,
+    embeddings_version: str | None = None,
+    log: Progress | None = None,
+) -> str:
     """Train the ranker on the future of the training data: the training events are split again
     in time; embeddings are trained on the earlier part, and the ranker learns which of their
     candidates the user went on to take."""
+    log = log or say("train_ranker")
     import ray
 
     from recserve.ranking.features import FEATURE_NAMES
@@ -314,8 +415,9 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
     inner, target = temporal_split(train, cfg.eval.holdout, cfg.eval.min_user_events)
     data = build_interactions(inner, target, items)
     if len(data.test_users) == 0:
-        raise ValueError(f"no user in {dataset_dir} has {cfg.eval.min_user_events}+ events: too little data "
-                         f"to train a ranker")
+        raise ValueError(
+            f"no user in {dataset_dir} has {cfg.eval.min_user_events}+ events: too little data to train a ranker"
+        )
     log(f"inner split: {len(inner)} events to learn from, {len(target)} future events as labels")
     res = _train_mf_remote(interaction_pairs(data), data.n_users, data.n_items, cfg, "train_ranker/embeddings")
     # the sequence model of the inner split too: trained on the labels' future, its feature would lie
@@ -328,37 +430,68 @@ def train_ranker(cfg: Config, dataset_dir: str | Path, holdout: float = 0.0, reg
     def fit(X, Y, mask, rcfg):
         def progress(rec):
             if rec["member"] == 0:
-                print(f"[train_ranker] held-out lists' loss lowest after {rec['epoch']} of {rec['epochs']} epochs "
-                      f"({rec['loss']:.4f}): every member learns that long", flush=True)
+                print(
+                    f"[train_ranker] held-out lists' loss lowest after {rec['epoch']} of {rec['epochs']} epochs "
+                    f"({rec['loss']:.4f}): every member learns that long",
+                    flush=True,
+                )
                 return
-            print(f"[train_ranker] member {rec['member']}/{rec['members']} epoch {rec['epoch']}/{rec['epochs']} "
-                  f"loss={rec['loss']:.4f}", flush=True)
+            print(
+                f"[train_ranker] member {rec['member']}/{rec['members']} epoch {rec['epoch']}/{rec['epochs']} "
+                f"loss={rec['loss']:.4f}",
+                flush=True,
+            )
+
         return train_ranker_model(X, Y, mask, rcfg, progress)
 
     model, history = ray.get(fit.remote(X, Y, cand >= 0, cfg.ranker))
     with tempfile.TemporaryDirectory() as tmp:
         save_model(model, Path(tmp) / RANKER_FILE, {"embeddings_version": emb_version})
-        v = reg.publish("ranker", tmp, metrics={"final_loss": history[-1]["loss"], "seconds": time.perf_counter() - t0,
-                                                "epochs": history[-1]["epochs"],
-                                                "train_users": int(len(X)), "positives_per_list": cand_recall},
-                        params=cfg.ranker.model_dump(), lineage=_lineage(dataset_dir, holdout, embeddings=emb_version),
-                        extra={"history": history, "features": FEATURE_NAMES})
+        v = reg.publish(
+            "ranker",
+            tmp,
+            metrics={
+                "final_loss": history[-1]["loss"],
+                "seconds": time.perf_counter() - t0,
+                "epochs": history[-1]["epochs"],
+                "train_users": int(len(X)),
+                "positives_per_list": cand_recall,
+            },
+            params=cfg.ranker.model_dump(),
+            lineage=_lineage(dataset_dir, holdout, embeddings=emb_version),
+            extra={"history": history, "features": FEATURE_NAMES},
+        )
     log(f"published ranker {v}")
     return v
 
 
 # ---------------------------------------------------------------------------------- evaluate
-METHODS = ("popularity", "als", "ease", "retrieval", "retrieval_ranker", "anonymous_session",
-           "session_vector_seen_excluded", "sequence_model")
-SESSION_ITEMS = 5   # the anonymous-session row: each test user's last 5 training items, no user id
+METHODS = (
+    "popularity",
+    "als",
+    "ease",
+    "retrieval",
+    "retrieval_ranker",
+    "anonymous_session",
+    "session_vector_seen_excluded",
+    "sequence_model",
+)
+SESSION_ITEMS = 5  # the anonymous-session row: each test user's last 5 training items, no user id
 
 
-def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = None,
-             out: str | Path | None = None, methods: tuple[str, ...] = METHODS,
-             versions: dict | None = None, log: Progress = say("evaluate")) -> dict:
+def evaluate(
+    cfg: Config,
+    dataset_dir: str | Path,
+    registry: Registry | None = None,
+    out: str | Path | None = None,
+    methods: tuple[str, ...] = METHODS,
+    versions: dict | None = None,
+    log: Progress | None = None,
+) -> dict:
     """Recall@K, NDCG@K and coverage of every method on the per-user temporal split. The learned
     methods use the registry's embeddings / index / ranker versions (latest by default), which
     must have been trained on the same split (holdout = eval.holdout)."""
+    log = log or say("evaluate")
     from recserve.index.build import ShardSet
     from recserve.offline import evaluation as ev
     from recserve.ranking.ranker import feature_tensor, load_model, ranking_inputs, rerank
@@ -370,8 +503,10 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
     train, test, items = train_part(cfg, dataset_dir, cfg.eval.holdout)
     data = build_interactions(train, test, items)
     if len(data.test_users) == 0:
-        raise ValueError(f"no user in {dataset_dir} has held-out events (users need {cfg.eval.min_user_events}+ "
-                         f"events): nothing to evaluate")
+        raise ValueError(
+            f"no user in {dataset_dir} has held-out events (users need {cfg.eval.min_user_events}+ "
+            f"events): nothing to evaluate"
+        )
     log(f"{data.n_users} users, {data.n_items} items, {len(data.test_users)} test users")
     results: dict[str, dict] = {}
 
@@ -379,12 +514,18 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
         t = time.perf_counter()
         recs = fn()
         m = ev.ranking_metrics(recs, data.test_items, data.n_items, k)
-        m = {"recall_at_10" if k == 10 else f"recall_at_{k}": m[f"recall_at_{k}"],
-             "ndcg_at_10" if k == 10 else f"ndcg_at_{k}": m[f"ndcg_at_{k}"],
-             "coverage": m["coverage"], "users": m["users"], "seconds": round(time.perf_counter() - t, 3)}
+        m = {
+            "recall_at_10" if k == 10 else f"recall_at_{k}": m[f"recall_at_{k}"],
+            "ndcg_at_10" if k == 10 else f"ndcg_at_{k}": m[f"ndcg_at_{k}"],
+            "coverage": m["coverage"],
+            "users": m["users"],
+            "seconds": round(time.perf_counter() - t, 3),
+        }
         results[name] = m
-        log(f"{name:17s} recall@{k}={m[f'recall_at_{k}']:.4f} ndcg@{k}={m[f'ndcg_at_{k}']:.4f} "
-            f"coverage={m['coverage']:.4f} ({m['seconds']:.1f}s)")
+        log(
+            f"{name:17s} recall@{k}={m[f'recall_at_{k}']:.4f} ndcg@{k}={m[f'ndcg_at_{k}']:.4f} "
+            f"coverage={m['coverage']:.4f} ({m['seconds']:.1f}s)"
+        )
 
     if "popularity" in methods:
         run("popularity", lambda: ev.popularity_recs(data, k))
@@ -409,16 +550,22 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
             if "sequence_model" in methods:
                 run("sequence_model", lambda: _sequence_recs(scorer, data, k))
         else:
-            log(f"embeddings {versions['embeddings']} have no sequence model (sequence.enabled false?): "
-                f"no sequence_model row, and the ranker's sequence feature is 0")
+            log(
+                f"embeddings {versions['embeddings']} have no sequence model (sequence.enabled false?): "
+                f"no sequence_model row, and the ranker's sequence feature is 0"
+            )
         uvec = serving_queries(cfg, data, inp, emb, ivec, data.test_users)
-        seen = [data.item_ids[data.matrix.indices[data.matrix.indptr[u]:data.matrix.indptr[u + 1]]]
-                for u in data.test_users]
+        seen = [
+            data.item_ids[data.matrix.indices[data.matrix.indptr[u] : data.matrix.indptr[u + 1]]]
+            for u in data.test_users
+        ]
         n_cand = cfg.ranker.candidates if "retrieval_ranker" in methods else k
         t = time.perf_counter()
         cand_ids, cand_sc = shards.search(uvec, n_cand, exclude=seen)
-        log(f"index search: {len(uvec)} users x top-{n_cand} over {shards.manifest['num_shards']} shards "
-            f"({time.perf_counter() - t:.1f}s)")
+        log(
+            f"index search: {len(uvec)} users x top-{n_cand} over {shards.manifest['num_shards']} shards "
+            f"({time.perf_counter() - t:.1f}s)"
+        )
         id_to_dense = {int(i): d for d, i in enumerate(data.item_ids)}
         cand = _dense(cand_ids, id_to_dense)
         if "retrieval" in methods:
@@ -426,11 +573,22 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
         if "retrieval_ranker" in methods:
             versions["ranker"] = reg.resolve("ranker", versions.get("ranker"))
             model, _ = load_model(ranker_path(reg, versions["ranker"]))
+
             def ranked():
-                c, c_sc = sequence_source(cfg, data, data.test_users, uvec, ivec, cand, cand_sc, scorer,
-                                          [inp.contexts[u].history for u in data.test_users])
+                c, c_sc = sequence_source(
+                    cfg,
+                    data,
+                    data.test_users,
+                    uvec,
+                    ivec,
+                    cand,
+                    cand_sc,
+                    scorer,
+                    [inp.contexts[u].history for u in data.test_users],
+                )
                 X = feature_tensor(inp, data.test_users, c, c_sc, cfg.ranker, scorer)
                 return rerank(model, X, c, k)
+
             run("retrieval_ranker", ranked)
         if "anonymous_session" in methods:
             from recserve.ranking.content import mean_pair_score
@@ -439,26 +597,41 @@ def evaluate(cfg: Config, dataset_dir: str | Path, registry: Registry | None = N
             tm = data.matrix.tocoo()
             urow = _embedding_rows(emb, data)[tm.row]
             known = (urow >= 0) & (item_pos[tm.col] >= 0)
-            session_target = mean_pair_score(emb["user_vectors"], emb["item_vectors"], urow[known],
-                                             item_pos[tm.col][known])
+            session_target = mean_pair_score(
+                emb["user_vectors"], emb["item_vectors"], urow[known], item_pos[tm.col][known]
+            )
             queries, sessions = _session_queries(cfg, data, train, emb, item_pos, id_to_dense, session_target)
             run("anonymous_session", lambda: _dense(shards.search(queries, k, exclude=sessions)[0], id_to_dense))
             # the same session vectors with the user's whole training history excluded, as the other
             # rows have it: what the session vector is worth, apart from not knowing the history
-            run("session_vector_seen_excluded",
-                lambda: _dense(shards.search(queries, k, exclude=seen)[0], id_to_dense))
+            run("session_vector_seen_excluded", lambda: _dense(shards.search(queries, k, exclude=seen)[0], id_to_dense))
 
-    report = {"dataset": str(dataset_dir), "dataset_source": dataset_meta(dataset_dir).get("source"),
-              "k": k, "holdout": cfg.eval.holdout, "test_users": int(len(data.test_users)),
-              "n_items": int(data.n_items), "versions": versions, **results}
+    report = {
+        "dataset": str(dataset_dir),
+        "dataset_source": dataset_meta(dataset_dir).get("source"),
+        "k": k,
+        "holdout": cfg.eval.holdout,
+        "test_users": int(len(data.test_users)),
+        "n_items": int(data.n_items),
+        "versions": versions,
+        **results,
+    }
     if "retrieval_ranker" in results and "ease" in results and "popularity" in results:
         rr, ez, pp = (results[m][f"recall_at_{k}"] for m in ("retrieval_ranker", "ease", "popularity"))
-        report["targets"] = {"ranker_vs_ease": rr / ez if ez else None, "ranker_vs_popularity": rr / pp if pp else None,
-                             "ranker_ge_ease": rr >= ez, "ranker_ge_1_3x_popularity": rr >= 1.3 * pp}
+        report["targets"] = {
+            "ranker_vs_ease": rr / ez if ez else None,
+            "ranker_vs_popularity": rr / pp if pp else None,
+            "ranker_ge_ease": rr >= ez,
+            "ranker_ge_1_3x_popularity": rr >= 1.3 * pp,
+        }
     with tempfile.TemporaryDirectory() as tmp:
         write_report(report, Path(tmp), k)
-        v = reg.publish("evaluation", tmp, metrics={m: results[m] for m in results},
-                        lineage={**versions, "dataset": str(Path(dataset_dir).resolve())})
+        v = reg.publish(
+            "evaluation",
+            tmp,
+            metrics={m: results[m] for m in results},
+            lineage={**versions, "dataset": str(Path(dataset_dir).resolve())},
+        )
         report["version"] = v
         if out:
             out = Path(out)
@@ -500,8 +673,16 @@ def serving_queries(cfg: Config, data, inp, emb: dict, ivec: np.ndarray, users: 
     urow = rows[tm.row]
     ok = urow >= 0
     target = mean_pair_score(emb["user_vectors"], ivec, urow[ok], tm.col[ok])
-    return blended_queries(uvec, np.arange(len(uvec)), [inp.contexts[u] for u in users], ivec,
-                           cfg.stream.vector_decay, target, cfg.ranker.session_weight, cfg.ranker.session_items)
+    return blended_queries(
+        uvec,
+        np.arange(len(uvec)),
+        [inp.contexts[u] for u in users],
+        ivec,
+        cfg.stream.vector_decay,
+        target,
+        cfg.ranker.session_weight,
+        cfg.ranker.session_items,
+    )
 
 
 def _sequence_recs(scorer, data, k: int) -> np.ndarray:
@@ -512,18 +693,23 @@ def _sequence_recs(scorer, data, k: int) -> np.ndarray:
     hist = ordered_histories(data.train, data.n_users)
     scores = scorer.log_probs(scorer.states([hist[u] for u in data.test_users]))
     for r, u in enumerate(data.test_users):
-        scores[r, data.matrix.indices[data.matrix.indptr[u]:data.matrix.indptr[u + 1]]] = -np.inf
+        scores[r, data.matrix.indices[data.matrix.indptr[u] : data.matrix.indptr[u + 1]]] = -np.inf
     return np.argsort(-scores, axis=1)[:, :k]
 
 
-def _session_queries(cfg: Config, data, train, emb: dict, item_pos: np.ndarray, id_to_dense: dict,
-                     target: float) -> tuple[np.ndarray, list[np.ndarray]]:
+def _session_queries(
+    cfg: Config, data, train, emb: dict, item_pos: np.ndarray, id_to_dense: dict, target: float
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Each test user as an anonymous visitor: (the user vectors folded in from their last
     SESSION_ITEMS training items' vectors, as serving does, and those sessions' item ids)."""
     from recserve.ranking.content import fold_in
 
-    last = (train.sort_values("ts", kind="stable").groupby("user_id")["item_id"]
-            .apply(lambda s: s.tail(SESSION_ITEMS).tolist()).to_dict())
+    last = (
+        train.sort_values("ts", kind="stable")
+        .groupby("user_id")["item_id"]
+        .apply(lambda s: s.tail(SESSION_ITEMS).tolist())
+        .to_dict()
+    )
     queries = np.zeros((len(data.test_users), emb["user_vectors"].shape[1]), dtype=np.float32)
     sessions = []
     for r, u in enumerate(data.test_users):
@@ -564,8 +750,10 @@ def write_report(report: dict, out_dir: Path, k: int) -> None:
         ax.bar(names, [report[m][key] for m in names], color="#4477aa")
         ax.set_title(key)
         ax.tick_params(axis="x", rotation=35)
-    fig.suptitle(f"{report['dataset_source']}: {report['test_users']} test users, last "
-                 f"{report['holdout']:.0%} of each user's events held out")
+    fig.suptitle(
+        f"{report['dataset_source']}: {report['test_users']} test users, last "
+        f"{report['holdout']:.0%} of each user's events held out"
+    )
     fig.tight_layout()
     fig.savefig(out_dir / "eval.png", dpi=100)
     plt.close(fig)

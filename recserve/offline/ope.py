@@ -44,13 +44,14 @@ Z95 = 1.959963984540054
 @dataclass
 class Pool:
     """The candidate pool of U contexts: C candidates each, in the serving ranker's order."""
-    users: np.ndarray                  # [U] user ids
-    items: np.ndarray                  # [U, C] item ids, the serving ranker's order (best first)
-    features: np.ndarray               # [U, C, F] the reward model's inputs
-    scores: dict[str, np.ndarray]      # ranker version -> [U, C] its scores
-    popularity: np.ndarray             # [U, C] training events of each candidate
+
+    users: np.ndarray  # [U] user ids
+    items: np.ndarray  # [U, C] item ids, the serving ranker's order (best first)
+    features: np.ndarray  # [U, C, F] the reward model's inputs
+    scores: dict[str, np.ndarray]  # ranker version -> [U, C] its scores
+    popularity: np.ndarray  # [U, C] training events of each candidate
     serving_version: str
-    truth: np.ndarray | None = None    # [U, C] the true click probability (a generated world)
+    truth: np.ndarray | None = None  # [U, C] the true click probability (a generated world)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -58,8 +59,16 @@ class Pool:
         return self.items.shape
 
 
-def build_pool(cfg, dataset_dir, reg, n_users: int | None = None, versions: list[str] | None = None,
-               seed: int = 0, log=print, user_ids: np.ndarray | None = None) -> Pool:
+def build_pool(
+    cfg,
+    dataset_dir,
+    reg,
+    n_users: int | None = None,
+    versions: list[str] | None = None,
+    seed: int = 0,
+    log=print,
+    user_ids: np.ndarray | None = None,
+) -> Pool:
     """The candidate pools of up to `n_users` of the dataset's users (all by default; or those of
     `user_ids` the dataset knows): the serving
     query's exact top `ranker.candidates`, their ranker features, the serving ranker's top
@@ -101,7 +110,7 @@ def build_pool(cfg, dataset_dir, reg, n_users: int | None = None, versions: list
     pool_dense = pick(cand, order, axis=1)
     notes = []
     full_pool = (pool_dense >= 0).all(1)
-    if not full_pool.all():   # a user who has seen nearly everything: fewer unseen candidates than the bandit's top_n
+    if not full_pool.all():  # a user who has seen nearly everything: fewer unseen candidates than the bandit's top_n
         notes.append(f"{int((~full_pool).sum())} users left out: fewer than {top_n} unseen candidates")
         users, cand, sc, X, s0, order, pool_dense = (a[full_pool] for a in (users, cand, sc, X, s0, order, pool_dense))
     if not len(users):
@@ -128,10 +137,19 @@ def build_pool(cfg, dataset_dir, reg, n_users: int | None = None, versions: list
     except DataError as e:
         notes.append(str(e))
     # the reward model's inputs: the serving ranker's score, the retrieval score, log popularity, place
-    feats = np.stack([scores[serving], pick(sc, order, axis=1), np.log1p(popularity),
-                      np.broadcast_to(np.log1p(np.arange(top_n)), scores[serving].shape)], axis=2)
-    log(f"pool: {len(users)} users x {top_n} candidates (of {cfg.ranker.candidates}), rankers "
-        f"{', '.join(scores)} ({time.perf_counter() - t:.1f}s)")
+    feats = np.stack(
+        [
+            scores[serving],
+            pick(sc, order, axis=1),
+            np.log1p(popularity),
+            np.broadcast_to(np.log1p(np.arange(top_n)), scores[serving].shape),
+        ],
+        axis=2,
+    )
+    log(
+        f"pool: {len(users)} users x {top_n} candidates (of {cfg.ranker.candidates}), rankers "
+        f"{', '.join(scores)} ({time.perf_counter() - t:.1f}s)"
+    )
     return Pool(user_ids, item_ids, feats.astype(np.float64), scores, popularity, serving, truth, notes)
 
 
@@ -143,15 +161,16 @@ def top_k_marginals(scores: np.ndarray, k: int) -> np.ndarray:
     return M
 
 
-def bandit_marginals(pool: Pool, a: np.ndarray, b: np.ndarray, k: int, share: float, uniform: float,
-                     draws: int = 2000, seed: int = 0) -> np.ndarray:
+def bandit_marginals(
+    pool: Pool, a: np.ndarray, b: np.ndarray, k: int, share: float, uniform: float, draws: int = 2000, seed: int = 0
+) -> np.ndarray:
     """The bandit with frozen posteriors (a, b: [U, C] of each candidate): the ranker's first
     k - n_explore kept, the n_explore best Thompson draws among the rest (uniform ones in a share
     `uniform` of the slates); each one's inclusion probability, exact for the uniform part and over
     `draws` fresh Thompson draws per context for the rest."""
     rng = np.random.default_rng(seed)
     U, C = pool.shape
-    n_explore = int(round(share * k)) if C > k else 0
+    n_explore = int(round(share * k)) if k < C else 0
     keep = k - n_explore
     M = np.zeros((U, C))
     M[:, :keep] = 1.0
@@ -169,6 +188,7 @@ def bandit_marginals(pool: Pool, a: np.ndarray, b: np.ndarray, k: int, share: fl
 class Logs:
     """Logged impressions over a pool: context row, the shown candidates' places in it, their
     propensities and rewards ([N, k] each)."""
+
     context: np.ndarray
     shown: np.ndarray
     propensity: np.ndarray
@@ -229,8 +249,7 @@ def _interval(terms: np.ndarray) -> dict:
     return {"estimate": m, "lo": m - Z95 * se, "hi": m + Z95 * se, "se": se}
 
 
-def fit_reward_model(features: np.ndarray, rewards: np.ndarray, iterations: int = 25,
-                     l2: float = 1e-3) -> np.ndarray:
+def fit_reward_model(features: np.ndarray, rewards: np.ndarray, iterations: int = 25, l2: float = 1e-3) -> np.ndarray:
     """Logistic regression (Newton's method) of reward on standardized features; returns
     [mean, std, weights] packed for `predict_reward`."""
     mu, sd = features.mean(0), features.std(0) + 1e-9
@@ -246,7 +265,7 @@ def fit_reward_model(features: np.ndarray, rewards: np.ndarray, iterations: int 
 
 def predict_reward(model: np.ndarray, features: np.ndarray) -> np.ndarray:
     f = features.shape[-1]
-    mu, sd, w = model[:f], model[f:2 * f], model[2 * f:]
+    mu, sd, w = model[:f], model[f : 2 * f], model[2 * f :]
     z = ((features - mu) / sd) @ w[:-1] + w[-1]
     return 1 / (1 + np.exp(-np.clip(z, -30, 30)))
 
@@ -261,7 +280,8 @@ def reward_models(pool: Pool, logs: Logs, folds: int = 2, seed: int = 0) -> np.n
         fit = fold != f
         known = (logs.shown[fit] >= 0).ravel()
         X = pool.features[logs.context[fit][:, None], np.maximum(logs.shown[fit], 0)].reshape(
-            -1, pool.features.shape[2])[known]
+            -1, pool.features.shape[2]
+        )[known]
         model = fit_reward_model(X, logs.reward[fit].ravel()[known])
         q[~fit] = predict_reward(model, pool.features[logs.context[~fit]])
     return q
@@ -270,7 +290,7 @@ def reward_models(pool: Pool, logs: Logs, folds: int = 2, seed: int = 0) -> np.n
 def estimate(M: np.ndarray, logs: Logs, q: np.ndarray) -> dict:
     """IPS, SNIPS and DR of the policy with marginals M [U, C] (reward per shown item, 95 %)."""
     k = logs.k
-    known = logs.shown >= 0                                    # live logs: a shown item outside the pool is -1
+    known = logs.shown >= 0  # live logs: a shown item outside the pool is -1
     place = np.maximum(logs.shown, 0)
     Mx = np.where(known, M[logs.context[:, None], place], 0.0)  # [N, k] target's probability of each shown item
     w = Mx / logs.propensity
@@ -299,21 +319,24 @@ def measured_reward(M: np.ndarray, truth: np.ndarray, k: int, n: int, seed: int 
     ctx = rng.integers(0, M.shape[0], size=n)
     cum = np.cumsum(M[ctx], axis=1)
     u = rng.random(n)[:, None] + np.arange(k)[None, :]
-    picks = np.minimum((cum[:, :, None] <= u[:, None, :]).sum(1), M.shape[1] - 1)   # [n, k] places
+    picks = np.minimum((cum[:, :, None] <= u[:, None, :]).sum(1), M.shape[1] - 1)  # [n, k] places
     r = (rng.random((n, k)) < truth[ctx[:, None], picks]).mean(1)
     return _interval(r)
 
 
 # --------------------------------------------------------------------------------- a run
-def policies(pool: Pool, a: np.ndarray, b: np.ndarray, k: int, share: float, uniform: float,
-             seed: int = 0) -> dict[str, np.ndarray]:
+def policies(
+    pool: Pool, a: np.ndarray, b: np.ndarray, k: int, share: float, uniform: float, seed: int = 0
+) -> dict[str, np.ndarray]:
     """The candidate policies' marginals: the current bandit (posteriors a, b: [U, C]), the serving
     ranker greedy, random, popularity, and each other ranker version greedy."""
     U, C = pool.shape
-    out = {"bandit": bandit_marginals(pool, a, b, k, share, uniform, seed=seed),
-           "greedy_ranker": top_k_marginals(pool.scores[pool.serving_version], k),
-           "random": np.full((U, C), k / C),
-           "popularity": top_k_marginals(pool.popularity + 1e-9 * -np.arange(C), k)}
+    out = {
+        "bandit": bandit_marginals(pool, a, b, k, share, uniform, seed=seed),
+        "greedy_ranker": top_k_marginals(pool.scores[pool.serving_version], k),
+        "random": np.full((U, C), k / C),
+        "popularity": top_k_marginals(pool.popularity + 1e-9 * -np.arange(C), k),
+    }
     for v, s in pool.scores.items():
         if v != pool.serving_version:
             out[f"ranker_{v}"] = top_k_marginals(s, k)
@@ -328,8 +351,18 @@ def ranks_agree(policies_out: dict, est: str) -> bool:
     return true == got
 
 
-def _judge(pool: Pool, sim: "Simulator", warmup: int, impressions: int, k: int, share: float, uniform: float,
-           seed: int, log, measure: bool = False) -> tuple[dict, Logs]:
+def _judge(
+    pool: Pool,
+    sim: Simulator,
+    warmup: int,
+    impressions: int,
+    k: int,
+    share: float,
+    uniform: float,
+    seed: int,
+    log,
+    measure: bool = False,
+) -> tuple[dict, Logs]:
     """One simulated run: warm-up, logs, every policy's estimates against its true reward (and,
     `measure`, the policy run for as many impressions)."""
     if warmup:
@@ -341,16 +374,31 @@ def _judge(pool: Pool, sim: "Simulator", warmup: int, impressions: int, k: int, 
     for name, M in policies(pool, a, b, k, share, uniform, seed).items():
         est = estimate(M, logs, q)
         truth = true_reward(M, pool.truth, k)
-        out[name] = {"true_reward": truth, **est,
-                     "covered": {e: est[e]["lo"] <= truth <= est[e]["hi"] for e in ("ips", "snips", "dr")}}
+        out[name] = {
+            "true_reward": truth,
+            **est,
+            "covered": {e: est[e]["lo"] <= truth <= est[e]["hi"] for e in ("ips", "snips", "dr")},
+        }
         if measure:
             out[name]["measured"] = measured_reward(M, pool.truth, k, impressions, seed + 7)
     return out, logs
 
 
-def simulate(cfg, dataset_dir, reg, impressions: int = 50_000, k: int = 10, share: float | None = None,
-             uniform: float | None = None, warmup: int = 20_000, n_users: int | None = None,
-             versions: list[str] | None = None, seed: int = 0, replications: int = 0, log=print) -> dict:
+def simulate(
+    cfg,
+    dataset_dir,
+    reg,
+    impressions: int = 50_000,
+    k: int = 10,
+    share: float | None = None,
+    uniform: float | None = None,
+    warmup: int = 20_000,
+    n_users: int | None = None,
+    versions: list[str] | None = None,
+    seed: int = 0,
+    replications: int = 0,
+    log=print,
+) -> dict:
     """The live bandit learns for `warmup` impressions (its posteriors then are "the current
     bandit", a candidate policy fitted on nothing it is judged on), then logs `impressions` while it
     goes on learning; every candidate policy is estimated from those logs and compared with its
@@ -362,36 +410,73 @@ def simulate(cfg, dataset_dir, reg, impressions: int = 50_000, k: int = 10, shar
     pool = build_pool(cfg, dataset_dir, reg, n_users, versions, seed, log)
     if pool.truth is None:
         raise ValueError(f"{dataset_dir} has no truth: the simulation needs a generated world")
-    out, logs = _judge(pool, Simulator(pool, k, share, uniform, seed), warmup, impressions, k, share, uniform, seed,
-                       log, measure=True)
+    out, logs = _judge(
+        pool, Simulator(pool, k, share, uniform, seed), warmup, impressions, k, share, uniform, seed, log, measure=True
+    )
     for name, p in out.items():
-        log(f"{name:22s} true {p['true_reward']:.4f}  IPS {p['ips']['estimate']:.4f}  "
+        log(
+            f"{name:22s} true {p['true_reward']:.4f}  IPS {p['ips']['estimate']:.4f}  "
             f"SNIPS {p['snips']['estimate']:.4f}  DR {p['dr']['estimate']:.4f} [{p['dr']['lo']:.4f}, "
-            f"{p['dr']['hi']:.4f}]")
-    report = {"impressions": impressions, "k": k, "contexts": int(pool.shape[0]), "candidates": int(pool.shape[1]),
-              "logging_policy": {"name": "bandit", "share": share, "uniform": uniform, "learning": True,
-                                 "warmup": warmup, "reward": float(logs.reward.mean())},
-              "serving_ranker": pool.serving_version, "seed": seed, "policies": out,
-              "dr_covers_all": all(p["covered"]["dr"] for p in out.values()),
-              "order_agrees": {e: ranks_agree(out, e) for e in ("ips", "snips", "dr")},
-              "true_order": sorted(out, key=lambda p: -out[p]["true_reward"]), "notes": pool.notes}
+            f"{p['dr']['hi']:.4f}]"
+        )
+    report = {
+        "impressions": impressions,
+        "k": k,
+        "contexts": int(pool.shape[0]),
+        "candidates": int(pool.shape[1]),
+        "logging_policy": {
+            "name": "bandit",
+            "share": share,
+            "uniform": uniform,
+            "learning": True,
+            "warmup": warmup,
+            "reward": float(logs.reward.mean()),
+        },
+        "serving_ranker": pool.serving_version,
+        "seed": seed,
+        "policies": out,
+        "dr_covers_all": all(p["covered"]["dr"] for p in out.values()),
+        "order_agrees": {e: ranks_agree(out, e) for e in ("ips", "snips", "dr")},
+        "true_order": sorted(out, key=lambda p: -out[p]["true_reward"]),
+        "notes": pool.notes,
+    }
     if replications:
         runs = []
         for r in range(1, replications + 1):
-            got, _ = _judge(pool, Simulator(pool, k, share, uniform, seed + r), warmup, impressions, k, share,
-                            uniform, seed + r, lambda m: None)
+            got, _ = _judge(
+                pool,
+                Simulator(pool, k, share, uniform, seed + r),
+                warmup,
+                impressions,
+                k,
+                share,
+                uniform,
+                seed + r,
+                lambda m: None,
+            )
             runs.append(got)
-            log(f"replication {r}/{replications}: DR covers {sum(p['covered']['dr'] for p in got.values())}/"
-                f"{len(got)}, order {'agrees' if ranks_agree(got, 'dr') else 'differs'}")
+            log(
+                f"replication {r}/{replications}: DR covers {sum(p['covered']['dr'] for p in got.values())}/"
+                f"{len(got)}, order {'agrees' if ranks_agree(got, 'dr') else 'differs'}"
+            )
         allruns = [out, *runs]
         report["replications"] = {
-            "runs": len(allruns), "seeds": [seed + r for r in range(replications + 1)],
-            "coverage": {e: sum(p["covered"][e] for g in allruns for p in g.values()) / sum(len(g) for g in allruns)
-                         for e in ("ips", "snips", "dr")},
+            "runs": len(allruns),
+            "seeds": [seed + r for r in range(replications + 1)],
+            "coverage": {
+                e: sum(p["covered"][e] for g in allruns for p in g.values()) / sum(len(g) for g in allruns)
+                for e in ("ips", "snips", "dr")
+            },
             "all_covered_by_dr": sum(all(p["covered"]["dr"] for p in g.values()) for g in allruns) / len(allruns),
             "order_agrees": {e: sum(ranks_agree(g, e) for g in allruns) / len(allruns) for e in ("ips", "snips", "dr")},
-            "z": {name: [round((g[name]["dr"]["estimate"] - g[name]["true_reward"]) / g[name]["dr"]["se"], 2)
-                         for g in allruns] for name in out}}
+            "z": {
+                name: [
+                    round((g[name]["dr"]["estimate"] - g[name]["true_reward"]) / g[name]["dr"]["se"], 2)
+                    for g in allruns
+                ]
+                for name in out
+            },
+        }
     report["seconds"] = round(time.perf_counter() - t0, 1)
     return report
 
@@ -406,11 +491,18 @@ def read_live(r, max_impressions: int = 1_000_000) -> tuple[list[dict], dict[tup
         f = {k.decode(): v.decode() for k, v in f.items()}
         if f.get("propensities") in (None, "null"):
             continue
-        imps.append({"request_id": f["request_id"], "user_id": int(f["user_id"]), "items": json.loads(f["items"]),
-                     "propensities": json.loads(f["propensities"]), "arm": f.get("arm")})
+        imps.append(
+            {
+                "request_id": f["request_id"],
+                "user_id": int(f["user_id"]),
+                "items": json.loads(f["items"]),
+                "propensities": json.loads(f["propensities"]),
+                "arm": f.get("arm"),
+            }
+        )
     rewards: dict[tuple[str, int], float] = {}
     last = "-"
-    while True:   # the rewards stream in pages, oldest first (a later reward for the same item wins)
+    while True:  # the rewards stream in pages, oldest first (a later reward for the same item wins)
         page = r.xrange(keys.bandit_rewards(), min=last, count=10_000)
         page = [p for p in page if p[0].decode() != last]
         if not page:
@@ -439,15 +531,23 @@ def live_logs(pool: Pool, imps: list[dict], rewards: dict, k: int) -> tuple[Logs
         seen += k
         found += sum(c >= 0 for c in shown[-1])
     if not ctx:
-        raise ValueError(f"no logged impression of {k} items belongs to a user the registry's embeddings know: "
-                         f"nothing to evaluate (serve some traffic, with feedback, first)")
-    logs = Logs(np.array(ctx), np.array(shown, dtype=np.int64), np.array(prop, dtype=np.float64),
-                np.array(rew, dtype=np.float64), k)
+        raise ValueError(
+            f"no logged impression of {k} items belongs to a user the registry's embeddings know: "
+            f"nothing to evaluate (serve some traffic, with feedback, first)"
+        )
+    logs = Logs(
+        np.array(ctx),
+        np.array(shown, dtype=np.int64),
+        np.array(prop, dtype=np.float64),
+        np.array(rew, dtype=np.float64),
+        k,
+    )
     return logs, {"impressions": len(ctx), "shown_in_pool": found / seen}
 
 
-def evaluate_live(cfg, reg, r, k: int = 10, max_impressions: int = 1_000_000, versions: list[str] | None = None,
-                  log=print) -> dict:
+def evaluate_live(
+    cfg, reg, r, k: int = 10, max_impressions: int = 1_000_000, versions: list[str] | None = None, log=print
+) -> dict:
     """OPE of the candidate policies from the live system's logged impressions and rewards; the
     pools are rebuilt offline from the registry (the dataset the embeddings were trained on)."""
     from recserve.artifacts import trained_on
@@ -455,28 +555,42 @@ def evaluate_live(cfg, reg, r, k: int = 10, max_impressions: int = 1_000_000, ve
     t0 = time.perf_counter()
     imps, rewards = read_live(r, max_impressions)
     log(f"read {len(imps)} impressions, {len(rewards)} rewards")
-    notes = [] if rewards else ["no feedback was logged (POST /v1/feedback): every reward is 0, and so is every "
-                                "estimate"]
+    notes = (
+        [] if rewards else ["no feedback was logged (POST /v1/feedback): every reward is 0, and so is every estimate"]
+    )
     for n in notes:
         log(f"warning: {n}")
     users = np.unique([i["user_id"] for i in imps if i["user_id"] >= 0])
     pool = build_pool(cfg, trained_on(reg), reg, versions=versions, log=log, user_ids=users)
     logs, cover = live_logs(pool, imps, rewards, k)
-    log(f"{cover['impressions']} impressions of {len(pool.users)} users; {cover['shown_in_pool']:.1%} of their "
-        f"shown items are in the offline pools")
+    log(
+        f"{cover['impressions']} impressions of {len(pool.users)} users; {cover['shown_in_pool']:.1%} of their "
+        f"shown items are in the offline pools"
+    )
     a, b = bandit_posteriors(r, pool)
     q = reward_models(pool, logs)
     share, uniform = cfg.serve.bandit_share, cfg.serve.bandit_uniform
     out = {}
     for name, M in policies(pool, a, b, k, share, uniform).items():
         out[name] = estimate(M, logs, q)
-        log(f"{name:22s} IPS {out[name]['ips']['estimate']:.4f}  SNIPS {out[name]['snips']['estimate']:.4f}  "
-            f"DR {out[name]['dr']['estimate']:.4f} [{out[name]['dr']['lo']:.4f}, {out[name]['dr']['hi']:.4f}]")
-    return {"source": "live", "impressions": cover["impressions"], "k": k, "contexts": int(len(pool.users)),
-            "shown_in_pool": cover["shown_in_pool"], "rewards": len(rewards),
-            "logged_reward": float(logs.reward.mean()), "serving_ranker": pool.serving_version,
-            "policies": out, "order": {e: sorted(out, key=lambda p: -out[p][e]["estimate"]) for e in ("ips", "snips", "dr")},
-            "notes": notes + pool.notes, "seconds": round(time.perf_counter() - t0, 1)}
+        log(
+            f"{name:22s} IPS {out[name]['ips']['estimate']:.4f}  SNIPS {out[name]['snips']['estimate']:.4f}  "
+            f"DR {out[name]['dr']['estimate']:.4f} [{out[name]['dr']['lo']:.4f}, {out[name]['dr']['hi']:.4f}]"
+        )
+    return {
+        "source": "live",
+        "impressions": cover["impressions"],
+        "k": k,
+        "contexts": int(len(pool.users)),
+        "shown_in_pool": cover["shown_in_pool"],
+        "rewards": len(rewards),
+        "logged_reward": float(logs.reward.mean()),
+        "serving_ranker": pool.serving_version,
+        "policies": out,
+        "order": {e: sorted(out, key=lambda p: -out[p][e]["estimate"]) for e in ("ips", "snips", "dr")},
+        "notes": notes + pool.notes,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def bandit_posteriors(r, pool: Pool) -> tuple[np.ndarray, np.ndarray]:
@@ -496,27 +610,31 @@ def publish(reg, report: dict, lineage: dict | None = None) -> str:
 
     with tempfile.TemporaryDirectory() as tmp:
         write(report, Path(tmp) / "ope.json")
-        metrics = {name: {e: p[e]["estimate"] for e in ("ips", "snips", "dr")} for name, p in report["policies"].items()}
-        return reg.publish("ope", tmp, metrics=metrics, lineage={"ranker": report.get("serving_ranker"),
-                                                                   **(lineage or {})})
+        metrics = {
+            name: {e: p[e]["estimate"] for e in ("ips", "snips", "dr")} for name, p in report["policies"].items()
+        }
+        return reg.publish(
+            "ope", tmp, metrics=metrics, lineage={"ranker": report.get("serving_ranker"), **(lineage or {})}
+        )
 
 
 def markdown(report: dict) -> str:
     def ci(e):
         return f"{e['estimate']:.4f} [{e['lo']:.4f}, {e['hi']:.4f}]"
 
-    if "true_order" not in report:   # live logs: no truth
+    if "true_order" not in report:  # live logs: no truth
         rows = ["| policy | IPS [95 %] | SNIPS [95 %] | DR [95 %] |", "|---|---|---|---|"]
         for name in report["order"]["dr"]:
             p = report["policies"][name]
             rows.append(f"| {name} | {ci(p['ips'])} | {ci(p['snips'])} | {ci(p['dr'])} |")
         return "\n".join(rows) + "\n"
-    rows = ["| policy | true reward | IPS [95 %] | SNIPS [95 %] | DR [95 %] | DR covers |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| policy | true reward | IPS [95 %] | SNIPS [95 %] | DR [95 %] | DR covers |", "|---|---|---|---|---|---|"]
     for name in report["true_order"]:
         p = report["policies"][name]
-        rows.append(f"| {name} | {p['true_reward']:.4f} | {ci(p['ips'])} | {ci(p['snips'])} | {ci(p['dr'])} | "
-                    f"{'yes' if p['covered']['dr'] else 'NO'} |")
+        rows.append(
+            f"| {name} | {p['true_reward']:.4f} | {ci(p['ips'])} | {ci(p['snips'])} | {ci(p['dr'])} | "
+            f"{'yes' if p['covered']['dr'] else 'NO'} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -531,17 +649,32 @@ def plot(report: dict, path: Path) -> None:
     for j, (est, color) in enumerate((("ips", "tab:blue"), ("snips", "tab:orange"), ("dr", "tab:green"))):
         y = np.arange(len(names)) + (j - 1) * 0.2
         e = [report["policies"][n][est] for n in names]
-        ax.errorbar([x["estimate"] for x in e], y, xerr=[[x["estimate"] - x["lo"] for x in e],
-                                                         [x["hi"] - x["estimate"] for x in e]],
-                    fmt="o", color=color, label=est.upper(), capsize=3)
+        ax.errorbar(
+            [x["estimate"] for x in e],
+            y,
+            xerr=[[x["estimate"] - x["lo"] for x in e], [x["hi"] - x["estimate"] for x in e]],
+            fmt="o",
+            color=color,
+            label=est.upper(),
+            capsize=3,
+        )
     if "true_order" in report:
-        ax.scatter([report["policies"][n]["true_reward"] for n in names], np.arange(len(names)), marker="|",
-                   s=400, color="black", label="truth", zorder=3)
+        ax.scatter(
+            [report["policies"][n]["true_reward"] for n in names],
+            np.arange(len(names)),
+            marker="|",
+            s=400,
+            color="black",
+            label="truth",
+            zorder=3,
+        )
     ax.set_yticks(np.arange(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlabel("reward per shown item")
-    ax.set_title(f"off-policy estimates from {report['impressions']:,} logged impressions"
-                 + (" vs truth" if "true_order" in report else ""))
+    ax.set_title(
+        f"off-policy estimates from {report['impressions']:,} logged impressions"
+        + (" vs truth" if "true_order" in report else "")
+    )
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

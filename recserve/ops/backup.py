@@ -83,9 +83,12 @@ def _offsets(r: redis.Redis, cfg) -> dict:
         pending = None
     out = {}
     for p in range(partitions):
-        off, done = res[2 * p: 2 * p + 2]
-        out[str(p)] = {"committed_offset": off.decode() if off else None, "committed_events": int(done or 0),
-                       "log_length": None if pending is None else int(done or 0) + pending[p]}
+        off, done = res[2 * p : 2 * p + 2]
+        out[str(p)] = {
+            "committed_offset": off.decode() if off else None,
+            "committed_events": int(done or 0),
+            "log_length": None if pending is None else int(done or 0) + pending[p],
+        }
     return out
 
 
@@ -112,10 +115,12 @@ def backup(cfg, dest: str, keep: int = 24, log=print) -> dict:
     except redis.exceptions.RedisError as e:
         raise BackupError(f"Redis at {cfg.redis_shown} is not reachable: {e}") from e
     if not (rdir / "dump.rdb").parent.is_dir():
-        raise BackupError(f"Redis writes its files to {rdir}, which this machine cannot read: run the backup "
-                          f"on the Redis host (or use the managed Redis's own snapshots)")
+        raise BackupError(
+            f"Redis writes its files to {rdir}, which this machine cannot read: run the backup "
+            f"on the Redis host (or use the managed Redis's own snapshots)"
+        )
     point = _bgsave(r)
-    offsets = _offsets(r, cfg)   # read just after the point: informative
+    offsets = _offsets(r, cfg)  # read just after the point: informative
     keys = r.dbsize()
     name = time.strftime("%Y%m%dT%H%M%S", time.gmtime(point)) + f"{point % 1:.3f}"[1:].replace(".", "-")
     data_dir = Path(cfg.data_dir).resolve()
@@ -137,20 +142,32 @@ def backup(cfg, dest: str, keep: int = 24, log=print) -> dict:
                     dst = stage / "registry" / f.relative_to(reg)
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(f, dst)
-        files = {str(p.relative_to(stage)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-                 for p in sorted(stage.rglob("*")) if p.is_file()}
-        manifest = {"name": name, "point": point, "point_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(point)),
-                    "redis_keys": keys, "offsets": offsets, "index_roots": [p.name for p in roots],
-                    "files": files, "backup_s": None}
+        files = {
+            str(p.relative_to(stage)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(stage.rglob("*"))
+            if p.is_file()
+        }
+        manifest = {
+            "name": name,
+            "point": point,
+            "point_iso": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(point)),
+            "redis_keys": keys,
+            "offsets": offsets,
+            "index_roots": [p.name for p in roots],
+            "files": files,
+            "backup_s": None,
+        }
         fs, root = _fs(dest)
         target = f"{root}/{name}"
         fs.create_dir(target, recursive=True)
         pafs.copy_files(str(stage), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
         manifest["backup_s"] = round(time.perf_counter() - t0, 3)
-        with fs.open_output_stream(f"{target}/manifest.json") as f:   # last: marks the backup complete
+        with fs.open_output_stream(f"{target}/manifest.json") as f:  # last: marks the backup complete
             f.write(json.dumps(manifest, indent=2).encode())
-    log(f"backup {name}: {keys} Redis keys, {len(roots)} index roots, {len(files)} files in "
-        f"{manifest['backup_s']:.2f}s -> {target}")
+    log(
+        f"backup {name}: {keys} Redis keys, {len(roots)} index roots, {len(files)} files in "
+        f"{manifest['backup_s']:.2f}s -> {target}"
+    )
     for old in list_backups(dest)[:-keep] if keep else []:
         fs.delete_dir(old["path"])
         log(f"removed old backup {old['name']} (keeping {keep})")
@@ -169,10 +186,11 @@ def _parse_point(point) -> float | None:
     try:
         d = dt.datetime.fromisoformat(str(point).replace("Z", "+00:00"))
     except ValueError as e:
-        raise BackupError(f"--point-in-time {point!r}: give unix seconds or an ISO time like 2026-11-26T21:00:00Z") \
-            from e
+        raise BackupError(
+            f"--point-in-time {point!r}: give unix seconds or an ISO time like 2026-11-26T21:00:00Z"
+        ) from e
     if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.timezone.utc)
+        d = d.replace(tzinfo=dt.UTC)
     return d.timestamp()
 
 
@@ -189,13 +207,16 @@ def check_manifest(b: dict) -> None:
         raise BackupError(f"backup {name}: its manifest lacks index_roots or files; choose another --point-in-time")
     for r in roots:
         if not isinstance(r, str) or not re.fullmatch(r"index-live[A-Za-z0-9._-]*", r) or r in (".", ".."):
-            raise BackupError(f"backup {name}: index root {r!r} is not an index-live* directory name; the manifest "
-                              f"is damaged or not ours: nothing was restored")
+            raise BackupError(
+                f"backup {name}: index root {r!r} is not an index-live* directory name; the manifest "
+                f"is damaged or not ours: nothing was restored"
+            )
     for rel, meta in files.items():
         parts = Path(rel).parts
         if not rel or Path(rel).is_absolute() or ".." in parts or not isinstance(meta, dict) or "sha256" not in meta:
-            raise BackupError(f"backup {name}: file entry {rel!r} points outside the backup or has no checksum; "
-                              f"nothing was restored")
+            raise BackupError(
+                f"backup {name}: file entry {rel!r} points outside the backup or has no checksum; nothing was restored"
+            )
 
 
 def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -> dict:
@@ -211,7 +232,7 @@ def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -
         have = ", ".join(b["point_iso"] for b in backups) or "none"
         raise BackupError(f"no backup at or before {point_in_time} under {src} (backups: {have})")
     b = chosen[-1]
-    check_manifest(b)            # before anything is deleted or replaced
+    check_manifest(b)  # before anything is deleted or replaced
     st = Stack(cfg)
     if st.read_state() is not None and st._alive(st.read_state()):
         raise BackupError("the stack is running: stop it first (`recserve down`); restore loads into a stopped stack")
@@ -221,8 +242,10 @@ def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -
     rdir = data_dir / "redis"
     if rdir.exists() and any(rdir.glob("*.rdb")) or (rdir / "appendonly.aof").exists():
         if not force:
-            raise BackupError(f"{rdir} holds data: restore goes into an empty stack; move it away or pass --force "
-                              f"(which keeps it as {rdir.name}.before-restore-<time>)")
+            raise BackupError(
+                f"{rdir} holds data: restore goes into an empty stack; move it away or pass --force "
+                f"(which keeps it as {rdir.name}.before-restore-<time>)"
+            )
         rdir.rename(rdir.with_name(f"redis.before-restore-{int(time.time())}"))
     fs, _ = _fs(src)
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,8 +253,9 @@ def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -
         pafs.copy_files(b["path"], str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         for rel, meta in b["files"].items():
             if sha256_file(local / rel) != meta["sha256"]:
-                raise BackupError(f"backup {b['name']}: {rel} does not match its checksum; choose another "
-                                  f"--point-in-time")
+                raise BackupError(
+                    f"backup {b['name']}: {rel} does not match its checksum; choose another --point-in-time"
+                )
         rdir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(local / "redis" / "dump.rdb", rdir / "dump.rdb")
         for root in b["index_roots"]:
@@ -258,8 +282,7 @@ def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
             p = r.info("persistence")
-            if p.get("aof_enabled") and not p.get("aof_rewrite_in_progress") and \
-                    not p.get("aof_rewrite_scheduled"):
+            if p.get("aof_enabled") and not p.get("aof_rewrite_in_progress") and not p.get("aof_rewrite_scheduled"):
                 break
             time.sleep(0.05)
         offsets = _offsets(r, cfg)
@@ -268,8 +291,17 @@ def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -
         pass
     finally:
         stop_pid(proc.pid)
-    res = {"restored": b["name"], "point": b["point"], "point_iso": b["point_iso"], "redis_keys": keys,
-           "offsets": offsets, "index_roots": b["index_roots"], "restore_s": round(time.perf_counter() - t0, 3)}
-    log(f"restored backup {b['name']} ({b['point_iso']}): {keys} keys, {len(b['index_roots'])} index roots in "
-        f"{res['restore_s']:.2f}s; `recserve up` serves it")
+    res = {
+        "restored": b["name"],
+        "point": b["point"],
+        "point_iso": b["point_iso"],
+        "redis_keys": keys,
+        "offsets": offsets,
+        "index_roots": b["index_roots"],
+        "restore_s": round(time.perf_counter() - t0, 3),
+    }
+    log(
+        f"restored backup {b['name']} ({b['point_iso']}): {keys} keys, {len(b['index_roots'])} index roots in "
+        f"{res['restore_s']:.2f}s; `recserve up` serves it"
+    )
     return res

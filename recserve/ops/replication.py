@@ -34,8 +34,9 @@ def _acknowledged_at(e: Entry) -> float:
 
 
 class EventMirror:
-    def __init__(self, src_log, dst_log, dst_client, src_region: str, dst_region: str, batch: int = 1000,
-                 lag_cap: int = 100_000):
+    def __init__(
+        self, src_log, dst_log, dst_client, src_region: str, dst_region: str, batch: int = 1000, lag_cap: int = 100_000
+    ):
         if src_region == dst_region:
             raise ValueError(f"a mirror needs two regions, not {src_region!r} twice")
         self.src, self.dst, self.r = src_log, dst_log, dst_client
@@ -43,11 +44,11 @@ class EventMirror:
         self.batch, self.lag_cap = batch, lag_cap
         self.key = CURSOR.format(name=f"{src_region}>{dst_region}")
         self.mirrored = self.duplicates = self.skipped = 0
-        self.keys_gen: bytes | None = None   # the source's key generation last merged
+        self.keys_gen: bytes | None = None  # the source's key generation last merged
         self.keys_changed = 0
 
     @classmethod
-    def between(cls, src: dict, dst: dict, batch: int = 1000, **redis_kw) -> "EventMirror":
+    def between(cls, src: dict, dst: dict, batch: int = 1000, **redis_kw) -> EventMirror:
         """The mirror from one region's event log into another's, each given as
         {region, redis_url, partitions, prefix} (recserve.ops.region.mirror_spec)."""
         import redis
@@ -56,9 +57,14 @@ class EventMirror:
 
         rs = redis.Redis.from_url(src["redis_url"], **redis_kw)
         rd = redis.Redis.from_url(dst["redis_url"], **redis_kw)
-        return cls(RedisStreamLog(rs, src.get("partitions", 8), src.get("prefix", "events")),
-                   RedisStreamLog(rd, dst.get("partitions", 8), dst.get("prefix", "events")), rd,
-                   src["region"], dst["region"], batch=batch)
+        return cls(
+            RedisStreamLog(rs, src.get("partitions", 8), src.get("prefix", "events")),
+            RedisStreamLog(rd, dst.get("partitions", 8), dst.get("prefix", "events")),
+            rd,
+            src["region"],
+            dst["region"],
+            batch=batch,
+        )
 
     def cursors(self) -> dict[int, str]:
         raw = self.r.hgetall(self.key)
@@ -78,14 +84,14 @@ class EventMirror:
         for e in entries:
             ev = dict(e.event)
             if not self._ours(ev):
-                self.skipped += 1       # mirrored into the source: not ours to send back
+                self.skipped += 1  # mirrored into the source: not ours to send back
                 continue
             ev.setdefault("origin", self.src_region)
             if not ev.get("event_id"):
                 ev["event_id"] = f"mirror/{self.src_region}/{e.partition}/{e.offset}"
             events.append(ev)
         if events:
-            offsets = self.dst.append(events)   # acknowledged by the destination before the cursors move
+            offsets = self.dst.append(events)  # acknowledged by the destination before the cursors move
             done = sum(o is not None for o in offsets)
             self.mirrored += done
             self.duplicates += len(offsets) - done
@@ -118,8 +124,11 @@ class EventMirror:
     def lag_summary(self) -> dict:
         """{events, seconds (of the oldest not yet mirrored), partitions}: `lag()` summed over the partitions."""
         per = self.lag()
-        return {"events": sum(v["events"] for v in per.values()),
-                "seconds": max((v["seconds"] for v in per.values()), default=0.0), "partitions": per}
+        return {
+            "events": sum(v["events"] for v in per.values()),
+            "seconds": max((v["seconds"] for v in per.values()), default=0.0),
+            "partitions": per,
+        }
 
     def sync_keys(self) -> int:
         """The source's keys merged into the destination when they changed since the last call."""
@@ -139,5 +148,11 @@ class EventMirror:
         return not event.get("origin") or event["origin"] == self.src_region
 
     def stats(self) -> dict:
-        return {"from": self.src_region, "to": self.dst_region, "mirrored": self.mirrored,
-                "duplicates": self.duplicates, "skipped_mirrored_in": self.skipped, "keys_changed": self.keys_changed}
+        return {
+            "from": self.src_region,
+            "to": self.dst_region,
+            "mirrored": self.mirrored,
+            "duplicates": self.duplicates,
+            "skipped_mirrored_in": self.skipped,
+            "keys_changed": self.keys_changed,
+        }

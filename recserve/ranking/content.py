@@ -35,7 +35,7 @@ def content_features(title: str, category: str, attributes: dict | str | None) -
     out = [f"c:{category.strip().lower()}"] if category and category.strip() else []
     out += [f"w:{w}" for w in dict.fromkeys(_WORD.findall((title or "").lower())) if len(w) >= 2]
     for k, v in sorted((attributes or {}).items()) if isinstance(attributes, dict) else []:
-        for x in (v if isinstance(v, list) else [v]):
+        for x in v if isinstance(v, list) else [v]:
             out.append(f"a:{k}={str(x).lower()}")
     return out
 
@@ -45,18 +45,27 @@ def _bucket(feature: str, buckets: int) -> int:
 
 
 class ContentEncoder:
-    BUCKETS = 1 << 18   # hashed feature table (collisions are rare at catalogue vocabularies)
-    SHRINK = 2.0        # a feature seen on n items: its mean weighs n / (n + SHRINK) against the catalogue's
+    BUCKETS = 1 << 18  # hashed feature table (collisions are rare at catalogue vocabularies)
+    SHRINK = 2.0  # a feature seen on n items: its mean weighs n / (n + SHRINK) against the catalogue's
 
-    def __init__(self, keys: np.ndarray, sums: np.ndarray, counts: np.ndarray, mean: np.ndarray, n_items: int,
-                 norm_sums: np.ndarray | None = None, mean_norm: float = 1.0):
-        self.keys = np.asarray(keys, dtype=np.int64)              # sorted bucket ids that occur
-        self.sums = np.asarray(sums, dtype=np.float32)            # [len(keys), d + 1]
-        self.counts = np.asarray(counts, dtype=np.float32)        # items per bucket
-        self.mean = np.asarray(mean, dtype=np.float32)            # [d + 1] the catalogue's mean vector
+    def __init__(
+        self,
+        keys: np.ndarray,
+        sums: np.ndarray,
+        counts: np.ndarray,
+        mean: np.ndarray,
+        n_items: int,
+        norm_sums: np.ndarray | None = None,
+        mean_norm: float = 1.0,
+    ):
+        self.keys = np.asarray(keys, dtype=np.int64)  # sorted bucket ids that occur
+        self.sums = np.asarray(sums, dtype=np.float32)  # [len(keys), d + 1]
+        self.counts = np.asarray(counts, dtype=np.float32)  # items per bucket
+        self.mean = np.asarray(mean, dtype=np.float32)  # [d + 1] the catalogue's mean vector
         self.n_items = int(n_items)
-        self.norm_sums = (np.asarray(norm_sums, dtype=np.float32) if norm_sums is not None
-                          else np.zeros(len(self.keys), np.float32))   # sum of the items' |v| per bucket
+        self.norm_sums = (
+            np.asarray(norm_sums, dtype=np.float32) if norm_sums is not None else np.zeros(len(self.keys), np.float32)
+        )  # sum of the items' |v| per bucket
         self.mean_norm = float(mean_norm)
 
     @property
@@ -64,7 +73,7 @@ class ContentEncoder:
         return int(self.mean.shape[0])
 
     @classmethod
-    def fit(cls, titles, categories, attributes, vectors: np.ndarray) -> "ContentEncoder":
+    def fit(cls, titles, categories, attributes, vectors: np.ndarray) -> ContentEncoder:
         """From the trained items' content and their vectors ([n_items, d + 1])."""
         vectors = np.asarray(vectors, dtype=np.float64)
         rows, cols = [], []
@@ -83,8 +92,9 @@ class ContentEncoder:
 
     def encode(self, title: str, category: str, attributes: dict | None) -> np.ndarray | None:
         """The item's vector ([d + 1] float32), or None when none of its features is known."""
-        b = np.array(sorted({_bucket(f, self.BUCKETS) for f in content_features(title, category, attributes)}),
-                     dtype=np.int64)
+        b = np.array(
+            sorted({_bucket(f, self.BUCKETS) for f in content_features(title, category, attributes)}), dtype=np.int64
+        )
         if not len(b):
             return None
         pos = np.searchsorted(self.keys, b)
@@ -104,21 +114,30 @@ class ContentEncoder:
         return out.astype(np.float32)
 
     def save(self, directory: str | Path) -> None:
-        np.savez(Path(directory) / CONTENT_FILE, keys=self.keys, sums=self.sums, counts=self.counts, mean=self.mean,
-                 n_items=np.array(self.n_items), norm_sums=self.norm_sums, mean_norm=np.array(self.mean_norm))
+        np.savez(
+            Path(directory) / CONTENT_FILE,
+            keys=self.keys,
+            sums=self.sums,
+            counts=self.counts,
+            mean=self.mean,
+            n_items=np.array(self.n_items),
+            norm_sums=self.norm_sums,
+            mean_norm=np.array(self.mean_norm),
+        )
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ContentEncoder | None":
+    def load(cls, directory: str | Path) -> ContentEncoder | None:
         p = Path(directory) / CONTENT_FILE
         if not p.exists():
             return None
         z = np.load(p)
-        return cls(z["keys"], z["sums"], z["counts"], z["mean"], int(z["n_items"]), z["norm_sums"],
-                   float(z["mean_norm"]))
+        return cls(
+            z["keys"], z["sums"], z["counts"], z["mean"], int(z["n_items"]), z["norm_sums"], float(z["mean_norm"])
+        )
 
 
 # ------------------------------------------------------------------------- sessions
-SESSION_RIDGE = 0.1   # the fold-in's regularization, a share of the session items' mean squared norm
+SESSION_RIDGE = 0.1  # the fold-in's regularization, a share of the session items' mean squared norm
 
 
 def fold_in(item_vectors: np.ndarray, decay: float, target: float) -> np.ndarray:
@@ -135,8 +154,9 @@ def fold_in(item_vectors: np.ndarray, decay: float, target: float) -> np.ndarray
     return np.append(u, 1.0).astype(np.float32)
 
 
-def mean_pair_score(user_vectors: np.ndarray, item_vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                    sample: int = 20_000) -> float:
+def mean_pair_score(
+    user_vectors: np.ndarray, item_vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray, sample: int = 20_000
+) -> float:
     """The mean score of (user, item) training pairs: what the fold-in aims a session's items at."""
     if not len(rows):
         return 1.0
@@ -144,8 +164,9 @@ def mean_pair_score(user_vectors: np.ndarray, item_vectors: np.ndarray, rows: np
     return float(np.mean(np.einsum("ij,ij->i", user_vectors[rows[take]], item_vectors[cols[take]])))
 
 
-def session_blend(user_vector: np.ndarray, recent_vectors: np.ndarray, decay: float, target: float,
-                  weight: float) -> np.ndarray:
+def session_blend(
+    user_vector: np.ndarray, recent_vectors: np.ndarray, decay: float, target: float, weight: float
+) -> np.ndarray:
     """A known user's retrieval query: their trained vector moved toward the fold-in of their
     last items (`weight` of it). On the temporal split the recent items predict the next ones
     better than the whole history the trained vector sums up (`recserve eval`'s
@@ -156,8 +177,16 @@ def session_blend(user_vector: np.ndarray, recent_vectors: np.ndarray, decay: fl
     return ((1 - weight) * np.asarray(user_vector, dtype=np.float64) + weight * s).astype(np.float32)
 
 
-def blended_queries(user_vectors: np.ndarray, users, contexts, item_vectors: np.ndarray, decay: float,
-                    target: float, weight: float, n_items: int) -> np.ndarray:
+def blended_queries(
+    user_vectors: np.ndarray,
+    users,
+    contexts,
+    item_vectors: np.ndarray,
+    decay: float,
+    target: float,
+    weight: float,
+    n_items: int,
+) -> np.ndarray:
     """`session_blend` for many users: rows `users` of `user_vectors`, each with its context's
     last `n_items` items (SessionContext.last_items, dense indexes into `item_vectors`)."""
     out = np.asarray(user_vectors[users], dtype=np.float32).copy()

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -33,14 +33,19 @@ class MF(torch.nn.Module):
 
 @dataclass
 class TrainResult:
-    user_vectors: np.ndarray   # [n_users, dim + 1] = [u, 1]
-    item_vectors: np.ndarray   # [n_items, dim + 1] = [v, b]
+    user_vectors: np.ndarray  # [n_users, dim + 1] = [u, 1]
+    item_vectors: np.ndarray  # [n_items, dim + 1] = [v, b]
     history: list[dict] = field(default_factory=list)
 
 
-def train_factorization(batches: Callable[[int], Iterable[dict]], n_users: int, n_items: int,
-                        item_log_freq: np.ndarray, cfg: EmbeddingConfig,
-                        progress: Callable[[dict], None] | None = None) -> TrainResult:
+def train_factorization(
+    batches: Callable[[int], Iterable[dict]],
+    n_users: int,
+    n_items: int,
+    item_log_freq: np.ndarray,
+    cfg: EmbeddingConfig,
+    progress: Callable[[dict], None] | None = None,
+) -> TrainResult:
     """Train MF; `batches(epoch)` yields dicts with int64 tensors `uidx`, `iidx`."""
     torch.manual_seed(cfg.seed)
     model = MF(n_users, n_items, cfg.dim, cfg.seed)
@@ -72,14 +77,20 @@ def train_factorization(batches: Callable[[int], Iterable[dict]], n_users: int, 
             opt.step()
             total += float(loss.detach()) * len(i)
             n += len(i)
-        rec = {"epoch": epoch + 1, "epochs": cfg.epochs, "loss": total / max(n, 1),
-               "seconds": time.perf_counter() - t0, "examples": n}
+        rec = {
+            "epoch": epoch + 1,
+            "epochs": cfg.epochs,
+            "loss": total / max(n, 1),
+            "seconds": time.perf_counter() - t0,
+            "examples": n,
+        }
         history.append(rec)
         if progress:
             progress(rec)
         if not math.isfinite(rec["loss"]):
-            raise FloatingPointError(f"training diverged at epoch {epoch + 1} (loss {rec['loss']}); "
-                                     f"lower embeddings.lr")
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch + 1} (loss {rec['loss']}); lower embeddings.lr"
+            )
     with torch.no_grad():
         users = torch.cat([model.user, torch.ones(n_users, 1)], dim=1).numpy().astype(np.float32)
         items = torch.cat([model.item, model.bias[:, None]], dim=1).numpy().astype(np.float32)
@@ -88,12 +99,14 @@ def train_factorization(batches: Callable[[int], Iterable[dict]], n_users: int, 
 
 def in_memory_batches(uidx: np.ndarray, iidx: np.ndarray, batch_size: int, seed: int = 0):
     """A `batches(epoch)` over arrays held in memory (for tests and small in-process runs)."""
+
     def gen(epoch: int):
         rng = np.random.default_rng([seed, epoch])
         order = rng.permutation(len(uidx))
         for s in range(0, len(order), batch_size):
-            sel = order[s:s + batch_size]
+            sel = order[s : s + batch_size]
             yield {"uidx": torch.from_numpy(uidx[sel]), "iidx": torch.from_numpy(iidx[sel])}
+
     return gen
 
 

@@ -13,20 +13,20 @@ import numpy as np
 import scipy.sparse as sp
 
 FEATURE_NAMES = [
-    "retrieval_score",     # u . [v, b] from the retrieval model
-    "log_popularity",      # log1p(interactions with the item)
-    "log_trending",        # log1p(interactions in the trending window before the reference time)
-    "session_cat_share",   # share of the session's events in the item's category
-    "sim_recent_max",      # max cosine between the item and the session's items
-    "sim_recent_mean",     # mean cosine between the item and the session's items
-    "covisit",             # co-visitation of the item with the session's items (log1p)
+    "retrieval_score",  # u . [v, b] from the retrieval model
+    "log_popularity",  # log1p(interactions with the item)
+    "log_trending",  # log1p(interactions in the trending window before the reference time)
+    "session_cat_share",  # share of the session's events in the item's category
+    "sim_recent_max",  # max cosine between the item and the session's items
+    "sim_recent_mean",  # mean cosine between the item and the session's items
+    "covisit",  # co-visitation of the item with the session's items (log1p)
     "log_hours_since_item",  # hours since anyone last interacted with the item (log1p)
-    "log_user_events",     # log1p(the user's event count)
-    "retrieval_rank",      # rank of the item in the retrieval list, scaled to 0..1
-    "covisit_history",     # co-visitation of the item with the user's longer history (log1p)
-    "log_trending_long",   # log1p(interactions in 4x the trending window)
-    "history_cat_share",   # share of the user's longer history in the item's category
-    "sequence_logprob",    # log-probability of the item as the user's next, by the sequence model (0 without one)
+    "log_user_events",  # log1p(the user's event count)
+    "retrieval_rank",  # rank of the item in the retrieval list, scaled to 0..1
+    "covisit_history",  # co-visitation of the item with the user's longer history (log1p)
+    "log_trending_long",  # log1p(interactions in 4x the trending window)
+    "history_cat_share",  # share of the user's longer history in the item's category
+    "sequence_logprob",  # log-probability of the item as the user's next, by the sequence model (0 without one)
 ]
 SEQUENCE_COL = FEATURE_NAMES.index("sequence_logprob")
 
@@ -36,12 +36,12 @@ class SessionContext:
     """What the stream keeps per user: the last N items, per-category counts over them, the
     last-event time and the total event count."""
 
-    last_items: list[int] = field(default_factory=list)   # item indexes, oldest first
-    last_cats: list[int] = field(default_factory=list)    # their categories
+    last_items: list[int] = field(default_factory=list)  # item indexes, oldest first
+    last_cats: list[int] = field(default_factory=list)  # their categories
     category_counts: dict[int, int] = field(default_factory=dict)
     last_ts: int = 0
     n_events: int = 0
-    history: list[int] = field(default_factory=list)       # the last HISTORY_LEN items
+    history: list[int] = field(default_factory=list)  # the last HISTORY_LEN items
     history_cats: dict[int, int] = field(default_factory=dict)
 
 
@@ -81,11 +81,11 @@ def session_context(item_idx: np.ndarray, item_cat: np.ndarray, ts: np.ndarray, 
 class ItemStats:
     """Catalogue-wide statistics the features read: popularity, per-item event times, categories."""
 
-    popularity: np.ndarray        # [n_items] interaction counts
-    item_cat: np.ndarray          # [n_items] category index
-    unit_vectors: np.ndarray      # [n_items, d] normalised item vectors (bias dropped)
-    event_ts: list[np.ndarray]    # per item: sorted event timestamps
-    covisit: sp.csr_matrix        # [n_items, n_items] co-visitation weights
+    popularity: np.ndarray  # [n_items] interaction counts
+    item_cat: np.ndarray  # [n_items] category index
+    unit_vectors: np.ndarray  # [n_items, d] normalised item vectors (bias dropped)
+    event_ts: list[np.ndarray]  # per item: sorted event timestamps
+    covisit: sp.csr_matrix  # [n_items, n_items] co-visitation weights
 
     def __post_init__(self) -> None:
         # one sorted array of (item << 32 | ts) keys: window counts for many items in two searchsorted calls
@@ -132,18 +132,26 @@ class ItemStats:
         return np.where(valid, (self._keys[np.maximum(j, 0)] & 0xFFFFFFFF).astype(np.float64), -np.inf)
 
 
-def build_item_stats(uidx: np.ndarray, iidx: np.ndarray, ts: np.ndarray, n_items: int,
-                     item_cat: np.ndarray, item_vectors: np.ndarray, covisit_window: int = 5) -> ItemStats:
+def build_item_stats(
+    uidx: np.ndarray,
+    iidx: np.ndarray,
+    ts: np.ndarray,
+    n_items: int,
+    item_cat: np.ndarray,
+    item_vectors: np.ndarray,
+    covisit_window: int = 5,
+) -> ItemStats:
     """Statistics from a time-ordered (per user) interaction log."""
     pop = np.bincount(iidx, minlength=n_items).astype(np.float32)
     order = np.lexsort((ts, iidx))
     s_items, s_ts = iidx[order], ts[order]
     bounds = np.searchsorted(s_items, np.arange(n_items + 1))
-    event_ts = [s_ts[bounds[i]:bounds[i + 1]] for i in range(n_items)]
+    event_ts = [s_ts[bounds[i] : bounds[i + 1]] for i in range(n_items)]
     vec = item_vectors[:, :-1]
     unit = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-9)
-    return ItemStats(pop, item_cat, unit.astype(np.float32), event_ts,
-                     covisitation(uidx, iidx, ts, n_items, covisit_window))
+    return ItemStats(
+        pop, item_cat, unit.astype(np.float32), event_ts, covisitation(uidx, iidx, ts, n_items, covisit_window)
+    )
 
 
 def covisitation(uidx: np.ndarray, iidx: np.ndarray, ts: np.ndarray, n_items: int, window: int) -> sp.csr_matrix:
@@ -162,16 +170,23 @@ def covisitation(uidx: np.ndarray, iidx: np.ndarray, ts: np.ndarray, n_items: in
         vals += [w, w]
     if not rows:
         return sp.csr_matrix((n_items, n_items), dtype=np.float32)
-    m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                      shape=(n_items, n_items), dtype=np.float32)
+    m = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_items, n_items), dtype=np.float32
+    )
     m.sum_duplicates()
     pop = np.sqrt(np.bincount(iidx, minlength=n_items).astype(np.float32) + 1.0)
     return sp.diags(1.0 / pop) @ m @ sp.diags(1.0 / pop)
 
 
-def candidate_features(ctx: SessionContext, candidates: np.ndarray, retrieval_scores: np.ndarray,
-                       stats: ItemStats, t_ref: int, trending_window_s: int,
-                       sequence_logprob: np.ndarray | None = None) -> np.ndarray:
+def candidate_features(
+    ctx: SessionContext,
+    candidates: np.ndarray,
+    retrieval_scores: np.ndarray,
+    stats: ItemStats,
+    t_ref: int,
+    trending_window_s: int,
+    sequence_logprob: np.ndarray | None = None,
+) -> np.ndarray:
     """[len(candidates), len(FEATURE_NAMES)] float32 features for one user's candidate list
     (`sequence_logprob`: the candidates' column from `SequenceScorer.log_probs`, when there is one)."""
     n = len(candidates)
@@ -198,8 +213,9 @@ def candidate_features(ctx: SessionContext, candidates: np.ndarray, retrieval_sc
     if len(hist):
         f[:, 10] = np.log1p(stats.covisit_sums(hist, candidates) * 10.0 / np.sqrt(len(hist)))
         total = sum(ctx.history_cats.values())
-        f[:, 12] = np.array([ctx.history_cats.get(int(c), 0) for c in stats.item_cat[candidates]],
-                            np.float32) / max(total, 1)
+        f[:, 12] = np.array([ctx.history_cats.get(int(c), 0) for c in stats.item_cat[candidates]], np.float32) / max(
+            total, 1
+        )
     f[:, 11] = np.log1p(stats.trending(candidates, t_ref, 4 * trending_window_s))
     if sequence_logprob is not None:
         f[:, SEQUENCE_COL] = sequence_logprob

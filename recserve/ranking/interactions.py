@@ -16,11 +16,11 @@ from recserve.schemas import EVENT_WEIGHTS
 class Interactions:
     """Train interactions indexed densely, with id maps and the held-out truth per user."""
 
-    user_ids: np.ndarray          # dense user index -> user_id
-    item_ids: np.ndarray          # dense item index -> item_id
-    matrix: sp.csr_matrix         # users x items, implicit weight (summed)
-    train: pd.DataFrame           # train events with columns uidx, iidx added
-    test_users: np.ndarray        # dense user indexes with held-out items
+    user_ids: np.ndarray  # dense user index -> user_id
+    item_ids: np.ndarray  # dense item index -> item_id
+    matrix: sp.csr_matrix  # users x items, implicit weight (summed)
+    train: pd.DataFrame  # train events with columns uidx, iidx added
+    test_users: np.ndarray  # dense user indexes with held-out items
     test_items: list[np.ndarray]  # per test user: held-out dense item indexes (not seen in train)
 
     @property
@@ -46,15 +46,19 @@ def event_weight(df: pd.DataFrame) -> np.ndarray:
 
 def build_interactions(train: pd.DataFrame, test: pd.DataFrame, items: pd.DataFrame | None = None) -> Interactions:
     user_ids = np.unique(train["user_id"].to_numpy())
-    item_pool = train["item_id"].to_numpy() if items is None else np.concatenate(
-        [items["item_id"].to_numpy(), train["item_id"].to_numpy()])
+    item_pool = (
+        train["item_id"].to_numpy()
+        if items is None
+        else np.concatenate([items["item_id"].to_numpy(), train["item_id"].to_numpy()])
+    )
     item_ids = np.unique(item_pool)
     tr = train.copy()
     tr["uidx"] = np.searchsorted(user_ids, tr["user_id"].to_numpy())
     tr["iidx"] = np.searchsorted(item_ids, tr["item_id"].to_numpy())
     w = event_weight(tr)
-    m = sp.csr_matrix((w, (tr["uidx"].to_numpy(), tr["iidx"].to_numpy())),
-                      shape=(len(user_ids), len(item_ids)), dtype=np.float32)
+    m = sp.csr_matrix(
+        (w, (tr["uidx"].to_numpy(), tr["iidx"].to_numpy())), shape=(len(user_ids), len(item_ids)), dtype=np.float32
+    )
     m.sum_duplicates()
     te = test[test["user_id"].isin(user_ids) & test["item_id"].isin(item_ids)]
     tu = np.searchsorted(user_ids, te["user_id"].to_numpy())
@@ -66,7 +70,7 @@ def build_interactions(train: pd.DataFrame, test: pd.DataFrame, items: pd.DataFr
         bounds = np.flatnonzero(np.diff(tu)) + 1
         for us, its in zip(np.split(tu, bounds), np.split(ti, bounds)):
             u = int(us[0])
-            seen = m.indices[m.indptr[u]:m.indptr[u + 1]]
+            seen = m.indices[m.indptr[u] : m.indptr[u + 1]]
             rel = np.setdiff1d(np.unique(its), seen)
             if len(rel):
                 test_users.append(u)

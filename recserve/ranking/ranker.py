@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -26,9 +26,12 @@ from recserve.ranking.interactions import Interactions, topk_excluding
 
 def _mlp(n_features: int, hidden: int) -> torch.nn.Sequential:
     return torch.nn.Sequential(
-        torch.nn.Linear(n_features, hidden), torch.nn.ReLU(),
-        torch.nn.Linear(hidden, hidden), torch.nn.ReLU(),
-        torch.nn.Linear(hidden, 1))
+        torch.nn.Linear(n_features, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.ReLU(),
+        torch.nn.Linear(hidden, 1),
+    )
 
 
 class RankerNet(torch.nn.Module):
@@ -52,8 +55,8 @@ class RankingInputs:
 
     data: Interactions
     stats: ItemStats
-    contexts: list[SessionContext]   # per dense user index
-    t_ref: np.ndarray                # per dense user index: time of the user's last train event
+    contexts: list[SessionContext]  # per dense user index
+    t_ref: np.ndarray  # per dense user index: time of the user's last train event
 
 
 def category_index(items: pd.DataFrame | None, item_ids: np.ndarray) -> np.ndarray:
@@ -64,8 +67,9 @@ def category_index(items: pd.DataFrame | None, item_ids: np.ndarray) -> np.ndarr
     return codes.astype(np.int64)
 
 
-def ranking_inputs(data: Interactions, items: pd.DataFrame | None, item_vectors: np.ndarray,
-                   cfg: RankerConfig) -> RankingInputs:
+def ranking_inputs(
+    data: Interactions, items: pd.DataFrame | None, item_vectors: np.ndarray, cfg: RankerConfig
+) -> RankingInputs:
     tr = data.train
     u, i, ts = tr["uidx"].to_numpy(), tr["iidx"].to_numpy(), tr["ts"].to_numpy()
     item_cat = category_index(items, data.item_ids)
@@ -81,8 +85,9 @@ def ranking_inputs(data: Interactions, items: pd.DataFrame | None, item_vectors:
     return RankingInputs(data, stats, contexts, t_ref)
 
 
-def retrieve_exact(user_vectors: np.ndarray, item_vectors: np.ndarray, seen, users: np.ndarray,
-                   n: int) -> tuple[np.ndarray, np.ndarray]:
+def retrieve_exact(
+    user_vectors: np.ndarray, item_vectors: np.ndarray, seen, users: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-n items by inner product with seen items excluded (the offline stand-in for the index)."""
     scores = user_vectors[users] @ item_vectors.T
     cand = topk_excluding(scores, seen, users, n)
@@ -90,17 +95,25 @@ def retrieve_exact(user_vectors: np.ndarray, item_vectors: np.ndarray, seen, use
     return cand, sc
 
 
-def feature_tensor(inp: RankingInputs, users: np.ndarray, cand: np.ndarray, cand_scores: np.ndarray,
-                   cfg: RankerConfig, sequence=None) -> np.ndarray:
+def feature_tensor(
+    inp: RankingInputs, users: np.ndarray, cand: np.ndarray, cand_scores: np.ndarray, cfg: RankerConfig, sequence=None
+) -> np.ndarray:
     """[len(users), n_candidates, len(FEATURE_NAMES)]; `sequence`: a SequenceScorer over the same
     dense items, fed each user's context history as serving feeds it."""
     X = np.zeros((len(users), cand.shape[1], len(FEATURE_NAMES)), dtype=np.float32)
     states = sequence.states([inp.contexts[u].history for u in users.tolist()]) if sequence is not None else None
     for r, u in enumerate(users.tolist()):
         valid = cand[r] >= 0
-        logp = sequence.log_probs(states[r:r + 1])[0, cand[r][valid]] if sequence is not None else None
-        X[r, valid] = candidate_features(inp.contexts[u], cand[r][valid], cand_scores[r][valid], inp.stats,
-                                         int(inp.t_ref[u]), cfg.trending_window_s, logp)
+        logp = sequence.log_probs(states[r : r + 1])[0, cand[r][valid]] if sequence is not None else None
+        X[r, valid] = candidate_features(
+            inp.contexts[u],
+            cand[r][valid],
+            cand_scores[r][valid],
+            inp.stats,
+            int(inp.t_ref[u]),
+            cfg.trending_window_s,
+            logp,
+        )
     return X
 
 
@@ -108,9 +121,18 @@ def _listwise_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(torch.log_softmax(logits, dim=1) * y).sum(1).div(y.sum(1)).mean()
 
 
-def _fit_member(member: torch.nn.Module, Z: torch.Tensor, Y: torch.Tensor, M: torch.Tensor, cfg: RankerConfig,
-                seed: int, epochs: int, bs: int, on_epoch: Callable[[int, float, float], None],
-                held: tuple | None = None) -> list[float]:
+def _fit_member(
+    member: torch.nn.Module,
+    Z: torch.Tensor,
+    Y: torch.Tensor,
+    M: torch.Tensor,
+    cfg: RankerConfig,
+    seed: int,
+    epochs: int,
+    bs: int,
+    on_epoch: Callable[[int, float, float], None],
+    held: tuple | None = None,
+) -> list[float]:
     """Train one member for `epochs`; the listwise loss of the `held` lists after each epoch."""
     torch.manual_seed(seed)
     for layer in member:
@@ -124,7 +146,7 @@ def _fit_member(member: torch.nn.Module, Z: torch.Tensor, Y: torch.Tensor, M: to
         perm = torch.randperm(len(Z), generator=g)
         total = 0.0
         for s in range(0, len(perm), bs):
-            idx = perm[s:s + bs]
+            idx = perm[s : s + bs]
             loss = _listwise_loss(member(Z[idx]).squeeze(-1).masked_fill(~M[idx], -1e9), Y[idx])
             opt.zero_grad()
             loss.backward()
@@ -138,8 +160,9 @@ def _fit_member(member: torch.nn.Module, Z: torch.Tensor, Y: torch.Tensor, M: to
     return held_losses
 
 
-def train_ranker_model(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, cfg: RankerConfig,
-                       progress: Callable[[dict], None] | None = None) -> tuple[RankerNet, list[dict]]:
+def train_ranker_model(
+    X: np.ndarray, Y: np.ndarray, mask: np.ndarray, cfg: RankerConfig, progress: Callable[[dict], None] | None = None
+) -> tuple[RankerNet, list[dict]]:
     """Listwise training: softmax cross-entropy over each user's candidates against the items
     that user went on to interact with. How long to train is measured, not set: in k-fold
     cross-validation (k = 1 / `cfg.validation`) a member learns on the other folds' lists for up to
@@ -149,8 +172,10 @@ def train_ranker_model(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, cfg: Rank
     keep = Y.sum(axis=1) > 0
     X, Y, mask = X[keep], Y[keep], mask[keep]
     if len(X) == 0:
-        raise ValueError("no user has a future interaction among their candidates: the ranker has nothing "
-                         "to learn from (more data, or more ranker.candidates)")
+        raise ValueError(
+            "no user has a future interaction among their candidates: the ranker has nothing "
+            "to learn from (more data, or more ranker.candidates)"
+        )
     model = RankerNet(X.shape[-1], cfg.hidden, cfg.ensemble)
     flat = X[mask]
     model.mean.copy_(torch.from_numpy(flat.mean(axis=0)))
@@ -168,22 +193,58 @@ def train_ranker_model(X: np.ndarray, Y: np.ndarray, mask: np.ndarray, cfg: Rank
         for f in range(folds):
             va = order[f::folds]
             tr = order[torch.arange(len(order)) % folds != f]
-            curves.append(_fit_member(_mlp(X.shape[-1], cfg.hidden), Zt[tr], Yt[tr], Mt[tr], cfg, cfg.seed + 100 + f,
-                                      cfg.epochs, bs, lambda e, loss, secs: None, (Zt[va], Yt[va], Mt[va])))
+            curves.append(
+                _fit_member(
+                    _mlp(X.shape[-1], cfg.hidden),
+                    Zt[tr],
+                    Yt[tr],
+                    Mt[tr],
+                    cfg,
+                    cfg.seed + 100 + f,
+                    cfg.epochs,
+                    bs,
+                    lambda e, loss, secs: None,
+                    (Zt[va], Yt[va], Mt[va]),
+                )
+            )
         held = np.mean(curves, axis=0)
         epochs = int(np.argmin(held)) + 1
-        history += [{"member": 0, "members": len(model.members), "epoch": e + 1, "epochs": cfg.epochs,
-                     "held_out_loss": float(h)} for e, h in enumerate(held)]
+        history += [
+            {
+                "member": 0,
+                "members": len(model.members),
+                "epoch": e + 1,
+                "epochs": cfg.epochs,
+                "held_out_loss": float(h),
+            }
+            for e, h in enumerate(held)
+        ]
         if progress:
-            progress({"member": 0, "members": len(model.members), "epoch": epochs, "epochs": cfg.epochs,
-                      "loss": float(held[epochs - 1]), "seconds": 0.0})
+            progress(
+                {
+                    "member": 0,
+                    "members": len(model.members),
+                    "epoch": epochs,
+                    "epochs": cfg.epochs,
+                    "loss": float(held[epochs - 1]),
+                    "seconds": 0.0,
+                }
+            )
     for m_i, member in enumerate(model.members):
+
         def on_epoch(epoch, loss, secs, m_i=m_i):
-            rec = {"member": m_i + 1, "members": len(model.members), "epoch": epoch + 1, "epochs": epochs,
-                   "loss": loss, "seconds": secs}
+            rec = {
+                "member": m_i + 1,
+                "members": len(model.members),
+                "epoch": epoch + 1,
+                "epochs": epochs,
+                "loss": loss,
+                "seconds": secs,
+            }
             history.append(rec)
             if progress:
                 progress(rec)
+
         _fit_member(member, Zt, Yt, Mt, cfg, cfg.seed + m_i, epochs, bs, on_epoch)
     return model, history
 
@@ -202,17 +263,28 @@ def rerank(model: RankerNet, X: np.ndarray, cand: np.ndarray, k: int) -> np.ndar
 
 def save_model(model: RankerNet, path, meta: dict) -> None:
     buf = io.BytesIO()
-    torch.save({"state_dict": model.state_dict(), "n_features": len(FEATURE_NAMES), "hidden": model.hidden,
-                "members": len(model.members), "features": FEATURE_NAMES, "meta": meta}, buf)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "n_features": len(FEATURE_NAMES),
+            "hidden": model.hidden,
+            "members": len(model.members),
+            "features": FEATURE_NAMES,
+            "meta": meta,
+        },
+        buf,
+    )
     with open(path, "wb") as f:
         f.write(buf.getvalue())
 
 
 def load_model(path) -> tuple[RankerNet, dict]:
-    blob = torch.load(path, map_location="cpu", weights_only=True)   # tensors and plain data only: no code
+    blob = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: no code
     if blob.get("features") != FEATURE_NAMES:
-        raise ValueError(f"ranker at {path} was trained on features {blob.get('features')}, this code computes "
-                         f"{FEATURE_NAMES}; retrain it with `python -m pipelines.train_ranker`")
+        raise ValueError(
+            f"ranker at {path} was trained on features {blob.get('features')}, this code computes "
+            f"{FEATURE_NAMES}; retrain it with `python -m pipelines.train_ranker`"
+        )
     model = RankerNet(blob["n_features"], blob["hidden"], blob.get("members", 1))
     model.load_state_dict(blob["state_dict"])
     model.eval()
@@ -230,25 +302,26 @@ class FusedEnsemble:
         sd = {k: v.detach().cpu().float().numpy() for k, v in model.state_dict().items()}
         n = len(model.members)
         inv = 1.0 / sd["std"]
-        w1 = [sd[f"members.{i}.0.weight"] * inv for i in range(n)]                      # (h, F) each
-        self.w1 = np.concatenate([w.T for w in w1], axis=1).astype(np.float32)          # (F, n*h)
-        self.b1 = np.concatenate([sd[f"members.{i}.0.bias"] - w @ sd["mean"] for i, w in enumerate(w1)]
-                                 ).astype(np.float32)
-        self.w2 = np.stack([sd[f"members.{i}.2.weight"].T for i in range(n)]).astype(np.float32)   # (n, h, h)
+        w1 = [sd[f"members.{i}.0.weight"] * inv for i in range(n)]  # (h, F) each
+        self.w1 = np.concatenate([w.T for w in w1], axis=1).astype(np.float32)  # (F, n*h)
+        self.b1 = np.concatenate([sd[f"members.{i}.0.bias"] - w @ sd["mean"] for i, w in enumerate(w1)]).astype(
+            np.float32
+        )
+        self.w2 = np.stack([sd[f"members.{i}.2.weight"].T for i in range(n)]).astype(np.float32)  # (n, h, h)
         self.b2 = np.stack([sd[f"members.{i}.2.bias"] for i in range(n)])[:, None, :].astype(np.float32)
-        self.w3 = np.stack([sd[f"members.{i}.4.weight"].T for i in range(n)]).astype(np.float32)   # (n, h, 1)
+        self.w3 = np.stack([sd[f"members.{i}.4.weight"].T for i in range(n)]).astype(np.float32)  # (n, h, 1)
         self.b3 = np.stack([sd[f"members.{i}.4.bias"] for i in range(n)])[:, None, :].astype(np.float32)
         tiny = np.finfo(np.float32).tiny
         for name in ("w1", "b1", "w2", "b2", "w3", "b3"):
             w = np.ascontiguousarray(getattr(self, name))
-            w[np.abs(w) < tiny] = 0.0   # subnormal weights (weight decay leaves some) slow every product ~7x
+            w[np.abs(w) < tiny] = 0.0  # subnormal weights (weight decay leaves some) slow every product ~7x
             setattr(self, name, w)
         self.members, self.hidden = n, model.hidden
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
         """Scores of the rows of X [N, F]."""
-        h = np.maximum(X @ self.w1 + self.b1, 0.0)                                       # (N, n*h)
-        h = h.reshape(len(X), self.members, self.hidden).transpose(1, 0, 2)              # (n, N, h)
+        h = np.maximum(X @ self.w1 + self.b1, 0.0)  # (N, n*h)
+        h = h.reshape(len(X), self.members, self.hidden).transpose(1, 0, 2)  # (n, N, h)
         h = np.maximum(h @ self.w2 + self.b2, 0.0)
         return (h @ self.w3 + self.b3)[:, :, 0].mean(axis=0)
 
@@ -259,8 +332,12 @@ def ranker_spec(cfg, reg, version: str | None = None) -> dict:
     from recserve.artifacts import ranker_path
 
     version = version or reg.resolve("ranker")
-    return {"model_path": str(ranker_path(reg, version)), "version": version,
-            "quantize": cfg.serve.ranker_quantize, "dtype": cfg.serve.ranker_dtype}
+    return {
+        "model_path": str(ranker_path(reg, version)),
+        "version": version,
+        "quantize": cfg.serve.ranker_quantize,
+        "dtype": cfg.serve.ranker_dtype,
+    }
 
 
 class ServingRanker:
@@ -271,7 +348,7 @@ class ServingRanker:
 
     def __init__(self, spec: dict | None = None, device: str | None = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch.set_flush_denormal(True)   # subnormal weights make CPU products several times slower
+        torch.set_flush_denormal(True)  # subnormal weights make CPU products several times slower
         self.model, self.version, self.dtype, self.fused = None, None, torch.float32, None
         if spec and spec.get("model_path"):
             self.load(spec)
@@ -280,8 +357,11 @@ class ServingRanker:
         model, _ = load_model(spec["model_path"])
         if self.device == "cpu" and not spec.get("quantize"):
             # on CPU the fused numpy pass; the pair changes in one assignment (see below)
-            self.fused, self.model, self.version = FusedEnsemble(model), model, str(spec.get("version")
-                                                                                    or spec["model_path"])
+            self.fused, self.model, self.version = (
+                FusedEnsemble(model),
+                model,
+                str(spec.get("version") or spec["model_path"]),
+            )
             return
         if spec.get("quantize") and self.device == "cpu":
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -291,8 +371,12 @@ class ServingRanker:
             dtype = getattr(torch, spec["dtype"])
             model = model.to(dtype)
         # the (model, version) pair changes in one assignment, so a batch never mixes them
-        self.fused, self.model, self.version, self.dtype = None, model, str(spec.get("version") or
-                                                                          spec["model_path"]), dtype
+        self.fused, self.model, self.version, self.dtype = (
+            None,
+            model,
+            str(spec.get("version") or spec["model_path"]),
+            dtype,
+        )
 
     def score_lists(self, lists: list[np.ndarray]) -> list[tuple[np.ndarray, str]]:
         if self.model is None:
@@ -301,7 +385,7 @@ class ServingRanker:
         if fused is not None:
             s = fused(np.concatenate(lists).astype(np.float32, copy=False)) if len(lists) > 1 else fused(lists[0])
             bounds = np.cumsum([0] + [len(x) for x in lists])
-            return [(s[bounds[i]:bounds[i + 1]], version) for i in range(len(lists))]
+            return [(s[bounds[i] : bounds[i + 1]], version) for i in range(len(lists))]
         n = max(len(x) for x in lists)
         X = np.zeros((len(lists), max(n, 1), lists[0].shape[1]), dtype=np.float32)
         for i, x in enumerate(lists):
@@ -336,8 +420,11 @@ class RankerVersions:
 
     def keep_only(self, specs: list[dict]) -> None:
         """Load the versions of `specs` now; forget the others (the serving one stays)."""
-        self.others = {s["version"]: self.others.get(s["version"]) or self.get(s) for s in specs
-                       if s.get("version") != self.serving.version}
+        self.others = {
+            s["version"]: self.others.get(s["version"]) or self.get(s)
+            for s in specs
+            if s.get("version") != self.serving.version
+        }
 
     def score_lists(self, lists: list[np.ndarray], specs: list[dict | None]) -> list[tuple[np.ndarray, str]]:
         """Each list scored by the version of its spec (None: the serving one), one pass per version."""

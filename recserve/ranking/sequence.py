@@ -23,7 +23,7 @@ import torch
 @dataclass
 class SequenceSettings:
     dim: int = 64
-    max_len: int = 50          # the last items a user's sequence keeps
+    max_len: int = 50  # the last items a user's sequence keeps
     blocks: int = 2
     heads: int = 1
     dropout: float = 0.2
@@ -31,7 +31,7 @@ class SequenceSettings:
     batch_size: int = 128
     lr: float = 3e-3
     max_seconds: float = 900.0  # training stops after this, whatever the epoch (progress says so)
-    negatives: int = 2048      # sampled softmax: items drawn per batch (shared) against each target; 0: every item
+    negatives: int = 2048  # sampled softmax: items drawn per batch (shared) against each target; 0: every item
     seed: int = 0
 
 
@@ -43,13 +43,14 @@ class SeqModel(torch.nn.Module):
         super().__init__()
         self.items = torch.nn.Embedding(n_items + 1, s.dim, padding_idx=0)
         self.pos = torch.nn.Embedding(s.max_len, s.dim)
-        layer = torch.nn.TransformerEncoderLayer(s.dim, s.heads, dim_feedforward=s.dim, dropout=s.dropout,
-                                                 batch_first=True, norm_first=True)
+        layer = torch.nn.TransformerEncoderLayer(
+            s.dim, s.heads, dim_feedforward=s.dim, dropout=s.dropout, batch_first=True, norm_first=True
+        )
         self.encoder = torch.nn.TransformerEncoder(layer, s.blocks, enable_nested_tensor=False)
         self.norm = torch.nn.LayerNorm(s.dim)
         self.drop = torch.nn.Dropout(s.dropout)
         self.register_buffer("causal", torch.triu(torch.full((s.max_len, s.max_len), float("-inf")), 1))
-        torch.nn.init.normal_(self.items.weight, std=s.dim ** -0.5)
+        torch.nn.init.normal_(self.items.weight, std=s.dim**-0.5)
         with torch.no_grad():
             self.items.weight[0].zero_()
 
@@ -57,7 +58,7 @@ class SeqModel(torch.nn.Module):
         """[B, L] item indexes + 1 (0: padding, on the left) -> [B, L, dim] states."""
         n = seq.shape[1]
         keep = (seq > 0).unsqueeze(-1).to(self.items.weight.dtype)
-        x = self.drop(self.items(seq) * self.items.embedding_dim ** 0.5 + self.pos.weight[-n:]) * keep
+        x = self.drop(self.items(seq) * self.items.embedding_dim**0.5 + self.pos.weight[-n:]) * keep
         h = self.encoder(x, mask=self.causal[:n, :n])
         return self.norm(h) * keep
 
@@ -71,7 +72,7 @@ def ordered_histories(train, n_users: int) -> list[np.ndarray]:
     order = np.lexsort((ts, u))
     u, i = u[order], i[order].astype(np.int64)
     bounds = np.searchsorted(u, np.arange(n_users + 1))
-    return [i[bounds[x]:bounds[x + 1]] for x in range(n_users)]
+    return [i[bounds[x] : bounds[x + 1]] for x in range(n_users)]
 
 
 def sequences(user_items: list[np.ndarray], max_len: int) -> np.ndarray:
@@ -80,7 +81,7 @@ def sequences(user_items: list[np.ndarray], max_len: int) -> np.ndarray:
     for r, items in enumerate(user_items):
         tail = np.asarray(items, dtype=np.int64)[-max_len:]
         if len(tail):
-            out[r, -len(tail):] = tail + 1
+            out[r, -len(tail) :] = tail + 1
     return out
 
 
@@ -94,16 +95,15 @@ def windows(user_items: list[np.ndarray], length: int) -> np.ndarray:
         items = np.asarray(items, dtype=np.int64)
         end = len(items)
         while end >= 2:
-            rows.append(items[max(0, end - length):end])
+            rows.append(items[max(0, end - length) : end])
             end -= length - 1
     out = np.zeros((len(rows), length), dtype=np.int64)
     for r, w in enumerate(rows):
-        out[r, -len(w):] = w + 1
+        out[r, -len(w) :] = w + 1
     return out
 
 
-def train_sequence_model(user_items: list[np.ndarray], n_items: int, s: SequenceSettings,
-                         progress=None) -> SeqModel:
+def train_sequence_model(user_items: list[np.ndarray], n_items: int, s: SequenceSettings, progress=None) -> SeqModel:
     """Next-item prediction over every user's whole history in windows of max_len + 1 items (inputs:
     all but the last; targets: all but the first) at every non-padded position: cross-entropy against
     `negatives` items drawn per batch (every item when 0 or the catalogue is smaller). With no user
@@ -111,7 +111,7 @@ def train_sequence_model(user_items: list[np.ndarray], n_items: int, s: Sequence
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     full = windows(user_items, s.max_len + 1)
-    full = full[(full > 0).sum(axis=1) >= 2]               # a sequence needs a next item
+    full = full[(full > 0).sum(axis=1) >= 2]  # a sequence needs a next item
     model = SeqModel(n_items, s)
     if len(full) == 0:
         if progress:
@@ -128,7 +128,9 @@ def train_sequence_model(user_items: list[np.ndarray], n_items: int, s: Sequence
             mask = (y > 0) & (x > 0)
             h, target = model(x)[mask], y[mask] - 1
             if 0 < s.negatives < n_items:
-                loss = _sampled_loss(model, h, target, torch.from_numpy(rng.choice(n_items, s.negatives, replace=False)))
+                loss = _sampled_loss(
+                    model, h, target, torch.from_numpy(rng.choice(n_items, s.negatives, replace=False))
+                )
             else:
                 loss = torch.nn.functional.cross_entropy(model.logits(h), target)
             opt.zero_grad()
@@ -161,7 +163,7 @@ def next_item_scores(model: SeqModel, seqs: np.ndarray, batch: int = 512) -> np.
     """[len(seqs), n_items] scores of every item as each sequence's next (`sequences` rows)."""
     out = []
     for i in range(0, len(seqs), batch):
-        h = model(torch.from_numpy(seqs[i:i + batch]))[:, -1]
+        h = model(torch.from_numpy(seqs[i : i + batch]))[:, -1]
         out.append(model.logits(h).numpy())
     return np.concatenate(out) if out else np.zeros((0, model.items.num_embeddings - 1), np.float32)
 
@@ -175,8 +177,9 @@ def save_sequence(model: SeqModel, s: SequenceSettings, directory, meta: dict | 
     from dataclasses import asdict
     from pathlib import Path
 
-    torch.save({"state_dict": model.state_dict(), "settings": asdict(s), "meta": meta or {}},
-               Path(directory) / SEQUENCE_FILE)
+    torch.save(
+        {"state_dict": model.state_dict(), "settings": asdict(s), "meta": meta or {}}, Path(directory) / SEQUENCE_FILE
+    )
 
 
 class SequenceScorer:
@@ -187,11 +190,11 @@ class SequenceScorer:
     def __init__(self, model: SeqModel, s: SequenceSettings, device: str | None = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.settings = model.to(self.device).eval(), s
-        self.items = model.items.weight[1:].detach().float().cpu().numpy()   # [n_items, dim]
+        self.items = model.items.weight[1:].detach().float().cpu().numpy()  # [n_items, dim]
         self.n_items = len(self.items)
-        self._to_model: np.ndarray | None = None   # see `remap`
+        self._to_model: np.ndarray | None = None  # see `remap`
 
-    def remap(self, model_index: np.ndarray) -> "SequenceScorer":
+    def remap(self, model_index: np.ndarray) -> SequenceScorer:
         """This model over another dense item order: `model_index[i]` is the model's index of item i
         (-1: an item the model never saw, left out of histories and scored as a zero vector)."""
         out = SequenceScorer.__new__(SequenceScorer)
@@ -203,7 +206,7 @@ class SequenceScorer:
         return out
 
     @classmethod
-    def load(cls, directory, device: str | None = None) -> "SequenceScorer | None":
+    def load(cls, directory, device: str | None = None) -> SequenceScorer | None:
         """None when `directory` has no sequence model (embeddings trained before it, or with
         sequence.enabled false)."""
         from pathlib import Path
@@ -222,14 +225,14 @@ class SequenceScorer:
         """[len(histories), dim]: the last position's state after each history (its last max_len
         items; an empty history gives zeros)."""
         out = np.zeros((len(histories), self.items.shape[1]), dtype=np.float32)
-        hs = [np.asarray(h, dtype=np.int64)[-self.settings.max_len:] for h in histories]
+        hs = [np.asarray(h, dtype=np.int64)[-self.settings.max_len :] for h in histories]
         if self._to_model is not None:
             hs = [m[m >= 0] for m in (self._to_model[h] for h in hs)]
         seqs = sequences(hs, self.settings.max_len)
         rows = np.flatnonzero((seqs > 0).any(axis=1))
         with torch.inference_mode():
             for i in range(0, len(rows), 1024):
-                r = rows[i:i + 1024]
+                r = rows[i : i + 1024]
                 h = self.model(torch.from_numpy(seqs[r]).to(self.device))[:, -1]
                 out[r] = h.float().cpu().numpy()
         return out
@@ -264,8 +267,9 @@ def top_unseen(log_probs: np.ndarray, exclude: list[np.ndarray], n: int) -> np.n
     return np.where(np.isfinite(np.take_along_axis(z, top, axis=1)), top, -1)
 
 
-def with_sequence_candidates(cand: np.ndarray, scores: np.ndarray, extra: np.ndarray,
-                             extra_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def with_sequence_candidates(
+    cand: np.ndarray, scores: np.ndarray, extra: np.ndarray, extra_scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """The sequence model as a retrieval source beside the index: each row's index candidates
     (retrieval order, -1 padded), then its `extra` items that are not among them, in their order;
     rows compacted (valid entries first), -1 padded to len(cand[0]) + len(extra[0])."""

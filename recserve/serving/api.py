@@ -19,10 +19,10 @@ from recserve.schemas import EVENT_TYPES
 MAX_BODY_BYTES = 1 << 20
 MAX_EVENTS = 1000
 MAX_K = 100
-MAX_FUTURE_S = 300          # an event more than 5 min in the future is rejected
-MAX_PAST_S = 30 * 86400     # ... and one older than 30 days
-MAX_ID = 2**63 - 1          # ids are int64 everywhere they are stored (index, Redis keys, parquet)
-MAX_VECTOR_VALUE = 3.4e38   # vectors are float32 in the index: a larger value would become infinite
+MAX_FUTURE_S = 300  # an event more than 5 min in the future is rejected
+MAX_PAST_S = 30 * 86400  # ... and one older than 30 days
+MAX_ID = 2**63 - 1  # ids are int64 everywhere they are stored (index, Redis keys, parquet)
+MAX_VECTOR_VALUE = 3.4e38  # vectors are float32 in the index: a larger value would become infinite
 
 Id = Annotated[int, Field(ge=0, le=MAX_ID)]
 
@@ -44,11 +44,15 @@ MAX_SESSION = 200
 
 
 class RecommendRequest(_Strict):
-    session_items: list[Id] | None = Field(None, min_length=1, max_length=MAX_SESSION,
-                                           description="an anonymous visitor: the item ids of this session, "
-                                                       "oldest first (instead of user_id)")
-    user_id: Id | None = Field(None, validate_default=True,
-                               description="a known user; or leave it out and give session_items")
+    session_items: list[Id] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_SESSION,
+        description="an anonymous visitor: the item ids of this session, oldest first (instead of user_id)",
+    )
+    user_id: Id | None = Field(
+        None, validate_default=True, description="a known user; or leave it out and give session_items"
+    )
     k: int = Field(10, ge=1, le=MAX_K)
     context: dict[str, Scalar] = Field(default_factory=dict)
     filters: Filters | None = None
@@ -58,10 +62,12 @@ class RecommendRequest(_Strict):
     @classmethod
     def _who(cls, v: int | None, info: ValidationInfo) -> int | None:
         if "session_items" not in info.data:
-            return v     # session_items failed its own validation: that is the error to report
+            return v  # session_items failed its own validation: that is the error to report
         if (v is None) == (info.data["session_items"] is None):
-            raise ValueError("give user_id (a known user) or session_items (an anonymous visitor's items, "
-                             "oldest first), one of the two")
+            raise ValueError(
+                "give user_id (a known user) or session_items (an anonymous visitor's items, "
+                "oldest first), one of the two"
+            )
         return v
 
 
@@ -74,19 +80,25 @@ class Item(BaseModel):
 class RecommendResponse(BaseModel):
     request_id: str
     items: list[Item]
-    degradation_level: int = Field(description="0 full, 1 template explanations, 2 batch embeddings, 3 the last "
-                                               "personalized list or retrieval order, 4 popular items")
+    degradation_level: int = Field(
+        description="0 full, 1 template explanations, 2 batch embeddings, 3 the last "
+        "personalized list or retrieval order, 4 popular items"
+    )
     model_versions: dict[str, str]
     took_ms: float
     hop_ms: dict[str, float] = Field(default_factory=dict, description="time spent in each hop")
     live_context: bool = Field(False, description="the stream's recent events shaped the answer")
-    explanation: dict[str, Any] | None = Field(None, description="how the reasons were written (tier, model, "
-                                                                 "fallback) when explain was asked")
+    explanation: dict[str, Any] | None = Field(
+        None, description="how the reasons were written (tier, model, fallback) when explain was asked"
+    )
     cache: str = Field(description="hit, coalesced, miss (the L1 response cache) or off")
-    experiment: dict[str, str] | None = Field(None, description="the running experiment's arm this user (an "
-                                              "anonymous visitor: context.session_id, else the session's first "
-                                              "item) is in: {name, arm, served}; served is the control when the "
-                                              "guardrail stopped the arm")
+    experiment: dict[str, str] | None = Field(
+        None,
+        description="the running experiment's arm this user (an "
+        "anonymous visitor: context.session_id, else the session's first "
+        "item) is in: {name, arm, served}; served is the control when the "
+        "guardrail stopped the arm",
+    )
 
 
 class SimilarResponse(BaseModel):
@@ -127,8 +139,10 @@ class Event(_Strict):
         if v > now + MAX_FUTURE_S:
             raise ValueError(f"ts {v} is more than {MAX_FUTURE_S}s in the future")
         if v < now - MAX_PAST_S:
-            raise ValueError(f"ts {v} is more than {MAX_PAST_S // 86400} days in the past; load history "
-                             f"through the offline jobs instead")
+            raise ValueError(
+                f"ts {v} is more than {MAX_PAST_S // 86400} days in the past; load history "
+                f"through the offline jobs instead"
+            )
         return v
 
 
@@ -147,9 +161,12 @@ class CatalogueItem(_Strict):
     title: str = Field("", max_length=500)
     category: str = Field(min_length=1, max_length=200)
     attributes: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
-    vector: list[float] | None = Field(None, description="the item's vector in the served embeddings' space; "
-                                       "without it, the content encoder places the item from its title, "
-                                       "category and attributes")
+    vector: list[float] | None = Field(
+        None,
+        description="the item's vector in the served embeddings' space; "
+        "without it, the content encoder places the item from its title, "
+        "category and attributes",
+    )
 
     @field_validator("vector")
     @classmethod
@@ -178,8 +195,11 @@ def first_repeat(values: list, what: str) -> dict[str, Any] | None:
     seen: dict = {}
     for j, v in enumerate(values):
         if v is not None and seen.setdefault(v, j) != j:
-            return error_body("invalid_request", f"{what.format(j)}: {v!r} repeats {what.format(seen[v])} in the "
-                                                 f"same batch; send each once", what.format(j))
+            return error_body(
+                "invalid_request",
+                f"{what.format(j)}: {v!r} repeats {what.format(seen[v])} in the same batch; send each once",
+                what.format(j),
+            )
     return None
 
 
@@ -199,7 +219,7 @@ def install_error_handlers(app) -> None:
         errs = exc.errors()
         first = errs[0] if errs else {"loc": (), "msg": "invalid request", "type": "invalid"}
         loc = [str(p) for p in first.get("loc", ())]
-        loc = loc[1:] if loc and loc[0] in ("body", "query", "path") else loc   # where it came from: the field's name
+        loc = loc[1:] if loc and loc[0] in ("body", "query", "path") else loc  # where it came from: the field's name
         field = ".".join(loc) or None
         if first.get("type") == "json_invalid":
             return JSONResponse(error_body("invalid_json", "the body is not valid JSON: " + first["msg"]), 400)
@@ -214,7 +234,8 @@ def install_error_handlers(app) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 429: "overloaded"}.get(
-            exc.status_code, "http_error")
+            exc.status_code, "http_error"
+        )
         return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -243,24 +264,35 @@ class BodyCheck:
             elif k == b"content-type":
                 ctype = v.decode("latin-1")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return await _reject(send, 413, error_body("body_too_large", f"the body is {length} bytes; the limit "
-                                                       f"is {MAX_BODY_BYTES} (send events in batches of up to "
-                                                       f"{MAX_EVENTS})"))
+            return await _reject(
+                send,
+                413,
+                error_body(
+                    "body_too_large",
+                    f"the body is {length} bytes; the limit "
+                    f"is {MAX_BODY_BYTES} (send events in batches of up to "
+                    f"{MAX_EVENTS})",
+                ),
+            )
         if ctype and "json" not in ctype:
-            return await _reject(send, 415, error_body("unsupported_media_type", f"send JSON (content-type "
-                                                       f"application/json), not {ctype!r}"))
+            return await _reject(
+                send,
+                415,
+                error_body("unsupported_media_type", f"send JSON (content-type application/json), not {ctype!r}"),
+            )
         if length is not None:
             return await self.app(scope, receive, send)
         chunks, size = [], 0
-        while True:   # chunked: read it all, checking the size
+        while True:  # chunked: read it all, checking the size
             msg = await receive()
             if msg["type"] != "http.request":
                 return await self.app(scope, receive, send)
             chunks.append(msg.get("body", b""))
             size += len(chunks[-1])
             if size > MAX_BODY_BYTES:
-                return await _reject(send, 413, error_body("body_too_large",
-                                                           f"the body is over {MAX_BODY_BYTES} bytes"))
+                return await _reject(
+                    send, 413, error_body("body_too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+                )
             if not msg.get("more_body"):
                 break
         body, sent = b"".join(chunks), False
@@ -291,15 +323,16 @@ class AuthGate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path, root = scope["path"], scope.get("root_path") or ""
-        if root and path.startswith(root):   # under a route prefix (an application at /name)
-            path = path[len(root):] or "/"
+        if root and path.startswith(root):  # under a route prefix (an application at /name)
+            path = path[len(root) :] or "/"
         need = required_scope(scope["method"], path)
         if need is None:
             return await self.app(scope, receive, send)
         gate = AuthGate.gate
         if gate is None:
-            return await _reject(send, 503, error_body("unavailable", "the replica is starting; retry"),
-                                 {"Retry-After": "1"})
+            return await _reject(
+                send, 503, error_body("unavailable", "the replica is starting; retry"), {"Retry-After": "1"}
+            )
         authz = None
         for k, v in scope["headers"]:
             if k == b"authorization":
@@ -325,27 +358,40 @@ def install_auth(app) -> None:
             return app.openapi_schema
         schema = plain()
         schema.setdefault("components", {})["securitySchemes"] = {
-            "bearer": {"type": "http", "scheme": "bearer",
-                       "description": "an API key from `recserve keys create` (Authorization: Bearer <key>)"}}
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "an API key from `recserve keys create` (Authorization: Bearer <key>)",
+            }
+        }
         err = {"content": {"application/json": {"schema": {"type": "object"}}}}
-        dim = getattr(app.state, "vector_dim", None)   # the served index's: an item's vector must have it
+        dim = getattr(app.state, "vector_dim", None)  # the served index's: an item's vector must have it
         item = schema.get("components", {}).get("schemas", {}).get("CatalogueItem")
         if dim and item and "vector" in item.get("properties", {}):
-            item["properties"]["vector"] = {"type": "array", "items": {"type": "number"}, "minItems": dim,
-                                            "maxItems": dim, "title": "Vector",
-                                            "description": f"the item's embedding: {dim} finite numbers; without "
-                                                           f"it, the content encoder places the item from its "
-                                                           f"title, category and attributes"}
+            item["properties"]["vector"] = {
+                "type": "array",
+                "items": {"type": "number"},
+                "minItems": dim,
+                "maxItems": dim,
+                "title": "Vector",
+                "description": f"the item's embedding: {dim} finite numbers; without "
+                f"it, the content encoder places the item from its "
+                f"title, category and attributes",
+            }
         for path, ops in schema.get("paths", {}).items():
             for method, op in ops.items():
                 scope = required_scope(method.upper(), path)
                 if scope is None:
                     continue
                 op["security"] = [{"bearer": []}]
-                op["description"] = (op.get("description", "") + f"\n\nNeeds an API key with the `{scope}` scope "
-                                     f"(or admin).").strip()
-                for code, what in (("401", "no, unknown or revoked key"), ("403", f"the key lacks `{scope}`"),
-                                   ("429", "over the key's quota (Retry-After)")):
+                op["description"] = (
+                    op.get("description", "") + f"\n\nNeeds an API key with the `{scope}` scope (or admin)."
+                ).strip()
+                for code, what in (
+                    ("401", "no, unknown or revoked key"),
+                    ("403", f"the key lacks `{scope}`"),
+                    ("429", "over the key's quota (Retry-After)"),
+                ):
                     op.setdefault("responses", {}).setdefault(code, {"description": what, **err})
         app.openapi_schema = schema
         return schema
@@ -358,7 +404,11 @@ async def _reject(send, status: int, body: dict, headers: dict | None = None) ->
 
     raw = json.dumps(body).encode()
     extra = [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
-                            *extra]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()), *extra],
+        }
+    )
     await send({"type": "http.response.body", "body": raw})

@@ -33,16 +33,30 @@ def queue_depth_policy(ctx) -> tuple[int, dict[str, Any]]:
     """Serve custom autoscaling policy (ray.serve.config.AutoscalingContext -> replicas, state)."""
     metrics = ctx.aggregated_metrics or {}
     depths = list((metrics.get(QUEUE_DEPTH) or {}).values())
-    want = desired_replicas(ctx.current_num_replicas, depths, ctx.total_num_requests,
-                            ctx.config.get_target_ongoing_requests())
+    want = desired_replicas(
+        ctx.current_num_replicas, depths, ctx.total_num_requests, ctx.config.get_target_ongoing_requests()
+    )
     return want, {"queue_depth": sum(depths)}
 
 
-def autoscaling_config(min_replicas: int = 1, max_replicas: int = 4, target: float = 32, upscale_delay_s: float = 30,
-                       downscale_delay_s: float = 300, queue_policy: bool = True, **extra) -> dict:
+def autoscaling_config(
+    min_replicas: int = 1,
+    max_replicas: int = 4,
+    target: float = 32,
+    upscale_delay_s: float = 30,
+    downscale_delay_s: float = 300,
+    queue_policy: bool = True,
+    **extra,
+) -> dict:
     """An `autoscaling_config` dict with the seed's stabilisation delays as defaults."""
-    cfg = {"min_replicas": min_replicas, "max_replicas": max_replicas, "target_ongoing_requests": target,
-           "upscale_delay_s": upscale_delay_s, "downscale_delay_s": downscale_delay_s, **extra}
+    cfg = {
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "target_ongoing_requests": target,
+        "upscale_delay_s": upscale_delay_s,
+        "downscale_delay_s": downscale_delay_s,
+        **extra,
+    }
     if queue_policy:
         cfg["policy"] = {"policy_function": POLICY}
     return cfg

@@ -9,12 +9,14 @@ pass per batch)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
 
 
 class InflightBatcher:
-    def __init__(self, fn: Callable[[Hashable, list[Any]], Awaitable[list[Any]]], max_batch: int = 64,
-                 max_inflight: int = 1):
+    def __init__(
+        self, fn: Callable[[Hashable, list[Any]], Awaitable[list[Any]]], max_batch: int = 64, max_inflight: int = 1
+    ):
         if max_batch < 1 or max_inflight < 1:
             raise ValueError("max_batch and max_inflight must be >= 1")
         self.fn = fn
@@ -36,12 +38,12 @@ class InflightBatcher:
         while self.inflight < self.max_inflight and self.pending:
             key = next(iter(self.pending))
             q = self.pending[key]
-            batch, rest = q[: self.max_batch], q[self.max_batch:]
+            batch, rest = q[: self.max_batch], q[self.max_batch :]
             if rest:
                 self.pending[key] = rest
             else:
                 del self.pending[key]
-            batch = [(i, f) for i, f in batch if not f.done()]   # callers that gave up (deadline)
+            batch = [(i, f) for i, f in batch if not f.done()]  # callers that gave up (deadline)
             if not batch:
                 continue
             self.inflight += 1
@@ -58,7 +60,7 @@ class InflightBatcher:
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(e)
-                    fut.exception()   # retrieved: a caller that gave up is not reported as lost
+                    fut.exception()  # retrieved: a caller that gave up is not reported as lost
         else:
             for (_, fut), res in zip(batch, results):
                 if not fut.done():

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
@@ -42,16 +42,15 @@ class BreakerSettings:
 
 
 class CircuitBreaker:
-    def __init__(self, name: str, settings: BreakerSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, name: str, settings: BreakerSettings | None = None, clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.s = settings or BreakerSettings()
         self.clock = clock
         self.state = CLOSED
         self.calls: deque[tuple[float, bool]] = deque()
-        self.failures = 0        # failed calls among `calls` (kept as calls come and go: O(1) per call)
+        self.failures = 0  # failed calls among `calls` (kept as calls come and go: O(1) per call)
         self.opened_at = 0.0
-        self.probes = 0          # probe calls let through while half-open
+        self.probes = 0  # probe calls let through while half-open
         self.probe_ok = 0
         self.opens = 0
         self._lock = threading.Lock()
@@ -107,16 +106,24 @@ class CircuitBreaker:
         with self._lock:
             now = self.clock()
             self._prune(now)
-            return {"state": self.state, "calls": len(self.calls), "failures": self.failures, "opens": self.opens,
-                    "open_for_s": round(max(0.0, self.s.open_s - (now - self.opened_at)), 2)
-                    if self.state == OPEN else 0.0}
+            return {
+                "state": self.state,
+                "calls": len(self.calls),
+                "failures": self.failures,
+                "opens": self.opens,
+                "open_for_s": round(max(0.0, self.s.open_s - (now - self.opened_at)), 2) if self.state == OPEN else 0.0,
+            }
 
 
 class Breakers:
     """One breaker per dependency."""
 
-    def __init__(self, settings: BreakerSettings | None = None, clock: Callable[[], float] = time.monotonic,
-                 names: tuple[str, ...] = DEPENDENCIES):
+    def __init__(
+        self,
+        settings: BreakerSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        names: tuple[str, ...] = DEPENDENCIES,
+    ):
         self.by_name = {n: CircuitBreaker(n, settings, clock) for n in names}
 
     def __getitem__(self, name: str) -> CircuitBreaker:

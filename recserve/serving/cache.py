@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Hashable
+from typing import Any
 
 
 @dataclass
@@ -27,7 +28,7 @@ class CacheStats:
 
 class ResponseCache:
     def __init__(self, ttl_s: float = 600.0, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic):
-        if not 0 < ttl_s:
+        if not ttl_s > 0:
             raise ValueError("ttl_s must be > 0")
         self.ttl_s = ttl_s
         self.max_entries = max_entries
@@ -36,7 +37,7 @@ class ResponseCache:
         self._by_user: dict[Hashable, set[Hashable]] = {}
         self._inflight: dict[Hashable, asyncio.Future] = {}
         self._generation: dict[Hashable, int] = {}
-        self._epoch = 0   # bumped by clear(): results computed before it are not stored
+        self._epoch = 0  # bumped by clear(): results computed before it are not stored
         self.stats = CacheStats()
 
     def __len__(self) -> int:
@@ -90,8 +91,13 @@ class ResponseCache:
         self._epoch += 1
         return n
 
-    async def get_or_compute(self, key: Hashable, user: Hashable, compute: Callable[[], Awaitable[Any]],
-                             cacheable: Callable[[Any], bool] = lambda v: True) -> tuple[Any, str]:
+    async def get_or_compute(
+        self,
+        key: Hashable,
+        user: Hashable,
+        compute: Callable[[], Awaitable[Any]],
+        cacheable: Callable[[Any], bool] = lambda v: True,
+    ) -> tuple[Any, str]:
         """(value, how): how is "hit", "coalesced" (awaited an identical in-flight request) or "miss"."""
         v = self.get(key)
         if v is not None:
@@ -114,7 +120,9 @@ class ResponseCache:
             raise
         finally:
             self._inflight.pop(key, None)
-        if cacheable(value) and self._generation.get(user, 0) == gen and self._epoch == epoch:  # no invalidation meanwhile
+        if (
+            cacheable(value) and self._generation.get(user, 0) == gen and self._epoch == epoch
+        ):  # no invalidation meanwhile
             self.put(key, user, value)
         fut.set_result(value)
         return value, "miss"

@@ -41,6 +41,7 @@ Z95 = 1.959963984540054
 class Arm:
     """A request's arm: the one its unit is assigned to, and the one whose settings serve it
     (control's when the assigned arm was stopped)."""
+
     experiment: str
     name: str
     served: str
@@ -65,7 +66,7 @@ def bucket(experiment: str, unit: str) -> float:
     """Where a unit falls in [0, 1) for an experiment: a hash, so the same unit gets the same arm on
     every replica and every request, and its arms in two experiments are independent."""
     h = hashlib.blake2b(f"{experiment}\x00{unit}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "big") / 2.0 ** 64
+    return int.from_bytes(h, "big") / 2.0**64
 
 
 def arm_name(exp: ExperimentConfig, experiment: str, unit: str) -> str:
@@ -89,9 +90,9 @@ def wilson(successes: float, n: float) -> tuple[float, float]:
     if n <= 0:
         return 0.0, 1.0
     p = successes / n
-    d = 1 + Z95 ** 2 / n
-    c = (p + Z95 ** 2 / (2 * n)) / d
-    h = Z95 * math.sqrt(max(p * (1 - p) / n + Z95 ** 2 / (4 * n * n), 0.0)) / d
+    d = 1 + Z95**2 / n
+    c = (p + Z95**2 / (2 * n)) / d
+    h = Z95 * math.sqrt(max(p * (1 - p) / n + Z95**2 / (4 * n * n), 0.0)) / d
     return max(0.0, c - h), min(1.0, c + h)
 
 
@@ -114,16 +115,28 @@ def summarize(raw: dict, exp: ExperimentConfig, stopped: dict[str, dict]) -> dic
         m, v = mean_var(s)
         se = math.sqrt(v) if math.isfinite(v) else math.inf
         lo, hi = wilson(s["clicks"], s["shown"])
-        out[name] = {"share": a.share, "control": name == exp.control,
-                     "settings": {k: val for k, val in a.model_dump().items() if k != "share" and val is not None},
-                     **{f: (int(s[f]) if f in ("answers", "shown", "feedback", "clicks") else round(s[f], 4))
-                        for f in FIGURES if f != "reward_sq"},
-                     "reward_per_item": {"estimate": round(m, 5), "lo": round(m - Z95 * se, 5) if se < math.inf else None,
-                                         "hi": round(m + Z95 * se, 5) if se < math.inf else None},
-                     "ctr": {"estimate": round(s["clicks"] / s["shown"], 5) if s["shown"] else None,
-                             "lo": round(lo, 5), "hi": round(hi, 5)},
-                     "status": "stopped" if name in stopped else "running",
-                     **({"stopped": stopped[name]} if name in stopped else {})}
+        out[name] = {
+            "share": a.share,
+            "control": name == exp.control,
+            "settings": {k: val for k, val in a.model_dump().items() if k != "share" and val is not None},
+            **{
+                f: (int(s[f]) if f in ("answers", "shown", "feedback", "clicks") else round(s[f], 4))
+                for f in FIGURES
+                if f != "reward_sq"
+            },
+            "reward_per_item": {
+                "estimate": round(m, 5),
+                "lo": round(m - Z95 * se, 5) if se < math.inf else None,
+                "hi": round(m + Z95 * se, 5) if se < math.inf else None,
+            },
+            "ctr": {
+                "estimate": round(s["clicks"] / s["shown"], 5) if s["shown"] else None,
+                "lo": round(lo, 5),
+                "hi": round(hi, 5),
+            },
+            "status": "stopped" if name in stopped else "running",
+            **({"stopped": stopped[name]} if name in stopped else {}),
+        }
     return out
 
 
@@ -150,10 +163,14 @@ def guard(raw: dict, exp: ExperimentConfig, stopped: dict[str, dict]) -> dict[st
             continue
         z = (m - mc) / se
         if z < -z_crit:
-            out[name] = {"reason": f"guardrail: reward per shown item {m:.4f} is below control's {mc:.4f} "
-                                   f"(z = {z:.2f} < -{z_crit:.2f}, one-sided alpha {g.alpha:g}, over {int(s['shown'])} "
-                                   f"and {int(c['shown'])} items); its users are served {exp.control!r}",
-                         "at": time.time(), "z": round(z, 3), "by": "guardrail"}
+            out[name] = {
+                "reason": f"guardrail: reward per shown item {m:.4f} is below control's {mc:.4f} "
+                f"(z = {z:.2f} < -{z_crit:.2f}, one-sided alpha {g.alpha:g}, over {int(s['shown'])} "
+                f"and {int(c['shown'])} items); its users are served {exp.control!r}",
+                "at": time.time(),
+                "z": round(z, 3),
+                "by": "guardrail",
+            }
     return out
 
 
@@ -163,9 +180,11 @@ def check(name: str, exp: ExperimentConfig, ranker_versions: list[str]) -> None:
     for arm, a in exp.arms.items():
         if a.ranker_version is not None and a.ranker_version not in ranker_versions:
             have = ", ".join(ranker_versions[-5:]) or "none"
-            raise ConfigError(f"config key 'experiments.{name}.arms.{arm}.ranker_version': the registry has no "
-                              f"ranker version {a.ranker_version!r} (its latest: {have}); train one "
-                              f"(python -m pipelines.train_ranker) or name one it has")
+            raise ConfigError(
+                f"config key 'experiments.{name}.arms.{arm}.ranker_version': the registry has no "
+                f"ranker version {a.ranker_version!r} (its latest: {have}); train one "
+                f"(python -m pipelines.train_ranker) or name one it has"
+            )
 
 
 def start(r, cfg, reg, name: str, replace: bool = False) -> dict:
@@ -178,8 +197,9 @@ def start(r, cfg, reg, name: str, replace: bool = False) -> dict:
     check(name, exp, reg.versions("ranker"))
     cur = active(r)
     if cur is not None and cur["name"] != name and not replace:
-        raise ConfigError(f"experiment {cur['name']!r} is running: stop it first (recserve experiment stop) or "
-                          f"pass --replace")
+        raise ConfigError(
+            f"experiment {cur['name']!r} is running: stop it first (recserve experiment stop) or pass --replace"
+        )
     state = {"name": name, "config": exp.model_dump(mode="json"), "started_at": time.time()}
     pipe = r.pipeline(transaction=True)
     pipe.delete(keys.experiment_stats(name), keys.experiment_stopped(name))
@@ -203,8 +223,10 @@ def active(r) -> dict | None:
 
 
 def decode(raw: dict) -> dict:
-    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in (raw or {}).items()}
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in (raw or {}).items()
+    }
 
 
 def stopped_arms(raw: dict) -> dict[str, dict]:
@@ -227,8 +249,10 @@ def status(r, name: str | None = None) -> dict | None:
     raw = decode(r.hgetall(keys.experiment_stats(name)))
     if exp is None:
         return {"name": name, "running": False, "stats": raw}
-    return {"running": True, **report(name, cur["started_at"], exp, raw,
-                                      stopped_arms(r.hgetall(keys.experiment_stopped(name))))}
+    return {
+        "running": True,
+        **report(name, cur["started_at"], exp, raw, stopped_arms(r.hgetall(keys.experiment_stopped(name)))),
+    }
 
 
 # ------------------------------------------------------------------------ a router replica
@@ -239,7 +263,7 @@ class LiveExperiments:
 
     def __init__(self, aredis, spec_of=None):
         self.r = aredis
-        self.spec_of = spec_of          # ranker version -> its serving spec (model path, quantize...)
+        self.spec_of = spec_of  # ranker version -> its serving spec (model path, quantize...)
         self.name: str | None = None
         self.exp: ExperimentConfig | None = None
         self.started_at = 0.0
@@ -281,10 +305,22 @@ class LiveExperiments:
         for name in exp.arms:
             served = exp.control if name in stopped else name
             s = exp.arms[served]
-            arms[name] = Arm(state["name"], name, served, s.ranker_version, self.specs.get(s.ranker_version),
-                             s.bandit_share, s.candidates)
-        self.name, self.exp, self.started_at, self.stopped, self._arms = (state["name"], exp, state["started_at"],
-                                                                          stopped, arms)
+            arms[name] = Arm(
+                state["name"],
+                name,
+                served,
+                s.ranker_version,
+                self.specs.get(s.ranker_version),
+                s.bandit_share,
+                s.candidates,
+            )
+        self.name, self.exp, self.started_at, self.stopped, self._arms = (
+            state["name"],
+            exp,
+            state["started_at"],
+            stopped,
+            arms,
+        )
         return True
 
     async def read(self) -> tuple[dict | None, dict[str, dict]]:
@@ -311,7 +347,7 @@ class LiveExperiments:
     # ------------------------------------------------------------------ counting
     def count(self, arm: Arm, shown: int) -> None:
         if arm.stopped:
-            return   # a stopped arm's users are served control: they count in neither
+            return  # a stopped arm's users are served control: they count in neither
         for f, v in (("answers", 1), ("shown", shown)):
             k = (arm.experiment, arm.name, f)
             self.pending[k] = self.pending.get(k, 0) + v
@@ -326,7 +362,7 @@ class LiveExperiments:
                     pipe.hincrby(keys.experiment_stats(exp), f"{arm}:{f}", int(v))
                 await pipe.execute()
         except Exception:
-            for k, v in batch.items():   # Redis away: add them when it is back
+            for k, v in batch.items():  # Redis away: add them when it is back
                 self.pending[k] = self.pending.get(k, 0) + v
             raise
 

@@ -20,8 +20,8 @@ import asyncio
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Awaitable, Callable
 
 from recserve.explain.templates import template_reasons_from
 from recserve.serving.breaker import OPEN, Breakers
@@ -32,8 +32,16 @@ HOPS = ("feature_store", "vector_index", "ranker", "bandit", "explainer")
 
 # what an answer says of its explanations (recserve.explain.core.ExplainerCore.explain), with the
 # values of an answer the explainer did not give
-EXPLANATION_FIELDS = {"tier": "templates", "model": "templates", "fallback": None, "items": 0, "llm_items": 0,
-                      "lookups": 0, "cached": 0, "rejected": 0}
+EXPLANATION_FIELDS = {
+    "tier": "templates",
+    "model": "templates",
+    "fallback": None,
+    "items": 0,
+    "llm_items": 0,
+    "lookups": 0,
+    "cached": 0,
+    "rejected": 0,
+}
 
 
 def explainer_fault(out: dict) -> str | None:
@@ -58,8 +66,15 @@ def _ms(t0: float) -> float:
 
 
 class Ladder:
-    def __init__(self, stage, ports: Ports, breakers: Breakers, deadline_ms: float = 80.0,
-                 explainer_budget_ms: float = 300.0, remember: int = 100_000):
+    def __init__(
+        self,
+        stage,
+        ports: Ports,
+        breakers: Breakers,
+        deadline_ms: float = 80.0,
+        explainer_budget_ms: float = 300.0,
+        remember: int = 100_000,
+    ):
         self.stage = stage
         self.ports = ports
         self.breakers = breakers
@@ -67,14 +82,20 @@ class Ladder:
         self.explainer_budget_s = explainer_budget_ms / 1000.0
         self.last_good: OrderedDict[int, list[dict]] = OrderedDict()
         self.remember_n = remember
-        self.stale = False          # the stream lags past its bound (set by the stream watch)
+        self.stale = False  # the stream lags past its bound (set by the stream watch)
         self.hops: dict[str, str] = {h: "ok" for h in HOPS}
         self.levels: dict[int, int] = {}
-        self.ranker_version: str | None = None   # the version the last scored list came from
+        self.ranker_version: str | None = None  # the version the last scored list came from
 
     # ---------------------------------------------------------------- pieces
-    async def hop(self, name: str, fn: Callable[[], Awaitable], budget_s: float, timings: dict,
-                  healthy: Callable[[object], str | None] | None = None):
+    async def hop(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable],
+        budget_s: float,
+        timings: dict,
+        healthy: Callable[[object], str | None] | None = None,
+    ):
         """(ok, value): the call under its breaker and the time left. An open breaker or no time
         left skips it; a failure or a timeout counts against the breaker, and so does an answer
         that `healthy` faults (it names what was wrong; the answer is still used)."""
@@ -99,8 +120,17 @@ class Ladder:
         timings[name] = _ms(t)
         return True, val
 
-    def fallback(self, user_id: int, k: int, exclude: set[int], filters: dict | None, rid: str, versions: dict,
-                 timings: dict, t0: float) -> dict:
+    def fallback(
+        self,
+        user_id: int,
+        k: int,
+        exclude: set[int],
+        filters: dict | None,
+        rid: str,
+        versions: dict,
+        timings: dict,
+        t0: float,
+    ) -> dict:
         """Level 3 from the user's last personalized list, else level 4 from memory."""
         last = self.last_good.get(user_id)
         if last:
@@ -109,8 +139,17 @@ class Ladder:
         else:
             items = self.stage.popular(k, filters, exclude)
             level = LEVEL_POPULAR
-        return self._count({"request_id": rid, "items": items, "degradation_level": level, "model_versions": versions,
-                            "took_ms": _ms(t0), "hop_ms": timings, "live_context": False})
+        return self._count(
+            {
+                "request_id": rid,
+                "items": items,
+                "degradation_level": level,
+                "model_versions": versions,
+                "took_ms": _ms(t0),
+                "hop_ms": timings,
+                "live_context": False,
+            }
+        )
 
     async def similar(self, item_id: int, k: int, filters: dict | None, request_id: str | None = None) -> dict | None:
         """The items most like `item_id` ("more like this"), None when the index does not hold it.
@@ -135,15 +174,32 @@ class Ladder:
             q, n, flt = stage.similar_query(item_id, vector, k, filters)
             ok, res = await self.hop("vector_index", lambda: search.search(q, n, flt), left(), timings)
             if ok:
-                return self._count({"request_id": rid, "item_id": int(item_id),
-                                    "items": stage.similar_items(vector, *res, k), "degradation_level": LEVEL_FULL,
-                                    "model_versions": versions, "took_ms": _ms(t0), "hop_ms": timings})
+                return self._count(
+                    {
+                        "request_id": rid,
+                        "item_id": int(item_id),
+                        "items": stage.similar_items(vector, *res, k),
+                        "degradation_level": LEVEL_FULL,
+                        "model_versions": versions,
+                        "took_ms": _ms(t0),
+                        "hop_ms": timings,
+                    }
+                )
         items, level = stage.covisited(item_id, k, filters), LEVEL_CACHED
         if not items:
             exclude = {int(i) for i in (filters or {}).get("exclude_ids") or []} | {int(item_id)}
             items, level = stage.popular(k, filters, exclude), LEVEL_POPULAR
-        return self._count({"request_id": rid, "item_id": int(item_id), "items": items, "degradation_level": level,
-                            "model_versions": versions, "took_ms": _ms(t0), "hop_ms": timings})
+        return self._count(
+            {
+                "request_id": rid,
+                "item_id": int(item_id),
+                "items": items,
+                "degradation_level": level,
+                "model_versions": versions,
+                "took_ms": _ms(t0),
+                "hop_ms": timings,
+            }
+        )
 
     def remember(self, user_id: int, items: list[dict]) -> None:
         self.last_good[user_id] = items
@@ -172,9 +228,17 @@ class Ladder:
         return out
 
     # -------------------------------------------------------------- recommend
-    async def recommend(self, user_id: int | None, k: int, filters: dict | None, explain: bool,
-                        deadline_ms: float | None = None, request_id: str | None = None,
-                        session: list[int] | None = None, arm=None) -> dict:
+    async def recommend(
+        self,
+        user_id: int | None,
+        k: int,
+        filters: dict | None,
+        explain: bool,
+        deadline_ms: float | None = None,
+        request_id: str | None = None,
+        session: list[int] | None = None,
+        arm=None,
+    ) -> dict:
         """A known user's answer, or (`user_id` None) an anonymous visitor's from the items of
         their `session` (oldest first): the same path after the query, without the feature store.
         `arm`: an experiment's arm (recserve.serving.experiments.Arm) whose settings serve it: its
@@ -193,9 +257,17 @@ class Ladder:
         if q is None and (user_id is None or not stage.knows(user_id)):
             # cold start (or a session of items trained on nothing yet): popular items within the filters
             request_excl = {int(i) for i in (filters or {}).get("exclude_ids") or []} | set(session or [])
-            return self._count({"request_id": rid, "items": stage.popular(k, filters, request_excl),
-                                "degradation_level": LEVEL_FULL, "model_versions": versions, "took_ms": _ms(t0),
-                                "hop_ms": timings, "live_context": False})
+            return self._count(
+                {
+                    "request_id": rid,
+                    "items": stage.popular(k, filters, request_excl),
+                    "degradation_level": LEVEL_FULL,
+                    "model_versions": versions,
+                    "took_ms": _ms(t0),
+                    "hop_ms": timings,
+                    "live_context": False,
+                }
+            )
         level = LEVEL_FULL
         if q is None:
             level = LEVEL_BATCH if self.stale else LEVEL_FULL
@@ -209,9 +281,10 @@ class Ladder:
             q = replace(q, n=max(k, arm.candidates))
         spec = arm.ranker_spec if arm is not None else None
         share, tag = (arm.bandit_share, arm.tag) if arm is not None else (None, None)
-        who = -1 if user_id is None else user_id   # the bandit's and explainer's id of an anonymous visitor
-        ok, found = await self.hop("vector_index", lambda: ports.search.search(q.vector, q.n, q.filter), left(),
-                                   timings)
+        who = -1 if user_id is None else user_id  # the bandit's and explainer's id of an anonymous visitor
+        ok, found = await self.hop(
+            "vector_index", lambda: ports.search.search(q.vector, q.n, q.filter), left(), timings
+        )
         if not ok:
             return self.fallback(who, k, q.exclude, filters, rid, versions, timings, t0)
         strangers = stage.unfamiliar(found[0])
@@ -227,18 +300,19 @@ class Ladder:
             ok, res = await self.hop("ranker", lambda: ports.score.score(cands.X, spec), left(), timings)
             if ok:
                 scores, versions["ranker"] = res
-                if spec is None:   # the version serving (an arm's own is not it)
+                if spec is None:  # the version serving (an arm's own is not it)
                     self.ranker_version = versions["ranker"]
             else:
                 versions["ranker"] = "unavailable"
                 if self.last_good.get(who):
                     return self.fallback(who, k, q.exclude, filters, rid, versions, timings, t0)
-                level = max(level, LEVEL_CACHED)   # retrieval order, nothing ranked
+                level = max(level, LEVEL_CACHED)  # retrieval order, nothing ranked
         ranked = stage.ranked(cands, scores)
         slate = None
         if ranked:  # failing: no exploration this time
-            ok, slate = await self.hop("bandit", lambda: ports.select.select(ranked, k, who, rid, share, tag),
-                                       left(), timings)
+            ok, slate = await self.hop(
+                "bandit", lambda: ports.select.select(ranked, k, who, rid, share, tag), left(), timings
+            )
         chosen = list(slate.items) if slate else ranked[:k]
         explored = list(slate.explored) if slate else [False] * len(chosen)
         reasons, explanation = None, None
@@ -249,19 +323,31 @@ class Ladder:
             got = None
             if chosen:
                 told_ms = explainer_budget_ms(budget)
-                ok, got = await self.hop("explainer", lambda: ports.explain.explain(who, signals, told_ms),
-                                         budget, timings, healthy=explainer_fault)
+                ok, got = await self.hop(
+                    "explainer",
+                    lambda: ports.explain.explain(who, signals, told_ms),
+                    budget,
+                    timings,
+                    healthy=explainer_fault,
+                )
             if got is not None:
                 reasons = got["reasons"]
                 explanation = {key: got.get(key, dflt) for key, dflt in EXPLANATION_FIELDS.items()}
                 if explanation["llm_items"] and level == LEVEL_TEMPLATES:
-                    level = LEVEL_FULL   # the LLM explained: full level
-            else:   # templates, computed here
+                    level = LEVEL_FULL  # the LLM explained: full level
+            else:  # templates, computed here
                 reasons = [template_reasons_from(s) for s in signals]
                 explanation = {**EXPLANATION_FIELDS, "items": len(signals), "fallback": self.hops["explainer"]}
         versions["explainer"] = explanation["model"] if explanation and explanation["llm_items"] else "templates"
-        out = {"request_id": rid, "items": stage.items(cands, scores, chosen, reasons), "degradation_level": level,
-               "model_versions": versions, "took_ms": _ms(t0), "hop_ms": timings, "live_context": q.live}
+        out = {
+            "request_id": rid,
+            "items": stage.items(cands, scores, chosen, reasons),
+            "degradation_level": level,
+            "model_versions": versions,
+            "took_ms": _ms(t0),
+            "hop_ms": timings,
+            "live_context": q.live,
+        }
         if explanation is not None:
             out["explanation"] = explanation
         if level <= LEVEL_TEMPLATES and out["items"] and user_id is not None:

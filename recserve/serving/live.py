@@ -7,19 +7,27 @@ answers and live contexts are dropped at once."""
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+import contextlib
+from collections.abc import Callable
 
 
 class StreamWatch:
-    def __init__(self, aredis, log, bound_s: float, on_users: Callable[[list[int]], None],
-                 on_stale: Callable[[bool], None], interval_s: float = 1.0,
-                 on_forget: Callable[[list[int]], None] | None = None):
+    def __init__(
+        self,
+        aredis,
+        log,
+        bound_s: float,
+        on_users: Callable[[list[int]], None],
+        on_stale: Callable[[bool], None],
+        interval_s: float = 1.0,
+        on_forget: Callable[[list[int]], None] | None = None,
+    ):
         self.r = aredis
         self.log = log
         self.bound_s = bound_s
         self.on_users = on_users
         self.on_stale = on_stale
-        self.on_forget = on_forget   # users forgotten (`!<user>` on the channel): their last lists go too
+        self.on_forget = on_forget  # users forgotten (`!<user>` on the channel): their last lists go too
         self.interval_s = interval_s
         self.staleness = 0.0
         self.lag = 0
@@ -93,7 +101,5 @@ class StreamWatch:
             except Exception:  # noqa: BLE001 - Redis restarting: subscribe again
                 await asyncio.sleep(1.0)
             finally:
-                try:
+                with contextlib.suppress(Exception):
                     await ps.aclose()
-                except Exception:  # noqa: BLE001
-                    pass

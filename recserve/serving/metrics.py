@@ -20,7 +20,7 @@ LATENCY_MS = [1, 2, 5, 10, 20, 50, 80, 100, 200, 300, 500, 1000, 2000, 5000]
 class RouterMetrics:
     def __init__(self):
         self._ray = None
-        self.counts: dict[tuple[str, tuple], float] = defaultdict(float)    # (metric, tags) -> increment
+        self.counts: dict[tuple[str, tuple], float] = defaultdict(float)  # (metric, tags) -> increment
         self.observed: dict[tuple[str, tuple], list[float]] = defaultdict(list)
         self.gauges: dict[tuple[str, tuple], float] = {}
         self._versions: dict[str, str] = {}
@@ -95,43 +95,78 @@ class RouterMetrics:
             from ray.util.metrics import Counter, Gauge, Histogram
 
             self._ray = {
-                "requests": Counter("recserve_requests_total", "requests by endpoint and status code",
-                                    tag_keys=("endpoint", "status")),
-                "latency": Histogram("recserve_request_latency_ms", "request latency by endpoint (ms)",
-                                     boundaries=LATENCY_MS, tag_keys=("endpoint",)),
-                "hop_latency": Histogram("recserve_hop_latency_ms", "latency of each hop of a recommendation (ms)",
-                                         boundaries=LATENCY_MS, tag_keys=("hop",)),
-                "levels": Counter("recserve_degradation_level_total", "answers by degradation level",
-                                  tag_keys=("level",)),
-                "cache": Counter("recserve_cache_lookups_total", "cache lookups by cache level and outcome",
-                                 tag_keys=("level", "outcome")),
-                "breaker": Gauge("recserve_breaker_state", "circuit breaker state (0 closed, 1 half-open, 2 open)",
-                                 tag_keys=("dependency",)),
+                "requests": Counter(
+                    "recserve_requests_total", "requests by endpoint and status code", tag_keys=("endpoint", "status")
+                ),
+                "latency": Histogram(
+                    "recserve_request_latency_ms",
+                    "request latency by endpoint (ms)",
+                    boundaries=LATENCY_MS,
+                    tag_keys=("endpoint",),
+                ),
+                "hop_latency": Histogram(
+                    "recserve_hop_latency_ms",
+                    "latency of each hop of a recommendation (ms)",
+                    boundaries=LATENCY_MS,
+                    tag_keys=("hop",),
+                ),
+                "levels": Counter(
+                    "recserve_degradation_level_total", "answers by degradation level", tag_keys=("level",)
+                ),
+                "cache": Counter(
+                    "recserve_cache_lookups_total",
+                    "cache lookups by cache level and outcome",
+                    tag_keys=("level", "outcome"),
+                ),
+                "breaker": Gauge(
+                    "recserve_breaker_state",
+                    "circuit breaker state (0 closed, 1 half-open, 2 open)",
+                    tag_keys=("dependency",),
+                ),
                 "staleness": Gauge("recserve_stream_staleness_s", "age of the oldest event no aggregator committed"),
                 "events": Counter("recserve_events_accepted_total", "events acknowledged by the event log"),
-                "lag": Gauge("recserve_stream_lag_events", "events in the log no aggregator has committed yet (all "
-                             "partitions, as the router sees them; per partition: recserve_stream_consumer_lag)"),
+                "lag": Gauge(
+                    "recserve_stream_lag_events",
+                    "events in the log no aggregator has committed yet (all "
+                    "partitions, as the router sees them; per partition: recserve_stream_consumer_lag)",
+                ),
                 "index_vectors": Gauge("recserve_index_vectors", "live vectors per index shard", tag_keys=("shard",)),
-                "experiment_answers": Counter("recserve_experiment_answers_total", "answers per experiment arm "
-                                              "(served: arm, or control for a stopped arm's users)",
-                                              tag_keys=("experiment", "arm", "served")),
-                "experiment_shown": Counter("recserve_experiment_items_shown_total", "items shown per experiment arm",
-                                            tag_keys=("experiment", "arm", "served")),
-                "experiment_feedback": Counter("recserve_experiment_feedback_total", "feedback received per arm",
-                                               tag_keys=("experiment", "arm")),
-                "experiment_reward": Counter("recserve_experiment_reward_total", "reward received per arm (sum)",
-                                             tag_keys=("experiment", "arm")),
-                "experiment_arm_running": Gauge("recserve_experiment_arm_running", "1 while an arm serves, 0 once "
-                                                "stopped (the guardrail says why on /v1/status)",
-                                                tag_keys=("experiment", "arm")),
-                "experiment_reward_per_item": Gauge("recserve_experiment_reward_per_item", "reward per shown item "
-                                                    "per arm, all replicas (bound: estimate, lo, hi of the 95 % "
-                                                    "interval)", tag_keys=("experiment", "arm", "bound")),
-                "experiment_ctr": Gauge("recserve_experiment_ctr", "clicks (reward > 0) per shown item per arm, "
-                                        "all replicas (bound: estimate, lo, hi: Wilson 95 %)",
-                                        tag_keys=("experiment", "arm", "bound")),
-                "model_version": Gauge("recserve_model_version", "1 for the version of each component serving "
-                                       "now, 0 for one that served before", tag_keys=("component", "version")),
+                "experiment_answers": Counter(
+                    "recserve_experiment_answers_total",
+                    "answers per experiment arm (served: arm, or control for a stopped arm's users)",
+                    tag_keys=("experiment", "arm", "served"),
+                ),
+                "experiment_shown": Counter(
+                    "recserve_experiment_items_shown_total",
+                    "items shown per experiment arm",
+                    tag_keys=("experiment", "arm", "served"),
+                ),
+                "experiment_feedback": Counter(
+                    "recserve_experiment_feedback_total", "feedback received per arm", tag_keys=("experiment", "arm")
+                ),
+                "experiment_reward": Counter(
+                    "recserve_experiment_reward_total", "reward received per arm (sum)", tag_keys=("experiment", "arm")
+                ),
+                "experiment_arm_running": Gauge(
+                    "recserve_experiment_arm_running",
+                    "1 while an arm serves, 0 once stopped (the guardrail says why on /v1/status)",
+                    tag_keys=("experiment", "arm"),
+                ),
+                "experiment_reward_per_item": Gauge(
+                    "recserve_experiment_reward_per_item",
+                    "reward per shown item per arm, all replicas (bound: estimate, lo, hi of the 95 % interval)",
+                    tag_keys=("experiment", "arm", "bound"),
+                ),
+                "experiment_ctr": Gauge(
+                    "recserve_experiment_ctr",
+                    "clicks (reward > 0) per shown item per arm, all replicas (bound: estimate, lo, hi: Wilson 95 %)",
+                    tag_keys=("experiment", "arm", "bound"),
+                ),
+                "model_version": Gauge(
+                    "recserve_model_version",
+                    "1 for the version of each component serving now, 0 for one that served before",
+                    tag_keys=("component", "version"),
+                ),
             }
         return self._ray
 

@@ -44,8 +44,15 @@ class ScorePort(Protocol):
 
 
 class SelectPort(Protocol):
-    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
-                     arm: str | None = None) -> Any:
+    async def select(
+        self,
+        ranked: list[int],
+        k: int,
+        user_id: int,
+        request_id: str,
+        share: float | None = None,
+        arm: str | None = None,
+    ) -> Any:
         """The slate (recserve.ranking.bandit.Slate) shown for a ranked list, its impression logged
         (with the experiment's `arm`); `share`: another exploration share than the configured one."""
 
@@ -82,7 +89,7 @@ class IndexSearch:
 
     async def _batch(self, n: int, items: list) -> list:
         ids, sc = await self.index.asearch(np.vstack([q for q, _ in items]), n, [f for _, f in items])
-        return [(ids[i:i + 1], sc[i:i + 1]) for i in range(len(items))]
+        return [(ids[i : i + 1], sc[i : i + 1]) for i in range(len(items))]
 
     async def search(self, query: np.ndarray, n: int, flt: dict) -> tuple[np.ndarray, np.ndarray]:
         return await self.batcher.submit(n, (query, flt))
@@ -136,7 +143,7 @@ class LocalScore:
 
         self.ranker = ranker
         self.versions = RankerVersions(ranker)
-        self.specs: dict[str, dict] = {}          # version -> its spec (the batcher's key is the version)
+        self.specs: dict[str, dict] = {}  # version -> its spec (the batcher's key is the version)
         self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=1)
 
     async def _batch(self, version: str | None, lists: list) -> list:
@@ -180,8 +187,15 @@ class LocalSelect:
     def __init__(self, bandit):
         self.bandit = bandit
 
-    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
-                     arm: str | None = None):
+    async def select(
+        self,
+        ranked: list[int],
+        k: int,
+        user_id: int,
+        request_id: str,
+        share: float | None = None,
+        arm: str | None = None,
+    ):
         return await self.bandit.achoose(ranked, k, user_id, request_id, share, arm)
 
     async def update(self, item_id: int, reward: float) -> tuple[float, float]:
@@ -192,8 +206,15 @@ class HandleSelect:
     def __init__(self, handle):
         self.h = handle
 
-    async def select(self, ranked: list[int], k: int, user_id: int, request_id: str, share: float | None = None,
-                     arm: str | None = None):
+    async def select(
+        self,
+        ranked: list[int],
+        k: int,
+        user_id: int,
+        request_id: str,
+        share: float | None = None,
+        arm: str | None = None,
+    ):
         if share is None and arm is None:
             return await self.h.select.remote(ranked, k, user_id, request_id)
         return await self.h.select.remote(ranked, k, user_id, request_id, share, arm)

@@ -41,15 +41,15 @@ class Query:
     """A known user's retrieval query (what `prepare` gives the search port)."""
 
     user_id: int
-    u: int                    # dense user index
-    ctx: SessionContext       # the training history's context, the stream's events folded in
-    vector: np.ndarray        # [1, d + 1] retrieval query
-    n: int                    # candidates wanted
-    filter: dict              # the search's filter: request filters, seen items excluded
-    filters: dict             # the request's filters
-    exclude: set[int]         # what no answer may show: the request's exclusions and seen items
-    live: bool                # the stream's context was folded in
-    sequence: tuple | None = None   # (state, normaliser) of the sequence model, computed by `features`
+    u: int  # dense user index
+    ctx: SessionContext  # the training history's context, the stream's events folded in
+    vector: np.ndarray  # [1, d + 1] retrieval query
+    n: int  # candidates wanted
+    filter: dict  # the search's filter: request filters, seen items excluded
+    filters: dict  # the request's filters
+    exclude: set[int]  # what no answer may show: the request's exclusions and seen items
+    live: bool  # the stream's context was folded in
+    sequence: tuple | None = None  # (state, normaliser) of the sequence model, computed by `features`
 
 
 @dataclass
@@ -57,9 +57,9 @@ class Candidates:
     """The index's answer with the ranker's features (what `features` gives the score port)."""
 
     query: Query
-    ids: np.ndarray           # item ids, retrieval order
-    dense: np.ndarray         # dense item indexes (-1: added since training)
-    X: np.ndarray             # [len(ids), len(FEATURE_NAMES)] float32
+    ids: np.ndarray  # item ids, retrieval order
+    dense: np.ndarray  # dense item indexes (-1: added since training)
+    X: np.ndarray  # [len(ids), len(FEATURE_NAMES)] float32
 
 
 class Recommender:
@@ -70,8 +70,11 @@ class Recommender:
 
         self.cfg = cfg
         emb = load_embeddings(registry)
-        self.versions = {"embeddings": emb["version"], "index": registry.resolve("index"),
-                         "ranker": registry.resolve("ranker")}
+        self.versions = {
+            "embeddings": emb["version"],
+            "index": registry.resolve("index"),
+            "ranker": registry.resolve("ranker"),
+        }
         dataset = trained_on(registry, emb["version"])
         events, items = read_events(dataset), read_items(dataset)
         from recserve.privacy import drop_forgotten
@@ -81,19 +84,22 @@ class Recommender:
         gone = {int(u): float(t) for u, t in (lineage.get("forgotten") or {}).items()}
         events = drop_forgotten(events, gone).reset_index(drop=True) if gone else events
         self.data = build_interactions(events, events.iloc[:0], items)
-        if not (np.array_equal(self.data.item_ids, emb["item_ids"]) and
-                np.array_equal(self.data.user_ids, emb["user_ids"])):
-            raise ValueError(f"embeddings {emb['version']} were not trained on all of {dataset} (holdout?): "
-                             f"serve a version trained with --holdout 0")
+        if not (
+            np.array_equal(self.data.item_ids, emb["item_ids"]) and np.array_equal(self.data.user_ids, emb["user_ids"])
+        ):
+            raise ValueError(
+                f"embeddings {emb['version']} were not trained on all of {dataset} (holdout?): "
+                f"serve a version trained with --holdout 0"
+            )
         self.user_vectors = emb["user_vectors"]
-        self.content = ContentEncoder.load(registry.fetch("embeddings", emb["version"]))   # None: trained before it
+        self.content = ContentEncoder.load(registry.fetch("embeddings", emb["version"]))  # None: trained before it
         # the sequence model trained with these embeddings (None: without one; its feature is then 0)
         self.sequence = SequenceScorer.load(registry.fetch("embeddings", emb["version"]))
         self._states: OrderedDict[int, tuple] = OrderedDict()
-        self.item_vectors = emb["item_vectors"].astype(np.float32)   # [n_items, d + 1] = [v, b]
+        self.item_vectors = emb["item_vectors"].astype(np.float32)  # [n_items, d + 1] = [v, b]
         self._item_norms = np.linalg.norm(self.item_vectors[:, :-1], axis=1)
-        self._median_norm = float(np.median(self._item_norms))   # an item added since training, in similar_items
-        self._target: float | None = None   # the fold-in's target score, computed at the first query
+        self._median_norm = float(np.median(self._item_norms))  # an item added since training, in similar_items
+        self._target: float | None = None  # the fold-in's target score, computed at the first query
         self._queries: OrderedDict[int, np.ndarray] = OrderedDict()
         self.inputs = ranking_inputs(self.data, items, emb["item_vectors"], cfg.ranker)
         self.user_index = self.data.user_index()
@@ -106,10 +112,10 @@ class Recommender:
         self._popular_ids = self.data.item_ids[self._popular].astype(np.int64)
         self._popular_scores = np.log1p(pop[self._popular]).astype(np.float64)
         self.new_items: dict[int, str] = {}
-        self.new_units: dict[int, np.ndarray] = {}   # unit vectors of items added since training
-        self.new_near: dict[int, np.ndarray] = {}    # ...and their nearest trained items (dense indexes)
+        self.new_units: dict[int, np.ndarray] = {}  # unit vectors of items added since training
+        self.new_near: dict[int, np.ndarray] = {}  # ...and their nearest trained items (dense indexes)
         self._cat_codes = {str(c): int(k) for c, k in zip(self.item_category, self.inputs.stats.item_cat)}
-        self.dim = self.user_vectors.shape[1] - 1   # [u, 1] . [v, b]
+        self.dim = self.user_vectors.shape[1] - 1  # [u, 1] . [v, b]
 
     # ------------------------------------------------------------------- users
     def knows(self, user_id: int) -> bool:
@@ -124,7 +130,7 @@ class Recommender:
     def seen(self, u: int) -> np.ndarray:
         """Item ids the user (dense index) interacted with in training."""
         m = self.data.matrix
-        return self.data.item_ids[m.indices[m.indptr[u]:m.indptr[u + 1]]]
+        return self.data.item_ids[m.indices[m.indptr[u] : m.indptr[u + 1]]]
 
     def some_user(self) -> int:
         """A known user id (warm-up)."""
@@ -159,8 +165,17 @@ class Recommender:
         exclude = request_excl | set(seen.tolist())
         search_filter = {key: v for key, v in filters.items() if key in ("categories", "attributes") and v}
         search_filter["exclude_ids"] = sorted(exclude | set(seen_live))
-        return Query(int(user_id), u, ctx, query[None, :], max(k, self.cfg.ranker.candidates), search_filter,
-                     filters, exclude, folded)
+        return Query(
+            int(user_id),
+            u,
+            ctx,
+            query[None, :],
+            max(k, self.cfg.ranker.candidates),
+            search_filter,
+            filters,
+            exclude,
+            folded,
+        )
 
     def _with_live(self, u: int, live) -> tuple:
         """The offline context with the stream's newer events folded in by the same function the
@@ -178,11 +193,16 @@ class Recommender:
         context's last items (the stream's newest included), as training and `recserve eval` form it
         (recserve.ranking.content.session_blend): a click changes the next answer's candidates."""
         rc = self.cfg.ranker
-        recent = np.asarray(ctx.last_items[-rc.session_items:], dtype=np.int64)
-        return session_blend(self.user_vectors[u], self.item_vectors[recent], self.cfg.stream.vector_decay,
-                             self.target_score, rc.session_weight)
+        recent = np.asarray(ctx.last_items[-rc.session_items :], dtype=np.int64)
+        return session_blend(
+            self.user_vectors[u],
+            self.item_vectors[recent],
+            self.cfg.stream.vector_decay,
+            self.target_score,
+            rc.session_weight,
+        )
 
-    QUERY_CACHE = 100_000   # users whose trained-context query is kept (it changes only with live events)
+    QUERY_CACHE = 100_000  # users whose trained-context query is kept (it changes only with live events)
 
     def _trained_query(self, u: int) -> np.ndarray:
         """`query_of` the training context, computed once per user (least recently used out)."""
@@ -206,8 +226,11 @@ class Recommender:
         if self.sequence is None:
             return None
         if q.sequence is None:
-            q.sequence = (self._state_of(q.ctx.history) if q.live or q.u < 0 else
-                          self._kept(self._states, q.u, lambda: self._state_of(q.ctx.history)))
+            q.sequence = (
+                self._state_of(q.ctx.history)
+                if q.live or q.u < 0
+                else self._kept(self._states, q.u, lambda: self._state_of(q.ctx.history))
+            )
         return q.sequence
 
     def _state_of(self, history: list[int]) -> tuple:
@@ -282,7 +305,7 @@ class Recommender:
         if d < 0:
             return []
         m = self.inputs.stats.covisit
-        cols, w = m.indices[m.indptr[d]:m.indptr[d + 1]], m.data[m.indptr[d]:m.indptr[d + 1]]
+        cols, w = m.indices[m.indptr[d] : m.indptr[d + 1]], m.data[m.indptr[d] : m.indptr[d + 1]]
         cats = set((filters or {}).get("categories") or [])
         excl = {int(i) for i in (filters or {}).get("exclude_ids") or []} | {int(item_id)}
         out = []
@@ -305,22 +328,31 @@ class Recommender:
         if seq is not None and self.cfg.sequence.candidates > 0:
             ids, scores = self._with_sequence_source(q, seq[0], ids, scores)
         dense = self.dense_of(ids)
-        known = dense >= 0   # items added since training have no statistics yet
+        known = dense >= 0  # items added since training have no statistics yet
         t_ref = max(int(q.ctx.last_ts), self.t_data)
         X = np.zeros((len(ids), len(FEATURE_NAMES)), dtype=np.float32)
         logp = (lambda d: self.sequence.item_log_probs(seq[0], seq[1], d)) if seq is not None else (lambda d: None)
         if known.all():
-            X[:] = candidate_features(q.ctx, dense, scores, self.inputs.stats, t_ref,
-                                      self.cfg.ranker.trending_window_s, logp(dense))
+            X[:] = candidate_features(
+                q.ctx, dense, scores, self.inputs.stats, t_ref, self.cfg.ranker.trending_window_s, logp(dense)
+            )
         else:
-            X[known] = candidate_features(q.ctx, dense[known], scores[known], self.inputs.stats, t_ref,
-                                          self.cfg.ranker.trending_window_s, logp(dense[known]))
+            X[known] = candidate_features(
+                q.ctx,
+                dense[known],
+                scores[known],
+                self.inputs.stats,
+                t_ref,
+                self.cfg.ranker.trending_window_s,
+                logp(dense[known]),
+            )
             X[~known] = self._new_item_features(q.ctx, ids[~known], scores[~known], t_ref, logp)
         X[:, RANK_COL] = np.arange(len(ids)) / max(len(ids) - 1, 1)
         return Candidates(q, ids, dense, X)
 
-    def _with_sequence_source(self, q: Query, state: np.ndarray, ids: np.ndarray,
-                              scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _with_sequence_source(
+        self, q: Query, state: np.ndarray, ids: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The sequence model as a retrieval source beside the index (sequence.candidates > 0): its
         best items for this context that pass the request's categories and exclusions and are not
         among the index's, after them, scored by the query as the index scores them. A request
@@ -358,7 +390,7 @@ class Recommender:
             stats = self.inputs.stats
             for i, u in zip(items, unit):
                 self.new_units[int(i)] = u
-                if u.shape[0] == stats.unit_vectors.shape[1]:   # its nearest trained items, for its prior
+                if u.shape[0] == stats.unit_vectors.shape[1]:  # its nearest trained items, for its prior
                     self.new_near[int(i)] = np.argsort(-(stats.unit_vectors @ u))[: self.NEW_ITEM_NEIGHBOURS]
 
     def unfamiliar(self, ids: np.ndarray) -> list[int]:
@@ -373,16 +405,28 @@ class Recommender:
         """Items added since training, as the index holds them ({id: (vector, metadata)})."""
         if found:
             ids = list(found)
-            self.add_items({i: str(found[i][1].get("category", "")) for i in ids},
-                           np.array([found[i][0] for i in ids], dtype=np.float32))
+            self.add_items(
+                {i: str(found[i][1].get("category", "")) for i in ids},
+                np.array([found[i][0] for i in ids], dtype=np.float32),
+            )
 
     NEW_ITEM_NEIGHBOURS = 5
-    BEHAVIOUR_COLS = [FEATURE_NAMES.index(n) for n in ("log_popularity", "log_trending", "covisit",
-                                                        "log_hours_since_item", "covisit_history", "log_trending_long",
-                                                        "sequence_logprob")]
+    BEHAVIOUR_COLS = [
+        FEATURE_NAMES.index(n)
+        for n in (
+            "log_popularity",
+            "log_trending",
+            "covisit",
+            "log_hours_since_item",
+            "covisit_history",
+            "log_trending_long",
+            "sequence_logprob",
+        )
+    ]
 
-    def _new_item_features(self, ctx: SessionContext, ids: np.ndarray, scores: np.ndarray,
-                           t_ref: int, logp=lambda d: None) -> np.ndarray:
+    def _new_item_features(
+        self, ctx: SessionContext, ids: np.ndarray, scores: np.ndarray, t_ref: int, logp=lambda d: None
+    ) -> np.ndarray:
         """The features of items added since training, which have no statistics of their own: their
         category against the session's and the history's and their cosine with the items just
         seen, from their own category and vector; and for what only use can tell (popularity,
@@ -396,7 +440,9 @@ class Recommender:
         codes = [self._cat_codes.get(self.new_items.get(int(i), ""), -1) for i in ids]
         recent = np.asarray(ctx.last_items, dtype=np.int64)
         if len(recent):
-            X[:, 3] = np.array([ctx.category_counts.get(c, 0) if c >= 0 else 0 for c in codes], np.float32) / len(recent)
+            X[:, 3] = np.array([ctx.category_counts.get(c, 0) if c >= 0 else 0 for c in codes], np.float32) / len(
+                recent
+            )
         X[:, 8] = np.log1p(ctx.n_events)
         total = sum(ctx.history_cats.values())
         X[:, 12] = np.array([ctx.history_cats.get(c, 0) if c >= 0 else 0 for c in codes], np.float32) / max(total, 1)
@@ -407,12 +453,13 @@ class Recommender:
             if len(recent):
                 sims = stats.unit_vectors[recent] @ self.new_units[int(i)]
                 X[j, 4], X[j, 5] = sims.max(), sims.mean()
-            prior = candidate_features(ctx, near, np.zeros(len(near), np.float32), stats, t_ref,
-                                       self.cfg.ranker.trending_window_s, logp(near))
+            prior = candidate_features(
+                ctx, near, np.zeros(len(near), np.float32), stats, t_ref, self.cfg.ranker.trending_window_s, logp(near)
+            )
             X[j, self.BEHAVIOUR_COLS] = prior[:, self.BEHAVIOUR_COLS].mean(axis=0)
         return X
 
-    SIMILAR_SEEN = 0.5   # cosine from which a just-seen item is named as similar
+    SIMILAR_SEEN = 0.5  # cosine from which a just-seen item is named as similar
 
     def signals(self, c: Candidates, chosen: list[int], explored: list[bool]) -> list[dict]:
         """What ranked each shown item — the Explainer's input: features by name, title, category,
@@ -430,18 +477,33 @@ class Recommender:
                 sims = unit[recent] @ unit[d]
                 b = int(np.argmax(sims))
                 if sims[b] >= self.SIMILAR_SEEN and recent[b] != d:
-                    similar.append({"item_id": int(self.data.item_ids[recent[b]]),
-                                    "title": str(self.item_title[recent[b]])})
-            out.append({"item_id": iid, "features": dict(zip(FEATURE_NAMES, c.X[j].tolist())),
-                        "title": str(self.item_title[d]) if d >= 0 else "",
-                        "category": self.category_of(d, iid), "explored": bool(ex), "similar_seen": similar})
+                    similar.append(
+                        {"item_id": int(self.data.item_ids[recent[b]]), "title": str(self.item_title[recent[b]])}
+                    )
+            out.append(
+                {
+                    "item_id": iid,
+                    "features": dict(zip(FEATURE_NAMES, c.X[j].tolist())),
+                    "title": str(self.item_title[d]) if d >= 0 else "",
+                    "category": self.category_of(d, iid),
+                    "explored": bool(ex),
+                    "similar_seen": similar,
+                }
+            )
         return out
 
     @staticmethod
-    def items(c: Candidates, scores: np.ndarray | None, chosen: list[int],
-              reasons: list[list[str]] | None = None) -> list[dict]:
+    def items(
+        c: Candidates, scores: np.ndarray | None, chosen: list[int], reasons: list[list[str]] | None = None
+    ) -> list[dict]:
         """The answer's items: id, the ranker's score (0 without one), reasons when explained."""
         pos = {int(i): j for j, i in enumerate(c.ids.tolist())}
         s = scores.tolist() if scores is not None else None
-        return [{"item_id": iid, "score": float(s[pos[iid]]) if s is not None else 0.0,
-                 "reasons": reasons[n] if reasons is not None else []} for n, iid in enumerate(chosen)]
+        return [
+            {
+                "item_id": iid,
+                "score": float(s[pos[iid]]) if s is not None else 0.0,
+                "reasons": reasons[n] if reasons is not None else [],
+            }
+            for n, iid in enumerate(chosen)
+        ]

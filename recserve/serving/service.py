@@ -9,6 +9,7 @@ Built by recserve.serving.wiring from the ports `deployments/app.py` chose."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -52,8 +53,8 @@ def finish(prefix: bytes, took_ms: float, how: str) -> bytes:
     return prefix + b',"took_ms":%.2f,"cache":"%s"}' % (took_ms, how.encode())
 
 
-ANONYMOUS = "anonymous"   # the L1 cache's user of anonymous sessions (their items are in the key)
-SIMILAR = "similar"       # ...and of similar-item answers (a catalogue change clears them)
+ANONYMOUS = "anonymous"  # the L1 cache's user of anonymous sessions (their items are in the key)
+SIMILAR = "similar"  # ...and of similar-item answers (a catalogue change clears them)
 
 
 def keep_answer(computed: tuple) -> bool:
@@ -67,11 +68,24 @@ def keep_answer(computed: tuple) -> bool:
 
 
 class RecService:
-    def __init__(self, cfg, stage, ladder: Ladder, index, aredis, log, ports, cache: bool = True,
-                 local_bandit=None, replica: str = "", gate=None, experiments=None):
+    def __init__(
+        self,
+        cfg,
+        stage,
+        ladder: Ladder,
+        index,
+        aredis,
+        log,
+        ports,
+        cache: bool = True,
+        local_bandit=None,
+        replica: str = "",
+        gate=None,
+        experiments=None,
+    ):
         self.cfg = cfg
-        self.gate = gate         # API keys and quotas (recserve.auth.Gate), checked by the router's middleware
-        self.replica = replica   # which router replica answers (status)
+        self.gate = gate  # API keys and quotas (recserve.auth.Gate), checked by the router's middleware
+        self.replica = replica  # which router replica answers (status)
         self.stage = stage
         self.ladder = ladder
         self.ports = ports
@@ -83,21 +97,26 @@ class RecService:
         self.local_bandit = local_bandit
         self.experiments = experiments if experiments is not None else LiveExperiments(aredis)
         self.metrics = RouterMetrics()
-        self.explanation_stats = CacheStats()    # the explainer's sentence cache, from its answers
-        self.explainer_stats: dict = {}          # its models and queue, refreshed every 10 s
-        self.index_sizes: dict[int, int] = {}    # vectors per shard, refreshed every 10 s
+        self.explanation_stats = CacheStats()  # the explainer's sentence cache, from its answers
+        self.explainer_stats: dict = {}  # its models and queue, refreshed every 10 s
+        self.index_sizes: dict[int, int] = {}  # vectors per shard, refreshed every 10 s
         self._ranker_version: str | None = None
         self._context_counted = (0, 0)
-        self.watch = StreamWatch(aredis, log, cfg.stream.staleness_bound_s, self._invalidate, ladder.set_stale,
-                                 on_forget=self._forget_local)
+        self.watch = StreamWatch(
+            aredis, log, cfg.stream.staleness_bound_s, self._invalidate, ladder.set_stale, on_forget=self._forget_local
+        )
         self.tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """The background tasks, on the running event loop."""
         loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(self.watch.run_poll()), loop.create_task(self.watch.run_listen()),
-                      loop.create_task(self._housekeeping()), loop.create_task(self._experiments())]
+        self.tasks = [
+            loop.create_task(self.watch.run_poll()),
+            loop.create_task(self.watch.run_listen()),
+            loop.create_task(self._housekeeping()),
+            loop.create_task(self._experiments()),
+        ]
         if self.local_bandit is not None:
             self.tasks.append(loop.create_task(self.local_bandit.run()))
 
@@ -127,8 +146,9 @@ class RecService:
 
         levels = dict(self.ladder.levels)
         user = self.stage.some_user()
-        out = await self.ladder.recommend(user, 10, None, False, deadline_ms=30_000,
-                                          request_id=WARMUP_PREFIX + uuid.uuid4().hex)
+        out = await self.ladder.recommend(
+            user, 10, None, False, deadline_ms=30_000, request_id=WARMUP_PREFIX + uuid.uuid4().hex
+        )
         self.ladder.levels = levels
         self.ladder.last_good.pop(user, None)
         self._ranker_version = self.ladder.ranker_version
@@ -143,9 +163,8 @@ class RecService:
             if keep_only is not None:
                 await asyncio.to_thread(keep_only, list(exps.specs.values()))
             self.cache.clear()
-            for arm in (exps.exp.arms if exps.exp else {}):
-                self.metrics.set("experiment_arm_running", int(arm not in exps.stopped), experiment=exps.name,
-                                 arm=arm)
+            for arm in exps.exp.arms if exps.exp else {}:
+                self.metrics.set("experiment_arm_running", int(arm not in exps.stopped), experiment=exps.name, arm=arm)
 
     async def _experiments(self) -> None:
         """Once a second: the experiment's state and this replica's counts to Redis; every 5 s the
@@ -160,8 +179,9 @@ class RecService:
                     guard_at = time.monotonic()
                     verdicts, figures = await self.experiments.guard()
                     for arm, why in verdicts.items():
-                        logging.getLogger("recserve.experiments").warning("experiment %s: arm %s stopped: %s",
-                                                                          self.experiments.name, arm, why["reason"])
+                        logging.getLogger("recserve.experiments").warning(
+                            "experiment %s: arm %s stopped: %s", self.experiments.name, arm, why["reason"]
+                        )
                     if figures:
                         self.metrics.arm_figures(figures)
             except Exception:  # noqa: BLE001 - Redis away: the last state serves, counts wait
@@ -175,7 +195,7 @@ class RecService:
             await asyncio.sleep(1.0)
             try:
                 if self.gate is not None:
-                    await self.gate.refresh()   # a created or revoked key: forget the ones looked up
+                    await self.gate.refresh()  # a created or revoked key: forget the ones looked up
             except Exception:  # noqa: BLE001 - Redis away: the keys already checked keep working
                 pass
             try:
@@ -201,10 +221,8 @@ class RecService:
             self.metrics.index_sizes(self.index_sizes)
         except Exception:  # noqa: BLE001 - a size is information, never a failure
             pass
-        try:
+        with contextlib.suppress(Exception):  # the explainer's breaker and the ladder deal with it
             self.explainer_stats = await asyncio.wait_for(self.ports.explain.stats(), timeout=2.0)
-        except Exception:  # noqa: BLE001 - the explainer's breaker and the ladder deal with it
-            pass
 
     def reconfigure(self, user_config: dict) -> None:
         """A new ranker model in place (Serve's user_config), for an in-process ranker."""
@@ -238,26 +256,39 @@ class RecService:
             finally:
                 r.close()
 
-        async def later() -> None:   # the second sweep, without holding the answer
+        async def later() -> None:  # the second sweep, without holding the answer
             await asyncio.sleep(SWEEP_AGAIN_S)
-            try:
+            with contextlib.suppress(Exception):  # best effort: the tombstone already hides new folds
                 await asyncio.to_thread(run, sweep_again, user_id)
-            except Exception:  # noqa: BLE001 - best effort: the tombstone already hides new folds
-                pass
 
         try:
             removed = await asyncio.to_thread(run, forget, self.log, user_id)
         except Exception as e:  # noqa: BLE001 - Redis away: nothing can be promised
-            return 503, error_body("unavailable", f"the user could not be forgotten ({type(e).__name__}: {e}); "
-                                                  f"retry: forgetting twice is harmless", None), RETRY
+            return (
+                503,
+                error_body(
+                    "unavailable",
+                    f"the user could not be forgotten ({type(e).__name__}: {e}); retry: forgetting twice is harmless",
+                    None,
+                ),
+                RETRY,
+            )
         self._forget_local([user_id])
         self.tasks.append(asyncio.get_running_loop().create_task(later()))
         self.tasks = [t for t in self.tasks if not t.done()]
         return 200, {"user_id": user_id, "removed": removed}, None
 
     # ------------------------------------------------------------- recommend
-    async def recommend(self, user_id: int | None, k: int, filters: dict | None, explain: bool, key: str,
-                        session: list[int] | None = None, session_id: Any = None) -> bytes:
+    async def recommend(
+        self,
+        user_id: int | None,
+        k: int,
+        filters: dict | None,
+        explain: bool,
+        key: str,
+        session: list[int] | None = None,
+        session_id: Any = None,
+    ) -> bytes:
         """The answer's bytes; `key` is the request's parameters other than the user (the cache key:
         an anonymous visitor's answer is cached per session, its items being part of the key).
         With an experiment running, the user's (or the anonymous `session_id`'s, else the session's
@@ -266,13 +297,15 @@ class RecService:
         exps = self.experiments
         arm = None
         if exps.running:
-            unit = f"u:{user_id}" if user_id is not None else f"s:{session_id if session_id is not None else session[0]}"
+            unit = (
+                f"u:{user_id}" if user_id is not None else f"s:{session_id if session_id is not None else session[0]}"
+            )
             arm = exps.assign(unit)
 
         async def compute() -> tuple[bytes, int, dict | None, dict | None, int]:
             rid = None if arm is None else f"{uuid.uuid4().hex}.{arm.tag}"
             out = await self.ladder.recommend(user_id, k, filters, explain, session=session, arm=arm, request_id=rid)
-            out.pop("took_ms", None)   # the request's own, appended by `finish`
+            out.pop("took_ms", None)  # the request's own, appended by `finish`
             if arm is not None:
                 out["experiment"] = arm.answer()
             return encode(out), out["degradation_level"], out.get("hop_ms"), out.get("explanation"), len(out["items"])
@@ -280,11 +313,12 @@ class RecService:
         if self.cache_enabled:
             who = user_id if user_id is not None else ANONYMOUS
             (prefix, level, hops, ex, shown), how = await self.cache.get_or_compute(
-                (who, key), who, compute, cacheable=keep_answer)
+                (who, key), who, compute, cacheable=keep_answer
+            )
         else:
             (prefix, level, hops, ex, shown), how = await compute(), "off"
         v = self.ladder.ranker_version
-        if v != self._ranker_version:   # a new model is serving: lists ranked by the old one go
+        if v != self._ranker_version:  # a new model is serving: lists ranked by the old one go
             if self._ranker_version is not None:
                 self.cache.clear()
             self._ranker_version = v
@@ -295,7 +329,7 @@ class RecService:
         if arm is not None:
             exps.count(arm, shown)
             m.arm_answer(arm.experiment, arm.name, shown, arm.stopped)
-        if ex and how not in ("hit", "coalesced"):   # an L1 hit asked the explainer nothing
+        if ex and how not in ("hit", "coalesced"):  # an L1 hit asked the explainer nothing
             hits, misses = ex["cached"], ex["lookups"] - ex["cached"]
             self.explanation_stats.hits += hits
             self.explanation_stats.misses += misses
@@ -327,19 +361,23 @@ class RecService:
             out.pop("took_ms", None)
             return encode(out), out["degradation_level"], out.get("hop_ms"), None
 
-        def keep(v: tuple) -> bool:   # an unknown item's 404 is not kept: it may be added any moment
+        def keep(v: tuple) -> bool:  # an unknown item's 404 is not kept: it may be added any moment
             return v[0] is not None and keep_answer(v)
 
         if self.cache_enabled:
-            (prefix, level, hops, _), how = await self.cache.get_or_compute((SIMILAR, item_id, key), SIMILAR, compute,
-                                                                           cacheable=keep)
+            (prefix, level, hops, _), how = await self.cache.get_or_compute(
+                (SIMILAR, item_id, key), SIMILAR, compute, cacheable=keep
+            )
         else:
             (prefix, level, hops, _), how = await compute(), "off"
         took = (time.perf_counter() - t0) * 1000
         if prefix is None:
             self.metrics.request("similar", 404, took)
-            return 404, error_body("not_found", f"item {item_id} is not in the catalogue (the index holds no such "
-                                                f"item): add it with PUT /v1/items", "item_id")
+            return 404, error_body(
+                "not_found",
+                f"item {item_id} is not in the catalogue (the index holds no such item): add it with PUT /v1/items",
+                "item_id",
+            )
         self.metrics.request("similar", 200, took)
         self.metrics.answer(level, how, hops if how not in ("hit", "coalesced") else None)
         return 200, finish(prefix, took, how)
@@ -364,10 +402,20 @@ class RecService:
             e["ts"] = e["ts"] or now
         b = self.ladder.breakers["event_log"]
         if not b.allow():
-            return 503, error_body("unavailable", "the event log is unavailable (circuit open); nothing was "
-                                                  "written: retry after the Retry-After delay", None), {"Retry-After": "5"}
+            return (
+                503,
+                error_body(
+                    "unavailable",
+                    "the event log is unavailable (circuit open); nothing was "
+                    "written: retry after the Retry-After delay",
+                    None,
+                ),
+                {"Retry-After": "5"},
+            )
         try:
-            offsets = await self.log.aappend(self.r, events)   # acknowledged by Redis (in its AOF, fsynced: appendfsync always)
+            offsets = await self.log.aappend(
+                self.r, events
+            )  # acknowledged by Redis (in its AOF, fsynced: appendfsync always)
             b.record(True)
         except (ValueError, TypeError, OverflowError) as e:
             # the request's own fault (validation should have caught it): not the log's, so the
@@ -375,9 +423,17 @@ class RecService:
             return 422, error_body("invalid_request", f"the batch cannot be appended: {e}", "events"), None
         except Exception as e:  # noqa: BLE001 - not acknowledged: the client must retry (ids make it idempotent)
             b.record(False)
-            return 503, error_body("unavailable", f"the event log did not acknowledge the batch "
-                                                  f"({type(e).__name__}); retry it: event ids make the "
-                                                  f"retry idempotent", None), {"Retry-After": "1"}
+            return (
+                503,
+                error_body(
+                    "unavailable",
+                    f"the event log did not acknowledge the batch "
+                    f"({type(e).__name__}); retry it: event ids make the "
+                    f"retry idempotent",
+                    None,
+                ),
+                {"Retry-After": "1"},
+            )
         for uid in {e["user_id"] for e in events}:
             self.cache.invalidate_user(uid)
         accepted = sum(o is not None for o in offsets)
@@ -392,8 +448,12 @@ class RecService:
         arm = self.experiments.feedback_arm(request_id)
         try:
             async with self.r.pipeline(transaction=False) as pipe:
-                pipe.xadd(keys.bandit_rewards(), {"request_id": request_id, "item_id": item_id, "reward": reward,
-                                                  "ts": time.time()}, maxlen=IMPRESSIONS_MAXLEN, approximate=True)
+                pipe.xadd(
+                    keys.bandit_rewards(),
+                    {"request_id": request_id, "item_id": item_id, "reward": reward, "ts": time.time()},
+                    maxlen=IMPRESSIONS_MAXLEN,
+                    approximate=True,
+                )
                 if arm is not None:
                     self.experiments.queue_feedback(pipe, *arm, reward)
                 await pipe.execute()
@@ -401,8 +461,11 @@ class RecService:
             pass
         if arm is not None:
             self.metrics.arm_feedback(*arm, reward)
-        return {"item_id": item_id, "posterior": {"alpha": a, "beta": b},
-                **({"experiment": {"name": arm[0], "arm": arm[1]}} if arm else {})}
+        return {
+            "item_id": item_id,
+            "posterior": {"alpha": a, "beta": b},
+            **({"experiment": {"name": arm[0], "arm": arm[1]}} if arm else {}),
+        }
 
     async def put_items(self, items: list) -> tuple[int, dict, dict | None]:
         dup = first_repeat([it.item_id for it in items], "items.{}.item_id")
@@ -413,29 +476,56 @@ class RecService:
         for j, it in enumerate(items):
             if it.vector is not None:
                 if len(it.vector) != dim:
-                    return 422, error_body("invalid_request", f"items.{j}.vector: a vector of dimension {dim} is "
-                                                              f"required (or none: the vector from the item's "
-                                                              f"content)", f"items.{j}.vector"), None
+                    return (
+                        422,
+                        error_body(
+                            "invalid_request",
+                            f"items.{j}.vector: a vector of dimension {dim} is "
+                            f"required (or none: the vector from the item's "
+                            f"content)",
+                            f"items.{j}.vector",
+                        ),
+                        None,
+                    )
                 vectors.append(it.vector)
                 continue
             enc = self.stage.content
             v = enc.encode(it.title, it.category, it.attributes) if enc is not None and enc.dim == dim else None
             if v is None:
-                why = ("the serving embeddings have no content encoder (trained before it): retrain them"
-                       if enc is None or enc.dim != dim else
-                       "none of its content (title words, category, attribute values) is known to the content "
-                       "encoder")
-                return 422, error_body("invalid_request", f"items.{j}: no vector, and {why}; send a vector of "
-                                                          f"dimension {dim}", f"items.{j}.vector"), None
+                why = (
+                    "the serving embeddings have no content encoder (trained before it): retrain them"
+                    if enc is None or enc.dim != dim
+                    else "none of its content (title words, category, attribute values) is known to the content encoder"
+                )
+                return (
+                    422,
+                    error_body(
+                        "invalid_request",
+                        f"items.{j}: no vector, and {why}; send a vector of dimension {dim}",
+                        f"items.{j}.vector",
+                    ),
+                    None,
+                )
             vectors.append(v.tolist())
         try:
             acks = await asyncio.to_thread(
-                self.index.upsert, [it.item_id for it in items], np.array(vectors, dtype=np.float32),
-                [{"category": it.category, "attributes": it.attributes} for it in items])
+                self.index.upsert,
+                [it.item_id for it in items],
+                np.array(vectors, dtype=np.float32),
+                [{"category": it.category, "attributes": it.attributes} for it in items],
+            )
         except IndexUnavailable as e:
-            return 503, error_body("unavailable", f"{e}: the write is in the shard's log and will be applied "
-                                                  f"when a replica recovers; retrying it is safe", None), RETRY
-        except ShardError as e:   # the batch itself is unfit for the index (checked before any write)
+            return (
+                503,
+                error_body(
+                    "unavailable",
+                    f"{e}: the write is in the shard's log and will be applied "
+                    f"when a replica recovers; retrying it is safe",
+                    None,
+                ),
+                RETRY,
+            )
+        except ShardError as e:  # the batch itself is unfit for the index (checked before any write)
             return 422, error_body("invalid_request", f"items: {e}", "items"), None
         self.stage.add_items({it.item_id: it.category for it in items}, np.array(vectors, dtype=np.float32))
         self.cache.clear()  # this replica's cached lists predate the catalogue change
@@ -445,8 +535,16 @@ class RecService:
         try:
             acks = await asyncio.to_thread(self.index.delete, [item_id])
         except IndexUnavailable as e:
-            return 503, error_body("unavailable", f"{e}: the delete is in the shard's log and will be applied when "
-                                                  f"a replica recovers; retrying it is safe", None), RETRY
+            return (
+                503,
+                error_body(
+                    "unavailable",
+                    f"{e}: the delete is in the shard's log and will be applied when "
+                    f"a replica recovers; retrying it is safe",
+                    None,
+                ),
+                RETRY,
+            )
         self.cache.clear()
         return 200, {"deleted": item_id, "shards": {str(k): v for k, v in acks.items()}}, None
 
@@ -455,8 +553,11 @@ class RecService:
         """The versions answering now: the registry's, with the ranker's as its replicas report it,
         and the explainer's models per tier (or templates)."""
         tiers = self.explainer_stats.get("tiers") or {}
-        return {**self.stage.versions, "ranker": self._ranker_version or self.stage.versions["ranker"],
-                "explainer": ", ".join(f"{t}={m}" for t, m in tiers.items()) or "templates"}
+        return {
+            **self.stage.versions,
+            "ranker": self._ranker_version or self.stage.versions["ranker"],
+            "explainer": ", ".join(f"{t}={m}" for t, m in tiers.items()) or "templates",
+        }
 
     async def _supervisor_report(self) -> dict:
         """The stream supervisor's last report (aggregators, lag, its age): a stale or missing one
@@ -472,38 +573,76 @@ class RecService:
 
     async def status(self) -> dict:
         await self.watch.poll()
-        try:
+        with contextlib.suppress(Exception):  # Redis away: the last state is shown
             await self.refresh_experiments()
-        except Exception:  # noqa: BLE001 - Redis away: the last state is shown
-            pass
-        await self.refresh_slow_stats()   # index sizes and the explainer's stats as of now
+        await self.refresh_slow_stats()  # index sizes and the explainer's stats as of now
         st = self.cache.stats
 
         def rates(s) -> dict:
             return {"hits": s.hits + s.coalesced, "misses": s.misses, "hit_rate": round(s.hit_rate, 4)}
 
         search = self.ports.search
-        return {"replica": self.replica, "model_versions": self.serving_versions(),
-                "cache": {"hits": st.hits, "misses": st.misses, "coalesced": st.coalesced,
-                          "hit_rate": st.hit_rate, "entries": len(self.cache),
-                          "levels": {"L1": rates(st), "context": rates(self.ports.context.stats),
-                                     "explanation": rates(self.explanation_stats)}},
-                "index": {"version": self.index.version, "shards": len(self.index.groups),
-                          "vectors": {str(k): v for k, v in self.index_sizes.items()}},
-                "degradation_level": self.ladder.level_now(), "breakers": self.ladder.breakers.snapshot(),
-                "hops": self.ladder.hops, "levels": {str(k): v for k, v in sorted(self.ladder.levels.items())},
-                "stream": {"backend": self.cfg.stream.backend, "staleness_s": round(self.watch.staleness, 3),
-                           "stale": self.ladder.stale, "bound_s": self.cfg.stream.staleness_bound_s,
-                           "lag": self.watch.lag, "supervisor": await self._supervisor_report(),
-                           **({"error": self.watch.error} if self.watch.error else {})},
-                "explainer": {k: self.explainer_stats[k] for k in ("queue_depth", "requests", "llm", "templates",
-                                                                    "deadline", "queue_full", "rejected",
-                                                                    "background_filled", "background_rejected")
-                              if k in self.explainer_stats},
-                "index_batching": {"calls": search.batcher.calls, "searches": search.batcher.items},
-                **({"bandit": {"impressions_waiting": len(self.local_bandit.pending),
-                               "impressions_dropped": self.local_bandit.dropped}} if self.local_bandit else {}),
-                **({"experiment": await self._experiment_status()} if self.experiments.running else {})}
+        return {
+            "replica": self.replica,
+            "model_versions": self.serving_versions(),
+            "cache": {
+                "hits": st.hits,
+                "misses": st.misses,
+                "coalesced": st.coalesced,
+                "hit_rate": st.hit_rate,
+                "entries": len(self.cache),
+                "levels": {
+                    "L1": rates(st),
+                    "context": rates(self.ports.context.stats),
+                    "explanation": rates(self.explanation_stats),
+                },
+            },
+            "index": {
+                "version": self.index.version,
+                "shards": len(self.index.groups),
+                "vectors": {str(k): v for k, v in self.index_sizes.items()},
+            },
+            "degradation_level": self.ladder.level_now(),
+            "breakers": self.ladder.breakers.snapshot(),
+            "hops": self.ladder.hops,
+            "levels": {str(k): v for k, v in sorted(self.ladder.levels.items())},
+            "stream": {
+                "backend": self.cfg.stream.backend,
+                "staleness_s": round(self.watch.staleness, 3),
+                "stale": self.ladder.stale,
+                "bound_s": self.cfg.stream.staleness_bound_s,
+                "lag": self.watch.lag,
+                "supervisor": await self._supervisor_report(),
+                **({"error": self.watch.error} if self.watch.error else {}),
+            },
+            "explainer": {
+                k: self.explainer_stats[k]
+                for k in (
+                    "queue_depth",
+                    "requests",
+                    "llm",
+                    "templates",
+                    "deadline",
+                    "queue_full",
+                    "rejected",
+                    "background_filled",
+                    "background_rejected",
+                )
+                if k in self.explainer_stats
+            },
+            "index_batching": {"calls": search.batcher.calls, "searches": search.batcher.items},
+            **(
+                {
+                    "bandit": {
+                        "impressions_waiting": len(self.local_bandit.pending),
+                        "impressions_dropped": self.local_bandit.dropped,
+                    }
+                }
+                if self.local_bandit
+                else {}
+            ),
+            **({"experiment": await self._experiment_status()} if self.experiments.running else {}),
+        }
 
     async def _experiment_status(self) -> dict:
         try:
@@ -523,7 +662,7 @@ class RecService:
         ok = all(v is True for v in checks.values())
         body: dict[str, Any] = {"ready": ok, "checks": checks}
         if checks["redis"] is True:
-            d = await adraining(self.r)   # `recserve region drain`: out of the load balancer's rotation
+            d = await adraining(self.r)  # `recserve region drain`: out of the load balancer's rotation
             if d:
                 body.update(ready=False, draining=d)
                 ok = False

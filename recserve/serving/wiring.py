@@ -6,6 +6,7 @@ from outside afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,14 +17,23 @@ from recserve.config import Config
 class PortChoice:
     """Each port's implementation, as `deployments/app.py` chose it."""
 
-    score: Any = None            # the Ranker deployment's handle; None: the ranker in this process
-    select: Any = None           # the Bandit deployment's handle; None: in this process
-    explain: Any = None          # the Explainer deployment's handle; None: in this process
-    ranker_spec: dict | None = None   # the in-process ranker's model ({model_path, version, ...})
+    score: Any = None  # the Ranker deployment's handle; None: the ranker in this process
+    select: Any = None  # the Bandit deployment's handle; None: in this process
+    explain: Any = None  # the Explainer deployment's handle; None: in this process
+    ranker_spec: dict | None = None  # the in-process ranker's model ({model_path, version, ...})
 
 
-async def build_service(cfg: Config, registry_uri: str, index_root: str, choice: PortChoice, replicas: int = 1,
-                        cache: bool = True, share_as: str | None = None, warm: bool = True, replica: str = ""):
+async def build_service(
+    cfg: Config,
+    registry_uri: str,
+    index_root: str,
+    choice: PortChoice,
+    replicas: int = 1,
+    cache: bool = True,
+    share_as: str | None = None,
+    warm: bool = True,
+    replica: str = "",
+):
     import redis
     import redis.asyncio as aredis
 
@@ -48,17 +58,23 @@ async def build_service(cfg: Config, registry_uri: str, index_root: str, choice:
 
     reg = Registry(registry_uri, cfg.registry.keep)
     shard_opts = {"resources": dict(cfg.serve.shard_resources)} if cfg.serve.shard_resources else None
-    index = await asyncio.to_thread(IndexRouter.from_artifact, reg.fetch("index"), index_root, replicas=replicas,
-                                    share_as=share_as, actor_options=shard_opts)
+    index = await asyncio.to_thread(
+        IndexRouter.from_artifact,
+        reg.fetch("index"),
+        index_root,
+        replicas=replicas,
+        share_as=share_as,
+        actor_options=shard_opts,
+    )
     stage = await asyncio.to_thread(Recommender, cfg, reg)
     ar = aredis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=1)
     sync = redis.Redis.from_url(cfg.redis_url, socket_timeout=2)
     from recserve.privacy import tombstones
 
-    try:
-        stage.forget(await asyncio.to_thread(tombstones, sync))   # users forgotten before this replica started
-    except redis.RedisError:
-        pass   # Redis away at start: the serving path degrades anyway; the listener brings later ones
+    with contextlib.suppress(
+        redis.RedisError
+    ):  # Redis away at start: the serving path degrades anyway; the listener brings later ones
+        stage.forget(await asyncio.to_thread(tombstones, sync))  # users forgotten before this replica started
     local_bandit = None
     if choice.score is not None:
         score = HandleScore(choice.score)
@@ -67,15 +83,16 @@ async def build_service(cfg: Config, registry_uri: str, index_root: str, choice:
 
         from recserve.ranking.ranker import ServingRanker
 
-        torch.set_num_threads(1)   # small batches: threads only fight the other processes for cores
+        torch.set_num_threads(1)  # small batches: threads only fight the other processes for cores
         score = LocalScore(ServingRanker(choice.ranker_spec))
     if choice.select is not None:
         select = HandleSelect(choice.select)
     else:
         from recserve.ranking.bandit import LiveBandit, ThompsonBandit
 
-        local_bandit = LiveBandit(ThompsonBandit(sync, share=cfg.serve.bandit_share, uniform=cfg.serve.bandit_uniform),
-                                  ar)
+        local_bandit = LiveBandit(
+            ThompsonBandit(sync, share=cfg.serve.bandit_share, uniform=cfg.serve.bandit_uniform), ar
+        )
         select = LocalSelect(local_bandit)
     if choice.explain is not None:
         explain = HandleExplain(choice.explain)
@@ -83,23 +100,47 @@ async def build_service(cfg: Config, registry_uri: str, index_root: str, choice:
         from recserve.explain.core import from_config
 
         explain = LocalExplain(await asyncio.to_thread(from_config, cfg, None, reg))
-    ports = Ports(search=IndexSearch(index), context=LiveContexts(ar, ttl_s=cfg.stream.context_cache_s),
-                  score=score, select=select, explain=explain)
+    ports = Ports(
+        search=IndexSearch(index),
+        context=LiveContexts(ar, ttl_s=cfg.stream.context_cache_s),
+        score=score,
+        select=select,
+        explain=explain,
+    )
     sv = cfg.serve
-    breakers = Breakers(BreakerSettings(sv.breaker_failure_rate, sv.breaker_min_failures, sv.breaker_window_s,
-                                        sv.breaker_open_s, sv.breaker_probes))
+    breakers = Breakers(
+        BreakerSettings(
+            sv.breaker_failure_rate, sv.breaker_min_failures, sv.breaker_window_s, sv.breaker_open_s, sv.breaker_probes
+        )
+    )
     ladder = Ladder(stage, ports, breakers, deadline_ms=sv.deadline_ms, explainer_budget_ms=sv.explainer_budget_ms)
     log = await asyncio.to_thread(make_log, cfg, sync)
     from recserve.auth import Gate
 
-    gate = Gate(ar, {k: v.model_dump() for k, v in cfg.auth.quotas.items()}, replicas=cfg.serve.router_replicas,
-                enabled=cfg.auth.enabled)
+    gate = Gate(
+        ar,
+        {k: v.model_dump() for k, v in cfg.auth.quotas.items()},
+        replicas=cfg.serve.router_replicas,
+        enabled=cfg.auth.enabled,
+    )
     from recserve.ranking.ranker import ranker_spec
     from recserve.serving.experiments import LiveExperiments
 
     experiments = LiveExperiments(ar, spec_of=lambda version: ranker_spec(cfg, reg, version))
-    svc = RecService(cfg, stage, ladder, index, ar, log, ports, cache=cache, local_bandit=local_bandit,
-                     replica=replica, gate=gate, experiments=experiments)
+    svc = RecService(
+        cfg,
+        stage,
+        ladder,
+        index,
+        ar,
+        log,
+        ports,
+        cache=cache,
+        local_bandit=local_bandit,
+        replica=replica,
+        gate=gate,
+        experiments=experiments,
+    )
     if warm:
         await svc.warm()
     svc.start()

@@ -51,10 +51,10 @@ return 1
 
 @dataclass
 class StreamSettings:
-    session_len: int = 20          # events kept per user
-    context_ttl_s: int = 3600      # the seed's 1 h for user context
-    vector_decay: float = 0.7      # weight of the old real-time vector per new event
-    batch: int = 2000              # events read per partition per step
+    session_len: int = 20  # events kept per user
+    context_ttl_s: int = 3600  # the seed's 1 h for user context
+    vector_decay: float = 0.7  # weight of the old real-time vector per new event
+    batch: int = 2000  # events read per partition per step
     prefix: str = "st"
     bandit_prefix: str = "bandit"
 
@@ -64,23 +64,30 @@ class LiveContext:
     events: list[list] = field(default_factory=list)  # [item_id, ts, event_type], oldest first
     n: int = 0
     last_ts: int = 0
-    vec: str | None = None   # base64 of the float32 real-time vector
+    vec: str | None = None  # base64 of the float32 real-time vector
 
     def vector(self) -> np.ndarray | None:
         return None if self.vec is None else np.frombuffer(base64.b64decode(self.vec), dtype=np.float32)
 
     @classmethod
-    def loads(cls, raw) -> "LiveContext":
+    def loads(cls, raw) -> LiveContext:
         return cls(**json.loads(raw)) if raw else cls()
 
     def dumps(self) -> str:
-        return json.dumps({"events": self.events, "n": self.n, "last_ts": self.last_ts, "vec": self.vec},
-                          separators=(",", ":"))
+        return json.dumps(
+            {"events": self.events, "n": self.n, "last_ts": self.last_ts, "vec": self.vec}, separators=(",", ":")
+        )
 
 
 class AggregatorCore:
-    def __init__(self, client, log, item_ids: np.ndarray | None = None, item_vectors: np.ndarray | None = None,
-                 settings: StreamSettings | None = None):
+    def __init__(
+        self,
+        client,
+        log,
+        item_ids: np.ndarray | None = None,
+        item_vectors: np.ndarray | None = None,
+        settings: StreamSettings | None = None,
+    ):
         self.r = client
         self.log = log
         self.s = settings or StreamSettings()
@@ -93,7 +100,7 @@ class AggregatorCore:
             self.vectors = {int(i): v[j] for j, i in enumerate(item_ids)}
         self.processed = 0
         self.fenced = 0
-        self.skipped = 0     # events of forgotten users, not folded
+        self.skipped = 0  # events of forgotten users, not folded
         self.channel = keys.invalidate_channel(db=keys.db_of(client))
 
     def key(self, *parts) -> str:
@@ -123,8 +130,9 @@ class AggregatorCore:
         if not entries:
             return 0
         ops = self._fold([e.event for e in entries], p)
-        ok = self._commit(keys=[self.key("off", p), self.key("done", p)],
-                          args=[off, entries[-1].offset, len(entries)] + ops)
+        ok = self._commit(
+            keys=[self.key("off", p), self.key("done", p)], args=[off, entries[-1].offset, len(entries)] + ops
+        )
         if not ok:
             self.fenced += 1  # another owner moved the partition on: nothing of ours was applied
             return 0
@@ -140,7 +148,7 @@ class AggregatorCore:
         pipe.hmget(keys.FORGOTTEN, [str(u) for u in users])
         raw, gone = pipe.execute()
         gone = {u: float(t) for u, t in zip(users, gone) if t is not None}
-        if gone:   # forgotten users (recserve.privacy): their events up to then are skipped
+        if gone:  # forgotten users (recserve.privacy): their events up to then are skipped
             kept = [e for e in events if int(e["ts"]) > gone.get(int(e["user_id"]), -1.0)]
             self.skipped += len(events) - len(kept)
             events = kept
@@ -261,8 +269,7 @@ def _age(oldest: dict[int, float], now: float | None) -> float:
     return max(0.0, now - min(oldest.values())) if oldest else 0.0
 
 
-def staleness_s(client, log, prefix: str = "st", now: float | None = None,
-                lags: dict[int, int] | None = None) -> float:
+def staleness_s(client, log, prefix: str = "st", now: float | None = None, lags: dict[int, int] | None = None) -> float:
     """How far behind the stream is: the age of the oldest event no aggregator has committed yet
     (its append time); 0 when every partition is caught up. Either backend. `lags`: the partitions'
     lag when the caller has it already."""

@@ -22,6 +22,7 @@ their own process). It
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -41,8 +42,16 @@ def supervisor_name(cfg) -> str:
     return f"stream-{sc.topic}-{hashlib.sha256(ident.encode()).hexdigest()[:8]}"
 
 
-def desired_aggregators(current: int, total_lag: int, low_since: float | None, now: float, up_lag: int,
-                        down_lag: int, down_after_s: float, max_n: int) -> tuple[int, float | None]:
+def desired_aggregators(
+    current: int,
+    total_lag: int,
+    low_since: float | None,
+    now: float,
+    up_lag: int,
+    down_lag: int,
+    down_after_s: float,
+    max_n: int,
+) -> tuple[int, float | None]:
     """The lag policy as a plain function: (aggregators wanted, since when the lag has been low).
     Up one when the lag passes `up_lag`; down one when it has stayed under `down_lag` for
     `down_after_s`."""
@@ -61,13 +70,19 @@ class Member:
     handle: object
     name: str
     partitions: list[int] = field(default_factory=list)
-    silent_since: float | None = None      # first failed health check of a run of them
+    silent_since: float | None = None  # first failed health check of a run of them
     last: dict = field(default_factory=dict)
 
 
 class StreamSupervisor:
-    def __init__(self, cfg, name: str | None = None, reassign_after_s: float = 10.0,
-                 health_timeout_s: float = 2.0, registry_uri: str | None = None):
+    def __init__(
+        self,
+        cfg,
+        name: str | None = None,
+        reassign_after_s: float = 10.0,
+        health_timeout_s: float = 2.0,
+        registry_uri: str | None = None,
+    ):
         """cfg: recserve Config. The aggregators (`actors.aggregator.StreamAggregator`, got or
         created by name) read the item vectors of the registry's latest embeddings (`registry_uri`,
         else the config's)."""
@@ -89,7 +104,7 @@ class StreamSupervisor:
         self.last_scale_check = 0.0
         self.last_trim = 0.0
         self.watch: dict = {}
-        self.events: list[str] = []          # what it did, newest last (status, tests)
+        self.events: list[str] = []  # what it did, newest last (status, tests)
         self._gauge = None
 
     # --------------------------------------------------------------- members
@@ -103,8 +118,9 @@ class StreamSupervisor:
         from actors.aggregator import StreamAggregator
 
         opts = {"resources": dict(self.sc.aggregator_resources)} if self.sc.aggregator_resources else {}
-        return StreamAggregator.options(name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
-                                        **opts).remote(name, self.cfg.model_dump(mode="json"), self.registry_uri)
+        return StreamAggregator.options(
+            name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", **opts
+        ).remote(name, self.cfg.model_dump(mode="json"), self.registry_uri)
 
     def start(self) -> None:
         """Adopt the aggregators of a previous run of this supervisor (by name) or start the
@@ -155,20 +171,21 @@ class StreamSupervisor:
             if h is None:
                 m.silent_since = m.silent_since or now
                 if now - m.silent_since < self.reassign_after_s:
-                    live.append(i)      # give it time: Ray may be restarting it
+                    live.append(i)  # give it time: Ray may be restarting it
             else:
                 m.silent_since = None
                 m.last = h
                 live.append(i)
         if any(health[i] is None for i in live):
-            return                      # one is restarting (within its grace): wait for it
+            return  # one is restarting (within its grace): wait for it
         if not live:
             return
         want = assignment(self.sc.partitions, len(live))
         plan = {i: p for i, p in zip(live, want)}
         current = {i: (health[i] or {}).get("partitions", self.members[i].partitions) for i in range(len(self.members))}
-        if all(sorted(current.get(i, [])) == sorted(p) for i, p in plan.items()) and \
-                all(not current.get(i) for i in range(len(self.members)) if i not in plan):
+        if all(sorted(current.get(i, [])) == sorted(p) for i, p in plan.items()) and all(
+            not current.get(i) for i in range(len(self.members)) if i not in plan
+        ):
             return
         try:
             self._assign(plan, current)
@@ -176,7 +193,9 @@ class StreamSupervisor:
             self._note(f"rebalance failed ({type(e).__name__}); retrying")
             return
         silent = [self.members[i].name for i in range(len(self.members)) if i not in plan]
-        self._note(f"partitions over {len(plan)} aggregators" + (f"; written off: {', '.join(silent)}" if silent else ""))
+        self._note(
+            f"partitions over {len(plan)} aggregators" + (f"; written off: {', '.join(silent)}" if silent else "")
+        )
 
     def scale(self, n: int) -> None:
         """n aggregators (new ones get a share, removed ones give theirs up first)."""
@@ -209,18 +228,30 @@ class StreamSupervisor:
             stale = staleness_s(self.r, self.log, now=now, lags=lags)
         except Exception:  # noqa: BLE001 - the broker away: the lag still says how far behind
             stale = self.watch.get("staleness_s", 0.0)
-        self.watch = {"lag": total, "partitions": lags, "staleness_s": round(stale, 3), "at": now,
-                      "aggregators": len(self.members)}
+        self.watch = {
+            "lag": total,
+            "partitions": lags,
+            "staleness_s": round(stale, 3),
+            "at": now,
+            "aggregators": len(self.members),
+        }
         self.r.set(keys.stream_key("watch"), json.dumps(self.watch), ex=60)
         self._export(lags)
         if now - self.last_trim >= 60.0 and hasattr(self.log, "trim"):
-            self.last_trim = now      # the log's committed, old entries go (Kafka: the broker's retention)
+            self.last_trim = now  # the log's committed, old entries go (Kafka: the broker's retention)
             self.log.trim(committed_offsets(self.r, range(self.sc.partitions)), self.sc.retention_s, now)
         if now - self.last_scale_check >= 5.0:
             self.last_scale_check = now
-            want, self.low_since = desired_aggregators(len(self.members), total, self.low_since, now,
-                                                       self.sc.scale_up_lag, self.sc.scale_down_lag,
-                                                       self.sc.scale_down_after_s, self.sc.max_aggregators)
+            want, self.low_since = desired_aggregators(
+                len(self.members),
+                total,
+                self.low_since,
+                now,
+                self.sc.scale_up_lag,
+                self.sc.scale_down_lag,
+                self.sc.scale_down_after_s,
+                self.sc.max_aggregators,
+            )
             # up only on a lag that lasts (a burst of posts is not a trend; a new aggregator
             # costs a process start and a partition move)
             self.high_since = (self.high_since or now) if total > self.sc.scale_up_lag else None
@@ -236,8 +267,9 @@ class StreamSupervisor:
             from ray.util.metrics import Gauge
 
             if self._gauge is None:
-                self._gauge = Gauge("recserve_stream_consumer_lag", "events not yet aggregated, per partition",
-                                    tag_keys=("partition",))
+                self._gauge = Gauge(
+                    "recserve_stream_consumer_lag", "events not yet aggregated, per partition", tag_keys=("partition",)
+                )
             for p, n in lags.items():
                 self._gauge.set(n, tags={"partition": str(p)})
         except Exception:  # noqa: BLE001 - outside a Ray worker: no metrics
@@ -255,9 +287,21 @@ class StreamSupervisor:
         return False
 
     def stats(self) -> dict:
-        return {"name": self.name, "backend": self.sc.backend, "aggregators": [
-            {**m.last, "name": m.name, "partitions": m.partitions, "silent_s": round(time.time() - m.silent_since, 1)
-             if m.silent_since else 0.0} for m in self.members], "watch": self.watch, "events": self.events[-10:]}
+        return {
+            "name": self.name,
+            "backend": self.sc.backend,
+            "aggregators": [
+                {
+                    **m.last,
+                    "name": m.name,
+                    "partitions": m.partitions,
+                    "silent_s": round(time.time() - m.silent_since, 1) if m.silent_since else 0.0,
+                }
+                for m in self.members
+            ],
+            "watch": self.watch,
+            "events": self.events[-10:],
+        }
 
     def handles(self) -> list:
         return [m.handle for m in self.members]
@@ -267,14 +311,10 @@ class StreamSupervisor:
         assignment is forgotten."""
         import ray
 
-        try:
+        with contextlib.suppress(Exception):  # dead already, or its node gone
             ray.get(m.handle.shutdown.remote(), timeout=10)
-        except Exception:  # noqa: BLE001 - dead already, or its node gone
-            pass
-        try:
+        with contextlib.suppress(Exception):
             ray.kill(m.handle, no_restart=True)
-        except Exception:  # noqa: BLE001
-            pass
         self.r.delete(keys.assignment(m.name))
 
     def shutdown(self) -> None:

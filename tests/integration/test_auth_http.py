@@ -32,12 +32,14 @@ def test_missing_wrong_and_revoked_keys_get_401_wrong_scope_403(serving):
             assert r.status_code == 401 and r.json()["error"]["code"] == "unauthenticated", (h, r.text)
             assert r.headers["www-authenticate"] == "Bearer"
         assert c.post("/v1/recommend", json={"user_id": u}, headers=auth(key)).status_code == 200
-        for method, path, body in (("POST", "/v1/events", {"events": [{"user_id": u, "item_id": 1,
-                                                                         "event_type": "view"}]}),
-                                   ("POST", "/v1/feedback", {"request_id": "r", "item_id": 1, "reward": 1.0}),
-                                   ("PUT", "/v1/items", {"items": [{"item_id": 5, "category": "c"}]}),
-                                   ("DELETE", "/v1/items/5", None), ("GET", "/v1/status", None),
-                                   ("DELETE", "/v1/users/5", None)):
+        for method, path, body in (
+            ("POST", "/v1/events", {"events": [{"user_id": u, "item_id": 1, "event_type": "view"}]}),
+            ("POST", "/v1/feedback", {"request_id": "r", "item_id": 1, "reward": 1.0}),
+            ("PUT", "/v1/items", {"items": [{"item_id": 5, "category": "c"}]}),
+            ("DELETE", "/v1/items/5", None),
+            ("GET", "/v1/status", None),
+            ("DELETE", "/v1/users/5", None),
+        ):
             r = c.request(method, path, json=body, headers=auth(key))
             assert r.status_code == 403 and "lacks the" in r.json()["error"]["message"], (path, r.text)
         # open: health, readiness, the schema and the page (which asks for a key)
@@ -68,7 +70,7 @@ def test_over_quota_gets_429_with_retry_after_and_other_keys_are_unaffected(serv
         assert [r.status_code for r in codes[3:]] == [429, 429]
         over = codes[3]
         assert over.json()["error"]["code"] == "over_quota" and int(over.headers["retry-after"]) >= 1
-        assert http.post("/v1/recommend", json={"user_id": u}).status_code == 200   # another key's bucket
+        assert http.post("/v1/recommend", json={"user_id": u}).status_code == 200  # another key's bucket
 
 
 def test_event_ids_are_deduplicated_per_key(serving):
@@ -105,8 +107,9 @@ def test_forget_a_user_empties_every_store_and_the_next_training_leaves_them_out
     r = redis.Redis.from_url(cfg.redis_url)
     first = http.post("/v1/recommend", json={"user_id": u, "k": 5})
     assert first.status_code == 200 and first.json()["degradation_level"] == 0
-    ev = [{"event_id": f"fg-{u}-{i}-{time.time_ns()}", "user_id": u, "item_id": i, "event_type": "click"}
-          for i in items]
+    ev = [
+        {"event_id": f"fg-{u}-{i}-{time.time_ns()}", "user_id": u, "item_id": i, "event_type": "click"} for i in items
+    ]
     assert http.post("/v1/events", json={"events": ev}).status_code == 202
     assert _wait(lambda: r.exists(keys.context(u))), "the aggregators never folded the user's events"
     counters = lambda: [k for k in r.scan_iter(match="st:user:*", count=1000) if r.hexists(k, str(u))]  # noqa: E731
@@ -121,8 +124,12 @@ def test_forget_a_user_empties_every_store_and_the_next_training_leaves_them_out
         return [e for e in log.read_after(p, "", 10**6) if int(e.event["user_id"]) == u]
 
     assert logged()
-    assert _wait(lambda: r.get(keys.committed_offset(p)) and
-                 all(e.offset <= r.get(keys.committed_offset(p)).decode() for e in logged()))
+    assert _wait(
+        lambda: (
+            r.get(keys.committed_offset(p))
+            and all(e.offset <= r.get(keys.committed_offset(p)).decode() for e in logged())
+        )
+    )
     out = http.delete(f"/v1/users/{u}")
     assert out.status_code == 200, out.text
     removed = out.json()["removed"]
@@ -135,8 +142,15 @@ def test_forget_a_user_empties_every_store_and_the_next_training_leaves_them_out
     after = http.post("/v1/recommend", json={"user_id": u, "k": 5}).json()
     assert after["cache"] == "miss" and not after["live_context"]
     # an event stamped before the forgetting that arrives late is skipped by the aggregators
-    late = [{"event_id": f"late-{u}-{time.time_ns()}", "user_id": u, "item_id": items[0], "event_type": "view",
-             "ts": int(time.time()) - 60}]
+    late = [
+        {
+            "event_id": f"late-{u}-{time.time_ns()}",
+            "user_id": u,
+            "item_id": items[0],
+            "event_type": "view",
+            "ts": int(time.time()) - 60,
+        }
+    ]
     assert http.post("/v1/events", json={"events": late}).status_code == 202
     lag0 = lambda: http.get("/v1/status").json()["stream"]["lag"] == 0  # noqa: E731
     assert _wait(lag0)

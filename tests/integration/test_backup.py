@@ -32,14 +32,23 @@ def test_backup_wipe_restore_measures_rpo_and_rto(tmp_path):
         index_root = tmp_path / "stack" / "index-live-test"
         (index_root / "g0").mkdir(parents=True)
         (index_root / "g0" / "wal.log").write_bytes(b"wal bytes")
-        acked: list[tuple[float, str]] = []     # (time Redis acknowledged, event id)
+        acked: list[tuple[float, str]] = []  # (time Redis acknowledged, event id)
         stop = threading.Event()
 
         def producer():
             i = 0
             while not stop.is_set():
-                batch = [{"event_id": f"bk-{i + j}", "user_id": (i + j) % 40, "item_id": (i + j) % 100,
-                          "event_type": "click", "value": 1.0, "ts": int(time.time())} for j in range(50)]
+                batch = [
+                    {
+                        "event_id": f"bk-{i + j}",
+                        "user_id": (i + j) % 40,
+                        "item_id": (i + j) % 100,
+                        "event_type": "click",
+                        "value": 1.0,
+                        "ts": int(time.time()),
+                    }
+                    for j in range(50)
+                ]
                 log.append(batch)
                 now = time.time()
                 acked.extend((now, e["event_id"]) for e in batch)
@@ -49,16 +58,16 @@ def test_backup_wipe_restore_measures_rpo_and_rto(tmp_path):
         t = threading.Thread(target=producer)
         t.start()
         time.sleep(0.5)
-        core.step()                                   # features and committed offsets exist
+        core.step()  # features and committed offsets exist
         dest = str(tmp_path / "backups")
         b = backup(cfg, dest, keep=3, log=lambda m: None)
-        time.sleep(0.5)                               # events after the backup point: lost by design
+        time.sleep(0.5)  # events after the backup point: lost by design
         stop.set()
         t.join(10)
         ctx_before = live_context(r, 1)
         assert ctx_before is not None and len(list_backups(dest)) == 1
         st.down()
-        shutil.rmtree(tmp_path / "stack" / "redis")   # the wipe: Redis's data and the index are gone
+        shutil.rmtree(tmp_path / "stack" / "redis")  # the wipe: Redis's data and the index are gone
         shutil.rmtree(index_root)
         res = restore(cfg, dest, point_in_time=time.time(), log=lambda m: None)
         t_up = time.perf_counter()
@@ -67,8 +76,10 @@ def test_backup_wipe_restore_measures_rpo_and_rto(tmp_path):
         r = redis.Redis.from_url(cfg.redis_url)
         present = set()
         for p in range(cfg.stream.partitions):
-            present |= {e.event["event_id"] for e in RedisStreamLog(r, partitions=cfg.stream.partitions)
-                        .read_after(p, "0-0", 10**6)}
+            present |= {
+                e.event["event_id"]
+                for e in RedisStreamLog(r, partitions=cfg.stream.partitions).read_after(p, "0-0", 10**6)
+            }
         before_point = [eid for ts, eid in acked if ts <= b["point"]]
         lost_before_point = [eid for eid in before_point if eid not in present]
         after_point = [eid for ts, eid in acked if ts > b["point"]]
@@ -79,8 +90,9 @@ def test_backup_wipe_restore_measures_rpo_and_rto(tmp_path):
         assert rpo_s is not None and rpo_s < 1.0
         # features, offsets and the index came back
         assert live_context(r, 1).events == ctx_before.events
-        assert {p: o["committed_offset"] for p, o in res["offsets"].items()} == \
-            {p: o["committed_offset"] for p, o in b["offsets"].items()}
+        assert {p: o["committed_offset"] for p, o in res["offsets"].items()} == {
+            p: o["committed_offset"] for p, o in b["offsets"].items()
+        }
         assert (index_root / "g0" / "wal.log").read_bytes() == b"wal bytes"
         assert r.info("persistence")["aof_enabled"] == 1
         assert res["restore_s"] > 0 and rto < 60

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.integration
 
 def _pair(redis_url, **kw):
     prefix = f"b-{uuid.uuid4().hex[:6]}"
-    return ThompsonBandit(redis_url, prefix=prefix, seed=1, **kw), ThompsonBandit(redis_url, prefix=prefix, seed=2, **kw)
+    return ThompsonBandit(redis_url, prefix=prefix, seed=1, **kw), ThompsonBandit(
+        redis_url, prefix=prefix, seed=2, **kw
+    )
 
 
 def test_exploration_slots_and_propensities(redis_url):
@@ -34,9 +36,9 @@ def test_feedback_is_shared_and_steers_exploration(redis_url):
     b1, b2 = _pair(redis_url, share=0.5)
     ranked = list(range(20))
     for _ in range(30):
-        b1.update(15, 1.0)   # replica 1 learns item 15 pays
+        b1.update(15, 1.0)  # replica 1 learns item 15 pays
         b1.update(16, 0.0)
-    a, bb = b2.params([15, 16])   # replica 2 sees the same posterior
+    a, bb = b2.params([15, 16])  # replica 2 sees the same posterior
     assert a[0] == 31 and bb[0] == 1 and a[1] == 1 and bb[1] == 31
     shown = sum(15 in b2.select(ranked, 4).items for _ in range(50))
     never = sum(16 in b2.select(ranked, 4).items for _ in range(50))

@@ -37,7 +37,7 @@ def test_serve_config_application_streams_events_into_recommendations(serving, s
     from recserve.ops.stack import free_port, start_kafka, stop_pid
 
     port = free_port()
-    broker = start_kafka(tmp_path / "kafka", port)   # a broker of its own: the test ends by losing it
+    broker = start_kafka(tmp_path / "kafka", port)  # a broker of its own: the test ends by losing it
     kafka_bootstrap = f"127.0.0.1:{port}"
 
     http, reg, base = serving
@@ -56,13 +56,20 @@ def test_serve_config_application_streams_events_into_recommendations(serving, s
     sc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     app = sc["applications"][0]
     assert app["import_path"] == "deployments.app:app_builder"
-    app.update(name="deployed", route_prefix="/deployed",
-               args={"config": str(tmp_path / "recserve.yaml"), "colocate": "auto"})
+    app.update(
+        name="deployed", route_prefix="/deployed", args={"config": str(tmp_path / "recserve.yaml"), "colocate": "auto"}
+    )
     app.pop("deployments")
     (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(sc))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-c", DEPLOY, str(tmp_path / "serve_config.yaml"), info.ray_address],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, "-c", DEPLOY, str(tmp_path / "serve_config.yaml"), info.ray_address],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     from recserve.config import load_config
 
@@ -78,14 +85,16 @@ def test_serve_config_application_streams_events_into_recommendations(serving, s
         from tests.conftest import auth, make_key
 
         with httpx.Client(base_url=f"{http.base_url}/deployed", timeout=30, headers=auth(make_key(cfg))) as c:
-            for n, u in enumerate(users):
+            for _n, u in enumerate(users):
                 before = c.post("/v1/recommend", json={"user_id": u, "k": 10})
                 assert before.status_code == 200, before.text
                 assert not before.json()["live_context"]
                 shown = [i["item_id"] for i in before.json()["items"]]
                 clicks = [i for i in items if i not in shown][:3]
-                ev = [{"event_id": f"dep-{u}-{i}-{time.time_ns()}", "user_id": u, "item_id": i,
-                       "event_type": "click"} for i in clicks]
+                ev = [
+                    {"event_id": f"dep-{u}-{i}-{time.time_ns()}", "user_id": u, "item_id": i, "event_type": "click"}
+                    for i in clicks
+                ]
                 t0 = time.monotonic()
                 r = c.post("/v1/events", json={"events": ev})
                 assert r.status_code == 202 and r.json()["accepted"] == 3, r.text
@@ -106,8 +115,15 @@ def test_serve_config_application_streams_events_into_recommendations(serving, s
             # the broker lost while serving: ingest answers 503 with Retry-After and acknowledges
             # nothing; recommendations still answer
             stop_pid(broker.pid)
-            lost = [{"event_id": f"lost-{i}-{time.time_ns()}", "user_id": users[0], "item_id": items[i],
-                     "event_type": "view"} for i in range(3)]
+            lost = [
+                {
+                    "event_id": f"lost-{i}-{time.time_ns()}",
+                    "user_id": users[0],
+                    "item_id": items[i],
+                    "event_type": "view",
+                }
+                for i in range(3)
+            ]
             r = c.post("/v1/events", json={"events": lost})
             assert r.status_code == 503 and r.headers.get("retry-after"), r.text
             seen = [k.decode() for k in redis.Redis.from_url(url).scan_iter(match="deployed:seen:*", count=1000)]

@@ -47,8 +47,7 @@ def test_similar_items_are_the_nearest_by_cosine_within_the_filters(catalogue):
     assert http.get(f"/v1/items/{item}/similar", params={"k": 5}).json()["cache"] == "hit"
     # the same filters as recommend: a category, exclusions, attributes as JSON
     other = next(c for c in sorted(set(cat.values())) if c != cat[item])
-    f = http.get(f"/v1/items/{item}/similar", params={"k": 4, "categories": other,
-                                                      "exclude_ids": got[:2]}).json()
+    f = http.get(f"/v1/items/{item}/similar", params={"k": 4, "categories": other, "exclude_ids": got[:2]}).json()
     assert f["items"] and all(cat[i["item_id"]] == other for i in f["items"])
     assert not {i["item_id"] for i in f["items"]} & set(got[:2])
     none = http.get(f"/v1/items/{item}/similar", params={"attributes": json.dumps({"colour": ["no-such"]})}).json()
@@ -60,8 +59,13 @@ def test_similar_bad_input_is_4xx(catalogue):
     item = int(emb["item_ids"][0])
     r = http.get("/v1/items/123456789/similar")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found" and "123456789" in r.text
-    for params, field in (({"k": 0}, "k"), ({"k": 101}, "k"), ({"attributes": "{not json"}, "attributes"),
-                          ({"attributes": "[1, 2]"}, "attributes"), ({"exclude_ids": -1}, "exclude_ids.0")):
+    for params, field in (
+        ({"k": 0}, "k"),
+        ({"k": 101}, "k"),
+        ({"attributes": "{not json"}, "attributes"),
+        ({"attributes": "[1, 2]"}, "attributes"),
+        ({"exclude_ids": -1}, "exclude_ids.0"),
+    ):
         r = http.get(f"/v1/items/{item}/similar", params=params)
         assert r.status_code == 422 and r.json()["error"]["field"] == field, (params, r.text)
     assert http.get(f"/v1/items/{2**64}/similar").status_code == 422
@@ -77,7 +81,7 @@ def test_an_anonymous_session_gets_items_like_its_own(catalogue):
     body = r.json()
     got = [i["item_id"] for i in body["items"]]
     assert len(got) == 10 and not set(got) & set(session) and body["degradation_level"] <= 1, body
-    assert body["live_context"] is True     # the session is the context
+    assert body["live_context"] is True  # the session is the context
     # the session's category dominates what is shown, far above its share of the catalogue
     share = sum(cat[i] == c for i in got) / len(got)
     base = sum(v == c for v in cat.values()) / len(cat)
@@ -87,7 +91,9 @@ def test_an_anonymous_session_gets_items_like_its_own(catalogue):
     reasons = [x.lower() for i in body["items"] for x in i["reasons"]]
     assert any(n in x for x in reasons for n in names), reasons
     # cached per session: the same session hits, another one is computed
-    assert http.post("/v1/recommend", json={"session_items": session, "k": 10, "explain": True}).json()["cache"] == "hit"
+    assert (
+        http.post("/v1/recommend", json={"session_items": session, "k": 10, "explain": True}).json()["cache"] == "hit"
+    )
     other = http.post("/v1/recommend", json={"session_items": session[:1], "k": 10}).json()
     assert other["cache"] == "miss" and other["items"]
 
@@ -95,10 +101,12 @@ def test_an_anonymous_session_gets_items_like_its_own(catalogue):
 def test_anonymous_session_bad_input_is_4xx_and_changes_nothing(catalogue):
     http, _, _, emb, _, _ = catalogue
     before = http.get("/v1/status").json()["cache"]["entries"]
-    for body, field in (({"session_items": []}, "session_items"),
-                        ({"session_items": [int(emb["item_ids"][0]), 987654321]}, "session_items"),
-                        ({}, "user_id"),
-                        ({"user_id": 1, "session_items": [int(emb["item_ids"][0])]}, "user_id")):
+    for body, field in (
+        ({"session_items": []}, "session_items"),
+        ({"session_items": [int(emb["item_ids"][0]), 987654321]}, "session_items"),
+        ({}, "user_id"),
+        ({"user_id": 1, "session_items": [int(emb["item_ids"][0])]}, "user_id"),
+    ):
         r = http.post("/v1/recommend", json=body)
         assert r.status_code == 422 and r.json()["error"]["field"] == field, (body, r.text)
     assert "987654321" in http.post("/v1/recommend", json={"session_items": [987654321]}).text
@@ -110,15 +118,15 @@ def test_a_new_item_from_its_content_alone_is_served_at_once(catalogue):
     c = sorted(set(cat.values()))[2]
     session = [int(i) for i in emb["item_ids"] if cat[int(i)] == c][:3]
     new_id = 888_888
-    item = {"item_id": new_id, "title": f"{title[session[-1]]} deluxe", "category": c}   # no vector
+    item = {"item_id": new_id, "title": f"{title[session[-1]]} deluxe", "category": c}  # no vector
     t = time.perf_counter()
     r = http.put("/v1/items", json={"items": [item]})
     assert r.status_code == 200, r.text
     try:
         rec = http.post("/v1/recommend", json={"session_items": session, "k": 20}).json()
         took = time.perf_counter() - t
-        assert new_id in [i["item_id"] for i in rec["items"]], rec   # a matching session is shown it
-        assert took < 1.0 + 0.5, took                                # searchable and recommendable at once
+        assert new_id in [i["item_id"] for i in rec["items"]], rec  # a matching session is shown it
+        assert took < 1.0 + 0.5, took  # searchable and recommendable at once
         # it landed among the items it is like: its neighbours are mostly of its category
         sim = http.get(f"/v1/items/{new_id}/similar", params={"k": 10}).json()
         share = sum(cat[i["item_id"]] == c for i in sim["items"]) / len(sim["items"])

@@ -29,8 +29,17 @@ def log(request, redis_url):
 
 
 def _events(n, users=5, prefix="e"):
-    return [{"event_id": f"{prefix}{i}", "user_id": i % users, "item_id": 100 + i, "event_type": "click",
-             "value": 1.0, "ts": 1_700_000_000 + i} for i in range(n)]
+    return [
+        {
+            "event_id": f"{prefix}{i}",
+            "user_id": i % users,
+            "item_id": 100 + i,
+            "event_type": "click",
+            "value": 1.0,
+            "ts": 1_700_000_000 + i,
+        }
+        for i in range(n)
+    ]
 
 
 def _drain(log, group, consumer, expect, timeout=20):
@@ -79,7 +88,7 @@ def test_ack_and_lag(log):
 def test_dead_consumers_pending_entries_are_claimed(log):
     log.ensure_group("g")
     log.append(_events(12, prefix="claim"))
-    got = _drain(log, "g", "dead", 12)   # delivered to a consumer that dies before acking
+    got = _drain(log, "g", "dead", 12)  # delivered to a consumer that dies before acking
     assert len(got) == 12
     time.sleep(0.3)
     taken = []
@@ -101,7 +110,7 @@ def test_read_after_many_resumes_from_each_offset(log):
     for p in range(P):
         mine = [e for e in got if e.partition == p]
         offs[p] = mine[len(mine) // 2 - 1].offset if len(mine) > 1 else ""
-        expect |= {e.event["event_id"] for e in (mine[len(mine) // 2:] if len(mine) > 1 else mine)}
+        expect |= {e.event["event_id"] for e in (mine[len(mine) // 2 :] if len(mine) > 1 else mine)}
     again = log.read_after_many(offs, count=1000, block_ms=200)
     assert {e.event["event_id"] for e in again} == expect
     # nothing new: a blocking read waits, then returns nothing
@@ -116,8 +125,9 @@ def test_unreachable_broker_names_the_setting(redis_url):
     from recserve.streaming.eventlog import EventLogUnavailable
 
     with pytest.raises(EventLogUnavailable, match="stream.bootstrap_servers"):
-        KafkaLog(f"127.0.0.1:{free_port()}", topic="nobody", partitions=2, dedup=redis.Redis.from_url(redis_url),
-                 timeout_s=2)
+        KafkaLog(
+            f"127.0.0.1:{free_port()}", topic="nobody", partitions=2, dedup=redis.Redis.from_url(redis_url), timeout_s=2
+        )
 
 
 def test_a_lost_broker_acknowledges_nothing_and_the_retry_is_not_a_duplicate(redis_url, tmp_path):
@@ -138,11 +148,11 @@ def test_a_lost_broker_acknowledges_nothing_and_the_retry_is_not_a_duplicate(red
         with pytest.raises(EventLogUnavailable):
             lg.append(batch)
         assert not any(r.exists(f"{topic}:seen:{e['event_id']}") for e in batch)
-        proc = start_kafka(tmp_path / "k2", port)      # a broker again (empty: memory storage)
+        proc = start_kafka(tmp_path / "k2", port)  # a broker again (empty: memory storage)
         lg.close()
         lg = KafkaLog(f"127.0.0.1:{port}", topic=topic, partitions=2, dedup=r, timeout_s=5)
         assert all(o is not None for o in lg.append(batch)), "the retry was taken for a duplicate"
-        assert lg.append(batch) == [None] * 4                # and now it is one
+        assert lg.append(batch) == [None] * 4  # and now it is one
     finally:
         lg.close()
         stop_pid(proc.pid)

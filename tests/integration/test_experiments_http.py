@@ -32,16 +32,25 @@ def test_two_ranker_versions_sticky_split_figures_and_the_guardrail(serving, tmp
     http, reg, cfg = serving
     good = reg.resolve("ranker")
     bad = publish_negated_ranker(reg, tmp_path)
-    reg.set_latest("ranker", good)   # the other tests expect the trained one as latest
-    exp = ExperimentConfig.model_validate({"arms": {"control": {"share": 0.5},
-                                                    "negated": {"share": 0.5, "ranker_version": bad}},
-                                           "guardrail": {"min_shown": 500, "alpha": 0.001}})
+    reg.set_latest("ranker", good)  # the other tests expect the trained one as latest
+    exp = ExperimentConfig.model_validate(
+        {
+            "arms": {"control": {"share": 0.5}, "negated": {"share": 0.5, "ranker_version": bad}},
+            "guardrail": {"min_shown": 500, "alpha": 0.001},
+        }
+    )
     r = redis.Redis.from_url(cfg.redis_url)
     with pytest.raises(Exception, match="experiments.ab.arms.negated.ranker_version"):
-        wrong = exp.model_copy(update={"arms": {**exp.arms, "negated": exp.arms["negated"].model_copy(
-            update={"ranker_version": "no-such-version"})}})
+        wrong = exp.model_copy(
+            update={
+                "arms": {
+                    **exp.arms,
+                    "negated": exp.arms["negated"].model_copy(update={"ranker_version": "no-such-version"}),
+                }
+            }
+        )
         ex.start(r, cfg.model_copy(update={"experiments": {"ab": wrong}}), reg, "ab")
-    assert ex.active(r) is None   # refused: nothing started
+    assert ex.active(r) is None  # refused: nothing started
     ex.start(r, cfg.model_copy(update={"experiments": {"ab": exp}}), reg, "ab")
     truth = Truth(Path(str(reg.uri)).parent / "world")
     rng = np.random.default_rng(7)
@@ -49,26 +58,31 @@ def test_two_ranker_versions_sticky_split_figures_and_the_guardrail(serving, tmp
         deadline = time.monotonic() + 30
         while "experiment" not in _status(http) and time.monotonic() < deadline:
             time.sleep(0.5)
-        gone = {int(u) for u in r.hkeys(keys.FORGOTTEN)}   # forgotten by another test: answered from popularity
+        gone = {int(u) for u in r.hkeys(keys.FORGOTTEN)}  # forgotten by another test: answered from popularity
         users = [int(u) for u in np.load(reg.fetch("embeddings") / "user_ids.npy") if int(u) not in gone]
         arm_of, clicks = {}, 0
         for u in users:
             body = http.post("/v1/recommend", json={"user_id": u, "k": 10}).json()
             got = body["experiment"]
-            assert got["name"] == "ab" and got["served"] == got["arm"]
+            # the guardrail may stop the negated arm before this loop ends (a slow machine): its users
+            # are then served control, and say so
+            assert got["name"] == "ab" and got["served"] in (got["arm"], "control"), got
             arm_of[u] = got["arm"]
             assert body["request_id"].endswith(f".ab.{got['arm']}")
-            assert body["model_versions"]["ranker"] == (bad if got["arm"] == "negated" else good), body
+            assert body["model_versions"]["ranker"] == (bad if got["served"] == "negated" else good), body
+            if got["served"] != got["arm"]:
+                continue  # a stopped arm's answers count in neither arm's figures
             items = [i["item_id"] for i in body["items"]]
             for item, p in zip(items, truth.click_probability(u, items)):
-                if rng.random() < p:   # the user clicks what the world's truth says; feedback only for clicks
-                    fb = http.post("/v1/feedback", json={"request_id": body["request_id"], "item_id": item,
-                                                         "reward": 1.0})
+                if rng.random() < p:  # the user clicks what the world's truth says; feedback only for clicks
+                    fb = http.post(
+                        "/v1/feedback", json={"request_id": body["request_id"], "item_id": item, "reward": 1.0}
+                    )
                     assert fb.status_code == 200 and fb.json()["experiment"] == {"name": "ab", "arm": got["arm"]}
                     clicks += 1
         share = sum(a == "negated" for a in arm_of.values()) / len(arm_of)
-        assert 0.38 < share < 0.62, share   # 0.5 configured; 4 standard deviations at 300 users
-        for u in users[:20]:   # sticky: another request (k differs: not the cached answer) keeps the arm
+        assert 0.38 < share < 0.62, share  # 0.5 configured; 4 standard deviations at 300 users
+        for u in users[:20]:  # sticky: another request (k differs: not the cached answer) keeps the arm
             assert http.post("/v1/recommend", json={"user_id": u, "k": 7}).json()["experiment"]["arm"] == arm_of[u]
         # the impressions name their arm
         rows = r.xrevrange("bandit:impressions", count=50)
@@ -103,14 +117,22 @@ def test_two_ranker_versions_sticky_split_figures_and_the_guardrail(serving, tmp
 
         # per-arm figures in Ray's metrics export (Prometheus)
         port = ray.nodes()[0]["MetricsExportPort"]
-        want = ["recserve_experiment_answers_total", "recserve_experiment_reward_total",
-                "recserve_experiment_reward_per_item", "recserve_experiment_arm_running"]
+        want = [
+            "recserve_experiment_answers_total",
+            "recserve_experiment_reward_total",
+            "recserve_experiment_reward_per_item",
+            "recserve_experiment_arm_running",
+        ]
+
         def rows_of(name: str) -> list[float]:
-            return [float(x.rsplit(" ", 1)[1]) for x in text.splitlines()
-                    if not x.startswith("#") and f"{name}{{" in x and 'arm="negated"' in x]
+            return [
+                float(x.rsplit(" ", 1)[1])
+                for x in text.splitlines()
+                if not x.startswith("#") and f"{name}{{" in x and 'arm="negated"' in x
+            ]
 
         text, deadline = "", time.monotonic() + 60
-        while time.monotonic() < deadline:   # Ray exports every few seconds: the stop's 0 comes after the 1
+        while time.monotonic() < deadline:  # Ray exports every few seconds: the stop's 0 comes after the 1
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
             if all(w in text for w in want) and 0.0 in rows_of("recserve_experiment_arm_running"):
                 break
@@ -143,15 +165,19 @@ def test_off_policy_evaluation_of_the_live_logs(serving):
         items = [i["item_id"] for i in body["items"]]
         for item, p in zip(items, truth.click_probability(u, items)):
             if rng.random() < p:
-                assert http.post("/v1/feedback", json={"request_id": body["request_id"], "item_id": item,
-                                                       "reward": 1.0}).status_code == 200
-    time.sleep(1.5)   # the impressions leave the router in batches
+                assert (
+                    http.post(
+                        "/v1/feedback", json={"request_id": body["request_id"], "item_id": item, "reward": 1.0}
+                    ).status_code
+                    == 200
+                )
+    time.sleep(1.5)  # the impressions leave the router in batches
     try:
         report = ope.evaluate_live(cfg, reg, r, log=lambda m: None)
     finally:
         r.close()
     assert report["impressions"] >= 100 and report["rewards"] > 0
-    assert report["shown_in_pool"] > 0.5, report["shown_in_pool"]   # the offline pools are the serving ones, mostly
+    assert report["shown_in_pool"] > 0.5, report["shown_in_pool"]  # the offline pools are the serving ones, mostly
     assert set(report["policies"]) >= {"bandit", "greedy_ranker", "random", "popularity"}
     for name, p in report["policies"].items():
         for e in ("ips", "snips", "dr"):

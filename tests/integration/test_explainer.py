@@ -22,7 +22,7 @@ def llm_app(serving, tmp_path_factory):
     http, reg, cfg = serving
     g = catalogue_grounding(reg)
     model = build_random_model(tmp_path_factory.mktemp("llm") / "tiny", "tiny", [w for t in g.terms for w in t])
-    force_word(model, "because")   # no catalogue name: every sentence passes the grounding check
+    force_word(model, "because")  # no catalogue name: every sentence passes the grounding check
     ec = ExplainerConfig(backend="transformers", model=str(model), device="cpu", max_new_tokens=6)
     llm_cfg = cfg.model_copy(update={"explainer": ec})
     serve.run(build_app(llm_cfg, str(reg.uri), None, name="llm"), name="llm", route_prefix="/llm")
@@ -82,4 +82,4 @@ def test_a_slow_explainer_gives_templates_at_level_1(llm_app, serving):
         h.set_delay.remote(0).result()
     st = h.stats.remote().result()
     assert st["queue_depth"] == 0 and st["requests"] >= 2 and st["tiers"] == {"large": st["tiers"]["large"]}
-    assert h.record_autoscaling_stats.remote().result() == {"queue_depth": 0}   # what the policy reads
+    assert h.record_autoscaling_stats.remote().result() == {"queue_depth": 0}  # what the policy reads

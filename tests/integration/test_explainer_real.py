@@ -18,9 +18,29 @@ pytestmark = pytest.mark.integration
 
 # claims the facts never hold: what the untuned model wrote ("a classic animated film that has been
 # praised for its innovative storytelling...")
-CLAIMS = {"classic", "praised", "acclaimed", "masterpiece", "innovative", "storytelling", "brilliant", "stunning",
-          "award", "award-winning", "critics", "beloved", "hilarious", "thrilling", "plot", "story", "stars",
-          "starring", "directed", "director", "game"}
+CLAIMS = {
+    "classic",
+    "praised",
+    "acclaimed",
+    "masterpiece",
+    "innovative",
+    "storytelling",
+    "brilliant",
+    "stunning",
+    "award",
+    "award-winning",
+    "critics",
+    "beloved",
+    "hilarious",
+    "thrilling",
+    "plot",
+    "story",
+    "stars",
+    "starring",
+    "directed",
+    "director",
+    "game",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +52,7 @@ def real_app(serving):
     from recserve.config import ExplainerConfig
 
     http, reg, cfg = serving
-    ec = ExplainerConfig(backend="transformers", model="smollm2", device="cpu")   # recserve.yaml's, on CPU
+    ec = ExplainerConfig(backend="transformers", model="smollm2", device="cpu")  # recserve.yaml's, on CPU
     real_cfg = cfg.model_copy(update={"explainer": ec, "serve": cfg.serve.model_copy(update={"colocate": "auto"})})
     serve.run(build_app(real_cfg, str(reg.uri), None, name="real"), name="real", route_prefix="/real")
     client = httpx.Client(base_url=f"{http.base_url}/real", timeout=60, headers=http.headers)
@@ -67,13 +87,13 @@ def test_the_real_model_answers_in_time_then_its_sentences_come_on_the_repeat(re
 
     deadline, again = time.time() + 120, body
     while time.time() < deadline and again["explanation"]["llm_items"] == 0:
-        time.sleep(2)     # the background fill goes on; a repeat is not an L1 hit of the templates
+        time.sleep(2)  # the background fill goes on; a repeat is not an L1 hit of the templates
         r = client.post("/v1/recommend", json=req)
         assert r.status_code == 200, r.text
         again = r.json()
     ex = again["explanation"]
     assert ex["llm_items"] >= 1, f"no sentence of the real model reached the cache in 120 s: {again}"
-    shown = [i["item_id"] for i in again["items"]]   # the bandit may explore another third item
+    shown = [i["item_id"] for i in again["items"]]  # the bandit may explore another third item
     assert again["degradation_level"] == 0 and "SmolLM2-135M-Instruct" in ex["model"], ex
     assert again["model_versions"]["explainer"] == ex["model"] and ex["cached"] >= 1
 

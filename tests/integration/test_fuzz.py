@@ -11,8 +11,9 @@ def test_fuzzing_the_live_api_finds_no_5xx_and_no_change_after_a_4xx(serving):
     from recserve.bench.fuzz import WAYS, deploy_and_fuzz
 
     http, reg, cfg = serving
-    res = deploy_and_fuzz(cfg, str(http.base_url).rstrip("/"), examples=150, seed=1, name="fuzzt", db=4,
-                          registry_uri=str(reg.uri))
+    res = deploy_and_fuzz(
+        cfg, str(http.base_url).rstrip("/"), examples=150, seed=1, name="fuzzt", db=4, registry_uri=str(reg.uri)
+    )
     print({k: res[k] for k in ("examples", "status_5xx", "state_changed_after_4xx", "non_json_4xx", "seconds")})
     assert res["examples"] >= 150
     assert res["status_5xx"] == 0, res["failures"]
@@ -52,8 +53,15 @@ def test_the_state_probe_sees_what_a_write_changes(serving):
     probe.quiesce()
     s0 = probe.snapshot()
     assert s0 == probe.snapshot()
-    assert http.post("/v1/events", json={"events": [{"event_id": f"probe-{time.time_ns()}", "user_id": u,
-                                                     "item_id": 1, "event_type": "view"}]}).status_code == 202
+    assert (
+        http.post(
+            "/v1/events",
+            json={
+                "events": [{"event_id": f"probe-{time.time_ns()}", "user_id": u, "item_id": 1, "event_type": "view"}]
+            },
+        ).status_code
+        == 202
+    )
     probe.quiesce()
     s1 = probe.snapshot()
     assert s1["event_log"] != s0["event_log"] and s1["bandit"] != s0["bandit"]

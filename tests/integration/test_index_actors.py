@@ -64,13 +64,16 @@ def test_router_matches_in_process_shards(router, tmp_path):
     assert ((got % 5 == 3) & (got % 2 == 1)).all()  # filtered inside the search: all match, k of them
 
 
-@pytest.mark.parametrize("args,match", [
-    (lambda x: (x[:, :3], 5, None), "dimension"),
-    (lambda x: (np.full((1, D), np.nan, np.float32), 5, None), "NaN"),
-    (lambda x: (x[:1], 0, None), "k must be"),
-    (lambda x: (x[:1], 100000, None), "k must be"),
-    (lambda x: (x[:1], 5, {"price": [1]}), "unknown filter field 'price'"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (lambda x: (x[:, :3], 5, None), "dimension"),
+        (lambda x: (np.full((1, D), np.nan, np.float32), 5, None), "NaN"),
+        (lambda x: (x[:1], 0, None), "k must be"),
+        (lambda x: (x[:1], 100000, None), "k must be"),
+        (lambda x: (x[:1], 5, {"price": [1]}), "unknown filter field 'price'"),
+    ],
+)
 def test_router_rejects_bad_queries(router, args, match):
     rt, ids, x = router
     with pytest.raises(ShardError, match=match):
@@ -208,8 +211,8 @@ def test_writes_during_and_after_a_rebalance_are_all_found(router):
     stop.set()
     t.join()
     moved_new = _unit(1, 77)
-    rt.upsert([int(ids[5])], moved_new, [{"category": "changed"}])    # an item that moved
-    rt.upsert([30_000], _unit(1, 78), [{"category": "after"}])         # a new one
+    rt.upsert([int(ids[5])], moved_new, [{"category": "changed"}])  # an item that moved
+    rt.upsert([30_000], _unit(1, 78), [{"category": "after"}])  # a new one
     acked[int(ids[5])], acked[30_000] = moved_new[0], _unit(1, 78)[0]
     assert len(acked) > 5
 
@@ -219,7 +222,7 @@ def test_writes_during_and_after_a_rebalance_are_all_found(router):
         return [k for k, g in zip(keys, got[:, 0]) if g != k]
 
     assert all_found() == []
-    _kill_and_wait(rt.groups[0].replicas[0].handle)      # a restart replays the new generation's log
+    _kill_and_wait(rt.groups[0].replicas[0].handle)  # a restart replays the new generation's log
     _kill_and_wait(rt.groups[0].replicas[1].handle)
     rt.refresh()
     assert all_found() == []

@@ -5,6 +5,7 @@ One worker node is killed (its raylet and every process of it) while queries, up
 flow: every query answers (degraded at worst), the shards and aggregators come back on the other
 node, and afterwards every acknowledged event and upsert is there."""
 
+import contextlib
 import json
 import os
 import signal
@@ -24,31 +25,62 @@ HEAD = {"node:__internal_head__": 0.001}
 def _start_worker(address: str, label: str, log_dir) -> subprocess.Popen:
     from recserve.ops.stack import _ray_bin, free_ports
 
-    ports = [str(p) for p in free_ports(6)]   # distinct: Ray refuses one port for two components
-    args = [_ray_bin(), "start", "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
-            "--resources", json.dumps({"pool": 10, label: 1}), "--object-store-memory", str(100 * 1024 * 1024),
-            "--disable-usage-stats", "--block", "--node-manager-port", ports[0],
-            "--object-manager-port", ports[1], "--dashboard-agent-listen-port", ports[2],
-            "--dashboard-agent-grpc-port", ports[3], "--runtime-env-agent-port", ports[4],
-            "--metrics-export-port", ports[5]]
-    out = open(log_dir / f"{label}.log", "wb")
-    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    ports = [str(p) for p in free_ports(6)]  # distinct: Ray refuses one port for two components
+    args = [
+        _ray_bin(),
+        "start",
+        "--address",
+        address,
+        "--node-ip-address",
+        "127.0.0.1",
+        "--num-cpus",
+        "1",
+        "--resources",
+        json.dumps({"pool": 10, label: 1}),
+        "--object-store-memory",
+        str(100 * 1024 * 1024),
+        "--disable-usage-stats",
+        "--block",
+        "--node-manager-port",
+        ports[0],
+        "--object-manager-port",
+        ports[1],
+        "--dashboard-agent-listen-port",
+        ports[2],
+        "--dashboard-agent-grpc-port",
+        ports[3],
+        "--runtime-env-agent-port",
+        ports[4],
+        "--metrics-export-port",
+        ports[5],
+    ]
+    with open(log_dir / f"{label}.log", "wb") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        )
 
 
 def _nodes_by_label() -> dict[str, str]:
     import ray
 
-    return {lab: n["NodeID"] for n in ray.nodes() if n["Alive"] for lab in ("node_a", "node_b")
-            if lab in n["Resources"]}
+    return {
+        lab: n["NodeID"] for n in ray.nodes() if n["Alive"] for lab in ("node_a", "node_b") if lab in n["Resources"]
+    }
 
 
 def _placement(prefix: str) -> dict[str, str]:
     """ALIVE actor name -> node id, for the test's shards and aggregators."""
     from ray.util.state import list_actors
 
-    return {a.name: a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
-            if (a.name or "").startswith(prefix) or ((a.name or "").startswith("stream-nodes") and "-agg-" in a.name)}
+    return {
+        a.name: a.node_id
+        for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+        if (a.name or "").startswith(prefix) or ((a.name or "").startswith("stream-nodes") and "-agg-" in a.name)
+    }
 
 
 def test_a_worker_node_dies_under_load_and_nothing_acknowledged_is_lost(serving, stack, stream_cfg, tmp_path):
@@ -64,26 +96,45 @@ def test_a_worker_node_dies_under_load_and_nothing_acknowledged_is_lost(serving,
     _, info = stack
     workers = {}
     try:
-        for lab in ("node_a", "node_b"):     # one after the other: two starting at once collide
+        for lab in ("node_a", "node_b"):  # one after the other: two starting at once collide
             workers[lab] = _start_worker(info.ray_address, lab, tmp_path)
             deadline = time.monotonic() + 90
             while lab not in _nodes_by_label() and time.monotonic() < deadline:
                 time.sleep(0.5)
-            assert lab in _nodes_by_label(), f"worker {lab} did not join: " + \
-                (tmp_path / f"{lab}.log").read_text(errors="replace")[-2000:]
+            assert lab in _nodes_by_label(), (
+                f"worker {lab} did not join: " + (tmp_path / f"{lab}.log").read_text(errors="replace")[-2000:]
+            )
         cfg = stream_cfg(base, "redis", None, db=6, topic="nodes")
-        cfg = cfg.model_copy(update={
-            "serve": cfg.serve.model_copy(update={"shard_resources": {"pool": 0.1}, "router_replicas": 2,
-                                                  "index_root": str(tmp_path / "shared-index")}),
-            "stream": cfg.stream.model_copy(update={"aggregator_resources": {"pool": 0.1},
-                                                    "supervisor_resources": HEAD})})
+        cfg = cfg.model_copy(
+            update={
+                "serve": cfg.serve.model_copy(
+                    update={
+                        "shard_resources": {"pool": 0.1},
+                        "router_replicas": 2,
+                        "index_root": str(tmp_path / "shared-index"),
+                    }
+                ),
+                "stream": cfg.stream.model_copy(
+                    update={"aggregator_resources": {"pool": 0.1}, "supervisor_resources": HEAD}
+                ),
+            }
+        )
         r = redis.Redis.from_url(cfg.redis_url)
         r.flushdb()
         from tests.conftest import auth, make_key
 
         hdr = auth(make_key(cfg))
-        serve.run(build_app(cfg, str(reg.uri), None, name="nodes", router_options={
-            "ray_actor_options": {"num_cpus": 0.1, "resources": HEAD}}), name="nodes", route_prefix="/nodes")
+        serve.run(
+            build_app(
+                cfg,
+                str(reg.uri),
+                None,
+                name="nodes",
+                router_options={"ray_actor_options": {"num_cpus": 0.1, "resources": HEAD}},
+            ),
+            name="nodes",
+            route_prefix="/nodes",
+        )
         share = f"nodes-{reg.resolve('index')}"
         where = _placement(share)
         labels = {v: k for k, v in _nodes_by_label().items()}
@@ -113,13 +164,22 @@ def test_a_worker_node_dies_under_load_and_nothing_acknowledged_is_lost(serving,
             with httpx.Client(base_url=f"{http.base_url}/nodes", timeout=30, headers=hdr) as c:
                 j = 0
                 while not stop.is_set():
-                    ev = [{"event_id": f"n-{j}-{k}-{uuid.uuid4().hex[:6]}", "user_id": 50_000 + (j * 7 + k) % 40,
-                           "item_id": 800_000 + k, "event_type": "view"} for k in range(10)]
+                    ev = [
+                        {
+                            "event_id": f"n-{j}-{k}-{uuid.uuid4().hex[:6]}",
+                            "user_id": 50_000 + (j * 7 + k) % 40,
+                            "item_id": 800_000 + k,
+                            "event_type": "view",
+                        }
+                        for k in range(10)
+                    ]
                     if c.post("/v1/events", json={"events": ev}).status_code == 202:
                         acked_events.extend(ev)
                     item = 700_000 + j
-                    resp = c.put("/v1/items", json={"items": [{"item_id": item, "category": "x",
-                                                               "vector": np.random.rand(dim).tolist()}]})
+                    resp = c.put(
+                        "/v1/items",
+                        json={"items": [{"item_id": item, "category": "x", "vector": np.random.rand(dim).tolist()}]},
+                    )
                     if resp.status_code == 200:
                         acked_items.append(item)
                     j += 1
@@ -130,7 +190,7 @@ def test_a_worker_node_dies_under_load_and_nothing_acknowledged_is_lost(serving,
             t.start()
         time.sleep(3)
         killed_at = time.monotonic()
-        os.killpg(workers[victim].pid, signal.SIGKILL)      # the node and every process of it
+        os.killpg(workers[victim].pid, signal.SIGKILL)  # the node and every process of it
         dead_node = _nodes_by_label().get(victim)
         # shards and aggregators come back on the other node
         back = None
@@ -144,11 +204,13 @@ def test_a_worker_node_dies_under_load_and_nothing_acknowledged_is_lost(serving,
         stop.set()
         for t in threads:
             t.join(60)
-        print(f"victim {victim} ({counts[victim]} of {len(where)} actors); back on the other node after "
-              f"{back and round(back, 1)} s; answers {answers}; events acknowledged {len(acked_events)}, "
-              f"items acknowledged {len(acked_items)}")
+        print(
+            f"victim {victim} ({counts[victim]} of {len(where)} actors); back on the other node after "
+            f"{back and round(back, 1)} s; answers {answers}; events acknowledged {len(acked_events)}, "
+            f"items acknowledged {len(acked_items)}"
+        )
         assert back is not None, f"not everything came back: {_placement(share)}"
-        assert set(answers["codes"]) == {200}, answers          # every query answered
+        assert set(answers["codes"]) == {200}, answers  # every query answered
         assert sum(answers["levels"].values()) > 20
         # every acknowledged event counted once, every acknowledged upsert in its shard
         sup = get_supervisor(cfg)
@@ -157,23 +219,21 @@ def test_a_worker_node_dies_under_load_and_nothing_acknowledged_is_lost(serving,
         assert seen == len(acked_events), (seen, len(acked_events))
         from ray.util.state import list_actors
 
-        shards = [ray.get_actor(a.name, namespace=a.ray_namespace)
-                  for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, detail=True)
-                  if (a.name or "").startswith(share)]
+        shards = [
+            ray.get_actor(a.name, namespace=a.ray_namespace)
+            for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000, detail=True)
+            if (a.name or "").startswith(share)
+        ]
         assert len(shards) == 2
         found = set()
         for h in shards:
             found |= {i for i, ok in zip(acked_items, ray.get(h.contains.remote(acked_items))) if ok}
         assert found == set(acked_items), sorted(set(acked_items) - found)[:10]
     finally:
-        try:
+        with contextlib.suppress(Exception):
             serve.delete("nodes")
-        except Exception:  # noqa: BLE001
-            pass
         for p in workers.values():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if "cfg" in locals():
             stop_supervisor(cfg, "nodes")

@@ -35,9 +35,13 @@ class Path:
         self.stage = Recommender(cfg, reg)
         self.bandit = LiveBandit(ThompsonBandit(self.r, prefix=self.prefix, share=0.2, seed=0), self.ar)
         self.contexts = LiveContexts(self.ar, ttl_s=0.0, prefix=self.prefix)
-        ports = Ports(search=IndexSearch(index), context=self.contexts,
-                      score=LocalScore(ServingRanker({"model_path": str(ranker_path(reg)), "version": "r-test"})),
-                      select=LocalSelect(self.bandit), explain=LocalExplain(from_config(cfg, None, reg)))
+        ports = Ports(
+            search=IndexSearch(index),
+            context=self.contexts,
+            score=LocalScore(ServingRanker({"model_path": str(ranker_path(reg)), "version": "r-test"})),
+            select=LocalSelect(self.bandit),
+            explain=LocalExplain(from_config(cfg, None, reg)),
+        )
         self.ladder = Ladder(self.stage, ports, Breakers(), deadline_ms=5000)
 
     def recommend(self, user, k=10, filters=None, explain=False) -> dict:
@@ -63,7 +67,7 @@ def test_known_user_gets_k_unseen_ranked_items(online):
     assert len(ids) == 10 == len(set(ids)) and out["degradation_level"] == LEVEL_FULL
     assert not set(ids) & set(online.stage.seen(0).tolist())
     assert out["model_versions"]["ranker"] == "r-test" and set(out["hop_ms"]) >= {"vector_index", "ranker", "bandit"}
-    scores = [i["score"] for i in out["items"][:8]]   # the kept places in the ranker's order (2 explored after)
+    scores = [i["score"] for i in out["items"][:8]]  # the kept places in the ranker's order (2 explored after)
     assert scores == sorted(scores, reverse=True)
 
 
@@ -108,7 +112,7 @@ def test_a_click_changes_the_sequence_models_feature(online):
     q = st.prepare(u, 10, None)
     ids, scores = online.loop.run_until_complete(online.ladder.ports.search.search(q.vector, q.n, q.filter))
     base = st.features(q, ids, scores).X[:, SEQUENCE_COL]
-    assert len(base) >= 10 and np.all(base < 0) and base.std() > 0    # log-probabilities, not a constant
+    assert len(base) >= 10 and np.all(base < 0) and base.std() > 0  # log-probabilities, not a constant
     clicked = int(st.data.item_ids[np.argmax(st.inputs.stats.popularity)])
     t = int(st.t_data) + 1
     live = st.prepare(u, 10, None, LiveContext(events=[[clicked, t, "click"]], n=1, last_ts=t))
@@ -131,14 +135,14 @@ def test_the_sequence_source_adds_unseen_items_within_the_filters(online):
             ids, scores = online.loop.run_until_complete(online.ladder.ports.search.search(q.vector, q.n, q.filter))
             index_ids = ids[0][ids[0] >= 0]
             got = st.features(q, ids, scores).ids
-            assert got[:len(index_ids)].tolist() == index_ids.tolist()
-            return q, index_ids, got[len(index_ids):]
+            assert got[: len(index_ids)].tolist() == index_ids.tolist()
+            return q, index_ids, got[len(index_ids) :]
 
         q, index_ids, extra = answer({"exclude_ids": [int(st.data.item_ids[0])]})
         assert 0 < len(extra) <= 15
         assert not set(extra.tolist()) & (set(index_ids.tolist()) | q.exclude)
         cat = str(st.item_category[st.dense_of(extra[:1])[0]])
-        _, _, extra = answer({"categories": [cat]})   # (the index may hold every item of it: maybe none)
+        _, _, extra = answer({"categories": [cat]})  # (the index may hold every item of it: maybe none)
         assert all(st.item_category[d] == cat for d in st.dense_of(extra))
         q2 = st.prepare(u, 10, {"attributes": {"colour": ["red"]}})
         ids2, scores2 = online.loop.run_until_complete(online.ladder.ports.search.search(q2.vector, q2.n, q2.filter))

@@ -45,8 +45,9 @@ def test_offline_chain_publishes_versions(world, stack, tmp_path):
     emb = jobs.train_embeddings(cfg, ds, 0.2, reg)
     idx = jobs.build_index(cfg, emb, reg)
     rk = jobs.train_ranker(cfg, ds, 0.2, reg, emb)
-    report = jobs.evaluate(cfg, ds, reg, tmp_path / "out" / "eval.json",
-                           versions={"embeddings": emb, "index": idx, "ranker": rk})
+    report = jobs.evaluate(
+        cfg, ds, reg, tmp_path / "out" / "eval.json", versions={"embeddings": emb, "index": idx, "ranker": rk}
+    )
     for m in jobs.METHODS:
         assert 0.0 <= report[m]["recall_at_10"] <= 1.0 and 0 < report[m]["coverage"] <= 1.0
     # the learned models beat chance on a world with real structure
@@ -78,8 +79,9 @@ def test_offline_chain_publishes_versions(world, stack, tmp_path):
 
 def _cli(args, env_extra=None, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(ROOT), **(env_extra or {}))
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout
+    )
 
 
 def test_ray_job_submit_publishes_a_version(world, stack, tmp_path):
@@ -88,13 +90,30 @@ def test_ray_job_submit_publishes_a_version(world, stack, tmp_path):
     ray_bin = str(Path(sys.executable).parent / "ray")
     # no --registry: the job, running in an unpacked copy of the working dir, still publishes into
     # the stack's own registry (the head passes the stack's data dir to its jobs)
-    cmd = [ray_bin, "job", "submit", "--address", info.dashboard_url, "--working-dir", str(ROOT), "--",
-           "python", "-m", "pipelines.train_embeddings", "--dataset", str(ds),
-           "--set", "embeddings.epochs=2", "--set", "embeddings.dim=8"]
+    cmd = [
+        ray_bin,
+        "job",
+        "submit",
+        "--address",
+        info.dashboard_url,
+        "--working-dir",
+        str(ROOT),
+        "--",
+        "python",
+        "-m",
+        "pipelines.train_embeddings",
+        "--dataset",
+        str(ds),
+        "--set",
+        "embeddings.epochs=2",
+        "--set",
+        "embeddings.dim=8",
+    ]
     before = Registry(cfg.registry_uri).versions("embeddings")
     t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env=dict(os.environ, RAY_ADDRESS=info.dashboard_url))
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, RAY_ADDRESS=info.dashboard_url)
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "epoch 2/2" in res.stdout  # progress reached the submitter
     after = Registry(cfg.registry_uri).versions("embeddings")
@@ -107,23 +126,44 @@ def test_ray_job_submit_publishes_a_version(world, stack, tmp_path):
 def test_bad_movielens_input_exits_nonzero_and_registry_unchanged(tmp_path, case):
     d = tmp_path / "ml"
     d.mkdir()
-    good = "userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},4.0,{1000 + m}\n"
-                                                         for u in range(1, 4) for m in (1, 2))
+    good = "userId,movieId,rating,timestamp\n" + "".join(
+        f"{u},{m},4.0,{1000 + m}\n" for u in range(1, 4) for m in (1, 2)
+    )
     movies = "movieId,title,genres\n1,A (1995),Comedy\n2,B (1996),Drama\n"
-    ratings = {"malformed": good + "1,2,4.0\n", "unknown_id": good + "3,77,4.0,1000\n",
-               "empty": "userId,movieId,rating,timestamp\n", "missing": None}[case]
+    ratings = {
+        "malformed": good + "1,2,4.0\n",
+        "unknown_id": good + "3,77,4.0,1000\n",
+        "empty": "userId,movieId,rating,timestamp\n",
+        "missing": None,
+    }[case]
     (d / "movies.csv").write_text(movies)
     if ratings is not None:
         (d / "ratings.csv").write_text(ratings)
     reg = tmp_path / "reg"
     before = Registry(reg)
-    res = _cli(["recserve.cli", "eval", "--dataset", "movielens", "--data-dir", str(d), "--out",
-                str(tmp_path / "e.json"), "--registry", str(reg)],
-               env_extra={"RECSERVE_DATA_DIR": str(tmp_path / "state")})
+    res = _cli(
+        [
+            "recserve.cli",
+            "eval",
+            "--dataset",
+            "movielens",
+            "--data-dir",
+            str(d),
+            "--out",
+            str(tmp_path / "e.json"),
+            "--registry",
+            str(reg),
+        ],
+        env_extra={"RECSERVE_DATA_DIR": str(tmp_path / "state")},
+    )
     assert res.returncode != 0
     msg = res.stderr + res.stdout
-    assert {"malformed": "malformed row", "unknown_id": "movieId 77 is not in movies.csv",
-            "empty": "no valid ratings", "missing": "ratings.csv not found"}[case] in msg
+    assert {
+        "malformed": "malformed row",
+        "unknown_id": "movieId 77 is not in movies.csv",
+        "empty": "no valid ratings",
+        "missing": "ratings.csv not found",
+    }[case] in msg
     assert "Traceback" not in msg
     assert before.list() == {} or all(v["latest"] is None for v in before.list().values())
     assert not (tmp_path / "e.json").exists()
@@ -145,8 +185,9 @@ def test_missing_dataset_and_unknown_version(tmp_path, world):
     assert res.returncode == 2 and "v000009" in res.stderr and "is not in registry" in res.stderr
 
 
-@pytest.mark.parametrize("name", ["generate_world", "import_movielens", "train_embeddings", "build_index",
-                                  "train_ranker", "evaluate"])
+@pytest.mark.parametrize(
+    "name", ["generate_world", "import_movielens", "train_embeddings", "build_index", "train_ranker", "evaluate"]
+)
 def test_pipeline_help(name):
     res = _cli([f"pipelines.{name}", "--help"], timeout=60)
     assert res.returncode == 0 and "ray job submit" in res.stdout

@@ -37,14 +37,18 @@ def test_lag_counts_what_the_standby_lacks(redis_url, tmp_path):
     from recserve.ops.stack import free_port, start_redis, stop_pid
 
     port = free_port()
-    proc = start_redis(tmp_path / "standby", "127.0.0.1", port)   # the standby region's Redis
+    proc = start_redis(tmp_path / "standby", "127.0.0.1", port)  # the standby region's Redis
     try:
         a, s = redis.Redis.from_url(redis_url), redis.Redis(port=port)
         tag = uuid.uuid4().hex[:6]
         log = RedisStreamLog(a, partitions=2, prefix=f"ev{tag}")
-        log.append([{"event_id": f"{tag}-{i}", "user_id": i, "item_id": 1, "event_type": "view",
-                     "ts": int(time.time())} for i in range(10)])
-        for p in range(2):   # the standby has replicated the first two entries of each partition
+        log.append(
+            [
+                {"event_id": f"{tag}-{i}", "user_id": i, "item_id": 1, "event_type": "view", "ts": int(time.time())}
+                for i in range(10)
+            ]
+        )
+        for p in range(2):  # the standby has replicated the first two entries of each partition
             for eid, fields in a.xrange(log.stream(p), count=2):
                 s.xadd(log.stream(p), fields, id=eid)
         time.sleep(0.05)
@@ -69,25 +73,29 @@ def test_the_standby_follows_an_active_region_by_replication_and_promotion_keeps
         s = redis.Redis(port=ps, password="pw-standby")
         s.set("standby-only", "1")
         log = RedisStreamLog(a, partitions=2)
-        log.append([{"event_id": f"k/{i}", "user_id": i, "item_id": 1, "event_type": "view", "ts": int(time.time())}
-                    for i in range(20)])
+        log.append(
+            [
+                {"event_id": f"k/{i}", "user_id": i, "item_id": 1, "event_type": "view", "ts": int(time.time())}
+                for i in range(20)
+            ]
+        )
         follow(s, "127.0.0.1", pa, "pw-active")
         deadline = time.monotonic() + 20
         while replication(s).get("link") != "up" or lag(a, s, 2)["events_behind"]:
             assert time.monotonic() < deadline, (replication(s), lag(a, s, 2))
             time.sleep(0.1)
         assert replication(s)["master"] == f"127.0.0.1:{pa}" and replication(a)["replicas"] == 1
-        assert s.get("standby-only") is None                 # the active's data replaced the standby's own
+        assert s.get("standby-only") is None  # the active's data replaced the standby's own
         log.append([{"event_id": "k/late", "user_id": 1, "item_id": 2, "event_type": "view", "ts": int(time.time())}])
         deadline = time.monotonic() + 10
-        while lag(a, s, 2)["events_behind"]:                # a later event follows
+        while lag(a, s, 2)["events_behind"]:  # a later event follows
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        with pytest.raises(redis.ReadOnlyError):             # a follower takes no writes of its own
+        with pytest.raises(redis.ReadOnlyError):  # a follower takes no writes of its own
             s.set("x", "1")
         assert promote(s)["role"] == "master"
         s.set("x", "1")
-        assert sum(s.xlen(log.stream(p)) for p in range(2)) == 21   # it kept every event it had
+        assert sum(s.xlen(log.stream(p)) for p in range(2)) == 21  # it kept every event it had
     finally:
         stop_pid(standby_proc.pid)
         stop_pid(active_proc.pid)
@@ -128,7 +136,7 @@ def test_region_up_refuses_a_running_region_and_taken_ports_starting_nothing(tmp
     # a region whose port something else holds
     base = free_port()
     with socket.socket() as held:
-        held.bind(("127.0.0.1", base + 10))          # us-west-2's Redis: the base port + 10
+        held.bind(("127.0.0.1", base + 10))  # us-west-2's Redis: the base port + 10
         held.listen()
         res = CliRunner().invoke(app, ["region", "up", "us-west-2"], env={**env, "RECSERVE_REDIS__PORT": str(base)})
     assert res.exit_code == 2 and "are taken by something else: nothing was started" in res.output

@@ -26,8 +26,11 @@ def _haproxy() -> str | None:
 
 def test_the_config_comes_from_the_region_files_and_haproxy_accepts_it(tmp_path):
     regions = read_regions(ROOT / "regions")
-    assert regions == {"eu-west-1": {"role": "standby", "share": 0},
-                       "us-east-1": {"role": "active", "share": 50}, "us-west-2": {"role": "active", "share": 50}}
+    assert regions == {
+        "eu-west-1": {"role": "standby", "share": 0},
+        "us-east-1": {"role": "active", "share": 50},
+        "us-west-2": {"role": "active", "share": 50},
+    }
     text = lb_config(regions, {"us-west-2": "10.0.0.1:80", "us-east-1": "10.0.1.1:80", "eu-west-1": "10.0.2.1:80"})
     assert "server us-west-2 10.0.0.1:80 check weight 50" in text
     assert "server us-east-1 10.0.1.1:80 check weight 50" in text
@@ -56,7 +59,7 @@ def test_bad_region_input_is_refused(tmp_path):
 
 
 class _Region(BaseHTTPRequestHandler):
-    def do_GET(self):   # noqa: N802 - the http.server API
+    def do_GET(self):
         ready = self.server.ready
         code = (200 if ready else 503) if self.path == "/readyz" else 200
         body = self.server.name.encode()
@@ -86,11 +89,16 @@ def test_a_real_haproxy_takes_a_failing_region_out_and_keeps_users_on_one_region
 
     servers, regions = _two_regions()
     port = free_port()
-    cfg = lb_config(regions, {n: f"127.0.0.1:{s.server_address[1]}" for n, s in servers.items()},
-                    bind=f"127.0.0.1:{port}", slowstart_s=1)
+    cfg = lb_config(
+        regions,
+        {n: f"127.0.0.1:{s.server_address[1]}" for n, s in servers.items()},
+        bind=f"127.0.0.1:{port}",
+        slowstart_s=1,
+    )
     (tmp_path / "lb.cfg").write_text(cfg)
-    proc = subprocess.Popen([_haproxy(), "-f", str(tmp_path / "lb.cfg")], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [_haproxy(), "-f", str(tmp_path / "lb.cfg")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         url = f"http://127.0.0.1:{port}/v1/recommend"
         deadline = time.monotonic() + 15
@@ -100,12 +108,13 @@ def test_a_real_haproxy_takes_a_failing_region_out_and_keeps_users_on_one_region
                 break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        time.sleep(6)   # both servers pass their 5 checks and finish the slow start
-        seen = {u: {httpx.get(url, headers={"x-session-id": str(u)}, timeout=5).text for _ in range(3)}
-                for u in range(40)}
-        assert all(len(v) == 1 for v in seen.values()), seen             # each user on one region
-        assert {next(iter(v)) for v in seen.values()} == set(servers)    # users spread over both
-        servers["us-west-2"].ready = False                               # its /readyz fails: 3 checks, out
+        time.sleep(6)  # both servers pass their 5 checks and finish the slow start
+        seen = {
+            u: {httpx.get(url, headers={"x-session-id": str(u)}, timeout=5).text for _ in range(3)} for u in range(40)
+        }
+        assert all(len(v) == 1 for v in seen.values()), seen  # each user on one region
+        assert {next(iter(v)) for v in seen.values()} == set(servers)  # users spread over both
+        servers["us-west-2"].ready = False  # its /readyz fails: 3 checks, out
         time.sleep(4.5)
         got = {httpx.get(url, headers={"x-session-id": str(u)}, timeout=5).text for u in range(40)}
         assert got == {"us-east-1"}
@@ -127,7 +136,7 @@ def test_each_region_on_one_machine_gets_its_own_ports_and_data_and_a_bad_region
     cfgs = {r: region_config(cfg, r, regions) for r in regions}
     ports = [p for c in cfgs.values() for p in (c.redis.port, c.ray.gcs_port, c.ray.dashboard_port, c.serve.http_port)]
     ports += [cfg.redis.port, cfg.ray.gcs_port, cfg.ray.dashboard_port, cfg.serve.http_port]
-    assert len(ports) == len(set(ports))                                   # no two stacks share a port
+    assert len(ports) == len(set(ports))  # no two stacks share a port
     assert {c.serve.http_port for c in cfgs.values()} == {8100, 8200, 8300}
     assert {c.data_dir for c in cfgs.values()} == {(tmp_path / "data").resolve() / r for r in regions}
     assert all(c.registry_uri == str((tmp_path / "data" / "registry").resolve()) for c in cfgs.values())
@@ -135,7 +144,7 @@ def test_each_region_on_one_machine_gets_its_own_ports_and_data_and_a_bad_region
         region_config(cfg, "mars-1", regions)
     res = CliRunner().invoke(app, ["region", "up", "mars-1"], env={"RECSERVE_DATA_DIR": str(tmp_path / "d2")})
     assert res.exit_code == 2 and "no region 'mars-1' in the region files" in res.output
-    assert not (tmp_path / "d2").exists()                                  # nothing started, nothing written
+    assert not (tmp_path / "d2").exists()  # nothing started, nothing written
 
 
 @pytest.mark.skipif(_haproxy() is None, reason="no HAProxy binary")
@@ -166,33 +175,33 @@ def test_the_load_balancer_names_the_region_retries_a_dead_one_and_takes_one_out
             for u in users:
                 r = httpx.get(f"{url}/v1/recommend", headers={"x-session-id": str(u)}, timeout=5)
                 assert r.status_code == 200
-                assert r.headers["x-recserve-region"] == r.text   # the header names the answering region
+                assert r.headers["x-recserve-region"] == r.text  # the header names the answering region
                 out[u] = r.text
             return out
 
-        time.sleep(1.5)   # the slow start (1 s) over
+        time.sleep(1.5)  # the slow start (1 s) over
         first = regions_of(range(40))
         west = [u for u, r in first.items() if r == "us-west-2"]
         assert west and len(west) < 40
-        lb.set_state("us-west-2", "maint")                       # `recserve region failover us-west-2`
+        lb.set_state("us-west-2", "maint")  # `recserve region failover us-west-2`
         assert lb.servers()["us-west-2"]["status"] == "MAINT"
         assert set(regions_of(range(40)).values()) == {"us-east-1"}
-        lb.set_state("us-west-2", "ready")                       # `recserve region return us-west-2`
+        lb.set_state("us-west-2", "ready")  # `recserve region return us-west-2`
         deadline = time.monotonic() + 15
         while lb.servers()["us-west-2"]["status"] != "UP":
             assert time.monotonic() < deadline, lb.servers()
             time.sleep(0.2)
         time.sleep(1.5)
-        assert regions_of(west) == {u: "us-west-2" for u in west}   # its users come back to it
+        assert regions_of(west) == {u: "us-west-2" for u in west}  # its users come back to it
         with pytest.raises(RegionError, match="no region 'mars-1'"):
             lb.set_state("mars-1", "maint")
         assert lb.set_weights({"us-west-2": 0, "us-east-1": 100}) == {"us-west-2": 0, "us-east-1": 100}
-        assert set(regions_of(west).values()) == {"us-east-1"}       # `region shift ... --apply`
+        assert set(regions_of(west).values()) == {"us-east-1"}  # `region shift ... --apply`
         with pytest.raises(RegionError, match="no regions"):
             lb.set_weights({"mars-1": 10})
         lb.set_weights({"us-west-2": 50, "us-east-1": 50})
         time.sleep(0.5)
-        servers["us-west-2"].shutdown()                           # dies: refused before any check notices
+        servers["us-west-2"].shutdown()  # dies: refused before any check notices
         servers["us-west-2"].server_close()
         assert regions_of(west) == {u: "us-east-1" for u in west}  # retried on the other region, no error
     finally:

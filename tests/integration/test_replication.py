@@ -20,8 +20,17 @@ def _region(url: str, db: int):
 
 
 def _events(n: int, tag: str, user0: int = 0) -> list[dict]:
-    return [{"event_id": f"k1/{tag}-{i}", "user_id": user0 + i % 7, "item_id": i, "event_type": "view",
-             "value": 1.0, "ts": int(time.time())} for i in range(n)]
+    return [
+        {
+            "event_id": f"k1/{tag}-{i}",
+            "user_id": user0 + i % 7,
+            "item_id": i,
+            "event_type": "view",
+            "value": 1.0,
+            "ts": int(time.time()),
+        }
+        for i in range(n)
+    ]
 
 
 def _all(log) -> list[dict]:
@@ -35,8 +44,8 @@ def test_the_mirror_is_idempotent_and_never_sends_an_event_back(redis_url):
     b.append(_events(20, "b", user0=100))
     ab = EventMirror(a, b, rb, "us-west-2", "us-east-1")
     ba = EventMirror(b, a, ra, "us-east-1", "us-west-2")
-    assert ab.catch_up() == 50 and ba.catch_up() == 70   # b holds its 20 and the 50 mirrored in
-    assert ba.skipped == 50                               # ...which it does not send back
+    assert ab.catch_up() == 50 and ba.catch_up() == 70  # b holds its 20 and the 50 mirrored in
+    assert ba.skipped == 50  # ...which it does not send back
     ids_a = sorted(e["event_id"] for e in _all(a))
     ids_b = sorted(e["event_id"] for e in _all(b))
     assert ids_a == ids_b and len(ids_a) == 70 and len(set(ids_a)) == 70
@@ -77,8 +86,11 @@ def test_the_mirror_catches_up_after_a_partition_between_the_regions(redis_url):
     from recserve.cli import app
 
     base = redis_url.rsplit("/", 1)[0]
-    res = CliRunner().invoke(app, ["region", "lag", "--mirror", f"us-west-2={base}/13", "--mirror",
-                                   f"us-east-1={base}/14"], env={"RECSERVE_STREAM__PARTITIONS": "4"})
+    res = CliRunner().invoke(
+        app,
+        ["region", "lag", "--mirror", f"us-west-2={base}/13", "--mirror", f"us-east-1={base}/14"],
+        env={"RECSERVE_STREAM__PARTITIONS": "4"},
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["us-west-2 -> us-east-1"]["events"] == 40 and out["us-east-1 -> us-west-2"]["events"] == 0
@@ -97,13 +109,13 @@ def test_api_keys_are_made_valid_in_the_other_region_and_a_revocation_wins(redis
     rb, b = _region(redis_url, 9)
     ab, ba = EventMirror(a, b, rb, "us-west-2", "us-east-1"), EventMirror(b, a, ra, "us-east-1", "us-west-2")
     kid, key = KeyStore(ra).create("web", "recommend,events")
-    assert ab.sync_keys() == 1 and ab.sync_keys() == 0          # merged once; nothing new since
-    assert rb.get(K.auth_hash(digest(key))).decode() == kid     # the key is valid in the other region
-    assert ba.sync_keys() == 0                                  # and sending it back changes nothing
-    assert KeyStore(rb).revoke(kid)                             # revoked in the other region...
+    assert ab.sync_keys() == 1 and ab.sync_keys() == 0  # merged once; nothing new since
+    assert rb.get(K.auth_hash(digest(key))).decode() == kid  # the key is valid in the other region
+    assert ba.sync_keys() == 0  # and sending it back changes nothing
+    assert KeyStore(rb).revoke(kid)  # revoked in the other region...
     assert ba.sync_keys() == 1
-    assert ra.get(K.auth_hash(digest(key))) is None             # ...is refused here too
-    assert ab.sync_keys() == 0                                  # a revocation is not undone by the merge
+    assert ra.get(K.auth_hash(digest(key))) is None  # ...is refused here too
+    assert ab.sync_keys() == 0  # a revocation is not undone by the merge
     assert rb.get(K.auth_hash(digest(key))) is None and KeyStore(rb).list()[0]["revoked"]
 
 
@@ -136,8 +148,8 @@ def test_the_replicator_actor_mirrors_both_ways_and_a_restarted_one_resumes(stac
         ray.kill(ab, no_restart=True)
         a.append(_events(10, "a-while-down"))
         time.sleep(1.0)
-        assert len(_all(b)) == 40                  # nobody mirrors that direction now
-        ab = Replicator.remote(A, B)               # a new one reads the cursors from us-east-1's Redis
+        assert len(_all(b)) == 40  # nobody mirrors that direction now
+        ab = Replicator.remote(A, B)  # a new one reads the cursors from us-east-1's Redis
         assert settled(50)
         ids = [e["event_id"] for e in _all(b)]
         assert len(ids) == len(set(ids)) == 50

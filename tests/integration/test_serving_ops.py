@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 
 def _users(reg, n, offset=0):
-    return [int(u) for u in np.load(reg.fetch("embeddings") / "user_ids.npy")[offset:offset + n]]
+    return [int(u) for u in np.load(reg.fetch("embeddings") / "user_ids.npy")[offset : offset + n]]
 
 
 def test_hot_model_swap_without_failed_requests(serving, tmp_path):
@@ -69,12 +69,16 @@ def test_hot_model_swap_without_failed_requests(serving, tmp_path):
     serve.run(build_app(cfg, str(reg.uri), http.index_root, ranker_version=old), name="recserve", route_prefix="/")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if http.post("/v1/recommend", json={"user_id": _users(reg, 1)[0], "k": 4}).json()["model_versions"][
-                "ranker"] == old:
+        if (
+            http.post("/v1/recommend", json={"user_id": _users(reg, 1)[0], "k": 4}).json()["model_versions"]["ranker"]
+            == old
+        ):
             break
         time.sleep(0.2)
-    assert http.post("/v1/recommend", json={"user_id": _users(reg, 1)[0], "k": 3}).json()["model_versions"][
-        "ranker"] == old
+    assert (
+        http.post("/v1/recommend", json={"user_id": _users(reg, 1)[0], "k": 3}).json()["model_versions"]["ranker"]
+        == old
+    )
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +91,22 @@ def two_routers(serving):
     from deployments.app import build_app
 
     http, reg, cfg = serving
-    serve.run(build_app(cfg, str(reg.uri), None, name="affine", router_replicas=2, affinity=True,
-                        router_options={"max_ongoing_requests": 2, "max_queued_requests": 2}),
-              name="affine", route_prefix="/affine")
+    serve.run(
+        build_app(
+            cfg,
+            str(reg.uri),
+            None,
+            name="affine",
+            router_replicas=2,
+            affinity=True,
+            router_options={"max_ongoing_requests": 2, "max_queued_requests": 2},
+        ),
+        name="affine",
+        route_prefix="/affine",
+    )
     client = httpx.Client(base_url=f"{http.base_url}/affine", timeout=30, headers=http.headers)
     seen, deadline = set(), time.monotonic() + 60
-    while len(seen) < 2 and time.monotonic() < deadline:   # both replicas in the load balancer's rotation
+    while len(seen) < 2 and time.monotonic() < deadline:  # both replicas in the load balancer's rotation
         seen.add(client.get("/v1/status", headers={"connection": "close"}).json()["replica"])
         time.sleep(0.1)
     assert len(seen) == 2, seen
@@ -108,8 +122,11 @@ def _hit_rate(client, users, repeats, header: bool) -> float:
         for u in users:
             # without the key, a connection per request: HAProxy keeps a keep-alive connection on the
             # server it last used, so the fallback balancing happens per connection
-            r = client.post("/v1/recommend", json={"user_id": u, "k": 10},
-                            headers={"x-session-id": str(u)} if header else {"connection": "close"})
+            r = client.post(
+                "/v1/recommend",
+                json={"user_id": u, "k": 10},
+                headers={"x-session-id": str(u)} if header else {"connection": "close"},
+            )
             assert r.status_code == 200, r.text
             how.append(r.json()["cache"])
     return how.count("hit") / len(how)
@@ -134,10 +151,12 @@ def test_burst_beyond_the_queue_gets_429_with_retry_after(two_routers):
     users = _users(reg, 60, 40)
 
     async def burst():
-        async with httpx.AsyncClient(base_url=str(client.base_url), timeout=30, headers=client.headers,
-                                     limits=httpx.Limits(max_connections=200)) as c:
-            return await asyncio.gather(*[c.post("/v1/recommend", json={"user_id": u, "k": 3 + i % 5})
-                                          for i, u in enumerate(users * 2)])
+        async with httpx.AsyncClient(
+            base_url=str(client.base_url), timeout=30, headers=client.headers, limits=httpx.Limits(max_connections=200)
+        ) as c:
+            return await asyncio.gather(
+                *[c.post("/v1/recommend", json={"user_id": u, "k": 3 + i % 5}) for i, u in enumerate(users * 2)]
+            )
 
     rs = asyncio.run(burst())
     codes = [r.status_code for r in rs]
@@ -153,8 +172,11 @@ def test_burst_beyond_the_queue_gets_429_with_retry_after(two_routers):
 def _shard_actors(prefix: str) -> list[str]:
     from ray.util.state import list_actors
 
-    return [a.name for a in list_actors(filters=[("class_name", "=", "ShardReplica"), ("state", "=", "ALIVE")])
-            if (a.name or "").startswith(prefix)]
+    return [
+        a.name
+        for a in list_actors(filters=[("class_name", "=", "ShardReplica"), ("state", "=", "ALIVE")])
+        if (a.name or "").startswith(prefix)
+    ]
 
 
 def test_shared_index_actors_end_with_their_application(two_routers):
@@ -181,10 +203,16 @@ def test_queue_depth_policy_scales_up_and_back_down(serving):
     from recserve.serving.autoscale import autoscaling_config
 
     _, reg, cfg = serving
-    auto = autoscaling_config(min_replicas=1, max_replicas=2, target=4, upscale_delay_s=1, downscale_delay_s=4,
-                              metrics_interval_s=0.5, look_back_period_s=2)
-    app = Ranker.options(name="ScaleRanker", autoscaling_config=auto,
-                         user_config=ranker_spec(cfg, reg)).bind()
+    auto = autoscaling_config(
+        min_replicas=1,
+        max_replicas=2,
+        target=4,
+        upscale_delay_s=1,
+        downscale_delay_s=4,
+        metrics_interval_s=0.5,
+        look_back_period_s=2,
+    )
+    app = Ranker.options(name="ScaleRanker", autoscaling_config=auto, user_config=ranker_spec(cfg, reg)).bind()
     handle = serve.run(app, name="scale", route_prefix=None)
 
     def running() -> int:
@@ -227,8 +255,10 @@ def test_colocated_router_answers_the_same_contract(serving):
             assert len(body["items"]) == 5 and all(i["reasons"] for i in body["items"])
             assert body["model_versions"]["ranker"] == reg.resolve("ranker")
             assert set(body["hop_ms"]) >= {"vector_index", "ranker", "bandit", "explainer"}
-            fb = c.post("/v1/feedback", json={"request_id": body["request_id"], "item_id": body["items"][0]["item_id"],
-                                              "reward": 0.0})
+            fb = c.post(
+                "/v1/feedback",
+                json={"request_id": body["request_id"], "item_id": body["items"][0]["item_id"], "reward": 0.0},
+            )
             assert fb.status_code == 200 and fb.json()["posterior"]["beta"] >= 2.0
     finally:
         serve.delete("colo")
@@ -242,14 +272,29 @@ def test_prometheus_endpoint_has_the_recserve_metrics(serving):
     http, reg, cfg = serving
     for u in _users(reg, 5):
         assert http.post("/v1/recommend", json={"user_id": u, "k": 5}).status_code == 200
-    http.post("/v1/events", json={"events": [{"event_id": f"m-{time.time_ns()}", "user_id": _users(reg, 1)[0],
-                                              "item_id": 1, "event_type": "view"}]})
+    http.post(
+        "/v1/events",
+        json={
+            "events": [
+                {"event_id": f"m-{time.time_ns()}", "user_id": _users(reg, 1)[0], "item_id": 1, "event_type": "view"}
+            ]
+        },
+    )
     port = ray.nodes()[0]["MetricsExportPort"]
-    http.get("/v1/status")   # starts the router's index-size refresh (every 10 s)
-    want = ["recserve_requests_total", "recserve_request_latency_ms_bucket", "recserve_hop_latency_ms_bucket",
-            "recserve_degradation_level_total", "recserve_cache_lookups_total", "recserve_breaker_state",
-            "recserve_events_accepted_total", "recserve_stream_staleness_s", "recserve_stream_lag_events",
-            "recserve_index_vectors", "recserve_model_version"]
+    http.get("/v1/status")  # starts the router's index-size refresh (every 10 s)
+    want = [
+        "recserve_requests_total",
+        "recserve_request_latency_ms_bucket",
+        "recserve_hop_latency_ms_bucket",
+        "recserve_degradation_level_total",
+        "recserve_cache_lookups_total",
+        "recserve_breaker_state",
+        "recserve_events_accepted_total",
+        "recserve_stream_staleness_s",
+        "recserve_stream_lag_events",
+        "recserve_index_vectors",
+        "recserve_model_version",
+    ]
     text, deadline = "", time.monotonic() + 60
     while time.monotonic() < deadline:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -258,7 +303,7 @@ def test_prometheus_endpoint_has_the_recserve_metrics(serving):
         time.sleep(2)
     missing = [w for w in want if w not in text]
     assert not missing, missing
-    rows = [x for x in text.splitlines() if not x.startswith("#")]   # Ray may prefix the names (ray_...)
+    rows = [x for x in text.splitlines() if not x.startswith("#")]  # Ray may prefix the names (ray_...)
     lines = [x for x in rows if "recserve_requests_total{" in x and 'endpoint="recommend"' in x]
     assert lines and sum(float(x.rsplit(" ", 1)[1]) for x in lines) >= 5, lines
     states = [x for x in rows if "recserve_breaker_state{" in x]

@@ -18,9 +18,17 @@ pytestmark = pytest.mark.integration
 
 def _send(log, n, start, users=50, items=30, now=None):
     now = now or int(time.time())
-    evs = [{"event_id": f"fault-{start + i}", "user_id": 10_000 + (start + i) % users,
-            "item_id": 900_000 + (start + i) % items, "event_type": "view", "value": 1.0, "ts": now}
-           for i in range(n)]
+    evs = [
+        {
+            "event_id": f"fault-{start + i}",
+            "user_id": 10_000 + (start + i) % users,
+            "item_id": 900_000 + (start + i) % items,
+            "event_type": "view",
+            "value": 1.0,
+            "ts": now,
+        }
+        for i in range(n)
+    ]
     return sum(o is not None for o in log.append(evs))
 
 
@@ -37,8 +45,9 @@ def _supervisor_pids(sup):
 
 
 @pytest.mark.parametrize("backend", ["redis", "kafka"])
-def test_supervised_aggregators_survive_kills_and_rescaling_counting_every_event_once(stack, stream_cfg, backend,
-                                                                                   request):
+def test_supervised_aggregators_survive_kills_and_rescaling_counting_every_event_once(
+    stack, stream_cfg, backend, request
+):
     """The stream's supervisor (the detached actor the application builder creates) on a stream
     of its own: an aggregator killed mid-stream, then the supervisor itself (Ray brings it back and
     it adopts the running aggregators), then one more aggregator and back down to one: every
@@ -71,9 +80,9 @@ def test_supervised_aggregators_survive_kills_and_rescaling_counting_every_event
         before = _supervisor_pids(sup)
         assert len(before) == cfg.stream.aggregators
         victim = ray.get(sup.aggregators.remote())[0]
-        os.kill(ray.get(victim.pid.remote()), signal.SIGKILL)      # mid-stream, no goodbye
+        os.kill(ray.get(victim.pid.remote()), signal.SIGKILL)  # mid-stream, no goodbye
         time.sleep(1.0)
-        os.kill(ray.get(sup.pid.remote()), signal.SIGKILL)         # and the supervisor
+        os.kill(ray.get(sup.pid.remote()), signal.SIGKILL)  # and the supervisor
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -97,22 +106,22 @@ def test_supervised_aggregators_survive_kills_and_rescaling_counting_every_event
                 time.sleep(0.5)
         else:
             raise AssertionError(f"{survivor} did not come back after its supervisor's restart")
-        assert ray.get(sup.scale.remote(3)) == 3                   # one more, mid-stream
+        assert ray.get(sup.scale.remote(3)) == 3  # one more, mid-stream
         time.sleep(1.0)
     finally:
         stop.set()
         t.join(10)
     assert ray.get(sup.wait_caught_up.remote(60)), ray.get(sup.lag.remote())
     assert sent[0] > 1000
-    assert _total(r) == sent[0]                                     # nothing lost, nothing twice
+    assert _total(r) == sent[0]  # nothing lost, nothing twice
     st = ray.get(sup.stats.remote())
     assert sorted(p for a in st["aggregators"] for p in a["partitions"]) == list(range(cfg.stream.partitions))
-    assert ray.get(sup.scale.remote(1)) == 1                        # and back down, still exact
+    assert ray.get(sup.scale.remote(1)) == 1  # and back down, still exact
     sent[0] += _send(log, 500, 10**6)
     assert ray.get(sup.wait_caught_up.remote(60))
     assert _total(r) == sent[0]
     names = [a["name"] for a in ray.get(sup.stats.remote())["aggregators"]]
-    assert stop_supervisor(cfg, "test-app")                          # the last application goes: all stop
+    assert stop_supervisor(cfg, "test-app")  # the last application goes: all stop
     assert get_supervisor(cfg) is None
     for n in names:
         with pytest.raises(ValueError):
@@ -137,8 +146,10 @@ def test_clicks_on_one_category_move_recommendations_within_a_second(serving):
         target = next(c for c in items.value_counts().index if cats.count(c) <= 1)
         clicks = [int(i) for i in items[items == target].index[:5]]
         now = int(time.time())
-        ev = [{"event_id": f"live-{u}-{i}-{time.time_ns()}", "user_id": u, "item_id": i, "event_type": "click",
-               "ts": now} for i in clicks]
+        ev = [
+            {"event_id": f"live-{u}-{i}-{time.time_ns()}", "user_id": u, "item_id": i, "event_type": "click", "ts": now}
+            for i in clicks
+        ]
         t0 = time.monotonic()
         assert http.post("/v1/events", json={"events": ev}).status_code == 202
         after, took = None, None

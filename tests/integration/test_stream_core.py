@@ -44,8 +44,17 @@ def env(request, redis_url):
 
 
 def _events(n, users=4, start=0, etype="click"):
-    return [{"event_id": f"e{start + i}", "user_id": (start + i) % users, "item_id": 100 + (start + i) % 20,
-             "event_type": etype, "value": 1.0, "ts": NOW - 10 + i % 5} for i in range(n)]
+    return [
+        {
+            "event_id": f"e{start + i}",
+            "user_id": (start + i) % users,
+            "item_id": 100 + (start + i) % 20,
+            "event_type": etype,
+            "value": 1.0,
+            "ts": NOW - 10 + i % 5,
+        }
+        for i in range(n)
+    ]
 
 
 def _run(core) -> int:
@@ -105,10 +114,18 @@ def test_two_owners_of_one_partition_commit_each_event_once(env):
             ea, eb = log.read_after(p, off), log.read_after(p, off)
             ops_a, ops_b = a._fold([e.event for e in ea], p), b._fold([e.event for e in eb], p)
             if ea:
-                assert a._commit(keys=[f"{s.prefix}:off:{p}", f"{s.prefix}:done:{p}"],
-                                 args=[off, ea[-1].offset, len(ea)] + ops_a) == 1
-                assert b._commit(keys=[f"{s.prefix}:off:{p}", f"{s.prefix}:done:{p}"],
-                                 args=[off, eb[-1].offset, len(eb)] + ops_b) == 0
+                assert (
+                    a._commit(
+                        keys=[f"{s.prefix}:off:{p}", f"{s.prefix}:done:{p}"], args=[off, ea[-1].offset, len(ea)] + ops_a
+                    )
+                    == 1
+                )
+                assert (
+                    b._commit(
+                        keys=[f"{s.prefix}:off:{p}", f"{s.prefix}:done:{p}"], args=[off, eb[-1].offset, len(eb)] + ops_b
+                    )
+                    == 0
+                )
     assert _item_total(r, s) == 100
     assert sum(lag(r, log, s.prefix).values()) == 0
 
@@ -144,12 +161,12 @@ def test_the_redis_log_is_trimmed_below_the_committed_offset_and_lag_stays_exact
     core.assign(list(range(P)))
     log.append(_events(30))
     assert _run(core) == 30
-    log.append(_events(10, start=30))                 # not committed yet
+    log.append(_events(10, start=30))  # not committed yet
     committed = {p: r.get(f"{s.prefix}:off:{p}").decode() for p in range(P)}
     before = sum(r.xlen(log.stream(p)) for p in range(P))
-    assert log.trim(committed, retention_s=3600) == 0                     # all younger than the retention
+    assert log.trim(committed, retention_s=3600) == 0  # all younger than the retention
     dropped = log.trim(committed, retention_s=0)
-    assert dropped == 30 - P                          # each partition keeps its committed entry (the read position)
+    assert dropped == 30 - P  # each partition keeps its committed entry (the read position)
     assert sum(r.xlen(log.stream(p)) for p in range(P)) == before - dropped
     assert sum(lag(r, log, s.prefix).values()) == 10  # the uncommitted ten, exactly
     assert _run(core) == 10 and sum(lag(r, log, s.prefix).values()) == 0

@@ -17,16 +17,27 @@ DRIVER = shutil.which("chromedriver")
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if not (CHROMIUM and DRIVER):
-        pytest.skip("no chromium + chromedriver on PATH: `make test` installs Debian's chromium and chromium-driver "
-                    "(apt-get, as root); install them to run the /ui test")
+        pytest.skip(
+            "no chromium + chromedriver on PATH: `make test` installs Debian's chromium and chromium-driver "
+            "(apt-get, as root); install them to run the /ui test"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+    for a in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
         opts.add_argument(a)
     drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
     drv.set_page_load_timeout(30)
@@ -51,10 +62,12 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
 
     http, reg, cfg = serving
     users = [int(u) for u in np.load(reg.fetch("embeddings") / "user_ids.npy")[40:43]]
-    for u in users:   # some traffic, so hit rates and levels have something to show
+    for u in users:  # some traffic, so hit rates and levels have something to show
         for _ in range(2):
-            assert http.post("/v1/recommend", json={"user_id": u, "k": 5},
-                             headers={"x-session-id": str(u)}).status_code == 200
+            assert (
+                http.post("/v1/recommend", json={"user_id": u, "k": 5}, headers={"x-session-id": str(u)}).status_code
+                == 200
+            )
 
     # without a key the page asks for one (the status needs the admin scope)
     browser.get(f"{http.base_url}/ui")
@@ -68,12 +81,16 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
     st = http.get("/v1/status").json()
 
     assert int(_text(browser, "#level")) == st["degradation_level"]
-    shown = {tr.get_attribute("data-dependency"): tr.find_elements(By.TAG_NAME, "td")[1].text
-             for tr in browser.find_elements(By.CSS_SELECTOR, "#breakers tr[data-dependency]")}
+    shown = {
+        tr.get_attribute("data-dependency"): tr.find_elements(By.TAG_NAME, "td")[1].text
+        for tr in browser.find_elements(By.CSS_SELECTOR, "#breakers tr[data-dependency]")
+    }
     assert shown == {d: b["state"] for d, b in st["breakers"].items()}
     assert set(shown) >= {"vector_index", "ranker", "bandit", "explainer", "feature_store", "event_log"}
-    versions = {tr.get_attribute("data-component"): tr.find_element(By.CSS_SELECTOR, ".version").text
-                for tr in browser.find_elements(By.CSS_SELECTOR, "#versions tr")}
+    versions = {
+        tr.get_attribute("data-component"): tr.find_element(By.CSS_SELECTOR, ".version").text
+        for tr in browser.find_elements(By.CSS_SELECTOR, "#versions tr")
+    }
     assert versions["ranker"] == reg.resolve("ranker") and versions["index"] == reg.resolve("index")
     assert versions == st["model_versions"]
     assert int(_text(browser, "#lag")) >= 0
@@ -82,15 +99,20 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
     l1 = _text(browser, "#cache-L1 .rate")
     assert l1.endswith("%") and float(l1[:-1]) > 0, l1
     assert browser.find_elements(By.CSS_SELECTOR, "#cache-context") and browser.find_elements(
-        By.CSS_SELECTOR, "#cache-explanation")
+        By.CSS_SELECTOR, "#cache-explanation"
+    )
     # the vector count arrives within the router's 10 s refresh
     _wait(browser, lambda d: _text(d, "#index-vectors").isdigit(), timeout=30)
     assert int(_text(browser, "#index-vectors")) >= len(users)
 
     # the form: the same request the client just made, so the user's cached list comes back
     u = users[0]
-    want = [i["item_id"] for i in http.post("/v1/recommend", json={"user_id": u, "k": 5},
-                                            headers={"x-session-id": str(u)}).json()["items"]]
+    want = [
+        i["item_id"]
+        for i in http.post("/v1/recommend", json={"user_id": u, "k": 5}, headers={"x-session-id": str(u)}).json()[
+            "items"
+        ]
+    ]
     box = browser.find_element(By.ID, "user-id")
     box.clear()
     box.send_keys(str(u))
@@ -123,8 +145,9 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
     from recserve.serving import experiments as ex
 
     assert _text(browser, "#experiment-name") == "none running"
-    exp = ExperimentConfig.model_validate({"arms": {"control": {"share": 0.5},
-                                                    "lessexplore": {"share": 0.5, "bandit_share": 0.1}}})
+    exp = ExperimentConfig.model_validate(
+        {"arms": {"control": {"share": 0.5}, "lessexplore": {"share": 0.5, "bandit_share": 0.1}}}
+    )
     r = redis.Redis.from_url(cfg.redis_url)
     ex.start(r, cfg.model_copy(update={"experiments": {"ui-exp": exp}}), reg, "ui-exp")
     try:
@@ -132,8 +155,10 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
             http.post("/v1/recommend", json={"user_id": uu, "k": 6})
         _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#experiment tr[data-arm]")) == 2)
         assert _text(browser, "#experiment-name").startswith("ui-exp (control control)")
-        rows = {tr.get_attribute("data-arm"): tr.text for tr in
-                browser.find_elements(By.CSS_SELECTOR, "#experiment tr[data-arm]")}
+        rows = {
+            tr.get_attribute("data-arm"): tr.text
+            for tr in browser.find_elements(By.CSS_SELECTOR, "#experiment tr[data-arm]")
+        }
         assert set(rows) == {"control", "lessexplore"} and "bandit_share" in rows["lessexplore"]
         assert all("running" in t for t in rows.values())
     finally:

@@ -36,6 +36,7 @@ def call(method, path, **kw):
     async def go():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
             return await c.request(method, path, **kw)
+
     return asyncio.run(go())
 
 
@@ -43,24 +44,27 @@ EV = {"user_id": 1, "item_id": 2, "event_type": "click"}
 NOW = int(time.time())
 
 
-@pytest.mark.parametrize("path,body,status,field", [
-    ("/v1/recommend", {"user_id": "abc"}, 422, "user_id"),
-    ("/v1/recommend", {}, 422, "user_id"),
-    ("/v1/recommend", {"user_id": 1, "session_items": [3]}, 422, "user_id"),
-    ("/v1/recommend", {"session_items": []}, 422, "session_items"),
-    ("/v1/recommend", {"session_items": [1, -2]}, 422, "session_items.1"),
-    ("/v1/recommend", {"user_id": 1, "k": 0}, 422, "k"),
-    ("/v1/recommend", {"user_id": 1, "k": 101}, 422, "k"),
-    ("/v1/recommend", {"user_id": 1, "filters": {"colour": ["red"]}}, 422, "filters.colour"),
-    ("/v1/recommend", {"user_id": 1, "explain": "maybe"}, 422, "explain"),
-    ("/v1/recommend", {"user_id": 1, "bogus": 1}, 422, "bogus"),
-    ("/v1/events", {"events": [EV] * 1001}, 422, "events"),
-    ("/v1/events", {"events": []}, 422, "events"),
-    ("/v1/events", {"events": [{**EV, "event_type": "like"}]}, 422, "events.0.event_type"),
-    ("/v1/events", {"events": [{**EV, "ts": NOW + 86400}]}, 422, "events.0.ts"),
-    ("/v1/events", {"events": [{**EV, "ts": NOW - 90 * 86400}]}, 422, "events.0.ts"),
-    ("/v1/feedback", {"request_id": "r", "item_id": 1, "reward": 7}, 422, "reward"),
-])
+@pytest.mark.parametrize(
+    "path,body,status,field",
+    [
+        ("/v1/recommend", {"user_id": "abc"}, 422, "user_id"),
+        ("/v1/recommend", {}, 422, "user_id"),
+        ("/v1/recommend", {"user_id": 1, "session_items": [3]}, 422, "user_id"),
+        ("/v1/recommend", {"session_items": []}, 422, "session_items"),
+        ("/v1/recommend", {"session_items": [1, -2]}, 422, "session_items.1"),
+        ("/v1/recommend", {"user_id": 1, "k": 0}, 422, "k"),
+        ("/v1/recommend", {"user_id": 1, "k": 101}, 422, "k"),
+        ("/v1/recommend", {"user_id": 1, "filters": {"colour": ["red"]}}, 422, "filters.colour"),
+        ("/v1/recommend", {"user_id": 1, "explain": "maybe"}, 422, "explain"),
+        ("/v1/recommend", {"user_id": 1, "bogus": 1}, 422, "bogus"),
+        ("/v1/events", {"events": [EV] * 1001}, 422, "events"),
+        ("/v1/events", {"events": []}, 422, "events"),
+        ("/v1/events", {"events": [{**EV, "event_type": "like"}]}, 422, "events.0.event_type"),
+        ("/v1/events", {"events": [{**EV, "ts": NOW + 86400}]}, 422, "events.0.ts"),
+        ("/v1/events", {"events": [{**EV, "ts": NOW - 90 * 86400}]}, 422, "events.0.ts"),
+        ("/v1/feedback", {"request_id": "r", "item_id": 1, "reward": 7}, 422, "reward"),
+    ],
+)
 def test_bad_requests_get_4xx_naming_the_field(path, body, status, field):
     before = len(written)
     r = call("POST", path, json=body)
@@ -86,6 +90,8 @@ def test_non_json_oversized_and_wrong_type():
 
 
 def test_good_requests_pass():
-    assert call("POST", "/v1/recommend", json={"user_id": 3, "k": 5, "filters": {"categories": ["a"]}}).json() == {"ok": 5}
+    assert call("POST", "/v1/recommend", json={"user_id": 3, "k": 5, "filters": {"categories": ["a"]}}).json() == {
+        "ok": 5
+    }
     r = call("POST", "/v1/events", json={"events": [{**EV, "event_id": "e1", "ts": NOW}]})
     assert r.status_code == 202 and r.json() == {"accepted": 1}

@@ -28,9 +28,8 @@ def _gate(store, **kw):
 def test_keys_are_stored_hashed_listed_and_revoked(store):
     kid, key = store.create("shop", "recommend,events")
     assert key.startswith(f"rs_{kid}_") and len(key) > 30
-    dump = b"".join(v for k in store.r.scan_iter() if store.r.type(k) == b"hash"
-                    for v in store.r.hgetall(k).values())
-    assert key.encode() not in dump and key.split("_", 2)[2].encode() not in dump   # only its hash
+    dump = b"".join(v for k in store.r.scan_iter() if store.r.type(k) == b"hash" for v in store.r.hgetall(k).values())
+    assert key.encode() not in dump and key.split("_", 2)[2].encode() not in dump  # only its hash
     (only,) = store.list()
     assert only["id"] == kid and only["scopes"] == ["recommend", "events"] and only["revoked"] is None
     assert store.revoke(kid) and store.list()[0]["revoked"]
@@ -43,8 +42,10 @@ def test_bad_scopes_and_quotas_name_what_to_write():
     with pytest.raises(AuthError, match="no scope"):
         parse_scopes(" , ")
     assert parse_scopes("admin, recommend") == ["recommend", "admin"]
-    assert parse_quota(["recommend=50", "events=10/40"]) == {"recommend": {"rate": 50.0, "burst": 100.0},
-                                                               "events": {"rate": 10.0, "burst": 40.0}}
+    assert parse_quota(["recommend=50", "events=10/40"]) == {
+        "recommend": {"rate": 50.0, "burst": 100.0},
+        "events": {"rate": 10.0, "burst": 40.0},
+    }
     for bad in ("recommend=x", "nope=5", "recommend=0", "recommend=5/0"):
         with pytest.raises(AuthError, match="SCOPE=RATE"):
             parse_quota([bad])
@@ -78,7 +79,7 @@ def test_gate_401_403_429_and_revocation(store):
         out["scope"] = (await gate.check(f"Bearer {rec}", "events"))[0]
         out["admin"] = [(await gate.check(f"bearer {adm}", s))[0] for s in SCOPES]
         store.revoke(rid)
-        out["cached"] = (await gate.check(f"Bearer {rec}", "events"))[0][0]   # not yet seen: still known
+        out["cached"] = (await gate.check(f"Bearer {rec}", "events"))[0][0]  # not yet seen: still known
         await gate.refresh()
         out["revoked"] = (await gate.check(f"Bearer {rec}", "recommend"))[0]
         await gate.r.aclose()
@@ -109,7 +110,7 @@ def test_quota_is_shared_between_replicas_and_disabled_gate_lets_all_through(sto
         return got, res
 
     got, res = asyncio.run(go())
-    assert got == [True] * 5 + [False] * 3     # a burst of 10 over 2 replicas: 5 here
+    assert got == [True] * 5 + [False] * 3  # a burst of 10 over 2 replicas: 5 here
     assert res is None
 
 

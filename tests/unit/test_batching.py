@@ -13,7 +13,7 @@ def test_a_lone_call_goes_at_once_and_waiters_go_together_when_it_returns():
     async def fn(key, items):
         seen.append((key, list(items)))
         if len(seen) == 1:
-            await release.wait()          # the first call is slow: the others queue behind it
+            await release.wait()  # the first call is slow: the others queue behind it
         return [i * 10 for i in items]
 
     async def main():
@@ -21,11 +21,11 @@ def test_a_lone_call_goes_at_once_and_waiters_go_together_when_it_returns():
         release = asyncio.Event()
         b = InflightBatcher(fn, max_batch=8, max_inflight=1)
         first = asyncio.ensure_future(b.submit("a", 0))
-        await asyncio.sleep(0)            # the first call is out
+        await asyncio.sleep(0)  # the first call is out
         await asyncio.sleep(0)
         rest = asyncio.ensure_future(asyncio.gather(*[b.submit("a", i) for i in range(1, 5)]))
         await asyncio.sleep(0.01)
-        assert len(seen) == 1             # nothing else left while one call was in flight
+        assert len(seen) == 1  # nothing else left while one call was in flight
         release.set()
         return b, [await first] + list(await rest)
 
@@ -45,7 +45,7 @@ def test_no_timer_a_single_call_does_not_wait():
             assert await b.submit(0, i) == i
         return time.perf_counter() - t
 
-    assert asyncio.run(main()) < 0.05      # 50 sequential calls: no fixed wait per call
+    assert asyncio.run(main()) < 0.05  # 50 sequential calls: no fixed wait per call
 
 
 def test_keys_batch_apart_max_batch_splits_and_errors_reach_every_caller():
@@ -83,7 +83,7 @@ def test_a_caller_that_gave_up_is_not_sent():
         first = asyncio.ensure_future(b.submit(0, "first"))
         await asyncio.sleep(0.01)
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(b.submit(0, "gave-up"), 0.01)   # its deadline passed while queued
+            await asyncio.wait_for(b.submit(0, "gave-up"), 0.01)  # its deadline passed while queued
         await first
 
     asyncio.run(main())

@@ -16,11 +16,11 @@ def test_opens_only_past_ten_failures_and_half_the_calls():
     b = CircuitBreaker("ranker", clock=c)
     for _ in range(9):
         b.record(False)
-    assert b.state == CLOSED            # 9 failures: under the minimum of 10
+    assert b.state == CLOSED  # 9 failures: under the minimum of 10
     for _ in range(20):
         b.record(True)
     b.record(False)
-    assert b.state == CLOSED            # 10 failures of 30 calls: under 50%
+    assert b.state == CLOSED  # 10 failures of 30 calls: under 50%
     for _ in range(10):
         b.record(False)
     assert b.state == OPEN and not b.allow()
@@ -31,7 +31,7 @@ def test_old_calls_leave_the_window():
     b = CircuitBreaker("bandit", clock=c)
     for _ in range(9):
         b.record(False)
-    c.t = 31.0                          # the seed's window has passed: those failures are forgotten
+    c.t = 31.0  # the seed's window has passed: those failures are forgotten
     b.record(False)
     assert b.state == CLOSED and b.snapshot()["failures"] == 1
 
@@ -45,7 +45,7 @@ def test_half_open_after_30s_five_probes_close_it_one_failure_reopens():
     c.t = 29.9
     assert not b.allow()
     c.t = 30.0
-    assert [b.allow() for _ in range(6)] == [True] * 5 + [False]   # five probes, no more
+    assert [b.allow() for _ in range(6)] == [True] * 5 + [False]  # five probes, no more
     assert b.state == HALF_OPEN
     for _ in range(4):
         b.record(True)

@@ -18,8 +18,8 @@ def test_ttl_and_lru_bound():
     c = ResponseCache(ttl_s=300, max_entries=2, clock=clk)
     c.put("a", 1, "A")
     c.put("b", 1, "B")
-    assert c.get("a") == "A"        # a is now most recent
-    c.put("c", 2, "C")               # evicts b, the least recently used
+    assert c.get("a") == "A"  # a is now most recent
+    c.put("c", 2, "C")  # evicts b, the least recently used
     assert c.get("b") is None and c.get("a") == "A" and c.stats.evictions == 1
     clk.t = 301
     assert c.get("a") is None and len(c) == 1
@@ -60,9 +60,10 @@ def test_result_computed_across_an_invalidation_is_not_stored():
         async def slow():
             await asyncio.sleep(0.05)
             return "stale"
+
         task = asyncio.create_task(c.get_or_compute("k", "u", slow))
         await asyncio.sleep(0.01)
-        c.invalidate_user("u")       # the user's event arrives while the old answer is computed
+        c.invalidate_user("u")  # the user's event arrives while the old answer is computed
         return await task
 
     assert asyncio.run(main())[0] == "stale"
@@ -92,6 +93,7 @@ def test_clear_drops_everything_and_blocks_in_flight_results():
         async def slow():
             await asyncio.sleep(0.05)
             return "old catalogue"
+
         task = asyncio.create_task(c.get_or_compute("k", 2, slow))
         await asyncio.sleep(0.01)
         assert c.clear() == 1

@@ -26,8 +26,9 @@ def test_region_files_are_generated_from_cluster_yaml():
     from scripts.regions import REGIONS, text
 
     for region in REGIONS:
-        assert (ROOT / "regions" / f"{region}.yaml").read_text() == text(region), \
+        assert (ROOT / "regions" / f"{region}.yaml").read_text() == text(region), (
             f"regions/{region}.yaml is stale: run python -m scripts.regions"
+        )
     active = [r for r, o in REGIONS.items() if o["role"] == "active"]
     assert sum(REGIONS[r]["share"] for r in active) == 1.0 and len(active) == 2
 

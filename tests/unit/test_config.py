@@ -19,13 +19,16 @@ def test_file_then_env(tmp_path):
     assert cfg.data_dir == tmp_path / "state"  # relative to the file
 
 
-@pytest.mark.parametrize("env,key", [
-    ({"RECSERVE_REDIS__PORT": "abc"}, "redis.port"),
-    ({"RECSERVE_REDIS__PORT": "70000"}, "redis.port"),
-    ({"RECSERVE_INDEX__KIND": "annoy"}, "index.kind"),
-    ({"RECSERVE_EVAL__HOLDOUT": "1.5"}, "eval.holdout"),
-    ({"RECSERVE_RANKER__NOPE": "1"}, "ranker.nope"),
-])
+@pytest.mark.parametrize(
+    "env,key",
+    [
+        ({"RECSERVE_REDIS__PORT": "abc"}, "redis.port"),
+        ({"RECSERVE_REDIS__PORT": "70000"}, "redis.port"),
+        ({"RECSERVE_INDEX__KIND": "annoy"}, "index.kind"),
+        ({"RECSERVE_EVAL__HOLDOUT": "1.5"}, "eval.holdout"),
+        ({"RECSERVE_RANKER__NOPE": "1"}, "ranker.nope"),
+    ],
+)
 def test_wrong_value_names_key(env, key):
     with pytest.raises(ConfigError) as e:
         load_config(environ=env)
@@ -49,8 +52,9 @@ def test_state_pool_resources_reach_the_actor_options():
     from recserve.config import load_config
     from recserve.index.client import IndexRouter
 
-    cfg = load_config(environ={}, overrides={"serve.shard_resources": '{"index": 1}',
-                                             "stream.aggregator_resources": '{"stream": 1}'})
+    cfg = load_config(
+        environ={}, overrides={"serve.shard_resources": '{"index": 1}', "stream.aggregator_resources": '{"stream": 1}'}
+    )
     assert cfg.serve.shard_resources == {"index": 1.0} and cfg.stream.aggregator_resources == {"stream": 1.0}
     rt = IndexRouter("/tmp/unused", cfg.index, 8, actor_options={"resources": cfg.serve.shard_resources})
     assert rt.actor_options["resources"] == {"index": 1.0} and rt.actor_options["max_restarts"] == -1

@@ -56,8 +56,9 @@ def _write_ml(d, ratings, movies="movieId,title,genres\n1,Toy Story (1995),Anima
     return d
 
 
-GOOD = "userId,movieId,rating,timestamp\n" + "".join(f"{u},{1 + (u + k) % 2},4.0,{1000 + k}\n"
-                                                   for u in range(1, 6) for k in range(4))
+GOOD = "userId,movieId,rating,timestamp\n" + "".join(
+    f"{u},{1 + (u + k) % 2},4.0,{1000 + k}\n" for u in range(1, 6) for k in range(4)
+)
 
 
 def test_movielens_good(tmp_path):
@@ -76,14 +77,17 @@ def test_movielens_dat(tmp_path):
     assert ev.num_rows == 2 and set(it.to_pandas()["category"]) == {"Comedy", "Drama"}
 
 
-@pytest.mark.parametrize("ratings,needle", [
-    (GOOD + "1,2,4.0\n", "line 22: malformed row"),
-    (GOOD + "1,abc,4.0,1000\n", "line 22: a value does not parse"),
-    (GOOD + "1,99,4.0,1000\n", "movieId 99 is not in movies.csv (unknown id)"),
-    (GOOD + "1,2,4.0,99999999999\n", "timestamp 99999999999 is outside"),
-    ("userId,movieId,rating,timestamp\n", "holds no valid ratings"),
-    ("user,movie\n1,2\n", "header is"),
-])
+@pytest.mark.parametrize(
+    "ratings,needle",
+    [
+        (GOOD + "1,2,4.0\n", "line 22: malformed row"),
+        (GOOD + "1,abc,4.0,1000\n", "line 22: a value does not parse"),
+        (GOOD + "1,99,4.0,1000\n", "movieId 99 is not in movies.csv (unknown id)"),
+        (GOOD + "1,2,4.0,99999999999\n", "timestamp 99999999999 is outside"),
+        ("userId,movieId,rating,timestamp\n", "holds no valid ratings"),
+        ("user,movie\n1,2\n", "header is"),
+    ],
+)
 def test_movielens_bad_input_names_cause(tmp_path, ratings, needle):
     with pytest.raises(DataError) as e:
         load_movielens(_write_ml(tmp_path / "ml", ratings))
@@ -106,8 +110,9 @@ def test_few_bad_rows_are_skipped_and_named(tmp_path):
     rep = LoadReport()
     ev, _ = load_movielens(d, report=rep)
     assert ev.num_rows == 2000
-    assert rep.rejected == [{"file": "ratings.csv", "line": 2002,
-                             "cause": "movieId 999999 is not in movies.csv (unknown id)"}]
+    assert rep.rejected == [
+        {"file": "ratings.csv", "line": 2002, "cause": "movieId 999999 is not in movies.csv (unknown id)"}
+    ]
     with pytest.raises(DataError, match="--strict"):
         load_movielens(d, strict=True)
     out = tmp_path / "ds"
@@ -117,9 +122,16 @@ def test_few_bad_rows_are_skipped_and_named(tmp_path):
 
 
 def test_temporal_split_holds_out_last_share():
-    ev = pd.DataFrame({"user_id": [1] * 10 + [2] * 3, "item_id": list(range(10)) + [1, 2, 3],
-                       "event_type": "view", "value": 1.0, "ts": list(range(10, 0, -1)) + [1, 2, 3]})
+    ev = pd.DataFrame(
+        {
+            "user_id": [1] * 10 + [2] * 3,
+            "item_id": list(range(10)) + [1, 2, 3],
+            "event_type": "view",
+            "value": 1.0,
+            "ts": list(range(10, 0, -1)) + [1, 2, 3],
+        }
+    )
     train, test = temporal_split(ev, 0.2, min_user_events=5)
-    assert sorted(test["item_id"]) == [0, 1]   # user 1's two latest events (ts 10, 9)
-    assert (test["user_id"] == 1).all()        # user 2 has too few events to be tested
+    assert sorted(test["item_id"]) == [0, 1]  # user 1's two latest events (ts 10, 9)
+    assert (test["user_id"] == 1).all()  # user 2 has too few events to be tested
     assert len(train) == 11

@@ -10,8 +10,9 @@ from recserve.serving import experiments as ex
 
 
 def _exp(**arms) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({"arms": arms or {"control": {"share": 0.5},
-                                                              "treatment": {"share": 0.5, "ranker_version": "v2"}}})
+    return ExperimentConfig.model_validate(
+        {"arms": arms or {"control": {"share": 0.5}, "treatment": {"share": 0.5, "ranker_version": "v2"}}}
+    )
 
 
 def test_shares_that_do_not_sum_to_one_fail_at_load_naming_the_key(tmp_path):
@@ -34,19 +35,19 @@ def test_an_unknown_ranker_version_fails_at_start_naming_the_key():
         ex.check("ab", _exp(), ["v1", "v3"])
     msg = str(e.value)
     assert "experiments.ab.arms.treatment.ranker_version" in msg and "'v2'" in msg and "v3" in msg
-    ex.check("ab", _exp(), ["v1", "v2"])   # known: no error
+    ex.check("ab", _exp(), ["v1", "v2"])  # known: no error
 
 
 def test_assignment_is_sticky_near_the_split_and_independent_between_experiments():
     exp = _exp(control={"share": 0.7}, b={"share": 0.2}, c={"share": 0.1})
     units = [f"u:{i}" for i in range(20_000)]
     arms = [ex.arm_name(exp, "e1", u) for u in units]
-    assert arms == [ex.arm_name(exp, "e1", u) for u in units]          # sticky
+    assert arms == [ex.arm_name(exp, "e1", u) for u in units]  # sticky
     for name, share in (("control", 0.7), ("b", 0.2), ("c", 0.1)):
         assert abs(arms.count(name) / len(units) - share) < 0.015, name
     other = [ex.arm_name(exp, "e2", u) for u in units]
     both = sum(a == "b" and o == "b" for a, o in zip(arms, other)) / len(units)
-    assert abs(both - 0.04) < 0.01                                      # 0.2 x 0.2: independent
+    assert abs(both - 0.04) < 0.01  # 0.2 x 0.2: independent
 
 
 def test_request_ids_carry_the_arm():
@@ -55,16 +56,20 @@ def test_request_ids_carry_the_arm():
 
 
 def _raw(arm, shown, rewards):
-    return {f"{arm}:shown": shown, f"{arm}:answers": shown // 10, f"{arm}:feedback": len(rewards),
-            f"{arm}:clicks": sum(r > 0 for r in rewards), f"{arm}:reward": sum(rewards),
-            f"{arm}:reward_sq": sum(r * r for r in rewards)}
+    return {
+        f"{arm}:shown": shown,
+        f"{arm}:answers": shown // 10,
+        f"{arm}:feedback": len(rewards),
+        f"{arm}:clicks": sum(r > 0 for r in rewards),
+        f"{arm}:reward": sum(rewards),
+        f"{arm}:reward_sq": sum(r * r for r in rewards),
+    }
 
 
 def test_figures_have_intervals_that_cover_the_rate():
     rng = random.Random(0)
     exp = _exp()
-    raw = {**_raw("control", 4000, [1.0] * sum(rng.random() < 0.1 for _ in range(4000))),
-           **_raw("treatment", 10, [])}
+    raw = {**_raw("control", 4000, [1.0] * sum(rng.random() < 0.1 for _ in range(4000))), **_raw("treatment", 10, [])}
     s = ex.summarize(raw, exp, {})
     c = s["control"]
     assert c["shown"] == 4000 and c["status"] == "running" and c["control"]
@@ -75,9 +80,12 @@ def test_figures_have_intervals_that_cover_the_rate():
 
 
 def test_the_guardrail_stops_a_significantly_worse_arm_only():
-    exp = ExperimentConfig.model_validate({"arms": {"control": {"share": 0.5}, "bad": {"share": 0.25},
-                                                    "same": {"share": 0.25}},
-                                           "guardrail": {"min_shown": 1000, "alpha": 0.001}})
+    exp = ExperimentConfig.model_validate(
+        {
+            "arms": {"control": {"share": 0.5}, "bad": {"share": 0.25}, "same": {"share": 0.25}},
+            "guardrail": {"min_shown": 1000, "alpha": 0.001},
+        }
+    )
     rng = random.Random(1)
 
     def arm(name, n, p):
@@ -86,9 +94,9 @@ def test_the_guardrail_stops_a_significantly_worse_arm_only():
     raw = {**arm("control", 3000, 0.12), **arm("bad", 3000, 0.05), **arm("same", 3000, 0.12)}
     out = ex.guard(raw, exp, {})
     assert set(out) == {"bad"} and "below control" in out["bad"]["reason"] and out["bad"]["z"] < -3.09
-    assert ex.guard(raw, exp, {"bad": out["bad"]}) == {}                # stopped once
+    assert ex.guard(raw, exp, {"bad": out["bad"]}) == {}  # stopped once
     few = {**arm("control", 3000, 0.12), **arm("bad", 500, 0.0)}
-    assert ex.guard(few, exp, {}) == {}                                 # not before min_shown
+    assert ex.guard(few, exp, {}) == {}  # not before min_shown
     off = exp.model_copy(update={"guardrail": exp.guardrail.model_copy(update={"enabled": False})})
     assert ex.guard(raw, off, {}) == {}
 
@@ -101,7 +109,7 @@ def test_a_stopped_arms_users_are_served_control_and_count_nowhere():
     treated = [u for u in units if live.assign(u).name == "treatment"]
     a = live.assign(treated[0])
     assert a.served == "treatment" and a.ranker_spec == {"version": "v2"} and a.tag == "e.treatment"
-    assert not live.set_state(state, {}, specs={})                      # unchanged: nothing to do
+    assert not live.set_state(state, {}, specs={})  # unchanged: nothing to do
     assert live.set_state(state, {"treatment": {"reason": "guardrail"}})
     a = live.assign(treated[0])
     assert a.name == "treatment" and a.served == "control" and a.ranker_spec is None and a.stopped

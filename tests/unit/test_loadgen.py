@@ -18,14 +18,21 @@ def _server(port_box: list, stop: threading.Event, seen: list):
                 n = int([h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")][0].split(b":")[1])
                 body = await reader.readexactly(n)
                 seen.append(body)
-                if b'"user_id":1,' in body:   # one user gets a 429, chunked
+                if b'"user_id":1,' in body:  # one user gets a 429, chunked
                     payload = b'{"error":{"code":"overloaded"}}'
-                    writer.write(b"HTTP/1.1 429 Too Many Requests\r\ntransfer-encoding: chunked\r\n\r\n"
-                                 + b"%x\r\n" % len(payload) + payload + b"\r\n0\r\n\r\n")
+                    writer.write(
+                        b"HTTP/1.1 429 Too Many Requests\r\ntransfer-encoding: chunked\r\n\r\n"
+                        + b"%x\r\n" % len(payload)
+                        + payload
+                        + b"\r\n0\r\n\r\n"
+                    )
                 else:
                     payload = b'{"items":[],"degradation_level":0,"cache":"hit"}'
-                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
-                                 % len(payload) + payload)
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                        % len(payload)
+                        + payload
+                    )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
@@ -62,4 +69,4 @@ def test_each_seed_draws_its_own_users():
     a, b = draw_users(users, 5000, 1.1, seed=1), draw_users(users, 5000, 1.1, seed=2)
     assert set(a) <= set(users.tolist()) and not np.array_equal(a, b)
     top_a, top_b = np.bincount(a - 100).argmax(), np.bincount(b - 100).argmax()
-    assert top_a != top_b                                    # another head user per seed
+    assert top_a != top_b  # another head user per seed

@@ -20,6 +20,7 @@ def test_ranking_metrics_by_hand():
 
 def test_topk_excludes_seen():
     import scipy.sparse as sp
+
     scores = np.array([[5.0, 4, 3, 2, 1]])
     seen = sp.csr_matrix(np.array([[1, 0, 1, 0, 0]]))
     assert topk_excluding(scores, seen, np.array([0]), 2).tolist() == [[1, 3]]
@@ -42,8 +43,9 @@ def test_mf_learns_block_structure():
     m = data.matrix.tocoo()
     u, i = m.row.astype(np.int64), m.col.astype(np.int64)
     cfg = EmbeddingConfig(dim=8, epochs=30, batch_size=64, lr=0.05, negatives=4, weight_decay=0)
-    res = train_factorization(in_memory_batches(u, i, 64), data.n_users, data.n_items,
-                              item_log_frequency(i, data.n_items), cfg)
+    res = train_factorization(
+        in_memory_batches(u, i, 64), data.n_users, data.n_items, item_log_frequency(i, data.n_items), cfg
+    )
     assert res.history[-1]["loss"] < res.history[0]["loss"]
     scores = res.user_vectors @ res.item_vectors.T
     top = topk_excluding(scores, data.matrix, np.arange(data.n_users), 5)
@@ -92,7 +94,7 @@ def test_ranker_learns_a_signal(tmp_path):
     cfg = RankerConfig(epochs=40, hidden=16, lr=0.01, batch_size=400, ensemble=2)
     model, hist = train_ranker_model(X, Y, np.ones_like(Y), cfg)
     trained = [h for h in hist if h["member"] >= 1]
-    assert trained[-1]["loss"] < trained[0]["loss"] and trained[-1]["epochs"] >= 10   # a signal: learns long
+    assert trained[-1]["loss"] < trained[0]["loss"] and trained[-1]["epochs"] >= 10  # a signal: learns long
     cand = np.tile(np.arange(20), (80, 1))
     top1 = rerank(model, X, cand, 1)[:, 0]
     assert (Y[np.arange(80), top1]).mean() > 0.8

@@ -71,15 +71,20 @@ def test_the_sequence_source_adds_its_items_after_the_index_ones():
     top = top_unseen(logp, [np.array([1]), np.array([0, 1, 2, 3])], 2)
     assert top.tolist() == [[2, 3], [-1, -1]]
     cand = np.array([[3, 0, -1], [1, -1, -1]])
-    ids, sc = with_sequence_candidates(cand, np.array([[5.0, 4.0, 0.0], [2.0, 0.0, 0.0]]), top,
-                                       np.array([[1.5, 9.0], [0.0, 0.0]]))
+    ids, sc = with_sequence_candidates(
+        cand, np.array([[5.0, 4.0, 0.0], [2.0, 0.0, 0.0]]), top, np.array([[1.5, 9.0], [0.0, 0.0]])
+    )
     assert ids.tolist() == [[3, 0, 2, -1, -1], [1, -1, -1, -1, -1]]
     assert sc[0, :3].tolist() == [5.0, 4.0, 1.5]
 
 
 def test_no_history_to_learn_from_leaves_a_finite_untrained_model():
     lines = []
-    model = train_sequence_model([np.array([3]), np.array([], dtype=np.int64)], 10,
-                                 SequenceSettings(dim=8, max_len=4, blocks=1, epochs=3), progress=lines.append)
+    model = train_sequence_model(
+        [np.array([3]), np.array([], dtype=np.int64)],
+        10,
+        SequenceSettings(dim=8, max_len=4, blocks=1, epochs=3),
+        progress=lines.append,
+    )
     assert "nothing to learn" in lines[-1]["stopped"]
     assert np.isfinite(next_item_scores(model, sequences([np.array([3])], 4))).all()

@@ -21,6 +21,7 @@ def test_serve_config_validates_and_names_our_deployments():
         assert a["upscale_delay_s"] == 30 and a["downscale_delay_s"] == 300  # the seed's stabilisation
         assert a["min_replicas"] >= 1 and a["max_replicas"] > a["min_replicas"]
     import deployments.app as mod
+
     assert callable(mod.app_builder)
     # the builder makes those deployments: no port runs inside the router with these args
     from recserve.config import Config
@@ -38,13 +39,16 @@ def test_queue_depth_policy_is_importable_from_the_config():
         assert policy.__name__ == "queue_depth_policy"
 
 
-@pytest.mark.parametrize("current,depths,ongoing,target,want", [
-    (1, [0.0], 0.0, 32, 1),          # idle: stay at the floor (Serve's min_replicas applies after)
-    (1, [130.0], 10.0, 32, 5),       # 130 lists waiting at 32 per replica -> 5
-    (2, [10.0, 5.0], 90.0, 32, 3),   # ongoing requests can ask for more than the queue
-    (0, [], 0.0, 32, 0),             # scaled to zero and nothing asked
-    (0, [], 3.0, 32, 1),             # cold start
-])
+@pytest.mark.parametrize(
+    "current,depths,ongoing,target,want",
+    [
+        (1, [0.0], 0.0, 32, 1),  # idle: stay at the floor (Serve's min_replicas applies after)
+        (1, [130.0], 10.0, 32, 5),  # 130 lists waiting at 32 per replica -> 5
+        (2, [10.0, 5.0], 90.0, 32, 3),  # ongoing requests can ask for more than the queue
+        (0, [], 0.0, 32, 0),  # scaled to zero and nothing asked
+        (0, [], 3.0, 32, 1),  # cold start
+    ],
+)
 def test_queue_depth_decision(current, depths, ongoing, target, want):
     from recserve.serving.autoscale import desired_replicas
 
@@ -60,8 +64,11 @@ def test_queue_depth_decision_rejects_bad_target():
 
 def test_each_deployment_asks_for_a_pool_that_cluster_yaml_has():
     raw = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    pools = {r for n in yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"].values()
-             for r in n.get("resources", {})}
+    pools = {
+        r
+        for n in yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"].values()
+        for r in n.get("resources", {})
+    }
     for d in raw["applications"][0]["deployments"]:
         asked = set(d["ray_actor_options"].get("resources", {}))
         assert asked and asked <= pools, (d["name"], asked, pools)
@@ -80,10 +87,10 @@ def test_region_serve_configs_validate_and_fit_their_pools():
         app = ServeDeploySchema.model_validate(raw).applications[0]
         pools = render(region)["available_node_types"]
         for d in app.deployments:
-            (res, per), = d.ray_actor_options.resources.items()
+            ((res, per),) = d.ray_actor_options.resources.items()
             pool = next(p for p in pools.values() if res in (p.get("resources") or {}))
             a = d.autoscaling_config
-            assert a["max_replicas"] * per <= pool["max_workers"] * pool["resources"][res]   # fits the pool
+            assert a["max_replicas"] * per <= pool["max_workers"] * pool["resources"][res]  # fits the pool
             assert a["min_replicas"] * per <= pool["min_workers"] * pool["resources"][res]
             assert a["target_ongoing_requests"] and a["upscale_delay_s"] == 30
             ranges[region, d.name] = (a["min_replicas"], a["max_replicas"])

@@ -20,7 +20,7 @@ def _model(members: int = 3, seed: int = 0) -> RankerNet:
     with torch.no_grad():
         m.mean.copy_(torch.randn(len(FEATURE_NAMES)))
         m.std.copy_(torch.rand(len(FEATURE_NAMES)) + 0.5)
-        m.members[0][2].weight[0, :4] = 1e-40      # subnormal weights, as weight decay leaves them
+        m.members[0][2].weight[0, :4] = 1e-40  # subnormal weights, as weight decay leaves them
     return m.eval()
 
 
@@ -50,21 +50,24 @@ def test_covisit_gather_equals_sparse_slicing():
     rng = np.random.default_rng(0)
     n = 400
     m = sp.random(n, n, density=0.05, format="csr", random_state=1, dtype=np.float32)
-    stats = ItemStats(np.zeros(n, np.float32), np.zeros(n, np.int64), np.zeros((n, 4), np.float32),
-                      [np.zeros(0)] * n, m)
+    stats = ItemStats(
+        np.zeros(n, np.float32), np.zeros(n, np.int64), np.zeros((n, 4), np.float32), [np.zeros(0)] * n, m
+    )
     for _ in range(30):
-        rows = rng.integers(0, n, size=rng.integers(0, 40))          # rows may repeat
+        rows = rng.integers(0, n, size=rng.integers(0, 40))  # rows may repeat
         cols = rng.choice(n, size=rng.integers(1, 150), replace=False)
         want = np.asarray(m[rows][:, cols].sum(axis=0)).ravel()
         assert np.allclose(stats.covisit_sums(rows, cols), want, atol=1e-5)
-    assert (stats._colmap == -1).all()                                 # the scratch map is left clean
+    assert (stats._colmap == -1).all()  # the scratch map is left clean
 
 
 def test_serving_imports_no_offline_code():
-    code = ("import sys; import deployments.app, deployments.router, recserve.serving.wiring, "
-            "recserve.serving.service, recserve.serving.recommender, recserve.explain.core; "
-            "bad = sorted(m for m in sys.modules if m.startswith('recserve.offline')); print(bad); "
-            "sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import deployments.app, deployments.router, recserve.serving.wiring, "
+        "recserve.serving.service, recserve.serving.recommender, recserve.explain.core; "
+        "bad = sorted(m for m in sys.modules if m.startswith('recserve.offline')); print(bad); "
+        "sys.exit(1 if bad else 0)"
+    )
     root = Path(__file__).resolve().parents[2]
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert res.returncode == 0, res.stdout + res.stderr[-2000:]

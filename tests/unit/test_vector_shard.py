@@ -13,8 +13,10 @@ def _data(n=300, seed=0):
     ids = np.arange(10, 10 + n, dtype=np.int64)
     x = rng.standard_normal((n, D)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)  # unit vectors: under inner product each finds itself first
-    metas = [{"category": f"c{i % 10}", "attributes": {"band": ["low", "mid", "high"][i % 3], "tags": [f"t{i % 4}"]}}
-             for i in range(n)]
+    metas = [
+        {"category": f"c{i % 10}", "attributes": {"band": ["low", "mid", "high"][i % 3], "tags": [f"t{i % 4}"]}}
+        for i in range(n)
+    ]
     return ids, x, metas
 
 
@@ -71,16 +73,19 @@ def test_filter_with_fewer_matches_than_k_pads():
     assert (got[0] >= 0).sum() == 5 and np.isneginf(sc[0][5:]).all()
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda c, x: c.search(x[:, :4], 5), "dimension"),
-    (lambda c, x: c.search(np.full((1, D), np.nan), 5), "NaN"),
-    (lambda c, x: c.search(x[:1], 0), "k must be"),
-    (lambda c, x: c.search(x[:1], 5000), "k must be"),
-    (lambda c, x: c.search(x[:1], 5, {"colour": ["red"]}), "unknown filter field 'colour'"),
-    (lambda c, x: c.upsert([1], np.full((1, D), np.inf)), "NaN or infinite"),
-    (lambda c, x: c.upsert([1, 2], x[:2, :3]), "dimension"),
-    (lambda c, x: c.upsert([1, 1], x[:2]), "twice"),
-])
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda c, x: c.search(x[:, :4], 5), "dimension"),
+        (lambda c, x: c.search(np.full((1, D), np.nan), 5), "NaN"),
+        (lambda c, x: c.search(x[:1], 0), "k must be"),
+        (lambda c, x: c.search(x[:1], 5000), "k must be"),
+        (lambda c, x: c.search(x[:1], 5, {"colour": ["red"]}), "unknown filter field 'colour'"),
+        (lambda c, x: c.upsert([1], np.full((1, D), np.inf)), "NaN or infinite"),
+        (lambda c, x: c.upsert([1, 2], x[:2, :3]), "dimension"),
+        (lambda c, x: c.upsert([1, 1], x[:2]), "twice"),
+    ],
+)
 def test_bad_input_is_rejected_and_state_kept(call, match):
     ids, x, metas = _data(n=40)
     core = ShardCore(D, IndexConfig(kind="hnsw"), "t")
@@ -121,8 +126,8 @@ def test_background_rebuild_keeps_serving_and_journals_writes():
     ids, x, metas = _data(n=2000)
     core = ShardCore(D, IndexConfig(kind="hnsw"), "t", rebuild_ratio=0.2, background_rebuild=True)
     core.upsert(ids, x, metas)
-    core.delete(ids[:500])               # past the threshold: a rebuild starts in the background
-    core.upsert([99999], x[:1], [{"category": "late"}])   # a write while it may be running
+    core.delete(ids[:500])  # past the threshold: a rebuild starts in the background
+    core.upsert([99999], x[:1], [{"category": "late"}])  # a write while it may be running
     core.delete(ids[600:601])
     assert (core.search(x[700:703], 1)[0][:, 0] == ids[700:703]).all()  # still serving
     core.wait_rebuild(30)
@@ -161,19 +166,25 @@ def test_wal_roundtrip_and_torn_tail(tmp_path):
     recs = list(wal.read())
     assert [r["seq"] for r in recs] == [1, 2] and [r["seq"] for r in wal.read(after=1)] == [2]
     assert recs[0]["ids"].dtype == np.array([1]).dtype and recs[1]["prev"] == 1
-    assert WriteAheadLog(tmp_path / "w.log").head == 2          # from the log itself
-    (tmp_path / "wal.seq").write_text("")                       # an empty (unsynced) counter file
+    assert WriteAheadLog(tmp_path / "w.log").head == 2  # from the log itself
+    (tmp_path / "wal.seq").write_text("")  # an empty (unsynced) counter file
     again = WriteAheadLog(tmp_path / "w.log")
-    assert again.append({"op": "delete", "ids": np.array([2])}) == 3   # recovered from the log
-    assert [r["seq"] for r in again.read()] == [1, 2, 3]       # the torn tail was cut off, not kept
+    assert again.append({"op": "delete", "ids": np.array([2])}) == 3  # recovered from the log
+    assert [r["seq"] for r in again.read()] == [1, 2, 3]  # the torn tail was cut off, not kept
 
 
 def test_wal_records_are_data_not_code(tmp_path):
     import pickle
 
     wal = WriteAheadLog(tmp_path / "w.log")
-    wal.append({"op": "upsert", "ids": np.arange(3), "vectors": np.ones((3, 2), np.float32),
-                "metas": [{"category": "a"}, None, {"attributes": {"x": [1, 2]}}]})
+    wal.append(
+        {
+            "op": "upsert",
+            "ids": np.arange(3),
+            "vectors": np.ones((3, 2), np.float32),
+            "metas": [{"category": "a"}, None, {"attributes": {"x": [1, 2]}}],
+        }
+    )
     raw = (tmp_path / "w.log").read_bytes()
     assert b"upsert" in raw and pickle.PROTO not in raw[12:14]
     rec = next(wal.read())
@@ -188,9 +199,9 @@ def test_one_sequence_across_logs_of_a_root(tmp_path):
     a = WriteAheadLog(tmp_path / "g0" / "shard_0000" / "wal.log", counter=c)
     b = WriteAheadLog(tmp_path / "g1" / "shard_0000" / "wal.log", counter=c)
     assert [a.append({"op": "delete", "ids": np.array([1])}) for _ in range(3)] == [1, 2, 3]
-    assert b.append({"op": "delete", "ids": np.array([1])}) == 4     # the new generation continues
+    assert b.append({"op": "delete", "ids": np.array([1])}) == 4  # the new generation continues
     (tmp_path / "wal.seq").unlink()
-    assert SeqCounter(tmp_path).next() == 5                           # recovered from the logs
+    assert SeqCounter(tmp_path).next() == 5  # recovered from the logs
 
 
 def test_export_by_hash_range():
@@ -206,4 +217,4 @@ def test_export_by_hash_range():
     other = ShardCore(D, IndexConfig(kind="hnsw"), "o")
     other.load_items(a["ids"], a["vectors"], a["metas"], a["seqs"])
     j = int(np.flatnonzero(ids == a["ids"][0])[0])
-    assert other.search(x[j:j + 1], 1)[0][0, 0] == ids[j]
+    assert other.search(x[j : j + 1], 1)[0][0, 0] == ids[j]

@@ -20,9 +20,9 @@ def make_log(cfg, client=None, timeout_s: float = 10.0) -> EventLog:
         from recserve.streaming.eventlog.kafka import KafkaLog
 
         bootstrap, setting = cfg.kafka_source
-        return KafkaLog(bootstrap, topic=sc.topic, partitions=sc.partitions, dedup=client,
-                        timeout_s=timeout_s, setting=setting)
+        return KafkaLog(
+            bootstrap, topic=sc.topic, partitions=sc.partitions, dedup=client, timeout_s=timeout_s, setting=setting
+        )
     from recserve.streaming.eventlog.redis import RedisStreamLog
 
     return RedisStreamLog(client, partitions=sc.partitions, prefix=sc.topic)
-

@@ -17,6 +17,7 @@ fails removes its pending mark. The same pipeline counts the acknowledged record
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -26,7 +27,7 @@ from recserve.streaming.eventlog.base import Entry, EventLog, EventLogUnavailabl
 
 PENDING_TTL_S = 60
 MIN_FETCH_MS = 300
-FETCH_WAIT_MS = 50    # the broker holds an empty fetch this long: a seek waits for the one in flight
+FETCH_WAIT_MS = 50  # the broker holds an empty fetch this long: a seek waits for the one in flight
 
 
 def _next_offset(off: str | None) -> int:
@@ -41,8 +42,16 @@ def _errors():
 
 
 class KafkaLog(EventLog):
-    def __init__(self, bootstrap: str, topic: str = "events", partitions: int = 8, dedup=None,
-                 dedup_ttl_s: int = 86400, timeout_s: float = 10.0, setting: str = "stream.bootstrap_servers"):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str = "events",
+        partitions: int = 8,
+        dedup=None,
+        dedup_ttl_s: int = 86400,
+        timeout_s: float = 10.0,
+        setting: str = "stream.bootstrap_servers",
+    ):
         """`dedup`: a Redis client (the event-id marks and the appended counts live there). An
         unreachable broker raises EventLogUnavailable naming `setting`."""
         self.bootstrap = bootstrap
@@ -61,9 +70,15 @@ class KafkaLog(EventLog):
 
         try:
             self.producer = KafkaProducer(
-                bootstrap_servers=bootstrap, acks="all", linger_ms=1, retries=2, batch_size=512 * 1024,
-                request_timeout_ms=int(timeout_s * 1000), max_block_ms=int(timeout_s * 1000),
-                delivery_timeout_ms=int(timeout_s * 1000) + 2000)
+                bootstrap_servers=bootstrap,
+                acks="all",
+                linger_ms=1,
+                retries=2,
+                batch_size=512 * 1024,
+                request_timeout_ms=int(timeout_s * 1000),
+                max_block_ms=int(timeout_s * 1000),
+                delivery_timeout_ms=int(timeout_s * 1000) + 2000,
+            )
         except _errors() as e:
             raise self._unreachable(e) from e
 
@@ -71,7 +86,8 @@ class KafkaLog(EventLog):
         return EventLogUnavailable(
             f"cannot reach the Kafka broker at {self.bootstrap} ({type(e).__name__}: {e}). Start it (`recserve up` "
             f"starts the embedded one when stream.backend is kafka) or point {self.setting} / "
-            f"KAFKA_BOOTSTRAP_SERVERS at a running broker")
+            f"KAFKA_BOOTSTRAP_SERVERS at a running broker"
+        )
 
     def _ensure_topic(self) -> None:
         from kafka import KafkaAdminClient
@@ -79,8 +95,11 @@ class KafkaLog(EventLog):
         from kafka.errors import TopicAlreadyExistsError
 
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=int(self.timeout_s * 1000),
-                                     bootstrap_timeout_ms=int(self.timeout_s * 1000))
+            admin = KafkaAdminClient(
+                bootstrap_servers=self.bootstrap,
+                request_timeout_ms=int(self.timeout_s * 1000),
+                bootstrap_timeout_ms=int(self.timeout_s * 1000),
+            )
         except _errors() as e:
             raise self._unreachable(e) from e
         try:
@@ -123,12 +142,11 @@ class KafkaLog(EventLog):
                 elif state in (b"1", "1"):
                     owned[j] = False
                 else:
-                    waiting.append(j)     # pending elsewhere (or just released): look again
+                    waiting.append(j)  # pending elsewhere (or just released): look again
             todo = waiting
             if todo:
                 if time.monotonic() > deadline:
-                    raise EventLogUnavailable(f"event {ids[todo[0]]} is still being appended by another request; "
-                                              f"retry")
+                    raise EventLogUnavailable(f"event {ids[todo[0]]} is still being appended by another request; retry")
                 time.sleep(0.02)
         return [owned[j] for j in range(len(ids))]
 
@@ -142,29 +160,36 @@ class KafkaLog(EventLog):
                 for j, eid in enumerate(ids):
                     if eid:
                         first.setdefault(eid, j)
-                with_id = sorted(first.values())            # a repeat within the batch is a duplicate
+                with_id = sorted(first.values())  # a repeat within the batch is a duplicate
                 claimed = dict(zip(with_id, self._claim([ids[j] for j in with_id])))
                 claimed.update({j: False for j, eid in enumerate(ids) if eid and first[eid] != j})
                 owned = [j for j in range(len(ids)) if claimed.get(j, True)]
             else:
                 owned = list(range(len(events)))
-            futures = [(j, self.producer.send(self.topic, value=json.dumps(events[j], separators=(",", ":")).encode(),
-                                              partition=partition_of(int(events[j]["user_id"]), self.partitions)))
-                       for j in owned]
+            futures = [
+                (
+                    j,
+                    self.producer.send(
+                        self.topic,
+                        value=json.dumps(events[j], separators=(",", ":")).encode(),
+                        partition=partition_of(int(events[j]["user_id"]), self.partitions),
+                    ),
+                )
+                for j in owned
+            ]
             self.producer.flush(timeout=self.timeout_s)
             metas = [(j, f.get(timeout=self.timeout_s)) for j, f in futures]
         except Exception as e:
-            if self.dedup is not None:      # nothing of this batch counts as appended: let retries through
+            if self.dedup is not None:  # nothing of this batch counts as appended: let retries through
                 marks = [self._seen(ids[j]) for j in owned if ids[j]]
                 if marks:
-                    try:
+                    with contextlib.suppress(Exception):  # the pending marks expire on their own
                         self.dedup.delete(*marks)
-                    except Exception:  # noqa: BLE001 - the pending marks expire on their own
-                        pass
             if isinstance(e, EventLogUnavailable):
                 raise
-            raise EventLogUnavailable(f"the Kafka broker at {self.bootstrap} did not acknowledge the batch "
-                                      f"({type(e).__name__}: {e})") from e
+            raise EventLogUnavailable(
+                f"the Kafka broker at {self.bootstrap} did not acknowledge the batch ({type(e).__name__}: {e})"
+            ) from e
         counts: dict[int, int] = {}
         for j, m in metas:
             out[j] = f"{m.partition}:{m.offset}"
@@ -189,9 +214,14 @@ class KafkaLog(EventLog):
         with self._lock:
             if self._reader is None:
                 try:
-                    self._reader = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                                 enable_auto_commit=False, auto_offset_reset="earliest",
-                                                 max_poll_records=count, fetch_max_wait_ms=FETCH_WAIT_MS)
+                    self._reader = KafkaConsumer(
+                        bootstrap_servers=self.bootstrap,
+                        group_id=None,
+                        enable_auto_commit=False,
+                        auto_offset_reset="earliest",
+                        max_poll_records=count,
+                        fetch_max_wait_ms=FETCH_WAIT_MS,
+                    )
                 except _errors() as e:
                     raise self._unreachable(e) from e
             c = self._reader
@@ -229,8 +259,9 @@ class KafkaLog(EventLog):
         from kafka import KafkaConsumer, TopicPartition
 
         out: dict[int, float] = {}
-        c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                          fetch_max_wait_ms=FETCH_WAIT_MS)
+        c = KafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS
+        )
         try:
             for p, off in offsets.items():
                 tp = TopicPartition(self.topic, p)
@@ -253,16 +284,22 @@ class KafkaLog(EventLog):
         key = (group, consumer)
         c = self._consumers.get(key)
         if c is None:
-            c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False,
-                              auto_offset_reset="earliest", client_id=consumer)
+            c = KafkaConsumer(
+                bootstrap_servers=self.bootstrap,
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                client_id=consumer,
+            )
             self._consumers[key] = c
         want = {TopicPartition(self.topic, p) for p in partitions}
         if set(c.assignment()) != want:
             c.assign(list(want))
         return c
 
-    def read(self, group: str, consumer: str, partitions: list[int], count: int = 100,
-             block_ms: int = 0) -> list[Entry]:
+    def read(
+        self, group: str, consumer: str, partitions: list[int], count: int = 100, block_ms: int = 0
+    ) -> list[Entry]:
         c = self._consumer(group, consumer, partitions)
         batch = c.poll(timeout_ms=block_ms or 100, max_records=count)
         return [Entry(tp.partition, str(m.offset), json.loads(m.value)) for tp, msgs in batch.items() for m in msgs]
@@ -278,8 +315,9 @@ class KafkaLog(EventLog):
             top[e.partition] = max(top.get(e.partition, -1), int(e.offset))
         c = next((c for (g, _), c in self._consumers.items() if g == group), None)
         if c is None:
-            c = self._consumers[(group, "_ack")] = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=group,
-                                                                 enable_auto_commit=False)
+            c = self._consumers[(group, "_ack")] = KafkaConsumer(
+                bootstrap_servers=self.bootstrap, group_id=group, enable_auto_commit=False
+            )
         c.commit({TopicPartition(self.topic, p): OffsetAndMetadata(o + 1, None, -1) for p, o in top.items()})
 
     def claim(self, group: str, consumer: str, partition: int, min_idle_ms: int, count: int = 100) -> list[Entry]:
@@ -317,12 +355,8 @@ class KafkaLog(EventLog):
             c.close()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.producer.close(timeout=2)
-        except Exception:  # noqa: BLE001
-            pass
-        for c in [*self._consumers.values(), *( [self._reader] if self._reader else [])]:
-            try:
+        for c in [*self._consumers.values(), *([self._reader] if self._reader else [])]:
+            with contextlib.suppress(Exception):
                 c.close()
-            except Exception:  # noqa: BLE001
-                pass

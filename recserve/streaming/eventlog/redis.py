@@ -58,7 +58,7 @@ class RedisStreamLog(EventLog):
         dropped = 0
         for p, off in committed.items():
             if not off:
-                continue                        # nothing committed yet: keep everything
+                continue  # nothing committed yet: keep everything
             # MINID keeps ids >= the bound: the committed entry itself stays (it is the read position)
             bound = off if int(off.split("-")[0]) <= edge_ms else f"{edge_ms}-0"
             dropped += int(self._trim(keys=[self.stream(p), self.trimmed_key(p)], args=[bound]))
@@ -123,8 +123,9 @@ class RedisStreamLog(EventLog):
             out.append(Entry(p, eid.decode() if isinstance(eid, bytes) else eid, json.loads(fields[b"e"])))
         return out
 
-    def read(self, group: str, consumer: str, partitions: list[int], count: int = 100,
-             block_ms: int = 0) -> list[Entry]:
+    def read(
+        self, group: str, consumer: str, partitions: list[int], count: int = 100, block_ms: int = 0
+    ) -> list[Entry]:
         if not partitions:
             return []
         streams = {self.stream(p): ">" for p in partitions}
@@ -185,8 +186,9 @@ class RedisStreamLog(EventLog):
     def read_after(self, p: int, offset: str, count: int = 1000) -> list[Entry]:
         """Entries of partition p after `offset` (exclusive), oldest first: what an aggregator
         that keeps its own committed offsets reads."""
-        rows = self.r.xrange(self.stream(p), min=f"({offset}" if offset and offset != "0-0" else "-", max="+",
-                             count=count)
+        rows = self.r.xrange(
+            self.stream(p), min=f"({offset}" if offset and offset != "0-0" else "-", max="+", count=count
+        )
         return self._entries(p, rows)
 
     def ack(self, group: str, entries: list[Entry]) -> None:
@@ -206,15 +208,19 @@ class RedisStreamLog(EventLog):
         out = {}
         for p in range(self.partitions):
             s = self.stream(p)
-            groups = {(g["name"].decode() if isinstance(g["name"], bytes) else g["name"]): g
-                      for g in self.r.xinfo_groups(s)} if self.r.exists(s) else {}
+            groups = (
+                {(g["name"].decode() if isinstance(g["name"], bytes) else g["name"]): g for g in self.r.xinfo_groups(s)}
+                if self.r.exists(s)
+                else {}
+            )
             g = groups.get(group)
             if g is None:
                 out[p] = int(self.r.xlen(s)) if self.r.exists(s) else 0
                 continue
             last = g["last-delivered-id"]
             last = last.decode() if isinstance(last, bytes) else last
-            undelivered = len(self.r.xrange(s, min=f"({last}", max="+", count=100_000)) if last != "0-0" \
-                else int(self.r.xlen(s))
+            undelivered = (
+                len(self.r.xrange(s, min=f"({last}", max="+", count=100_000)) if last != "0-0" else int(self.r.xlen(s))
+            )
             out[p] = int(g["pending"]) + undelivered
         return out
