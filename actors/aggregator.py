@@ -13,6 +13,7 @@ import time
 import ray
 
 from recserve import keys
+from recserve.redis_client import connect
 from recserve.streaming.aggregator import AggregatorCore, StreamSettings
 
 
@@ -22,7 +23,6 @@ class StreamAggregator:
         """The item vectors (for the real-time user vector) are read from the registry here, not
         passed in: arguments in the object store would die with their owner (the supervisor), and
         Ray could not restart this actor after that."""
-        import redis
 
         from recserve.config import Config
         from recserve.streaming.eventlog import make_log
@@ -31,7 +31,7 @@ class StreamAggregator:
         item_ids, item_vectors = _item_vectors(c, registry_uri or c.registry_uri)
         self.name = name
         self.block_ms = block_ms
-        self.r = redis.Redis.from_url(c.redis_url, socket_timeout=5)
+        self.r = connect(c.redis_url, timeout=5)
         self.core = AggregatorCore(
             self.r,
             make_log(c, self.r),

@@ -11,6 +11,7 @@ import time
 
 import ray
 
+from actors.aggregator import StreamAggregator
 from recserve.streaming.supervisor import NAMESPACE, StreamSupervisor, supervisor_name
 
 
@@ -20,7 +21,7 @@ class StreamSupervisorActor:
         from recserve.config import Config
 
         self.cfg = Config.model_validate(cfg)
-        self.sup = StreamSupervisor(self.cfg, registry_uri=registry_uri)
+        self.sup = StreamSupervisor(self.cfg, StreamAggregator, registry_uri=registry_uri)
         self.lock = threading.Lock()
         self.interval_s = interval_s
         self.error: str | None = None

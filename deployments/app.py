@@ -1,14 +1,14 @@
 """Builds the Serve application from config, and chooses once where each port of the online path
-runs (recserve.serving.ports): the `Router` (ingress: cache, context, retrieval, the ladder)
+runs (recserve.serving.ports): the `Ingress` (ingress: cache, context, retrieval, the ladder)
 holds the search and context ports itself; scoring, selection and explanation run either inside
-the router process or in the `Ranker` (batched torch, GPU), `Bandit` (exploration) and
+the ingress process or in the `Ranker` (batched torch, GPU), `Bandit` (exploration) and
 `Explainer` (LLM) deployments, each scaling on its own (`serve.colocate`: auto puts them in the
-router unless the ranker has a GPU or the explainer a model).
+ingress unless the ranker has a GPU or the explainer a model).
 
-The ranker's model arrives as `user_config` (of the Ranker, or of the Router when it ranks in
+The ranker's model arrives as `user_config` (of the Ranker, or of the Ingress when it ranks in
 process), so `serve.run` of the same application with a newer registry version
 (`ranker_version=...`) swaps the model in the running replicas (`reconfigure`) without restarting
-anything. User affinity (a user's requests, header `x-session-id: <user_id>`, on one router replica
+anything. User affinity (a user's requests, header `x-session-id: <user_id>`, on one ingress replica
 so its L1 entries are found again): HAProxy's balance on that header with the proxy-free ingress
 (`serve.ingress: haproxy`, the default), Serve's ConsistentHashRouter behind Serve's proxy."""
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 from deployments.bandit import Bandit
 from deployments.explainer import Explainer
+from deployments.ingress import Ingress
 from deployments.ranker import Ranker
-from deployments.router import Router
 from recserve.config import Config
 from recserve.ranking.ranker import ranker_spec
 from recserve.registry import Registry
@@ -58,7 +58,7 @@ def _pinned(deployment, version: str):
 
 
 def colocated(cfg: Config, colocate: bool | str | None = None) -> dict[str, bool]:
-    """Which ports run inside the router process: {score, select, explain} -> True (in process)
+    """Which ports run inside the ingress process: {score, select, explain} -> True (in process)
     or False (a deployment of its own, called through its handle)."""
     c = cfg.serve.colocate if colocate is None else colocate
     if c == "auto":
@@ -73,20 +73,20 @@ def build_app(
     cache: bool = True,
     name: str = "recserve",
     ranker_version: str | None = None,
-    router_replicas: int | None = None,
+    ingress_replicas: int | None = None,
     affinity: bool | None = None,
     autoscaling: dict | None = None,
-    router_options: dict | None = None,
+    ingress_options: dict | None = None,
     colocate: bool | str | None = None,
     stream: bool = True,
 ):
-    """The application: the Router, and the Ranker, Bandit and Explainer deployments for the ports
+    """The application: the Ingress, and the Ranker, Bandit and Explainer deployments for the ports
     that do not run inside it (`colocated`); and the stream (`stream`): the detached supervisor of
     the configured event log (actors/supervisor.py), got or created here so that whatever deploys
     this application (`serve run`, `serve deploy`, `recserve serve`) brings the aggregators up.
-    Each Router replica attaches its application to it; the last application deleted stops it.
+    Each Ingress replica attaches its application to it; the last application deleted stops it.
     `autoscaling`: {deployment name: autoscaling_config} overriding fixed replica counts;
-    `router_options`: Serve options of the Router (max_ongoing_requests, max_queued_requests...)."""
+    `ingress_options`: Serve options of the Ingress (max_ongoing_requests, max_queued_requests...)."""
     from ray.serve.config import RequestRouterConfig
 
     from recserve.serving.wiring import PortChoice
@@ -113,18 +113,18 @@ def build_app(
     root = index_root or (
         str(Path(s.index_root) / name) if s.index_root else str(Path(cfg.data_dir).resolve() / f"index-live-{name}")
     )
-    replicas = router_replicas or s.router_replicas
-    share_as = f"{name}-{reg.resolve('index')}" if (replicas > 1 or "Router" in autoscaling) else None
-    router_kw = {"num_replicas": replicas, **(router_options or {})}
+    replicas = ingress_replicas or s.ingress_replicas
+    share_as = f"{name}-{reg.resolve('index')}" if (replicas > 1 or "Ingress" in autoscaling) else None
+    ingress_kw = {"num_replicas": replicas, **(ingress_options or {})}
     if (s.affinity if affinity is None else affinity) and s.ingress == "proxy":
         # behind HAProxy (serve.ingress: haproxy) affinity is HAProxy's balance on x-session-id, set for
-        # the whole cluster when the stack starts Ray; Serve refuses a custom router on that ingress
-        router_kw["request_router_config"] = RequestRouterConfig(request_router_class=CONSISTENT_HASH)
+        # the whole cluster when the stack starts Ray; Serve refuses a custom request router on that ingress
+        ingress_kw["request_router_config"] = RequestRouterConfig(request_router_class=CONSISTENT_HASH)
     inproc = colocated(cfg, colocate)
     choice = PortChoice()
     if inproc["score"]:
         choice.ranker_spec = ranker_spec(cfg, reg, ranker_version)
-        router_kw["user_config"] = {"ranker": choice.ranker_spec}
+        ingress_kw["user_config"] = {"ranker": choice.ranker_spec}
     else:
         ranker_opts = {"num_gpus": s.ranker_num_gpus, "num_cpus": 0.1} if s.ranker_num_gpus else {"num_cpus": 0.1}
         choice.score = _pinned(
@@ -146,10 +146,10 @@ def build_app(
         ).bind(cfg.model_dump(mode="json"), reg.uri)
     args = (cfg.model_dump(mode="json"), reg.uri, root)
     kw = {"replicas": s.index_replicas, "cache": cache, "share_as": share_as, "stream": stream}
-    # the router's version leaves out the ranker's spec (it arrives as user_config: a new model
+    # the ingress's version leaves out the ranker's spec (it arrives as user_config: a new model
     # version reconfigures the running replicas in place)
     version = _version(*args, kw, sorted(k for k, v in inproc.items() if v))
-    return _pinned(Router.options(**opts("Router", **router_kw)), version).bind(*args, choice, **kw)
+    return _pinned(Ingress.options(**opts("Ingress", **ingress_kw)), version).bind(*args, choice, **kw)
 
 
 def deploy(cfg: Config, registry_uri: str | None = None, index_root: str | None = None) -> str:

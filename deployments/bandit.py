@@ -7,16 +7,14 @@ from __future__ import annotations
 from ray import serve
 
 from recserve.ranking.bandit import Slate, ThompsonBandit
+from recserve.redis_client import connect
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=256)
 class Bandit:
     def __init__(self, redis_url: str, share: float = 0.2, prefix: str = "bandit", uniform: float = 0.1):
-        import redis
 
-        self.bandit = ThompsonBandit(
-            redis.Redis.from_url(redis_url, socket_timeout=2), prefix=prefix, share=share, uniform=uniform
-        )
+        self.bandit = ThompsonBandit(connect(redis_url, timeout=2), prefix=prefix, share=share, uniform=uniform)
 
     async def select(
         self,

@@ -1,5 +1,5 @@
 """A no-op HTTP deployment: the floor every serving figure is compared with. The same framework
-as the router (a FastAPI ingress taking a JSON body), answering a constant."""
+as the ingress (a FastAPI ingress taking a JSON body), answering a constant."""
 
 from fastapi import FastAPI
 from ray import serve

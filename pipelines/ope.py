@@ -11,6 +11,7 @@ table and a plot, published to the registry as a version of `ope`.
 from __future__ import annotations
 
 from pipelines._cli import parser, run, setup
+from recserve.redis_client import connect
 
 
 def main(argv=None):
@@ -49,7 +50,7 @@ def main(argv=None):
         import ray
 
         from recserve.offline import ope
-        from recserve.offline.jobs import ensure_ray
+        from recserve.ops.stack import ensure_ray
 
         cfg, reg = setup(args)
         if args.impressions < 1:
@@ -73,12 +74,11 @@ def main(argv=None):
                     replications=args.replications,
                     log=log,
                 )
-            import redis
 
             return ope.evaluate_live(
                 cfg,
                 reg,
-                redis.Redis.from_url(cfg.redis_url),
+                connect(cfg.redis_url, timeout=None),
                 max_impressions=args.impressions,
                 versions=args.versions,
                 log=log,

@@ -2,7 +2,8 @@
 
 Registry artifacts (recserve.registry: `<name>/versions/vNNNNNN/`):
   embeddings   user_ids.npy, item_ids.npy, user_vectors.npy, item_vectors.npy (lineage: the dataset)
-  index        routing.json (routing table, kind, dimension), one FAISS file per shard, items_meta.json
+  index        its manifest, one FAISS file per shard, the items' metadata: recserve.index.artifact,
+               the one owner of that format
   ranker       ranker.pt (torch weights + architecture, loaded without code execution)
 Dataset directories: events/*.parquet, items.parquet, meta.json (truth/ for the generated world).
 
@@ -22,8 +23,6 @@ from recserve.schemas import EVENT_TYPES, EVENTS_SCHEMA, ITEMS_SCHEMA, DataError
 
 EMBEDDING_ARRAYS = ("user_ids", "item_ids", "user_vectors", "item_vectors")
 RANKER_FILE = "ranker.pt"
-ROUTING_FILE = "routing.json"
-ITEMS_META_FILE = "items_meta.json"
 DATASET_META = "meta.json"
 DATASET_ITEMS = "items.parquet"
 DATASET_EVENTS = "events"
@@ -54,11 +53,6 @@ def trained_on(reg, version: str | None = None) -> Path:
 
 def ranker_path(reg, version: str | None = None) -> Path:
     return reg.fetch("ranker", version) / RANKER_FILE
-
-
-def routing(index_dir: str | Path) -> dict:
-    """An index artifact's manifest: routing table, counts, kind, dimension."""
-    return json.loads((Path(index_dir) / ROUTING_FILE).read_text())
 
 
 # -------------------------------------------------------------------------- datasets

@@ -1,15 +1,15 @@
-"""API keys, their scopes and their quotas: plain classes the router's gate, the CLI
+"""API keys, their scopes and their quotas: plain classes the ingress's gate, the CLI
 (`recserve keys create|list|revoke`) and the tests call.
 
 A key reads `rs_<id>_<secret>`. Redis keeps only its SHA-256 (`auth:hash:<sha>` -> id) and a
 record per id (`auth:key:<id>`: name, scopes, quota overrides, created, revoked); the secret is
-printed once, at creation. Every create or revoke bumps `auth:gen`: each router replica reads
+printed once, at creation. Every create or revoke bumps `auth:gen`: each ingress replica reads
 it once a second and forgets the keys it had looked up, so a revoked key stops working within a
 second or so, while a lookup on the request path costs a dict read (no Redis round trip).
 
 Scopes: `recommend`, `events`, `feedback`, `catalogue`, `admin`; `admin` holds every other.
 Quotas: a token bucket per key and scope (requests per second, burst), from `auth.quotas` unless
-the key carries its own; each router replica enforces its share (rate / replicas)."""
+the key carries its own; each ingress replica enforces its share (rate / replicas)."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ class KeyStore:
 
     def _put(self, kid: str, rec: dict, valid_hash: str | None) -> None:
         """A key's record stored, its hash looked up to it when it is valid (`valid_hash`); the
-        generation moves, so every router replica re-reads its keys."""
+        generation moves, so every ingress replica re-reads its keys."""
         p = self.r.pipeline(transaction=True)
         p.hset(K.auth_key(kid), mapping=rec)
         if valid_hash is not None:
@@ -209,7 +209,7 @@ class TokenBucket:
 
 
 class Gate:
-    """A router replica's key check: (status, error code, message, headers, principal) per request.
+    """A ingress replica's key check: (status, error code, message, headers, principal) per request.
     Looked-up keys are remembered until `auth:gen` changes; a Redis that cannot be reached keeps
     the remembered keys working and refuses unknown ones with 503 (it cannot tell)."""
 

@@ -152,9 +152,9 @@ class ServeConfig(_Strict):
     affinity: bool = Field(
         True,
         description="route a user's requests (header x-session-id: <user_id>) to one "
-        "router replica by consistent hashing",
+        "ingress replica by consistent hashing",
     )
-    router_replicas: int = Field(1, ge=1, le=64, description="router replicas (without autoscaling)")
+    ingress_replicas: int = Field(1, ge=1, le=64, description="ingress replicas (without autoscaling)")
     deadline_ms: float = Field(
         80.0,
         gt=0,
@@ -170,22 +170,22 @@ class ServeConfig(_Strict):
     colocate: bool | Literal["auto"] = Field(
         "auto",
         description="where the ranker, bandit and explainer run: "
-        "true = inside the router process (no Serve hop), false = each its own "
+        "true = inside the ingress process (no Serve hop), false = each its own "
         "deployment (the cluster topology, serve_config.yaml), auto = in the "
-        "router unless the ranker asks for a GPU (ranker_num_gpus) or the "
+        "ingress unless the ranker asks for a GPU (ranker_num_gpus) or the "
         "explainer runs a model (explainer.backend is not templates)",
     )
     ingress: Literal["haproxy", "proxy"] = Field(
         "haproxy",
         description="haproxy: Ray 2.60's proxy-free ingress (HAProxy "
-        "in front, the router replicas serve HTTP themselves; user affinity by "
+        "in front, the ingress replicas serve HTTP themselves; user affinity by "
         "HAProxy's balance on x-session-id); proxy: Serve's Python HTTP proxy. "
         "A cluster-wide setting, applied when the stack starts Ray",
     )
     drain_s: float = Field(
         5.0,
         gt=0,
-        description="with the haproxy ingress: how long a stopping router replica "
+        description="with the haproxy ingress: how long a stopping ingress replica "
         "keeps serving while HAProxy takes it out of rotation (Ray's "
         "default 30 s suits HAProxies on many nodes)",
     )
@@ -313,9 +313,9 @@ class StreamConfig(_Strict):
     scale_down_lag: int = Field(1_000, ge=0, description="remove one when the lag stays under this...")
     scale_down_after_s: float = Field(600.0, ge=0, description="...for this long (the seed's 10 minutes)")
     staleness_bound_s: float = Field(
-        3600.0, gt=0, description="past this the router serves batch vectors (degradation level 2)"
+        3600.0, gt=0, description="past this the ingress serves batch vectors (degradation level 2)"
     )
-    context_cache_s: float = Field(0.2, ge=0, description="router's in-process cache of live contexts")
+    context_cache_s: float = Field(0.2, ge=0, description="ingress's in-process cache of live contexts")
     aggregator_resources: dict[str, float] = Field(
         default_factory=dict,
         description="Ray custom resources per aggregator actor, e.g. {stream: 1} on the cluster's state pool",
@@ -346,7 +346,7 @@ def _default_quotas() -> dict:
 
 
 class QuotaConfig(_Strict):
-    rate: float = Field(gt=0, description="requests per second per key, over all router replicas")
+    rate: float = Field(gt=0, description="requests per second per key, over all ingress replicas")
     burst: float = Field(ge=1, description="requests a key may send at once after a quiet spell")
 
 
@@ -359,7 +359,7 @@ class AuthConfig(_Strict):
     quotas: dict[Literal["recommend", "events", "feedback", "catalogue", "admin"], QuotaConfig] = Field(
         default_factory=lambda: {k: QuotaConfig(**v) for k, v in _default_quotas().items()},
         description="per-key token bucket per scope (a key may carry its own: `recserve keys create --quota`); "
-        "each router replica enforces rate / serve.router_replicas",
+        "each ingress replica enforces rate / serve.ingress_replicas",
     )
 
 

@@ -17,7 +17,7 @@ its owner was configured with (tests give their own, so they never share state).
   st:supervisor:<name>        the stream supervisor's aggregator count (a restarted one adopts them)
   st:supervisor:<name>:apps   the applications using that stream (the last one gone stops it)
   st:watch                    the supervisor's report each second: lag, staleness, aggregators
-  st:invalidate[:db<n>]       channel: users whose events an aggregator folded (routers drop their caches);
+  st:invalidate[:db<n>]       channel: users whose events an aggregator folded (ingress replicas drop their caches);
                               `!<user>`: a forgotten user. Suffixed by the database unless it is 0
   bandit:params               hash a:<item> / b:<item>: the bandit's Beta posteriors
   bandit:impressions          stream of shown slates with their propensities (off-policy evaluation)
@@ -30,7 +30,7 @@ its owner was configured with (tests give their own, so they never share state).
   auth:ids                    set of API key ids
   auth:key:<id>               hash: an API key's name, scopes, quota overrides, created, revoked, sha256
   auth:hash:<sha256>          the key id whose secret hashes to this (deleted on revoke)
-  auth:gen                    bumped on every create or revoke (router replicas forget looked-up keys)
+  auth:gen                    bumped on every create or revoke (ingress replicas forget looked-up keys)
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@
      of the user, and the user's entries of the Redis event log that the aggregators already
      committed (counted as trimmed, so the lag stays exact; later ones are skipped when read and
      trimmed with the retention).
-  3. every router replica drops the user's cached answers and last personalized list (a `!<user>`
+  3. every ingress replica drops the user's cached answers and last personalized list (a `!<user>`
      on the invalidation channel).
 The stores are swept twice, a second apart (`forget`, then `sweep_again`): an aggregator batch
 folded just before the tombstone was written cannot bring the context back."""
@@ -19,6 +19,7 @@ import json
 import time
 
 from recserve import keys
+from recserve.redis_client import connect
 
 SWEEP_AGAIN_S = 1.0
 
@@ -117,7 +118,7 @@ def forgotten_for_training(redis_url: str, log=print) -> dict[int, float]:
     from recserve.config import masked_url
 
     try:
-        r = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5)
+        r = connect(redis_url, connect_timeout=2, timeout=5)
         try:
             return tombstones(r)
         finally:

@@ -1,5 +1,5 @@
-"""Writes regions/<region>.yaml from cluster.yaml plus a small overlay per region: provider region
-and zones, the region's image, and for the warm standby smaller floors (it keeps a quarter of an
+"""Writes regions/<region>.yaml from cluster.yaml plus the region table (regions/table.yaml): provider
+region and zones, the region's image, and for the warm standby smaller floors (it keeps a quarter of an
 active region's minimum warm and scales up when traffic is shifted to it).
 
 Also writes the region's Serve config, regions/serve/<region>.yaml, from serve_config.yaml: each
@@ -22,23 +22,10 @@ from pathlib import Path
 
 import yaml
 
+from recserve.ops.region import region_table
+
 ROOT = Path(__file__).resolve().parents[1]
-REGIONS = {
-    "us-west-2": {
-        "role": "active",
-        "share": 0.5,
-        "zones": "us-west-2a,us-west-2b,us-west-2c",
-        "image": "ami-0a2363a9cff180a64",
-    },
-    "us-east-1": {
-        "role": "active",
-        "share": 0.5,
-        "zones": "us-east-1a,us-east-1b,us-east-1c",
-        "image": "ami-0e86e20dae9224db8",
-    },
-    "eu-west-1": {"role": "standby", "share": 0.0, "zones": "eu-west-1a,eu-west-1b", "image": "ami-0d64bb532e0502c46"},
-}
-STANDBY_FLOOR = 0.25
+REGIONS, STANDBY_FLOOR = region_table(ROOT / "regions" / "table.yaml")  # the table lives with the region files
 
 
 def render(region: str) -> dict:

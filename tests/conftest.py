@@ -112,7 +112,7 @@ def stream_config(cfg, backend: str, kafka: str | None, db: int, topic: str):
 
 
 def make_key(cfg, scopes: str = "admin", quota: dict | None = None, name: str = "tests") -> str:
-    """An API key in cfg's Redis (where that application's router looks keys up). The tests'
+    """An API key in cfg's Redis (where that application's ingress looks keys up). The tests'
     admin key carries a large admin quota: they read /v1/status in loops."""
     import redis
 

@@ -27,7 +27,8 @@ import httpx
 import numpy as np
 
 from recserve import keys
-from recserve.bench.common import require_own_serve, write_result
+from recserve.bench.common import percentiles, require_own_serve, write_result
+from recserve.redis_client import connect
 
 FAULTS = (
     "baseline",
@@ -155,7 +156,7 @@ def _phase_report(records, t0: float, t1: float, fault_at: float | None) -> dict
         "requests": len(rs),
         "status": codes,
         "levels": levels,
-        "p95_ms": round(float(np.percentile(lat, 95)), 1),
+        **percentiles(lat, (95,), digits=1),
         "recovery_s": rec_s,
     }
 
@@ -191,7 +192,6 @@ def run(
     appendfsync: str | None = None,
 ) -> dict:
     import ray
-    import redis
     from ray import serve
 
     from actors.supervisor import get_supervisor, stop_supervisor
@@ -209,7 +209,7 @@ def run(
     users, items = embedding_ids(reg)
     ensure_ray(cfg)
     require_own_serve("chaos")
-    r = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
+    r = connect(cfg.redis_url, timeout=5)
     fsync_before = r.config_get("appendfsync")["appendfsync"]
     fsync = appendfsync or fsync_before
     r.config_set("appendfsync", fsync)  # this run's setting (restored at the end)
@@ -221,7 +221,7 @@ def run(
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # the cluster topology: ranker, bandit and explainer each a deployment of its own (the faults are
-    # theirs), the router holding the cache, the ladder, the index client and the live context
+    # theirs), the ingress holding the cache, the ladder, the index client and the live context
     serve.run(build_app(cfg, name="chaos", colocate=False), name="chaos", route_prefix="/")
     sup = get_supervisor(cfg)  # the application's stream supervisor (the builder started it)
     from recserve.auth import KeyStore
@@ -340,7 +340,7 @@ def run(
         "http_5xx": sum(1 for x in allrec if x[1] >= 500),
         "http_429": sum(1 for x in allrec if x[1] == 429),
         "levels": levels,
-        "p95_ms": round(float(np.percentile([x[3] for x in allrec], 95)), 1) if allrec else None,
+        **percentiles([x[3] for x in allrec], (95,), digits=1),
         "max_recovery_s": max((p["recovery_s"] or 0.0) for p in phases.values()),
         "unrecovered": [n for n, a, b, f in marks if f is not None and phases[n]["recovery_s"] is None],
         "events_acknowledged": len(load.acked),
@@ -350,6 +350,6 @@ def run(
     }
     stop_supervisor(cfg, "chaos")
     serve.shutdown()
-    redis.Redis.from_url(cfg.redis_url, socket_timeout=5).config_set("appendfsync", fsync_before)
+    connect(cfg.redis_url, timeout=5).config_set("appendfsync", fsync_before)
     write_result(out, res)
     return res

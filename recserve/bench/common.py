@@ -32,3 +32,14 @@ def write_result(out, res: dict) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(res, indent=2))
+
+
+def percentiles(
+    values, ps=(50, 95), digits: int = 2, prefix: str = "p", suffix: str = "_ms"
+) -> dict[str, float | None]:
+    """{"p50_ms": ..., "p95_ms": ...} of `values` (rounded to `digits`; None for no values): the one
+    percentile summary every benchmark reports."""
+    import numpy as np
+
+    a = np.asarray(list(values), dtype=float)
+    return {f"{prefix}{p}{suffix}": (round(float(np.percentile(a, p)), digits) if a.size else None) for p in ps}

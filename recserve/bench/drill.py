@@ -46,7 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from recserve.bench.common import write_result
+from recserve.bench.common import percentiles, write_result
+from recserve.redis_client import connect
 
 REGION_RE = re.compile(rb"x-recserve-region: ([a-z0-9-]+)")
 LIVE_RE = re.compile(rb'"live_context":\s*(true|false)')
@@ -257,7 +258,7 @@ def phase(records, t0: float, t1: float) -> dict:
         "regions": regions,
         "levels": levels,
         "cache": cache,
-        "p95_ms": round(float(np.percentile(lat, 95)), 1),
+        **percentiles(lat, (95,), digits=1),
     }
 
 
@@ -355,7 +356,7 @@ def run(
     reg = Registry(cfg.registry_uri, cfg.registry.keep)
     all_users, items = embedding_ids(reg)
     users = np.random.default_rng(7).choice(all_users, size=min(n_users, len(all_users)), replace=False)
-    clients = {r: redis.Redis.from_url(rcs[r].redis_url, socket_timeout=5) for r in (region, *survivors)}
+    clients = {r: connect(rcs[r].redis_url, timeout=5) for r in (region, *survivors)}
     unlimited = {"rate": 1e6, "burst": 1e6}
     kid, key = KeyStore(clients[survivor]).create(
         "drill", "recommend,events", {"recommend": unlimited, "events": unlimited}
@@ -424,7 +425,7 @@ def run(
         steps["up"] = {"exit": code, "seconds": secs, "output": text[-600:]}
         if code != 0:
             raise RuntimeError(f"`recserve region up {region}` failed: {text}")
-        clients[region] = redis.Redis.from_url(rcs[region].redis_url, socket_timeout=5)
+        clients[region] = connect(rcs[region].redis_url, timeout=5)
         log(f"runbook: recserve region return {region}")
         code, text, secs = _recserve("region", "return", region)
         steps["return"] = {"exit": code, "seconds": secs, "output": text[-600:]}

@@ -13,6 +13,8 @@ import uuid
 import httpx
 import numpy as np
 
+from recserve.bench.common import percentiles
+
 
 async def run(
     url: str,
@@ -81,8 +83,7 @@ async def run(
         "errors": errors,
         "seconds": round(elapsed, 3),
         "events_per_s": round(accepted / elapsed, 1),
-        "post_p50_ms": round(float(np.percentile(a, 50)), 2),
-        "post_p95_ms": round(float(np.percentile(a, 95)), 2),
+        **percentiles(a, prefix="post_p"),
     }
 
 

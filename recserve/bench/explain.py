@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recserve.bench.common import write_result
+from recserve.bench.common import percentiles, write_result
 
 
 def _signals(titles, cats, rng, n_items: int = 10) -> list[dict]:
@@ -101,8 +101,7 @@ def _summary(rs: list[dict], wall_s: float, concurrency: int) -> dict:
         "requests": len(rs),
         "concurrency": concurrency,
         "items_per_request": items / max(len(rs), 1),
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p95_ms": round(float(np.percentile(ms, 95)), 2),
+        **percentiles(ms),
         "fallback_share": round(sum(1 for r in rs if r["fallback"]) / max(len(rs), 1), 4),
         "fallbacks": causes,
         "rejected_item_share": round(sum(r["rejected"] for r in rs) / max(items, 1), 4),
@@ -132,7 +131,7 @@ def run(
     from recserve.explain.backends import TransformersBackend, VLLMBackend
     from recserve.explain.core import ExplainerCore, ExplainerSettings
     from recserve.explain.grounding import Grounding
-    from recserve.explain.test_models import MARKER, build_random_model, catalogue_words
+    from recserve.explain.random_models import MARKER, build_random_model, catalogue_words
     from recserve.offline.data import World
 
     items = World(WorldConfig()).items_table().to_pandas()

@@ -1,4 +1,4 @@
-"""`recserve fuzz`: Schemathesis fuzzes the live HTTP API from the OpenAPI schema the router serves.
+"""`recserve fuzz`: Schemathesis fuzzes the live HTTP API from the OpenAPI schema the ingress serves.
 
 Every operation is tried three ways: valid inputs with an admin key, invalid inputs (Schemathesis'
 negative mode) with the key, and valid inputs with no key. For each example: the status code;
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from recserve import keys
 from recserve.config import masked_url
+from recserve.redis_client import connect
 
 WAYS = ("valid_with_key", "invalid_with_key", "valid_without_key")
 
@@ -38,7 +39,7 @@ def _digest(x) -> str:
 
 
 class StateProbe:
-    """What a request could change, read from the stores themselves and the router's status."""
+    """What a request could change, read from the stores themselves and the ingress's status."""
 
     def __init__(
         self,
@@ -253,7 +254,6 @@ def deploy_and_fuzz(
     import tempfile
 
     import httpx
-    import redis
     from ray import serve
 
     from deployments.app import build_app
@@ -266,7 +266,7 @@ def deploy_and_fuzz(
     fcfg = Config.model_validate(
         {**cfg.model_dump(mode="json"), "stream": stream, "redis": {**cfg.redis.model_dump(mode="json"), "url": url}}
     )
-    r = redis.Redis.from_url(url)
+    r = connect(url, timeout=None)
     r.flushdb()
     _, key = KeyStore(r).create("fuzz", "admin", {s: {"rate": 1e6, "burst": 1e6} for s in SCOPES})
     base = f"{http_root}/{name}"

@@ -17,7 +17,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from recserve.bench.common import write_result
+from actors.vector_shard import VectorShard
+from recserve.bench.common import percentiles, write_result
+from recserve.index import artifact
 
 
 def clustered(n: int, dim: int, seed: int, n_clusters: int = 1000, spread: float = 0.35, latent: int = 16):
@@ -85,7 +87,7 @@ def run(
 
     from recserve.config import IndexConfig
     from recserve.index.build import build_sharded
-    from recserve.index.client import IndexRouter
+    from recserve.index.client import IndexClient
 
     threads = threads or os.cpu_count() or 1
     faiss.omp_set_num_threads(threads)
@@ -155,10 +157,11 @@ def run(
             }
             del ss
             t0 = time.perf_counter()
-            rt = IndexRouter.from_artifact(
+            rt = IndexClient.from_artifact(
                 art,
                 work / f"live-{key}",
                 metas,
+                shard_actor=VectorShard,
                 replicas=1,
                 timeout_s=60.0,
                 actor_options={"num_cpus": threads / n_shards},
@@ -241,8 +244,7 @@ def run(
             t = time.perf_counter()
             rt.search(q[i : i + 1], 10)
             lat.append((time.perf_counter() - t) * 1000)
-        res["p50_ms"] = round(float(np.percentile(lat, 50)), 2)
-        res["p95_ms"] = round(float(np.percentile(lat, 95)), 2)
+        res.update(percentiles(lat))
         log(f"  recall@10 {res['recall_at_10']:.4f}, {res['actor_qps']} q/s vs raw {res['raw_faiss_qps']} q/s")
 
         mask = cats == 0
@@ -299,7 +301,7 @@ def run(
         res["storage"] = storage
         res["fp16_bytes_ratio"] = storage["fp16"]["bytes_per_vector"] / storage["fp32"]["bytes_per_vector"]
         res["fp16_recall_loss"] = round(storage["fp32"]["recall_at_10"] - storage["fp16"]["recall_at_10"], 4)
-        res["index_bytes"] = sum(f.stat().st_size for f in (work / "art").glob("*.faiss"))
+        res["index_bytes"] = sum(f.stat().st_size for f in artifact.shard_files(work / "art"))
         res["targets"] = {
             "recall_ge_0_95": res["recall_at_10"] >= 0.95,
             "actor_vs_raw_ge_0_7": res["best_actor_vs_raw"] >= 0.7,

@@ -24,6 +24,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from recserve.bench.common import percentiles
+
 LEVEL_RE = re.compile(rb'"degradation_level":\s*(\d)')
 CACHE_RE = re.compile(rb'"cache":\s*"([a-z]+)"')
 
@@ -235,9 +237,7 @@ def run(
     return {
         "requests": n,
         "rps": round(n / elapsed, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 2),
-        "p95_ms": round(float(np.percentile(lat, 95)), 2),
-        "p99_ms": round(float(np.percentile(lat, 99)), 2),
+        **percentiles(lat, (50, 95, 99)),
         "errors": sum(o["errors"] for o in outs),
         "status": merge("codes"),
         "cache": cache,

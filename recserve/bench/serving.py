@@ -12,7 +12,7 @@ Cases, each deployed alone (the one before it is deleted, its shard actors with 
   recommend_noauth    the same with auth.enabled false: what checking the key costs
   recommend_split     the same in the cluster topology: Ranker, Bandit and Explainer deployments
   recommend_cached    /v1/recommend, cache on, the same application, Zipf(1.1) users
-  recommend_cached_2_replicas   two router replicas (each its own L1 cache), Zipf users with the
+  recommend_cached_2_replicas   two ingress replicas (each its own L1 cache), Zipf users with the
                       routing key (x-session-id: user affinity), then without it: the hit rates
 
 Concurrency 1, 4 and 16, `duration` seconds per point (15 by default; the concurrency-4 point of the
@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from recserve.bench.common import require_own_serve, write_result
+from recserve.redis_client import connect, connect_async
 
 CONCURRENCY = (1, 4, 16)
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +134,7 @@ def _point(url: str, c: int, duration: float, users: np.ndarray, seed: int, cpu:
 
 def _experiment_cost(cfg, reg, r, url: str, duration: float, user_ids: np.ndarray, key: str, log) -> dict:
     """`/v1/recommend` (cache off, c=4) without an experiment and with one running whose second arm
-    ranks with another registry ranker version (so the router holds two models and splits its
+    ranks with another registry ranker version (so the ingress holds two models and splits its
     batches by version; the serving version in both arms when the registry has no other), the two
     alternated REPEATS times with users of their own; the medians' ratio."""
     from recserve.config import ExperimentConfig
@@ -244,12 +245,10 @@ def gate_check_us(redis_url: str, key: str, n: int = 20_000) -> float:
     """CPU time of one key check on the request path (a known key, its quota's bucket), in µs."""
     import asyncio
 
-    import redis.asyncio as aredis
-
     from recserve.auth import Gate
 
     async def go() -> float:
-        ar = aredis.Redis.from_url(redis_url)
+        ar = connect_async(redis_url, timeout=None)
         gate = Gate(ar)
         header = f"Bearer {key}"
         assert (await gate.check(header, "recommend"))[0] is None
@@ -310,7 +309,7 @@ def run(
         "cpus": os.cpu_count(),
         "ingress": cfg.serve.ingress,
         "deadline_ms": cfg.serve.deadline_ms,
-        "in_router_process": colocated(cfg),
+        "in_ingress_process": colocated(cfg),
         "index_shards": cfg.index.num_shards,
         "cases": {},
     }
@@ -325,11 +324,10 @@ def run(
     base = f"http://127.0.0.1:{port}"
     body = {"user_id": int(user_ids[0]), "k": 10}
     cases = res["cases"]
-    import redis
 
     from recserve.auth import KeyStore
 
-    r = redis.Redis.from_url(cfg.redis_url)
+    r = connect(cfg.redis_url, timeout=None)
     kid, key = KeyStore(r).create("bench serving", "recommend", {"recommend": {"rate": 1e6, "burst": 1e6}})
     res["auth_check_us"] = gate_check_us(cfg.redis_url, key)
     log(f"one API-key check on the request path: {res['auth_check_us']} µs of CPU")
@@ -429,8 +427,8 @@ def run(
     deploy(build_app(cfg, cache=True, name="cached"), "cached", "/cached")
     measure("recommend_cached", f"{base}/cached/v1/recommend", zipf=1.1, affinity=True, pools=own)
     delete("cached")
-    # two router replicas, each its own L1 cache: the hit rate with the routing key and without it
-    deploy(build_app(cfg, cache=True, name="cached2", router_replicas=2, affinity=True), "cached2", "/cached2")
+    # two ingress replicas, each its own L1 cache: the hit rate with the routing key and without it
+    deploy(build_app(cfg, cache=True, name="cached2", ingress_replicas=2, affinity=True), "cached2", "/cached2")
     measure("recommend_cached_2_replicas", f"{base}/cached2/v1/recommend", zipf=1.1, affinity=True, pools=aff)
     measure(
         "recommend_cached_2_replicas_no_affinity",
@@ -478,7 +476,7 @@ def run(
     log(
         f"recommend / noop {res['recommend_vs_noop']} (same ingress), / default-proxy noop "
         f"{res['recommend_vs_default_noop']}; cached / noop {res['cached_vs_noop']} at hit rate "
-        f"{res['cache_hit_rate']}; 2 router replicas: hit rate {res['cache_hit_rate_2_replicas']} with the routing "
+        f"{res['cache_hit_rate']}; 2 ingress replicas: hit rate {res['cache_hit_rate_2_replicas']} with the routing "
         f"key, {res['cache_hit_rate_2_replicas_no_affinity']} without"
     )
     write_result(out, res)

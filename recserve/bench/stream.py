@@ -5,7 +5,7 @@
     counters, trending: events per second from the first post until the aggregators have
     committed the last event;
   * freshness: probe events posted during the load; the time from their 202 until they are
-    visible in the user's live context (the Redis entry /v1/recommend reads; the router's
+    visible in the user's live context (the Redis entry /v1/recommend reads; the ingress's
     in-process cache adds at most stream.context_cache_s).
 Runs on Redis database 1 of the stack's Redis, so the demo's state (database 0) is untouched.
 `backend`: redis (Redis Streams) or kafka (the configured broker, else one of its own: the embedded
@@ -25,7 +25,8 @@ import httpx
 import numpy as np
 
 from recserve import keys
-from recserve.bench.common import require_own_serve, write_result
+from recserve.bench.common import percentiles, require_own_serve, write_result
+from recserve.redis_client import connect
 
 
 def raw_xadd(client, seconds: float = 3.0, batch: int = 1000) -> float:
@@ -62,7 +63,6 @@ def run(
     appendfsync: str | None = None,
 ) -> dict:
     import ray
-    import redis
     from ray import serve
 
     from actors.supervisor import get_supervisor, stop_supervisor
@@ -91,7 +91,7 @@ def run(
             "redis": {**cfg.redis.model_dump(mode="json"), "url": f"{base_url}/1"},
         }
     )
-    r = redis.Redis.from_url(cfg.redis_url)
+    r = connect(cfg.redis_url, timeout=None)
     r.flushdb()
     from recserve.auth import KeyStore
 
@@ -201,10 +201,9 @@ def run(
         "ingest_events_per_s": posted["events_per_s"],
         "post_p95_ms": posted["post_p95_ms"],
         "drain_s_after_posting": round(t_done - t0 - posted["seconds"], 3),
-        "freshness_p50_ms": round(float(np.percentile(fresh, 50)), 2),
-        "freshness_p95_ms": round(float(np.percentile(fresh, 95)), 2),
+        **percentiles(fresh, prefix="freshness_p"),
         "freshness_probes": len(probes),
-        "router_context_cache_s": cfg.stream.context_cache_s,
+        "ingress_context_cache_s": cfg.stream.context_cache_s,
         "raw_xadd_per_s": round(raw, 1),
         "ingest_vs_raw": round(posted["events_per_s"] / raw, 3),
         "aggregator_stats": ray.get(sup.stats.remote())["aggregators"],

@@ -1,6 +1,6 @@
 """`recserve experiment ...`: start, stop and read an A/B/n experiment defined in recserve.yaml
 (`experiments.<name>`; recserve.serving.experiments). The running experiment lives in the
-application's Redis, so every router replica picks it up within a second, without a redeploy."""
+application's Redis, so every ingress replica picks it up within a second, without a redeploy."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def start(
     config: Path | None = ConfigOpt,
 ):
     """Check the experiment (its ranker versions must be in the registry) and start it: every
-    router replica assigns users to its arms within a second. Its figures start from zero."""
+    ingress replica assigns users to its arms within a second. Its figures start from zero."""
     from recserve.config import ConfigError
     from recserve.registry import Registry
     from recserve.serving import experiments as ex

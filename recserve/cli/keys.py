@@ -77,7 +77,7 @@ def list_keys(config: Path | None = ConfigOpt, as_json: bool = typer.Option(Fals
 def revoke(
     key_id: str = typer.Argument(..., help="the key's id (`recserve keys list`)"), config: Path | None = ConfigOpt
 ):
-    """Revoke a key: every router replica refuses it within about a second."""
+    """Revoke a key: every ingress replica refuses it within about a second."""
     if not _store(config).revoke(key_id):
         _fail(KeyError(f"no key {key_id!r}: `recserve keys list` shows the ids"))
     console.print(f"key {key_id} revoked")

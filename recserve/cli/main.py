@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from recserve.config import Config, ConfigError, load_config
+from recserve.redis_client import connect
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="recserve: real-time personalization served from a Ray cluster."
@@ -39,7 +40,7 @@ def _redis(cfg: Config, what: str):
     """A client of the application's Redis, or a clear exit naming what lives there."""
     import redis
 
-    r = redis.Redis.from_url(cfg.redis_url, socket_connect_timeout=2)
+    r = connect(cfg.redis_url, timeout=None, connect_timeout=2)
     try:
         r.ping()
     except redis.RedisError as e:

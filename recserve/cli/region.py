@@ -9,6 +9,7 @@ import typer
 
 from recserve.cli.main import ConfigOpt, _cfg, _fail, console, region_app
 from recserve.ops.region import REGION_DIR as REGION_FILES  # the region files (`python -m scripts.regions`)
+from recserve.redis_client import connect
 
 MIRROR_NAMESPACE = "recserve-mirror"  # the Replicator actors `region up` starts (named mirror-<source region>)
 
@@ -20,13 +21,12 @@ def region_drain(
     undo: bool = typer.Option(False, "--undo", help="put the region back in rotation"),
     config: Path | None = ConfigOpt,
 ):
-    """Take this region's routers out of the load balancer's rotation (/readyz answers 503 draining)."""
-    import redis as _redis
+    """Take this region's ingress replicas out of the load balancer's rotation (/readyz answers 503 draining)."""
 
     from recserve.ops.region import drain, undrain
 
     cfg = _cfg(config)
-    r = _redis.Redis.from_url(cfg.redis_url)
+    r = connect(cfg.redis_url, timeout=None)
     if undo:
         console.print("back in rotation" if undrain(r) else "was not draining")
     else:
@@ -47,8 +47,7 @@ def region_shift(
     """Write the traffic shares per region (summing to 100) for the global load balancer; with --apply,
     set them on the load balancer running here too (the standby, its backup, still takes traffic only
     while no active region is up)."""
-    from recserve.ops.region import RegionError, shift
-    from scripts.regions import REGIONS
+    from recserve.ops.region import RegionError, read_regions, shift
 
     try:
         w = {}
@@ -57,7 +56,7 @@ def region_shift(
             if not val:
                 raise RegionError(f"{x!r}: write REGION=WEIGHT")
             w[name] = float(val)
-        shares = shift(w, REGIONS)
+        shares = shift(w, read_regions(REGION_FILES))
     except (RegionError, ValueError) as e:
         _fail(e)
     out.write_text(json.dumps(shares, indent=2))
@@ -99,7 +98,7 @@ def region_lag(
                 _fail(e)
         console.print_json(
             json.dumps(
-                lag(_redis.Redis.from_url(active_url), _redis.Redis.from_url(standby_url), cfg.stream.partitions)
+                lag(connect(active_url, timeout=None), connect(standby_url, timeout=None), cfg.stream.partitions)
             )
         )
         return
@@ -251,7 +250,6 @@ def _running_actives(region: str, config) -> list[tuple[str, object, object]]:
 
 def _follow(region: str, rc, config) -> None:
     """The standby's Redis replicates the first active region running here."""
-    import redis as _redis
 
     from recserve.ops.region import follow
 
@@ -263,7 +261,7 @@ def _follow(region: str, rc, config) -> None:
         )
         return
     name, oc, _ = actives[0]
-    follow(_redis.Redis.from_url(rc.redis_url), oc.redis.host, oc.redis.port, oc.redis.password)
+    follow(connect(rc.redis_url, timeout=None), oc.redis.host, oc.redis.port, oc.redis.password)
     console.print(
         f"standby {region} follows {name}'s Redis (replication; `recserve region lag --standby "
         f"{region}` says how far behind)"
@@ -314,7 +312,7 @@ def region_promote(
     if info is None:
         _fail(RegionError(f"standby {region} is not running: `recserve region up {region}` first"))
     try:
-        state = promote(_redis.Redis.from_url(rc.redis_url))
+        state = promote(connect(rc.redis_url, timeout=None))
     except _redis.RedisError as e:
         _fail(e)
     console.print(f"{region}'s Redis stopped following: {state}; deploying...")

@@ -9,6 +9,7 @@ import typer
 
 from recserve.cli.main import ConfigOpt, _cfg, _fail, app, console
 from recserve.config import Config, redact
+from recserve.redis_client import connect
 
 
 @app.command()
@@ -163,7 +164,7 @@ def _serve_forever(cfg: Config, reg) -> None:
 
     apart = [n for n, inproc in zip(("Ranker", "Bandit", "Explainer"), colocated(cfg).values()) if not inproc]
     console.print(
-        f"deploying the serving application (Router{''.join(', ' + n for n in apart)}, vector-index "
+        f"deploying the serving application (Ingress{''.join(', ' + n for n in apart)}, vector-index "
         f"shard actors, the stream supervisor and its aggregators on {cfg.stream.backend}; "
         f"{cfg.serve.ingress} ingress)..."
     )
@@ -179,11 +180,9 @@ def _serve_forever(cfg: Config, reg) -> None:
     user = int(np.load(reg.fetch("embeddings") / "user_ids.npy")[0])
     item = int(np.load(reg.fetch("embeddings") / "item_ids.npy")[0])
     if cfg.auth.enabled:
-        import redis as _redis
-
         from recserve.auth import KeyStore
 
-        kid, key = KeyStore(_redis.Redis.from_url(cfg.redis_url)).create("demo", "admin")
+        kid, key = KeyStore(connect(cfg.redis_url, timeout=None)).create("demo", "admin")
         hdr = f" -H 'authorization: Bearer {key}'"
         console.print(
             f"\nan API key with every scope was made for this session: {kid} (`recserve keys revoke {kid}` "

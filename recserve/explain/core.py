@@ -1,6 +1,6 @@
 """Explanations for shown items: an LLM writes one grounded sentence per item, templates otherwise.
 
-`ExplainerCore` is the plain class behind the `Explainer` deployment (and the colocated router):
+`ExplainerCore` is the plain class behind the `Explainer` deployment (and the colocated ingress):
 
 - **Backends behind one interface** (`generate(prompts, max_new_tokens, max_time_s)`):
   `TransformersBackend` (CPU or GPU), `VLLMBackend` (GPU, the `llm` extra) — and templates, which
@@ -430,12 +430,12 @@ def from_config(cfg, grounding: Grounding | None = None, registry=None, warm: bo
 
 def faithful_check(ec) -> bool:
     """explainer.faithful: auto = the lexical check for a real model; a random-weight test model
-    (recserve.explain.test_models marks its directory) writes random words, so only names are checked."""
+    (recserve.explain.random_models marks its directory) writes random words, so only names are checked."""
     if ec.faithful != "auto":
         return bool(ec.faithful)
     from pathlib import Path
 
-    from recserve.explain.test_models import MARKER
+    from recserve.explain.random_models import MARKER
 
     return not (Path(ec.model or "") / MARKER).exists()
 

@@ -7,7 +7,6 @@ Adding shards later splits ranges, so the manifest stores ranges, not a modulus.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import faiss
 import numpy as np
 
 from recserve.config import IndexConfig
+from recserve.index import artifact
 from recserve.index.hashing import even_ranges, shard_of
 from recserve.index.kinds import make_index, pad, padded_dim
 
@@ -44,23 +44,6 @@ class BuiltIndex:
     seconds: float
 
 
-def routing_manifest(cfg: IndexConfig, dim: int, shards: list[dict], count: int, **extra) -> dict:
-    """The manifest (`routing.json`) of a sharded index artifact: routing table, counts, kind, dimension."""
-    return {
-        "kind": cfg.kind,
-        "metric": cfg.metric,
-        "storage": cfg.storage,
-        "dim": int(dim),
-        "padded_dim": padded_dim(dim, cfg),
-        "count": int(count),
-        "num_shards": len(shards),
-        "hash": "splitmix64>>32",
-        "shards": sorted(shards, key=lambda r: r["shard"]),
-        "params": cfg.model_dump(),
-        **extra,
-    }
-
-
 def build_sharded(
     item_ids: np.ndarray,
     vectors: np.ndarray,
@@ -69,8 +52,8 @@ def build_sharded(
     version: str | None = None,
     progress=None,
 ) -> BuiltIndex:
-    """Write one FAISS file per shard plus `routing.json` in this process (the Ray job builds the
-    shards in parallel tasks instead)."""
+    """Write one FAISS file per shard plus the manifest (recserve.index.artifact) in this process
+    (the Ray job builds the shards in parallel tasks instead)."""
     t0 = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,13 +66,13 @@ def build_sharded(
     for s, (lo, hi) in enumerate(ranges):
         sel = owner == s
         idx = build_shard(item_ids[sel], vectors[sel], cfg)
-        fname = f"shard_{s:04d}.faiss"
-        faiss.write_index(idx, str(out / fname))
-        shards.append({"shard": s, "hash_lo": lo, "hash_hi": hi, "file": fname, "count": int(sel.sum())})
+        entry = artifact.shard_entry(s, lo, hi, int(sel.sum()))
+        faiss.write_index(idx, str(out / entry["file"]))
+        shards.append(entry)
         if progress:
             progress({"shard": s + 1, "shards": cfg.num_shards, "count": int(sel.sum())})
-    manifest = routing_manifest(cfg, vectors.shape[1], shards, len(item_ids), version=version)
-    (out / "routing.json").write_text(json.dumps(manifest, indent=2))
+    manifest = artifact.manifest(cfg, vectors.shape[1], shards, len(item_ids), version=version)
+    artifact.write_manifest(out, manifest)
     return BuiltIndex(manifest, time.perf_counter() - t0)
 
 
@@ -101,12 +84,12 @@ class ShardSet:
         from recserve.index.shard import ShardCore
 
         self.dir = Path(directory)
-        self.manifest = json.loads((self.dir / "routing.json").read_text())
+        self.manifest = artifact.read_manifest(self.dir)
         cfg = IndexConfig(**self.manifest["params"])
         self.dim = self.manifest["dim"]
         self.shards = [
-            ShardCore.from_artifact(self.dir / s["file"], cfg, f"shard{s['shard']}", self.dim, mmap=mmap)
-            for s in self.manifest["shards"]
+            ShardCore.from_artifact(path, cfg, f"shard{s['shard']}", self.dim, mmap=mmap)
+            for s, path in zip(self.manifest["shards"], artifact.shard_paths(self.dir, self.manifest))
         ]
 
     def search(
@@ -115,8 +98,4 @@ class ShardSet:
         """Global top-k ids and scores per query; `exclude[q]` ids never come back (a selector inside
         the search), so a query gets k results whenever k eligible items exist."""
         filters = None if exclude is None else [{"exclude_ids": np.asarray(e).tolist()} for e in exclude]
-        parts = [s.search(queries, k, filters) for s in self.shards]
-        ids = np.concatenate([p[0] for p in parts], axis=1)
-        sc = np.concatenate([p[1] for p in parts], axis=1)
-        order = np.argsort(-sc, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sc, order, axis=1)
+        return artifact.merge_topk([s.search(queries, k, filters) for s in self.shards], k)

@@ -1,6 +1,8 @@
-"""The client the serving path calls: routes by hash range to shards of `VectorShard` actors,
-scatter-gathers searches over one healthy replica per shard, merges to the global top-k, sends
-writes through the shard's write-ahead log to every replica, rebalances and hot-swaps.
+"""The client the serving path calls: routes by hash range to shards of shard-replica actors
+(the wiring hands in the actor class, `actors.vector_shard.VectorShard`), scatter-gathers searches
+over one healthy replica per shard, merges to the global top-k, sends writes through the shard's
+write-ahead log to every replica, rebalances and hot-swaps. File and actor names are
+recserve.index.artifact's.
 
 Reads go to replicas that answered last time and are not behind the log (a version counter per
 replica); a replica that fails a call is retried on its sibling at once and skipped for
@@ -11,7 +13,6 @@ applied it; lagging or restarted replicas replay the log before they serve again
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 import ray
 
 from recserve.config import IndexConfig
+from recserve.index import artifact
 from recserve.index.hashing import even_ranges, item_hash
 from recserve.index.shard import Filter, check_queries, check_vectors
 from recserve.index.wal import SeqCounter, WriteAheadLog
@@ -58,12 +60,14 @@ def _actor_errors():
     return (RayActorError, ActorDiedError, ActorUnavailableError, GetTimeoutError)
 
 
-class IndexRouter:
+class IndexClient:
     def __init__(
         self,
         root: str | Path,
         cfg: IndexConfig,
         dim: int,
+        *,
+        shard_actor: Any,
         replicas: int = 2,
         timeout_s: float = 2.0,
         cooldown_s: float = 1.0,
@@ -73,6 +77,7 @@ class IndexRouter:
         share_as: str | None = None,
     ):
         self.root = Path(root)
+        self.shard_actor = shard_actor  # a Ray actor class whose body is recserve.index.replica.ShardReplica
         self.cfg = cfg
         self.dim = dim
         self.n_replicas = replicas
@@ -80,7 +85,7 @@ class IndexRouter:
         self.cooldown_s = cooldown_s
         self.use_gpu = use_gpu
         # share_as: the shard actors are named (detached) and found again by name, so several
-        # routers (Serve router replicas) search and write the same shards through one WAL per shard
+        # clients (one per Serve ingress replica) search and write the same shards through one WAL per shard
         self.share_as = share_as
         self.actor_options = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0.05, **(actor_options or {})}
         if use_gpu:
@@ -94,17 +99,15 @@ class IndexRouter:
         self.carry_skipped = 0  # catalogue writes a swap could not carry (another dimension)
 
     # ------------------------------------------------------------------ setup
-    def _spawn(self, shard: int, gen: int, r: int, artifact: str | None = None, metas_path: str | None = None):
-        from actors.vector_shard import VectorShard
-
-        name = f"shard{shard:04d}-g{gen}-r{r}"
-        rdir = self.root / f"g{gen}" / f"shard_{shard:04d}" / f"replica_{r}"
-        wal = self.root / f"g{gen}" / f"shard_{shard:04d}" / "wal.log"
+    def _spawn(self, shard: int, gen: int, r: int, shard_file: str | None = None, metas_path: str | None = None):
+        name = artifact.replica_name(shard, gen, r)
+        rdir = artifact.live_replica_dir(self.root, gen, shard, r)
+        wal = artifact.live_wal(self.root, gen, shard)
         opts = dict(self.actor_options)
         if self.share_as:
             opts.update(name=f"{self.share_as}:{name}", get_if_exists=True, lifetime="detached")
-        h = VectorShard.options(**opts).remote(
-            name, str(rdir), str(wal), self.cfg.model_dump(), self.dim, artifact, metas_path, self.use_gpu
+        h = self.shard_actor.options(**opts).remote(
+            name, str(rdir), str(wal), self.cfg.model_dump(), self.dim, shard_file, metas_path, self.use_gpu
         )
         return Replica(h, name)
 
@@ -112,21 +115,20 @@ class IndexRouter:
         self,
         ranges: list[tuple[int, int]],
         gen: int,
-        artifact_dir: Path | None = None,
-        files: list[str] | None = None,
+        files: list[Path] | None = None,
         metas_path: str | None = None,
     ) -> list[ShardGroup]:
         groups = []
         for s, (lo, hi) in enumerate(ranges):
-            wal = WriteAheadLog(self.root / f"g{gen}" / f"shard_{s:04d}" / "wal.log", counter=self.counter)
-            art = str(artifact_dir / files[s]) if artifact_dir is not None and files else None
+            wal = WriteAheadLog(artifact.live_wal(self.root, gen, s), counter=self.counter)
+            art = str(files[s]) if files else None
             reps = [self._spawn(s, gen, r, art, metas_path) for r in range(self.n_replicas)]
             groups.append(ShardGroup(s, lo, hi, wal, reps))
         ray.get([r.handle.ping.remote() for g in groups for r in g.replicas])
         return groups
 
     @classmethod
-    def create(cls, root: str | Path, cfg: IndexConfig, dim: int, num_shards: int, **kw) -> IndexRouter:
+    def create(cls, root: str | Path, cfg: IndexConfig, dim: int, num_shards: int, **kw) -> IndexClient:
         rt = cls(root, cfg, dim, **kw)
         rt.groups = rt._new_groups(even_ranges(num_shards), rt.generation)
         return rt
@@ -134,21 +136,19 @@ class IndexRouter:
     @classmethod
     def from_artifact(
         cls, artifact_dir: str | Path, root: str | Path, items_meta: dict[int, dict] | None = None, **kw
-    ) -> IndexRouter:
-        """Serve a `build_index` artifact: one actor group per shard file, routing from its manifest."""
+    ) -> IndexClient:
+        """Serve a `build_index` artifact: one actor group per shard file, routing from its manifest;
+        the items' metadata from `items_meta`, else the artifact's own."""
         artifact_dir = Path(artifact_dir)
-        man = json.loads((artifact_dir / "routing.json").read_text())
+        man = artifact.read_manifest(artifact_dir)
         cfg = IndexConfig(**man["params"])
         rt = cls(root, cfg, man["dim"], version=str(man.get("version") or artifact_dir.name), **kw)
-        metas_path = None
-        if not items_meta and (artifact_dir / "items_meta.json").exists():
-            metas_path = str(artifact_dir / "items_meta.json")  # written by build_index
+        metas = artifact.items_meta_path(artifact_dir)  # written by build_index
         if items_meta:
-            metas_path = str(Path(root) / "items_meta.json")
             Path(root).mkdir(parents=True, exist_ok=True)
-            Path(metas_path).write_text(json.dumps({str(k): v for k, v in items_meta.items()}))
-        ranges = [(s["hash_lo"], s["hash_hi"]) for s in man["shards"]]
-        rt.groups = rt._new_groups(ranges, rt.generation, artifact_dir, [s["file"] for s in man["shards"]], metas_path)
+            metas = artifact.write_items_meta(Path(root), items_meta)
+        paths = artifact.shard_paths(artifact_dir, man)
+        rt.groups = rt._new_groups(artifact.ranges(man), rt.generation, paths, str(metas) if metas else None)
         return rt
 
     # ------------------------------------------------------------------- read
@@ -168,20 +168,18 @@ class IndexRouter:
         rep.unhealthy_until = time.monotonic() + self.cooldown_s
 
     def search(self, queries, k: int, filters: dict | list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Global top-k (ids, scores) per query, scatter-gathered over all shards. A search that
-        started on a routing table retired meanwhile (rebalance, swap) is retried on the new one."""
-        for _ in range(3):
-            groups = self.groups
-            try:
-                return self._search(groups, queries, k, filters)
-            except IndexUnavailable:
-                if groups is self.groups:
-                    raise
-        return self._search(self.groups, queries, k, filters)
+        """`asearch` for a caller without an event loop (jobs, benches, tests): blocks until it
+        answers. From a coroutine, await `asearch` instead."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.asearch(queries, k, filters))
+        raise RuntimeError("IndexClient.search blocks its caller: from a coroutine, await asearch instead")
 
     async def asearch(self, queries, k: int, filters: dict | list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """`search` for an asyncio caller (a Serve replica): awaits the shard actors instead of
-        blocking the event loop."""
+        """Global top-k (ids, scores) per query, scatter-gathered over all shards, awaiting the shard
+        actors (a Serve replica's event loop keeps serving meanwhile). A search that started on a
+        routing table retired meanwhile (rebalance, swap) is retried on the new one."""
         for _ in range(3):
             groups = self.groups
             try:
@@ -216,28 +214,6 @@ class IndexRouter:
         tried[shard].add(nxt.name)
         return nxt, nxt.handle.search.remote(q_arg, k, filters)
 
-    @staticmethod
-    def _merge(groups: list[ShardGroup], results: dict, k: int) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.concatenate([results[g.shard][0] for g in groups], axis=1)
-        sc = np.concatenate([results[g.shard][1] for g in groups], axis=1)
-        order = np.argsort(-sc, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(sc, order, axis=1)
-
-    def _search(self, groups: list[ShardGroup], queries, k: int, filters) -> tuple[np.ndarray, np.ndarray]:
-        q_arg, pending, tried = self._dispatch(groups, queries, k, filters)
-        results = {}
-        errors = _actor_errors()
-        deadline = time.monotonic() + self.timeout_s
-        while pending:
-            for shard, (rep, ref) in list(pending.items()):
-                try:
-                    results[shard] = ray.get(ref, timeout=max(0.01, deadline - time.monotonic()))
-                    del pending[shard]
-                except errors as e:
-                    pending[shard] = self._retry(groups, shard, rep, e, tried, q_arg, k, filters)
-                    deadline = max(deadline, time.monotonic() + self.timeout_s)
-        return self._merge(groups, results, k)
-
     async def _asearch(self, groups: list[ShardGroup], queries, k: int, filters) -> tuple[np.ndarray, np.ndarray]:
         q_arg, pending, tried = self._dispatch(groups, queries, k, filters)
         results = {}
@@ -251,7 +227,7 @@ class IndexRouter:
                 except errors as e:
                     pending[shard] = self._retry(groups, shard, rep, e, tried, q_arg, k, filters)
                     deadline = max(deadline, time.monotonic() + self.timeout_s)
-        return self._merge(groups, results, k)
+        return artifact.merge_topk([results[g.shard] for g in groups], k)
 
     async def avectors(self, ids) -> dict[int, tuple[np.ndarray, dict]]:
         """{item id: (its vector, its metadata)} for the live items among `ids`, each asked of its
@@ -427,7 +403,7 @@ class IndexRouter:
             for r in og.replicas:
                 ray.kill(r.handle, no_restart=True)
 
-    def _carry_writes(self, nxt: IndexRouter, after: int) -> int:
+    def _carry_writes(self, nxt: IndexClient, after: int) -> int:
         """Re-apply to `nxt` the catalogue writes logged by this index's shards with seq > after
         (in sequence order: one sequence spans the shards); returns the last seq carried. Writes
         of another dimension than nxt's are not carried (another embedding space)."""
@@ -449,10 +425,11 @@ class IndexRouter:
         """Serve another index version: build its actors aside, carry over the catalogue writes
         (upserts, deletes) made to the running index, switch the table, retire the old. The bulk is
         carried while writes still flow; the rest under the write lock, just before the switch."""
-        nxt = IndexRouter.from_artifact(
+        nxt = IndexClient.from_artifact(
             artifact_dir,
             self.root / f"swap-{time.time_ns()}",
             items_meta,
+            shard_actor=self.shard_actor,
             replicas=self.n_replicas,
             timeout_s=self.timeout_s,
             cooldown_s=self.cooldown_s,

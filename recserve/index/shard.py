@@ -10,7 +10,8 @@ the k places. Past `rebuild_ratio` tombstones the index is rebuilt from the live
 Every write carries a sequence number; an item keeps the sequence of its last write, and an
 older write never overwrites a newer one, so replays and copies are idempotent in any order.
 
-`ShardCore` is plain Python (unit-tested without Ray); `actors/vector_shard.py` wraps it.
+`ShardCore` is plain Python (unit-tested without Ray); `recserve.index.replica.ShardReplica` holds one
+per replica, and `actors/vector_shard.py` makes that a Ray actor.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import faiss
 import numpy as np
 
 from recserve.config import IndexConfig
+from recserve.index.artifact import SNAPSHOT_INDEX, SNAPSHOT_PREFIX
 from recserve.index.kinds import make_base_index, pad, padded_dim
 
 MAX_K = 1000
@@ -429,7 +431,7 @@ class ShardCore:
         """Write index + state + manifest into `directory/snap-<version>` (atomically renamed)."""
         directory = Path(directory)
         with self.lock:
-            final = directory / f"snap-{self.version:012d}"
+            final = directory / f"{SNAPSHOT_PREFIX}{self.version:012d}"
             if (final / "manifest.json").exists():
                 return json.loads((final / "manifest.json").read_text())
             tmp = directory / f".tmp-{os.getpid()}-{time.time_ns()}"
@@ -437,7 +439,7 @@ class ShardCore:
             t0 = time.perf_counter()
             if self.index is not None:
                 faiss.write_index(
-                    faiss.index_gpu_to_cpu(self.index) if self.use_gpu else self.index, str(tmp / "index.faiss")
+                    faiss.index_gpu_to_cpu(self.index) if self.use_gpu else self.index, str(tmp / SNAPSHOT_INDEX)
                 )
             np.save(tmp / "slot_item.npy", self.slot_item)
             np.save(tmp / "live.npy", self.live)
@@ -494,12 +496,12 @@ class ShardCore:
                 if not (d / f).exists() or sha256_file(d / f) != digest:
                     raise SnapshotError(f"snapshot {d}: {f} is missing or corrupt (checksum mismatch)")
         core = cls(int(manifest["dim"]), cfg, name=name, use_gpu=use_gpu)
-        if (d / "index.faiss").exists():
+        if (d / SNAPSHOT_INDEX).exists():
             try:
                 flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-                core.index = faiss.read_index(str(d / "index.faiss"), flags)
+                core.index = faiss.read_index(str(d / SNAPSHOT_INDEX), flags)
             except RuntimeError:
-                core.index = faiss.read_index(str(d / "index.faiss"))
+                core.index = faiss.read_index(str(d / SNAPSHOT_INDEX))
         else:
             core.index = core._fresh_index()
         core.slot_item = np.load(d / "slot_item.npy")

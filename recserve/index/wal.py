@@ -10,7 +10,7 @@ after the move always carries a higher number than anything the moved items carr
 skipped as stale. Each record also names the previous record of its own log (`prev`), so a replica
 can tell that it missed one. A log recovers its last number from its own records on open; the
 counter recovers from the logs when its file is missing or unreadable. Numbers are allocated under
-exclusive file locks, so several writers (router replicas) can share the logs.
+exclusive file locks, so several writers (index clients, one per ingress replica) can share the logs.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from recserve.index.artifact import WAL_FILE
 
 _HEAD = struct.Struct("<QI")  # payload length, crc32
 
@@ -82,9 +84,9 @@ def decode_record(payload: bytes) -> dict:
 class SeqCounter:
     """One sequence for every log under `root`: `<root>/wal.seq`, read and advanced under a lock
     and fsynced; missing, empty or unreadable, it is recovered as the highest number any
-    `wal.log` under the root holds."""
+    write-ahead log under the root holds."""
 
-    def __init__(self, root: str | Path, pattern: str = "wal.log"):
+    def __init__(self, root: str | Path, pattern: str = WAL_FILE):
         self.root = Path(root)
         self.pattern = pattern
         self.root.mkdir(parents=True, exist_ok=True)
@@ -117,7 +119,7 @@ class WriteAheadLog:
     HEAD_TTL_S = 0.1  # `head` re-reads the log's tail at most this often (other writers' appends)
 
     def __init__(self, path: str | Path, fsync: bool = True, counter: SeqCounter | None | bool = None):
-        """counter: the shared SeqCounter of the index root (IndexRouter passes it); None = one of
+        """counter: the shared SeqCounter of the index root (IndexClient passes it); None = one of
         its own beside the log; False = read only (replicas replaying it)."""
         self._head, self._head_at = 0, float("-inf")
         self._scan_pos, self._scan_last = 0, 0
@@ -173,8 +175,8 @@ class WriteAheadLog:
 
     @property
     def head(self) -> int:
-        """The last sequence number: this writer's own appends at once, other writers' (router
-        replicas sharing the log) within HEAD_TTL_S. Read on every search, so kept in memory."""
+        """The last sequence number: this writer's own appends at once, other writers' (index clients
+        sharing the log) within HEAD_TTL_S. Read on every search, so kept in memory."""
         now = time.monotonic()
         if now - self._head_at >= self.HEAD_TTL_S:
             self._head, self._head_at = self._last_seq(), now

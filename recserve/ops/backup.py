@@ -26,6 +26,7 @@ import redis
 
 from recserve import keys
 from recserve.index.shard import sha256_file
+from recserve.redis_client import connect, url_of
 
 
 class BackupError(RuntimeError):
@@ -109,7 +110,7 @@ def list_backups(uri: str) -> list[dict]:
 
 def backup(cfg, dest: str, keep: int = 24, log=print) -> dict:
     t0 = time.perf_counter()
-    r = redis.Redis.from_url(cfg.redis_url, socket_timeout=30)
+    r = connect(cfg.redis_url, timeout=30)
     try:
         rdir = Path(r.config_get("dir")["dir"])
     except redis.exceptions.RedisError as e:
@@ -276,7 +277,7 @@ def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -
     keys, offsets = None, None
     proc = start_redis(rdir, "127.0.0.1", port, appendonly=False)
     try:
-        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60)
+        r = connect(url_of("127.0.0.1", port), timeout=60)
         keys = r.dbsize()
         r.config_set("appendonly", "yes")
         deadline = time.monotonic() + 300

@@ -3,7 +3,7 @@
 Rules (the design's): aggregators = active users / 50K; embedding streamers = events/s / 1000;
 10M vectors per index shard; 30% headroom; two active regions sharing traffic 50/50 plus a warm
 standby. Figures (measured here, read from benchmarks/results/, never typed in):
-  * router throughput per vCPU: `bench serving`, /v1/recommend with the cache on (Zipf users),
+  * ingress throughput per vCPU: `bench serving`, /v1/recommend with the cache on (Zipf users),
     concurrency 16, divided by the benchmark machine's CPUs;
   * aggregator throughput: `bench stream`, events/s end to end per aggregator;
   * index bytes per vector: `bench index`, HNSW bytes per vector minus its raw vectors = the
@@ -38,7 +38,7 @@ class CapacityError(ValueError):
 
 @dataclass
 class Measured:
-    router_rps_per_cpu: float  # at the design's L1 hit rate (DESIGN_HIT_RATE)
+    ingress_rps_per_cpu: float  # at the design's L1 hit rate (DESIGN_HIT_RATE)
     aggregator_events_per_s: float
     hnsw_overhead_bytes: float
     bandit_cpu_ms: float
@@ -55,7 +55,7 @@ class Measured:
             raise CapacityError(
                 f"{e.filename} is missing: run the benchmark that writes it (recserve bench ...)"
             ) from e
-        # a router CPU's answers per second at the design's hit rate, from what one hit and one miss
+        # an ingress CPU's answers per second at the design's hit rate, from what one hit and one miss
         # cost in the measured run (all processes' CPU per request at concurrency 4): the cached
         # run's hit rate (~0.99 over 15 s) would flatter it
         hit_ms = sv["cases"]["recommend_cached"]["4"]["cpu_ms_per_request_total"]
@@ -77,7 +77,7 @@ class Measured:
             overhead,
             bandit,
             {
-                "router_rps_per_cpu": f"1000 / ({DESIGN_HIT_RATE} x serving.json cases.recommend_cached.4."
+                "ingress_rps_per_cpu": f"1000 / ({DESIGN_HIT_RATE} x serving.json cases.recommend_cached.4."
                 f"cpu_ms_per_request_total + {1 - DESIGN_HIT_RATE:.1f} x cases.recommend.4."
                 f"cpu_ms_per_request_total) = {rps:.1f}",
                 "aggregator_events_per_s": f"stream.json events_per_s / aggregators = {agg:.0f}",
@@ -117,7 +117,7 @@ def plan(
         raise CapacityError("mau, peak_qps, items and events_per_day must be > 0; headroom in [0, 5); regions >= 1")
     h = 1 + headroom
     region_qps = peak_qps / regions
-    api_rps = m.router_rps_per_cpu * api_node_cpus
+    api_rps = m.ingress_rps_per_cpu * api_node_cpus
     api = math.ceil(region_qps * h / api_rps)
     active_users = mau * active_share
     aggregators_rule = math.ceil(active_users / USERS_PER_AGGREGATOR / regions)

@@ -1,7 +1,7 @@
 """What can be automated on our side of a region change (the traffic split itself lives in the
 global load balancer / GeoDNS; see docs/runbook.md):
 
-  drain    the region's routers answer /readyz with 503 {"draining": true}, so the load balancer's
+  drain    the region's ingress replicas answer /readyz with 503 {"draining": true}, so the load balancer's
            health checks take it out of rotation while requests in flight finish; `undrain` reverses it
   shift    the weights document for the load balancer (shares per region, summing to 100), checked
            against the known regions, written as JSON for the DNS / LB tooling to apply
@@ -21,7 +21,10 @@ import re
 import time
 from pathlib import Path
 
+import yaml
+
 from recserve import keys
+from recserve.redis_client import connect
 
 DRAIN_KEY = keys.REGION_DRAIN
 
@@ -46,7 +49,7 @@ def draining(client) -> dict | None:
 
 
 async def adraining(aclient) -> dict | None:
-    """`draining` through an asyncio client (the router's /readyz)."""
+    """`draining` through an asyncio client (the ingress's /readyz)."""
     raw = await aclient.get(DRAIN_KEY)
     return json.loads(raw) if raw else None
 
@@ -96,11 +99,38 @@ REGION_HEADER = re.compile(
 )
 
 
+REGION_TABLE = REGION_DIR / "table.yaml"  # the regions' roles, shares, zones and images
+
+
+def region_table(path: str | Path = REGION_TABLE) -> tuple[dict[str, dict], float]:
+    """({region: {role, share, zones, image}}, standby floor) from the region table (regions/table.yaml),
+    checked: every region active or standby, the active regions' shares summing to 1."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise RegionError(f"cannot read the region table {path}: {e}") from e
+    regions = raw.get("regions") or {}
+    for name, o in regions.items():
+        missing = sorted({"role", "share", "zones", "image"} - set(o))
+        if missing or o["role"] not in ("active", "standby"):
+            raise RegionError(f"{path}: region {name!r} needs role (active|standby), share, zones, image; has {o}")
+    active = sum(float(o["share"]) for o in regions.values() if o["role"] == "active")
+    if not regions or abs(active - 1.0) > 1e-9:
+        raise RegionError(f"{path}: the active regions' shares must sum to 1 (they sum to {active})")
+    return regions, float(raw.get("standby_floor", 0.25))
+
+
+def region_files(directory=REGION_DIR) -> list[Path]:
+    """The region files (regions/<region>.yaml, the `ray up` file of each region), without the table."""
+    return sorted(f for f in Path(directory).glob("*.yaml") if f.name != REGION_TABLE.name)
+
+
 def read_regions(directory) -> dict[str, dict]:
     """{region: {role, share}} from the region files (regions/<region>.yaml, written by
     `python -m scripts.regions`, whose header says each region's role and share of traffic)."""
     out = {}
-    for f in sorted(Path(directory).glob("*.yaml")):
+    for f in region_files(directory):
         m = REGION_HEADER.search(f.read_text())
         if m is None:
             raise RegionError(
@@ -217,10 +247,9 @@ def running_actives(cfg, region: str, regions: dict[str, dict]) -> list[tuple[st
 
 def followed(cfg, standby: str, regions: dict[str, dict]) -> tuple[dict, str | None]:
     """(the standby's replication state, the region of this machine whose Redis it follows, or None)."""
-    import redis
 
     sc = region_config(cfg, standby, regions)
-    state = replication(redis.Redis.from_url(sc.redis_url, socket_timeout=5))
+    state = replication(connect(sc.redis_url, timeout=5))
     if state["role"] != "slave":
         return state, None
     for name in regions:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 
+from recserve.redis_client import connect
 from recserve.streaming.eventlog.base import Entry
 
 CURSOR = "mirror:{name}:cursor"
@@ -51,12 +52,11 @@ class EventMirror:
     def between(cls, src: dict, dst: dict, batch: int = 1000, **redis_kw) -> EventMirror:
         """The mirror from one region's event log into another's, each given as
         {region, redis_url, partitions, prefix} (recserve.ops.region.mirror_spec)."""
-        import redis
 
         from recserve.streaming.eventlog.redis import RedisStreamLog
 
-        rs = redis.Redis.from_url(src["redis_url"], **redis_kw)
-        rd = redis.Redis.from_url(dst["redis_url"], **redis_kw)
+        rs = connect(src["redis_url"], **redis_kw)
+        rd = connect(dst["redis_url"], **redis_kw)
         return cls(
             RedisStreamLog(rs, src.get("partitions", 8), src.get("prefix", "events")),
             RedisStreamLog(rd, dst.get("partitions", 8), dst.get("prefix", "events")),

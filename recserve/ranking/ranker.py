@@ -328,7 +328,7 @@ class FusedEnsemble:
 
 def ranker_spec(cfg, reg, version: str | None = None) -> dict:
     """The serving spec of a registry version of the ranker (latest by default): what `ServingRanker`
-    loads (Serve's user_config of the Ranker, or of the router when it ranks in process)."""
+    loads (Serve's user_config of the Ranker, or of the ingress when it ranks in process)."""
     from recserve.artifacts import ranker_path
 
     version = version or reg.resolve("ranker")
@@ -344,7 +344,7 @@ class ServingRanker:
     """The ranker as served: a model loaded from a `{model_path, version, quantize, dtype}` spec
     (Serve's user_config), INT8 dynamic quantisation on CPU and fp16/bf16 on GPU when asked, and
     many users' candidate lists scored in one padded forward pass. Used by the `Ranker`
-    deployment and, colocated, by the router itself."""
+    deployment and, colocated, by the ingress itself."""
 
     def __init__(self, spec: dict | None = None, device: str | None = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -312,7 +312,7 @@ class AuthGate:
     and the scope the path needs (recserve.auth.required_scope), then the key's quota for that
     scope: 401, 403 or 429 (Retry-After) in the JSON contract before the route sees the request.
     The key's id goes on to the route in `scope["recserve.key"]` (events' dedup is per key).
-    `AuthGate.gate` is the process's recserve.auth.Gate, set by the router replica it serves."""
+    `AuthGate.gate` is the process's recserve.auth.Gate, set by the ingress replica it serves."""
 
     gate = None
 

@@ -2,7 +2,7 @@
 goes out at once when fewer than `max_inflight` calls are out; submissions that arrive while
 they are (same key) wait and leave together, up to `max_batch` per call, as soon as one returns.
 Under light load every call carries one item and waits for nothing; under load the batches grow
-with the wait the calls themselves impose, never with a fixed timer. The router uses it for its
+with the wait the calls themselves impose, never with a fixed timer. The ingress uses it for its
 vector-index searches (one actor call per shard per batch) and the in-process ranker (one forward
 pass per batch)."""
 

@@ -1,10 +1,10 @@
-"""Circuit breakers for the router's remote dependencies, with the seed's settings as defaults:
+"""Circuit breakers for the ingress's remote dependencies, with the seed's settings as defaults:
 open when, within the window, at least 10 calls failed and they were at least 50% of the calls;
 stay open 30 s; then let 5 probe calls through (half-open): all 5 succeed -> closed, any fails ->
 open again. One breaker per dependency (feature store, vector index, ranker, bandit, explainer,
 event log); states are exported in /v1/status and as a metric.
 
-Async-safe: the router's handlers run on one event loop, and a lock covers the odd thread (the
+Async-safe: the ingress's handlers run on one event loop, and a lock covers the odd thread (the
 invalidation listener)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The router's L1 response cache: per user + request parameters, a TTL (the seed's 5-15 min),
+"""The ingress's L1 response cache: per user + request parameters, a TTL (the seed's 5-15 min),
 a bound on entries (least recently used out first), single-flight coalescing of identical
 in-flight requests, and invalidation of all of one user's entries when their events arrive."""
 

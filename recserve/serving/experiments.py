@@ -3,7 +3,7 @@
 An experiment is defined in `recserve.yaml` (`experiments.<name>`: arms with their shares and what
 each changes: the ranker version, the bandit's exploration share, the retrieval candidates) and
 started with `recserve experiment start <name>`, which checks it against the registry and writes
-it to Redis (`exp:active`); every router replica reads it from there each second, so starting and
+it to Redis (`exp:active`); every ingress replica reads it from there each second, so starting and
 stopping need no redeploy. One experiment runs at a time.
 
 * Assignment: a user (an anonymous visitor: their session) is in the arm whose share interval
@@ -19,7 +19,7 @@ stopping need no redeploy. One experiment runs at a time.
   users are served the control's settings from then on (their answers say `served: control`) and
   count in neither arm; `/v1/status` and `recserve experiment status` say why.
 
-`LiveExperiments` is a router replica's view; the module functions are the CLI's."""
+`LiveExperiments` is an ingress replica's view; the module functions are the CLI's."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def check(name: str, exp: ExperimentConfig, ranker_versions: list[str]) -> None:
 
 
 def start(r, cfg, reg, name: str, replace: bool = False) -> dict:
-    """Start experiment `name` of the config (checked against the registry) for every router
+    """Start experiment `name` of the config (checked against the registry) for every ingress
     replica; its figures start from zero. Refuses while another runs unless `replace`."""
     if name not in cfg.experiments:
         have = ", ".join(cfg.experiments) or "none"
@@ -255,9 +255,9 @@ def status(r, name: str | None = None) -> dict | None:
     }
 
 
-# ------------------------------------------------------------------------ a router replica
+# ------------------------------------------------------------------------ an ingress replica
 class LiveExperiments:
-    """A router replica's view of the running experiment: refreshed from Redis each second;
+    """An ingress replica's view of the running experiment: refreshed from Redis each second;
     assignment in process; the request path only counts into a dict, `flush` adds the sums to
     Redis (one pipeline); feedback's figures go to Redis with the feedback."""
 

@@ -11,7 +11,7 @@
 Every hop (feature store, vector index, ranker, bandit, explainer) goes through its port
 (recserve.serving.ports) under its circuit breaker and gets only what is left of the request's
 budget (the design's 80 ms at the origin), so a degraded answer still arrives in time. Recovery
-is automatic: breakers close after their half-open probes succeed. The router holds one; unit
+is automatic: breakers close after their half-open probes succeed. The ingress holds one; unit
 tests drive it with fakes of the ports."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def explainer_fault(out: dict) -> str | None:
 
 def explainer_budget_ms(hop_budget_s: float) -> float:
     """What the explainer is told it has: the hop's budget less the reply's way back (a quarter, at
-    most 20 ms), so that it answers with templates before the router gives up on the call (a call
+    most 20 ms), so that it answers with templates before the ingress gives up on the call (a call
     given up counts against the breaker)."""
     ms = hop_budget_s * 1000
     return ms - min(20.0, 0.25 * ms)

@@ -1,4 +1,4 @@
-"""The router's view of the stream, kept by background tasks on its event loop (never on the
+"""The ingress's view of the stream, kept by background tasks on its event loop (never on the
 request path): once a second the stream's staleness and lag through the asyncio Redis client,
 which set the ladder's `stale` flag (level 2 past the bound); and the invalidation channel, on
 which the aggregators name the users whose events they folded, so that those users' cached

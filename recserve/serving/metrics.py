@@ -1,11 +1,11 @@
-"""The router's Ray metrics (exported in Prometheus format by Ray's metrics agent; names
+"""The ingress's Ray metrics (exported in Prometheus format by Ray's metrics agent; names
 prefixed `recserve_`): requests and latency per endpoint, latency per hop, answers per
 degradation level, cache lookups per cache level (L1 responses, live contexts, explanations) and
 outcome, circuit-breaker states, stream staleness and lag, vectors per index shard, the model
 versions serving.
 
-The request path only counts into local dicts (`RouterMetrics.request`, `.answer`, ...);
-`flush()` — the router's background task, once a second — hands the sums and the latencies to
+The request path only counts into local dicts (`IngressMetrics.request`, `.answer`, ...);
+`flush()` — the ingress's background task, once a second — hands the sums and the latencies to
 Ray's metric objects. Ray is imported at the first flush, so plain unit tests need no Ray."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from recserve.serving.breaker import STATE_VALUE
 LATENCY_MS = [1, 2, 5, 10, 20, 50, 80, 100, 200, 300, 500, 1000, 2000, 5000]
 
 
-class RouterMetrics:
+class IngressMetrics:
     def __init__(self):
         self._ray = None
         self.counts: dict[tuple[str, tuple], float] = defaultdict(float)  # (metric, tags) -> increment
@@ -128,7 +128,7 @@ class RouterMetrics:
                 "lag": Gauge(
                     "recserve_stream_lag_events",
                     "events in the log no aggregator has committed yet (all "
-                    "partitions, as the router sees them; per partition: recserve_stream_consumer_lag)",
+                    "partitions, as the ingress sees them; per partition: recserve_stream_consumer_lag)",
                 ),
                 "index_vectors": Gauge("recserve_index_vectors", "live vectors per index shard", tag_keys=("shard",)),
                 "experiment_answers": Counter(

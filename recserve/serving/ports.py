@@ -79,7 +79,7 @@ class Ports:
 
 # ----------------------------------------------------------------------------- search
 class IndexSearch:
-    """Searches through an `IndexRouter` (recserve.index.client): concurrent requests' queries go
+    """Searches through an `IndexClient` (recserve.index.client): concurrent requests' queries go
     out together, one actor call per shard per batch; a batch leaves at once when no other is in
     flight, else as soon as it returns."""
 
@@ -95,7 +95,7 @@ class IndexSearch:
         return await self.batcher.submit(n, (query, flt))
 
     async def vectors(self, ids) -> dict[int, tuple[np.ndarray, dict]]:
-        """{item id: (vector, metadata)} of the live items among `ids` (IndexRouter.avectors)."""
+        """{item id: (vector, metadata)} of the live items among `ids` (IndexClient.avectors)."""
         return await self.index.avectors(ids)
 
 
@@ -161,7 +161,7 @@ class LocalScore:
         return await self.batcher.submit(spec["version"], X)
 
     def load(self, spec: dict) -> None:
-        """A new model version in place (Serve's user_config reaching the router)."""
+        """A new model version in place (Serve's user_config reaching the ingress)."""
         if spec.get("version") != self.ranker.version:
             self.ranker.load(spec)
 

@@ -395,7 +395,7 @@ class Recommender:
 
     def unfamiliar(self, ids: np.ndarray) -> list[int]:
         """Ids among a search's answer that are neither trained on nor known to this replica as
-        added since (added through another router replica)."""
+        added since (added through another ingress replica)."""
         ids = np.asarray(ids).reshape(-1)
         ids = ids[ids >= 0]
         dense = self.dense_of(ids)

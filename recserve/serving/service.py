@@ -1,4 +1,4 @@
-"""Everything behind the router's routes, as a plain class (the `Router` deployment holds one and
+"""Everything behind the ingress's routes, as a plain class (the `Ingress` deployment holds one and
 only maps HTTP onto it): the L1 response cache in front of the ladder, answers encoded once and
 served from those bytes on a hit, events into the log through the asyncio Redis client, feedback
 to the bandit, catalogue writes to the index, status and readiness, and the background tasks
@@ -22,12 +22,13 @@ from recserve import keys
 from recserve.index.client import IndexUnavailable
 from recserve.index.shard import ShardError
 from recserve.ranking.bandit import IMPRESSIONS_MAXLEN
+from recserve.redis_client import connect
 from recserve.serving.api import error_body, first_repeat
 from recserve.serving.cache import CacheStats, ResponseCache
 from recserve.serving.experiments import LiveExperiments
 from recserve.serving.ladder import LEVEL_TEMPLATES, Ladder
 from recserve.serving.live import StreamWatch
-from recserve.serving.metrics import RouterMetrics
+from recserve.serving.metrics import IngressMetrics
 
 
 def _json_default(o: Any):
@@ -84,8 +85,8 @@ class RecService:
         experiments=None,
     ):
         self.cfg = cfg
-        self.gate = gate  # API keys and quotas (recserve.auth.Gate), checked by the router's middleware
-        self.replica = replica  # which router replica answers (status)
+        self.gate = gate  # API keys and quotas (recserve.auth.Gate), checked by the ingress's middleware
+        self.replica = replica  # which ingress replica answers (status)
         self.stage = stage
         self.ladder = ladder
         self.ports = ports
@@ -96,7 +97,7 @@ class RecService:
         self.cache_enabled = cache
         self.local_bandit = local_bandit
         self.experiments = experiments if experiments is not None else LiveExperiments(aredis)
-        self.metrics = RouterMetrics()
+        self.metrics = IngressMetrics()
         self.explanation_stats = CacheStats()  # the explainer's sentence cache, from its answers
         self.explainer_stats: dict = {}  # its models and queue, refreshed every 10 s
         self.index_sizes: dict[int, int] = {}  # vectors per shard, refreshed every 10 s
@@ -245,12 +246,11 @@ class RecService:
 
     async def forget_user(self, user_id: int) -> tuple[int, dict, dict | None]:
         """DELETE /v1/users/{id}: the user forgotten in every store (recserve.privacy)."""
-        import redis
 
         from recserve.privacy import SWEEP_AGAIN_S, forget, sweep_again
 
         def run(fn, *args) -> dict:
-            r = redis.Redis.from_url(self.cfg.redis_url, socket_timeout=10)
+            r = connect(self.cfg.redis_url, timeout=10)
             try:
                 return fn(r, *args)
             finally:

@@ -1,4 +1,4 @@
-"""The status page the router serves at `/ui`: the degradation level, circuit breakers, stream lag,
+"""The status page the ingress serves at `/ui`: the degradation level, circuit breakers, stream lag,
 cache hit rates per cache level, index size, the versions serving, the explainer's queue and
 fallbacks, and a form to try a recommendation for a user id. One static page; its script reads `v1/status` every two seconds and
 posts the form to `v1/recommend` (relative URLs, so it works under any route prefix). The page

@@ -1,4 +1,4 @@
-"""Builds a router replica's service from the ports `deployments/app.py` chose: a Serve handle
+"""Builds an ingress replica's service from the ports `deployments/app.py` chose: a Serve handle
 for a port served by its own deployment, or in this process (None in the choice). The one place
 where the online path's parts are put together; nothing assigns attributes onto another object
 from outside afterwards."""
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recserve.config import Config
+from recserve.redis_client import connect, connect_async
 
 
 @dataclass
@@ -28,16 +29,19 @@ async def build_service(
     registry_uri: str,
     index_root: str,
     choice: PortChoice,
+    shard_actor,
     replicas: int = 1,
     cache: bool = True,
     share_as: str | None = None,
     warm: bool = True,
     replica: str = "",
 ):
+    """An ingress replica's service. `shard_actor`: the Ray actor class of an index shard replica
+    (the deployment hands in `actors.vector_shard.VectorShard`: the library never imports the
+    actors)."""
     import redis
-    import redis.asyncio as aredis
 
-    from recserve.index.client import IndexRouter
+    from recserve.index.client import IndexClient
     from recserve.registry import Registry
     from recserve.serving.breaker import Breakers, BreakerSettings
     from recserve.serving.ladder import Ladder
@@ -59,16 +63,17 @@ async def build_service(
     reg = Registry(registry_uri, cfg.registry.keep)
     shard_opts = {"resources": dict(cfg.serve.shard_resources)} if cfg.serve.shard_resources else None
     index = await asyncio.to_thread(
-        IndexRouter.from_artifact,
+        IndexClient.from_artifact,
         reg.fetch("index"),
         index_root,
+        shard_actor=shard_actor,
         replicas=replicas,
         share_as=share_as,
         actor_options=shard_opts,
     )
     stage = await asyncio.to_thread(Recommender, cfg, reg)
-    ar = aredis.Redis.from_url(cfg.redis_url, socket_timeout=2, socket_connect_timeout=1)
-    sync = redis.Redis.from_url(cfg.redis_url, socket_timeout=2)
+    ar = connect_async(cfg.redis_url, timeout=2, connect_timeout=1)
+    sync = connect(cfg.redis_url, timeout=2)
     from recserve.privacy import tombstones
 
     with contextlib.suppress(
@@ -120,7 +125,7 @@ async def build_service(
     gate = Gate(
         ar,
         {k: v.model_dump() for k, v in cfg.auth.quotas.items()},
-        replicas=cfg.serve.router_replicas,
+        replicas=cfg.serve.ingress_replicas,
         enabled=cfg.auth.enabled,
     )
     from recserve.ranking.ranker import ranker_spec

@@ -8,7 +8,7 @@ the one it read from (another aggregator took the partition meanwhile) changes n
 Redis keys (recserve.keys, prefix `st`): the committed offset and count per partition, the last
 commit's times (staleness), each user's live context (TTL 1 h), windowed counters per item and user,
 trending buckets, the bandit's posteriors (clicks and purchases are successes, views failures); and a
-PUBLISH on `st:invalidate` of the users touched, so routers drop their cached lists.
+PUBLISH on `st:invalidate` of the users touched, so ingress replicas drop their cached lists.
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ def lag(client, log, prefix: str = "st") -> dict[int, int]:
 
 
 async def alag(aclient, log, prefix: str = "st") -> dict[int, int]:
-    """`lag` through an asyncio client (the router's stream watch; Redis Streams): one pipeline."""
+    """`lag` through an asyncio client (the ingress's stream watch; Redis Streams): one pipeline."""
     n = log.partitions
     pipe = aclient.pipeline(transaction=False)
     for p in range(n):
@@ -281,7 +281,7 @@ def staleness_s(client, log, prefix: str = "st", now: float | None = None, lags:
 
 
 async def astaleness_s(aclient, log, prefix: str = "st", now: float | None = None) -> float:
-    """`staleness_s` through an asyncio client (the router's stream watch; Redis Streams)."""
+    """`staleness_s` through an asyncio client (the ingress's stream watch; Redis Streams)."""
     raw = await aclient.mget([keys.committed_offset(p, prefix) for p in range(log.partitions)])
     offs = {p: _text(o) for p, o in enumerate(raw)}
     pipe = aclient.pipeline(transaction=False)

@@ -14,7 +14,7 @@ their own process). It
   one; under `scale_down_lag` for `scale_down_after_s` remove one);
 * trims the Redis log once a minute: entries every aggregator has committed and older than
   `stream.retention_s` (a Kafka topic's retention is the broker's setting);
-* publishes the stream's lag and staleness once a second (`st:watch`, the routers read it for a
+* publishes the stream's lag and staleness once a second (`st:watch`, the ingress replicas read it for a
   Kafka log) and as a Ray metric;
 * adopts the aggregators that run already: they are named actors (`<name>-agg-<i>`) and the
   count is kept in Redis, so a restarted supervisor finds and keeps them.
@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 from recserve import keys
+from recserve.redis_client import connect
 from recserve.streaming.aggregator import assignment, committed_offsets, lag, staleness_s
 
 NAMESPACE = "recserve"
@@ -78,22 +79,24 @@ class StreamSupervisor:
     def __init__(
         self,
         cfg,
+        aggregator_actor,
         name: str | None = None,
         reassign_after_s: float = 10.0,
         health_timeout_s: float = 2.0,
         registry_uri: str | None = None,
     ):
-        """cfg: recserve Config. The aggregators (`actors.aggregator.StreamAggregator`, got or
-        created by name) read the item vectors of the registry's latest embeddings (`registry_uri`,
-        else the config's)."""
-        import redis
+        """cfg: recserve Config. `aggregator_actor`: the Ray actor class of an aggregator (the
+        wiring hands in `actors.aggregator.StreamAggregator`; this module never imports the actors),
+        got or created by name; they read the item vectors of the registry's latest embeddings
+        (`registry_uri`, else the config's)."""
 
         from recserve.streaming.eventlog import make_log
 
         self.cfg = cfg
+        self.aggregator_actor = aggregator_actor
         self.sc = cfg.stream
         self.name = name or supervisor_name(cfg)
-        self.r = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
+        self.r = connect(cfg.redis_url, timeout=5)
         self.log = make_log(cfg, self.r)
         self.registry_uri = registry_uri or cfg.registry_uri
         self.reassign_after_s = reassign_after_s
@@ -115,10 +118,8 @@ class StreamSupervisor:
         return f"{self.name}-agg-{i}"
 
     def _spawn(self, name: str):
-        from actors.aggregator import StreamAggregator
-
         opts = {"resources": dict(self.sc.aggregator_resources)} if self.sc.aggregator_resources else {}
-        return StreamAggregator.options(
+        return self.aggregator_actor.options(
             name=name, namespace=NAMESPACE, get_if_exists=True, lifetime="detached", **opts
         ).remote(name, self.cfg.model_dump(mode="json"), self.registry_uri)
 

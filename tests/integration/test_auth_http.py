@@ -138,7 +138,7 @@ def test_forget_a_user_empties_every_store_and_the_next_training_leaves_them_out
     # every store: nothing of the user is left
     assert not r.exists(keys.context(u)) and not counters() and not imps() and not logged()
     assert r.hexists(keys.FORGOTTEN, str(u))
-    # the router: no cached list, no personal answer (the user is a stranger now)
+    # the ingress: no cached list, no personal answer (the user is a stranger now)
     after = http.post("/v1/recommend", json={"user_id": u, "k": 5}).json()
     assert after["cache"] == "miss" and not after["live_context"]
     # an event stamped before the forgetting that arrives late is skipped by the aggregators

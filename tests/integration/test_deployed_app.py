@@ -52,7 +52,7 @@ def test_serve_config_application_streams_events_into_recommendations(serving, s
     (tmp_path / "recserve.yaml").write_text(yaml.safe_dump(conf))
     # serve_config.yaml's application, its config file pointing at the one above; the cluster's
     # node pools (custom resources) do not exist on this machine, so its deployments' options stay
-    # out and colocate is auto (one router process holds the ports)
+    # out and colocate is auto (one ingress process holds the ports)
     sc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     app = sc["applications"][0]
     assert app["import_path"] == "deployments.app:app_builder"

@@ -171,7 +171,7 @@ def test_off_policy_evaluation_of_the_live_logs(serving):
                     ).status_code
                     == 200
                 )
-    time.sleep(1.5)  # the impressions leave the router in batches
+    time.sleep(1.5)  # the impressions leave the ingress in batches
     try:
         report = ope.evaluate_live(cfg, reg, r, log=lambda m: None)
     finally:

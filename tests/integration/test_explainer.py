@@ -17,7 +17,7 @@ def llm_app(serving, tmp_path_factory):
     from deployments.app import build_app
     from recserve.config import ExplainerConfig
     from recserve.explain.core import catalogue_grounding
-    from recserve.explain.test_models import build_random_model, force_word
+    from recserve.explain.random_models import build_random_model, force_word
 
     http, reg, cfg = serving
     g = catalogue_grounding(reg)

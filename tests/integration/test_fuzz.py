@@ -1,4 +1,4 @@
-"""A bounded `recserve fuzz` run (Schemathesis from the router's OpenAPI schema) on an application
+"""A bounded `recserve fuzz` run (Schemathesis from the ingress's OpenAPI schema) on an application
 of its own beside the session's: no answer >= 500, every 4xx in the JSON contract and changing
 nothing. `recserve fuzz --examples 1000` is the full run (benchmarks/results/fuzz.json)."""
 

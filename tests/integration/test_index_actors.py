@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import ray
 
+from actors.vector_shard import VectorShard
 from recserve.config import IndexConfig
 from recserve.index.build import ShardSet, build_sharded
-from recserve.index.client import IndexRouter
+from recserve.index.client import IndexClient
 from recserve.index.shard import ShardError
 
 pytestmark = pytest.mark.integration
@@ -44,18 +45,20 @@ def _unit(n, seed):
 
 
 @pytest.fixture
-def router(stack, tmp_path):
+def client(stack, tmp_path):
     ids = np.arange(1, 401, dtype=np.int64)
     x = _unit(400, 0)
     build_sharded(ids, x, IndexConfig(num_shards=2, kind="flat"), tmp_path / "art")
     metas = {int(i): {"category": f"c{i % 5}", "attributes": {"band": "low" if i % 2 else "high"}} for i in ids}
-    rt = IndexRouter.from_artifact(tmp_path / "art", tmp_path / "live", metas, replicas=2, timeout_s=3.0)
+    rt = IndexClient.from_artifact(
+        tmp_path / "art", tmp_path / "live", metas, shard_actor=VectorShard, replicas=2, timeout_s=3.0
+    )
     yield rt, ids, x
     rt.shutdown()
 
 
-def test_router_matches_in_process_shards(router, tmp_path):
-    rt, ids, x = router
+def test_client_matches_in_process_shards(client, tmp_path):
+    rt, ids, x = client
     got, sc = rt.search(x[:20], 10)
     ref, _ = ShardSet(tmp_path / "art").search(x[:20], 10)
     assert (got == ref).all()
@@ -74,15 +77,15 @@ def test_router_matches_in_process_shards(router, tmp_path):
         (lambda x: (x[:1], 5, {"price": [1]}), "unknown filter field 'price'"),
     ],
 )
-def test_router_rejects_bad_queries(router, args, match):
-    rt, ids, x = router
+def test_client_rejects_bad_queries(client, args, match):
+    rt, ids, x = client
     with pytest.raises(ShardError, match=match):
         rt.search(*args(x))
     assert (rt.search(x[:3], 1)[0][:, 0] == ids[:3]).all()  # still serving
 
 
-def test_killed_replica_fails_no_query_and_loses_no_upsert(router):
-    rt, ids, x = router
+def test_killed_replica_fails_no_query_and_loses_no_upsert(client):
+    rt, ids, x = client
     errors, answered = [], [0]
     stop = threading.Event()
 
@@ -132,8 +135,8 @@ def test_killed_replica_fails_no_query_and_loses_no_upsert(router):
     assert (got[:, 0] == new_ids).all()
 
 
-def test_snapshot_then_restart_replays_only_the_tail(router):
-    rt, ids, x = router
+def test_snapshot_then_restart_replays_only_the_tail(client):
+    rt, ids, x = client
     rt.upsert([5000], _unit(1, 3), [{"category": "a"}])
     rt.snapshot()
     rt.upsert([5001], _unit(1, 4), [{"category": "a"}])
@@ -143,8 +146,8 @@ def test_snapshot_then_restart_replays_only_the_tail(router):
     assert st["replayed"] <= 1
 
 
-def test_corrupt_snapshot_falls_back_and_keeps_serving(router):
-    rt, ids, x = router
+def test_corrupt_snapshot_falls_back_and_keeps_serving(client):
+    rt, ids, x = client
     rt.snapshot()
     rep = rt.groups[1].replicas[0]
     snapdir = rt.root / "g0" / "shard_0001" / "replica_0"
@@ -156,8 +159,8 @@ def test_corrupt_snapshot_falls_back_and_keeps_serving(router):
     assert (rt.search(x[:5], 1)[0][:, 0] == ids[:5]).all()
 
 
-def test_rebalance_2_to_4_while_querying(router):
-    rt, ids, x = router
+def test_rebalance_2_to_4_while_querying(client):
+    rt, ids, x = client
     misses, errors = [], []
     stop = threading.Event()
 
@@ -187,11 +190,11 @@ def test_rebalance_2_to_4_while_querying(router):
     assert total == len(ids) + 1
 
 
-def test_writes_during_and_after_a_rebalance_are_all_found(router):
+def test_writes_during_and_after_a_rebalance_are_all_found(client):
     """One sequence across generations: upserts acknowledged while the shards move and after it
     (of new items, and new vectors of items that moved) are all searchable afterwards, and a
     replica restarted after the move replays them."""
-    rt, ids, x = router
+    rt, ids, x = client
     acked: dict[int, np.ndarray] = {}
     stop = threading.Event()
 
@@ -228,8 +231,8 @@ def test_writes_during_and_after_a_rebalance_are_all_found(router):
     assert all_found() == []
 
 
-def test_hot_swap_without_a_gap(router, tmp_path):
-    rt, ids, x = router
+def test_hot_swap_without_a_gap(client, tmp_path):
+    rt, ids, x = client
     ids2 = np.arange(1, 401, dtype=np.int64)
     x2 = _unit(400, 42)
     build_sharded(ids2, x2, IndexConfig(num_shards=3, kind="hnsw"), tmp_path / "art2")

@@ -1,6 +1,6 @@
 """Several Ray nodes: two worker nodes join the session's head on this machine, each carrying the
 pools' custom resource; the index shards (serve.shard_resources) and the aggregators
-(stream.aggregator_resources) land on them, the router and the stream supervisor stay on the head.
+(stream.aggregator_resources) land on them, the ingress and the stream supervisor stay on the head.
 One worker node is killed (its raylet and every process of it) while queries, upserts and events
 flow: every query answers (degraded at worst), the shards and aggregators come back on the other
 node, and afterwards every acknowledged event and upsert is there."""
@@ -110,7 +110,7 @@ def test_a_worker_node_dies_under_load_and_nothing_acknowledged_is_lost(serving,
                 "serve": cfg.serve.model_copy(
                     update={
                         "shard_resources": {"pool": 0.1},
-                        "router_replicas": 2,
+                        "ingress_replicas": 2,
                         "index_root": str(tmp_path / "shared-index"),
                     }
                 ),
@@ -130,7 +130,7 @@ def test_a_worker_node_dies_under_load_and_nothing_acknowledged_is_lost(serving,
                 str(reg.uri),
                 None,
                 name="nodes",
-                router_options={"ray_actor_options": {"num_cpus": 0.1, "resources": HEAD}},
+                ingress_options={"ray_actor_options": {"num_cpus": 0.1, "resources": HEAD}},
             ),
             name="nodes",
             route_prefix="/nodes",

@@ -1,4 +1,4 @@
-"""The online path over real parts, without Serve: the ladder with the ports the router builds —
+"""The online path over real parts, without Serve: the ladder with the ports the ingress builds —
 the index on VectorShard actors, the trained ranker in process, the bandit and live contexts on a
 real Redis, template explanations — driven on one event loop."""
 
@@ -10,7 +10,8 @@ import pytest
 import redis
 import redis.asyncio as aredis
 
-from recserve.index.client import IndexRouter
+from actors.vector_shard import VectorShard
+from recserve.index.client import IndexClient
 from recserve.ranking.bandit import LiveBandit, ThompsonBandit
 from recserve.ranking.ranker import ServingRanker
 from recserve.serving.breaker import Breakers
@@ -53,7 +54,7 @@ def online(stack, redis_url, tmp_path_factory):
     cfg, _ = stack
     root = tmp_path_factory.mktemp("online")
     reg = trained_registry(cfg, root)
-    index = IndexRouter.from_artifact(reg.fetch("index"), root / "live", replicas=1)
+    index = IndexClient.from_artifact(reg.fetch("index"), root / "live", shard_actor=VectorShard, replicas=1)
     loop = asyncio.new_event_loop()
     yield Path(cfg, reg, index, redis_url, loop)
     index.shutdown()

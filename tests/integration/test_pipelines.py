@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from actors.vector_shard import VectorShard
+from recserve.artifacts import load_embeddings
+from recserve.index import artifact
 from recserve.offline import jobs
 from recserve.registry import Registry
 from tests.conftest import ROOT
@@ -58,20 +61,20 @@ def test_offline_chain_publishes_versions(world, stack, tmp_path):
     assert (tmp_path / "out" / "eval.png").stat().st_size > 1000
     man = reg.manifest("index", idx)
     assert man["lineage"] == {"embeddings": emb}
-    routing = json.loads((reg.fetch("index", idx) / "routing.json").read_text())
+    routing = artifact.read_manifest(reg.fetch("index", idx))
     assert routing["num_shards"] == cfg.index.num_shards and routing["dim"] == cfg.embeddings.dim + 1
     assert sum(s["count"] for s in routing["shards"]) == routing["count"]
     assert reg.manifest("ranker", rk)["lineage"]["embeddings"] == emb
     # the published index serves from VectorShard actors, filtering by the items' categories
-    from recserve.index.client import IndexRouter
+    from recserve.index.client import IndexClient
 
-    meta = json.loads((reg.fetch("index", idx) / "items_meta.json").read_text())
+    meta = artifact.read_items_meta(artifact.items_meta_path(reg.fetch("index", idx)))
     cat = next(iter(meta.values()))["category"]
-    rt = IndexRouter.from_artifact(reg.fetch("index", idx), tmp_path / "live", replicas=1)
+    rt = IndexClient.from_artifact(reg.fetch("index", idx), tmp_path / "live", shard_actor=VectorShard, replicas=1)
     try:
-        users = jobs.load_embeddings(reg, emb)["user_vectors"][:3]
+        users = load_embeddings(reg, emb)["user_vectors"][:3]
         got, _ = rt.search(users, 5, {"categories": [cat]})
-        assert (got >= 0).any() and all(meta[str(int(i))]["category"] == cat for i in got.ravel() if i >= 0)
+        assert (got >= 0).any() and all(meta[int(i)]["category"] == cat for i in got.ravel() if i >= 0)
     finally:
         rt.shutdown()
     assert reg.latest("evaluation") == report["version"]

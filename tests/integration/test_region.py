@@ -6,11 +6,11 @@ import uuid
 import pytest
 import redis
 
-from recserve.ops.region import RegionError, drain, draining, lag, shift, undrain
+from recserve.ops.region import RegionError, drain, draining, lag, read_regions, shift, undrain
 from recserve.streaming.eventlog.redis import RedisStreamLog
-from scripts.regions import REGIONS
 
 ROOT_REGIONS = __import__("pathlib").Path(__file__).resolve().parents[2] / "regions"
+REGIONS = read_regions(ROOT_REGIONS)  # the region files: each one's role and share
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Operating the Serve application on the session's real Serve instance: a hot model swap through
-user_config with no failed request, user affinity by consistent hashing at 2 router replicas,
+user_config with no failed request, user affinity by consistent hashing at 2 ingress replicas,
 back-pressure (429 + Retry-After, never a 5xx), and the queue-depth policy scaling a deployment
 up under load and back down after it."""
 
@@ -82,8 +82,8 @@ def test_hot_model_swap_without_failed_requests(serving, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def two_routers(serving):
-    """A second application: 2 router replicas with consistent-hash affinity, and small queues so
+def two_ingress_replicas(serving):
+    """A second application: 2 ingress replicas with consistent-hash affinity, and small queues so
     that a burst meets back-pressure."""
     import httpx
     from ray import serve
@@ -97,9 +97,9 @@ def two_routers(serving):
             str(reg.uri),
             None,
             name="affine",
-            router_replicas=2,
+            ingress_replicas=2,
             affinity=True,
-            router_options={"max_ongoing_requests": 2, "max_queued_requests": 2},
+            ingress_options={"max_ongoing_requests": 2, "max_queued_requests": 2},
         ),
         name="affine",
         route_prefix="/affine",
@@ -132,8 +132,8 @@ def _hit_rate(client, users, repeats, header: bool) -> float:
     return how.count("hit") / len(how)
 
 
-def test_affinity_keeps_a_user_on_one_router_replica(two_routers):
-    client, reg = two_routers
+def test_affinity_keeps_a_user_on_one_router_replica(two_ingress_replicas):
+    client, reg = two_ingress_replicas
     with_affinity = _hit_rate(client, _users(reg, 20, 0), 4, header=True)
     # without it HAProxy (serve.ingress: haproxy) balances round robin: with an odd number of users
     # a user's repeats alternate between the two replicas, so only the last two of four find an entry
@@ -144,10 +144,10 @@ def test_affinity_keeps_a_user_on_one_router_replica(two_routers):
     assert without < with_affinity
 
 
-def test_burst_beyond_the_queue_gets_429_with_retry_after(two_routers):
+def test_burst_beyond_the_queue_gets_429_with_retry_after(two_ingress_replicas):
     import httpx
 
-    client, reg = two_routers
+    client, reg = two_ingress_replicas
     users = _users(reg, 60, 40)
 
     async def burst():
@@ -179,8 +179,8 @@ def _shard_actors(prefix: str) -> list[str]:
     ]
 
 
-def test_shared_index_actors_end_with_their_application(two_routers):
-    """The two router replicas share named, detached shard actors; deleting the application stops
+def test_shared_index_actors_end_with_their_application(two_ingress_replicas):
+    """The two ingress replicas share named, detached shard actors; deleting the application stops
     them (none outlives it unowned)."""
     from ray import serve
 
@@ -237,9 +237,9 @@ def test_queue_depth_policy_scales_up_and_back_down(serving):
     serve.delete("scale")
 
 
-def test_colocated_router_answers_the_same_contract(serving):
-    """serve.colocate: ranker, bandit and explainer inside the router process, model from the
-    router's user_config."""
+def test_colocated_ingress_answers_the_same_contract(serving):
+    """serve.colocate: ranker, bandit and explainer inside the ingress process, model from the
+    ingress's user_config."""
     import httpx
     from ray import serve
 
@@ -265,7 +265,7 @@ def test_colocated_router_answers_the_same_contract(serving):
 
 
 def test_prometheus_endpoint_has_the_recserve_metrics(serving):
-    """After some traffic, Ray's metrics export (Prometheus format) carries the router's metrics."""
+    """After some traffic, Ray's metrics export (Prometheus format) carries the ingress's metrics."""
     import httpx
     import ray
 
@@ -281,7 +281,7 @@ def test_prometheus_endpoint_has_the_recserve_metrics(serving):
         },
     )
     port = ray.nodes()[0]["MetricsExportPort"]
-    http.get("/v1/status")  # starts the router's index-size refresh (every 10 s)
+    http.get("/v1/status")  # starts the ingress's index-size refresh (every 10 s)
     want = [
         "recserve_requests_total",
         "recserve_request_latency_ms_bucket",

@@ -1,4 +1,4 @@
-"""The router's `/ui` status page in a real headless Chromium (Debian's chromium + chromium-driver,
+"""The ingress's `/ui` status page in a real headless Chromium (Debian's chromium + chromium-driver,
 which `make test` installs): the live values it renders match `/v1/status`, and its form asks the
 service for a recommendation and lists what came back (or the API's error)."""
 
@@ -101,7 +101,7 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
     assert browser.find_elements(By.CSS_SELECTOR, "#cache-context") and browser.find_elements(
         By.CSS_SELECTOR, "#cache-explanation"
     )
-    # the vector count arrives within the router's 10 s refresh
+    # the vector count arrives within the ingress's 10 s refresh
     _wait(browser, lambda d: _text(d, "#index-vectors").isdigit(), timeout=30)
     assert int(_text(browser, "#index-vectors")) >= len(users)
 

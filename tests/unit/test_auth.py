@@ -1,4 +1,4 @@
-"""API keys, scopes and quotas (recserve.auth) on a real redis-server: what the router's gate
+"""API keys, scopes and quotas (recserve.auth) on a real redis-server: what the ingress's gate
 answers for each kind of key, before any HTTP (tests/integration/test_auth_http.py has that)."""
 
 import asyncio

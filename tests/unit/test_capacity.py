@@ -18,9 +18,9 @@ def measured():
 def test_figures_trace_to_the_benchmark_files(measured):
     sv = json.loads((ROOT / "benchmarks/results/serving.json").read_text())
     hit, miss = (sv["cases"][c]["4"]["cpu_ms_per_request_total"] for c in ("recommend_cached", "recommend"))
-    assert measured.router_rps_per_cpu == pytest.approx(1000 / (0.8 * hit + 0.2 * miss))
+    assert measured.ingress_rps_per_cpu == pytest.approx(1000 / (0.8 * hit + 0.2 * miss))
     assert set(measured.sources) == {
-        "router_rps_per_cpu",
+        "ingress_rps_per_cpu",
         "aggregator_events_per_s",
         "hnsw_overhead_bytes",
         "bandit_cpu_ms",

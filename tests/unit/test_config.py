@@ -50,13 +50,15 @@ def test_bad_file(tmp_path):
 
 def test_state_pool_resources_reach_the_actor_options():
     from recserve.config import load_config
-    from recserve.index.client import IndexRouter
+    from recserve.index.client import IndexClient
 
     cfg = load_config(
         environ={}, overrides={"serve.shard_resources": '{"index": 1}', "stream.aggregator_resources": '{"stream": 1}'}
     )
     assert cfg.serve.shard_resources == {"index": 1.0} and cfg.stream.aggregator_resources == {"stream": 1.0}
-    rt = IndexRouter("/tmp/unused", cfg.index, 8, actor_options={"resources": cfg.serve.shard_resources})
+    rt = IndexClient(
+        "/tmp/unused", cfg.index, 8, shard_actor=None, actor_options={"resources": cfg.serve.shard_resources}
+    )
     assert rt.actor_options["resources"] == {"index": 1.0} and rt.actor_options["max_restarts"] == -1
 
 

@@ -22,7 +22,7 @@ from recserve.explain.grounding import (
     prompt_for,
     title_forms,
 )
-from recserve.explain.test_models import build_random_model, catalogue_words, force_word
+from recserve.explain.random_models import build_random_model, catalogue_words, force_word
 
 TITLES = ["Toy Story (1995)", "Matrix, The (1999)", "Heat (1995)", "Alien (1979)", "Up (2009)"]
 CATEGORIES = ["Comedy", "Action", "Horror", "Drama"]
@@ -166,7 +166,7 @@ def test_faithful_is_auto_on_for_real_models_off_for_random_ones(models, tmp_pat
     cfg = load_config(
         environ={}, overrides={"explainer.backend": "transformers", "explainer.model": str(models["random"])}
     )
-    assert faithful_check(cfg.explainer) is False  # built by test_models: random words
+    assert faithful_check(cfg.explainer) is False  # built by random_models: random words
     cfg = load_config(environ={}, overrides={"explainer.backend": "transformers", "explainer.model": "smollm2"})
     assert faithful_check(cfg.explainer) is True
     cfg = load_config(
@@ -296,7 +296,7 @@ def test_a_late_request_fills_the_cache_for_the_next_one(models, grounding):
 
 
 def test_a_request_its_caller_gave_up_on_still_fills_the_cache(models, grounding):
-    """The router's timeout cancels the call in the Explainer replica: the prompts still go on to
+    """The ingress's timeout cancels the call in the Explainer replica: the prompts still go on to
     the cache, so the user's next request for those items is LLM-explained."""
     be = Counting(TransformersBackend(str(models["plain"]), device="cpu"), delay_s=0.3)
     core = ExplainerCore({"large": be}, grounding, ExplainerSettings(budget_ms=2000))
@@ -305,7 +305,7 @@ def test_a_request_its_caller_gave_up_on_still_fills_the_cache(models, grounding
     async def go():
         call = asyncio.create_task(core.explain(7, items, 2000))
         await asyncio.sleep(0.1)
-        call.cancel()  # what the router's asyncio.timeout does to the Serve call
+        call.cancel()  # what the ingress's asyncio.timeout does to the Serve call
         with pytest.raises(asyncio.CancelledError):
             await call
         assert core.queue_depth == 0

@@ -277,7 +277,7 @@ def test_no_budget_left_skips_every_hop(budget_ms):
     assert "skipped" in lad.hops["vector_index"] or "failing" in lad.hops["vector_index"]
 
 
-def test_the_explainer_answers_before_the_router_gives_up_and_lateness_is_no_fault():
+def test_the_explainer_answers_before_the_ingress_gives_up_and_lateness_is_no_fault():
     from recserve.serving.ladder import explainer_budget_ms, explainer_fault
 
     assert explainer_budget_ms(0.3) == pytest.approx(280.0) and explainer_budget_ms(0.06) == pytest.approx(45.0)

@@ -15,7 +15,7 @@ def test_serve_config_validates_and_names_our_deployments():
     app = schema.applications[0]
     assert app.import_path == "deployments.app:app_builder"
     names = {d.name for d in app.deployments}
-    assert names == {"Router", "Ranker", "Bandit", "Explainer"}
+    assert names == {"Ingress", "Ranker", "Bandit", "Explainer"}
     for d in app.deployments:
         a = d.autoscaling_config
         assert a["upscale_delay_s"] == 30 and a["downscale_delay_s"] == 300  # the seed's stabilisation
@@ -23,7 +23,7 @@ def test_serve_config_validates_and_names_our_deployments():
     import deployments.app as mod
 
     assert callable(mod.app_builder)
-    # the builder makes those deployments: no port runs inside the router with these args
+    # the builder makes those deployments: no port runs inside the ingress with these args
     from recserve.config import Config
 
     assert not any(mod.colocated(Config(), app.args["colocate"]).values())
@@ -94,7 +94,7 @@ def test_region_serve_configs_validate_and_fit_their_pools():
             assert a["min_replicas"] * per <= pool["min_workers"] * pool["resources"][res]
             assert a["target_ongoing_requests"] and a["upscale_delay_s"] == 30
             ranges[region, d.name] = (a["min_replicas"], a["max_replicas"])
-    for dep in ("Router", "Ranker", "Bandit", "Explainer"):
+    for dep in ("Ingress", "Ranker", "Bandit", "Explainer"):
         active, standby = ranges["us-west-2", dep], ranges["eu-west-1", dep]
         assert ranges["us-east-1", dep] == active
         assert standby[0] < active[0] and standby[1] == active[1]

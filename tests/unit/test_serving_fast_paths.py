@@ -63,7 +63,7 @@ def test_covisit_gather_equals_sparse_slicing():
 
 def test_serving_imports_no_offline_code():
     code = (
-        "import sys; import deployments.app, deployments.router, recserve.serving.wiring, "
+        "import sys; import deployments.app, deployments.ingress, recserve.serving.wiring, "
         "recserve.serving.service, recserve.serving.recommender, recserve.explain.core; "
         "bad = sorted(m for m in sys.modules if m.startswith('recserve.offline')); print(bad); "
         "sys.exit(1 if bad else 0)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from recserve.redis_client import connect
 from recserve.streaming.eventlog.base import Entry, EventLog, EventLogUnavailable, partition_of
 
 __all__ = ["Entry", "EventLog", "EventLogUnavailable", "make_log", "partition_of"]
@@ -11,10 +12,8 @@ def make_log(cfg, client=None, timeout_s: float = 10.0) -> EventLog:
     """The configured event log (`stream.backend`): Redis Streams on `client` (or cfg's Redis), or
     the Kafka topic `stream.topic` at cfg.kafka_bootstrap, with its event-id marks in that Redis.
     An unreachable broker raises EventLogUnavailable naming the setting."""
-    import redis
-
     if client is None:
-        client = redis.Redis.from_url(cfg.redis_url, socket_timeout=5)
+        client = connect(cfg.redis_url, timeout=5)
     sc = cfg.stream
     if sc.backend == "kafka":
         from recserve.streaming.eventlog.kafka import KafkaLog

@@ -7,7 +7,7 @@
 * `KafkaLog`: a topic of P partitions keyed by user id, `acks=all`, event ids marked seen in Redis
   only once the broker acknowledged them (kafka-python). `stream.backend: kafka`.
 
-`make_log(cfg)` (recserve.streaming.eventlog) builds the configured one: the router, the
+`make_log(cfg)` (recserve.streaming.eventlog) builds the configured one: the ingress, the
 aggregators, the supervisor, the backup, the benches and chaos all get theirs from it.
 
 The partition of an event is `partition_of(user_id, P)`, the same hash both backends use, so one

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from recserve import keys
+from recserve.redis_client import connect
 from recserve.streaming.eventlog.base import Entry, EventLog, behind, partition_of
 
 _APPEND_LUA = """
@@ -35,7 +36,7 @@ class RedisStreamLog(EventLog):
     def __init__(self, client, partitions: int = 8, prefix: str = "events", dedup_ttl_s: int = 86400):
         import redis
 
-        self.r: redis.Redis = client if not isinstance(client, str) else redis.Redis.from_url(client)
+        self.r: redis.Redis = client if not isinstance(client, str) else connect(client, timeout=None)
         self.partitions = partitions
         self.prefix = prefix
         self.dedup_ttl_s = dedup_ttl_s
@@ -93,7 +94,7 @@ class RedisStreamLog(EventLog):
         return self._offsets(len(events), calls, pipe.execute())
 
     async def aappend(self, aclient, events: list[dict]) -> list[str | None]:
-        """`append` through an asyncio client (redis.asyncio) of the same server: the router's
+        """`append` through an asyncio client (redis.asyncio) of the same server: the ingress's
         event loop never blocks on Redis."""
         script = getattr(self, "_ascript", None)
         if script is None or script.registered_client is not aclient:

@@ -1,4 +1,4 @@
-"""`Router`: the FastAPI ingress. It holds the routes and nothing else: each maps HTTP onto the
+"""`Ingress`: the FastAPI ingress. It holds the routes and nothing else: each maps HTTP onto the
 replica's `RecService` (recserve.serving.service), built once from the ports `deployments/app.py`
 chose (recserve.serving.wiring). Errors follow recserve.api's contract: 4xx JSON naming the field,
 never a 5xx for bad input; a failing dependency lowers the degradation level instead."""
@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError
 from ray import serve
 from ray.serve.config import BackpressureConfig
 
+from actors.vector_shard import VectorShard
 from recserve.serving.api import (
     MAX_K,
     AuthGate,
@@ -42,7 +43,7 @@ install_auth(api)
     backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1),
 )
 @serve.ingress(api)
-class Router:
+class Ingress:
     async def __init__(
         self,
         cfg: dict,
@@ -71,6 +72,7 @@ class Router:
             registry_uri,
             index_root,
             choice,
+            VectorShard,
             replicas,
             cache,
             share_as,

@@ -152,7 +152,7 @@ def build_random_model(out: str | Path, size: str = "tiny", words: list[str] | N
         vocab_size=len(vocab), max_position_embeddings=512, pad_token_id=0, bos_token_id=2, eos_token_id=3, **spec
     )
     LlamaForCausalLM(cfg).save_pretrained(out)
-    (Path(out) / MARKER).write_text("random weights (recserve.explain.test_models): fluent nonsense, for timings\n")
+    (Path(out) / MARKER).write_text("random weights (recserve.explain.random_models): fluent nonsense, for timings\n")
     return out
 
 
