@@ -77,8 +77,11 @@ def test_supervised_aggregators_survive_kills_and_rescaling_counting_every_event
     t.start()
     try:
         time.sleep(1.0)
-        before = _supervisor_pids(sup)
-        assert len(before) == cfg.stream.aggregators
+        before, deadline = _supervisor_pids(sup), time.monotonic() + 30
+        while None in before.values() and time.monotonic() < deadline:  # a slow start: every one reports
+            time.sleep(0.5)
+            before = _supervisor_pids(sup)
+        assert len(before) == cfg.stream.aggregators and None not in before.values(), before
         victim = ray.get(sup.aggregators.remote())[0]
         os.kill(ray.get(victim.pid.remote()), signal.SIGKILL)  # mid-stream, no goodbye
         time.sleep(1.0)
