@@ -25,11 +25,19 @@ from recserve.serving.api import (
     RecommendRequest,
     RecommendResponse,
     SimilarResponse,
-    error_body,
     id_out_of_range,
     install_auth,
     install_error_handlers,
 )
+from recserve.serving.reply import Reply
+
+
+def http(reply: Reply) -> Response:
+    """A path's Reply as the HTTP response: encoded bytes as they are, a dict as JSON."""
+    if isinstance(reply.body, bytes):
+        return Response(reply.body, reply.status, headers=reply.headers, media_type="application/json")
+    return JSONResponse(reply.body, reply.status, headers=reply.headers)
+
 
 api = FastAPI(title="recserve", version="1", description="Real-time personalization on Ray Serve")
 install_error_handlers(api)
@@ -112,29 +120,17 @@ class Ingress:
     @api.post("/v1/recommend", response_model=RecommendResponse)
     async def recommend(self, req: RecommendRequest):
         """Recommendations for a known user (`user_id`) or an anonymous visitor (`session_items`)."""
-        key = req.model_dump_json(exclude={"user_id"})
-        if req.session_items is not None:
-            unknown = await self.svc.unknown_items(req.session_items)
-            if unknown:
-                return JSONResponse(
-                    error_body(
-                        "invalid_request",
-                        f"session_items: {unknown[:10]} are in no "
-                        f"catalogue (neither trained on nor added with PUT /v1/items)",
-                        "session_items",
-                    ),
-                    422,
-                )
-        body = await self.svc.recommend(
-            req.user_id,
-            req.k,
-            req.filters.model_dump(exclude_none=True) if req.filters else None,
-            req.explain,
-            key,
-            session=req.session_items,
-            session_id=req.context.get("session_id"),
+        return http(
+            await self.svc.reads.recommend(
+                req.user_id,
+                req.k,
+                req.filters.model_dump(exclude_none=True) if req.filters else None,
+                req.explain,
+                req.model_dump_json(exclude={"user_id"}),
+                session=req.session_items,
+                session_id=req.context.get("session_id"),
+            )
         )
-        return Response(body, media_type="application/json")
 
     @api.get(
         "/v1/items/{item_id}/similar",
@@ -173,35 +169,28 @@ class Ingress:
             )
         except ValidationError as e:
             raise RequestValidationError(e.errors()) from None
-        key = json.dumps([k, flt], sort_keys=True)
-        code, body = await self.svc.similar(item_id, k, flt or None, key)
-        if code != 200:
-            return JSONResponse(body, code)
-        return Response(body, media_type="application/json")
+        return http(await self.svc.reads.similar(item_id, k, flt or None, json.dumps([k, flt], sort_keys=True)))
 
     @api.post("/v1/events", status_code=202)
     async def events(self, req: EventsRequest, request: Request):
-        code, body, headers = await self.svc.events(
-            [e.model_dump() for e in req.events], request.scope.get("recserve.key")
+        return http(
+            await self.svc.writes.events([e.model_dump() for e in req.events], request.scope.get("recserve.key"))
         )
-        return JSONResponse(body, code, headers=headers)
 
     @api.post("/v1/feedback")
     async def feedback(self, req: FeedbackRequest):
-        return await self.svc.feedback(req.item_id, req.reward, req.request_id)
+        return http(await self.svc.writes.feedback(req.item_id, req.reward, req.request_id))
 
     @api.put("/v1/items")
     async def put_items(self, req: ItemsRequest):
-        code, body, headers = await self.svc.put_items(req.items)
-        return JSONResponse(body, code, headers=headers)
+        return http(await self.svc.writes.put_items(req.items))
 
     @api.delete("/v1/items/{item_id}")
     async def delete_item(self, item_id: int):
         bad = id_out_of_range(item_id, "item_id")
         if bad:
             return JSONResponse(bad, 422)
-        code, body, headers = await self.svc.delete_item(item_id)
-        return JSONResponse(body, code, headers=headers)
+        return http(await self.svc.writes.delete_item(item_id))
 
     @api.delete("/v1/users/{user_id}")
     async def forget_user(self, user_id: int):
@@ -210,8 +199,7 @@ class Ingress:
         bad = id_out_of_range(user_id, "user_id")
         if bad:
             return JSONResponse(bad, 422)
-        code, body, headers = await self.svc.forget_user(user_id)
-        return JSONResponse(body, code, headers=headers)
+        return http(await self.svc.writes.forget_user(user_id))
 
     @api.get("/ui", response_class=HTMLResponse, include_in_schema=False)
     async def ui(self):
@@ -226,9 +214,8 @@ class Ingress:
 
     @api.get("/readyz")
     async def readyz(self):
-        ok, body = await self.svc.ready()
-        return JSONResponse(body, 200 if ok else 503)
+        return http(await self.svc.reads.ready())
 
     @api.get("/v1/status")
     async def status(self):
-        return await self.svc.status()
+        return http(await self.svc.reads.status())

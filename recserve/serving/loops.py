@@ -1,0 +1,109 @@
+"""An ingress replica's background loops, on its event loop (never on the request path): the
+stream watch (staleness, lag, invalidations, forgotten users), once a second the metrics handed to
+Ray and the API keys' generation, every 10 s the index's size and the explainer's statistics, once
+a second the running experiment and every 5 s its guardrail, and the in-process bandit's refresh."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from recserve.serving.service import RecService
+
+log = logging.getLogger("recserve.experiments")
+
+
+class BackgroundLoops:
+    def __init__(self, svc: RecService):
+        self.svc = svc
+        self._context_counted = (0, 0)  # live-context lookups already handed to the metrics
+
+    def start(self) -> list[asyncio.Task]:
+        """Start every loop on the running event loop; the tasks, for the service to cancel."""
+        s = self.svc
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.create_task(s.watch.run_poll()),
+            loop.create_task(s.watch.run_listen()),
+            loop.create_task(self.housekeeping()),
+            loop.create_task(self.experiments()),
+        ]
+        if s.local_bandit is not None:
+            tasks.append(loop.create_task(s.local_bandit.run()))
+        return tasks
+
+    async def refresh_experiments(self) -> None:
+        """The running experiment as Redis holds it; a change (started, stopped, an arm stopped by
+        the guardrail) loads the arms' ranker versions and drops the cached answers of the old arms."""
+        s = self.svc
+        exps = s.experiments
+        if await exps.refresh():
+            keep_only = getattr(s.ports.score, "keep_only", None)
+            if keep_only is not None:
+                await asyncio.to_thread(keep_only, list(exps.specs.values()))
+            s.cache.clear()
+            for arm in exps.exp.arms if exps.exp else {}:
+                s.metrics.set("experiment_arm_running", int(arm not in exps.stopped), experiment=exps.name, arm=arm)
+
+    async def experiments(self) -> None:
+        """Once a second: the experiment's state and this replica's counts to Redis; every 5 s the
+        guardrail (any replica may stop an arm: the stop is written once, every replica reads it)."""
+        exps = self.svc.experiments
+        guard_at = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.refresh_experiments()
+                await exps.flush()
+                if exps.running and time.monotonic() - guard_at >= 5.0:
+                    guard_at = time.monotonic()
+                    verdicts, figures = await exps.guard()
+                    for arm, why in verdicts.items():
+                        log.warning("experiment %s: arm %s stopped: %s", exps.name, arm, why["reason"])
+                    if figures:
+                        self.svc.metrics.arm_figures(figures)
+            except Exception:  # noqa: BLE001 - Redis away: the last state serves, counts wait
+                pass
+
+    async def housekeeping(self) -> None:
+        """Once a second: metrics to Ray (breakers, staleness, lag, versions with them); every 10 s
+        the index's size and the explainer's stats."""
+        s = self.svc
+        slow_at = 0.0
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                if s.gate is not None:
+                    await s.gate.refresh()  # a created or revoked key: forget the ones looked up
+            except Exception:  # noqa: BLE001 - Redis away: the keys already checked keep working
+                pass
+            try:
+                if time.monotonic() - slow_at >= 10.0:
+                    slow_at = time.monotonic()
+                    await self.refresh_slow_stats()
+                m = s.metrics
+                ctx = s.ports.context.stats
+                m.context_lookups(ctx.hits - self._context_counted[0], ctx.misses - self._context_counted[1])
+                self._context_counted = (ctx.hits, ctx.misses)
+                m.breakers(s.ladder.breakers.snapshot())
+                m.set("staleness", s.watch.staleness)
+                m.set("lag", s.watch.lag)
+                m.versions(s.serving_versions())
+                m.flush()
+            except Exception:  # noqa: BLE001 - metrics never fail serving
+                pass
+
+    async def refresh_slow_stats(self) -> None:
+        """Vectors per index shard, and the explainer's models and queue."""
+        s = self.svc
+        try:
+            s.index_sizes = await s.index.asizes()
+            s.metrics.index_sizes(s.index_sizes)
+        except Exception:  # noqa: BLE001 - a size is information, never a failure
+            pass
+        with contextlib.suppress(Exception):  # the explainer's breaker and the ladder deal with it
+            s.explainer_stats = await asyncio.wait_for(s.ports.explain.stats(), timeout=2.0)
