@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import typer
@@ -92,7 +93,7 @@ def bench_stream(
     """Events over HTTP -> log -> aggregators -> live context: sustained events/s, freshness
     p50/p95, and raw pipelined XADD to the same Redis as the machine's limit."""
     from recserve.bench.stream import run
-    from recserve.ops.stack import StackError
+    from recserve.ops.procs import StackError
     from recserve.streaming.eventlog import EventLogUnavailable
 
     if backend not in (None, "redis", "kafka"):
@@ -193,3 +194,29 @@ def bench_explain(
     except (ValueError, RuntimeError) as e:
         _fail(e)
     console.print_json(json.dumps(res))
+
+
+@bench_app.command("report")
+def bench_report(
+    results: Path = typer.Option(Path("benchmarks/results"), help="where the benchmark JSONs are"),
+    out: Path = typer.Option(Path("docs/benchmarks.md"), help="the page to write (or, with --check, to compare)"),
+    check: bool = typer.Option(
+        False, "--check", help="write nothing; exit 1, naming the page to regenerate, when it differs from the JSONs"
+    ),
+):
+    """docs/benchmarks.md from benchmarks/results/*.json: one section per benchmark with the command that
+    writes it, what it measures, and its figures and targets, all taken from the JSON."""
+    from recserve.bench.report import ReportError, check_page, write_page
+
+    try:
+        if check:
+            problem = check_page(results, out)
+            if problem:
+                print(problem, file=sys.stderr)
+                raise typer.Exit(1)
+            console.print(f"{out} is what {results} gives")
+            return
+        page = write_page(results, out)
+    except ReportError as e:
+        _fail(e)
+    console.print(f"wrote {page} from {results}")
