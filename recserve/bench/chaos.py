@@ -197,7 +197,10 @@ def run(
     from actors.supervisor import get_supervisor, stop_supervisor
     from deployments.app import build_app
     from recserve.artifacts import embedding_ids
-    from recserve.ops.stack import Stack, ensure_ray, free_port, start_redis
+    from recserve.ops.procs import free_port
+    from recserve.ops.ray_head import ensure_ray
+    from recserve.ops.redis_server import start_redis
+    from recserve.ops.stack import Stack
     from recserve.registry import Registry
     from recserve.streaming.eventlog import make_log
 

@@ -259,7 +259,7 @@ def deploy_and_fuzz(
     from deployments.app import build_app
     from recserve.auth import SCOPES, KeyStore
     from recserve.config import Config
-    from recserve.ops.stack import wait_http
+    from recserve.ops.procs import wait_http
 
     url = cfg.redis_url.rsplit("/", 1)[0] + f"/{db}"
     stream = {**cfg.stream.model_dump(mode="json"), "backend": "redis"}
@@ -294,7 +294,7 @@ def run(cfg, examples: int = 1000, out: str | Path | None = None, seed: int = 0,
     from ray import serve
 
     from recserve.bench.common import write_result
-    from recserve.ops.stack import ensure_ray
+    from recserve.ops.ray_head import ensure_ray
 
     ensure_ray(cfg)
     try:

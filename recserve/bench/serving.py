@@ -170,7 +170,7 @@ def _experiment_cost(cfg, reg, r, url: str, duration: float, user_ids: np.ndarra
 
 
 def _wait_ready(url: str, body: dict, timeout: float = 120.0, key: str | None = None) -> dict:
-    from recserve.ops.stack import wait_http
+    from recserve.ops.procs import wait_http
 
     r, last = wait_http(url, timeout, body, headers={"authorization": f"Bearer {key}"} if key else None)
     if r is None:
@@ -197,7 +197,7 @@ def _default_noop_child(duration: float, seed: int) -> None:
     from ray import serve
 
     from deployments.noop import Noop
-    from recserve.ops.stack import free_port
+    from recserve.ops.procs import free_port
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
@@ -295,7 +295,8 @@ def run(
     from deployments.app import build_app, colocated
     from deployments.noop import Noop
     from recserve.artifacts import embedding_ids
-    from recserve.ops.stack import ensure_ray, free_port
+    from recserve.ops.procs import free_port
+    from recserve.ops.ray_head import ensure_ray
     from recserve.registry import Registry
 
     reg = Registry(cfg.registry_uri, cfg.registry.keep)

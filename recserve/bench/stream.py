@@ -68,7 +68,9 @@ def run(
     from actors.supervisor import get_supervisor, stop_supervisor
     from deployments.app import build_app
     from recserve.config import Config
-    from recserve.ops.stack import ensure_ray, free_port, kafka_reachable, start_kafka, stop_pid
+    from recserve.ops.kafka_broker import kafka_reachable, start_kafka
+    from recserve.ops.procs import free_port, stop_pid
+    from recserve.ops.ray_head import ensure_ray
     from recserve.registry import Registry
     from recserve.streaming.aggregator import lag
     from recserve.streaming.eventlog import make_log

@@ -192,8 +192,9 @@ def region_up(
     """Start one region's stack on this machine — its own Redis, its own Ray head (own ports and
     temp dir under <data_dir>/<region>) — and deploy the application on it (HTTP on
     8100 / 8200 / 8300), from the shared registry. A region already running: an error, nothing started."""
+    from recserve.ops.procs import StackError, port_is_free
     from recserve.ops.region import running
-    from recserve.ops.stack import Stack, StackError, port_is_free
+    from recserve.ops.stack import Stack
 
     rc = _region_cfg(region, config)
     stack = Stack(rc)

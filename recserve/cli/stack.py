@@ -24,7 +24,8 @@ def serve(config: Path | None = ConfigOpt):
 @app.command()
 def up(config: Path | None = ConfigOpt, no_ray: bool = typer.Option(False, "--no-ray", help="start Redis only")):
     """Start the embedded stack: a real redis-server (AOF, fsync always) and a local Ray head with the jobs API."""
-    from recserve.ops.stack import Stack, StackError
+    from recserve.ops.procs import StackError
+    from recserve.ops.stack import Stack
 
     cfg = _cfg(config)
     try:
@@ -70,7 +71,8 @@ def prepare(cfg: Config, movielens: Path | None = None):
     """The stack up and the registry filled: a dataset, embeddings, index and ranker (each reused
     when a previous run built it from the same inputs). Returns the registry (demo, fuzz)."""
     from recserve.offline import jobs
-    from recserve.ops.stack import Stack, StackError
+    from recserve.ops.procs import StackError
+    from recserve.ops.stack import Stack
     from recserve.ranking.features import FEATURE_NAMES
     from recserve.registry import Registry, RegistryError
     from recserve.schemas import DataError
@@ -150,7 +152,8 @@ def _serve_forever(cfg: Config, reg) -> None:
     from ray import serve
 
     from deployments.app import deploy
-    from recserve.ops.stack import ensure_ray, port_is_free
+    from recserve.ops.procs import port_is_free
+    from recserve.ops.ray_head import ensure_ray
 
     if not port_is_free(cfg.serve.http_port, cfg.serve.http_host):
         _fail(

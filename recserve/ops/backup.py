@@ -223,7 +223,9 @@ def check_manifest(b: dict) -> None:
 def restore(cfg, src: str, point_in_time=None, force: bool = False, log=print) -> dict:
     """Load the newest backup at or before `point_in_time` into the (stopped) stack's Redis
     directory, indexes and registry; the stack is left stopped — `recserve up` serves it."""
-    from recserve.ops.stack import Stack, free_port, port_is_free, start_redis, stop_pid
+    from recserve.ops.procs import free_port, port_is_free, stop_pid
+    from recserve.ops.redis_server import start_redis
+    from recserve.ops.stack import Stack
 
     t0 = time.perf_counter()
     at = _parse_point(point_in_time)

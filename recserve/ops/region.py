@@ -350,7 +350,7 @@ class LoadBalancer:
         """Write the config, check it, start HAProxy; returns the URL it listens on."""
         import subprocess
 
-        from recserve.ops.stack import port_is_free
+        from recserve.ops.procs import port_is_free
 
         if self.pid():
             raise RegionError(
@@ -389,7 +389,7 @@ class LoadBalancer:
         return f"http://{bind}"
 
     def stop(self) -> bool:
-        from recserve.ops.stack import stop_pid
+        from recserve.ops.procs import stop_pid
 
         pid = self.pid()
         if pid is None:
@@ -471,7 +471,8 @@ def kill_region(rc) -> list[int]:
     import os
     import signal
 
-    from recserve.ops.stack import Stack, ray_processes
+    from recserve.ops.ray_head import ray_processes
+    from recserve.ops.stack import Stack
 
     info = Stack(rc).read_state()
     if info is None:

@@ -34,7 +34,8 @@ def test_serve_config_application_streams_events_into_recommendations(serving, s
     from ray import serve
 
     from actors.supervisor import get_supervisor
-    from recserve.ops.stack import free_port, start_kafka, stop_pid
+    from recserve.ops.kafka_broker import start_kafka
+    from recserve.ops.procs import free_port, stop_pid
 
     port = free_port()
     broker = start_kafka(tmp_path / "kafka", port)  # a broker of its own: the test ends by losing it

@@ -121,7 +121,7 @@ def test_read_after_many_resumes_from_each_offset(log):
 
 
 def test_unreachable_broker_names_the_setting(redis_url):
-    from recserve.ops.stack import free_port
+    from recserve.ops.procs import free_port
     from recserve.streaming.eventlog import EventLogUnavailable
 
     with pytest.raises(EventLogUnavailable, match="stream.bootstrap_servers"):
@@ -133,7 +133,8 @@ def test_unreachable_broker_names_the_setting(redis_url):
 def test_a_lost_broker_acknowledges_nothing_and_the_retry_is_not_a_duplicate(redis_url, tmp_path):
     """The broker dies between two batches: the append raises (nothing marked seen), and the
     client's retry of the same event ids, once a broker is back, is appended, not dropped."""
-    from recserve.ops.stack import free_port, start_kafka, stop_pid
+    from recserve.ops.kafka_broker import start_kafka
+    from recserve.ops.procs import free_port, stop_pid
     from recserve.streaming.eventlog import EventLogUnavailable
 
     port = free_port()

@@ -23,7 +23,8 @@ HEAD = {"node:__internal_head__": 0.001}
 
 
 def _start_worker(address: str, label: str, log_dir) -> subprocess.Popen:
-    from recserve.ops.stack import _ray_bin, free_ports
+    from recserve.ops.procs import free_ports
+    from recserve.ops.ray_head import _ray_bin
 
     ports = [str(p) for p in free_ports(6)]  # distinct: Ray refuses one port for two components
     args = [

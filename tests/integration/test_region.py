@@ -34,7 +34,8 @@ def test_shift_shares_sum_to_100_and_refuse_nonsense():
 
 
 def test_lag_counts_what_the_standby_lacks(redis_url, tmp_path):
-    from recserve.ops.stack import free_port, start_redis, stop_pid
+    from recserve.ops.procs import free_port, stop_pid
+    from recserve.ops.redis_server import start_redis
 
     port = free_port()
     proc = start_redis(tmp_path / "standby", "127.0.0.1", port)  # the standby region's Redis
@@ -62,8 +63,9 @@ def test_lag_counts_what_the_standby_lacks(redis_url, tmp_path):
 def test_the_standby_follows_an_active_region_by_replication_and_promotion_keeps_what_it_has(tmp_path):
     """Two real redis-servers with passwords: the standby's follows the active's (its own data replaced),
     `region lag --standby` sees it catch up, promotion makes it writable and keeps the events."""
+    from recserve.ops.procs import free_port, stop_pid
+    from recserve.ops.redis_server import start_redis
     from recserve.ops.region import follow, promote, replication
-    from recserve.ops.stack import free_port, start_redis, stop_pid
 
     pa, ps = free_port(), free_port()
     active_proc = start_redis(tmp_path / "active", "127.0.0.1", pa, password="pw-active")
@@ -122,8 +124,9 @@ def test_region_up_refuses_a_running_region_and_taken_ports_starting_nothing(tmp
 
     from recserve.cli import app
     from recserve.config import load_config
+    from recserve.ops.procs import free_port
     from recserve.ops.region import read_regions, region_config
-    from recserve.ops.stack import Stack, StackInfo, free_port
+    from recserve.ops.stack import Stack, StackInfo
 
     env = {"RECSERVE_DATA_DIR": str(tmp_path / "d"), "RAY_AUTH_MODE": "disabled"}
     # a region whose stack answers (its recorded Redis is alive): already running

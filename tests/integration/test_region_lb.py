@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from recserve.ops.procs import free_port, stop_pid
 from recserve.ops.region import RegionError, find_haproxy, lb_config, read_regions
-from recserve.ops.stack import free_port, stop_pid
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

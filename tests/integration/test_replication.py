@@ -6,8 +6,8 @@ import time
 import pytest
 import redis
 
+from recserve.ops.procs import free_port
 from recserve.ops.replication import EventMirror
-from recserve.ops.stack import free_port
 from recserve.streaming.eventlog.redis import RedisStreamLog
 
 pytestmark = pytest.mark.integration

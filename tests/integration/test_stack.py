@@ -7,7 +7,8 @@ import sys
 import pytest
 import redis
 
-from recserve.ops.stack import Stack, StackError, free_port, port_is_free
+from recserve.ops.procs import StackError, free_port, port_is_free
+from recserve.ops.stack import Stack
 from tests.conftest import small_config
 
 pytestmark = pytest.mark.integration
@@ -80,7 +81,7 @@ def test_down_stops_only_what_up_started(tmp_path, redis_url):
 
 
 def test_redis_that_dies_at_start_is_reported(tmp_path):
-    from recserve.ops.stack import start_redis
+    from recserve.ops.redis_server import start_redis
 
     with pytest.raises(StackError, match="exited at start") as e:
         start_redis(tmp_path, "127.0.0.1", free_port(), appendfsync="bogus")

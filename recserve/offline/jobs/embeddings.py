@@ -13,7 +13,7 @@ from recserve.artifacts import (
 from recserve.config import Config
 from recserve.offline.jobs.common import Progress, lineage, say, train_part
 from recserve.offline.jobs.training import interaction_pairs, train_mf_remote, train_sequence_remote
-from recserve.ops.stack import ensure_ray
+from recserve.ops.ray_head import ensure_ray
 from recserve.ranking.interactions import build_interactions
 from recserve.registry import Registry
 

@@ -18,7 +18,7 @@ from recserve.config import Config
 from recserve.index import artifact
 from recserve.offline.data import read_items
 from recserve.offline.jobs.common import Progress, say
-from recserve.ops.stack import ensure_ray
+from recserve.ops.ray_head import ensure_ray
 from recserve.registry import Registry
 
 

