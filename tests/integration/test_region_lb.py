@@ -1,4 +1,4 @@
-"""The regions' load balancer (recserve.ops.region.lb_config): generated from the region files,
+"""The regions' load balancer (recserve.ops.region_lb.lb_config): generated from the region files,
 accepted by HAProxy, and — with a real HAProxy in front of two small HTTP servers standing for two
 regions — taking a region whose /readyz fails out of rotation and keeping a user on one region."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from recserve.ops.procs import free_port, stop_pid
-from recserve.ops.region import RegionError, find_haproxy, lb_config, read_regions
+from recserve.ops.region import RegionError, read_regions
+from recserve.ops.region_lb import find_haproxy, lb_config
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,12 +150,12 @@ def test_each_region_on_one_machine_gets_its_own_ports_and_data_and_a_bad_region
 
 @pytest.mark.skipif(_haproxy() is None, reason="no HAProxy binary")
 def test_the_load_balancer_names_the_region_retries_a_dead_one_and_takes_one_out_and_back(tmp_path):
-    """recserve.ops.region.LoadBalancer: HAProxy started from the region files' config, its runtime API
+    """recserve.ops.region_lb.LoadBalancer: HAProxy started from the region files' config, its runtime API
     (failover's `maint`, return's `ready`), the answering region in x-recserve-region, and a region that
     died before its health checks noticed costing the clients nothing (retried on the other)."""
     import httpx
 
-    from recserve.ops.region import LoadBalancer
+    from recserve.ops.region_lb import LoadBalancer
 
     servers, regions = _two_regions()
     lb = LoadBalancer(tmp_path / "lb")
