@@ -161,10 +161,38 @@ def deploy(cfg: Config, registry_uri: str | None = None, index_root: str | None 
     return f"http://{cfg.serve.http_host}:{cfg.serve.http_port}"
 
 
-def app_builder(args: dict):
-    """Entry point for `serve run` / `serve deploy` (serve_config.yaml): args {"config": path,
-    "colocate": true | false | auto} (a cluster's config names its Ranker, Bandit and Explainer
-    deployments: colocate false)."""
-    from recserve.config import load_config
+LOCAL_SERVE_CONFIG = "serve_config.local.yaml"
 
-    return build_app(load_config(args.get("config")), colocate=args.get("colocate"))
+
+def _deployed_options(args: dict) -> list[dict] | None:
+    """The `deployments` entries of the Serve config being applied for this builder with these
+    args (what `serve run` / `serve deploy` sent the controller, which keeps it before building);
+    None when the application is not deployed from a config (serve.run from Python)."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    try:
+        client = _get_global_client()
+        configs = ray.get(client._controller.get_app_configs.remote(), timeout=10)
+    except Exception:  # noqa: BLE001 - no controller to ask (built outside Serve): nothing to check
+        return None
+    for app in configs.values():
+        if app.import_path.endswith(":app_builder") and (app.args or {}) == (args or {}):
+            return [d.model_dump(exclude_unset=True) for d in app.deployments or []]
+    return None
+
+
+def app_builder(args: dict):
+    """Entry point for `serve run` / `serve deploy`: args {"config": path, "colocate": true | false |
+    auto}. serve_config.yaml (a cluster's: colocate false, each deployment on its node pool) or
+    serve_config.local.yaml (the embedded stack: auto, no pools). A config whose deployments ask
+    for resources that no node has and no node type of the autoscaler can add fails at once,
+    naming them and the config to use instead (recserve.serving.placement)."""
+    from recserve.config import load_config
+    from recserve.serving.placement import check
+
+    cfg = load_config(args.get("config"))
+    deployments = _deployed_options(args)
+    if deployments:
+        check(deployments, LOCAL_SERVE_CONFIG)
+    return build_app(cfg, colocate=args.get("colocate"))

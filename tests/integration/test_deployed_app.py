@@ -1,7 +1,8 @@
-"""What an operator deploys is the whole system: the application of serve_config.yaml, deployed by
-a process that then exits (no `recserve` process left), on the Kafka backend (the session's
-embedded broker), serves recommendations and folds the events posted over HTTP into them within a
-second, through the stream supervisor the application builder started."""
+"""What an operator deploys is the whole system: `serve run serve_config.local.yaml` (Ray's own CLI,
+a process that then exits: no `recserve` process left) on the embedded stack, on the Kafka backend
+(a broker of its own), serves recommendations and folds the events posted over HTTP into them within
+a second, through the stream supervisor the application builder started. The cluster's
+serve_config.yaml on the same stack fails within a minute, naming the node pool it lacks."""
 
 import os
 import subprocess
@@ -17,15 +18,34 @@ import yaml
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
-DEPLOY = """
-import sys, yaml, ray
-from ray import serve
-ray.init(address=sys.argv[2], log_to_driver=False)
-from deployments.app import app_builder
-app = yaml.safe_load(open(sys.argv[1]))["applications"][0]
-serve.run(app_builder(app["args"]), name=app["name"], route_prefix=app["route_prefix"])
-print("deployed", app["name"])
-"""
+SERVE = str(Path(sys.executable).parent / "serve")  # Ray's CLI, from the same environment
+
+
+def serve_run(config: Path, address: str) -> subprocess.CompletedProcess:
+    """`serve run --non-blocking` of a Serve config against the stack's Ray head: it submits the
+    config and exits (without --non-blocking it would sleep until Ctrl-C, then shut Serve down)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [SERVE, "run", "--non-blocking", "--address", address, str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def wait_app(name: str, timeout_s: float) -> tuple[str, str]:
+    """(status, message) of application `name` once it is RUNNING or failed, or at the timeout."""
+    from ray import serve
+
+    deadline, st = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        st = serve.status().applications.get(name)
+        if st is not None and str(st.status).rsplit(".", 1)[-1] in ("RUNNING", "DEPLOY_FAILED"):
+            break
+        time.sleep(0.5)
+    return (str(st.status).rsplit(".", 1)[-1], st.message) if st is not None else ("MISSING", "")
 
 
 def test_serve_config_application_streams_events_into_recommendations(serving, stack, tmp_path):
@@ -51,27 +71,18 @@ def test_serve_config_application_streams_events_into_recommendations(serving, s
     conf["registry"]["uri"] = str(reg.uri)
     conf["stream"].update(backend="kafka", bootstrap_servers=kafka_bootstrap, topic="deployed")
     (tmp_path / "recserve.yaml").write_text(yaml.safe_dump(conf))
-    # serve_config.yaml's application, its config file pointing at the one above; the cluster's
-    # node pools (custom resources) do not exist on this machine, so its deployments' options stay
-    # out and colocate is auto (one ingress process holds the ports)
-    sc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    # serve_config.local.yaml as it is, but for its application's name and route (the session's
+    # application holds "/") and its config file, the one above
+    sc = yaml.safe_load((ROOT / "serve_config.local.yaml").read_text())
     app = sc["applications"][0]
-    assert app["import_path"] == "deployments.app:app_builder"
-    app.update(
-        name="deployed", route_prefix="/deployed", args={"config": str(tmp_path / "recserve.yaml"), "colocate": "auto"}
-    )
-    app.pop("deployments")
-    (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(sc))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-c", DEPLOY, str(tmp_path / "serve_config.yaml"), info.ray_address],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert app["import_path"] == "deployments.app:app_builder" and "deployments" not in app
+    app.update(name="deployed", route_prefix="/deployed")
+    app["args"]["config"] = str(tmp_path / "recserve.yaml")
+    (tmp_path / "serve_config.local.yaml").write_text(yaml.safe_dump(sc))
+    done = serve_run(tmp_path / "serve_config.local.yaml", info.ray_address)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    status, msg = wait_app("deployed", 240)
+    assert status == "RUNNING", (status, msg)
     from recserve.config import load_config
 
     cfg = load_config(tmp_path / "recserve.yaml", environ={})
@@ -138,3 +149,33 @@ def test_serve_config_application_streams_events_into_recommendations(serving, s
     while get_supervisor(cfg) is not None and time.monotonic() < deadline:
         time.sleep(0.5)
     assert get_supervisor(cfg) is None
+
+
+def test_the_clusters_serve_config_on_the_embedded_stack_fails_fast_naming_the_missing_pool(serving, stack, tmp_path):
+    """serve_config.yaml asks for the node pools of cluster.yaml (`api`, `ranker_gpu`, ...): on a
+    stack without them the application fails within a minute, its message naming the missing
+    resource and the config to use instead, rather than waiting for ever on the autoscaler."""
+    from ray import serve
+
+    http, reg, base = serving
+    _, info = stack
+    conf = base.model_dump(mode="json")
+    conf["registry"]["uri"] = str(reg.uri)
+    (tmp_path / "recserve.yaml").write_text(yaml.safe_dump(conf))
+    sc = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    app = sc["applications"][0]
+    app.update(name="cluster", route_prefix="/cluster")
+    app["args"]["config"] = str(tmp_path / "recserve.yaml")
+    (tmp_path / "serve_config.yaml").write_text(yaml.safe_dump(sc))
+    t0 = time.monotonic()
+    try:
+        done = serve_run(tmp_path / "serve_config.yaml", info.ray_address)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        status, msg = wait_app("cluster", 60)
+        took = time.monotonic() - t0
+        assert status == "DEPLOY_FAILED", (status, msg)
+        assert took < 60 and "'api'" in msg and "serve_config.local.yaml" in msg, msg
+        print(f"the cluster's config failed after {took:.1f} s: {msg[-400:]}")
+    finally:
+        serve.delete("cluster")
+    assert http.get("/healthz").status_code == 200  # the session's application is untouched

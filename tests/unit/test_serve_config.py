@@ -98,3 +98,40 @@ def test_region_serve_configs_validate_and_fit_their_pools():
         active, standby = ranges["us-west-2", dep], ranges["eu-west-1", dep]
         assert ranges["us-east-1", dep] == active
         assert standby[0] < active[0] and standby[1] == active[1]
+
+
+def _deployments(name: str) -> list[dict]:
+    return yaml.safe_load((ROOT / name).read_text())["applications"][0].get("deployments") or []
+
+
+def test_the_local_config_is_the_same_application_without_pools():
+    local = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_config.local.yaml").read_text()))
+    cluster = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "serve_config.yaml").read_text()))
+    a, b = local.applications[0], cluster.applications[0]
+    assert (a.name, a.import_path, a.route_prefix) == (b.name, b.import_path, b.route_prefix)
+    assert a.args["config"] == b.args["config"] and a.args["colocate"] == "auto"
+    assert not a.deployments  # no node pool asked for: the builder's fractional CPUs fit 2 cores
+
+
+def test_placement_names_the_pools_a_machine_lacks_and_passes_the_clusters_node_types():
+    from recserve.serving.placement import PlacementError, check, replica_needs, unplaceable
+
+    assert replica_needs({"num_cpus": 1, "num_gpus": 0.25, "resources": {"ranker_gpu": 0.25}}) == {
+        "CPU": 1.0,
+        "GPU": 0.25,
+        "ranker_gpu": 0.25,
+    }
+    embedded = [{"CPU": 2.0, "memory": 8e9, "node:127.0.0.1": 1.0}]
+    deps = _deployments("serve_config.yaml")
+    with pytest.raises(PlacementError) as e:
+        check(deps, "serve_config.local.yaml", shapes=embedded)
+    msg = str(e.value)
+    for pool in ("api", "ranker_gpu", "bandit", "llm_gpu"):
+        assert pool in msg
+    assert "serve_config.local.yaml" in msg
+    # the cluster's node types (cluster.yaml's custom resources, with the instances' CPUs and GPUs)
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    shapes = [{"CPU": 16.0, "GPU": 4.0, **t.get("resources", {})} for t in cluster["available_node_types"].values()]
+    check(deps, "serve_config.local.yaml", shapes=shapes)  # places: no error
+    assert unplaceable({"Ingress": {"CPU": 0.1}}, embedded) == {}
+    assert unplaceable({"Ranker": {"GPU": 1.0}}, embedded) == {"Ranker": ["GPU"]}
