@@ -55,11 +55,11 @@ def num(v: Any, digits: int | None = None) -> str:
         return MISSING
     if isinstance(v, bool):
         return "yes" if v else "no"
+    if isinstance(v, int | float) and digits is not None:
+        return f"{v:,.{digits}f}"
     if isinstance(v, int):
         return f"{v:,}"
     if isinstance(v, float):
-        if digits is not None:
-            return f"{v:,.{digits}f}"
         if v == int(v) and abs(v) < 1e15:
             return f"{int(v):,}"
         if abs(v) >= 100:
@@ -1112,7 +1112,7 @@ def anchor_of(file: str) -> str:
     return file.removesuffix(".json").replace("/", "-").replace("_", "-").lower()
 
 
-MOVIELENS = "../shared/data/ml-latest-small"  # where this machine keeps MovieLens ml-latest-small
+MOVIELENS = "path/to/ml-latest-small"  # a MovieLens ml-latest-small folder (GroupLens): ratings.csv + movies.csv
 
 BENCHES: tuple[Bench, ...] = (
     Bench(
@@ -1439,7 +1439,8 @@ def render(results: Path = RESULTS, page_dir: Path | None = PAGE.parent) -> str:
     out += [
         "Each section names the command that wrote its JSON (from the repository's root, with the virtualenv's "
         "`recserve` on the PATH or as `.venv/bin/recserve`), says what it measures and shows the figures and targets "
-        "the JSON holds. The machine is the JSON's (`cpus` where it says).",
+        "the JSON holds, and the plot where the command draws one. A JSON records the machine it ran on where "
+        "the benchmark knows it (`cpus`, `device`, `gpu`).",
         "",
     ]
     for g in GROUPS:
