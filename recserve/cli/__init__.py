@@ -10,6 +10,8 @@ from recserve.cli import ops  # noqa: F401
 from recserve.cli import keys  # noqa: F401
 from recserve.cli import experiment  # noqa: F401
 from recserve.cli import bench  # noqa: F401
-from recserve.cli.main import app, main
+from recserve.cli.main import app, main, unwrap_help
+
+unwrap_help(app)  # every command's docstring without its hard line breaks in --help
 
 __all__ = ["app", "main"]

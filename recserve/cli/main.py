@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -56,6 +58,18 @@ def _redis(cfg: Config, what: str):
 def _progress(what: str):
     """A progress printer: `[what] message` (markup off: the brackets are text, not a rich style)."""
     return lambda m: console.print(f"[{what}] {m}", markup=False, highlight=False)
+
+
+def unwrap_help(t: typer.Typer) -> None:
+    """Each command's help (its docstring) with the hard line breaks inside its paragraphs joined, in
+    `t` and its groups: typer shows a docstring's line breaks as written, so `--help` broke its
+    sentences mid-line. Paragraphs (blank lines) stay. Called once, after every group registered."""
+    for c in t.registered_commands:
+        doc = c.help if isinstance(c.help, str) else inspect.getdoc(c.callback)
+        if doc:
+            c.help = "\n\n".join(re.sub(r"\s*\n\s*", " ", p.strip()) for p in inspect.cleandoc(doc).split("\n\n"))
+    for g in t.registered_groups:
+        unwrap_help(g.typer_instance)
 
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="recserve.yaml (default ./recserve.yaml or $RECSERVE_CONFIG)")
