@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -23,7 +24,7 @@ from recserve.index.kinds import make_index, pad, padded_dim
 def build_shard(ids: np.ndarray, vectors: np.ndarray, cfg: IndexConfig) -> faiss.Index:
     dim = padded_dim(vectors.shape[1], cfg)
     x = pad(vectors, dim)
-    idx = make_index(dim, cfg, len(x))
+    idx: Any = make_index(dim, cfg, len(x))
     base = faiss.downcast_index(idx.index)
     if not base.is_trained:
         if len(x) == 0:

@@ -238,7 +238,7 @@ class IndexClient:
         out: dict[int, tuple[np.ndarray, dict]] = {}
         errors = _actor_errors() + (asyncio.TimeoutError,)
         for si in np.unique(owner).tolist():
-            g, tried = groups[si], set()
+            g, tried = groups[si], set[str]()
             while True:
                 rep = self._pick(g, tried)
                 if rep is None:
@@ -268,7 +268,7 @@ class IndexClient:
             sel = np.flatnonzero(owner == si)
             if len(sel) == 0:
                 continue
-            rec = {"op": op, "ids": ids[sel]}
+            rec: dict[str, Any] = {"op": op, "ids": ids[sel]}
             if op == "upsert":
                 rec["vectors"] = vectors[sel]
                 rec["metas"] = [metas[j] for j in sel] if metas else None
@@ -381,6 +381,8 @@ class IndexClient:
                     if lo >= hi:
                         continue
                     src = self._pick(og, set())
+                    if src is None:
+                        raise IndexUnavailable(f"shard {og.shard} has no replica to copy from")
                     parts.append(src.handle.export.remote(lo, hi))
                 datas = ray.get(parts)
                 ray.get([r.handle.load_items.remote(d) for d in datas for r in ng.replicas])

@@ -3,6 +3,8 @@ from the index config; vectors are padded for kinds that need it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import faiss
 import numpy as np
 
@@ -20,10 +22,11 @@ def make_index(dim: int, cfg: IndexConfig, n_train: int) -> faiss.Index:
     return faiss.IndexIDMap2(make_base_index(dim, cfg, n_train))  # the wrapper keeps the base alive
 
 
-def make_base_index(dim: int, cfg: IndexConfig, n_train: int) -> faiss.Index:
+def make_base_index(dim: int, cfg: IndexConfig, n_train: int) -> Any:
     """An empty FAISS index of the configured kind, storage and metric (sequential labels)."""
     metric = faiss.METRIC_INNER_PRODUCT if cfg.metric == "ip" else faiss.METRIC_L2
     sq = {"fp16": faiss.ScalarQuantizer.QT_fp16, "sq8": faiss.ScalarQuantizer.QT_8bit}
+    base: Any  # faiss's bundled stubs type these constructors more narrowly than the library accepts
     if cfg.kind == "flat":
         base = (
             faiss.IndexFlat(dim, metric)
@@ -34,7 +37,7 @@ def make_base_index(dim: int, cfg: IndexConfig, n_train: int) -> faiss.Index:
         base = (
             faiss.IndexHNSWFlat(dim, cfg.hnsw_m, metric)
             if cfg.storage == "fp32"
-            else faiss.IndexHNSWSQ(dim, sq[cfg.storage], cfg.hnsw_m, metric)
+            else faiss.IndexHNSWSQ(dim, sq[cfg.storage], cfg.hnsw_m, metric)  # type: ignore[arg-type]  # faiss stubs: it takes the quantizer type
         )
         base.hnsw.efConstruction = cfg.ef_construction
         base.hnsw.efSearch = cfg.ef_search

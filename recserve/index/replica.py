@@ -57,20 +57,18 @@ class ShardReplica:
         self.wal = WriteAheadLog(wal_path, counter=False)  # the index clients write it; this replica replays it
         self.keep = keep_snapshots
         self.restored_from = "empty"
-        self.core = None
+        core: ShardCore | None = None
         for snap in reversed(snapshots(self.dir)):  # newest good snapshot wins
             try:
-                self.core = ShardCore.restore(snap, self.cfg, name=name)
+                core = ShardCore.restore(snap, self.cfg, name=name)
                 self.restored_from = snap.name
                 break
             except SnapshotError as e:
                 log.error("%s: skipping snapshot: %s", name, e)
-        if self.core is None and artifact:
-            metas = read_items_meta(metas_path)
-            self.core = ShardCore.from_artifact(artifact, self.cfg, name, dim, metas)
+        if core is None and artifact:
+            core = ShardCore.from_artifact(artifact, self.cfg, name, dim, read_items_meta(metas_path))
             self.restored_from = "artifact"
-        if self.core is None:
-            self.core = ShardCore(dim, self.cfg, name=name)
+        self.core: ShardCore = core if core is not None else ShardCore(dim, self.cfg, name=name)
         self.core.background_rebuild = True  # rebuilds never stall the actor's queries
         self.core.index, self.core.use_gpu = (
             _gpu_index(self.core.index, use_gpu) if self.core.index is not None else (None, False)

@@ -147,14 +147,14 @@ class ShardCore:
         self._rebuild_thread: threading.Thread | None = None
 
     # ----------------------------------------------------------------- state
-    def _fresh_index(self) -> faiss.Index | None:
+    def _fresh_index(self) -> Any:
         """An empty index, or None when the kind needs training data (IVF-PQ, SQ8): the first
         write trains it."""
         base = make_base_index(padded_dim(self.dim, self.cfg), self.cfg, 0)
         return base if base.is_trained else None
 
-    def _reset(self, index: faiss.Index | None) -> None:
-        self.index = index
+    def _reset(self, index: Any) -> None:
+        self.index: Any = index  # a faiss index, or None until the first write trains one
         self.slot_item = np.zeros(0, dtype=np.int64)
         self.live = np.zeros(0, dtype=bool)
         self.slot_cat = np.zeros(0, dtype=np.int32)
@@ -302,7 +302,7 @@ class ShardCore:
             return np.zeros((0, self.dim), dtype=np.float32)
         base = self.index
         if isinstance(faiss.downcast_index(base), faiss.IndexIVF):
-            faiss.downcast_index(base).make_direct_map()
+            faiss.downcast_index(base).make_direct_map()  # type: ignore[attr-defined]  # an IndexIVF has it
         out = np.vstack(
             [base.reconstruct_batch(slots[s : s + 65536].astype(np.int64)) for s in range(0, len(slots), 65536)]
         )
@@ -336,7 +336,7 @@ class ShardCore:
     def _params(self, k: int, sel):
         base = faiss.downcast_index(self.index)
         if isinstance(base, faiss.IndexHNSW):
-            p = faiss.SearchParametersHNSW()
+            p = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # in faiss, not in its stubs
             p.efSearch = max(self.cfg.ef_search, k)
         elif isinstance(base, faiss.IndexIVF):
             p = faiss.SearchParametersIVF()
@@ -547,7 +547,7 @@ class ShardCore:
             raise SnapshotError(f"{path} holds {base.d}-dimensional vectors, the manifest says {dim}")
         core = cls(dim, cfg, name=name)
         core.index = base
-        core._owner = idx  # the wrapper that owns `base`: keep it alive
+        core._owner = idx  # type: ignore[attr-defined]  # the wrapper that owns `base`: keep it alive
         core.slot_item = ids
         core.live = np.ones(len(ids), bool)
         metas = metas or {}

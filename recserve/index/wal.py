@@ -129,7 +129,7 @@ class WriteAheadLog:
         self.fsync = fsync
         if counter is None:
             counter = SeqCounter(self.path.parent, self.path.name)
-        self.counter = counter or None
+        self.counter: SeqCounter | None = counter if isinstance(counter, SeqCounter) else None
 
     def _payloads(self, start: int = 0) -> Iterator[tuple[bytes, int]]:
         """(payload, offset after it) of each whole, intact record from `start`; stops at a torn or

@@ -217,10 +217,11 @@ def install_error_handlers(app) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         errs = exc.errors()
-        first = errs[0] if errs else {"loc": (), "msg": "invalid request", "type": "invalid"}
-        loc = [str(p) for p in first.get("loc", ())]
-        loc = loc[1:] if loc and loc[0] in ("body", "query", "path") else loc  # where it came from: the field's name
-        field = ".".join(loc) or None
+        first: dict[str, Any] = dict(errs[0]) if errs else {"loc": (), "msg": "invalid request", "type": "invalid"}
+        where = [str(p) for p in first.get("loc", ())]
+        if where and where[0] in ("body", "query", "path"):  # where it came from: the field's name follows
+            where = where[1:]
+        field = ".".join(where) or None
         if first.get("type") == "json_invalid":
             return JSONResponse(error_body("invalid_json", "the body is not valid JSON: " + first["msg"]), 400)
         if first.get("type") == "extra_forbidden":

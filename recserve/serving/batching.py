@@ -15,7 +15,7 @@ from typing import Any
 
 class InflightBatcher:
     def __init__(
-        self, fn: Callable[[Hashable, list[Any]], Awaitable[list[Any]]], max_batch: int = 64, max_inflight: int = 1
+        self, fn: Callable[[Any, list[Any]], Awaitable[list[Any]]], max_batch: int = 64, max_inflight: int = 1
     ):
         if max_batch < 1 or max_inflight < 1:
             raise ValueError("max_batch and max_inflight must be >= 1")

@@ -241,18 +241,14 @@ def report(name: str, started_at: float, exp: ExperimentConfig, raw: dict, stopp
 def status(r, name: str | None = None) -> dict | None:
     """The running experiment's figures per arm (or a stopped one's, by name)."""
     cur = active(r)
-    running = cur is not None and (name is None or cur["name"] == name)
-    if not running and name is None:
+    if cur is not None and (name is None or cur["name"] == name):
+        name, exp = cur["name"], ExperimentConfig.model_validate(cur["config"])
+        raw = decode(r.hgetall(keys.experiment_stats(name)))
+        stopped = stopped_arms(r.hgetall(keys.experiment_stopped(name)))
+        return {"running": True, **report(name, cur["started_at"], exp, raw, stopped)}
+    if name is None:
         return None
-    name = cur["name"] if running else name
-    exp = ExperimentConfig.model_validate(cur["config"]) if running else None
-    raw = decode(r.hgetall(keys.experiment_stats(name)))
-    if exp is None:
-        return {"name": name, "running": False, "stats": raw}
-    return {
-        "running": True,
-        **report(name, cur["started_at"], exp, raw, stopped_arms(r.hgetall(keys.experiment_stopped(name)))),
-    }
+    return {"name": name, "running": False, "stats": decode(r.hgetall(keys.experiment_stats(name)))}
 
 
 # ------------------------------------------------------------------------ an ingress replica
@@ -310,7 +306,7 @@ class LiveExperiments:
                 name,
                 served,
                 s.ranker_version,
-                self.specs.get(s.ranker_version),
+                self.specs.get(s.ranker_version) if s.ranker_version else None,
                 s.bandit_share,
                 s.candidates,
             )
@@ -340,7 +336,7 @@ class LiveExperiments:
         return self.set_state(state, stopped, specs)
 
     def assign(self, unit: str) -> Arm | None:
-        if self.exp is None:
+        if self.exp is None or self.name is None:
             return None
         return self._arms[arm_name(self.exp, self.name, unit)]
 
@@ -386,7 +382,7 @@ class LiveExperiments:
     async def guard(self) -> tuple[dict[str, dict], dict | None]:
         """(the arms the guardrail stops now — written once, for every replica — and the figures it
         judged them on, `report`), from one read of the experiment's sums."""
-        if self.exp is None:
+        if self.exp is None or self.name is None:
             return {}, None
         raw = decode(await self.r.hgetall(keys.experiment_stats(self.name)))
         verdicts = guard(raw, self.exp, self.stopped)
@@ -395,7 +391,7 @@ class LiveExperiments:
         return verdicts, report(self.name, self.started_at, self.exp, raw, self.stopped)
 
     async def summary(self) -> dict | None:
-        if self.exp is None:
+        if self.exp is None or self.name is None:
             return None
         raw = decode(await self.r.hgetall(keys.experiment_stats(self.name)))
         return report(self.name, self.started_at, self.exp, raw, self.stopped)

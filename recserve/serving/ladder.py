@@ -22,6 +22,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 from recserve.explain.templates import template_reasons_from
 from recserve.serving.breaker import OPEN, Breakers
@@ -94,7 +95,7 @@ class Ladder:
         fn: Callable[[], Awaitable],
         budget_s: float,
         timings: dict,
-        healthy: Callable[[object], str | None] | None = None,
+        healthy: Callable[[Any], str | None] | None = None,
     ):
         """(ok, value): the call under its breaker and the time left. An open breaker or no time
         left skips it; a failure or a timeout counts against the breaker, and so does an answer
@@ -269,14 +270,16 @@ class Ladder:
                 }
             )
         level = LEVEL_FULL
-        if q is None:
+        if q is None:  # a known user: a session's query was prepared above, a stranger answered popular items
+            uid = user_id
+            assert uid is not None
             level = LEVEL_BATCH if self.stale else LEVEL_FULL
             live = None
             if not self.stale:
                 # a feature store that does not answer leaves the batch vectors and the training history;
                 # the answer says so (live_context false) at its level, as before the stream existed
-                _, live = await self.hop("feature_store", lambda: ports.context.get(user_id), left(), timings)
-            q = stage.prepare(user_id, k, filters, live)
+                _, live = await self.hop("feature_store", lambda: ports.context.get(uid), left(), timings)
+            q = stage.prepare(uid, k, filters, live)
         if arm is not None and arm.candidates:
             q = replace(q, n=max(k, arm.candidates))
         spec = arm.ranker_spec if arm is not None else None

@@ -47,7 +47,9 @@ class BackgroundLoops:
                 await asyncio.to_thread(keep_only, list(exps.specs.values()))
             s.cache.clear()
             for arm in exps.exp.arms if exps.exp else {}:
-                s.metrics.set("experiment_arm_running", int(arm not in exps.stopped), experiment=exps.name, arm=arm)
+                s.metrics.set(
+                    "experiment_arm_running", int(arm not in exps.stopped), experiment=exps.name or "", arm=arm
+                )
 
     async def experiments(self) -> None:
         """Once a second: the experiment's state and this replica's counts to Redis; every 5 s the

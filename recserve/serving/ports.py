@@ -143,7 +143,7 @@ class LocalScore:
 
         self.ranker = ranker
         self.versions = RankerVersions(ranker)
-        self.specs: dict[str, dict] = {}  # version -> its spec (the batcher's key is the version)
+        self.specs: dict[str | None, dict] = {}  # version -> its spec (the batcher's key is the version)
         self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=1)
 
     async def _batch(self, version: str | None, lists: list) -> list:

@@ -66,8 +66,10 @@ class ReadPaths:
         if exps.running:
             if user_id is not None:
                 unit = f"u:{user_id}"
+            elif session_id is not None:
+                unit = f"s:{session_id}"
             else:
-                unit = f"s:{session_id if session_id is not None else (session or [None])[0]}"
+                unit = f"s:{session[0] if session else None}"
             arm = exps.assign(unit)
 
         async def compute() -> tuple[bytes, int, dict | None, dict | None, int]:
@@ -241,7 +243,7 @@ class ReadPaths:
         }
         return Reply(200, body)
 
-    async def _experiment_status(self) -> dict:
+    async def _experiment_status(self) -> dict | None:
         exps = self.svc.experiments
         try:
             return await exps.summary()

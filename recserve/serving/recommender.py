@@ -233,9 +233,15 @@ class Recommender:
             )
         return q.sequence
 
+    @property
+    def _sequence(self) -> SequenceScorer:
+        """The sequence model, where the caller has checked that this generation has one."""
+        assert self.sequence is not None
+        return self.sequence
+
     def _state_of(self, history: list[int]) -> tuple:
-        state = self.sequence.states([history])[0]
-        return state, self.sequence.normaliser(state)
+        state = self._sequence.states([history])[0]
+        return state, self._sequence.normaliser(state)
 
     @property
     def target_score(self) -> float:
@@ -331,7 +337,7 @@ class Recommender:
         known = dense >= 0  # items added since training have no statistics yet
         t_ref = max(int(q.ctx.last_ts), self.t_data)
         X = np.zeros((len(ids), len(FEATURE_NAMES)), dtype=np.float32)
-        logp = (lambda d: self.sequence.item_log_probs(seq[0], seq[1], d)) if seq is not None else (lambda d: None)
+        logp = (lambda d: self._sequence.item_log_probs(seq[0], seq[1], d)) if seq is not None else (lambda d: None)
         if known.all():
             X[:] = candidate_features(
                 q.ctx, dense, scores, self.inputs.stats, t_ref, self.cfg.ranker.trending_window_s, logp(dense)
@@ -359,7 +365,7 @@ class Recommender:
         filtering on attributes keeps the index's answer alone (the attributes live in the shards)."""
         if q.filters.get("attributes"):
             return ids, scores
-        z = self.sequence.items @ state
+        z = self._sequence.items @ state
         gone = self.dense_of(list(q.filter.get("exclude_ids") or []) + ids.tolist())
         cats = q.filters.get("categories")
         if cats:

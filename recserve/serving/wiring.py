@@ -46,6 +46,7 @@ async def build_service(
     from recserve.serving.breaker import Breakers, BreakerSettings
     from recserve.serving.ladder import Ladder
     from recserve.serving.ports import (
+        ExplainPort,
         HandleExplain,
         HandleScore,
         HandleSelect,
@@ -55,6 +56,8 @@ async def build_service(
         LocalScore,
         LocalSelect,
         Ports,
+        ScorePort,
+        SelectPort,
     )
     from recserve.serving.recommender import Recommender
     from recserve.serving.service import RecService
@@ -82,7 +85,7 @@ async def build_service(
         stage.forget(await asyncio.to_thread(tombstones, sync))  # users forgotten before this replica started
     local_bandit = None
     if choice.score is not None:
-        score = HandleScore(choice.score)
+        score: ScorePort = HandleScore(choice.score)
     else:
         import torch
 
@@ -91,7 +94,7 @@ async def build_service(
         torch.set_num_threads(1)  # small batches: threads only fight the other processes for cores
         score = LocalScore(ServingRanker(choice.ranker_spec))
     if choice.select is not None:
-        select = HandleSelect(choice.select)
+        select: SelectPort = HandleSelect(choice.select)
     else:
         from recserve.ranking.bandit import LiveBandit, ThompsonBandit
 
@@ -100,7 +103,7 @@ async def build_service(
         )
         select = LocalSelect(local_bandit)
     if choice.explain is not None:
-        explain = HandleExplain(choice.explain)
+        explain: ExplainPort = HandleExplain(choice.explain)
     else:
         from recserve.explain.core import from_config
 

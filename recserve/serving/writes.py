@@ -91,12 +91,12 @@ class WritePaths:
                     approximate=True,
                 )
                 if arm is not None:
-                    s.experiments.queue_feedback(pipe, *arm, reward)
+                    s.experiments.queue_feedback(pipe, arm[0], arm[1], reward)
                 await pipe.execute()
         except Exception:  # noqa: BLE001 - the posterior has it; the log of rewards is for evaluation
             pass
         if arm is not None:
-            s.metrics.arm_feedback(*arm, reward)
+            s.metrics.arm_feedback(arm[0], arm[1], reward)
         return Reply(
             200,
             {
