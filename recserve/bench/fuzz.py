@@ -27,6 +27,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+try:  # the fuzzer's tools are test tools: the dev extra, not the served package
+    import requests
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hseed
+    from schemathesis import GenerationMode
+except ImportError as e:  # pragma: no cover - an install without the dev extra
+    raise ImportError(
+        f"recserve fuzz needs Schemathesis and Hypothesis ({e.name} is missing): they are in the dev extra, "
+        f"pip install -e '.[dev]' (make install does)"
+    ) from e
+
 from recserve import keys
 from recserve.config import masked_url
 from recserve.redis_client import connect
@@ -92,12 +104,6 @@ def fuzz(
 ) -> dict:
     """Fuzz the API at `base_url` (the application's root: its schema at /openapi.json) until at
     least `examples` examples ran (or every operation's examples are exhausted)."""
-    import requests
-    import schemathesis
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import seed as hseed
-    from schemathesis import GenerationMode
-
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     ops = []
     for res in schema.get_all_operations():

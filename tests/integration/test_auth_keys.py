@@ -10,6 +10,8 @@ import redis.asyncio as aredis
 
 from recserve.auth import SCOPES, AuthError, Gate, KeyStore, TokenBucket, parse_quota, parse_scopes, required_scope
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture()
 def store(redis_url):
