@@ -1,4 +1,4 @@
-"""`Bandit` deployment: Thompson-sampling exploration over the ranker's top-N (recserve.bandit).
+"""`Bandit` deployment: Thompson-sampling exploration over the ranker's top-N (recserve.ranking.bandit).
 Parameters live in Redis, so every replica draws from the same posteriors and feedback reaching
 any replica updates all of them. CPU only; scales on its own."""
 

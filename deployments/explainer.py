@@ -1,7 +1,7 @@
 """`Explainer` deployment: one grounded sentence per shown item from an LLM (vLLM or transformers,
-a large and a small tier), template reasons otherwise. The logic is recserve.explain.ExplainerCore:
+a large and a small tier), template reasons otherwise. The logic is recserve.explain.core.ExplainerCore:
 admission control, tier choice, the deadline, the grounding check and the cache. The queue depth is
-reported to the queue-depth autoscaling policy (recserve.autoscale; scale up past 100 queued)."""
+reported to the queue-depth autoscaling policy (recserve.serving.autoscale; scale up past 100 queued)."""
 
 from __future__ import annotations
 

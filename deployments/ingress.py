@@ -1,6 +1,6 @@
 """`Ingress`: the FastAPI ingress. It holds the routes and nothing else: each maps HTTP onto the
 replica's `RecService` (recserve.serving.service), built once from the ports `deployments/app.py`
-chose (recserve.serving.wiring). Errors follow recserve.api's contract: 4xx JSON naming the field,
+chose (recserve.serving.wiring). Errors follow recserve.serving.api's contract: 4xx JSON naming the field,
 never a 5xx for bad input; a failing dependency lowers the degradation level instead."""
 
 import contextlib

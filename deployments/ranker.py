@@ -1,9 +1,9 @@
-"""`Ranker` deployment: the torch ranking model (recserve.ranker.ServingRanker) behind dynamic
+"""`Ranker` deployment: the torch ranking model (recserve.ranking.ranker.ServingRanker) behind dynamic
 batching (`@serve.batch`, up to 256 candidate lists per call, a few ms of wait). The model comes
 from `user_config` ({model_path, version, quantize, dtype}), so a new registry version reaches
 running replicas through `reconfigure` without a restart; every score names the version that
 computed it. The number of lists waiting is reported to the queue-depth autoscaling policy
-(recserve.autoscale)."""
+(recserve.serving.autoscale)."""
 
 from __future__ import annotations
 

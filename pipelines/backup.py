@@ -1,4 +1,4 @@
-"""Ray job: a backup of the stack's state (see recserve.backup).
+"""Ray job: a backup of the stack's state (see recserve.ops.backup).
 
 ray job submit --address http://127.0.0.1:8265 --working-dir . -- python -m pipelines.backup --to /backups
 """

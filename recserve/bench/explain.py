@@ -1,4 +1,4 @@
-"""`recserve bench explain`: the explainer (recserve.explain.ExplainerCore, in process) per backend
+"""`recserve bench explain`: the explainer (recserve.explain.core.ExplainerCore, in process) per backend
 available — templates, transformers (CPU or CUDA), vLLM where it imports and a GPU is present —
 on requests of 10 items from the generated world's catalogue, `concurrency` requests at a time.
 

@@ -1,6 +1,6 @@
 """`recserve bench stream`: in one run on one machine —
   * raw pipelined XADD throughput to the stack's Redis (the machine's limit for the log);
-  * events posted over HTTP in batches (scripts/eventgen.py, its own process) -> POST /v1/events
+  * events posted over HTTP in batches (recserve/bench/eventgen.py, its own process) -> POST /v1/events
     (validation, dedup, append acknowledged by Redis) -> StreamAggregator actors -> live context,
     counters, trending: events per second from the first post until the aggregators have
     committed the last event;

@@ -246,7 +246,7 @@ PROMPT_FACTS = {
 
 
 def grounded_facts(signal: dict) -> list[str]:
-    """The facts that ranked one item, in words (the template reasons' facts, recserve.recommender.
+    """The facts that ranked one item, in words (the template reasons' facts, recserve.serving.recommender.
     ranking_facts, plus the similar item the user just saw)."""
     cat = signal.get("category") or ""
     keys = [k for k in ranking_facts(signal) if cat or not k.endswith("_category")]
