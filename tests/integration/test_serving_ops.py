@@ -132,7 +132,7 @@ def _hit_rate(client, users, repeats, header: bool) -> float:
     return how.count("hit") / len(how)
 
 
-def test_affinity_keeps_a_user_on_one_router_replica(two_ingress_replicas):
+def test_affinity_keeps_a_user_on_one_ingress_replica(two_ingress_replicas):
     client, reg = two_ingress_replicas
     with_affinity = _hit_rate(client, _users(reg, 20, 0), 4, header=True)
     # without it HAProxy (serve.ingress: haproxy) balances round robin: with an odd number of users
