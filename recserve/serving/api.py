@@ -182,6 +182,38 @@ class ItemsRequest(_Strict):
     items: list[CatalogueItem] = Field(min_length=1, max_length=MAX_EVENTS)
 
 
+# ---------------------------------------------------------------- the write paths' answers
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="events appended to the log now")
+    duplicates: int = Field(description="events whose id the log already holds: appended before, not again")
+
+
+class Posterior(BaseModel):
+    alpha: float
+    beta: float
+
+
+class FeedbackResponse(BaseModel):
+    item_id: int
+    posterior: Posterior
+    experiment: dict[str, str] | None = None
+
+
+class ItemsUpserted(BaseModel):
+    upserted: int
+    shards: dict[str, int] = Field(description="per index shard, the sequence number of the write in its log")
+
+
+class ItemDeleted(BaseModel):
+    deleted: int
+    shards: dict[str, int]
+
+
+class UserForgotten(BaseModel):
+    user_id: int
+    removed: dict[str, Any]
+
+
 def id_out_of_range(value: int, field: str) -> dict[str, Any] | None:
     """The 422 body for a path id outside what the system stores (0 .. int64), or None."""
     if 0 <= value <= MAX_ID:
