@@ -67,30 +67,42 @@ def status(config: Path | None = ConfigOpt, as_json: bool = typer.Option(False, 
         raise typer.Exit(1)
 
 
-def prepare(cfg: Config, movielens: Path | None = None):
+def prepare(cfg: Config, movielens: Path | None = None, out=None):
     """The stack up and the registry filled: a dataset, embeddings, index and ranker (each reused
-    when a previous run built it from the same inputs). Returns the registry (demo, fuzz)."""
+    when a previous run built it from the same inputs). Returns the registry (demo, fuzz). `out`:
+    where the lines go (recserve.cli.quiet; default: all on the console)."""
+    import time
+
+    from recserve.cli.quiet import Plain
     from recserve.offline import jobs
+    from recserve.offline.data import dataset_meta
     from recserve.ops.procs import StackError
+    from recserve.ops.ray_head import ensure_ray
     from recserve.ops.stack import Stack
     from recserve.ranking.features import FEATURE_NAMES
     from recserve.registry import Registry, RegistryError
     from recserve.schemas import DataError
 
+    out = out or Plain(console)
     try:
         info = Stack(cfg).up()
-        console.print(
-            f"stack up: redis {redact(info.redis_url)}, ray {info.ray_address}, jobs API {info.dashboard_url}"
-        )
+        out.stage(f"stack up: redis {redact(info.redis_url)}, ray {info.ray_address}, jobs API {info.dashboard_url}")
+        ensure_ray(cfg)  # the dataset is generated on the stack's Ray too (Ray Data would start one of its own)
         reg = Registry(cfg.registry_uri, cfg.registry.keep)
         name = "movielens" if movielens else "generated"
         ds_dir = Path(cfg.data_dir) / "datasets" / name
+        t = time.perf_counter()
         if not (ds_dir / "meta.json").exists():
             from recserve.cli.offline import prepare_dataset
 
             prepare_dataset(cfg, name, movielens, ds_dir)
+            meta = dataset_meta(ds_dir)
+            out.summary(
+                f"dataset {name}: {meta['n_events']} events, {meta['n_users']} users, {meta['n_items']} items "
+                f"({time.perf_counter() - t:.0f} s)"
+            )
         else:
-            console.print(f"reusing dataset {ds_dir}")
+            out.stage(f"reusing dataset {ds_dir}")
         fp = jobs.dataset_fingerprint(ds_dir)
         emb = reg.latest("embeddings")
         seq = cfg.sequence.model_dump() if cfg.sequence.enabled else None
@@ -99,9 +111,12 @@ def prepare(cfg: Config, movielens: Path | None = None):
             or reg.manifest("embeddings", emb)["lineage"].get("dataset_fingerprint") != fp
             or reg.manifest("embeddings", emb).get("sequence") != seq
         ):  # trained before the sequence model
-            emb = jobs.train_embeddings(cfg, ds_dir, 0.0, reg)
+            t = time.perf_counter()
+            with out.training():
+                emb = jobs.train_embeddings(cfg, ds_dir, 0.0, reg)
+            out.summary(f"embeddings {emb} published ({time.perf_counter() - t:.0f} s)")
         else:
-            console.print(f"reusing embeddings {emb}")
+            out.stage(f"reusing embeddings {emb}")
         idx = reg.latest("index")
         man = reg.manifest("index", idx) if idx is not None else {}
         if (
@@ -109,21 +124,29 @@ def prepare(cfg: Config, movielens: Path | None = None):
             or man["lineage"].get("embeddings") != emb
             or man.get("params") != cfg.index.model_dump(mode="json")
         ):  # another config: built again
+            t = time.perf_counter()
             idx = jobs.build_index(cfg, emb, reg)
+            out.summary(
+                f"index {idx} published ({cfg.index.num_shards} {cfg.index.kind} shards, "
+                f"{time.perf_counter() - t:.0f} s)"
+            )
         else:
-            console.print(f"reusing index {idx}")
+            out.stage(f"reusing index {idx}")
         rk = reg.latest("ranker")
         if (
             rk is None
             or reg.manifest("ranker", rk)["lineage"].get("embeddings") != emb
             or reg.manifest("ranker", rk).get("features") != FEATURE_NAMES
         ):  # another code's features
-            rk = jobs.train_ranker(cfg, ds_dir, 0.0, reg, emb)
+            t = time.perf_counter()
+            with out.training():
+                rk = jobs.train_ranker(cfg, ds_dir, 0.0, reg, emb)
+            out.summary(f"ranker {rk} published ({time.perf_counter() - t:.0f} s)")
         else:
-            console.print(f"reusing ranker {rk}")
+            out.stage(f"reusing ranker {rk}")
     except (StackError, DataError, RegistryError, ValueError) as e:
-        _fail(e)
-    console.print(f"ready: embeddings {emb}, index {idx}, ranker {rk} in {cfg.registry_uri}")
+        out.fail(e)
+    out.stage(f"ready: embeddings {emb}, index {idx}, ranker {rk} in {cfg.registry_uri}")
     return reg
 
 
@@ -136,15 +159,28 @@ def demo(
     config: Path | None = ConfigOpt,
 ):
     """Bring the stack up, build a dataset, run the offline chain (reusing what a previous run
-    built), deploy the serving application and serve until Ctrl-C."""
+    built), deploy the serving application and serve until Ctrl-C. One line per stage; what Ray and
+    the jobs print goes to <data_dir>/demo.log."""
+    import ray
+
+    from recserve.cli.quiet import Quiet
+
     cfg = _cfg(config)
-    reg = prepare(cfg, movielens)
-    if no_serve:
-        return
-    _serve_forever(cfg, reg)
+    log = Path(cfg.data_dir) / "demo.log"
+    with Quiet(log) as out:
+        out.stage(f"recserve demo: what Ray and the jobs print goes to {log}")
+        try:
+            reg = prepare(cfg, movielens, out)
+            if not no_serve:
+                _serve_forever(cfg, reg, out)
+        finally:
+            if ray.is_initialized():  # inside: its threads print until it is shut down
+                ray.shutdown()
 
 
-def _serve_forever(cfg: Config, reg) -> None:
+def _serve_forever(cfg: Config, reg, out=None) -> None:
+    """Deploy the application from `reg`, print how to call it, and wait until Ctrl-C (or SIGTERM)
+    deletes it. `out`: where the lines go (recserve.cli.quiet; default: all on the console)."""
     import time as _time
 
     import numpy as np
@@ -152,11 +188,13 @@ def _serve_forever(cfg: Config, reg) -> None:
     from ray import serve
 
     from deployments.app import deploy
+    from recserve.cli.quiet import Plain
     from recserve.ops.procs import port_is_free
     from recserve.ops.ray_head import ensure_ray
 
+    out = out or Plain(console)
     if not port_is_free(cfg.serve.http_port, cfg.serve.http_host):
-        _fail(
+        out.fail(
             RuntimeError(
                 f"port {cfg.serve.http_port} is taken: Serve cannot listen there. Stop what uses it or "
                 f"set RECSERVE_SERVE__HTTP_PORT"
@@ -166,7 +204,7 @@ def _serve_forever(cfg: Config, reg) -> None:
     from deployments.app import colocated
 
     apart = [n for n, inproc in zip(("Ranker", "Bandit", "Explainer"), colocated(cfg).values()) if not inproc]
-    console.print(
+    out.stage(
         f"deploying the serving application (Ingress{''.join(', ' + n for n in apart)}, vector-index "
         f"shard actors, the stream supervisor and its aggregators on {cfg.stream.backend}; "
         f"{cfg.serve.ingress} ingress)..."
@@ -176,7 +214,7 @@ def _serve_forever(cfg: Config, reg) -> None:
     try:
         url = deploy(cfg, reg.uri)
     except EventLogUnavailable as e:
-        _fail(e)
+        out.fail(e)
     from actors.supervisor import get_supervisor
 
     sup = get_supervisor(cfg)
@@ -187,34 +225,34 @@ def _serve_forever(cfg: Config, reg) -> None:
 
         kid, key = KeyStore(connect(cfg.redis_url, timeout=None)).create("demo", "admin")
         hdr = f" -H 'authorization: Bearer {key}'"
-        console.print(
+        out.stage(
             f"\nan API key with every scope was made for this session: {kid} (`recserve keys revoke {kid}` "
             f"ends it; `recserve keys create` makes narrower ones)"
         )
     else:
         hdr = ""
-    console.print(
+    out.stage(
         f"\nserving at {url}  (OpenAPI: {url}/docs; status page: {url}/ui"
         f"{'#key=' + key if cfg.auth.enabled else ''}). Try:\n"
     )
-    print(
+    out.raw(
         f"curl -s -X POST {url}/v1/recommend{hdr} -H 'content-type: application/json' "
         f'-d \'{{"user_id": {user}, "k": 5, "explain": true}}\''
     )
-    print(
+    out.raw(
         f"curl -s -X POST {url}/v1/events{hdr} -H 'content-type: application/json' "
         f'-d \'{{"events": [{{"user_id": {user}, "item_id": {item}, "event_type": "click"}}]}}\''
     )
-    print(f"curl -s {url}/v1/status{hdr}")
+    out.raw(f"curl -s {url}/v1/status{hdr}")
     if cfg.explainer.backend != "templates":
-        console.print(
+        out.stage(
             f"\nexplanations come from {cfg.explainer.model} ({cfg.explainer.backend}). Within its "
             f"{cfg.serve.explainer_budget_ms:.0f} ms deadline a model on the CPU explains with templates "
             f"(explanation.fallback says why) and goes on writing in the background: the same request a "
             f"few seconds later has the model's sentences (explanation.model names it)."
         )
     st = ray.get(sup.stats.remote()) if sup is not None else {"aggregators": []}
-    console.print(
+    out.stage(
         f"\n{len(st['aggregators'])} stream aggregators over {cfg.stream.partitions} partitions, supervised "
         f"inside the cluster (more when the lag passes {cfg.stream.scale_up_lag} events). This process "
         f"only waits: Ctrl-C deletes the application (its stream stops with it; the stack stays up: "
@@ -230,7 +268,7 @@ def _serve_forever(cfg: Config, reg) -> None:
         while True:
             _time.sleep(5)
     except KeyboardInterrupt:
-        console.print("deleting the serving application (and its stream)")
+        out.stage("deleting the serving application (and its stream)")
         serve.delete("recserve")
         serve.shutdown()
         ray.shutdown()

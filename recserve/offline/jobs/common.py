@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +24,38 @@ def say(stage: str) -> Progress:
         print(f"[{stage}] {msg}", flush=True)
 
     return p
+
+
+# the line a training loop prints per epoch, from inside its Ray task (so on a cluster it reaches the
+# driver through Ray's log stream, with the task's prefix before it):
+#   [train_embeddings] epoch 3/30 loss=0.4123 (2.1s, 51234 pairs)
+#   [train_ranker] member 2/4 epoch 7/12 loss=1.2345
+# read back by `parse_epoch` (`recserve demo` draws its progress bars from it)
+EPOCH_LINE = re.compile(
+    r"\[(?P<label>[^\]\s]+)\] (?:member (?P<member>\d+)/(?P<members>\d+) )?epoch (?P<epoch>\d+)/(?P<epochs>\d+)"
+    r"(?: (?P<detail>.*))?"
+)
+
+
+def epoch_line(label: str, epoch: int, epochs: int, detail: str = "", member: int = 0, members: int = 0) -> str:
+    """A training loop's progress line for one epoch (of one ensemble member when `member`)."""
+    who = f"member {member}/{members} " if member else ""
+    return f"[{label}] {who}epoch {epoch}/{epochs}" + (f" {detail}" if detail else "")
+
+
+def parse_epoch(line: str) -> dict | None:
+    """{label, done, total, detail} of an `epoch_line` anywhere in `line` (after a Ray worker's
+    prefix), counted over all members of an ensemble; None for any other line."""
+    m = EPOCH_LINE.search(line)
+    if m is None:
+        return None
+    epoch, epochs = int(m["epoch"]), int(m["epochs"])
+    member, members = int(m["member"] or 0), int(m["members"] or 0)
+    done, total = (epoch, epochs) if not member else ((member - 1) * epochs + epoch, members * epochs)
+    detail = (m["detail"] or "").strip()
+    if member:
+        detail = f"member {member}/{members} {detail}".strip()
+    return {"label": m["label"], "done": done, "total": total, "detail": detail}
 
 
 def dataset_fingerprint(dataset_dir: str | Path) -> str:

@@ -15,7 +15,7 @@ from recserve.artifacts import (
 )
 from recserve.config import Config
 from recserve.offline.data import temporal_split
-from recserve.offline.jobs.common import Progress, lineage, say, train_part
+from recserve.offline.jobs.common import Progress, epoch_line, lineage, say, train_part
 from recserve.offline.jobs.training import interaction_pairs, sequence_source, train_mf_remote, train_sequence_remote
 from recserve.ops.ray_head import ensure_ray
 from recserve.ranking.interactions import Interactions, build_interactions
@@ -113,9 +113,9 @@ def train_ranker(
                     flush=True,
                 )
                 return
+            detail = f"loss={rec['loss']:.4f}"
             print(
-                f"[train_ranker] member {rec['member']}/{rec['members']} epoch {rec['epoch']}/{rec['epochs']} "
-                f"loss={rec['loss']:.4f}",
+                epoch_line("train_ranker", rec["epoch"], rec["epochs"], detail, rec["member"], rec["members"]),
                 flush=True,
             )
 

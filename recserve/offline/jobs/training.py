@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from recserve.config import Config
-from recserve.offline.jobs.common import Progress
+from recserve.offline.jobs.common import Progress, epoch_line
 from recserve.ranking.embeddings import item_log_frequency
 from recserve.ranking.interactions import Interactions
 
@@ -36,11 +36,8 @@ def train_mf_remote(pairs: tuple[np.ndarray, np.ndarray], n_users: int, n_items:
                 yield {"uidx": b["data"][:, 0], "iidx": b["data"][:, 1]}
 
         def progress(rec):
-            print(
-                f"[{label}] epoch {rec['epoch']}/{rec['epochs']} loss={rec['loss']:.4f} "
-                f"({rec['seconds']:.1f}s, {rec['examples']} pairs)",
-                flush=True,
-            )
+            detail = f"loss={rec['loss']:.4f} ({rec['seconds']:.1f}s, {rec['examples']} pairs)"
+            print(epoch_line(label, rec["epoch"], rec["epochs"], detail), flush=True)
 
         return train_factorization(batches, n_users, n_items, logq, ecfg, progress)
 
@@ -80,15 +77,11 @@ def train_sequence_remote(cfg: Config, data: Interactions, label: str, log: Prog
         torch.set_num_threads(2)
 
         def progress(rec):
-            print(
-                f"[{label}] "
-                + (
-                    f"epoch {rec['epoch']}/{rec['epochs']} loss={rec['loss']:.4f} ({rec['seconds']:.0f}s)"
-                    if "epoch" in rec
-                    else rec["stopped"]
-                ),
-                flush=True,
-            )
+            if "epoch" in rec:
+                detail = f"loss={rec['loss']:.4f} ({rec['seconds']:.0f}s)"
+                print(epoch_line(label, rec["epoch"], rec["epochs"], detail), flush=True)
+            else:
+                print(f"[{label}] {rec['stopped']}", flush=True)
 
         return train_sequence_model(histories, n_items, st, progress).state_dict()
 
