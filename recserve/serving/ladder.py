@@ -6,7 +6,9 @@
            leaves the batch context too, said by `live_context: false`)
   level 3  the user's last personalized list (ranker or index unavailable, or the request's budget
            spent before they answered); without one, the retrieval order
-  level 4  emergency: popular items from this process's memory (nothing personal reachable)
+  level 4  popular items from this process's memory: nothing personal reachable (an emergency), or
+           nothing personal known yet (a user the generation never saw, with no live events yet:
+           their first events make them a session, answered at level 0 like an anonymous one)
 
 Every hop (feature store, vector index, ranker, bandit, explainer) goes through its port
 (recserve.serving.ports) under its circuit breaker and gets only what is left of the request's
@@ -255,14 +257,23 @@ class Ladder:
         stage, ports = self.stage, self.ports
         versions = dict(stage.versions)
         q = stage.session_query(session, k, filters) if user_id is None else None
+        if user_id is not None and not stage.knows(user_id) and not self.stale:
+            # a user the generation never saw (signed up since training): their live events, as they
+            # arrive, are a session, and they take the session path; popular items while they have none
+            stranger = user_id
+            _, live = await self.hop("feature_store", lambda: ports.context.get(stranger), left(), timings)
+            if live is not None and live.events:
+                session = [int(e[0]) for e in live.events]
+                q = stage.session_query(session, k, filters)
         if q is None and (user_id is None or not stage.knows(user_id)):
-            # cold start (or a session of items trained on nothing yet): popular items within the filters
+            # cold start (or a session of items trained on nothing yet): popular items within the
+            # filters, at the popular level: nothing in the answer is personal
             request_excl = {int(i) for i in (filters or {}).get("exclude_ids") or []} | set(session or [])
             return self._count(
                 {
                     "request_id": rid,
                     "items": stage.popular(k, filters, request_excl),
-                    "degradation_level": LEVEL_FULL,
+                    "degradation_level": LEVEL_POPULAR,
                     "model_versions": versions,
                     "took_ms": _ms(t0),
                     "hop_ms": timings,

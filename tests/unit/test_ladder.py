@@ -62,6 +62,14 @@ class Stage:
             user_id, np.ones((1, 4), np.float32), max(k, 20), {"exclude_ids": sorted(excl)}, excl, live is not None
         )
 
+    def session_query(self, items, k, filters):
+        """A session's query when some of its items are in the catalogue (items 100..139)."""
+        known = [i for i in items or [] if int(i) in set(ITEMS.tolist())]
+        if not known:
+            return None
+        excl = {int(i) for i in (filters or {}).get("exclude_ids") or []} | set(items)
+        return Q(-1, np.ones((1, 4), np.float32), max(k, 20), {"exclude_ids": sorted(excl)}, excl, True)
+
     def features(self, q, ids, scores):
         return C(q, ids[0], np.stack([scores[0], np.zeros(len(ids[0]))], axis=1).astype(np.float32))
 
@@ -188,11 +196,27 @@ def test_full_path_ranks_explores_and_remembers():
     assert lad.last_good[1] == out["items"] and lad.ranker_version == "r2"
 
 
-def test_cold_start_is_popular_at_full_level_without_any_hop():
+@dataclass
+class Live:
+    events: list
+
+
+def test_a_stranger_without_live_events_gets_popular_items_at_the_popular_level():
     lad, f = ladder()
     out = run(lad, user=5000, filters={"exclude_ids": [139]})
-    assert out["degradation_level"] == LEVEL_FULL and [i["item_id"] for i in out["items"]][:2] == [138, 137]
-    assert f.calls == {}
+    assert out["degradation_level"] == LEVEL_POPULAR and [i["item_id"] for i in out["items"]][:2] == [138, 137]
+    assert not out["live_context"] and f.calls == {"context": 1}  # the feature store asked, nothing else
+
+
+def test_a_strangers_first_events_make_a_session_answered_at_full_level():
+    lad, f = ladder()
+    f.live = Live(events=[[120, 1, "click"], [121, 2, "click"], [999999, 3, "view"]])  # one item in no catalogue
+    out = run(lad, user=5000)
+    assert out["degradation_level"] == LEVEL_FULL and out["live_context"]
+    assert not {120, 121} & {i["item_id"] for i in out["items"]}  # what they just clicked is not shown again
+    assert f.calls.get("context") == 1 and f.calls.get("search") == 1
+    f.live = Live(events=[[999999, 3, "view"]])  # only items trained on nothing: popular, said so
+    assert run(lad, user=5001)["degradation_level"] == LEVEL_POPULAR
 
 
 def test_ranker_failures_give_the_last_list_then_open_the_breaker_and_recover():
