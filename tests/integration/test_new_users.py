@@ -26,9 +26,7 @@ def test_a_new_users_first_clicks_personalize_within_a_second(serving):
         popular = rs.recommend(user_id=other, k=10)
         assert popular.degradation_level == 4 and not popular.live_context  # nothing personal known yet
         first = rs.recommend(user_id=stranger, k=10)
-        assert first.degradation_level == 4 and [i.item_id for i in first.items] == [
-            i.item_id for i in popular.items
-        ]
+        assert first.degradation_level == 4 and [i.item_id for i in first.items] == [i.item_id for i in popular.items]
         t0 = time.monotonic()
         ack = rs.events([{"user_id": stranger, "item_id": int(i), "event_type": "click"} for i in picks])
         assert ack.accepted == 5
