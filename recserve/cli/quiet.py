@@ -153,6 +153,8 @@ class Quiet(Plain):
             lines = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             lines = []
+        if self.error and lines and lines[-1] == clean(self.error).splitlines()[-1]:
+            lines = lines[: -len(self.error.splitlines())]  # shown whole below, once
         if lines:
             print(f"the last lines of {self.log_path}:", file=sys.stderr)
             print("\n".join("  " + x for x in lines[-TAIL:]), file=sys.stderr)
@@ -166,7 +168,8 @@ class Quiet(Plain):
 
     def stage(self, text: str) -> None:
         self._to_log(text)
-        self.console.print(text)
+        # on a terminal wrapped to its width; into a file or a pipe one line as it is
+        self.console.print(text, soft_wrap=not self.console.is_terminal)
 
     def summary(self, text: str) -> None:
         self.stage(text)

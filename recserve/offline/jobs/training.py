@@ -28,7 +28,9 @@ def train_mf_remote(pairs: tuple[np.ndarray, np.ndarray], n_users: int, n_items:
     # whole CPUs — holding one here starves them on a 2-core head that also serves
     @ray.remote(num_cpus=0.25)
     def train_task(ds, n_users, n_items, logq, ecfg, label):
-        ray.data.DataContext.get_current().enable_progress_bars = False  # one line per epoch instead
+        # one line per epoch instead of Ray Data's bars: the dataset carries the driver's context
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ds.context.enable_progress_bars = False
 
         def batches(epoch):
             # a full Ray Data shuffle per epoch: every epoch sees the pairs in a new order
