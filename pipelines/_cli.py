@@ -9,10 +9,11 @@ import sys
 from collections.abc import Callable
 
 from recserve.config import ConfigError, load_config
+from recserve.lake.layout import LakeError
 from recserve.registry import Registry, RegistryError
 from recserve.schemas import DataError
 
-USER_ERRORS = (ConfigError, DataError, RegistryError, FileNotFoundError, ValueError, PermissionError)
+USER_ERRORS = (ConfigError, DataError, RegistryError, LakeError, FileNotFoundError, ValueError, PermissionError)
 
 
 def parser(name: str, description: str) -> argparse.ArgumentParser:
@@ -33,6 +34,32 @@ def parser(name: str, description: str) -> argparse.ArgumentParser:
         help="override a config key, e.g. --set embeddings.epochs=5 (repeatable)",
     )
     return p
+
+
+def dataset_args(p: argparse.ArgumentParser) -> None:
+    """--dataset DIR, or --lake [URI] with --window-days: what a job trains on."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--dataset", help="dataset directory (generate_world / import_movielens / import_data)")
+    g.add_argument(
+        "--lake",
+        nargs="?",
+        const="",
+        metavar="URI",
+        help="train on the lake (the system's own traffic; default: the config's lake.uri), written out as a "
+        "dataset directory first",
+    )
+    p.add_argument("--window-days", type=float, help="with --lake: only its last N days (default: all of it)")
+
+
+def dataset_of(args, cfg, reg) -> str:
+    """The dataset directory a job trains on: --dataset, or the lake's window exported."""
+    if getattr(args, "lake", None) is None:
+        if getattr(args, "window_days", None) is not None:
+            raise ValueError("--window-days goes with --lake")
+        return args.dataset
+    from recserve.offline.jobs.lake import lake_dataset
+
+    return str(lake_dataset(cfg, reg, args.window_days, lake_uri=args.lake or None))
 
 
 def setup(args):

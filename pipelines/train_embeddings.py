@@ -3,12 +3,12 @@ on Ray Data batches inside a Ray task, and publish them to the registry."""
 
 from __future__ import annotations
 
-from pipelines._cli import parser, run, setup
+from pipelines._cli import dataset_args, dataset_of, parser, run, setup
 
 
 def main(argv=None):
     p = parser("train_embeddings", __doc__)
-    p.add_argument("--dataset", required=True, help="dataset directory (generate_world / import_movielens)")
+    dataset_args(p)
     p.add_argument(
         "--holdout",
         type=float,
@@ -19,9 +19,10 @@ def main(argv=None):
 
     def go():
         cfg, reg = setup(args)
+        dataset = dataset_of(args, cfg, reg)
         from recserve.offline.jobs import train_embeddings
 
-        return {"embeddings": train_embeddings(cfg, args.dataset, args.holdout, reg)}
+        return {"embeddings": train_embeddings(cfg, dataset, args.holdout, reg)}
 
     run(go)
 

@@ -325,6 +325,21 @@ class StreamConfig(_Strict):
     )
 
 
+class LakeConfig(_Strict):
+    enabled: bool = Field(True, description="every acknowledged event and catalogue write kept in the lake")
+    uri: str | None = Field(None, description="local path or pyarrow.fs URI (s3://...); None = <data_dir>/lake")
+    sinks: int = Field(1, ge=1, le=256, description="LakeSink actors, each owning a share of the partitions")
+    flush_s: float = Field(5.0, gt=0, description="a sink writes what it read at least this often")
+    flush_rows: int = Field(50_000, ge=1, description="...or once this many events wait")
+    compact_after_s: float = Field(
+        3600.0, ge=0, description="an hour's files of a partition are merged into one this long after the hour ends"
+    )
+    retention_days: float = Field(0.0, ge=0, description="hours older than this are deleted; 0 = keep everything")
+    sink_resources: dict[str, float] = Field(
+        default_factory=dict, description="Ray custom resources per sink actor (the cluster's state pool)"
+    )
+
+
 class EvalConfig(_Strict):
     holdout: float = Field(0.2, gt=0, lt=1)
     k: int = Field(10, ge=1)
@@ -435,6 +450,7 @@ class Config(_Strict):
     index: IndexConfig = IndexConfig()
     ranker: RankerConfig = RankerConfig()
     stream: StreamConfig = StreamConfig()
+    lake: LakeConfig = LakeConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
     explainer: ExplainerConfig = ExplainerConfig()
@@ -456,6 +472,10 @@ class Config(_Strict):
     @property
     def registry_uri(self) -> str:
         return self.registry.uri or str(self.data_dir / "registry")
+
+    @property
+    def lake_uri(self) -> str:
+        return self.lake.uri or str(self.data_dir / "lake")
 
     @property
     def redis_url(self) -> str:

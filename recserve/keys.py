@@ -27,6 +27,7 @@ its owner was configured with (tests give their own, so they never share state).
   exp:<name>:stopped          hash arm -> JSON why and when the guardrail (or an operator) stopped it
   region:drain                this region is draining (readiness answers 503)
   users:forgotten             hash user -> when they were forgotten (DELETE /v1/users/{id}; recserve.privacy)
+  catalogue:changes           stream of catalogue writes (PUT / DELETE /v1/items) the lake's sink drains
   auth:ids                    set of API key ids
   auth:key:<id>               hash: an API key's name, scopes, quota overrides, created, revoked, sha256
   auth:hash:<sha256>          the key id whose secret hashes to this (deleted on revoke)
@@ -40,6 +41,7 @@ STREAM = "st"
 BANDIT = "bandit"
 REGION_DRAIN = "region:drain"
 FORGOTTEN = "users:forgotten"
+CATALOGUE_CHANGES = "catalogue:changes"
 AUTH_IDS = "auth:ids"
 AUTH_GEN = "auth:gen"
 
@@ -130,3 +132,8 @@ def experiment_stats(name: str) -> str:
 
 def experiment_stopped(name: str) -> str:
     return f"exp:{name}:stopped"
+
+
+def catalogue_changes() -> str:
+    """The catalogue's changelog stream (recserve.lake.sink drains it into the lake)."""
+    return CATALOGUE_CHANGES
