@@ -12,6 +12,7 @@ import time
 import ray
 
 from actors.aggregator import StreamAggregator
+from actors.lake_sink import LakeSinkActor
 from recserve.streaming.supervisor import NAMESPACE, StreamSupervisor, supervisor_name
 
 
@@ -21,7 +22,7 @@ class StreamSupervisorActor:
         from recserve.config import Config
 
         self.cfg = Config.model_validate(cfg)
-        self.sup = StreamSupervisor(self.cfg, StreamAggregator, registry_uri=registry_uri)
+        self.sup = StreamSupervisor(self.cfg, StreamAggregator, registry_uri=registry_uri, sink_actor=LakeSinkActor)
         self.lock = threading.Lock()
         self.interval_s = interval_s
         self.error: str | None = None
@@ -84,6 +85,9 @@ class StreamSupervisorActor:
 
     def aggregators(self) -> list:
         return self.sup.handles()
+
+    def sinks(self) -> list:
+        return [m.handle for m in self.sup.sinks]
 
     def pid(self) -> int:
         import os

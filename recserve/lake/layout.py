@@ -217,3 +217,18 @@ def hour_start(hour_dir: str) -> float | None:
     import calendar
 
     return float(calendar.timegm(time.strptime(f"{m[1]} {m[2]}", "%Y-%m-%d %H")))
+
+
+def cursor_offsets(lake: Lake, partitions) -> dict[int, str]:
+    """Each partition's last offset the lake holds ("" where its sink wrote nothing yet)."""
+    return {p: (lake.read_json(lake.cursor_path(f"p{p}")) or {}).get("offset", "") for p in partitions}
+
+
+def trim_bounds(committed: dict[int, str], in_lake: dict[int, str]) -> dict[int, str]:
+    """What the event log may drop per partition: up to the older of what the aggregators committed
+    and what the lake holds ("" = nothing: one of them has not started on it)."""
+    out = {}
+    for p, off in committed.items():
+        lake_off = in_lake.get(p, "")
+        out[p] = "" if not off or not lake_off else min(off, lake_off, key=sortable)
+    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,7 @@ class WritePaths:
         now = int(time.time())
         for e in events:
             e["ts"] = e["ts"] or now
-        b = s.ladder.breakers["event_log"]
+        b = s.breakers["event_log"]
         if not b.allow():
             return Reply.unavailable(
                 "the event log is unavailable (circuit open); nothing was written: retry after the Retry-After delay",
@@ -137,6 +138,26 @@ class WritePaths:
             vectors.append(v.tolist())
         return vectors
 
+    async def _changelog(self, rows: list[dict]) -> Reply | None:
+        """The catalogue write into its changelog (the stream the lake's sink drains), before the
+        index has it: a write the lake would miss is never acknowledged. None when it is written
+        (or the lake is off); a 503 Reply when Redis did not take it (nothing was written)."""
+        s = self.svc
+        if not s.cfg.lake.enabled:
+            return None
+        now = time.time()
+        try:
+            async with s.r.pipeline(transaction=False) as pipe:
+                for row in rows:
+                    pipe.xadd(keys.catalogue_changes(), {**row, "ts": now})
+                await pipe.execute()
+        except Exception as e:  # noqa: BLE001 - Redis away: nothing written anywhere, the client retries
+            return Reply.unavailable(
+                f"the catalogue's changelog did not take the write ({type(e).__name__}); nothing was written: retry it",
+                retry_after_s=1,
+            )
+        return None
+
     async def put_items(self, items: list) -> Reply:
         s = self.svc
         dup = first_repeat([it.item_id for it in items], "items.{}.item_id")
@@ -145,6 +166,20 @@ class WritePaths:
         vectors = self._vectors(items)
         if isinstance(vectors, Reply):
             return vectors
+        failed = await self._changelog(
+            [
+                {
+                    "op": "upsert",
+                    "item_id": it.item_id,
+                    "title": it.title or "",
+                    "category": it.category,
+                    "attributes": json.dumps(it.attributes or {}, separators=(",", ":")),
+                }
+                for it in items
+            ]
+        )
+        if failed is not None:
+            return failed
         try:
             acks = await asyncio.to_thread(
                 s.index.upsert,
@@ -164,6 +199,9 @@ class WritePaths:
 
     async def delete_item(self, item_id: int) -> Reply:
         s = self.svc
+        failed = await self._changelog([{"op": "delete", "item_id": item_id}])
+        if failed is not None:
+            return failed
         try:
             acks = await asyncio.to_thread(s.index.delete, [item_id])
         except IndexUnavailable as e:

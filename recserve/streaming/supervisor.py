@@ -12,8 +12,11 @@ their own process). It
   its share back;
 * scales on consumer lag as the design says (above `scale_up_lag` for `scale_up_after_s` add
   one; under `scale_down_lag` for `scale_down_after_s` remove one);
-* trims the Redis log once a minute: entries every aggregator has committed and older than
-  `stream.retention_s` (a Kafka topic's retention is the broker's setting);
+* trims the Redis log once a minute: entries every aggregator has committed, the lake holds (when
+  `lake.enabled`) and older than `stream.retention_s` (a Kafka topic's retention is the broker's
+  setting);
+* runs the lake's sinks (`lake.sinks` named actors, each a fixed share of the partitions, sink 0
+  also draining the catalogue's changelog), adopted by name after a restart like the aggregators;
 * publishes the stream's lag and staleness once a second (`st:watch`, the ingress replicas read it for a
   Kafka log) and as a Ray metric;
 * adopts the aggregators that run already: they are named actors (`<name>-agg-<i>`) and the
@@ -84,12 +87,14 @@ class StreamSupervisor:
         reassign_after_s: float = 10.0,
         health_timeout_s: float = 2.0,
         registry_uri: str | None = None,
+        sink_actor=None,
     ):
         """cfg: recserve Config. `aggregator_actor`: the Ray actor class of an aggregator (the
         wiring hands in `actors.aggregator.StreamAggregator`; this module never imports the actors),
         got or created by name; they read the item vectors of the registry's latest embeddings
-        (`registry_uri`, else the config's)."""
-
+        (`registry_uri`, else the config's). `sink_actor`: the lake's sink actor class
+        (`actors.lake_sink.LakeSinkActor`), started when `lake.enabled`; None runs no sinks."""
+        from recserve.lake import Lake
         from recserve.streaming.eventlog import make_log
 
         self.cfg = cfg
@@ -107,6 +112,10 @@ class StreamSupervisor:
         self.last_scale_check = 0.0
         self.last_trim = 0.0
         self.watch: dict = {}
+        self.sink_actor = sink_actor if cfg.lake.enabled else None
+        self.lake = Lake(cfg.lake_uri) if self.sink_actor is not None else None
+        self.sinks: list[Member] = []
+        self.last_sink_check = 0.0
         self.events: list[str] = []  # what it did, newest last (status, tests)
         self._gauge = None
 
@@ -129,7 +138,64 @@ class StreamSupervisor:
         saved = self.r.get(self.state_key())
         n = json.loads(saved)["aggregators"] if saved else self.sc.aggregators
         self.scale(max(1, n))
-        self._note(f"started with {len(self.members)} aggregators" + (" (adopted)" if saved else ""))
+        self._start_sinks()
+        self._note(
+            f"started with {len(self.members)} aggregators"
+            + (f" and {len(self.sinks)} lake sinks" if self.sinks else "")
+            + (" (adopted)" if saved else "")
+        )
+
+    # ------------------------------------------------------------------ lake
+    def sink_name(self, i: int, n: int) -> str:
+        return f"{self.name}-sink-{i}of{n}"
+
+    def _sinks_key(self) -> str:
+        return self.state_key() + ":sinks"
+
+    def _start_sinks(self) -> None:
+        """The lake's sinks: `lake.sinks` (at most one per partition), sink i owning the partitions
+        p with p % n == i. Sinks of another count left by an earlier run are stopped first (each
+        flushes what it read; its cursors stay in the lake, so the new shares resume from them)."""
+        if self.sink_actor is None:
+            return
+        import ray
+
+        n = max(1, min(self.cfg.lake.sinks, self.sc.partitions))
+        old = int(self.r.get(self._sinks_key()) or 0)
+        if old and old != n:
+            for i in range(old):
+                with contextlib.suppress(ValueError):
+                    self._stop(Member(ray.get_actor(self.sink_name(i, old), namespace=NAMESPACE), ""), sink=True)
+            self._note(f"lake sinks {old} -> {n}")
+        opts = {"resources": dict(self.cfg.lake.sink_resources)} if self.cfg.lake.sink_resources else {}
+        cfg = self.cfg.model_dump(mode="json")
+        for i in range(n):
+            share = [p for p in range(self.sc.partitions) if p % n == i]
+            h = self.sink_actor.options(
+                name=self.sink_name(i, n), namespace=NAMESPACE, get_if_exists=True, lifetime="detached", **opts
+            ).remote(cfg, share, i == 0)
+            self.sinks.append(Member(h, self.sink_name(i, n), share))
+        self.r.set(self._sinks_key(), str(n))
+
+    def _check_sinks(self, now: float) -> None:
+        """Each sink's report (for status); Ray restarts a dead one, which resumes from its cursors."""
+        import ray
+
+        refs = [m.handle.stats.remote() for m in self.sinks]
+        for m, ref in zip(self.sinks, refs):
+            try:
+                m.last = ray.get(ref, timeout=self.health_timeout_s)
+                m.silent_since = None
+            except Exception:  # noqa: BLE001 - dead or restarting: Ray brings it back
+                m.silent_since = m.silent_since or now
+
+    def _trim(self, now: float) -> None:
+        committed = committed_offsets(self.r, range(self.sc.partitions))
+        if self.lake is not None:
+            from recserve.lake.layout import cursor_offsets, trim_bounds
+
+            committed = trim_bounds(committed, cursor_offsets(self.lake, range(self.sc.partitions)))
+        self.log.trim(committed, self.sc.retention_s, now)
 
     def _note(self, what: str) -> None:
         self.events = (self.events + [f"{time.strftime('%H:%M:%S')} {what}"])[-50:]
@@ -187,6 +253,8 @@ class StreamSupervisor:
         if all(sorted(current.get(i, [])) == sorted(p) for i, p in plan.items()) and all(
             not current.get(i) for i in range(len(self.members)) if i not in plan
         ):
+            for i, p in plan.items():  # as assigned already (adopted after a restart of this supervisor)
+                self.members[i].partitions = list(p)
             return
         try:
             self._assign(plan, current)
@@ -240,7 +308,10 @@ class StreamSupervisor:
         self._export(lags)
         if now - self.last_trim >= 60.0 and hasattr(self.log, "trim"):
             self.last_trim = now  # the log's committed, old entries go (Kafka: the broker's retention)
-            self.log.trim(committed_offsets(self.r, range(self.sc.partitions)), self.sc.retention_s, now)
+            self._trim(now)
+        if self.sinks and now - self.last_sink_check >= 5.0:
+            self.last_sink_check = now
+            self._check_sinks(now)
         if now - self.last_scale_check >= 5.0:
             self.last_scale_check = now
             want, self.low_since = desired_aggregators(
@@ -301,27 +372,44 @@ class StreamSupervisor:
                 for m in self.members
             ],
             "watch": self.watch,
+            "lake": {
+                "uri": self.lake.uri if self.lake is not None else None,
+                "sinks": [
+                    {
+                        **m.last,
+                        "name": m.name,
+                        "silent_s": round(time.time() - m.silent_since, 1) if m.silent_since else 0.0,
+                    }
+                    for m in self.sinks
+                ],
+            },
             "events": self.events[-10:],
         }
 
     def handles(self) -> list:
         return [m.handle for m in self.members]
 
-    def _stop(self, m: Member) -> None:
-        """One aggregator ends for good: its loop stops, the actor goes (no restart), its
-        assignment is forgotten."""
+    def _stop(self, m: Member, sink: bool = False) -> None:
+        """One aggregator (or sink) ends for good: its loop stops (a sink writes what it read),
+        the actor goes (no restart), an aggregator's assignment is forgotten."""
         import ray
 
         with contextlib.suppress(Exception):  # dead already, or its node gone
-            ray.get(m.handle.shutdown.remote(), timeout=10)
+            ray.get(m.handle.shutdown.remote(), timeout=30 if sink else 10)
         with contextlib.suppress(Exception):
             ray.kill(m.handle, no_restart=True)
-        self.r.delete(keys.assignment(m.name))
+        if not sink:
+            self.r.delete(keys.assignment(m.name))
 
     def shutdown(self) -> None:
-        """Stop every aggregator and forget the count (the next supervisor starts afresh)."""
+        """Stop every aggregator, then the sinks (after the aggregators nothing new is read that
+        the lake would miss: the log keeps what they did not write), and forget the counts (the next
+        supervisor starts afresh)."""
         for m in self.members:
             self._stop(m)
         self.members = []
-        self.r.delete(self.state_key())
+        for m in self.sinks:
+            self._stop(m, sink=True)
+        self.sinks = []
+        self.r.delete(self.state_key(), self._sinks_key())
         self.log.close()

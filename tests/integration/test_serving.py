@@ -67,6 +67,18 @@ def test_items_upsert_and_delete(serving):
     assert got["items"] == []
     bad = http.put("/v1/items", json={"items": [{**item, "vector": [0.1] * 3}]})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "items.0.vector"
+    # both writes reach the lake's changelog (the application's sink drains it), the refused one does not
+    from recserve.lake import Lake
+    from recserve.lake.reader import changes
+
+    lake, deadline, mine = Lake(cfg.lake_uri), time.monotonic() + 30, []
+    while time.monotonic() < deadline:
+        ch = changes(lake).to_pydict()
+        mine = [(op, t) for op, i, t in zip(ch["op"], ch["item_id"], ch["title"]) if i == 777777]
+        if len(mine) >= 2:
+            break
+        time.sleep(0.5)
+    assert mine == [("upsert", "new"), ("delete", "")]
 
 
 @pytest.mark.parametrize(

@@ -201,3 +201,12 @@ def test_a_window_exports_as_a_dataset_the_offline_loaders_read(tmp_path):
     assert len(ev) == 100 and ev["ts"].min() >= now - 2 * 86400
     assert len(read_items(tmp_path / "ds")) == 50
     assert catalogue(lake).empty  # no changelog yet: only the base names items
+
+
+def test_the_event_log_is_trimmed_only_up_to_what_the_lake_holds():
+    from recserve.lake.layout import trim_bounds
+
+    committed = {0: "1700000000500-0", 1: "1700000000100-3", 2: "", 3: "42"}
+    in_lake = {0: "1700000000200-1", 1: "1700000000900-0", 2: "1700000000900-0", 3: ""}
+    assert trim_bounds(committed, in_lake) == {0: "1700000000200-1", 1: "1700000000100-3", 2: "", 3: ""}
+    assert trim_bounds({0: "17"}, {0: "9"}) == {0: "9"}  # Kafka-style offsets compare as numbers
