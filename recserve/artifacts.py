@@ -66,6 +66,12 @@ def dataset_meta(dataset_dir: str | Path) -> dict:
     return json.loads((d / DATASET_META).read_text())
 
 
+def event_weights(dataset_dir: str | Path) -> dict[str, float] | None:
+    """The dataset's own weight of each event type (an import's `event_weights`), or None: the
+    defaults of recserve.schemas."""
+    return dataset_meta(dataset_dir).get("event_weights")
+
+
 def read_events(dataset_dir: str | Path) -> pd.DataFrame:
     d = Path(dataset_dir)
     dataset_meta(d)

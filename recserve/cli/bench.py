@@ -114,6 +114,27 @@ def bench_stream(
     console.print_json(json.dumps(res))
 
 
+@bench_app.command("import")
+def bench_import(
+    out: Path = typer.Option(Path("benchmarks/results/import.json")),
+    rows: int = typer.Option(10_000_000, min=1000, help="events in the generated parquet"),
+    work_dir: str | None = typer.Option(None, help="where the generated files go (default: the temp dir)"),
+    config: Path | None = ConfigOpt,
+):
+    """`recserve import` on a generated parquet (10 M events by default, one row in 20,000 bad) and
+    its items, against plain pyarrow reading and writing the same file: rows/s, the ratio, peak RSS
+    of the driver and of the Ray workers, every bad row rejected."""
+    from recserve.bench.imports import run
+    from recserve.schemas import DataError
+
+    cfg = _cfg(config)
+    try:
+        res = run(cfg, rows, out, log=_progress("bench import"), work_dir=work_dir)
+    except (DataError, OSError) as e:
+        _fail(e)
+    console.print_json(json.dumps(res))
+
+
 @bench_app.command("faithfulness")
 def bench_faithfulness(
     out: Path = typer.Option(Path("benchmarks/results/faithfulness.json")),

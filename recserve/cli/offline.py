@@ -145,3 +145,18 @@ def simulate_cmd(
             + "; order agrees "
             + ", ".join(f"{e} {c:.0%}" for e, c in rep["order_agrees"].items())
         )
+
+
+@app.command(
+    "import",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def import_cmd(ctx: typer.Context):
+    """Your own events (and items) from parquet, CSV or JSON lines into a dataset directory the
+    offline chain trains on: columns mapped by flags or a mapping file, event types mapped and
+    weighted, each rejected row named. `recserve import --help` lists the flags (the same as
+    `python -m pipelines.import_data`)."""
+    from pipelines.import_data import main as import_main
+
+    import_main(list(ctx.args), prog="recserve import")

@@ -325,13 +325,14 @@ class LoadReport:
 
     def __init__(self) -> None:
         self.rejected: list[dict] = []
+        self.unnamed = 0  # rejected rows counted but not named one by one (past a per-file cap)
         self.rows = 0
 
     def reject(self, fname: str, line: int, cause: str) -> None:
         self.rejected.append({"file": fname, "line": line, "cause": cause})
 
     def check(self, max_bad_fraction: float, strict: bool) -> None:
-        n = len(self.rejected)
+        n = len(self.rejected) + self.unnamed
         if n == 0:
             return
         allowed = 0 if strict else int(max_bad_fraction * max(self.rows, 1))

@@ -74,7 +74,7 @@ def build_pool(
     query's exact top `ranker.candidates`, their ranker features, the serving ranker's top
     `top_n` of them (what the bandit explores in), and every other named ranker version's scores
     of those. With the dataset's truth when it has one."""
-    from recserve.artifacts import load_embeddings, ranker_path
+    from recserve.artifacts import event_weights, load_embeddings, ranker_path
     from recserve.offline.data import Truth
     from recserve.offline.jobs import aligned_items, serving_queries, train_part
     from recserve.ranking.bandit import ThompsonBandit
@@ -86,7 +86,7 @@ def build_pool(
     serving = reg.resolve("ranker")
     emb = load_embeddings(reg)
     train, test, items = train_part(cfg, dataset_dir, 0.0, gone={})
-    data = build_interactions(train, test, items)
+    data = build_interactions(train, test, items, event_weights(dataset_dir))
     item_pos, ivec = aligned_items(emb, data)
     inp = ranking_inputs(data, items, ivec, cfg.ranker)
     rng = np.random.default_rng(seed)

@@ -35,16 +35,22 @@ class Interactions:
         return {int(u): i for i, u in enumerate(self.user_ids)}
 
 
-def event_weight(df: pd.DataFrame) -> np.ndarray:
-    """Implicit-feedback weight of each event: by type, or from the rating for `rate` events."""
-    w = np.array(df["event_type"].map(EVENT_WEIGHTS).to_numpy(dtype=np.float64, na_value=np.nan))
+def event_weight(df: pd.DataFrame, weights: dict[str, float] | None = None) -> np.ndarray:
+    """Implicit-feedback weight of each event: by type (`weights`: the dataset's own, meta.json
+    `event_weights`; else recserve.schemas.EVENT_WEIGHTS), or from the rating for `rate` events."""
+    w = np.array(df["event_type"].map(weights or EVENT_WEIGHTS).to_numpy(dtype=np.float64, na_value=np.nan))
     rate = (df["event_type"] == "rate").to_numpy()
     if rate.any():
         w[rate] = 1.0 + np.maximum(df["value"].to_numpy()[rate] - 2.5, 0.0) / 2.5
     return np.nan_to_num(w, nan=1.0).astype(np.float32)
 
 
-def build_interactions(train: pd.DataFrame, test: pd.DataFrame, items: pd.DataFrame | None = None) -> Interactions:
+def build_interactions(
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    items: pd.DataFrame | None = None,
+    weights: dict[str, float] | None = None,
+) -> Interactions:
     user_ids = np.unique(train["user_id"].to_numpy())
     item_pool = (
         train["item_id"].to_numpy()
@@ -55,7 +61,7 @@ def build_interactions(train: pd.DataFrame, test: pd.DataFrame, items: pd.DataFr
     tr = train.copy()
     tr["uidx"] = np.searchsorted(user_ids, tr["user_id"].to_numpy())
     tr["iidx"] = np.searchsorted(item_ids, tr["item_id"].to_numpy())
-    w = event_weight(tr)
+    w = event_weight(tr, weights)
     m = sp.csr_matrix(
         (w, (tr["uidx"].to_numpy(), tr["iidx"].to_numpy())), shape=(len(user_ids), len(item_ids)), dtype=np.float32
     )

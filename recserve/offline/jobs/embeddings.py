@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from recserve.artifacts import (
+    event_weights,
     save_embeddings,
 )
 from recserve.config import Config
@@ -34,7 +35,7 @@ def train_embeddings(
 
     gone = forgotten_for_training(cfg.redis_url, log)
     train, _, items = train_part(cfg, dataset_dir, holdout, gone)
-    data = build_interactions(train, train.iloc[:0], items)
+    data = build_interactions(train, train.iloc[:0], items, event_weights(dataset_dir))
     log(
         f"{data.n_users} users, {data.n_items} items, {data.matrix.nnz} user-item pairs"
         + (f" ({len(gone)} forgotten users' events left out)" if gone else "")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from recserve.artifacts import (
+    event_weights,
     load_embeddings,
     ranker_path,
 )
@@ -57,7 +58,7 @@ def evaluate(
     versions = dict(versions or {})
     k = cfg.eval.k
     train, test, items = train_part(cfg, dataset_dir, cfg.eval.holdout)
-    data = build_interactions(train, test, items)
+    data = build_interactions(train, test, items, event_weights(dataset_dir))
     if len(data.test_users) == 0:
         raise ValueError(
             f"no user in {dataset_dir} has held-out events (users need {cfg.eval.min_user_events}+ "

@@ -12,6 +12,7 @@ import pandas as pd
 
 from recserve.artifacts import (
     RANKER_FILE,
+    event_weights,
 )
 from recserve.config import Config
 from recserve.offline.data import temporal_split
@@ -90,7 +91,7 @@ def train_ranker(
     t0 = time.perf_counter()
     train, _, items = train_part(cfg, dataset_dir, holdout)
     inner, target = temporal_split(train, cfg.eval.holdout, cfg.eval.min_user_events)
-    data = build_interactions(inner, target, items)
+    data = build_interactions(inner, target, items, event_weights(dataset_dir))
     if len(data.test_users) == 0:
         raise ValueError(
             f"no user in {dataset_dir} has {cfg.eval.min_user_events}+ events: too little data to train a ranker"
