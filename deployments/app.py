@@ -89,7 +89,7 @@ def build_app(
     `ingress_options`: Serve options of the Ingress (max_ongoing_requests, max_queued_requests...)."""
     from ray.serve.config import RequestRouterConfig
 
-    from recserve.serving.wiring import PortChoice
+    from recserve.serving.wiring import PortChoice, has_generation
 
     if cfg.stream.backend == "kafka" and not cfg.stream.bootstrap_servers:
         # the replicas get the config, not this process's environment: the broker goes with it
@@ -114,7 +114,8 @@ def build_app(
         str(Path(s.index_root) / name) if s.index_root else str(Path(cfg.data_dir).resolve() / f"index-live-{name}")
     )
     replicas = ingress_replicas or s.ingress_replicas
-    share_as = f"{name}-{reg.resolve('index')}" if (replicas > 1 or "Ingress" in autoscaling) else None
+    trained = has_generation(reg)  # an empty registry serves too: trending and new items (recserve.serving.cold)
+    share_as = f"{name}-{reg.resolve('index')}" if trained and (replicas > 1 or "Ingress" in autoscaling) else None
     ingress_kw = {"num_replicas": replicas, **(ingress_options or {})}
     if (s.affinity if affinity is None else affinity) and s.ingress == "proxy":
         # behind HAProxy (serve.ingress: haproxy) affinity is HAProxy's balance on x-session-id, set for
@@ -122,7 +123,9 @@ def build_app(
         ingress_kw["request_router_config"] = RequestRouterConfig(request_router_class=CONSISTENT_HASH)
     inproc = colocated(cfg, colocate)
     choice = PortChoice()
-    if inproc["score"]:
+    if not trained:
+        pass  # nothing to rank with yet: no ranker deployment, no model in the ingress
+    elif inproc["score"]:
         choice.ranker_spec = ranker_spec(cfg, reg, ranker_version)
         ingress_kw["user_config"] = {"ranker": choice.ranker_spec}
     else:
@@ -137,7 +140,7 @@ def build_app(
         choice.select = _pinned(
             Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share, s.bandit_uniform)
         ).bind(cfg.redis_url, s.bandit_share, uniform=s.bandit_uniform)
-    if not inproc["explain"]:
+    if trained and not inproc["explain"]:
         ec = cfg.explainer
         explainer_opts = {"num_cpus": 0.1, **({"num_gpus": ec.num_gpus} if ec.num_gpus else {})}
         choice.explain = _pinned(
@@ -148,7 +151,8 @@ def build_app(
     kw = {"replicas": s.index_replicas, "cache": cache, "share_as": share_as, "stream": stream}
     # the ingress's version leaves out the ranker's spec (it arrives as user_config: a new model
     # version reconfigures the running replicas in place)
-    version = _version(*args, kw, sorted(k for k, v in inproc.items() if v))
+    # (and whether a generation is trained: the first one replaces the replicas that served without it)
+    version = _version(*args, kw, sorted(k for k, v in inproc.items() if v), trained)
     return _pinned(Ingress.options(**opts("Ingress", **ingress_kw)), version).bind(*args, choice, **kw)
 
 

@@ -87,7 +87,8 @@ class Ingress:
             replica=str(getattr(ctx.replica_id, "unique_id", ctx.replica_id)),
         )
         AuthGate.gate = self.svc.gate  # this process's key check (the middleware in front of the routes)
-        api.state.vector_dim = self.svc.index.dim  # the schema says what PUT /v1/items needs
+        if self.svc.index is not None:  # none before the first generation (recserve.serving.cold)
+            api.state.vector_dim = self.svc.index.dim  # the schema says what PUT /v1/items needs
 
     async def __del__(self):
         """Graceful shutdown: background tasks stop, pending impressions and metrics are flushed;

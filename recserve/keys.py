@@ -28,6 +28,9 @@ its owner was configured with (tests give their own, so they never share state).
   region:drain                this region is draining (readiness answers 503)
   users:forgotten             hash user -> when they were forgotten (DELETE /v1/users/{id}; recserve.privacy)
   catalogue:changes           stream of catalogue writes (PUT / DELETE /v1/items) the lake's sink drains
+  catalogue:items             hash item -> JSON (category, title, attributes, ts): the catalogue before a
+                              generation is trained (recserve.serving.cold)
+  catalogue:newest            sorted set item -> when it was added (the same)
   auth:ids                    set of API key ids
   auth:key:<id>               hash: an API key's name, scopes, quota overrides, created, revoked, sha256
   auth:hash:<sha256>          the key id whose secret hashes to this (deleted on revoke)
@@ -137,3 +140,11 @@ def experiment_stopped(name: str) -> str:
 def catalogue_changes() -> str:
     """The catalogue's changelog stream (recserve.lake.sink drains it into the lake)."""
     return CATALOGUE_CHANGES
+
+
+def catalogue_items() -> str:
+    return "catalogue:items"
+
+
+def catalogue_newest() -> str:
+    return "catalogue:newest"

@@ -218,8 +218,16 @@ def _serve_forever(cfg: Config, reg, out=None) -> None:
     from actors.supervisor import get_supervisor
 
     sup = get_supervisor(cfg)
-    user = int(np.load(reg.fetch("embeddings") / "user_ids.npy")[0])
-    item = int(np.load(reg.fetch("embeddings") / "item_ids.npy")[0])
+    if reg.latest("embeddings") is not None:
+        user = int(np.load(reg.fetch("embeddings") / "user_ids.npy")[0])
+        item = int(np.load(reg.fetch("embeddings") / "item_ids.npy")[0])
+    else:
+        user, item = 1, 1
+        out.stage(
+            "\nthe registry is empty: no generation is trained yet. recserve answers trending and new items "
+            "(level 4) until one is: add items (PUT /v1/items) and post events, then `recserve lake train` and "
+            "`recserve serve` again"
+        )
     if cfg.auth.enabled:
         from recserve.auth import KeyStore
 

@@ -70,6 +70,10 @@ class RecService:
         self.writes = WritePaths(self)
         self.loops = BackgroundLoops(self)
 
+    @property
+    def breakers(self):
+        return self.ladder.breakers
+
     # ------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """The background tasks, on the running event loop."""

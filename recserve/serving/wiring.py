@@ -24,6 +24,57 @@ class PortChoice:
     ranker_spec: dict | None = None  # the in-process ranker's model ({model_path, version, ...})
 
 
+def has_generation(reg) -> bool:
+    """Whether the registry holds what a trained replica serves (embeddings, index and ranker)."""
+    return all(reg.latest(name) is not None for name in ("embeddings", "index", "ranker"))
+
+
+def _breakers(cfg: Config):
+    from recserve.serving.breaker import Breakers, BreakerSettings
+
+    sv = cfg.serve
+    return Breakers(
+        BreakerSettings(
+            sv.breaker_failure_rate, sv.breaker_min_failures, sv.breaker_window_s, sv.breaker_open_s, sv.breaker_probes
+        )
+    )
+
+
+def _gate(cfg: Config, ar):
+    from recserve.auth import Gate
+
+    return Gate(
+        ar,
+        {k: v.model_dump() for k, v in cfg.auth.quotas.items()},
+        replicas=cfg.serve.ingress_replicas,
+        enabled=cfg.auth.enabled,
+    )
+
+
+async def build_cold_service(cfg: Config, choice: PortChoice, replica: str = ""):
+    """A replica before any generation is trained (recserve.serving.cold): events, feedback and
+    catalogue writes taken, trending and new items answered."""
+    from recserve.ranking.bandit import LiveBandit, ThompsonBandit
+    from recserve.serving.cold import ColdPorts, ColdService
+    from recserve.serving.ports import HandleSelect, LocalSelect, SelectPort
+    from recserve.streaming.eventlog import make_log
+
+    ar = connect_async(cfg.redis_url, timeout=2, connect_timeout=1)
+    sync = connect(cfg.redis_url, timeout=2)
+    local_bandit = None
+    select: SelectPort
+    if choice.select is not None:
+        select = HandleSelect(choice.select)
+    else:
+        local_bandit = LiveBandit(
+            ThompsonBandit(sync, share=cfg.serve.bandit_share, uniform=cfg.serve.bandit_uniform), ar
+        )
+        select = LocalSelect(local_bandit)
+    ports = ColdPorts(select)
+    log = await asyncio.to_thread(make_log, cfg, sync)
+    return ColdService(cfg, ar, log, ports, _breakers(cfg), _gate(cfg, ar), replica, local_bandit)
+
+
 async def build_service(
     cfg: Config,
     registry_uri: str,
@@ -43,7 +94,6 @@ async def build_service(
 
     from recserve.index.client import IndexClient
     from recserve.registry import Registry
-    from recserve.serving.breaker import Breakers, BreakerSettings
     from recserve.serving.ladder import Ladder
     from recserve.serving.ports import (
         ExplainPort,
@@ -64,6 +114,8 @@ async def build_service(
     from recserve.streaming.eventlog import make_log
 
     reg = Registry(registry_uri, cfg.registry.keep)
+    if not has_generation(reg):
+        return await build_cold_service(cfg, choice, replica)
     shard_opts = {"resources": dict(cfg.serve.shard_resources)} if cfg.serve.shard_resources else None
     index = await asyncio.to_thread(
         IndexClient.from_artifact,
@@ -116,21 +168,11 @@ async def build_service(
         explain=explain,
     )
     sv = cfg.serve
-    breakers = Breakers(
-        BreakerSettings(
-            sv.breaker_failure_rate, sv.breaker_min_failures, sv.breaker_window_s, sv.breaker_open_s, sv.breaker_probes
-        )
+    ladder = Ladder(
+        stage, ports, _breakers(cfg), deadline_ms=sv.deadline_ms, explainer_budget_ms=sv.explainer_budget_ms
     )
-    ladder = Ladder(stage, ports, breakers, deadline_ms=sv.deadline_ms, explainer_budget_ms=sv.explainer_budget_ms)
     log = await asyncio.to_thread(make_log, cfg, sync)
-    from recserve.auth import Gate
-
-    gate = Gate(
-        ar,
-        {k: v.model_dump() for k, v in cfg.auth.quotas.items()},
-        replicas=cfg.serve.ingress_replicas,
-        enabled=cfg.auth.enabled,
-    )
+    gate = _gate(cfg, ar)
     from recserve.ranking.ranker import ranker_spec
     from recserve.serving.experiments import LiveExperiments
 
