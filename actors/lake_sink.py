@@ -33,7 +33,7 @@ class LakeSinkActor:
             compact_after_s=lc.compact_after_s,
             retention_days=lc.retention_days,
             changes=changes,
-            read_batch=c.stream.read_batch,
+            read_batch=lc.read_batch,
         )
         self.lock = threading.Lock()
         self.error: str | None = None

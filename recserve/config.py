@@ -331,6 +331,7 @@ class LakeConfig(_Strict):
     sinks: int = Field(1, ge=1, le=256, description="LakeSink actors, each owning a share of the partitions")
     flush_s: float = Field(5.0, gt=0, description="a sink writes what it read at least this often")
     flush_rows: int = Field(50_000, ge=1, description="...or once this many events wait")
+    read_batch: int = Field(10_000, ge=1, le=100_000, description="events a sink reads per partition per call")
     compact_after_s: float = Field(
         3600.0, ge=0, description="an hour's files of a partition are merged into one this long after the hour ends"
     )

@@ -23,7 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recserve import keys
@@ -37,7 +39,7 @@ from recserve.lake.layout import (
     live_files,
     sortable,
 )
-from recserve.streaming.eventlog.base import Entry, EventLog, partition_of
+from recserve.streaming.eventlog.base import EventLog, partition_of
 
 MANY_SMALL_FILES = 48  # raw files of one partition and hour past which they are merged before the hour ends
 
@@ -62,19 +64,39 @@ class SinkStats:
     errors: list[str] = field(default_factory=list)
 
 
-def _rows(entries: list[Entry]) -> pa.Table:
-    cols: dict[str, list] = {n: [] for n in EVENT_SCHEMA.names}
-    for e in entries:
-        ev = e.event
-        cols["event_id"].append(ev.get("event_id"))
-        cols["user_id"].append(int(ev["user_id"]))
-        cols["item_id"].append(int(ev["item_id"]))
-        cols["event_type"].append(str(ev["event_type"]))
-        cols["value"].append(float(ev.get("value", 1.0)))
-        cols["ts"].append(int(ev.get("ts") or 0))
-        cols["partition"].append(e.partition)
-        cols["offset"].append(e.offset)
-    return pa.table(cols, schema=EVENT_SCHEMA)
+PAYLOAD_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("user_id", pa.int64()),
+        ("item_id", pa.int64()),
+        ("event_type", pa.string()),
+        ("value", pa.float64()),
+        ("ts", pa.float64()),
+    ]
+)
+
+
+@dataclass
+class Waiting:
+    """What a sink read of one partition and has not written yet: offsets and raw JSON payloads."""
+
+    offsets: list[str] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+def decode(payloads: list[bytes]) -> pa.Table:
+    """A batch of the log's JSON payloads as one table, parsed in pyarrow (not event by event)."""
+    import pyarrow.json as pjson
+
+    t = pjson.read_json(
+        pa.BufferReader(b"\n".join(payloads)),
+        read_options=pjson.ReadOptions(block_size=1 << 24),
+        parse_options=pjson.ParseOptions(explicit_schema=PAYLOAD_SCHEMA, unexpected_field_behavior="ignore"),
+    )
+    return t.select(PAYLOAD_SCHEMA.names)
 
 
 class LakeSink:
@@ -101,7 +123,7 @@ class LakeSink:
         self.read_batch = read_batch
         self.cursors: dict[int, Cursor] = {}
         self.read_pos: dict[int, str] = {}
-        self.buffer: dict[int, list[Entry]] = {p: [] for p in self.partitions}
+        self.buffer: dict[int, Waiting] = {p: Waiting() for p in self.partitions}
         self.last_flush = time.time()
         self.last_compact = 0.0
         self.touched: dict[str, float] = {}  # hour dir -> when this sink last wrote into it
@@ -119,7 +141,7 @@ class LakeSink:
             got = self.lake.read_json(self.lake.cursor_path(f"p{p}")) or {}
             self.cursors[p] = Cursor(**got) if got else Cursor()
             self.read_pos[p] = self.cursors[p].offset
-            self.buffer[p] = []
+            self.buffer[p] = Waiting()
         if self.changes:
             self._undo_pending(ITEMS_CURSOR)
             self.items_cursor = (self.lake.read_json(self.lake.cursor_path(ITEMS_CURSOR)) or {}).get("offset", "")
@@ -142,10 +164,14 @@ class LakeSink:
     def step(self, now: float | None = None, block_ms: int = 200) -> int:
         """Read what the log has after the read positions; write when due. Returns events read."""
         now = now if now is not None else time.time()
-        got = self.log.read_after_many(dict(self.read_pos), count=self.read_batch, block_ms=block_ms)
-        for e in got:
-            self.buffer[e.partition].append(e)
-            self.read_pos[e.partition] = e.offset
+        got = self.log.read_raw_after_many(dict(self.read_pos), count=self.read_batch, block_ms=block_ms)
+        n = 0
+        for b in got:
+            w = self.buffer[b.partition]
+            w.offsets += b.offsets
+            w.payloads += b.payloads
+            self.read_pos[b.partition] = b.offsets[-1]
+            n += len(b.offsets)
         waiting = sum(len(b) for b in self.buffer.values())
         if waiting >= self.flush_rows or (waiting and now - self.last_flush >= self.flush_s):
             self.flush(now)
@@ -156,7 +182,7 @@ class LakeSink:
         if now - self.last_compact >= 60.0:
             self.last_compact = now
             self.maintain(now)
-        return len(got)
+        return n
 
     def _refresh_gone(self) -> None:
         if self.r is None:
@@ -174,38 +200,64 @@ class LakeSink:
             batch = self.buffer[p]
             if batch:
                 written += self._write_partition(p, batch, now)
-                self.buffer[p] = []
+                self.buffer[p] = Waiting()
         self.last_flush = now
         self.stats.last_flush = now
         return written
 
-    def _forgotten(self, ev: dict) -> bool:
-        t = self.gone.get(int(ev["user_id"]))
-        return t is not None and int(ev.get("ts") or 0) <= t
+    def _kept(self, users: np.ndarray, ts: np.ndarray) -> np.ndarray:
+        """Rows not of a forgotten user up to the moment they were forgotten."""
+        keep = np.ones(len(users), bool)
+        if self.gone:
+            gone = np.fromiter(self.gone, np.int64, len(self.gone))
+            for u in np.unique(users[np.isin(users, gone)]):
+                keep &= ~((users == u) & (ts <= self.gone[int(u)]))
+        return keep
 
-    def _write_partition(self, p: int, batch: list[Entry], now: float) -> int:
-        keep = [e for e in batch if not self._forgotten(e.event)]
-        self.stats.dropped_forgotten += len(batch) - len(keep)
-        by_hour: dict[str, list[Entry]] = {}
-        for e in keep:
-            by_hour.setdefault(self.lake.hour_dir(e.event.get("ts") or now), []).append(e)
-        files = {d: f"{d}/{self.lake.file_name(p, es[0].offset, es[-1].offset)}" for d, es in by_hour.items()}
+    def _write_partition(self, p: int, batch: Waiting, now: float) -> int:
+        t = decode(batch.payloads)
+        ts = np.nan_to_num(t.column("ts").to_numpy(zero_copy_only=False), nan=0.0).astype(np.int64)
+        ts = np.where(ts > 0, ts, int(now))
+        users = t.column("user_id").to_numpy(zero_copy_only=False)
+        keep = self._kept(users, ts)
+        self.stats.dropped_forgotten += int((~keep).sum())
+        table = pa.table(
+            {
+                "event_id": t.column("event_id"),
+                "user_id": t.column("user_id"),
+                "item_id": t.column("item_id"),
+                "event_type": t.column("event_type"),
+                "value": pc.fill_null(t.column("value"), 1.0),
+                "ts": pa.array(ts, pa.int64()),
+                "partition": pa.array(np.full(len(ts), p, np.int32)),
+                "offset": pa.array(batch.offsets, pa.string()),
+            },
+            schema=EVENT_SCHEMA,
+        )
+        hours = ts // 3600
+        files: dict[str, tuple[str, pa.Table]] = {}
+        for h in np.unique(hours[keep]):
+            rows = np.flatnonzero(keep & (hours == h))
+            d = self.lake.hour_dir(float(h) * 3600)
+            name = self.lake.file_name(p, batch.offsets[rows[0]], batch.offsets[rows[-1]])
+            files[d] = (f"{d}/{name}", table.take(pa.array(rows)))
         name = f"p{p}"
         if files:
-            self.lake.write_json(self.lake.pending_path(name), {"files": sorted(files.values())})
-            for d, es in by_hour.items():
+            self.lake.write_json(self.lake.pending_path(name), {"files": sorted(f for f, _ in files.values())})
+            for d, (path, rows_t) in files.items():
                 self.lake.fs.create_dir(d, recursive=True)
-                pq.write_table(_rows(es), files[d], filesystem=self.lake.fs)
+                pq.write_table(rows_t, path, filesystem=self.lake.fs)
                 self.touched[d] = now
         c = self.cursors[p]
-        newest = max([float(e.event.get("ts") or 0) for e in batch] + [c.newest_ts])
-        self.cursors[p] = Cursor(batch[-1].offset, c.consumed + len(batch), newest)
+        newest = max(float(ts.max()), c.newest_ts)
+        self.cursors[p] = Cursor(batch.offsets[-1], c.consumed + len(batch), newest)
         self.lake.write_json(self.lake.cursor_path(name), self.cursors[p].to_json())
         if files:
             self.lake.delete(self.lake.pending_path(name))
-        self.stats.written += len(keep)
+        kept = int(keep.sum())
+        self.stats.written += kept
         self.stats.files += len(files)
-        return len(keep)
+        return kept
 
     # ------------------------------------------------------------- catalogue
     def drain_changes(self, now: float) -> int:

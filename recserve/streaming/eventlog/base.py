@@ -35,6 +35,16 @@ class Entry:
     event: dict
 
 
+@dataclass
+class RawBatch:
+    """Entries of one partition as the log holds them: their offsets and their JSON payloads, not
+    decoded (the lake's sink parses a whole batch at once in pyarrow)."""
+
+    partition: int
+    offsets: list[str]
+    payloads: list[bytes]
+
+
 def behind(appended: list[int], committed_counts: list) -> dict[int, int]:
     """Per partition: entries appended minus those the aggregators committed (never below 0)."""
     return {p: max(0, int(a) - int(c or 0)) for p, (a, c) in enumerate(zip(appended, committed_counts))}
@@ -58,6 +68,17 @@ class EventLog(ABC):
         """Entries of each partition after its offset (exclusive; "" = from the start), oldest
         first per partition, waiting up to block_ms when there are none: what an aggregator that
         keeps its own committed offsets reads."""
+
+    def read_raw_after_many(self, offsets: dict[int, str], count: int = 1000, block_ms: int = 0) -> list[RawBatch]:
+        """`read_after_many` without decoding each payload: one RawBatch per partition that has entries."""
+        import json
+
+        out: dict[int, RawBatch] = {}
+        for e in self.read_after_many(offsets, count, block_ms):
+            b = out.setdefault(e.partition, RawBatch(e.partition, [], []))
+            b.offsets.append(e.offset)
+            b.payloads.append(json.dumps(e.event, separators=(",", ":")).encode())
+        return list(out.values())
 
     def read_after(self, p: int, offset: str, count: int = 1000) -> list[Entry]:
         return [e for e in self.read_after_many({p: offset}, count) if e.partition == p]

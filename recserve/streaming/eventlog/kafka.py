@@ -23,7 +23,7 @@ import threading
 import time
 
 from recserve import keys
-from recserve.streaming.eventlog.base import Entry, EventLog, EventLogUnavailable, behind, partition_of
+from recserve.streaming.eventlog.base import Entry, EventLog, EventLogUnavailable, RawBatch, behind, partition_of
 
 PENDING_TTL_S = 60
 MIN_FETCH_MS = 300
@@ -209,6 +209,18 @@ class KafkaLog(EventLog):
         """Entries after each partition's offset (exclusive; "" = from the start), waiting up to
         block_ms for the first; one consumer assigned to those partitions, seeking only where its
         position is not the one asked for."""
+        return [Entry(p, str(off), json.loads(v)) for p, off, v in self._poll_after(offsets, count, block_ms)]
+
+    def read_raw_after_many(self, offsets: dict[int, str], count: int = 1000, block_ms: int = 0) -> list[RawBatch]:
+        out: dict[int, RawBatch] = {}
+        for p, off, v in self._poll_after(offsets, count, block_ms):
+            b = out.setdefault(p, RawBatch(p, [], []))
+            b.offsets.append(str(off))
+            b.payloads.append(v)
+        return list(out.values())
+
+    def _poll_after(self, offsets: dict[int, str], count: int, block_ms: int) -> list[tuple[int, int, bytes]]:
+        """(partition, offset, payload) of the records after each offset (read_after_many's reading)."""
         from kafka import KafkaConsumer, TopicPartition
 
         with self._lock:
@@ -237,13 +249,13 @@ class KafkaLog(EventLog):
             # a fetch takes a round trip: "no wait" still waits for one (MIN_FETCH_MS); what has
             # arrived by then from the other partitions comes along
             deadline = time.monotonic() + max(block_ms, MIN_FETCH_MS) / 1000
-            out: list[Entry] = []
+            out: list[tuple[int, int, bytes]] = []
             while True:
                 left = int((deadline - time.monotonic()) * 1000)
                 batch = c.poll(timeout_ms=max(left, 0) if not out else 0, max_records=count - len(out))
                 for tp, msgs in batch.items():
                     for m in msgs:
-                        out.append(Entry(tp.partition, str(m.offset), json.loads(m.value)))
+                        out.append((tp.partition, m.offset, m.value))
                     if msgs:
                         self._reader_next[tp.partition] = msgs[-1].offset + 1
                 if (out and not batch) or len(out) >= count or time.monotonic() >= deadline:

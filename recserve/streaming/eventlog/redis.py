@@ -7,7 +7,7 @@ import json
 
 from recserve import keys
 from recserve.redis_client import connect
-from recserve.streaming.eventlog.base import Entry, EventLog, behind, partition_of
+from recserve.streaming.eventlog.base import Entry, EventLog, RawBatch, behind, partition_of
 
 _APPEND_LUA = """
 local out = {}
@@ -148,6 +148,24 @@ class RedisStreamLog(EventLog):
         for name, rows in res or []:
             p = int((name.decode() if isinstance(name, bytes) else name).rsplit(":", 1)[1])
             out += self._entries(p, rows)
+        return out
+
+    def read_raw_after_many(self, offsets: dict[int, str], count: int = 1000, block_ms: int = 0) -> list[RawBatch]:
+        """The same XREAD, the payloads left as the stream holds them."""
+        if not offsets:
+            return []
+        streams = {self.stream(p): (off or "0-0") for p, off in offsets.items()}
+        res = self.r.xread(streams, count=count, block=block_ms or None)
+        out = []
+        for name, rows in res or []:
+            p = int((name.decode() if isinstance(name, bytes) else name).rsplit(":", 1)[1])
+            b = RawBatch(p, [], [])
+            for eid, fields in rows:
+                if fields:
+                    b.offsets.append(eid.decode() if isinstance(eid, bytes) else eid)
+                    b.payloads.append(fields[b"e"])
+            if b.offsets:
+                out.append(b)
         return out
 
     def queue_appended(self, pipe) -> None:
