@@ -124,9 +124,7 @@ def run(cfg, rows: int = 10_000_000, out: str | Path | None = None, log=print, w
     )
     t = time.perf_counter()
     with PeakRSS() as rss:
-        meta = import_data(
-            str(src), root / "dataset", items=str(root / "items.parquet"), mapping=mapping, progress=log
-        )
+        meta = import_data(str(src), root / "dataset", items=str(root / "items.parquet"), mapping=mapping, progress=log)
     took = time.perf_counter() - t
     res = {
         "rows": rows,
