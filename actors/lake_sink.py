@@ -13,6 +13,8 @@ import ray
 from recserve.lake import Lake, LakeSink
 from recserve.redis_client import connect
 
+IDLE_S = 0.5  # after a read that found less than a full batch
+
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, num_cpus=0.05)
 class LakeSinkActor:
@@ -45,8 +47,10 @@ class LakeSinkActor:
         while not self.stop.is_set():
             try:
                 with self.lock:
-                    self.sink.step(block_ms=200)
+                    n = self.sink.step(block_ms=200)
                 self.error = None
+                if n < self.sink.read_batch:  # caught up: let events gather (nothing waits on the lake
+                    self.stop.wait(IDLE_S)  # by the second), one read of many instead of many of few
             except Exception as e:  # noqa: BLE001 - Redis, the broker or the lake away: nothing committed, retry
                 self.error = f"{type(e).__name__}: {e}"
                 self.stop.wait(1.0)

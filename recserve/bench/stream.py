@@ -12,9 +12,10 @@ Runs on Redis database 1 of the stack's Redis, so the demo's state (database 0) 
 Kafka-protocol broker on a free port); the aggregators are the application's, started by its
 supervisor.
 
-The lake's cost: four runs alternated, the lake's sink off, on, off, on (each on a stream of its
+The lake's cost: six runs alternated, the lake's sink off, on, off, on, off, on (each on a stream of its
 own); the figures are the median run with the sink on (the default), beside the median without it:
-`ingest_with_sink_vs_without`, `freshness_p95_with_sink_vs_without`, and how long after the last
+`ingest_with_sink_vs_without`, `freshness_p95_with_sink_vs_without` (the medians of each side's runs),
+and how long after the last
 post the lake held every event."""
 
 from __future__ import annotations
@@ -141,7 +142,9 @@ def run(
     }
     res["runs"] = {k: [x["ingest_events_per_s"] for x in v] for k, v in runs.items()}
     res["ingest_with_sink_vs_without"] = round(res["ingest_events_per_s"] / off["ingest_events_per_s"], 3)
-    res["freshness_p95_with_sink_vs_without"] = round(res["freshness_p95_ms"] / max(off["freshness_p95_ms"], 1e-9), 3)
+    res["freshness_p95_runs"] = {k: [x["freshness_p95_ms"] for x in v] for k, v in runs.items()}
+    fresh = {k: float(np.median(v)) for k, v in res["freshness_p95_runs"].items()}  # each side's own median
+    res["freshness_p95_with_sink_vs_without"] = round(fresh["with"] / max(fresh["without"], 1e-9), 3)
     res["appendfsync"] = fsync_used
     res["targets"] = {
         "events_per_s_ge_10000": res["events_per_s"] >= 10_000,
@@ -161,11 +164,11 @@ def run(
     return res
 
 
-CASES = ("without", "with", "without", "with")
+CASES = ("without", "with") * 3
 
 
 def _median(runs: list[dict], key: str) -> dict:
-    """The run whose `key` is the median (the lower middle of an even count)."""
+    """The run whose `key` is the median (of an even count, the lower middle)."""
     return sorted(runs, key=lambda x: x[key])[(len(runs) - 1) // 2]
 
 

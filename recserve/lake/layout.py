@@ -199,6 +199,15 @@ class Lake:
             f.write(json.dumps(value).encode())
         self.fs.move(tmp, path)
 
+    def write_parquet(self, table: pa.Table, path: str) -> None:
+        """A parquet file written aside and moved into place, so a reader never sees half of one
+        (a local rename; an object store's object appears whole when its upload ends)."""
+        import pyarrow.parquet as pq
+
+        tmp = f"{path}.tmp"
+        pq.write_table(table, tmp, filesystem=self.fs)
+        self.fs.move(tmp, path)
+
     def delete(self, path: str) -> None:
         try:
             self.fs.delete_file(path)

@@ -158,6 +158,7 @@ class LakeSink:
         if pending:
             for path in pending.get("files", []):
                 self.lake.delete(path)
+                self.lake.delete(f"{path}.tmp")
         self.lake.delete(self.lake.pending_path(name))
 
     # ----------------------------------------------------------------- loop
@@ -246,7 +247,7 @@ class LakeSink:
             self.lake.write_json(self.lake.pending_path(name), {"files": sorted(f for f, _ in files.values())})
             for d, (path, rows_t) in files.items():
                 self.lake.fs.create_dir(d, recursive=True)
-                pq.write_table(rows_t, path, filesystem=self.lake.fs)
+                self.lake.write_parquet(rows_t, path)
                 self.touched[d] = now
         c = self.cursors[p]
         newest = max(float(ts.max()), c.newest_ts)
@@ -281,7 +282,7 @@ class LakeSink:
         path = self.lake.changes_path(first, last)
         self.lake.write_json(self.lake.pending_path(ITEMS_CURSOR), {"files": [path]})
         self.lake.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(pa.table(cols, schema=CHANGE_SCHEMA), path, filesystem=self.lake.fs)
+        self.lake.write_parquet(pa.table(cols, schema=CHANGE_SCHEMA), path)
         self.lake.write_json(self.lake.cursor_path(ITEMS_CURSOR), {"offset": last})
         self.lake.delete(self.lake.pending_path(ITEMS_CURSOR))
         self.items_cursor = last
@@ -338,9 +339,7 @@ class LakeSink:
         p, d = group[0].partition, group[0].hour_dir
         first, last = min(f.first for f in group), max(f.last for f in group)
         path = f"{d}/p{p}-{first}-{last}.c.parquet"
-        tmp = f"{path}.tmp"  # written aside and moved over: a file of the same range may be one of the group
-        pq.write_table(table, tmp, filesystem=self.lake.fs)
-        self.lake.fs.move(tmp, path)
+        self.lake.write_parquet(table, path)  # moved over whole: a file of the same range may be one of the group
         for f in group:
             if f.path != path:
                 self.lake.delete(f.path)

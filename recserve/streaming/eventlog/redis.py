@@ -154,19 +154,32 @@ class RedisStreamLog(EventLog):
         """The same XREAD, the payloads left as the stream holds them."""
         if not offsets:
             return []
-        streams = {self.stream(p): (off or "0-0") for p, off in offsets.items()}
-        res = self.r.xread(streams, count=count, block=block_ms or None)
+        names = [self.stream(p) for p in offsets]
+        args: list = ["COUNT", count] + (["BLOCK", block_ms] if block_ms else [])
+        args += ["STREAMS", *names, *[off or "0-0" for off in offsets.values()]]
+        res = self._raw_client().execute_command("XREAD", *args)  # the reply as the server sent it
         out = []
-        for name, rows in res or []:
+        for name, rows in (res.items() if isinstance(res, dict) else res or []):  # RESP3: a map
             p = int((name.decode() if isinstance(name, bytes) else name).rsplit(":", 1)[1])
             b = RawBatch(p, [], [])
             for eid, fields in rows:
-                if fields:
+                if fields:  # [b"e", payload]
                     b.offsets.append(eid.decode() if isinstance(eid, bytes) else eid)
-                    b.payloads.append(fields[b"e"])
+                    b.payloads.append(fields[1])
             if b.offsets:
                 out.append(b)
         return out
+
+    def _raw_client(self):
+        """A client of the same connections whose XREAD reply is left as the server sent it (no
+        dict per entry: the lake's sink reads every event)."""
+        raw = getattr(self, "_raw", None)
+        if raw is None:
+            import redis
+
+            raw = self._raw = redis.Redis(connection_pool=self.r.connection_pool)
+            raw.set_response_callback("XREAD", lambda response, **options: response)
+        return raw
 
     def queue_appended(self, pipe) -> None:
         """Queue, per partition, what `appended` reads: the stream's length and what was trimmed."""
