@@ -159,7 +159,7 @@ class RedisStreamLog(EventLog):
         args += ["STREAMS", *names, *[off or "0-0" for off in offsets.values()]]
         res = self._raw_client().execute_command("XREAD", *args)  # the reply as the server sent it
         out = []
-        for name, rows in (res.items() if isinstance(res, dict) else res or []):  # RESP3: a map
+        for name, rows in res.items() if isinstance(res, dict) else res or []:  # RESP3: a map
             p = int((name.decode() if isinstance(name, bytes) else name).rsplit(":", 1)[1])
             b = RawBatch(p, [], [])
             for eid, fields in rows:
