@@ -50,6 +50,15 @@ def connect_async(
     return aredis.Redis.from_url(_url(target), **_options(timeout, connect_timeout, extra))
 
 
+def with_raw_replies(client: redis.Redis, *commands: str) -> redis.Redis:
+    """A client on `client`'s connections whose replies to `commands` are left as the server sent
+    them (no parsing into dicts: a reader of every event saves that per entry)."""
+    raw = redis.Redis(connection_pool=client.connection_pool)
+    for c in commands:
+        raw.set_response_callback(c, lambda response, **options: response)
+    return raw
+
+
 def url_of(host: str, port: int, password: str | None = None, db: int = 0) -> str:
     """The redis:// URL of a server (its password quoted into it)."""
     auth = f":{quote(password, safe='')}@" if password else ""

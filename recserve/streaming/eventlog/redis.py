@@ -175,10 +175,9 @@ class RedisStreamLog(EventLog):
         dict per entry: the lake's sink reads every event)."""
         raw = getattr(self, "_raw", None)
         if raw is None:
-            import redis
+            from recserve.redis_client import with_raw_replies
 
-            raw = self._raw = redis.Redis(connection_pool=self.r.connection_pool)
-            raw.set_response_callback("XREAD", lambda response, **options: response)
+            raw = self._raw = with_raw_replies(self.r, "XREAD")
         return raw
 
     def queue_appended(self, pipe) -> None:
