@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "RECSERVE_"
 DEFAULT_CONFIG_NAME = "recserve.yaml"
@@ -391,6 +391,11 @@ class ArmConfig(_Strict):
     candidates: int | None = Field(
         None, ge=10, description="retrieval: candidates fetched from the index (null: ranker.candidates)"
     )
+    generation: str | None = Field(
+        None,
+        description="a registry generation serving this arm whole: embeddings, index, ranker, sequence model "
+        "(a retrain's canary; null: the serving one)",
+    )
 
 
 class GuardrailConfig(_Strict):
@@ -438,6 +443,60 @@ class ExperimentConfig(_Strict):
         return self
 
 
+class RetrainConfig(_Strict):
+    """The loop (`python -m pipelines.retrain`, `recserve retrain`, recserve.generations): a
+    candidate generation trained on the lake's window, judged against the serving one, rolled out
+    as a canary, promoted or rolled back."""
+
+    every: str | None = Field(
+        None,
+        description="how often the application's scheduler submits a retrain (e.g. 6h, 30m, 1d); "
+        "null: only by hand (`recserve retrain`)",
+    )
+    window_days: float | None = Field(30.0, gt=0, description="the lake's last N days trained on (null: all of it)")
+    holdout: float = Field(
+        0.1, gt=0, lt=0.5, description="the newest share of the window's events held out: the gate judges both on it"
+    )
+    margin: float = Field(
+        0.02,
+        ge=0,
+        lt=1,
+        description="a candidate whose NDCG@10 or Recall@10 on the held-out slice is below the serving "
+        "generation's by more than this share is kept, not promoted",
+    )
+    min_events: int = Field(200, ge=1, description="fewer events in the window: the retrain stops, nothing changes")
+    canary_share: float = Field(0.1, gt=0, lt=1, description="users served the candidate while it is a canary")
+    canary_min_shown: int = Field(
+        2000, ge=10, description="items the canary must have shown (and the guardrail not stopped it) to be promoted"
+    )
+    canary_alpha: float = Field(
+        0.01, gt=0, lt=0.5, description="the canary's guardrail: one-sided level at which a worse canary is stopped"
+    )
+    auto_rollout: bool = Field(True, description="a candidate that passes the gate starts as a canary by itself")
+    lock_ttl_s: float = Field(60.0, ge=5, description="a retrain whose heartbeat stops this long is counted dead")
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, v):
+        if v is not None:
+            parse_duration(v)
+        return v
+
+    @property
+    def every_s(self) -> float | None:
+        return None if self.every is None else parse_duration(self.every)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of '90s', '30m', '6h', '1d' (or a bare number of seconds)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"duration {text!r}: expected a positive number with s, m, h or d (e.g. 6h, 30m)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
 EMBEDDED_KAFKA = "stream.kafka_port (the embedded broker)"
 
 
@@ -452,6 +511,7 @@ class Config(_Strict):
     ranker: RankerConfig = RankerConfig()
     stream: StreamConfig = StreamConfig()
     lake: LakeConfig = LakeConfig()
+    retrain: RetrainConfig = RetrainConfig()
     eval: EvalConfig = EvalConfig()
     serve: ServeConfig = ServeConfig()
     explainer: ExplainerConfig = ExplainerConfig()

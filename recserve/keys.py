@@ -25,6 +25,9 @@ its owner was configured with (tests give their own, so they never share state).
   exp:active                  the running experiment (JSON: name, its config, when it started)
   exp:<name>:stats            hash <arm>:<figure> -> sum: answers, shown, feedback, clicks, reward, reward_sq
   exp:<name>:stopped          hash arm -> JSON why and when the guardrail (or an operator) stopped it
+  retrain:lock                the running retrain's run id (SET NX, a TTL its heartbeat renews: one run at a time)
+  retrain:status              JSON: the last retrain's run, stage, state (running, done, failed), why, what it made
+  rollout:state               JSON: the candidate generation rolled out as a canary (recserve.generations)
   region:drain                this region is draining (readiness answers 503)
   users:forgotten             hash user -> when they were forgotten (DELETE /v1/users/{id}; recserve.privacy)
   catalogue:changes           stream of catalogue writes (PUT / DELETE /v1/items) the lake's sink drains
@@ -127,6 +130,9 @@ def bandit_rewards(prefix: str = BANDIT) -> str:
 
 
 EXPERIMENT_ACTIVE = "exp:active"
+RETRAIN_LOCK = "retrain:lock"
+RETRAIN_STATUS = "retrain:status"
+ROLLOUT_STATE = "rollout:state"
 
 
 def experiment_stats(name: str) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 MANIFEST = "manifest.json"
+NOTE = "note.json"  # a version's mutable side note (write_note)
 _VERSION_RE = re.compile(r"^v(\d{6,})$")
 
 
@@ -43,9 +44,10 @@ def _split_uri(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 class Registry:
-    def __init__(self, uri: str | Path, keep: int = 10):
+    def __init__(self, uri: str | Path, keep: int = 10, publish_latest: bool = True):
         self.uri = str(uri)
         self.keep = keep
+        self.publish_latest = publish_latest  # False: publish() leaves `latest` where it is (a retrain's candidate)
         self.fs, self.root = _split_uri(self.uri)
 
     # ----------------------------------------------------------------- paths
@@ -76,6 +78,16 @@ class Registry:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError) as e:
+            raise RegistryError(f"latest pointer of {name!r} in {self.uri} is unreadable: {e}") from e
+
+    def pointer(self, name: str) -> dict | None:
+        """`latest` with when it moved: {"version", "at"} (None: nothing published)."""
+        try:
+            with self.fs.open_input_stream(self._p(name, "latest")) as f:
+                return json.loads(f.read().decode())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
             raise RegistryError(f"latest pointer of {name!r} in {self.uri} is unreadable: {e}") from e
 
     def resolve(self, name: str, version: str | None = None) -> str:
@@ -143,8 +155,11 @@ class Registry:
         params: dict | None = None,
         lineage: dict | None = None,
         extra: dict | None = None,
+        set_latest: bool | None = None,
     ) -> str:
-        """Publish the files of local `src_dir` as the next version of `name`; return the version."""
+        """Publish the files of local `src_dir` as the next version of `name`; return the version.
+        `set_latest` False (default: the registry's `publish_latest`) publishes it without moving
+        `latest`: a candidate that serving does not load until it is promoted (recserve.generations)."""
         src_dir = Path(src_dir)
         if not src_dir.is_dir():
             raise RegistryError(f"nothing to publish: {src_dir} is not a directory")
@@ -185,7 +200,8 @@ class Registry:
                 break
             else:
                 raise RegistryError(f"could not allocate a version for {name!r} in {self.uri}")
-            self._set_latest(name, version)
+            if self.publish_latest if set_latest is None else set_latest:
+                self._set_latest(name, version)
         except OSError as e:
             self._rm(staging)
             raise RegistryError(f"publishing {name!r} to {self.uri} failed ({e}); latest is unchanged") from e
@@ -209,10 +225,33 @@ class Registry:
         with contextlib.suppress(OSError, FileNotFoundError):
             self.fs.delete_dir(path)
 
-    def prune(self, name: str) -> list[str]:
+    def delete_version(self, name: str, version: str) -> None:
+        """Remove a version that is not `latest` (a failed retrain's half-made candidate)."""
+        if version == self.latest(name):
+            raise RegistryError(f"{name} {version} is what `latest` points at; point it elsewhere first")
+        self._rm(self._p(name, "versions", version))
+
+    def write_note(self, name: str, version: str, note: dict) -> None:
+        """A version's mutable side note (`note.json` beside its immutable manifest: a generation's
+        rollout state), replaced atomically."""
+        self.resolve(name, version)
+        tmp = self._p(name, "versions", version, f".note.tmp-{uuid.uuid4().hex[:8]}")
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(note, indent=2, default=str).encode())
+        self.fs.move(tmp, self._p(name, "versions", version, NOTE))
+
+    def note(self, name: str, version: str) -> dict:
+        try:
+            with self.fs.open_input_stream(self._p(name, "versions", version, NOTE)) as f:
+                return json.loads(f.read().decode())
+        except FileNotFoundError:
+            return {}
+
+    def prune(self, name: str, protect: set[str] | None = None) -> list[str]:
         vs = self.versions(name)
         latest = self.latest(name)
-        drop = [v for v in vs[: -self.keep] if v != latest] if len(vs) > self.keep else []
+        keep = {latest, *(protect or ())}
+        drop = [v for v in vs[: -self.keep] if v not in keep] if len(vs) > self.keep else []
         for v in drop:
             self._rm(self._p(name, "versions", v))
         return drop

@@ -10,6 +10,7 @@ from recserve.cli import ops  # noqa: F401
 from recserve.cli import keys  # noqa: F401
 from recserve.cli import experiment  # noqa: F401
 from recserve.cli import lake  # noqa: F401
+from recserve.cli import loop  # noqa: F401
 from recserve.cli import bench  # noqa: F401
 from recserve.cli.main import app, main, unwrap_help
 

@@ -14,7 +14,7 @@ from recserve.cli.main import ConfigOpt, _cfg, _fail, app, console
 
 lake_app = typer.Typer(
     no_args_is_help=True,
-    help="The lake of acknowledged events and catalogue writes: status, export, train.",
+    help="The lake of acknowledged events and catalogue writes: status, export, train, backfill.",
 )
 app.add_typer(lake_app, name="lake")
 
@@ -120,3 +120,22 @@ def train_cmd(
     except (DataError, LakeError, RegistryError, ValueError, OSError) as e:
         _fail(e)
     console.print(json.dumps(out))
+
+
+@lake_app.command("backfill")
+def backfill_cmd(
+    dataset: Path = typer.Argument(..., help="a dataset directory (recserve import, MovieLens, a generated world)"),
+    uri: str | None = UriOpt,
+    config: Path | None = ConfigOpt,
+):
+    """A dataset's events and items written into the lake as history, so the loop's retrains
+    (`recserve retrain`) train on it beside the traffic the sinks keep."""
+    from recserve.lake import LakeError, backfill
+    from recserve.schemas import DataError
+
+    cfg = _cfg(config)
+    try:
+        out = backfill(_lake(cfg, uri), dataset)
+    except (DataError, LakeError, OSError) as e:
+        _fail(e)
+    console.print(f"backfilled {out['events']} events ({out['files']} files) and {out['items']} items", markup=False)

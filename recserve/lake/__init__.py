@@ -2,7 +2,17 @@
 (recserve.lake.layout for its paths, .sink for the exactly-once writer, .reader to read it back)."""
 
 from recserve.lake.layout import Lake, LakeError
-from recserve.lake.reader import catalogue, event_batches, export_dataset, read_events, status
+from recserve.lake.reader import backfill, catalogue, event_batches, export_dataset, read_events, status
 from recserve.lake.sink import LakeSink
 
-__all__ = ["Lake", "LakeError", "LakeSink", "catalogue", "event_batches", "export_dataset", "read_events", "status"]
+__all__ = [
+    "Lake",
+    "LakeError",
+    "LakeSink",
+    "backfill",
+    "catalogue",
+    "event_batches",
+    "export_dataset",
+    "read_events",
+    "status",
+]

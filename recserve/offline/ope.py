@@ -686,3 +686,58 @@ def write(report: dict, out: Path) -> None:
     out.write_text(json.dumps(report, indent=2))
     out.with_suffix(".md").write_text(markdown(report))
     plot(report, out.with_suffix(".png"))
+
+
+# ------------------------------------------------------------------ the retrain's gate
+def compare_generations(
+    cfg, reg, candidate: dict, serving: dict, r, k: int = 10, max_impressions: int = 200_000, log=print
+) -> dict:
+    """Doubly-robust estimates of reward per shown item, from the live log, of the serving
+    generation's ranker greedy and of a candidate generation's greedy over the same pools (the
+    serving ranker's top `top_n`, what the logging bandit explored in): the candidate scores each
+    pool item with its own embeddings, sequence model and ranker, from the user's history in the
+    candidate's training set. Raises ValueError when the log has nothing to judge on."""
+    from recserve.artifacts import event_weights, ranker_path, trained_on
+    from recserve.offline.jobs.common import train_part
+    from recserve.offline.jobs.evaluate import GenerationView
+    from recserve.ranking.interactions import build_interactions
+    from recserve.ranking.ranker import feature_tensor, load_model
+    from recserve.ranking.ranker import score as ranker_score
+
+    imps, rewards = read_live(r, max_impressions)
+    if not imps or not rewards:
+        raise ValueError("no logged impressions with feedback yet: judged offline only")
+    users = np.unique([i["user_id"] for i in imps if i["user_id"] >= 0])
+    pool = build_pool(cfg, trained_on(reg, serving["embeddings"]), reg, log=log, user_ids=users)
+    logs, cover = live_logs(pool, imps, rewards, k)
+    q = reward_models(pool, logs)
+    m_serving = top_k_marginals(pool.scores[pool.serving_version], k)
+    ds = trained_on(reg, candidate["embeddings"])
+    train, _, items = train_part(cfg, ds, 0.0, gone={})
+    data = build_interactions(train, train.iloc[:0], items, event_weights(ds))
+    view = GenerationView(cfg, reg, candidate, data, items)
+    row = {int(u): i for i, u in enumerate(data.user_ids)}
+    known = np.array([int(u) in row for u in pool.users])
+    m_cand = m_serving.copy()  # a user the candidate never saw: it would serve them as the serving one
+    if known.any():
+        dense_users = np.array([row[int(u)] for u in pool.users[known]], dtype=np.int64)
+        cand = np.vectorize(lambda x: view.id_to_dense.get(int(x), -1), otypes=[np.int64])(pool.items[known])
+        queries = view.queries(dense_users)
+        sc = np.einsum("ud,ucd->uc", queries, view.ivec[np.maximum(cand, 0)])
+        X = feature_tensor(view.inp, dense_users, cand, sc, cfg.ranker, view.scorer)
+        s = np.where(cand >= 0, ranker_score(load_model(ranker_path(reg, candidate["ranker"]))[0], X), -np.inf)
+        m_cand[known] = top_k_marginals(s, k)
+    out = {
+        "serving": estimate(m_serving, logs, q)["dr"],
+        "candidate": estimate(m_cand, logs, q)["dr"],
+        "impressions": cover["impressions"],
+        "shown_in_pool": cover["shown_in_pool"],
+        "contexts_known_to_candidate": int(known.sum()),
+        "estimator": "doubly robust, 95 % interval",
+    }
+    log(
+        f"off-policy (DR) reward per shown item: candidate {out['candidate']['estimate']:.4f} "
+        f"[{out['candidate']['lo']:.4f}, {out['candidate']['hi']:.4f}], serving {out['serving']['estimate']:.4f} "
+        f"[{out['serving']['lo']:.4f}, {out['serving']['hi']:.4f}] over {cover['impressions']} impressions"
+    )
+    return out

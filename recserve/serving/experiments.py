@@ -49,6 +49,7 @@ class Arm:
     ranker_spec: dict | None = None
     bandit_share: float | None = None
     candidates: int | None = None
+    generation: str | None = None  # a whole generation serves this arm (a retrain's canary)
 
     @property
     def stopped(self) -> bool:
@@ -195,12 +196,18 @@ def start(r, cfg, reg, name: str, replace: bool = False) -> dict:
         raise ConfigError(f"config key 'experiments.{name}': no such experiment in the config (it defines: {have})")
     exp = cfg.experiments[name]
     check(name, exp, reg.versions("ranker"))
+    return begin(r, name, exp, replace)
+
+
+def begin(r, name: str, exp: ExperimentConfig, replace: bool = False, **extra) -> dict:
+    """Write experiment `exp` as the running one (its figures from zero): every replica serves it
+    within a second. Refuses while another runs unless `replace`."""
     cur = active(r)
     if cur is not None and cur["name"] != name and not replace:
         raise ConfigError(
             f"experiment {cur['name']!r} is running: stop it first (recserve experiment stop) or pass --replace"
         )
-    state = {"name": name, "config": exp.model_dump(mode="json"), "started_at": time.time()}
+    state = {"name": name, "config": exp.model_dump(mode="json"), "started_at": time.time(), **extra}
     pipe = r.pipeline(transaction=True)
     pipe.delete(keys.experiment_stats(name), keys.experiment_stopped(name))
     pipe.set(keys.EXPERIMENT_ACTIVE, json.dumps(state))
@@ -309,6 +316,7 @@ class LiveExperiments:
                 self.specs.get(s.ranker_version) if s.ranker_version else None,
                 s.bandit_share,
                 s.candidates,
+                s.generation,
             )
         self.name, self.exp, self.started_at, self.stopped, self._arms = (
             state["name"],
@@ -334,6 +342,10 @@ class LiveExperiments:
             return False
         specs = await asyncio.to_thread(self.specs_for, state)
         return self.set_state(state, stopped, specs)
+
+    def generations(self) -> set[str]:
+        """The generations the running experiment's arms serve (a canary's), stopped arms' left out."""
+        return {a.generation for a in self._arms.values() if a.generation and not a.stopped}
 
     def assign(self, unit: str) -> Arm | None:
         if self.exp is None or self.name is None:

@@ -77,8 +77,12 @@ class Ladder:
         deadline_ms: float = 80.0,
         explainer_budget_ms: float = 300.0,
         remember: int = 100_000,
+        ranker_spec: dict | None = None,
     ):
         self.stage = stage
+        # the ranker this ladder scores with when an arm names none (None: the score port's own);
+        # a generation loaded beside the serving one (a canary) names its ranker here
+        self.ranker_spec = ranker_spec
         self.ports = ports
         self.breakers = breakers
         self.deadline_s = deadline_ms / 1000.0
@@ -293,7 +297,7 @@ class Ladder:
             q = stage.prepare(uid, k, filters, live)
         if arm is not None and arm.candidates:
             q = replace(q, n=max(k, arm.candidates))
-        spec = arm.ranker_spec if arm is not None else None
+        spec = arm.ranker_spec if arm is not None and arm.ranker_spec else self.ranker_spec
         share, tag = (arm.bandit_share, arm.tag) if arm is not None else (None, None)
         who = -1 if user_id is None else user_id  # the bandit's and explainer's id of an anonymous visitor
         ok, found = await self.hop(
@@ -314,7 +318,7 @@ class Ladder:
             ok, res = await self.hop("ranker", lambda: ports.score.score(cands.X, spec), left(), timings)
             if ok:
                 scores, versions["ranker"] = res
-                if spec is None:  # the version serving (an arm's own is not it)
+                if spec is self.ranker_spec:  # the version serving (an arm's own is not it)
                     self.ranker_version = versions["ranker"]
             else:
                 versions["ranker"] = "unavailable"

@@ -41,6 +41,20 @@ class BackgroundLoops:
         the guardrail) loads the arms' ranker versions and drops the cached answers of the old arms."""
         s = self.svc
         exps = s.experiments
+        state, stopped = await exps.read()
+        if s.load_generation is not None:
+            # a canary's generation is loaded before its arm serves anyone here (until then this
+            # replica keeps the experiment it had); one no running arm serves is released
+            wanted = {
+                a["generation"]
+                for name, a in ((state or {}).get("config") or {}).get("arms", {}).items()
+                if a.get("generation") and name not in stopped
+            }
+            try:
+                await s.sync_generations(wanted)
+            except Exception as e:  # noqa: BLE001 - cannot load it (yet): the next second tries again
+                log.warning("cannot load the canary generation(s) %s: %s", sorted(wanted), e)
+                return
         if await exps.refresh():
             keep_only = getattr(s.ports.score, "keep_only", None)
             if keep_only is not None:
@@ -68,8 +82,27 @@ class BackgroundLoops:
                         log.warning("experiment %s: arm %s stopped: %s", exps.name, arm, why["reason"])
                     if figures:
                         self.svc.metrics.arm_figures(figures)
+                    if self.svc.load_generation is not None:
+                        await asyncio.to_thread(self.svc.load_generation.tick)  # a canary promoted or rolled back
+                await self.follow_rollout()
             except Exception:  # noqa: BLE001 - Redis away: the last state serves, counts wait
                 pass
+
+    async def follow_rollout(self) -> None:
+        """A promoted canary becomes this replica's serving generation (recserve.rollout)."""
+        import json
+
+        from recserve import keys
+
+        s = self.svc
+        if s.load_generation is None:
+            return
+        raw = await s.r.get(keys.ROLLOUT_STATE)
+        st = json.loads(raw) if raw else None
+        # a promotion before this replica started is what it loaded (or what a later deploy replaced)
+        fresh = st and st.get("state") == "promoted" and float(st.get("since", 0)) > s.started_at
+        if fresh and st["generation"] != s.generation and await s.adopt(st["generation"]):
+            log.warning("generation %s serves now (promoted: %s)", st["generation"], st.get("why"))
 
     async def housekeeping(self) -> None:
         """Once a second: metrics to Ray (breakers, staleness, lag, versions with them); every 10 s

@@ -71,10 +71,13 @@ class ReadPaths:
             else:
                 unit = f"s:{session[0] if session else None}"
             arm = exps.assign(unit)
+        ladder = s.ladder_for(arm)
+        if ladder is None:  # its canary generation is not loaded here yet: served and counted as if in none
+            arm, ladder = None, s.ladder
 
         async def compute() -> tuple[bytes, int, dict | None, dict | None, int]:
             rid = None if arm is None else f"{uuid.uuid4().hex}.{arm.tag}"
-            out = await s.ladder.recommend(user_id, k, filters, explain, session=session, arm=arm, request_id=rid)
+            out = await ladder.recommend(user_id, k, filters, explain, session=session, arm=arm, request_id=rid)
             out.pop("took_ms", None)  # the request's own, appended by `finish`
             if arm is not None:
                 out["experiment"] = arm.answer()

@@ -63,17 +63,21 @@ class Candidates:
 
 
 class Recommender:
-    def __init__(self, cfg: Config, registry):
+    def __init__(self, cfg: Config, registry, versions: dict[str, str] | None = None):
+        """`versions`: the generation's {embeddings, index, ranker} (default: what serves,
+        recserve.generations.serving_versions)."""
         from recserve.artifacts import load_embeddings, read_events, read_items, trained_on
+        from recserve.generations import serving_versions
         from recserve.ranking.interactions import build_interactions
         from recserve.ranking.ranker import ranking_inputs
 
         self.cfg = cfg
-        emb = load_embeddings(registry)
+        versions = versions or serving_versions(registry) or {}
+        emb = load_embeddings(registry, versions.get("embeddings"))
         self.versions = {
             "embeddings": emb["version"],
-            "index": registry.resolve("index"),
-            "ranker": registry.resolve("ranker"),
+            "index": registry.resolve("index", versions.get("index")),
+            "ranker": registry.resolve("ranker", versions.get("ranker")),
         }
         dataset = trained_on(registry, emb["version"])
         events, items = read_events(dataset), read_items(dataset)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from typing import Any
 
@@ -43,8 +44,16 @@ class RecService:
         replica: str = "",
         gate=None,
         experiments=None,
+        generation: str | None = None,
+        load_generation=None,
     ):
         self.cfg = cfg
+        # the registry generation this replica serves (None: versions published by hand), and how to
+        # load another beside it (a canary: recserve.rollout), which promotion makes the serving one
+        self.generation = generation
+        self.started_at = time.time()
+        self.load_generation = load_generation
+        self.canaries: dict[str, Any] = {}  # generation -> its GenerationServing (recserve.serving.wiring)
         self.gate = gate  # API keys and quotas (recserve.auth.Gate), checked by the ingress's middleware
         self.replica = replica  # which ingress replica answers (status)
         self.stage = stage
@@ -113,6 +122,43 @@ class RecService:
         self.ladder.last_good.pop(user, None)
         self.ranker_version = self.ladder.ranker_version
         return out
+
+    # ------------------------------------------------------------- generations (the loop)
+    def ladder_for(self, arm) -> Ladder | None:
+        """The ladder that serves an experiment arm: a canary's generation when the arm serves one
+        (None when this replica has not loaded it yet), else the serving one."""
+        if arm is None or not arm.generation:
+            return self.ladder
+        g = self.canaries.get(arm.generation)
+        return g.ladder if g is not None else None
+
+    async def sync_generations(self, wanted: set[str]) -> None:
+        """Load the canary generations an experiment serves (beside this replica's own); release the
+        ones no arm serves any more (their index actors stopped)."""
+        if self.load_generation is None:
+            return
+        for gen in sorted(wanted - set(self.canaries) - {self.generation}):
+            self.canaries[gen] = await self.load_generation.load(gen)
+        for gen in sorted(set(self.canaries) - wanted):
+            g = self.canaries.pop(gen)
+            await asyncio.to_thread(g.release)
+
+    async def adopt(self, generation: str) -> bool:
+        """Serve `generation` from now on, in place: the canary this replica holds (or the
+        generation loaded now) becomes its stage, index and ladder; the old generation's index is
+        released and the cached answers dropped. False when it serves it already."""
+        if generation == self.generation or self.load_generation is None:
+            return False
+        g = self.canaries.pop(generation, None) or await self.load_generation.load(generation)
+        old_index = self.index
+        g.ladder.stale = self.ladder.stale
+        self.stage, self.index, self.ladder, self.ports = g.stage, g.index, g.ladder, g.ladder.ports
+        self.watch.on_stale = g.ladder.set_stale
+        self.generation = generation
+        self.ranker_version = None
+        self.cache.clear()
+        await asyncio.to_thread(g.release_other, old_index)
+        return True
 
     def reconfigure(self, user_config: dict) -> None:
         """A new ranker model in place (Serve's user_config), for an in-process ranker."""

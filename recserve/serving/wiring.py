@@ -29,6 +29,106 @@ def has_generation(reg) -> bool:
     return all(reg.latest(name) is not None for name in ("embeddings", "index", "ranker"))
 
 
+@dataclass
+class GenerationServing:
+    """A registry generation loaded in an ingress replica: its stage, its index (shard actors of
+    its own), and a ladder over them that shares the replica's other ports (context, ranker port,
+    bandit, explainer) and scores with the generation's ranker."""
+
+    generation: str
+    versions: dict
+    stage: Any
+    index: Any
+    ladder: Any
+    shared: bool = False
+
+    def release(self) -> None:
+        """Stop this generation's index actors (a rolled-back canary)."""
+        _release(self.index, self.shared)
+
+    def release_other(self, index) -> None:
+        """Stop the actors of the index this generation replaces (promotion)."""
+        _release(index, self.shared)
+
+
+def _release(index, shared: bool) -> None:
+    if not shared:
+        index.shutdown()
+        return
+    import threading
+
+    # shared by every ingress replica: the others move to the new generation within a second or two
+    # (they read the rollout each second), so the old actors are stopped a little later
+    t = threading.Timer(10.0, index.shutdown)
+    t.daemon = True
+    t.start()
+
+
+def generation_root(index_root: str, generation: str | None) -> str:
+    """A generation's live index directory (snapshots, write-ahead logs) under the application's."""
+    return index_root if generation is None else f"{index_root.rstrip('/')}/gen-{generation}"
+
+
+class GenerationLoader:
+    """What a replica calls to serve a canary beside its own generation (`load`), and the rollout's
+    decision (`tick`, recserve.rollout: promote or roll back), which any replica may take."""
+
+    def __init__(self, load, tick):
+        self.load = load
+        self.tick = tick
+
+
+def generation_loader(
+    cfg: Config, reg, index_root: str, shard_actor, replicas: int, app_share: str | None, ports, sync
+) -> GenerationLoader:
+    from recserve.generations import GENERATION
+    from recserve.index.client import IndexClient
+    from recserve.ranking.ranker import ranker_spec
+    from recserve.serving.ladder import Ladder
+    from recserve.serving.ports import IndexSearch, Ports
+    from recserve.serving.recommender import Recommender
+
+    shard_opts = {"resources": dict(cfg.serve.shard_resources)} if cfg.serve.shard_resources else None
+
+    async def load(generation: str) -> GenerationServing:
+        versions = (await asyncio.to_thread(reg.manifest, GENERATION, generation))["versions"]
+        share = f"{app_share.rsplit('-', 1)[0]}-{versions['index']}" if app_share else None
+        index = await asyncio.to_thread(
+            IndexClient.from_artifact,
+            reg.fetch("index", versions["index"]),
+            generation_root(index_root, generation),
+            shard_actor=shard_actor,
+            replicas=replicas,
+            share_as=share,
+            actor_options=shard_opts,
+        )
+        stage = await asyncio.to_thread(Recommender, cfg, reg, versions)
+        own = Ports(
+            search=IndexSearch(index),
+            context=ports.context,
+            score=ports.score,
+            select=ports.select,
+            explain=ports.explain,
+        )
+        sv = cfg.serve
+        ladder = Ladder(
+            stage,
+            own,
+            _breakers(cfg),
+            deadline_ms=sv.deadline_ms,
+            explainer_budget_ms=sv.explainer_budget_ms,
+            ranker_spec=await asyncio.to_thread(ranker_spec, cfg, reg, versions["ranker"]),
+        )
+        return GenerationServing(generation, versions, stage, index, ladder, shared=share is not None)
+
+    def tick():
+        from recserve import rollout
+
+        return rollout.tick(cfg, reg, sync)
+
+    return GenerationLoader(load, tick)
+
+
 def _breakers(cfg: Config):
     from recserve.serving.breaker import Breakers, BreakerSettings
 
@@ -92,6 +192,7 @@ async def build_service(
     actors)."""
     import redis
 
+    from recserve.generations import serving_generation, serving_versions
     from recserve.index.client import IndexClient
     from recserve.registry import Registry
     from recserve.serving.ladder import Ladder
@@ -116,17 +217,19 @@ async def build_service(
     reg = Registry(registry_uri, cfg.registry.keep)
     if not has_generation(reg):
         return await build_cold_service(cfg, choice, replica)
+    versions = await asyncio.to_thread(serving_versions, reg)
+    generation = await asyncio.to_thread(serving_generation, reg)
     shard_opts = {"resources": dict(cfg.serve.shard_resources)} if cfg.serve.shard_resources else None
     index = await asyncio.to_thread(
         IndexClient.from_artifact,
-        reg.fetch("index"),
-        index_root,
+        reg.fetch("index", versions["index"]),
+        generation_root(index_root, generation),
         shard_actor=shard_actor,
         replicas=replicas,
         share_as=share_as,
         actor_options=shard_opts,
     )
-    stage = await asyncio.to_thread(Recommender, cfg, reg)
+    stage = await asyncio.to_thread(Recommender, cfg, reg, versions)
     ar = connect_async(cfg.redis_url, timeout=2, connect_timeout=1)
     sync = connect(cfg.redis_url, timeout=2)
     from recserve.privacy import tombstones
@@ -190,6 +293,8 @@ async def build_service(
         replica=replica,
         gate=gate,
         experiments=experiments,
+        generation=generation,
+        load_generation=generation_loader(cfg, reg, index_root, shard_actor, replicas, share_as, ports, sync),
     )
     if warm:
         await svc.warm()

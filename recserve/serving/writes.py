@@ -158,6 +158,30 @@ class WritePaths:
             )
         return None
 
+    async def _to_canaries(self, op: str, items: list) -> None:
+        """A catalogue write the serving index took, applied to each canary generation's index too,
+        placed by that generation's own content encoder (a vector sent with the item belongs to the
+        serving embedding space, not the canary's). Best effort: a canary lacking an item is judged
+        on what it has, and the write is in the changelog the next retrain reads."""
+        for g in list(self.svc.canaries.values()):
+            try:
+                if op == "delete":
+                    await asyncio.to_thread(g.index.delete, items)
+                    continue
+                enc = g.stage.content
+                if enc is None:
+                    continue
+                vecs = {it.item_id: enc.encode(it.title, it.category, it.attributes) for it in items}
+                kept = [it for it in items if vecs[it.item_id] is not None and len(vecs[it.item_id]) == g.index.dim]
+                if not kept:
+                    continue
+                arr = np.array([vecs[it.item_id] for it in kept], dtype=np.float32)
+                metas = [{"category": it.category, "attributes": it.attributes} for it in kept]
+                await asyncio.to_thread(g.index.upsert, [it.item_id for it in kept], arr, metas)
+                g.stage.add_items({it.item_id: it.category for it in kept}, arr)
+            except Exception:  # noqa: BLE001 - the canary's index is not the serving one: never fail the write
+                continue
+
     async def put_items(self, items: list) -> Reply:
         s = self.svc
         dup = first_repeat([it.item_id for it in items], "items.{}.item_id")
@@ -194,6 +218,7 @@ class WritePaths:
         except ShardError as e:  # the batch itself is unfit for the index (checked before any write)
             return Reply.invalid(f"items: {e}", "items")
         s.stage.add_items({it.item_id: it.category for it in items}, np.array(vectors, dtype=np.float32))
+        await self._to_canaries("upsert", items)
         s.cache.clear()  # this replica's cached lists predate the catalogue change
         return Reply(200, {"upserted": len(items), "shards": {str(k): v for k, v in acks.items()}})
 
@@ -209,6 +234,7 @@ class WritePaths:
                 f"{e}: the delete is in the shard's log and will be applied when a replica recovers; retrying it "
                 f"is safe"
             )
+        await self._to_canaries("delete", [item_id])
         s.cache.clear()
         return Reply(200, {"deleted": item_id, "shards": {str(k): v for k, v in acks.items()}})
 

@@ -49,9 +49,7 @@ def evaluate(
     methods use the registry's embeddings / index / ranker versions (latest by default), which
     must have been trained on the same split (holdout = eval.holdout)."""
     log = log or say("evaluate")
-    from recserve.index.build import ShardSet
     from recserve.offline import evaluation as ev
-    from recserve.ranking.ranker import feature_tensor, load_model, ranking_inputs, rerank
 
     reg = registry or Registry(cfg.registry_uri, cfg.registry.keep)
     reg.check_writable("evaluation")
@@ -93,17 +91,10 @@ def evaluate(
         run("ease", lambda: ev.ease_recs(data, k, cfg.eval.ease_lambda))
 
     if {"retrieval", "retrieval_ranker", "anonymous_session", "sequence_model"} & set(methods):
-        emb = load_embeddings(reg, versions.get("embeddings"))
-        versions["embeddings"] = emb["version"]
-        versions["index"] = reg.resolve("index", versions.get("index"))
-        shards = ShardSet(reg.fetch("index", versions["index"]))
-        item_pos, ivec = aligned_items(emb, data)
-        inp = ranking_inputs(data, items, ivec, cfg.ranker)
-        from recserve.ranking.sequence import SequenceScorer
-
-        scorer = SequenceScorer.load(reg.fetch("embeddings", versions["embeddings"]), device="cpu")
+        view = GenerationView(cfg, reg, versions, data, items)
+        versions.update(view.versions)
+        emb, shards, item_pos, scorer = view.emb, view.shards, view.item_pos, view.scorer
         if scorer is not None:
-            scorer = scorer.remap(item_pos)
             if "sequence_model" in methods:
                 run("sequence_model", lambda: _sequence_recs(scorer, data, k))
         else:
@@ -111,42 +102,20 @@ def evaluate(
                 f"embeddings {versions['embeddings']} have no sequence model (sequence.enabled false?): "
                 f"no sequence_model row, and the ranker's sequence feature is 0"
             )
-        uvec = serving_queries(cfg, data, inp, emb, ivec, data.test_users)
-        seen = [
-            data.item_ids[data.matrix.indices[data.matrix.indptr[u] : data.matrix.indptr[u + 1]]]
-            for u in data.test_users
-        ]
+        seen = view.seen(data.test_users)
         n_cand = cfg.ranker.candidates if "retrieval_ranker" in methods else k
         t = time.perf_counter()
-        cand_ids, cand_sc = shards.search(uvec, n_cand, exclude=seen)
+        cand, cand_sc = view.retrieve(data.test_users, n_cand)
         log(
-            f"index search: {len(uvec)} users x top-{n_cand} over {shards.manifest['num_shards']} shards "
+            f"index search: {len(data.test_users)} users x top-{n_cand} over {shards.manifest['num_shards']} shards "
             f"({time.perf_counter() - t:.1f}s)"
         )
-        id_to_dense = {int(i): d for d, i in enumerate(data.item_ids)}
-        cand = _dense(cand_ids, id_to_dense)
+        id_to_dense = view.id_to_dense
         if "retrieval" in methods:
             run("retrieval", lambda: cand[:, :k])
         if "retrieval_ranker" in methods:
-            versions["ranker"] = reg.resolve("ranker", versions.get("ranker"))
-            model, _ = load_model(ranker_path(reg, versions["ranker"]))
-
-            def ranked():
-                c, c_sc = sequence_source(
-                    cfg,
-                    data,
-                    data.test_users,
-                    uvec,
-                    ivec,
-                    cand,
-                    cand_sc,
-                    scorer,
-                    [inp.contexts[u].history for u in data.test_users],
-                )
-                X = feature_tensor(inp, data.test_users, c, c_sc, cfg.ranker, scorer)
-                return rerank(model, X, c, k)
-
-            run("retrieval_ranker", ranked)
+            run("retrieval_ranker", lambda: view.ranked(data.test_users, k, (cand, cand_sc)))
+            versions["ranker"] = view.versions["ranker"]
         if "anonymous_session" in methods:
             from recserve.ranking.content import mean_pair_score
 
@@ -198,6 +167,74 @@ def evaluate(
             shutil.copy(Path(tmp) / "eval.png", out.with_suffix(".png"))
     log(f"published evaluation {v}")
     return report
+
+
+class GenerationView:
+    """One generation (embeddings, index, ranker versions; latest where not named) ranking for the
+    users of `data`, from their history in it, as serving does: the query the trained vector moved
+    toward the user's last items, the index's candidates with the seen items excluded, the sequence
+    model's candidates beside them, the ranker's order. What `evaluate` measures and what the
+    retrain's gate (recserve.offline.gate) compares two generations with on the same split."""
+
+    def __init__(self, cfg: Config, reg: Registry, versions: dict | None, data, items):
+        from recserve.index.build import ShardSet
+        from recserve.ranking.ranker import load_model, ranking_inputs
+        from recserve.ranking.sequence import SequenceScorer
+
+        versions = dict(versions or {})
+        self.cfg, self.data = cfg, data
+        self.emb = load_embeddings(reg, versions.get("embeddings"))
+        self.versions = {
+            "embeddings": self.emb["version"],
+            "index": reg.resolve("index", versions.get("index")),
+        }
+        self._ranker = versions.get("ranker")
+        self.shards = ShardSet(reg.fetch("index", self.versions["index"]))
+        self.item_pos, self.ivec = aligned_items(self.emb, data)
+        self.inp = ranking_inputs(data, items, self.ivec, cfg.ranker)
+        scorer = SequenceScorer.load(reg.fetch("embeddings", self.versions["embeddings"]), device="cpu")
+        self.scorer = scorer.remap(self.item_pos) if scorer is not None else None
+        self._model = None
+
+        def model():
+            self.versions["ranker"] = reg.resolve("ranker", self._ranker)
+            return load_model(ranker_path(reg, self.versions["ranker"]))[0]
+
+        self._load_model = model
+        self.id_to_dense = {int(i): d for d, i in enumerate(data.item_ids)}
+
+    def seen(self, users: np.ndarray) -> list[np.ndarray]:
+        m = self.data.matrix
+        return [self.data.item_ids[m.indices[m.indptr[u] : m.indptr[u + 1]]] for u in users]
+
+    def queries(self, users: np.ndarray) -> np.ndarray:
+        return serving_queries(self.cfg, self.data, self.inp, self.emb, self.ivec, users)
+
+    def retrieve(self, users: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The index's top `n` unseen candidates of each user (dense indexes, -1: none) and scores."""
+        ids, sc = self.shards.search(self.queries(users), n, exclude=self.seen(users))
+        return _dense(ids, self.id_to_dense), sc
+
+    def ranked(self, users: np.ndarray, k: int, retrieved: tuple | None = None) -> np.ndarray:
+        """Each user's top k (dense indexes) in the ranker's order."""
+        from recserve.ranking.ranker import feature_tensor, rerank
+
+        if self._model is None:
+            self._model = self._load_model()
+        cand, cand_sc = retrieved or self.retrieve(users, self.cfg.ranker.candidates)
+        c, c_sc = sequence_source(
+            self.cfg,
+            self.data,
+            users,
+            self.queries(users),
+            self.ivec,
+            cand,
+            cand_sc,
+            self.scorer,
+            [self.inp.contexts[u].history for u in users],
+        )
+        X = feature_tensor(self.inp, users, c, c_sc, self.cfg.ranker, self.scorer)
+        return rerank(self._model, X, c, k)
 
 
 def aligned_items(emb: dict, data) -> tuple[np.ndarray, np.ndarray]:

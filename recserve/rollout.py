@@ -1,0 +1,140 @@
+"""A candidate generation's rollout: a canary, then promotion or rollback (`recserve rollout`).
+
+A candidate that passed the gate starts as an experiment (recserve.serving.experiments) named
+`canary-<generation>` with two arms: `control` (the serving generation) and `canary`, which serves
+the candidate's whole generation (embeddings, index, ranker, sequence model; every ingress replica
+loads it beside its own) to `retrain.canary_share` of users. The experiment's guardrail watches
+reward per shown item against control (one-sided at `retrain.canary_alpha`).
+
+`tick`, run every few seconds by one ingress replica at a time, decides:
+  * the guardrail stopped the canary arm: roll back — the generation is marked `rolled_back`, the
+    experiment ends, its users are served the serving generation (they already are from the
+    moment the arm stops);
+  * the canary showed `retrain.canary_min_shown` items and is not stopped: promote — the
+    generation's pointers move (recserve.generations.promote), the experiment ends, and every
+    replica makes the canary it holds its serving generation in place (the old index's actors
+    stopped, the cached answers dropped).
+
+The state is rollout:state in Redis: {state: canary | promoted | rolled_back, generation,
+experiment, since, why}."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from recserve import generations, keys
+from recserve.config import ArmConfig, ConfigError, ExperimentConfig, GuardrailConfig
+
+CANARY_ARM = "canary"
+
+
+def experiment_name(generation: str) -> str:
+    return f"canary-{generation}"
+
+
+def canary_experiment(cfg, generation: str) -> ExperimentConfig:
+    rc = cfg.retrain
+    return ExperimentConfig(
+        control="control",
+        arms={
+            "control": ArmConfig(share=1.0 - rc.canary_share),
+            CANARY_ARM: ArmConfig(share=rc.canary_share, generation=generation),
+        },
+        # the guardrail judges from half the items the canary needs to be promoted
+        guardrail=GuardrailConfig(min_shown=max(10, rc.canary_min_shown // 2), alpha=rc.canary_alpha),
+    )
+
+
+def state(r) -> dict | None:
+    raw = r.get(keys.ROLLOUT_STATE)
+    return json.loads(raw) if raw else None
+
+
+def _set(r, **st) -> dict:
+    st = {**st, "since": time.time()}
+    r.set(keys.ROLLOUT_STATE, json.dumps(st, default=str))
+    return st
+
+
+def start_canary(cfg, reg, r, generation: str, force: bool = False) -> dict:
+    """Start generation `generation` as a canary. Refused for a rejected one unless `force` (an
+    operator's test of the guardrail), and while another experiment runs."""
+    from recserve.serving import experiments
+
+    note = reg.note(generations.GENERATION, reg.resolve(generations.GENERATION, generation))
+    st = note.get("state")
+    if st == "rejected" and not force:
+        raise ConfigError(
+            f"generation {generation} was rejected by the gate ({note.get('why')}); "
+            f"`recserve rollout start {generation} --force` rolls it out anyway"
+        )
+    if st in ("serving", "retired"):
+        raise ConfigError(f"generation {generation} has served already ({st}): nothing to roll out")
+    cur = state(r)
+    if cur and cur.get("state") == "canary" and cur.get("generation") != generation:
+        raise ConfigError(
+            f"generation {cur['generation']} is a canary now: promote or roll it back first (recserve rollout)"
+        )
+    name = experiment_name(generation)
+    experiments.begin(r, name, canary_experiment(cfg, generation), rollout=generation)
+    generations.mark(reg, generation, "canary", "forced past the gate" if st == "rejected" else None)
+    return _set(r, state="canary", generation=generation, experiment=name, forced=st == "rejected")
+
+
+def promote(cfg, reg, r, why: str = "by an operator") -> dict:
+    cur = state(r)
+    if not cur or cur.get("state") != "canary":
+        raise ConfigError("no canary is running: nothing to promote (recserve rollout status)")
+    from recserve.serving import experiments
+
+    generations.promote(reg, cur["generation"])
+    experiments.stop(r, cur["experiment"])
+    return _set(r, state="promoted", generation=cur["generation"], experiment=cur["experiment"], why=why)
+
+
+def rollback(cfg, reg, r, why: str = "by an operator") -> dict:
+    cur = state(r)
+    if not cur or cur.get("state") != "canary":
+        raise ConfigError("no canary is running: nothing to roll back (recserve rollout status)")
+    from recserve.serving import experiments
+
+    experiments.stop(r, cur["experiment"])
+    generations.mark(reg, cur["generation"], "rolled_back", why)
+    return _set(r, state="rolled_back", generation=cur["generation"], experiment=cur["experiment"], why=why)
+
+
+def tick(cfg, reg, r) -> dict | None:
+    """The canary's decision now (None: nothing to do). One caller at a time (a lock in Redis)."""
+    from recserve.serving import experiments
+
+    cur = state(r)
+    if not cur or cur.get("state") != "canary":
+        return None
+    if not r.set(keys.ROLLOUT_STATE + ":tick", "1", nx=True, px=2000):
+        return None
+    active = experiments.active(r)
+    if active is None or active.get("name") != cur["experiment"]:
+        return rollback(cfg, reg, r, "its experiment was stopped or replaced")
+    stopped = experiments.stopped_arms(r.hgetall(keys.experiment_stopped(cur["experiment"])))
+    if CANARY_ARM in stopped:
+        return rollback(cfg, reg, r, stopped[CANARY_ARM].get("reason", "stopped"))
+    raw = experiments.decode(r.hgetall(keys.experiment_stats(cur["experiment"])))
+    shown = float(raw.get(f"{CANARY_ARM}:shown", 0) or 0)
+    if shown >= cfg.retrain.canary_min_shown:
+        return promote(cfg, reg, r, f"the canary showed {int(shown)} items and its guardrail did not stop it")
+    return None
+
+
+def status(cfg, reg, r) -> dict:
+    """The rollout's state, its experiment's figures per arm, and the generations."""
+    from recserve.serving import experiments
+
+    cur = state(r)
+    exp = experiments.status(r, cur["experiment"]) if cur else None
+    return {
+        "rollout": cur,
+        "experiment": exp,
+        "serving": generations.serving_generation(reg),
+        "generations": generations.table(reg)[:10],
+    }

@@ -1,0 +1,113 @@
+"""The loop's plain parts: the gate's split, figures and verdict (recserve.offline.gate), the
+generations in the registry and which versions serve (recserve.generations)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recserve import generations
+from recserve.config import Config, parse_duration
+from recserve.offline import gate
+from recserve.registry import Registry
+
+
+def test_newest_split_holds_out_the_newest_share_by_time():
+    ev = pd.DataFrame({"user_id": [1] * 10, "item_id": range(10), "ts": [5, 1, 9, 3, 7, 2, 8, 4, 6, 10]})
+    before, after, cutoff = gate.newest_split(ev, 0.2)
+    assert sorted(after["ts"]) == [9, 10] and cutoff == 9
+    assert before["ts"].max() < cutoff and len(before) + len(after) == 10
+    same = pd.DataFrame({"user_id": [1, 2], "item_id": [1, 2], "ts": [3, 3]})
+    b, a, _ = gate.newest_split(same, 0.5)
+    assert len(b) == 2 and a.empty  # one instant: nothing newer to hold out
+
+
+def test_per_user_metrics_and_paired_interval():
+    recs = np.array([[1, 2, 3], [4, 5, 6]])
+    truth = [np.array([2]), np.array([7, 8])]
+    m = gate.per_user(recs, truth, k=3)
+    assert m["recall_at_3"].tolist() == [1.0, 0.0]
+    assert m["ndcg_at_3"][0] == pytest.approx(1 / np.log2(3))
+    f = gate.paired(np.array([0.5, 0.6, 0.7, 0.4]), np.array([0.5, 0.5, 0.5, 0.5]))
+    assert f["diff"] == pytest.approx(0.05) and f["lo"] < 0.05 < f["hi"]
+    assert f["relative"] == pytest.approx(0.1) and f["users"] == 4
+
+
+def test_verdict_fails_a_candidate_worse_beyond_the_margin_only():
+    def fig(c, s):
+        return {"candidate": c, "serving": s, "relative": (c - s) / s, "users": 100}
+
+    ok, why = gate.verdict({"ndcg_at_10": fig(0.199, 0.2), "recall_at_10": fig(0.3, 0.3)}, margin=0.02)
+    assert ok == "pass" and why == []
+    bad, why = gate.verdict({"ndcg_at_10": fig(0.15, 0.2), "recall_at_10": fig(0.3, 0.3)}, margin=0.02)
+    assert bad == "fail" and "ndcg_at_10" in why[0] and "25.0% below" in why[0]
+    none, why = gate.verdict({"ndcg_at_10": {**fig(0, 1), "users": 0}}, margin=0.02)
+    assert none == "fail" and "no held-out user" in why[0]
+    # the off-policy estimate stops a candidate too, when its interval is wholly below
+    ope = {
+        "candidate": {"estimate": 0.01, "lo": 0.005, "hi": 0.015},
+        "serving": {"estimate": 0.05, "lo": 0.04, "hi": 0.06},
+    }
+    v, why = gate.verdict({"ndcg_at_10": fig(0.2, 0.2)}, 0.02, ope)
+    assert v == "fail" and "off-policy" in why[0]
+
+
+def test_durations():
+    assert parse_duration("6h") == 21600 and parse_duration("30m") == 1800 and parse_duration("90") == 90
+    with pytest.raises(ValueError, match="expected a positive number"):
+        parse_duration("soon")
+    assert Config().retrain.every_s is None  # off by default
+
+
+def _part(reg, tmp_path, name, text, set_latest=True):
+    d = tmp_path / f"{name}-{text}"
+    d.mkdir()
+    (d / "f").write_text(text)
+    return reg.publish(name, d, set_latest=set_latest)
+
+
+def test_a_candidate_serves_only_once_promoted_and_the_pointer_moved_last_wins(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    first = {p: _part(reg, tmp_path, p, "1") for p in generations.PARTS}
+    assert generations.serving_versions(reg) == first and generations.serving_generation(reg) is None
+    cand = {p: _part(reg, tmp_path, p, "2", set_latest=False) for p in generations.PARTS}
+    assert generations.serving_versions(reg) == first  # published, not serving
+    gen = generations.publish(reg, cand, gate={"verdict": "pass"}, dataset="d", run="r1", state="candidate")
+    assert generations.serving_versions(reg) == first and reg.note("generation", gen)["state"] == "candidate"
+    generations.promote(reg, gen)
+    assert generations.serving_versions(reg) == cand and generations.serving_generation(reg) == gen
+    assert reg.note("generation", gen)["state"] == "serving"
+    # a ranker published by hand afterwards (the plain chain moves its pointer) serves as before
+    by_hand = _part(reg, tmp_path, "ranker", "3")
+    assert generations.serving_versions(reg)["ranker"] == by_hand
+    assert generations.serving_generation(reg) is None
+    rows = generations.table(reg)
+    assert rows[0]["generation"] == gen and rows[0]["verdict"] == "pass" and rows[0]["state"] == "serving"
+
+
+def test_promotion_read_midway_is_one_generation(tmp_path):
+    """The generation's pointer moves first: a reader between it and the parts' pointers still gets
+    the candidate whole, never a mix."""
+    reg = Registry(tmp_path / "reg")
+    for p in generations.PARTS:
+        _part(reg, tmp_path, p, "1")
+    cand = {p: _part(reg, tmp_path, p, "2", set_latest=False) for p in generations.PARTS}
+    gen = generations.publish(reg, cand, gate={"verdict": "pass"}, dataset="d", run="r", state="candidate")
+    reg.set_latest("generation", gen)  # what promote does first
+    assert generations.serving_versions(reg) == cand
+    reg.set_latest("embeddings", cand["embeddings"])  # ...then each part's
+    assert generations.serving_versions(reg) == cand
+
+
+def test_a_rejected_generation_is_not_protected_from_pruning(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    for p in generations.PARTS:
+        _part(reg, tmp_path, p, "1")
+    cand = {p: _part(reg, tmp_path, p, "2", set_latest=False) for p in generations.PARTS}
+    gen = generations.publish(reg, cand, gate={"verdict": "fail"}, dataset="d", run="r", state="rejected")
+    assert cand["ranker"] not in generations.protected(reg)["ranker"]
+    generations.mark(reg, gen, "candidate")
+    assert cand["ranker"] in generations.protected(reg)["ranker"]
+    with pytest.raises(ValueError, match="not one of"):
+        generations.mark(reg, gen, "great")
