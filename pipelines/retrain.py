@@ -38,9 +38,9 @@ def main(argv=None):
         out = retrain(cfg, reg, window_days=window, lake_uri=args.lake, negative_control=args.negative_control)
         if out["state"] == "candidate" and cfg.retrain.auto_rollout and not args.no_rollout:
             from recserve.redis_client import connect
-            from recserve.rollout import start_canary
+            from recserve.rollout import roll_out
 
-            out["rollout"] = start_canary(cfg, reg, connect(cfg.redis_url, timeout=10), out["generation"])
+            out["rollout"] = roll_out(cfg, reg, connect(cfg.redis_url, timeout=10), out["generation"])
         return out
 
     run(go)

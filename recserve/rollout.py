@@ -82,6 +82,16 @@ def start_canary(cfg, reg, r, generation: str, force: bool = False) -> dict:
     return _set(r, state="canary", generation=generation, experiment=name, forced=st == "rejected")
 
 
+def roll_out(cfg, reg, r, generation: str) -> dict:
+    """What follows a candidate that passed the gate: a canary; or, when nothing serves yet (the
+    gate's verdict `first`: no control to compare with), promotion at once."""
+    gate = reg.manifest(generations.GENERATION, generation).get("gate") or {}
+    if gate.get("verdict") == "first":
+        generations.promote(reg, generation)
+        return _set(r, state="promoted", generation=generation, experiment=None, why="the first generation")
+    return start_canary(cfg, reg, r, generation)
+
+
 def promote(cfg, reg, r, why: str = "by an operator") -> dict:
     cur = state(r)
     if not cur or cur.get("state") != "canary":
@@ -89,8 +99,11 @@ def promote(cfg, reg, r, why: str = "by an operator") -> dict:
     from recserve.serving import experiments
 
     generations.promote(reg, cur["generation"])
+    # the state first, then the experiment's end: a replica that sees the experiment gone already
+    # knows its canary is to become the serving generation (it adopts it rather than releasing it)
+    out = _set(r, state="promoted", generation=cur["generation"], experiment=cur["experiment"], why=why)
     experiments.stop(r, cur["experiment"])
-    return _set(r, state="promoted", generation=cur["generation"], experiment=cur["experiment"], why=why)
+    return out
 
 
 def rollback(cfg, reg, r, why: str = "by an operator") -> dict:

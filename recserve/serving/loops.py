@@ -73,6 +73,7 @@ class BackgroundLoops:
         while True:
             await asyncio.sleep(1.0)
             try:
+                await self.follow_rollout()  # first: a promoted canary is adopted before its arm is released
                 await self.refresh_experiments()
                 await exps.flush()
                 if exps.running and time.monotonic() - guard_at >= 5.0:
@@ -84,7 +85,6 @@ class BackgroundLoops:
                         self.svc.metrics.arm_figures(figures)
                     if self.svc.load_generation is not None:
                         await asyncio.to_thread(self.svc.load_generation.tick)  # a canary promoted or rolled back
-                await self.follow_rollout()
             except Exception:  # noqa: BLE001 - Redis away: the last state serves, counts wait
                 pass
 
@@ -101,8 +101,13 @@ class BackgroundLoops:
         st = json.loads(raw) if raw else None
         # a promotion before this replica started is what it loaded (or what a later deploy replaced)
         fresh = st and st.get("state") == "promoted" and float(st.get("since", 0)) > s.started_at
-        if fresh and st["generation"] != s.generation and await s.adopt(st["generation"]):
-            log.warning("generation %s serves now (promoted: %s)", st["generation"], st.get("why"))
+        if not fresh or st["generation"] == s.generation:
+            return
+        try:
+            if await s.adopt(st["generation"]):
+                log.warning("generation %s serves now (promoted: %s)", st["generation"], st.get("why"))
+        except Exception as e:  # noqa: BLE001 - the generation it has serves on; the next second tries again
+            log.warning("cannot serve the promoted generation %s yet: %s: %s", st["generation"], type(e).__name__, e)
 
     async def housekeeping(self) -> None:
         """Once a second: metrics to Ray (breakers, staleness, lag, versions with them); every 10 s

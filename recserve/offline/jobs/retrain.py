@@ -136,16 +136,16 @@ def _datasets_root(cfg: Config) -> Path:
 
 
 def _prune_datasets(cfg: Config, reg: Registry) -> None:
-    """Retrain datasets no kept generation was trained on are deleted (the serving one's stay)."""
+    """Retrain datasets that no generation in the registry names (a failed run's) are deleted; a
+    rejected generation's stays while the registry keeps it (it can still be forced to a canary)."""
     root = _datasets_root(cfg)
     if not root.exists():
         return
     keep = set()
     for v in reg.versions(generations.GENERATION):
-        if reg.note(generations.GENERATION, v).get("state") in ("candidate", "canary", "serving"):
-            ds = reg.manifest(generations.GENERATION, v).get("dataset")
-            if ds:
-                keep.add(Path(ds).resolve().parent)
+        ds = reg.manifest(generations.GENERATION, v).get("dataset")
+        if ds:
+            keep.add(Path(ds).resolve().parent)
     for d in root.iterdir():
         if d.is_dir() and d.resolve() not in keep:
             shutil.rmtree(d, ignore_errors=True)
