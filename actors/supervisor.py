@@ -28,6 +28,15 @@ class StreamSupervisorActor:
         self.error: str | None = None
         with self.lock:
             self.sup.start()
+        from recserve.retrain_schedule import RetrainSchedule
+
+        # the loop's schedule (retrain.every): this actor lives as long as an application does
+        self.schedule = (
+            RetrainSchedule(self.cfg, self.sup.r, lambda: submit_retrain(self.cfg))
+            if self.cfg.retrain.every_s
+            else None
+        )
+        self.schedule_checked = 0.0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True, name="stream-supervisor")
         self.thread.start()
@@ -37,6 +46,9 @@ class StreamSupervisorActor:
             try:
                 with self.lock:
                     self.sup.tick()
+                if self.schedule is not None and time.monotonic() - self.schedule_checked >= 10.0:
+                    self.schedule_checked = time.monotonic()
+                    self.schedule.tick()
                 self.error = None
             except Exception as e:  # noqa: BLE001 - Redis away etc.: try again next second
                 self.error = f"{type(e).__name__}: {e}"
@@ -93,6 +105,34 @@ class StreamSupervisorActor:
         import os
 
         return os.getpid()
+
+
+def submit_retrain(cfg) -> str:
+    """`python -m pipelines.retrain` submitted to this cluster's jobs API, with this checkout as its
+    working directory and the application's configuration (written beside its data); the job's id."""
+    from pathlib import Path
+
+    import yaml
+    from ray._private.worker import get_dashboard_url
+    from ray.job_submission import JobSubmissionClient
+
+    data_dir = Path(cfg.data_dir).resolve()
+    conf = data_dir / "retrain-config.yaml"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf.touch(mode=0o600, exist_ok=True)  # it may hold the Redis password: this user's only
+    conf.chmod(0o600)
+    conf.write_text(yaml.safe_dump(cfg.model_copy(update={"data_dir": data_dir}).model_dump(mode="json")))
+    client = JobSubmissionClient(f"http://{get_dashboard_url()}")
+    root = Path(__file__).resolve().parents[1]
+    return client.submit_job(
+        entrypoint="python -m pipelines.retrain",
+        runtime_env={
+            "working_dir": str(root),
+            "excludes": [".venv", ".git", ".recserve", "benchmarks", "tests", "*.parquet"],
+            "env_vars": {"RECSERVE_CONFIG": str(conf)},
+        },
+        metadata={"recserve": "scheduled retrain"},
+    )
 
 
 def ensure_supervisor(cfg, app: str | None, registry_uri: str | None = None, resources: dict | None = None):

@@ -188,14 +188,14 @@ def _deployed_options(args: dict) -> list[dict] | None:
 
 def app_builder(args: dict):
     """Entry point for `serve run` / `serve deploy`: args {"config": path, "colocate": true | false |
-    auto}. serve_config.yaml (a cluster's: colocate false, each deployment on its node pool) or
+    auto, "set": {config key: value}} (`set` overrides keys of the config file, as --set does). serve_config.yaml (a cluster's: colocate false, each deployment on its node pool) or
     serve_config.local.yaml (the embedded stack: auto, no pools). A config whose deployments ask
     for resources that no node has and no node type of the autoscaler can add fails at once,
     naming them and the config to use instead (recserve.serving.placement)."""
     from recserve.config import load_config
     from recserve.serving.placement import check
 
-    cfg = load_config(args.get("config"))
+    cfg = load_config(args.get("config"), overrides={k: str(v) for k, v in (args.get("set") or {}).items()})
     deployments = _deployed_options(args)
     if deployments:
         check(deployments, LOCAL_SERVE_CONFIG)

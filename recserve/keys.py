@@ -27,6 +27,7 @@ its owner was configured with (tests give their own, so they never share state).
   exp:<name>:stopped          hash arm -> JSON why and when the guardrail (or an operator) stopped it
   retrain:lock                the running retrain's run id (SET NX, a TTL its heartbeat renews: one run at a time)
   retrain:status              JSON: the last retrain's run, stage, state (running, done, failed), why, what it made
+  retrain:schedule            JSON: the schedule's last submission (when, the job's id, or why it failed)
   rollout:state               JSON: the candidate generation rolled out as a canary (recserve.generations)
   region:drain                this region is draining (readiness answers 503)
   users:forgotten             hash user -> when they were forgotten (DELETE /v1/users/{id}; recserve.privacy)

@@ -111,3 +111,38 @@ def test_a_rejected_generation_is_not_protected_from_pruning(tmp_path):
     assert cand["ranker"] in generations.protected(reg)["ranker"]
     with pytest.raises(ValueError, match="not one of"):
         generations.mark(reg, gen, "great")
+
+
+def test_the_schedule_submits_when_due_and_waits_for_a_running_retrain(redis_url):
+    import json
+
+    import redis
+
+    from recserve import keys
+    from recserve.retrain_schedule import SCHEDULE_KEY, RetrainSchedule
+
+    r = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/5")
+    r.flushdb()
+    cfg = Config(retrain={"every": "1h"})
+    jobs = []
+
+    def submit():
+        jobs.append(len(jobs))
+        return f"job-{len(jobs)}"
+
+    s = RetrainSchedule(cfg, r, submit, now=1000.0)
+    assert s.tick(now=1000.0 + 3599) is None  # not an hour since the schedule started
+    assert s.tick(now=1000.0 + 3600) == "job-1"
+    assert s.tick(now=1000.0 + 3700) is None  # submitted: the next one an hour later
+    r.set(keys.RETRAIN_STATUS, json.dumps({"run": "x", "state": "running", "started_at": 1000.0 + 3800}))
+    r.set(keys.RETRAIN_LOCK, "x")
+    assert s.tick(now=1000.0 + 9000) is None  # one is running: waited for
+    r.delete(keys.RETRAIN_LOCK)
+    assert s.tick(now=1000.0 + 3800 + 3599) is None and s.tick(now=1000.0 + 3800 + 3600) == "job-2"
+
+    def down():
+        raise ConnectionError("jobs API away")
+
+    s2 = RetrainSchedule(cfg, r, down, now=0.0)
+    assert s2.tick(now=1e9) is None and "jobs API away" in json.loads(r.get(SCHEDULE_KEY))["error"]
+    assert RetrainSchedule(Config(), r, submit).tick(now=1e12) is None  # off by default

@@ -27,6 +27,11 @@ def test_serve_config_validates_and_names_our_deployments():
     from recserve.config import Config
 
     assert not any(mod.colocated(Config(), app.args["colocate"]).values())
+    # the loop's schedule is on in the cluster's example (off by default in the embedded stack)
+    from recserve.config import load_config
+
+    cfg = load_config(ROOT / app.args["config"], overrides={k: str(v) for k, v in app.args["set"].items()})
+    assert cfg.retrain.every_s == 6 * 3600 and Config().retrain.every_s is None
 
 
 def test_queue_depth_policy_is_importable_from_the_config():
