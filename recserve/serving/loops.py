@@ -100,8 +100,9 @@ class BackgroundLoops:
         raw = await s.r.get(keys.ROLLOUT_STATE)
         st = json.loads(raw) if raw else None
         # a promotion before this replica started is what it loaded (or what a later deploy replaced)
-        fresh = st and st.get("state") == "promoted" and float(st.get("since", 0)) > s.started_at
-        if not fresh or st["generation"] == s.generation:
+        if not st or st.get("state") != "promoted" or float(st.get("since", 0)) <= s.started_at:
+            return
+        if st["generation"] == s.generation:
             return
         try:
             if await s.adopt(st["generation"]):

@@ -218,6 +218,8 @@ async def build_service(
     if not has_generation(reg):
         return await build_cold_service(cfg, choice, replica)
     versions = await asyncio.to_thread(serving_versions, reg)
+    if versions is None:  # a part published alone without the others: nothing whole to serve yet
+        return await build_cold_service(cfg, choice, replica)
     generation = await asyncio.to_thread(serving_generation, reg)
     shard_opts = {"resources": dict(cfg.serve.shard_resources)} if cfg.serve.shard_resources else None
     index = await asyncio.to_thread(
