@@ -241,3 +241,26 @@ def bench_report(
     except ReportError as e:
         _fail(e)
     console.print(f"wrote {page} from {results}")
+
+
+@bench_app.command("loop")
+def bench_loop(
+    days: int = typer.Option(7, min=1, help="simulated days"),
+    out: Path = typer.Option(Path("benchmarks/results/loop.json")),
+    settings: Path = typer.Option(
+        Path("benchmarks/loop_world.yaml"), help="the drifting world's settings (committed before a measured run)"
+    ),
+    config: Path | None = ConfigOpt,
+):
+    """The loop on a drifting world: each simulated day its users ask through HTTP and click as the
+    truth says, new items arrive, and each night the loop retrains from the lake, gates, canaries and
+    promotes; beside it the frozen day-0 generation on the same users, and the oracle's true top-k.
+    Needs the stack up (recserve up) and no other Serve application on the cluster."""
+    from recserve.bench.loop import run, summary
+
+    cfg = _cfg(config)
+    try:
+        res = run(cfg, days, out, log=_progress("bench loop"), settings_path=settings)
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        _fail(e)
+    console.print(summary(res))
