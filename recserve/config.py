@@ -465,6 +465,25 @@ class RetrainConfig(_Strict):
         "generation's by more than this share is kept, not promoted",
     )
     min_events: int = Field(200, ge=1, description="fewer events in the window: the retrain stops, nothing changes")
+    ope_min_impressions: int = Field(
+        500,
+        ge=1,
+        description="logged impressions from which the gate is decided off-policy (doubly robust) rather than by "
+        "the held-out slice, which favours the generation that showed what was clicked",
+    )
+    offline_floor: float = Field(
+        0.25,
+        gt=0,
+        lt=1,
+        description="judged off-policy, a candidate whose held-out NDCG@10 or Recall@10 is below the serving "
+        "generation's by more than this share still fails (one that learnt nothing)",
+    )
+    max_events_per_user: int | None = Field(
+        None,
+        ge=1,
+        description="train on each user's newest N events of the window only (null: all): recent interests "
+        "weigh as much as old ones",
+    )
     canary_share: float = Field(0.1, gt=0, lt=1, description="users served the candidate while it is a canary")
     canary_min_shown: int = Field(
         2000, ge=10, description="items the canary must have shown (and the guardrail not stopped it) to be promoted"

@@ -117,7 +117,11 @@ def _configs(cfg, settings: dict, root: Path):
     base = cfg.redis_url.rsplit("/", 1)[0]
     tag = uuid.uuid4().hex[:6]
     quotas = {k: q.model_copy(update={"rate": 100_000.0, "burst": 100_000.0}) for k, q in cfg.auth.quotas.items()}
+    training = {  # the chain's settings for this run (the night's retrain must fit the night)
+        part: getattr(cfg, part).model_copy(update=upd) for part, upd in (settings.get("training") or {}).items()
+    }
     common = {
+        **training,
         "world": WorldConfig(**{**cfg.world.model_dump(), **settings["world"]}),
         "retrain": RetrainConfig(**{**cfg.retrain.model_dump(), **settings["retrain"]}),
         "auth": cfg.auth.model_copy(update={"quotas": quotas}),

@@ -6,14 +6,19 @@ for every user with held-out events, from the same history (the events before th
 user Recall@10 and NDCG@10 are compared pairwise: the mean difference with a 95 % interval (the
 normal approximation of the paired differences) and its share of the serving generation's mean.
 
-The verdict: `fail` when the candidate's mean on either metric is below the serving generation's by
-more than `margin` of it (a candidate worse beyond the margin is kept, not promoted), `pass`
-otherwise; `first` when nothing serves yet (nothing to compare with).
+The verdict: `first` when nothing serves yet (nothing to compare with). Otherwise, which figures
+decide depends on what the system has logged:
 
-Off-policy evaluation of the logged impressions (recserve.offline.ope, doubly robust) adds each
-generation's estimated reward per shown item with its interval when the log has impressions of
-the held-out users; it is reported beside the verdict, and fails the candidate likewise when its
-estimate is below the serving one's by more than the margin and the intervals do not overlap."""
+- **offline** (no logged impressions, or fewer than `ope_min_impressions`): `fail` when the
+  candidate's mean on either metric is below the serving generation's by more than `margin` of it.
+- **off-policy** (enough impressions): the held-out slice is then mostly clicks on what the serving
+  generation itself showed, a replay that favours the policy that logged it (exposure bias: an
+  item it never showed cannot be clicked). The doubly-robust estimate of each generation's reward
+  per shown item (recserve.offline.ope) corrects for that with the logged propensities, so it
+  decides: `fail` when the candidate's estimate is below the serving one's by more than the
+  margin and the intervals do not overlap. The offline figures are kept beside it and fail the
+  candidate only below `offline_floor` of the serving generation's (a candidate that learnt
+  nothing, as one trained on shuffled labels, is far below it)."""
 
 from __future__ import annotations
 
@@ -72,16 +77,26 @@ def paired(candidate: np.ndarray, serving: np.ndarray) -> dict:
     }
 
 
-def verdict(figures: dict[str, dict], margin: float, ope: dict | None = None) -> tuple[str, list[str]]:
-    """('pass' | 'fail', the reasons) from `paired` figures per metric (and the OPE comparison)."""
+def verdict(
+    figures: dict[str, dict],
+    margin: float,
+    ope: dict | None = None,
+    ope_min_impressions: int = 500,
+    offline_floor: float = 0.25,
+) -> tuple[str, list[str], str]:
+    """('pass' | 'fail', the reasons, what decided: 'offline' | 'off-policy')."""
+    by_ope = bool(
+        ope and "candidate" in ope and "serving" in ope and int(ope.get("impressions", 0)) >= ope_min_impressions
+    )
+    bound = offline_floor if by_ope else margin
     reasons = []
     for m, f in figures.items():
         if f["users"] == 0:
             reasons.append(f"{m}: no held-out user to judge on")
-        elif f["candidate"] < f["serving"] * (1.0 - margin):
+        elif f["candidate"] < f["serving"] * (1.0 - bound):
             reasons.append(
                 f"{m} {f['candidate']:.4f} is {-f['relative']:.1%} below the serving generation's "
-                f"{f['serving']:.4f} (margin {margin:.1%})"
+                f"{f['serving']:.4f} ({'the offline floor' if by_ope else 'margin'} {bound:.1%})"
             )
     if ope and "candidate" in ope and "serving" in ope:
         c, s = ope["candidate"], ope["serving"]
@@ -90,4 +105,4 @@ def verdict(figures: dict[str, dict], margin: float, ope: dict | None = None) ->
                 f"off-policy reward per shown item {c['estimate']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}] is below "
                 f"the serving generation's {s['estimate']:.4f} [{s['lo']:.4f}, {s['hi']:.4f}]"
             )
-    return ("fail" if reasons else "pass"), reasons
+    return ("fail" if reasons else "pass"), reasons, ("off-policy" if by_ope else "offline")

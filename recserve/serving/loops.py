@@ -21,6 +21,7 @@ class BackgroundLoops:
     def __init__(self, svc: RecService):
         self.svc = svc
         self._context_counted = (0, 0)  # live-context lookups already handed to the metrics
+        self._table_at = -1e9  # when the generations' table was last read from the registry
 
     def start(self) -> list[asyncio.Task]:
         """Start every loop on the running event loop; the tasks, for the service to cancel."""
@@ -83,6 +84,7 @@ class BackgroundLoops:
                         log.warning("experiment %s: arm %s stopped: %s", exps.name, arm, why["reason"])
                     if figures:
                         self.svc.metrics.arm_figures(figures)
+                        self.svc.arm_series.observe(time.time(), figures)
                     if self.svc.load_generation is not None:
                         await asyncio.to_thread(self.svc.load_generation.tick)  # a canary promoted or rolled back
             except Exception:  # noqa: BLE001 - Redis away: the last state serves, counts wait
@@ -148,3 +150,7 @@ class BackgroundLoops:
             pass
         with contextlib.suppress(Exception):  # the explainer's breaker and the ladder deal with it
             s.explainer_stats = await asyncio.wait_for(s.ports.explain.stats(), timeout=2.0)
+        if s.load_generation is not None and time.monotonic() - self._table_at >= 5.0:
+            self._table_at = time.monotonic()
+            with contextlib.suppress(Exception):  # the registry away: the last table is shown
+                s.generations = await asyncio.to_thread(s.load_generation.table)

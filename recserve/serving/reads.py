@@ -99,6 +99,7 @@ class ReadPaths:
         m = s.metrics
         m.request("recommend", 200, took)
         m.answer(level, how, hops if how not in UNCOUNTED else None)
+        s.series.answer(time.time(), took, level)
         if arm is not None:
             exps.count(arm, shown)
             m.arm_answer(arm.experiment, arm.name, shown, arm.stopped)
@@ -156,6 +157,7 @@ class ReadPaths:
             )
         s.metrics.request("similar", 200, took)
         s.metrics.answer(level, how, hops if how not in UNCOUNTED else None)
+        s.series.answer(time.time(), took, level)
         return Reply(200, finish(prefix, took, how))
 
     # ---------------------------------------------------------------- status
@@ -243,6 +245,10 @@ class ReadPaths:
                 else {}
             ),
             **({"experiment": await self._experiment_status()} if s.experiments.running else {}),
+            "history": s.series.snapshot(time.time()),
+            "experiment_history": s.arm_series.snapshot(),
+            "generations": s.generations,
+            "generation": s.generation,
         }
         return Reply(200, body)
 

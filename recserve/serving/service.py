@@ -26,6 +26,7 @@ from recserve.serving.live import StreamWatch
 from recserve.serving.loops import BackgroundLoops
 from recserve.serving.metrics import IngressMetrics
 from recserve.serving.reads import ReadPaths
+from recserve.serving.series import ArmSeries, Series
 from recserve.serving.writes import WritePaths
 
 
@@ -68,6 +69,9 @@ class RecService:
         self.experiments = experiments if experiments is not None else LiveExperiments(aredis)
         self.metrics = IngressMetrics()
         self.explanation_stats = CacheStats()  # the explainer's sentence cache, from its answers
+        self.series = Series()  # the last hour of answers, for the status page's charts
+        self.arm_series = ArmSeries()  # the running experiment's reward per item per arm over time
+        self.generations: list[dict] = []  # the registry's newest generations (every 10 s)
         self.explainer_stats: dict[str, Any] = {}  # its models and queue, refreshed every 10 s
         self.index_sizes: dict[int, int] = {}  # vectors per shard, refreshed every 10 s
         self.ranker_version: str | None = None  # the ranker version of the answers in the L1 cache

@@ -73,9 +73,10 @@ class GenerationLoader:
     """What a replica calls to serve a canary beside its own generation (`load`), and the rollout's
     decision (`tick`, recserve.rollout: promote or roll back), which any replica may take."""
 
-    def __init__(self, load, tick):
+    def __init__(self, load, tick, table=None):
         self.load = load
         self.tick = tick
+        self.table = table or (lambda: [])  # the registry's newest generations (the status page's table)
 
 
 def generation_loader(
@@ -126,7 +127,12 @@ def generation_loader(
 
         return rollout.tick(cfg, reg, sync)
 
-    return GenerationLoader(load, tick)
+    def table() -> list[dict]:
+        from recserve.generations import table as generations_table
+
+        return generations_table(reg)[:8]
+
+    return GenerationLoader(load, tick, table)
 
 
 def _breakers(cfg: Config):

@@ -173,6 +173,9 @@ def split_dataset(cfg: Config, window: Path, out: Path, negative_control: str | 
     before, after, cutoff = newest_split(events, cfg.retrain.holdout)
     if after.empty:
         raise DataError("every event of the window has one timestamp: no newer slice to judge a candidate on")
+    cap = cfg.retrain.max_events_per_user
+    if cap is not None:  # each user's newest `cap` events: their recent interests weigh as much as old ones
+        before = before.sort_values("ts", kind="stable").groupby("user_id", sort=False).tail(cap).sort_index()
     items = pa.Table.from_pandas(read_items(window), schema=ITEMS_SCHEMA, preserve_index=False)
     meta = {**json.loads((window / DATASET_META).read_text()), "retrain_cutoff_ts": cutoff}
     cols = list(EVENTS_SCHEMA.names)
@@ -242,14 +245,16 @@ def judge(
             ope = compare_generations(cfg, reg, candidate, serving, r, log=log)
         except ValueError as e:  # no logged impressions of these users (yet): judged offline only
             ope = {"skipped": str(e)}
-    verdict, reasons = gate.verdict(figures, cfg.retrain.margin, ope)
-    out.update(verdict=verdict, reasons=reasons, figures=figures, ope=ope, seconds=round(time.perf_counter() - t, 1))
+    rc = cfg.retrain
+    verdict, reasons, decided = gate.verdict(figures, rc.margin, ope, rc.ope_min_impressions, rc.offline_floor)
+    out.update(verdict=verdict, reasons=reasons, decided_by=decided, figures=figures, ope=ope)
+    out["seconds"] = round(time.perf_counter() - t, 1)
     for m, f in figures.items():
         log(
             f"{m}: candidate {f['candidate']:.4f} vs serving {f['serving']:.4f} "
             f"(diff {f['diff']:+.4f} [{f['lo']:+.4f}, {f['hi']:+.4f}], {f['relative']:+.1%}) over {f['users']} users"
         )
-    log(f"verdict: {verdict}" + (f" ({'; '.join(reasons)})" if reasons else ""))
+    log(f"verdict: {verdict}, decided {decided}" + (f" ({'; '.join(reasons)})" if reasons else ""))
     return out
 
 
