@@ -133,6 +133,7 @@ def table(reg) -> list[dict]:
                 "state": note.get("state"),
                 "why": note.get("why"),
                 "verdict": gate.get("verdict"),
+                "decided_by": gate.get("decided_by"),
                 "margin": gate.get("margin"),
                 "figures": gate.get("figures", {}),
                 "ope": gate.get("ope"),

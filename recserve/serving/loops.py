@@ -37,9 +37,11 @@ class BackgroundLoops:
             tasks.append(loop.create_task(s.local_bandit.run()))
         return tasks
 
-    async def refresh_experiments(self) -> None:
+    async def refresh_experiments(self, load: bool = True) -> None:
         """The running experiment as Redis holds it; a change (started, stopped, an arm stopped by
-        the guardrail) loads the arms' ranker versions and drops the cached answers of the old arms."""
+        the guardrail) loads the arms' ranker versions and drops the cached answers of the old arms.
+        `load` False (a status request): canary generations are neither loaded nor released here, and
+        an experiment that needs one this replica does not hold yet waits for the background loop."""
         s = self.svc
         exps = s.experiments
         state, stopped = await exps.read()
@@ -51,8 +53,11 @@ class BackgroundLoops:
                 for name, a in ((state or {}).get("config") or {}).get("arms", {}).items()
                 if a.get("generation") and name not in stopped
             }
+            if not load and (wanted - set(s.canaries) - {s.generation} or set(s.canaries) - wanted):
+                return
             try:
-                await s.sync_generations(wanted)
+                if load:
+                    await s.sync_generations(wanted)
             except Exception as e:  # noqa: BLE001 - cannot load it (yet): the next second tries again
                 log.warning("cannot load the canary generation(s) %s: %s", sorted(wanted), e)
                 return

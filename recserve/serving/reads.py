@@ -177,7 +177,7 @@ class ReadPaths:
         s = self.svc
         await s.watch.poll()
         with contextlib.suppress(Exception):  # Redis away: the last state is shown
-            await s.loops.refresh_experiments()
+            await s.loops.refresh_experiments(load=False)
         await s.loops.refresh_slow_stats()  # index sizes and the explainer's stats as of now
         st = s.cache.stats
 

@@ -72,6 +72,7 @@ class RecService:
         self.series = Series()  # the last hour of answers, for the status page's charts
         self.arm_series = ArmSeries()  # the running experiment's reward per item per arm over time
         self.generations: list[dict] = []  # the registry's newest generations (every 10 s)
+        self._generations_lock = asyncio.Lock()
         self.explainer_stats: dict[str, Any] = {}  # its models and queue, refreshed every 10 s
         self.index_sizes: dict[int, int] = {}  # vectors per shard, refreshed every 10 s
         self.ranker_version: str | None = None  # the ranker version of the answers in the L1 cache
@@ -141,16 +142,23 @@ class RecService:
         ones no arm serves any more (their index actors stopped)."""
         if self.load_generation is None:
             return
-        for gen in sorted(wanted - set(self.canaries) - {self.generation}):
-            self.canaries[gen] = await self.load_generation.load(gen)
-        for gen in sorted(set(self.canaries) - wanted):
-            g = self.canaries.pop(gen)
-            await asyncio.to_thread(g.release)
+        async with self._generations_lock:  # one load or release at a time (adopt takes it too)
+            for gen in sorted(wanted - set(self.canaries) - {self.generation}):
+                self.canaries[gen] = await self.load_generation.load(gen)
+            for gen in sorted(set(self.canaries) - wanted):
+                g = self.canaries.pop(gen)
+                await asyncio.to_thread(g.release)
 
     async def adopt(self, generation: str) -> bool:
         """Serve `generation` from now on, in place: the canary this replica holds (or the
         generation loaded now) becomes its stage, index and ladder; the old generation's index is
         released and the cached answers dropped. False when it serves it already."""
+        if generation == self.generation or self.load_generation is None:
+            return False
+        async with self._generations_lock:
+            return await self._adopt(generation)
+
+    async def _adopt(self, generation: str) -> bool:
         if generation == self.generation or self.load_generation is None:
             return False
         g = self.canaries.pop(generation, None) or await self.load_generation.load(generation)

@@ -1,6 +1,9 @@
 """The status page the ingress serves at `/ui`: the degradation level, circuit breakers, stream lag,
 cache hit rates per cache level, index size, the versions serving, the explainer's queue and
-fallbacks, and a form to try a recommendation for a user id. One static page; its script reads `v1/status` every two seconds and
+fallbacks, charts of the last hour (answers/s, p95, the share of each degradation level, from the
+replica's own counters), the registry's generations with their gate verdicts, a running
+experiment's (a canary's) reward per shown item per arm over time, and a form to try a
+recommendation for a user id. One static page; its script reads `v1/status` every two seconds and
 posts the form to `v1/recommend` (relative URLs, so it works under any route prefix). The page
 itself holds no data: it asks for an API key (admin scope for the status, recommend for the form),
 keeps it in the tab's sessionStorage and sends it as `Authorization: Bearer`; `/ui#key=<key>`
@@ -22,6 +25,9 @@ STATUS_PAGE = """<!doctype html>
   .closed, .running { color: #197a19; } .half_open { color: #b8860b; } .open, .stopped { color: #c0392b; }
   #result-error { color: #c0392b; }
   #updated { color: #777; font-size: .9em; }
+  svg.chart { background: #fafafa; border: 1px solid #ddd; display: block; margin-bottom: .2em; }
+  .legend { font-size: .85em; color: #555; }
+  .pass, .first { color: #197a19; } .fail { color: #c0392b; }
 </style>
 </head>
 <body>
@@ -63,6 +69,21 @@ STATUS_PAGE = """<!doctype html>
   <h2>Experiment <span id="experiment-name">none running</span></h2>
   <table id="experiment"><tr><th>arm</th><th>share</th><th>settings</th><th>answers</th><th>shown</th>
     <th>reward / item [95 %]</th><th>CTR [95 %]</th><th>status</th></tr></table>
+</section>
+<section id="history-section">
+  <h2>The last hour <span class="legend">(this replica, per 10 s)</span></h2>
+  <div class="legend">answers / s</div><svg id="chart-rate" class="chart" width="360" height="70"></svg>
+  <div class="legend">p95 latency (ms)</div><svg id="chart-p95" class="chart" width="360" height="70"></svg>
+  <div class="legend">share of answers at level 0 (green), 1&ndash;2 (amber), 3&ndash;4 (red)</div>
+  <svg id="chart-levels" class="chart" width="360" height="70"></svg>
+</section>
+<section id="generations-section">
+  <h2>Generations <span class="legend">serving: <span id="generation-serving">&hellip;</span></span></h2>
+  <table id="generations"><tr><th>generation</th><th>state</th><th>gate</th><th>decided</th>
+    <th>NDCG@10</th><th>Recall@10</th><th>off-policy reward / item</th></tr></table>
+  <h2>Canary reward per shown item <span class="legend">(estimate and 95 % interval per arm)</span></h2>
+  <svg id="chart-experiment" class="chart" width="360" height="90"></svg>
+  <div id="experiment-legend" class="legend"></div>
 </section>
 <section>
   <h2>Try a recommendation</h2>
@@ -150,6 +171,7 @@ async function refresh() {
       cell(tr, ci(a.reward_per_item)); cell(tr, ci(a.ctr));
       cell(tr, a.status === "running" ? "running" : "stopped: " + a.stopped.reason, a.status);
     }
+    extras(s);
     document.getElementById("updated").textContent = "updated " + new Date().toLocaleTimeString();
   } catch (e) {
     document.getElementById("updated").textContent = "status unavailable: " + e.message;
@@ -179,6 +201,65 @@ document.getElementById("try").addEventListener("submit", async (ev) => {
     }
   } catch (e) { meta.textContent = ""; err.textContent = "request failed: " + e.message; }
 });
+const NS = "http://www.w3.org/2000/svg";
+function svgEl(tag, attrs) { const e = document.createElementNS(NS, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v); return e; }
+// lines: [{ys: [..], color}], xs shared; bands: [{lo: [..], hi: [..], color}]
+function draw(svg, xs, lines, bands) {
+  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), pad = 4;
+  const all = [].concat(...lines.map(l => l.ys), ...(bands || []).map(b => b.lo.concat(b.hi)))
+    .filter(v => v !== null && isFinite(v));
+  svg.dataset.points = xs.length;
+  if (!xs.length || !all.length) {
+    const t = svgEl("text", {x: 8, y: H / 2, fill: "#999", "font-size": 11}); t.textContent = "no data yet";
+    svg.appendChild(t); return;
+  }
+  const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1), y0 = Math.min(0, ...all), y1 = Math.max(...all, y0 + 1e-9);
+  const X = (x) => pad + (W - 2 * pad) * (x - x0) / (x1 - x0), Y = (y) => H - pad - (H - 2 * pad) * (y - y0) / (y1 - y0);
+  for (const b of bands || []) {
+    const pts = xs.map((x, i) => [x, b.hi[i]]).concat(xs.map((x, i) => [x, b.lo[i]]).reverse())
+      .filter(p => p[1] !== null).map(p => X(p[0]) + "," + Y(p[1])).join(" ");
+    svg.appendChild(svgEl("polygon", {points: pts, fill: b.color, "fill-opacity": 0.15, stroke: "none"}));
+  }
+  for (const l of lines) {
+    const pts = xs.map((x, i) => [x, l.ys[i]]).filter(p => p[1] !== null).map(p => X(p[0]) + "," + Y(p[1]));
+    svg.appendChild(svgEl("polyline", {points: pts.join(" "), fill: "none", stroke: l.color, "stroke-width": 1.5}));
+  }
+  const t = svgEl("text", {x: W - pad, y: 12, fill: "#666", "font-size": 10, "text-anchor": "end"});
+  t.textContent = "max " + (+y1.toPrecision(3)); svg.appendChild(t);
+}
+function fig(f) { return f && typeof f.relative === "number" ? (f.relative >= 0 ? "+" : "") + pct(f.relative) : "-"; }
+function extras(s) {
+  const h = (s.history || {}).points || [];
+  const xs = h.map(p => p.t);
+  draw(document.getElementById("chart-rate"), xs, [{ys: h.map(p => p.answers_per_s), color: "#2c6fbb"}]);
+  draw(document.getElementById("chart-p95"), xs, [{ys: h.map(p => p.p95_ms), color: "#8e44ad"}]);
+  draw(document.getElementById("chart-levels"), xs, [
+    {ys: h.map(p => p.levels[0]), color: "#197a19"},
+    {ys: h.map(p => p.levels[1] + p.levels[2]), color: "#b8860b"},
+    {ys: h.map(p => p.levels[3] + p.levels[4]), color: "#c0392b"}]);
+  document.getElementById("generation-serving").textContent = s.generation || "not a generation";
+  const gt = document.getElementById("generations"); rows(gt, 1);
+  for (const g of s.generations || []) {
+    const tr = gt.insertRow(); tr.dataset.generation = g.generation;
+    cell(tr, g.generation); cell(tr, g.state || "").className = "state";
+    cell(tr, g.verdict || "", "verdict " + (g.verdict || ""));
+    cell(tr, g.decided_by || (g.verdict === "first" ? "" : "offline"));
+    cell(tr, fig((g.figures || {}).ndcg_at_10)); cell(tr, fig((g.figures || {}).recall_at_10));
+    const o = g.ope || {};
+    cell(tr, o.candidate ? o.candidate.estimate.toFixed(3) + " vs " + o.serving.estimate.toFixed(3) : "-");
+  }
+  const eh = s.experiment_history || {points: []}, pts = eh.points || [];
+  const arms = [...new Set([].concat(...pts.map(p => Object.keys(p.arms))))];
+  const colors = ["#2c6fbb", "#d35400", "#197a19", "#8e44ad"];
+  const get = (arm, k) => pts.map(p => p.arms[arm] ? p.arms[arm][k] : null);
+  draw(document.getElementById("chart-experiment"), pts.map(p => p.t),
+    arms.map((a, i) => ({ys: get(a, "estimate"), color: colors[i % 4]})),
+    arms.map((a, i) => ({lo: get(a, "lo"), hi: get(a, "hi"), color: colors[i % 4]})));
+  document.getElementById("experiment-legend").textContent = eh.experiment ?
+    eh.experiment + ": " + arms.map((a, i) => a + " (" + ["blue", "orange", "green", "purple"][i % 4] + ")").join(", ") : "";
+}
 refresh(); setInterval(refresh, 2000);
 </script>
 </body>

@@ -160,7 +160,7 @@ def test_a_retrain_killed_midway_changes_nothing(loop_world):
     assert reg.versions("embeddings") == versions_before["embeddings"]
 
 
-def test_canary_rolled_back_by_the_guardrail_then_one_promoted_under_load(loop_world, serving):
+def test_canary_rolled_back_by_the_guardrail_then_one_promoted_under_load(loop_world, serving, browser):
     import httpx
     import redis
     from ray import serve
@@ -239,6 +239,25 @@ def test_canary_rolled_back_by_the_guardrail_then_one_promoted_under_load(loop_w
         assert good["verdict"] == "pass", good
         rollout.roll_out(cfg, reg, r, good["generation"])
         assert rollout.state(r)["state"] == "canary"
+        # the status page shows it: the generations with their verdicts, the canary running, the charts
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        browser.get(f"{url}/ui#key={make_key(cfg)}")
+        row = f'#generations tr[data-generation="{good["generation"]}"]'
+
+        def shown(d):
+            rows = d.find_elements(By.CSS_SELECTOR, row)
+            return rows and d.find_elements(By.CSS_SELECTOR, "#experiment tr[data-arm]") and rows[0].text
+
+        WebDriverWait(browser, 40, poll_frequency=0.3).until(shown)
+        cells = browser.find_element(By.CSS_SELECTOR, row).find_elements(By.TAG_NAME, "td")
+        assert cells[1].text == "canary" and cells[2].text == "pass", [c.text for c in cells]
+        rej = browser.find_element(By.CSS_SELECTOR, f'#generations tr[data-generation="{rejected}"]')
+        assert "fail" in rej.text and "rolled_back" in rej.text
+        assert browser.find_element(By.ID, "experiment-name").text.startswith(f"canary-{good['generation']}")
+        assert int(browser.find_element(By.ID, "chart-rate").get_attribute("data-points")) >= 1
+        assert browser.find_element(By.ID, "generation-serving").text == serving_gen
         seen, stop, bad_answers = [], threading.Event(), []
 
         def load():

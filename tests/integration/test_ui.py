@@ -2,47 +2,12 @@
 which `make test` installs): the live values it renders match `/v1/status`, and its form asks the
 service for a recommendation and lists what came back (or the API's error)."""
 
-import shutil
 import time
 
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.integration
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-DRIVER = shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    if not (CHROMIUM and DRIVER):
-        pytest.skip(
-            "no chromium + chromedriver on PATH: `make test` installs Debian's chromium and chromium-driver "
-            "(apt-get, as root); install them to run the /ui test"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-    ):
-        opts.add_argument(a)
-    drv = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    drv.set_page_load_timeout(30)
-    yield drv
-    drv.quit()
 
 
 def _text(drv, css: str) -> str:
@@ -161,6 +126,17 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
         }
         assert set(rows) == {"control", "lessexplore"} and "bandit_share" in rows["lessexplore"]
         assert all("running" in t for t in rows.values())
+        # the charts of the last hour: the answers above drawn from the replica's own counters
+        rate = browser.find_element(By.ID, "chart-rate")
+        assert int(rate.get_attribute("data-points")) >= 1 and rate.find_elements(By.TAG_NAME, "polyline")
+        assert int(browser.find_element(By.ID, "chart-levels").get_attribute("data-points")) >= 1
+        # the experiment's reward per shown item over time: a point per guardrail check (every 5 s)
+        for uu in users:
+            ans = http.post("/v1/recommend", json={"user_id": uu, "k": 6}).json()
+            fb = {"request_id": ans["request_id"], "item_id": ans["items"][0]["item_id"], "reward": 1.0}
+            assert http.post("/v1/feedback", json=fb).status_code == 200
+        _wait(browser, lambda d: int(d.find_element(By.ID, "chart-experiment").get_attribute("data-points") or 0) >= 1)
+        assert "ui-exp" in _text(browser, "#experiment-legend")
     finally:
         ex.stop(r)
         r.close()
