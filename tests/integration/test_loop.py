@@ -275,8 +275,13 @@ def test_canary_rolled_back_by_the_guardrail_then_one_promoted_under_load(loop_w
 
         t = threading.Thread(target=load, daemon=True)
         t.start()
-        time.sleep(3)  # the replica loads the canary beside its own
-        rollout.promote(cfg, reg, r)
+        # the rollout loop promotes it once the canary arm has shown canary_min_shown items and its
+        # guardrail has not stopped it (on a fast machine that takes a second or two of this load)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and rollout.state(r)["state"] == "canary":
+            time.sleep(0.3)
+        st = rollout.state(r)
+        assert st["state"] == "promoted" and "showed" in st["why"], (st, rollout.status(cfg, reg, r))
         new_emb = good["versions"]["embeddings"]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (seen and seen[-1][1] == new_emb):

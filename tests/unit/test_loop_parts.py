@@ -159,3 +159,50 @@ def test_the_schedule_submits_when_due_and_waits_for_a_running_retrain(redis_url
     s2 = RetrainSchedule(cfg, r, down, now=0.0)
     assert s2.tick(now=1e9) is None and "jobs API away" in json.loads(r.get(SCHEDULE_KEY))["error"]
     assert RetrainSchedule(Config(), r, submit).tick(now=1e12) is None  # off by default
+
+
+def test_an_operator_promotes_or_rolls_back_a_canary_and_the_tick_decides_by_shown_items(tmp_path, redis_url):
+    import redis
+
+    from recserve import keys, rollout
+    from recserve.config import ConfigError
+    from recserve.serving import experiments
+
+    r = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/6")
+    r.flushdb()
+    cfg = Config(retrain={"canary_min_shown": 50})
+    reg = Registry(tmp_path / "reg")
+    first = {p: _part(reg, tmp_path, p, "1") for p in generations.PARTS}
+    g1 = generations.publish(reg, first, gate={"verdict": "first"}, dataset="d", run="r1", state="candidate")
+    assert rollout.roll_out(cfg, reg, r, g1)["state"] == "promoted"  # nothing served: promoted at once
+    with pytest.raises(ConfigError, match="no canary is running"):
+        rollout.promote(cfg, reg, r)
+
+    def candidate(text, verdict="pass"):
+        parts = {p: _part(reg, tmp_path, p, text, set_latest=False) for p in generations.PARTS}
+        return generations.publish(reg, parts, gate={"verdict": verdict}, dataset="d", run=text, state="candidate")
+
+    g2 = candidate("2")
+    st = rollout.roll_out(cfg, reg, r, g2)
+    assert st["state"] == "canary" and experiments.active(r)["name"] == rollout.experiment_name(g2)
+    with pytest.raises(ConfigError, match="is a canary now"):
+        rollout.start_canary(cfg, reg, r, candidate("3"))
+    assert rollout.rollback(cfg, reg, r, "an operator saw it")["state"] == "rolled_back"
+    assert reg.note("generation", g2)["state"] == "rolled_back" and experiments.active(r) is None
+    assert generations.serving_generation(reg) == g1
+
+    g4 = candidate("4")
+    rollout.start_canary(cfg, reg, r, g4)
+    assert rollout.tick(cfg, reg, r) is None  # nothing shown yet
+    r.hset(keys.experiment_stats(rollout.experiment_name(g4)), f"{rollout.CANARY_ARM}:shown", 60)
+    r.delete(keys.ROLLOUT_STATE + ":tick")
+    st = rollout.tick(cfg, reg, r)
+    assert st["state"] == "promoted" and "showed 60 items" in st["why"]
+    assert generations.serving_generation(reg) == g4 and reg.note("generation", g1)["state"] == "retired"
+
+    g5 = candidate("5", verdict="fail")
+    generations.mark(reg, g5, "rejected")
+    with pytest.raises(ConfigError, match="rejected by the gate"):
+        rollout.start_canary(cfg, reg, r, g5)
+    rollout.start_canary(cfg, reg, r, g5, force=True)
+    assert rollout.promote(cfg, reg, r)["state"] == "promoted" and generations.serving_generation(reg) == g5
