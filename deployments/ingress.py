@@ -21,6 +21,8 @@ from recserve.serving.api import (
     EventsRequest,
     FeedbackRequest,
     Filters,
+    Id,
+    ItemsLookup,
     ItemsRequest,
     RecommendRequest,
     RecommendResponse,
@@ -132,6 +134,17 @@ class Ingress:
                 session_id=req.context.get("session_id"),
             )
         )
+
+    @api.get("/v1/items", response_model=ItemsLookup)
+    async def items(
+        self,
+        ids: list[Id] = Query(
+            ..., min_length=1, max_length=MAX_K, description="the item ids to look up (ids=1&ids=2...)"
+        ),
+    ):
+        """The catalogue's entries for `ids`: title, category and attributes, and which of them it does
+        not hold (never added, or deleted). What a page shows beside a recommendation's ids."""
+        return http(await self.svc.reads.lookup(ids))
 
     @api.get(
         "/v1/items/{item_id}/similar",

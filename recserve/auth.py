@@ -41,6 +41,8 @@ def required_scope(method: str, path: str) -> str | None:
         return "events"
     if path == "/v1/feedback":
         return "feedback"
+    if method.upper() == "GET" and path == "/v1/items":
+        return "recommend"  # looking items up (their titles and categories) reads what recommend shows
     if method.upper() == "GET" and path.startswith("/v1/items/") and path.endswith("/similar"):
         return "recommend"  # "more like this" reads what recommend reads
     if path == "/v1/items" or path.startswith("/v1/items/"):

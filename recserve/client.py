@@ -38,6 +38,7 @@ from recserve.serving.api import (
     EventsAccepted,
     FeedbackResponse,
     ItemDeleted,
+    ItemsLookup,
     ItemsUpserted,
     RecommendResponse,
     SimilarResponse,
@@ -168,6 +169,13 @@ class _Operations:
         """Add or replace catalogue items: {item_id, title, category, attributes, vector?}."""
         body = {"items": _items(items)}
         return self._send(Call(method="PUT", path="/v1/items", json_body=body, answer=ItemsUpserted))
+
+    def items(self, ids: Iterable[int]) -> ItemsLookup:
+        """The catalogue's entries (title, category, attributes) of up to 100 item ids, and the ids
+        it does not hold."""
+        return self._send(
+            Call(method="GET", path="/v1/items", params={"ids": [int(i) for i in ids]}, answer=ItemsLookup)
+        )
 
     def delete_item(self, item_id: int) -> ItemDeleted:
         return self._send(Call(method="DELETE", path=f"/v1/items/{item_id}", answer=ItemDeleted))

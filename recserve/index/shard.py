@@ -34,6 +34,18 @@ from recserve.index.artifact import SNAPSHOT_INDEX, SNAPSHOT_PREFIX
 from recserve.index.kinds import make_base_index, pad, padded_dim
 
 MAX_K = 1000
+
+
+def _meta(m: dict) -> dict:
+    """What a shard keeps of an item's metadata: its category and attributes (the filters), and its
+    title when one was written (the item lookup's answer; the trained catalogue's titles are the
+    serving stage's)."""
+    out = {"category": str(m.get("category", "")), "attributes": m.get("attributes") or {}}
+    if m.get("title"):
+        out["title"] = str(m["title"])
+    return out
+
+
 FILTER_FIELDS = ("categories", "attributes", "exclude_ids")
 
 
@@ -232,7 +244,7 @@ class ShardCore:
         self.slot_cat = np.concatenate([self.slot_cat, np.array(cats, dtype=np.int32)])
         for s, i, m in zip(slots.tolist(), ids.tolist(), metas):
             self.item_slot[i] = s
-            self.item_meta[i] = {"category": str(m.get("category", "")), "attributes": m.get("attributes") or {}}
+            self.item_meta[i] = _meta(m)
             for k, v in (m.get("attributes") or {}).items():
                 for val in _attr_values(v):
                     self.attr_slots.setdefault((k, val), set()).add(s)
@@ -557,7 +569,7 @@ class ShardCore:
             m = metas.get(i, {})
             core.item_slot[i] = s
             core.item_seq[i] = 0
-            core.item_meta[i] = {"category": str(m.get("category", "")), "attributes": m.get("attributes") or {}}
+            core.item_meta[i] = _meta(m)
             for k, v in (m.get("attributes") or {}).items():
                 for val in _attr_values(v):
                     core.attr_slots.setdefault((k, val), set()).add(s)

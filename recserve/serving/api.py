@@ -209,6 +209,22 @@ class ItemDeleted(BaseModel):
     shards: dict[str, int]
 
 
+class CatalogueEntry(BaseModel):
+    item_id: int
+    title: str
+    category: str
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class ItemsLookup(BaseModel):
+    items: list[CatalogueEntry] = Field(description="the asked items the catalogue holds, in the order asked")
+    missing: list[int] = Field(description="the asked ids the catalogue does not hold (never added, or deleted)")
+    source: str = Field(
+        description="index: liveness from the vector index; replica: the index away, this replica's "
+        "trained catalogue and the items added through it alone"
+    )
+
+
 class UserForgotten(BaseModel):
     user_id: int
     removed: dict[str, Any]

@@ -149,6 +149,27 @@ class ColdReads:
         s.levels[LEVEL_POPULAR] = s.levels.get(LEVEL_POPULAR, 0) + 1
         return Reply(200, finish(encode(out), took, "off"))
 
+    async def lookup(self, ids: list[int]) -> Reply:
+        """GET /v1/items before the first generation: the catalogue PUT /v1/items wrote."""
+        s = self.svc
+        with contextlib.suppress(Exception):  # Redis away: what was read last
+            await s.catalogue.refresh()
+        items, missing = [], []
+        for i in dict.fromkeys(int(i) for i in ids):
+            row = s.catalogue.items.get(i)
+            if row is None:
+                missing.append(i)
+                continue
+            items.append(
+                {
+                    "item_id": i,
+                    "title": str(row.get("title") or ""),
+                    "category": str(row.get("category") or ""),
+                    "attributes": row.get("attributes") or {},
+                }
+            )
+        return Reply(200, {"items": items, "missing": missing, "source": "catalogue"})
+
     async def similar(self, item_id, k, filters, key) -> Reply:
         return Reply.unavailable(f"similar items need item vectors: {NO_GENERATION}", retry_after_s=60)
 

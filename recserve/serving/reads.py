@@ -124,6 +124,42 @@ class ReadPaths:
             return []
         return [i for i in rest if i not in found]
 
+    async def lookup(self, ids: list[int]) -> Reply:
+        """GET /v1/items: the asked items' titles, categories and attributes. The index says which
+        are live (deleted items are missing) and holds what was written since training; the trained
+        catalogue's titles are the stage's. The index away: the stage's catalogue alone (an item
+        deleted since training is still listed then), said by `source`."""
+        s = self.svc
+        t0 = time.perf_counter()
+        ids = list(dict.fromkeys(int(i) for i in ids))
+        dense = s.stage.dense_of(ids).tolist()
+        try:
+            found: dict | None = await asyncio.wait_for(s.index.avectors(ids), timeout=2.0)
+        except Exception:  # noqa: BLE001 - the lookup gets simpler, never an error
+            found = None
+        items, missing = [], []
+        for i, d in zip(ids, dense):
+            if found is not None:
+                if i not in found:
+                    missing.append(i)
+                    continue
+                meta = found[i][1]
+            elif d >= 0 or i in s.stage.new_items:
+                meta = {}
+            else:
+                missing.append(i)
+                continue
+            items.append(
+                {
+                    "item_id": i,
+                    "title": str(meta.get("title") or s.stage.title_of(d, i)),
+                    "category": str(meta.get("category") or s.stage.category_of(d, i)),
+                    "attributes": meta.get("attributes") or {},
+                }
+            )
+        s.metrics.request("items", 200, (time.perf_counter() - t0) * 1000)
+        return Reply(200, {"items": items, "missing": missing, "source": "index" if found is not None else "replica"})
+
     async def similar(self, item_id: int, k: int, filters: dict | None, key: str) -> Reply:
         """The items like `item_id`, or 404 when the index does not hold it. Cached like
         recommendations (a catalogue change clears it)."""

@@ -116,6 +116,7 @@ class Recommender:
         self._popular_ids = self.data.item_ids[self._popular].astype(np.int64)
         self._popular_scores = np.log1p(pop[self._popular]).astype(np.float64)
         self.new_items: dict[int, str] = {}
+        self.new_titles: dict[int, str] = {}
         self.new_units: dict[int, np.ndarray] = {}  # unit vectors of items added since training
         self.new_near: dict[int, np.ndarray] = {}  # ...and their nearest trained items (dense indexes)
         self._cat_codes = {str(c): int(k) for c, k in zip(self.item_category, self.inputs.stats.item_cat)}
@@ -390,10 +391,18 @@ class Recommender:
     def category_of(self, dense: int, item_id: int) -> str:
         return str(self.item_category[dense]) if dense >= 0 else self.new_items.get(item_id, "")
 
-    def add_items(self, items: dict[int, str], vectors: np.ndarray | None = None) -> None:
+    def title_of(self, dense: int, item_id: int) -> str:
+        return str(self.item_title[dense]) if dense >= 0 else self.new_titles.get(item_id, "")
+
+    def add_items(
+        self, items: dict[int, str], vectors: np.ndarray | None = None, titles: dict[int, str] | None = None
+    ) -> None:
         """Catalogue items added while serving: their categories (for reasons and the category
-        features) and vectors (for the similarity features); statistics come with the next offline run."""
+        features), titles (for the item lookup) and vectors (for the similarity features);
+        statistics come with the next offline run."""
         self.new_items.update(items)
+        if titles:
+            self.new_titles.update(titles)
         if vectors is not None:
             v = np.asarray(vectors, dtype=np.float32)[:, :-1]
             unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
@@ -418,6 +427,7 @@ class Recommender:
             self.add_items(
                 {i: str(found[i][1].get("category", "")) for i in ids},
                 np.array([found[i][0] for i in ids], dtype=np.float32),
+                {i: str(found[i][1]["title"]) for i in ids if found[i][1].get("title")},
             )
 
     NEW_ITEM_NEIGHBOURS = 5

@@ -18,6 +18,7 @@ STATUS_PAGE = """<!doctype html>
   body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
   h1 { font-size: 1.3em; margin: 0 0 .5em; }
   h2 { font-size: 1.05em; margin: 1.2em 0 .3em; }
+  #result-items .category { color: #666; }
   section { display: inline-block; vertical-align: top; margin: 0 2em 1em 0; }
   table { border-collapse: collapse; }
   td, th { padding: 2px 10px 2px 0; text-align: left; }
@@ -193,10 +194,28 @@ document.getElementById("try").addEventListener("submit", async (ev) => {
                  return; }
     meta.textContent = "level " + out.degradation_level + ", " + out.took_ms + " ms, cache " + out.cache;
     meta.dataset.level = out.degradation_level;
+    // the items' titles and categories from the catalogue (GET v1/items); ids alone when it fails
+    let entries = {};
+    if (out.items.length) {
+      try {
+        const q = out.items.map(it => "ids=" + it.item_id).join("&");
+        const lr = await fetch("v1/items?" + q, {headers: auth()});
+        if (lr.ok) for (const e of (await lr.json()).items) entries[e.item_id] = e;
+      } catch (e) { /* ids alone */ }
+    }
     for (const it of out.items) {
       const li = document.createElement("li"); li.dataset.itemId = it.item_id;
-      li.textContent = "item " + it.item_id + " (" + it.score.toFixed(3) + ")" +
-                       (it.reasons && it.reasons.length ? ": " + it.reasons.join("; ") : "");
+      const e = entries[it.item_id];
+      const name = document.createElement("span"); name.className = "title";
+      name.textContent = e && e.title ? e.title : "item " + it.item_id;
+      li.appendChild(name);
+      if (e && e.category) {
+        li.dataset.category = e.category;
+        const cat = document.createElement("span"); cat.className = "category"; cat.textContent = " [" + e.category + "]";
+        li.appendChild(cat);
+      }
+      li.appendChild(document.createTextNode(" #" + it.item_id + " (" + it.score.toFixed(3) + ")" +
+                       (it.reasons && it.reasons.length ? ": " + it.reasons.join("; ") : "")));
       list.appendChild(li);
     }
   } catch (e) { meta.textContent = ""; err.textContent = "request failed: " + e.message; }

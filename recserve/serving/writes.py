@@ -209,7 +209,7 @@ class WritePaths:
                 s.index.upsert,
                 [it.item_id for it in items],
                 np.array(vectors, dtype=np.float32),
-                [{"category": it.category, "attributes": it.attributes} for it in items],
+                [{"category": it.category, "attributes": it.attributes, "title": it.title or ""} for it in items],
             )
         except IndexUnavailable as e:
             return Reply.unavailable(
@@ -217,7 +217,11 @@ class WritePaths:
             )
         except ShardError as e:  # the batch itself is unfit for the index (checked before any write)
             return Reply.invalid(f"items: {e}", "items")
-        s.stage.add_items({it.item_id: it.category for it in items}, np.array(vectors, dtype=np.float32))
+        s.stage.add_items(
+            {it.item_id: it.category for it in items},
+            np.array(vectors, dtype=np.float32),
+            {it.item_id: it.title for it in items if it.title},
+        )
         await self._to_canaries("upsert", items)
         s.cache.clear()  # this replica's cached lists predate the catalogue change
         return Reply(200, {"upserted": len(items), "shards": {str(k): v for k, v in acks.items()}})

@@ -59,6 +59,7 @@ def test_routes_and_their_scopes():
     assert required_scope("POST", "/v1/feedback") == "feedback"
     assert required_scope("PUT", "/v1/items") == "catalogue"
     assert required_scope("DELETE", "/v1/items/7") == "catalogue"
+    assert required_scope("GET", "/v1/items") == "recommend"  # the lookup reads what recommend shows
     assert required_scope("GET", "/v1/status") == "admin"
     assert required_scope("DELETE", "/v1/users/7") == "admin"
     assert required_scope("GET", "/v1/whatever") == "admin"

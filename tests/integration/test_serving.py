@@ -60,7 +60,18 @@ def test_items_upsert_and_delete(serving):
         "/v1/recommend", json={"user_id": _user(reg), "k": 3, "filters": {"categories": ["brand-new-category"]}}
     ).json()
     assert [i["item_id"] for i in got["items"]] == [777777]
+    # the lookup: the written item's title and category, a trained item's, an unknown id missing
+    trained = http.post("/v1/recommend", json={"user_id": _user(reg), "k": 1}).json()["items"][0]["item_id"]
+    look = http.get("/v1/items", params={"ids": [777777, trained, 888888]})
+    assert look.status_code == 200, look.text
+    body = look.json()
+    assert body["missing"] == [888888] and body["source"] == "index"
+    assert body["items"][0] == {"item_id": 777777, "title": "new", "category": "brand-new-category", "attributes": {}}
+    assert body["items"][1]["item_id"] == trained and body["items"][1]["title"] and body["items"][1]["category"]
+    assert http.get("/v1/items").status_code == 422  # no ids
+    assert http.get("/v1/items", params={"ids": list(range(101))}).status_code == 422
     assert http.delete("/v1/items/777777").status_code == 200
+    assert http.get("/v1/items", params={"ids": [777777]}).json()["missing"] == [777777]
     got = http.post(
         "/v1/recommend", json={"user_id": _user(reg), "k": 3, "filters": {"categories": ["brand-new-category"]}}
     ).json()

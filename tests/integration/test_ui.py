@@ -89,6 +89,12 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
     got = [int(li.get_attribute("data-item-id")) for li in browser.find_elements(By.CSS_SELECTOR, "#result-items li")]
     assert got == want
     assert "cache hit" in _text(browser, "#result-meta")
+    # each item shown by its title and category from the catalogue (GET /v1/items), not its id alone
+    entries = {e["item_id"]: e for e in http.get("/v1/items", params={"ids": want}).json()["items"]}
+    for li in browser.find_elements(By.CSS_SELECTOR, "#result-items li"):
+        e = entries[int(li.get_attribute("data-item-id"))]
+        assert e["title"] and li.find_element(By.CSS_SELECTOR, ".title").text == e["title"]
+        assert li.get_attribute("data-category") == e["category"] and e["category"] in li.text
 
     # bad input: the API's 422 message is shown, nothing listed
     k.clear()
