@@ -2,6 +2,7 @@
 
 Registry artifacts (recserve.registry: `<name>/versions/vNNNNNN/`):
   embeddings   user_ids.npy, item_ids.npy, user_vectors.npy, item_vectors.npy (lineage: the dataset)
+               users/ and serving/: what serving holds of the version (recserve.featurestore owns them)
   index        its manifest, one FAISS file per shard, the items' metadata: recserve.index.artifact,
                the one owner of that format
   ranker       ranker.pt (torch weights + architecture, loaded without code execution)

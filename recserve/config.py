@@ -126,6 +126,12 @@ class ServeConfig(_Strict):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     index_replicas: int = Field(1, ge=1, le=8, description="replicas per vector-index shard")
+    user_states: int = Field(
+        50_000,
+        ge=0,
+        description="recent users' feature-store states a replica keeps decoded (an LRU: its only "
+        "state sized by users); those users are still served from it at level 2 while the feature store is away",
+    )
     index_root: str | None = Field(
         None,
         description="the live index's write-ahead logs and snapshots; null = "
@@ -167,6 +173,9 @@ class ServeConfig(_Strict):
     breaker_window_s: float = Field(30.0, gt=0)
     breaker_open_s: float = Field(30.0, gt=0, description="how long an open breaker stays open")
     breaker_probes: int = Field(5, ge=1, description="half-open probe calls that must succeed to close")
+    feature_store_open_s: float = Field(
+        1.0, gt=0, description="the feature store's breaker stays open this long (then 2 probes), not breaker_open_s"
+    )
     colocate: bool | Literal["auto"] = Field(
         "auto",
         description="where the ranker, bandit and explainer run: "

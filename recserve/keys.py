@@ -35,6 +35,11 @@ its owner was configured with (tests give their own, so they never share state).
   catalogue:items             hash item -> JSON (category, title, attributes, ts): the catalogue before a
                               generation is trained (recserve.serving.cold)
   catalogue:newest            sorted set item -> when it was added (the same)
+  fs:<fid>:u:<user>           a user's state in an embeddings version's feature store (recserve.featurestore:
+                              vector, last items, history, category counts, seen items; binary)
+  fs:<fid>:ready              JSON: that version's users are all written (how many, when)
+  fs:<fid>:lock               the replica or job writing them (SET NX with a TTL)
+  fs:ids                      hash fid -> JSON (registry, embeddings version, users, when): what forgetting sweeps
   auth:ids                    set of API key ids
   auth:key:<id>               hash: an API key's name, scopes, quota overrides, created, revoked, sha256
   auth:hash:<sha256>          the key id whose secret hashes to this (deleted on revoke)
@@ -155,3 +160,19 @@ def catalogue_items() -> str:
 
 def catalogue_newest() -> str:
     return "catalogue:newest"
+
+
+FEATURE_IDS = "fs:ids"
+
+
+def user_state(fid: str, user_id: int) -> str:
+    """A user's state in the feature store of the embeddings version whose features id is `fid`."""
+    return f"fs:{fid}:u:{int(user_id)}"
+
+
+def user_states_ready(fid: str) -> str:
+    return f"fs:{fid}:ready"
+
+
+def user_states_lock(fid: str) -> str:
+    return f"fs:{fid}:lock"

@@ -36,6 +36,9 @@ def forget(client, log, user_id: int, stream_prefix: str = keys.STREAM, bandit_p
     at = time.time()
     client.hset(keys.FORGOTTEN, str(u), f"{at:.3f}")
     out = _sweep(client, u, stream_prefix)
+    from recserve.featurestore import forget_user
+
+    out["feature_store"] = forget_user(client, u)  # the user's state in every version's feature store
     out["impressions"] = _xdel_where(
         client, keys.bandit_impressions(bandit_prefix), "+", lambda f: f.get(b"user_id") == str(u).encode()
     )

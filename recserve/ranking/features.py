@@ -46,6 +46,8 @@ class SessionContext:
 
 
 HISTORY_LEN = 200
+COVISIT_TOP = 32  # co-visitation neighbours kept per item: what a serving replica holds is sized by the catalogue
+TRENDING_SPAN = 4  # the trending features read windows of 1 and TRENDING_SPAN x ranker.trending_window_s
 
 
 def update_session(ctx: SessionContext, item: int, category: int, ts: int, n: int) -> SessionContext:
@@ -77,25 +79,72 @@ def session_context(item_idx: np.ndarray, item_cat: np.ndarray, ts: np.ndarray, 
     return ctx
 
 
+TREND_BUCKET_S = 86400  # the trending features count events per day
+
+
+def _key(items: np.ndarray, t) -> np.ndarray:
+    return (np.asarray(items, dtype=np.int64) << 32) | np.clip(np.asarray(t, dtype=np.int64), 0, (1 << 32) - 1)
+
+
 @dataclass
 class ItemStats:
-    """Catalogue-wide statistics the features read: popularity, per-item event times, categories."""
+    """Catalogue-wide statistics the features read: popularity, categories, unit vectors,
+    co-visitation, and events per item and day (trending) and each item's event times (recency).
+
+    `trend_keys` are the sorted (item << 32 | day) of the days holding events, `trend_cum` the
+    running count of events along them; `last_keys` the sorted (item << 32 | ts) of event times:
+    every one offline, each item's last in a serving replica (enough from the data's end on)."""
 
     popularity: np.ndarray  # [n_items] interaction counts
     item_cat: np.ndarray  # [n_items] category index
     unit_vectors: np.ndarray  # [n_items, d] normalised item vectors (bias dropped)
-    event_ts: list[np.ndarray]  # per item: sorted event timestamps
     covisit: sp.csr_matrix  # [n_items, n_items] co-visitation weights
+    trend_keys: np.ndarray  # int64, sorted
+    trend_cum: np.ndarray  # int64, events up to and including each key
+    last_keys: np.ndarray  # int64, sorted
 
-    def __post_init__(self) -> None:
-        # one sorted array of (item << 32 | ts) keys: window counts for many items in two searchsorted calls
-        lens = np.array([len(t) for t in self.event_ts], dtype=np.int64)
-        items = np.repeat(np.arange(len(self.event_ts), dtype=np.int64), lens)
-        ts = np.concatenate(self.event_ts).astype(np.int64) if len(self.event_ts) else np.zeros(0, np.int64)
-        self._keys = (items << 32) | np.clip(ts, 0, (1 << 32) - 1)
+    @classmethod
+    def from_events(cls, iidx: np.ndarray, ts: np.ndarray, popularity, item_cat, unit_vectors, covisit) -> ItemStats:
+        iidx, ts = np.asarray(iidx, np.int64), np.asarray(ts, np.int64)
+        last = np.sort(_key(iidx, ts))
+        days, counts = np.unique(_key(iidx, ts // TREND_BUCKET_S), return_counts=True)
+        return cls(popularity, item_cat, unit_vectors, covisit, days, np.cumsum(counts), last)
 
-    def _key(self, items: np.ndarray, t) -> np.ndarray:
-        return (items.astype(np.int64) << 32) | np.clip(np.asarray(t, dtype=np.int64), 0, (1 << 32) - 1)
+    def trending(self, items: np.ndarray, t_ref: int, window_s: int) -> np.ndarray:
+        """Events of each item on the days within `window_s` up to `t_ref`'s day."""
+        items = np.asarray(items, np.int64)
+        d_hi = int(t_ref) // TREND_BUCKET_S
+        d_lo = d_hi - max(1, int(window_s) // TREND_BUCKET_S)
+        cum = np.concatenate(([0], self.trend_cum))
+        hi = np.searchsorted(self.trend_keys, _key(items, d_hi), "right")
+        lo = np.searchsorted(self.trend_keys, _key(items, d_lo), "right")
+        return (cum[hi] - cum[lo]).astype(np.float32)
+
+    def last_seen(self, items: np.ndarray, t_ref: int) -> np.ndarray:
+        items = np.asarray(items, np.int64)
+        k = self.last_keys
+        j = np.searchsorted(k, _key(items, t_ref), "right") - 1
+        valid = (j >= 0) & ((k[np.maximum(j, 0)] >> 32) == items)
+        return np.where(valid, (k[np.maximum(j, 0)] & 0xFFFFFFFF).astype(np.float64), -np.inf)
+
+    def for_serving(self, t_data: int, window_s: int) -> HeldItemStats:
+        """What a replica holds (sized by the catalogue, not the history): each item's events on each
+        day of the last TRENDING_SPAN windows before `t_data`, dense, and its last event time; its
+        trending and recency answer as these full statistics do at any time from `t_data` on."""
+        span = TRENDING_SPAN * max(1, int(window_s) // TREND_BUCKET_S)
+        day0 = int(t_data) // TREND_BUCKET_S - span + 1
+        n = len(self.popularity)
+        daily = np.zeros((n, span), dtype=np.uint32)
+        items, days = self.trend_keys >> 32, self.trend_keys & 0xFFFFFFFF
+        counts = np.diff(np.concatenate(([0], self.trend_cum)))
+        keep = (days >= day0) & (days < day0 + span)
+        np.add.at(daily, (items[keep], days[keep] - day0), counts[keep])
+        k = self.last_keys
+        is_last = np.ones(len(k), bool)
+        is_last[:-1] = (k[1:] >> 32) != (k[:-1] >> 32)
+        last = np.full(n, -1, dtype=np.int64)
+        last[k[is_last] >> 32] = k[is_last] & 0xFFFFFFFF
+        return HeldItemStats.held(self.popularity, self.item_cat, self.unit_vectors, self.covisit, day0, daily, last)
 
     def covisit_sums(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Column sums of `covisit[rows][:, cols]` (rows may repeat; cols are distinct item
@@ -121,15 +170,33 @@ class ItemStats:
         hit = pos >= 0
         return np.bincount(pos[hit], weights=m.data[idx][hit], minlength=len(cols))
 
+
+class HeldItemStats(ItemStats):
+    """ItemStats as a serving replica holds them (`ItemStats.for_serving`): `daily[i, d]` events of
+    item i on day `day0 + d`, `last[i]` its last event time (-1: none)."""
+
+    day0: int
+    daily: np.ndarray
+    last: np.ndarray
+
+    @classmethod
+    def held(cls, popularity, item_cat, unit_vectors, covisit, day0: int, daily, last) -> HeldItemStats:
+        empty = np.zeros(0, np.int64)
+        out = cls(popularity, item_cat, unit_vectors, covisit, empty, empty, empty)
+        out.day0, out.daily, out.last = int(day0), daily, np.asarray(last, np.int64)
+        return out
+
     def trending(self, items: np.ndarray, t_ref: int, window_s: int) -> np.ndarray:
-        hi = np.searchsorted(self._keys, self._key(items, t_ref), "right")
-        lo = np.searchsorted(self._keys, self._key(items, t_ref - window_s), "left")
-        return (hi - lo).astype(np.float32)
+        d_hi = int(t_ref) // TREND_BUCKET_S
+        d_lo = d_hi - max(1, int(window_s) // TREND_BUCKET_S)
+        a, b = max(d_lo + 1 - self.day0, 0), min(d_hi + 1 - self.day0, self.daily.shape[1])
+        if b <= a:
+            return np.zeros(len(items), np.float32)
+        return self.daily[np.asarray(items, np.int64), a:b].sum(axis=1).astype(np.float32)
 
     def last_seen(self, items: np.ndarray, t_ref: int) -> np.ndarray:
-        j = np.searchsorted(self._keys, self._key(items, t_ref), "right") - 1
-        valid = (j >= 0) & ((self._keys[np.maximum(j, 0)] >> 32) == items)
-        return np.where(valid, (self._keys[np.maximum(j, 0)] & 0xFFFFFFFF).astype(np.float64), -np.inf)
+        t = self.last[np.asarray(items, np.int64)]
+        return np.where((t >= 0) & (t <= int(t_ref)), t.astype(np.float64), -np.inf)
 
 
 def build_item_stats(
@@ -143,20 +210,19 @@ def build_item_stats(
 ) -> ItemStats:
     """Statistics from a time-ordered (per user) interaction log."""
     pop = np.bincount(iidx, minlength=n_items).astype(np.float32)
-    order = np.lexsort((ts, iidx))
-    s_items, s_ts = iidx[order], ts[order]
-    bounds = np.searchsorted(s_items, np.arange(n_items + 1))
-    event_ts = [s_ts[bounds[i] : bounds[i + 1]] for i in range(n_items)]
     vec = item_vectors[:, :-1]
     unit = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-9)
-    return ItemStats(
-        pop, item_cat, unit.astype(np.float32), event_ts, covisitation(uidx, iidx, ts, n_items, covisit_window)
+    return ItemStats.from_events(
+        iidx, ts, pop, item_cat, unit.astype(np.float32), covisitation(uidx, iidx, ts, n_items, covisit_window)
     )
 
 
-def covisitation(uidx: np.ndarray, iidx: np.ndarray, ts: np.ndarray, n_items: int, window: int) -> sp.csr_matrix:
+def covisitation(
+    uidx: np.ndarray, iidx: np.ndarray, ts: np.ndarray, n_items: int, window: int, top: int = COVISIT_TOP
+) -> sp.csr_matrix:
     """Item pairs that follow each other within `window` positions in a user's timeline, weighted
-    1/distance, symmetric, rows normalised by the item's popularity (sqrt)."""
+    1/distance, symmetric, rows normalised by the item's popularity (sqrt), each row cut to its
+    `top` neighbours."""
     order = np.lexsort((ts, uidx))
     u, i = uidx[order], iidx[order]
     rows, cols, vals = [], [], []
@@ -175,7 +241,25 @@ def covisitation(uidx: np.ndarray, iidx: np.ndarray, ts: np.ndarray, n_items: in
     )
     m.sum_duplicates()
     pop = np.sqrt(np.bincount(iidx, minlength=n_items).astype(np.float32) + 1.0)
-    return sp.diags(1.0 / pop) @ m @ sp.diags(1.0 / pop)
+    return top_neighbours((sp.diags(1.0 / pop) @ m @ sp.diags(1.0 / pop)).tocsr(), top)
+
+
+def top_neighbours(m: sp.csr_matrix, top: int = COVISIT_TOP) -> sp.csr_matrix:
+    """Each row of a co-visitation matrix cut to its `top` largest weights (ties: the lower index)."""
+    m = m.tocsr()
+    m.sort_indices()
+    lens = np.diff(m.indptr)
+    if not len(lens) or lens.max(initial=0) <= top:
+        return m.astype(np.float32)
+    keep = np.ones(m.nnz, dtype=bool)
+    for r in np.flatnonzero(lens > top).tolist():
+        a, b = m.indptr[r], m.indptr[r + 1]
+        order = np.lexsort((m.indices[a:b], -m.data[a:b]))
+        keep[a + order[top:]] = False
+    rows = np.repeat(np.arange(m.shape[0]), lens)[keep]
+    out = sp.csr_matrix((m.data[keep], (rows, m.indices[keep])), shape=m.shape, dtype=np.float32)
+    out.sort_indices()
+    return out
 
 
 def candidate_features(

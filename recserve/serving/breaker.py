@@ -123,8 +123,12 @@ class Breakers:
         settings: BreakerSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
         names: tuple[str, ...] = DEPENDENCIES,
+        per_name: dict[str, BreakerSettings] | None = None,
     ):
-        self.by_name = {n: CircuitBreaker(n, settings, clock) for n in names}
+        """`per_name`: another setting for some dependencies (the feature store's opens briefly: a
+        Redis restart of two seconds costs about two seconds)."""
+        per_name = per_name or {}
+        self.by_name = {n: CircuitBreaker(n, per_name.get(n, settings), clock) for n in names}
 
     def __getitem__(self, name: str) -> CircuitBreaker:
         return self.by_name[name]

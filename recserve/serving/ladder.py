@@ -2,10 +2,11 @@
 
   level 0  full personalization
   level 1  template explanations (the explainer is slow — past its 300 ms — failing or open)
-  level 2  batch embeddings (the stream lags past its bound; a feature store that does not answer
-           leaves the batch context too, said by `live_context: false`)
-  level 3  the user's last personalized list (ranker or index unavailable, or the request's budget
-           spent before they answered); without one, the retrieval order
+  level 2  batch state (the stream lags past its bound; or the feature store does not answer and
+           the user is among the replica's recent ones, whose states it keeps), `live_context: false`
+  level 3  the user's last personalized list (ranker or index unavailable, the feature store away
+           for a user the replica does not hold, or the request's budget spent before they
+           answered); without one, the retrieval order (or popular items, with no state at all)
   level 4  popular items from this process's memory: nothing personal reachable (an emergency), or
            nothing personal known yet (a user the generation never saw, with no live events yet:
            their first events make them a session, answered at level 0 like an anonymous one)
@@ -126,6 +127,24 @@ class Ladder:
         self.hops[name] = f"degraded: {fault}" if fault else "ok"
         timings[name] = _ms(t)
         return True, val
+
+    async def _user(self, user_id: int, left, timings: dict) -> tuple[Any, Any, bool]:
+        """(the user's state or None, their live context or None, whether the feature store answered):
+        a recent user's state from the stage's LRU (then only the live context is asked), else the
+        state and the live context in one round trip. The stream lagging: no live context."""
+        stage, ports = self.stage, self.ports
+        state = stage.users.get(user_id)
+        if state is not None:
+            if self.stale:
+                return state, None, True
+            ok, live = await self.hop("feature_store", lambda: ports.context.get(user_id), left(), timings)
+            return state, live, ok
+        key = stage.state_key(user_id)
+        ok, got = await self.hop("feature_store", lambda: ports.context.get_with(user_id, key), left(), timings)
+        if not ok:
+            return None, None, False
+        raw, live = got
+        return stage.admit(user_id, raw), (None if self.stale else live), True
 
     def fallback(
         self,
@@ -261,15 +280,25 @@ class Ladder:
         stage, ports = self.stage, self.ports
         versions = dict(stage.versions)
         q = stage.session_query(session, k, filters) if user_id is None else None
-        if user_id is not None and not stage.knows(user_id) and not self.stale:
-            # a user the generation never saw (signed up since training): their live events, as they
-            # arrive, are a session, and they take the session path; popular items while they have none
-            stranger = user_id
-            _, live = await self.hop("feature_store", lambda: ports.context.get(stranger), left(), timings)
-            if live is not None and live.events:
+        state, level = None, LEVEL_FULL
+        if user_id is not None:
+            state, live, store_ok = await self._user(user_id, left, timings)
+            if state is None and not store_ok:
+                # the feature store away and the user not among the replica's recent ones: nothing
+                # of theirs is reachable but their last list (level 3), else popular items (4)
+                excl = {int(i) for i in (filters or {}).get("exclude_ids") or []}
+                return self.fallback(user_id, k, excl, filters, rid, versions, timings, t0)
+            if state is None and live is not None and live.events:
+                # a user the generation never saw (signed up since training): their live events, as
+                # they arrive, are a session, and they take the session path
                 session = [int(e[0]) for e in live.events]
                 q = stage.session_query(session, k, filters)
-        if q is None and (user_id is None or not stage.knows(user_id)):
+            elif state is not None:
+                # batch state alone (level 2) while the stream lags or the feature store does not
+                # answer (the replica's recent users keep their state): the answer says live_context false
+                level = LEVEL_BATCH if (self.stale or not store_ok) else LEVEL_FULL
+                q = stage.prepare(state, k, filters, live)
+        if q is None:
             # cold start (or a session of items trained on nothing yet): popular items within the
             # filters, at the popular level: nothing in the answer is personal
             request_excl = {int(i) for i in (filters or {}).get("exclude_ids") or []} | set(session or [])
@@ -284,17 +313,6 @@ class Ladder:
                     "live_context": False,
                 }
             )
-        level = LEVEL_FULL
-        if q is None:  # a known user: a session's query was prepared above, a stranger answered popular items
-            uid = user_id
-            assert uid is not None
-            level = LEVEL_BATCH if self.stale else LEVEL_FULL
-            live = None
-            if not self.stale:
-                # a feature store that does not answer leaves the batch vectors and the training history;
-                # the answer says so (live_context false) at its level, as before the stream existed
-                _, live = await self.hop("feature_store", lambda: ports.context.get(uid), left(), timings)
-            q = stage.prepare(uid, k, filters, live)
         if arm is not None and arm.candidates:
             q = replace(q, n=max(k, arm.candidates))
         spec = arm.ranker_spec if arm is not None and arm.ranker_spec else self.ranker_spec

@@ -36,6 +36,10 @@ class ContextPort(Protocol):
         """The user's live context (recserve.streaming.aggregator.LiveContext) or None; raises when
         the feature store cannot answer."""
 
+    async def get_with(self, user_id: int, state_key: str) -> tuple[bytes | None, Any]:
+        """(the user's state under `state_key` in the feature store or None, their live context or
+        None) in one round trip; raises when the feature store cannot answer."""
+
 
 class ScorePort(Protocol):
     async def score(self, X: np.ndarray, spec: dict | None = None) -> tuple[np.ndarray, str]:
@@ -127,6 +131,17 @@ class LiveContexts:
             self._cache.clear()
         self._cache[user_id] = (now, ctx)
         return ctx
+
+    async def get_with(self, user_id: int, state_key: str) -> tuple[bytes | None, Any]:
+        """(the raw value under `state_key`: the user's feature-store state, their live context) in
+        one round trip (MGET)."""
+        self.stats.misses += 1
+        raw_state, raw = await self.r.mget([state_key, keys.context(user_id, self.prefix)])
+        ctx = LiveContext.loads(raw) if raw else None
+        if len(self._cache) >= self.max_entries:
+            self._cache.clear()
+        self._cache[user_id] = (time.monotonic(), ctx)
+        return raw_state, ctx
 
     def drop(self, user_id: int) -> None:
         self._cache.pop(user_id, None)

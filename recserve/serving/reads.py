@@ -241,6 +241,12 @@ class ReadPaths:
                 "shards": len(s.index.groups),
                 "vectors": {str(k): v for k, v in s.index_sizes.items()},
             },
+            "feature_store": {
+                "features_id": s.stage.fid,
+                "users": s.stage.n_users,
+                "users_held": len(s.stage.users),
+                "users_held_max": s.stage.users.size,
+            },
             "degradation_level": s.ladder.level_now(),
             "breakers": s.ladder.breakers.snapshot(),
             "hops": s.ladder.hops,

@@ -10,20 +10,22 @@ The ladder (recserve.serving.ladder) calls it between the hops of its ports:
             input), the answer's items
   popular   the popular items (cold start and the emergency level)
 
-It loads one registry generation (embeddings, and the dataset they were trained on for
-popularity, trending, co-visitation and each user's history) through recserve.artifacts."""
+It loads one registry generation's item side (the embeddings' item vectors and their compact
+serving arrays: popularity, trending, co-visitation, categories, titles; recserve.featurestore):
+nothing it holds is sized by the users or the events but a bounded LRU of recent users' states,
+which the ladder fetches from the feature store (Redis) with the live context."""
 
 from __future__ import annotations
 
-import copy
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
+from recserve import keys
 from recserve.config import Config
 from recserve.explain.templates import POPULAR_REASON
-from recserve.ranking.content import ContentEncoder, fold_in, mean_pair_score, session_blend
+from recserve.featurestore import UserLRU, UserState, load_serving, serving_files
+from recserve.ranking.content import ContentEncoder, fold_in, session_blend
 from recserve.ranking.features import (
     FEATURE_NAMES,
     SessionContext,
@@ -41,7 +43,7 @@ class Query:
     """A known user's retrieval query (what `prepare` gives the search port)."""
 
     user_id: int
-    u: int  # dense user index
+    state: UserState | None  # the user's state in the feature store (None: an anonymous session)
     ctx: SessionContext  # the training history's context, the stream's events folded in
     vector: np.ndarray  # [1, d + 1] retrieval query
     n: int  # candidates wanted
@@ -66,80 +68,73 @@ class Recommender:
     def __init__(self, cfg: Config, registry, versions: dict[str, str] | None = None):
         """`versions`: the generation's {embeddings, index, ranker} (default: what serves,
         recserve.generations.serving_versions)."""
-        from recserve.artifacts import load_embeddings, read_events, read_items, trained_on
         from recserve.generations import serving_versions
-        from recserve.ranking.interactions import build_interactions
-        from recserve.ranking.ranker import ranking_inputs
 
         self.cfg = cfg
         versions = versions or serving_versions(registry) or {}
-        emb = load_embeddings(registry, versions.get("embeddings"))
+        version = registry.resolve("embeddings", versions.get("embeddings"))
         self.versions = {
-            "embeddings": emb["version"],
+            "embeddings": version,
             "index": registry.resolve("index", versions.get("index")),
             "ranker": registry.resolve("ranker", versions.get("ranker")),
         }
-        dataset = trained_on(registry, emb["version"])
-        events, items = read_events(dataset), read_items(dataset)
-        from recserve.privacy import drop_forgotten
-
-        # the users forgotten when these embeddings were trained: their events were left out then
-        lineage = registry.manifest("embeddings", emb["version"])["lineage"]
-        gone = {int(u): float(t) for u, t in (lineage.get("forgotten") or {}).items()}
-        events = drop_forgotten(events, gone).reset_index(drop=True) if gone else events
-        self.data = build_interactions(events, events.iloc[:0], items)
-        if not (
-            np.array_equal(self.data.item_ids, emb["item_ids"]) and np.array_equal(self.data.user_ids, emb["user_ids"])
-        ):
-            raise ValueError(
-                f"embeddings {emb['version']} were not trained on all of {dataset} (holdout?): "
-                f"serve a version trained with --holdout 0"
-            )
-        self.user_vectors = emb["user_vectors"]
-        self.content = ContentEncoder.load(registry.fetch("embeddings", emb["version"]))  # None: trained before it
+        emb_dir = registry.fetch("embeddings", version)
+        self.files = serving_files(cfg, registry, version)  # the version's users/ and serving/ arrays
+        si = load_serving(self.files)
+        self.fid, self.n_users = si.fid, si.n_users
+        self.item_ids = np.load(emb_dir / "item_ids.npy")
+        self.n_items = len(self.item_ids)
+        self.stats = si.stats
+        self.t_data = si.t_data
+        self._target = si.target_score
+        self._some_user = si.some_user
+        self.content = ContentEncoder.load(emb_dir)  # None: trained before it
         # the sequence model trained with these embeddings (None: without one; its feature is then 0)
-        self.sequence = SequenceScorer.load(registry.fetch("embeddings", emb["version"]))
-        self._states: OrderedDict[int, tuple] = OrderedDict()
-        self.item_vectors = emb["item_vectors"].astype(np.float32)  # [n_items, d + 1] = [v, b]
+        self.sequence = SequenceScorer.load(emb_dir)
+        self.item_vectors = np.load(emb_dir / "item_vectors.npy").astype(np.float32)  # [n_items, d + 1] = [v, b]
         self._item_norms = np.linalg.norm(self.item_vectors[:, :-1], axis=1)
         self._median_norm = float(np.median(self._item_norms))  # an item added since training, in similar_items
-        self._target: float | None = None  # the fold-in's target score, computed at the first query
-        self._queries: OrderedDict[int, np.ndarray] = OrderedDict()
-        self.inputs = ranking_inputs(self.data, items, emb["item_vectors"], cfg.ranker)
-        self.user_index = self.data.user_index()
-        by_id = items.set_index("item_id")
-        self.item_category = by_id["category"].reindex(self.data.item_ids).fillna("").to_numpy()
-        self.item_title = by_id["title"].reindex(self.data.item_ids).fillna("").astype(str).to_numpy()
-        self.t_data = int(events["ts"].max())
-        pop = self.inputs.stats.popularity
+        self.item_category = si.category
+        self.item_title = si.title
+        pop = self.stats.popularity
         self._popular = np.argsort(-pop)[:1000]
-        self._popular_ids = self.data.item_ids[self._popular].astype(np.int64)
+        self._popular_ids = self.item_ids[self._popular].astype(np.int64)
         self._popular_scores = np.log1p(pop[self._popular]).astype(np.float64)
         self.new_items: dict[int, str] = {}
         self.new_titles: dict[int, str] = {}
         self.new_units: dict[int, np.ndarray] = {}  # unit vectors of items added since training
         self.new_near: dict[int, np.ndarray] = {}  # ...and their nearest trained items (dense indexes)
-        self._cat_codes = {str(c): int(k) for c, k in zip(self.item_category, self.inputs.stats.item_cat)}
-        self.dim = self.user_vectors.shape[1] - 1  # [u, 1] . [v, b]
+        self._cat_codes = {str(c): int(k) for c, k in zip(self.item_category, self.stats.item_cat)}
+        self.dim = self.item_vectors.shape[1] - 1  # [u, 1] . [v, b]
+        self.users = UserLRU(cfg.serve.user_states)  # recent users' states (the feature store's, decoded)
+        self.forgotten: set[int] = set()  # forgotten since load: not admitted again from a read in flight
 
     # ------------------------------------------------------------------- users
-    def knows(self, user_id: int) -> bool:
-        return int(user_id) in self.user_index
+    def state_key(self, user_id: int) -> str:
+        """The user's key in this generation's feature store (recserve.keys.user_state)."""
+        return keys.user_state(self.fid, user_id)
+
+    def admit(self, user_id: int, raw: bytes | None) -> UserState | None:
+        """The user's state as the feature store answered it (None: a user this generation never saw),
+        kept in the LRU."""
+        if raw is None or int(user_id) in self.forgotten:
+            return None
+        st = UserState.decode(raw)
+        if st.user_id != int(user_id):
+            raise ValueError(f"the feature store's state under {self.state_key(user_id)} is user {st.user_id}'s")
+        self.users.put(st)
+        return st
 
     def forget(self, users) -> None:
-        """Forgotten users (recserve.privacy) are strangers from now on: their trained vectors and
-        history stay unused until the next model, which leaves them out."""
+        """Forgotten users (recserve.privacy) are strangers from now on: their states leave the LRU
+        (recserve.privacy deletes them from the feature store), until the next model leaves them out."""
         for u in users:
-            self.user_index.pop(int(u), None)
-
-    def seen(self, u: int) -> np.ndarray:
-        """Item ids the user (dense index) interacted with in training."""
-        m = self.data.matrix
-        return self.data.item_ids[m.indices[m.indptr[u] : m.indptr[u + 1]]]
+            self.users.drop(int(u))
+            self.forgotten.add(int(u))
 
     def some_user(self) -> int:
         """A known user id (warm-up)."""
-        return int(self.data.user_ids[0])
+        return self._some_user
 
     # ------------------------------------------------------------------ popular
     def popular(self, k: int, filters: dict | None, exclude: set[int] | None = None) -> list[dict]:
@@ -156,23 +151,23 @@ class Recommender:
         return out
 
     # ------------------------------------------------------------------ prepare
-    def prepare(self, user_id: int, k: int, filters: dict | None, live=None) -> Query:
-        """The query of a known user (`knows`), with the stream's live context when given."""
+    def prepare(self, state: UserState, k: int, filters: dict | None, live=None) -> Query:
+        """The query of a known user (their state in the feature store), with the stream's live
+        context when given."""
         filters = dict(filters or {})
         request_excl = {int(i) for i in filters.get("exclude_ids") or []}
-        u = self.user_index[int(user_id)]
-        seen = self.seen(u)
-        ctx, seen_live, folded = self.inputs.contexts[u], [], False
+        seen = self.item_ids[state.seen]
+        ctx, seen_live, folded = state.context(self.stats.item_cat), [], False
         if live is not None and live.events:
-            ctx, seen_live = self._with_live(u, live)
+            ctx, seen_live = self._with_live(ctx, live)
             folded = True
-        query = self.query_of(u, ctx) if folded else self._trained_query(u)
+        query = self.query_of(state, ctx) if folded else self._trained_query(state, ctx)
         exclude = request_excl | set(seen.tolist())
         search_filter = {key: v for key, v in filters.items() if key in ("categories", "attributes") and v}
         search_filter["exclude_ids"] = sorted(exclude | set(seen_live))
         return Query(
-            int(user_id),
-            u,
+            int(state.user_id),
+            state,
             ctx,
             query[None, :],
             max(k, self.cfg.ranker.candidates),
@@ -182,47 +177,35 @@ class Recommender:
             folded,
         )
 
-    def _with_live(self, u: int, live) -> tuple:
-        """The offline context with the stream's newer events folded in by the same function the
-        offline job uses (update_session), and the ids the stream saw."""
-        ctx = copy.deepcopy(self.inputs.contexts[u])
+    def _with_live(self, ctx: SessionContext, live) -> tuple:
+        """The offline context (a fresh copy) with the stream's newer events folded in by the same
+        function the offline job uses (update_session), and the ids the stream saw."""
         ids = np.array([e[0] for e in live.events], dtype=np.int64)
-        dense = np.minimum(np.searchsorted(self.data.item_ids, ids), self.data.n_items - 1)
+        dense = np.minimum(np.searchsorted(self.item_ids, ids), self.n_items - 1)
         for e, d in zip(live.events, dense.tolist()):
-            if self.data.item_ids[d] == e[0] and e[1] >= ctx.last_ts:
-                update_session(ctx, d, int(self.inputs.stats.item_cat[d]), int(e[1]), self.cfg.ranker.session_len)
+            if self.item_ids[d] == e[0] and e[1] >= ctx.last_ts:
+                update_session(ctx, d, int(self.stats.item_cat[d]), int(e[1]), self.cfg.ranker.session_len)
         return ctx, [int(e[0]) for e in live.events]
 
-    def query_of(self, u: int, ctx: SessionContext) -> np.ndarray:
+    def query_of(self, state: UserState, ctx: SessionContext) -> np.ndarray:
         """A known user's retrieval query: the trained vector moved toward the fold-in of the
         context's last items (the stream's newest included), as training and `recserve eval` form it
         (recserve.ranking.content.session_blend): a click changes the next answer's candidates."""
         rc = self.cfg.ranker
         recent = np.asarray(ctx.last_items[-rc.session_items :], dtype=np.int64)
         return session_blend(
-            self.user_vectors[u],
+            state.vector,
             self.item_vectors[recent],
             self.cfg.stream.vector_decay,
             self.target_score,
             rc.session_weight,
         )
 
-    QUERY_CACHE = 100_000  # users whose trained-context query is kept (it changes only with live events)
-
-    def _trained_query(self, u: int) -> np.ndarray:
-        """`query_of` the training context, computed once per user (least recently used out)."""
-        return self._kept(self._queries, u, lambda: self.query_of(u, self.inputs.contexts[u]))
-
-    def _kept(self, cache: OrderedDict, u: int, make):
-        """`cache[u]`, made by `make()` the first time; at most QUERY_CACHE users, least recently used out."""
-        v = cache.get(u)
-        if v is None:
-            v = cache[u] = make()
-            if len(cache) > self.QUERY_CACHE:
-                cache.popitem(last=False)
-        else:
-            cache.move_to_end(u)
-        return v
+    def _trained_query(self, state: UserState, ctx: SessionContext) -> np.ndarray:
+        """`query_of` the training context, computed once per user state (the LRU bounds them)."""
+        if state.query is None:
+            state.query = self.query_of(state, ctx)
+        return state.query
 
     def sequence_state(self, q: Query) -> tuple | None:
         """(state, normaliser) of the sequence model after the query's context history (the stream's
@@ -231,11 +214,12 @@ class Recommender:
         if self.sequence is None:
             return None
         if q.sequence is None:
-            q.sequence = (
-                self._state_of(q.ctx.history)
-                if q.live or q.u < 0
-                else self._kept(self._states, q.u, lambda: self._state_of(q.ctx.history))
-            )
+            if q.live or q.state is None:
+                q.sequence = self._state_of(q.ctx.history)
+            else:
+                if q.state.sequence is None:
+                    q.state.sequence = self._state_of(q.ctx.history)
+                q.sequence = q.state.sequence
         return q.sequence
 
     @property
@@ -250,10 +234,7 @@ class Recommender:
 
     @property
     def target_score(self) -> float:
-        """The mean score of the training pairs (the fold-in's target), computed once."""
-        if self._target is None:
-            m = self.data.matrix.tocoo()
-            self._target = mean_pair_score(self.user_vectors, self.item_vectors, m.row, m.col)
+        """The mean score of the training pairs (the fold-in's target), computed offline."""
         return self._target
 
     # ------------------------------------------------------------ known items
@@ -262,8 +243,8 @@ class Recommender:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if not len(ids):
             return np.zeros(0, dtype=np.int64)
-        dense = np.minimum(np.searchsorted(self.data.item_ids, ids), self.data.n_items - 1)
-        return np.where(self.data.item_ids[dense] == ids, dense, -1)
+        dense = np.minimum(np.searchsorted(self.item_ids, ids), self.n_items - 1)
+        return np.where(self.item_ids[dense] == ids, dense, -1)
 
     # ------------------------------------------------------ anonymous sessions
     def session_query(self, items: list[int], k: int, filters: dict | None) -> Query | None:
@@ -277,11 +258,11 @@ class Recommender:
         if not len(d):
             return None
         query = fold_in(self.item_vectors[d], self.cfg.stream.vector_decay, self.target_score)[None, :]
-        ctx = session_context(d, self.inputs.stats.item_cat, np.full(len(d), self.t_data), self.cfg.ranker.session_len)
+        ctx = session_context(d, self.stats.item_cat, np.full(len(d), self.t_data), self.cfg.ranker.session_len)
         exclude = {int(i) for i in filters.get("exclude_ids") or []} | {int(i) for i in items}
         search_filter = {key: val for key, val in filters.items() if key in ("categories", "attributes") and val}
         search_filter["exclude_ids"] = sorted(exclude)
-        return Query(-1, -1, ctx, query, max(k, self.cfg.ranker.candidates), search_filter, filters, exclude, True)
+        return Query(-1, None, ctx, query, max(k, self.cfg.ranker.candidates), search_filter, filters, exclude, True)
 
     # ------------------------------------------------------------ similar items
     def similar_query(self, item_id: int, vector: np.ndarray, k: int, filters: dict | None) -> tuple:
@@ -315,13 +296,13 @@ class Recommender:
         d = int(self.dense_of([item_id])[0])
         if d < 0:
             return []
-        m = self.inputs.stats.covisit
+        m = self.stats.covisit
         cols, w = m.indices[m.indptr[d] : m.indptr[d + 1]], m.data[m.indptr[d] : m.indptr[d + 1]]
         cats = set((filters or {}).get("categories") or [])
         excl = {int(i) for i in (filters or {}).get("exclude_ids") or []} | {int(item_id)}
         out = []
         for j in np.argsort(-w, kind="stable").tolist():
-            iid = int(self.data.item_ids[cols[j]])
+            iid = int(self.item_ids[cols[j]])
             if iid in excl or (cats and self.item_category[cols[j]] not in cats):
                 continue
             out.append({"item_id": iid, "score": round(float(w[j]), 6), "reasons": ["often viewed together"]})
@@ -345,14 +326,14 @@ class Recommender:
         logp = (lambda d: self._sequence.item_log_probs(seq[0], seq[1], d)) if seq is not None else (lambda d: None)
         if known.all():
             X[:] = candidate_features(
-                q.ctx, dense, scores, self.inputs.stats, t_ref, self.cfg.ranker.trending_window_s, logp(dense)
+                q.ctx, dense, scores, self.stats, t_ref, self.cfg.ranker.trending_window_s, logp(dense)
             )
         else:
             X[known] = candidate_features(
                 q.ctx,
                 dense[known],
                 scores[known],
-                self.inputs.stats,
+                self.stats,
                 t_ref,
                 self.cfg.ranker.trending_window_s,
                 logp(dense[known]),
@@ -378,7 +359,7 @@ class Recommender:
         top = top_unseen(z[None, :], [gone[gone >= 0]], self.cfg.sequence.candidates)[0]
         top = top[top >= 0]
         extra = (self.item_vectors[top] @ q.vector[0]).astype(scores.dtype)
-        return np.concatenate([ids, self.data.item_ids[top].astype(ids.dtype)]), np.concatenate([scores, extra])
+        return np.concatenate([ids, self.item_ids[top].astype(ids.dtype)]), np.concatenate([scores, extra])
 
     # ------------------------------------------------------------------- answer
     @staticmethod
@@ -406,7 +387,7 @@ class Recommender:
         if vectors is not None:
             v = np.asarray(vectors, dtype=np.float32)[:, :-1]
             unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-9)
-            stats = self.inputs.stats
+            stats = self.stats
             for i, u in zip(items, unit):
                 self.new_units[int(i)] = u
                 if u.shape[0] == stats.unit_vectors.shape[1]:  # its nearest trained items, for its prior
@@ -454,7 +435,7 @@ class Recommender:
         cosine), as if they were used like the items they are like (the sequence model's
         log-probability too: `logp` gives it for trained items). Without it the ranker, which
         never saw an item nobody used, ranks every new item last until the next training."""
-        stats = self.inputs.stats
+        stats = self.stats
         X = np.zeros((len(ids), len(FEATURE_NAMES)), dtype=np.float32)
         X[:, 0] = scores
         codes = [self._cat_codes.get(self.new_items.get(int(i), ""), -1) for i in ids]
@@ -487,7 +468,7 @@ class Recommender:
         (when the cosine passes SIMILAR_SEEN)."""
         pos = {int(i): j for j, i in enumerate(c.ids.tolist())}
         recent = np.asarray(c.query.ctx.last_items, dtype=np.int64)
-        unit = self.inputs.stats.unit_vectors
+        unit = self.stats.unit_vectors
         out = []
         for iid, ex in zip(chosen, explored):
             j = pos[iid]
@@ -497,9 +478,7 @@ class Recommender:
                 sims = unit[recent] @ unit[d]
                 b = int(np.argmax(sims))
                 if sims[b] >= self.SIMILAR_SEEN and recent[b] != d:
-                    similar.append(
-                        {"item_id": int(self.data.item_ids[recent[b]]), "title": str(self.item_title[recent[b]])}
-                    )
+                    similar.append({"item_id": int(self.item_ids[recent[b]]), "title": str(self.item_title[recent[b]])})
             out.append(
                 {
                     "item_id": iid,

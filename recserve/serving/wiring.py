@@ -64,6 +64,38 @@ def _release(index, shared: bool) -> None:
     t.start()
 
 
+def load_stage(cfg: Config, reg, versions: dict):
+    """A generation's stage (recserve.serving.recommender.Recommender: its item side) with its
+    users in the feature store: written there first when they are not (a new or flushed Redis),
+    one writer at a time across replicas. Redis away for a minute: the stage serves what the
+    ladder can reach (its recent users, then the fallbacks) and the next load writes them."""
+    import logging
+    import time
+
+    import redis
+
+    from recserve.featurestore import ensure_users
+    from recserve.serving.recommender import Recommender
+
+    stage = Recommender(cfg, reg, versions)
+    source = {"registry": reg.uri, "embeddings": stage.versions["embeddings"]}
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            ensure_users(connect(cfg.redis_url, timeout=30), stage.fid, stage.files, source=source)
+            return stage
+        except (redis.RedisError, OSError) as e:
+            if time.monotonic() > deadline:
+                logging.getLogger("recserve").warning(
+                    "the feature store did not take generation %s's users (%s): its users are served at "
+                    "the fallback levels until Redis answers and a replica loads it again",
+                    stage.versions["embeddings"],
+                    e,
+                )
+                return stage
+            time.sleep(1.0)
+
+
 def generation_root(index_root: str, generation: str | None) -> str:
     """A generation's live index directory (snapshots, write-ahead logs) under the application's."""
     return index_root if generation is None else f"{index_root.rstrip('/')}/gen-{generation}"
@@ -87,7 +119,6 @@ def generation_loader(
     from recserve.ranking.ranker import ranker_spec
     from recserve.serving.ladder import Ladder
     from recserve.serving.ports import IndexSearch, Ports
-    from recserve.serving.recommender import Recommender
 
     shard_opts = {"resources": dict(cfg.serve.shard_resources)} if cfg.serve.shard_resources else None
 
@@ -103,7 +134,7 @@ def generation_loader(
             share_as=share,
             actor_options=shard_opts,
         )
-        stage = await asyncio.to_thread(Recommender, cfg, reg, versions)
+        stage = await asyncio.to_thread(load_stage, cfg, reg, versions)
         own = Ports(
             search=IndexSearch(index),
             context=ports.context,
@@ -139,11 +170,15 @@ def _breakers(cfg: Config):
     from recserve.serving.breaker import Breakers, BreakerSettings
 
     sv = cfg.serve
-    return Breakers(
-        BreakerSettings(
-            sv.breaker_failure_rate, sv.breaker_min_failures, sv.breaker_window_s, sv.breaker_open_s, sv.breaker_probes
-        )
+    general = BreakerSettings(
+        sv.breaker_failure_rate, sv.breaker_min_failures, sv.breaker_window_s, sv.breaker_open_s, sv.breaker_probes
     )
+    # the feature store's opens for a second and closes after two probes: every answer crosses it,
+    # and a Redis back after a two-second restart should cost about two seconds of degraded answers
+    store = BreakerSettings(
+        sv.breaker_failure_rate, sv.breaker_min_failures, sv.breaker_window_s, sv.feature_store_open_s, 2
+    )
+    return Breakers(general, per_name={"feature_store": store})
 
 
 def _gate(cfg: Config, ar):
@@ -216,7 +251,6 @@ async def build_service(
         ScorePort,
         SelectPort,
     )
-    from recserve.serving.recommender import Recommender
     from recserve.serving.service import RecService
     from recserve.streaming.eventlog import make_log
 
@@ -237,7 +271,7 @@ async def build_service(
         share_as=share_as,
         actor_options=shard_opts,
     )
-    stage = await asyncio.to_thread(Recommender, cfg, reg, versions)
+    stage = await asyncio.to_thread(load_stage, cfg, reg, versions)
     ar = connect_async(cfg.redis_url, timeout=2, connect_timeout=1)
     sync = connect(cfg.redis_url, timeout=2)
     from recserve.privacy import tombstones

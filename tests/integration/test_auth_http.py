@@ -130,10 +130,13 @@ def test_forget_a_user_empties_every_store_and_the_next_training_leaves_them_out
             and all(e.offset <= r.get(keys.committed_offset(p)).decode() for e in logged())
         )
     )
+    fid = http.get("/v1/status").json()["feature_store"]["features_id"]
+    assert r.exists(keys.user_state(fid, u))  # the user's state in the serving generation's feature store
     out = http.delete(f"/v1/users/{u}")
     assert out.status_code == 200, out.text
     removed = out.json()["removed"]
     assert removed["context"] >= 1 and removed["counters"] >= 1 and removed["impressions"] >= 1
+    assert removed["feature_store"] >= 1 and not r.exists(keys.user_state(fid, u))
     assert removed["log_entries"] >= len(ev)
     # every store: nothing of the user is left
     assert not r.exists(keys.context(u)) and not counters() and not imps() and not logged()

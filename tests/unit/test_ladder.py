@@ -41,13 +41,32 @@ class C:
     X: np.ndarray
 
 
+@dataclass
+class State:
+    user_id: int
+
+
+class Users(dict):
+    def drop(self, user_id):
+        self.pop(user_id, None)
+
+
 class Stage:
     """What the ladder needs of recserve.serving.recommender.Recommender, over 40 items."""
 
     versions = {"embeddings": "e1", "index": "i1", "ranker": "r1"}
 
-    def knows(self, user_id):
-        return user_id < 1000
+    def __init__(self):
+        self.users = Users()  # the replica's recent users' states (an LRU in the real stage)
+
+    def state_key(self, user_id):
+        return f"fs:test:u:{user_id}"
+
+    def admit(self, user_id, raw):
+        if raw is None:
+            return None
+        self.users[user_id] = st = State(user_id)
+        return st
 
     def popular(self, k, filters, exclude=None):
         return [
@@ -56,10 +75,15 @@ class Stage:
             if int(i) not in (exclude or set())
         ][:k]
 
-    def prepare(self, user_id, k, filters, live=None):
+    def prepare(self, state, k, filters, live=None):
         excl = {int(i) for i in (filters or {}).get("exclude_ids") or []}
         return Q(
-            user_id, np.ones((1, 4), np.float32), max(k, 20), {"exclude_ids": sorted(excl)}, excl, live is not None
+            state.user_id,
+            np.ones((1, 4), np.float32),
+            max(k, 20),
+            {"exclude_ids": sorted(excl)},
+            excl,
+            live is not None,
         )
 
     def session_query(self, items, k, filters):
@@ -123,6 +147,11 @@ class Fakes:
     async def get(self, user_id):
         await self._step("context")
         return self.live
+
+    async def get_with(self, user_id, key):
+        """The feature store's state (users below 1000 are the generation's) and the live context."""
+        await self._step("context")
+        return (b"state" if user_id < 1000 else None), self.live
 
     def drop(self, user_id):
         pass
@@ -257,20 +286,25 @@ def test_index_down_popular_then_the_last_list():
     assert lad.levels[LEVEL_FULL] == 1 and lad.levels[LEVEL_CACHED] == 1 and lad.levels[LEVEL_POPULAR] == 1
 
 
-def test_feature_store_down_or_stale_stream_serves_batch_vectors():
+def test_feature_store_down_serves_recent_users_batch_state_and_others_their_fallbacks():
     lad, f = ladder(deadline_ms=1000)
     f.live = object()
+    assert run(lad, user=1)["degradation_level"] == LEVEL_FULL  # user 1's state now in the replica's LRU
     f.fail.add("context")
-    out = run(lad)
-    assert out["degradation_level"] == LEVEL_FULL and out["live_context"] is False  # batch context, said so
+    out = run(lad, user=1)
+    assert out["degradation_level"] == LEVEL_BATCH and out["live_context"] is False  # batch state, said so
     assert lad.hops["feature_store"].startswith("failing")
+    other = run(lad, user=2)  # never served here: nothing of theirs reachable, popular items
+    assert other["degradation_level"] == LEVEL_POPULAR and not other["live_context"]
+    assert f.calls["search"] == 2  # the recent user's two answers searched; the other's did not
     f.fail.clear()
     lad.set_stale(True)
     calls = f.calls["context"]
-    out = run(lad)
+    out = run(lad, user=1)
     assert out["degradation_level"] == LEVEL_BATCH and f.calls["context"] == calls  # not even asked
+    assert run(lad, user=3)["degradation_level"] == LEVEL_BATCH and f.calls["context"] == calls + 1  # its state
     lad.set_stale(False)
-    assert run(lad)["degradation_level"] == LEVEL_FULL
+    assert run(lad, user=1)["degradation_level"] == LEVEL_FULL
 
 
 def test_the_live_context_reaches_the_stage():
@@ -298,7 +332,9 @@ def test_no_budget_left_skips_every_hop(budget_ms):
     lad, f = ladder(deadline_ms=budget_ms)
     out = run(lad, user=11)
     assert out["degradation_level"] in (LEVEL_CACHED, LEVEL_POPULAR) and len(out["items"]) == 5
-    assert "skipped" in lad.hops["vector_index"] or "failing" in lad.hops["vector_index"]
+    # the feature store's hop is skipped first: the user's state unreachable, no later hop is tried
+    assert "skipped" in lad.hops["feature_store"] or "failing" in lad.hops["feature_store"]
+    assert "search" not in f.calls and "score" not in f.calls
 
 
 def test_the_explainer_answers_before_the_ingress_gives_up_and_lateness_is_no_fault():
@@ -329,3 +365,12 @@ def test_items_added_through_another_replica_are_learned_from_the_index():
     out = run(lad)
     assert out["degradation_level"] == LEVEL_FULL and set(lad.stage.learned) == {104}  # 999 is in no answer
     assert lad.stage.learned[104][0].shape == (5,)
+
+
+def test_the_feature_stores_breaker_opens_briefly():
+    from recserve.config import Config
+    from recserve.serving.wiring import _breakers
+
+    b = _breakers(Config())
+    assert b["feature_store"].s.open_s == 1.0 and b["feature_store"].s.half_open_probes == 2
+    assert b["vector_index"].s.open_s == 30.0

@@ -50,8 +50,13 @@ def test_covisit_gather_equals_sparse_slicing():
     rng = np.random.default_rng(0)
     n = 400
     m = sp.random(n, n, density=0.05, format="csr", random_state=1, dtype=np.float32)
-    stats = ItemStats(
-        np.zeros(n, np.float32), np.zeros(n, np.int64), np.zeros((n, 4), np.float32), [np.zeros(0)] * n, m
+    stats = ItemStats.from_events(
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(n, np.float32),
+        np.zeros(n, np.int64),
+        np.zeros((n, 4), np.float32),
+        m,
     )
     for _ in range(30):
         rows = rng.integers(0, n, size=rng.integers(0, 40))  # rows may repeat

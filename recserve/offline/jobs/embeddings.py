@@ -59,6 +59,11 @@ def train_embeddings(
             by_id["attributes"].tolist() if "attributes" in by_id else [None] * len(by_id),
             res.item_vectors,
         ).save(tmp)
+        # what serving holds of this version (recserve.featurestore): the item side's compact arrays,
+        # and each user's state, which goes into the feature store once published
+        from recserve.featurestore import write_serving_state
+
+        write_serving_state(tmp, cfg, train, items, data.user_ids, data.item_ids, res.user_vectors, res.item_vectors)
         if cfg.sequence.enabled:  # the sequence model, over the same items in the same dense order
             from recserve.ranking.sequence import save_sequence
 
@@ -82,4 +87,7 @@ def train_embeddings(
             },
         )
     log(f"published embeddings {v}")
+    from recserve.featurestore import publish_version
+
+    publish_version(cfg, reg, v, log)
     return v
