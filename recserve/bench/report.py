@@ -1083,6 +1083,46 @@ def render_capacity(d: dict) -> list[str]:
     return out
 
 
+def render_scale(d: dict) -> list[str]:
+    rows = []
+    for n, e in sorted((d.get("worlds") or {}).items(), key=lambda kv: int(kv[0])):
+        rec = e.get("recommend") or {}
+        rows.append(
+            [
+                f"{int(n):,}",
+                f"{int(e.get('items', 0)):,}",
+                f"{int(e.get('events', 0)):,}",
+                secs(e.get("feature_store_s")),
+                num(e.get("redis_mb_per_million_users"), 1) + " MB",
+                num(e.get("router_rss_mb_started"), 0) + " MB",
+                num(e.get("router_rss_mb"), 0) + " MB",
+                secs(e.get("router_start_s")),
+                num(rec.get("rps"), 0),
+                num(rec.get("p95_ms"), 1) + " ms",
+                num(e.get("recommend_vs_noop"), 3),
+            ]
+        )
+    out = table(
+        [
+            "users",
+            "items",
+            "events",
+            "users into Redis",
+            "Redis per million users",
+            "router RSS started",
+            "after the load",
+            "router start",
+            "recommend req/s (c=4)",
+            "p95",
+            "recommend / noop",
+        ],
+        rows,
+        "rrrrrrrrrrr",
+    )
+    out += [f"Generation: {d.get('generation', '')}.", ""]
+    return out + targets(d)
+
+
 def render_loop(d: dict) -> list[str]:
     rows = []
     for e in d.get("days") or []:
@@ -1270,6 +1310,17 @@ BENCHES: tuple[Bench, ...] = (
         "every 4xx it compares the event log, the index shards, the bandit, the forgotten users, the keys and the "
         "registry.",
         render_fuzz,
+    ),
+    Bench(
+        "scale.json",
+        "Serving",
+        "Serving state at 100 k and 1 M users",
+        "recserve bench scale --users 100000,1000000 --out benchmarks/results/scale.json",
+        "For each generated world (items a tenth of the users, 15 events per user): the users written to the "
+        "feature store (seconds, Redis memory per million users from `INFO memory`), the Router replica's RSS "
+        "and its start, and `/v1/recommend` at concurrency 4 against the same run's no-op "
+        "([users in the feature store](serving.md#users-in-the-feature-store)).",
+        render_scale,
     ),
     Bench(
         "stream.json",

@@ -243,6 +243,33 @@ def bench_report(
     console.print(f"wrote {page} from {results}")
 
 
+@bench_app.command("scale")
+def bench_scale(
+    users: str = typer.Option("100000,1000000", help="the worlds' user counts, comma-separated"),
+    out: Path = typer.Option(Path("benchmarks/results/scale.json")),
+    duration: float = typer.Option(15.0, min=1, help="seconds per load run (three runs per point)"),
+    config: Path | None = ConfigOpt,
+):
+    """Serving state that does not grow with history: for each world (items a tenth of the users, 15
+    events per user), the users written to the feature store (seconds, Redis per million users), the
+    Router replica's RSS and start time, and /v1/recommend at c=4 against the same run's no-op. The
+    generation is the world's latent truth and an untrained ranker (the chain cannot train a
+    million-user world here yet): serving's state and cost are measured, not quality. Needs the
+    stack up (recserve up) and no other Serve application on the cluster."""
+    from recserve.bench.scale import run, summary
+
+    cfg = _cfg(config)
+    try:
+        counts = [int(x) for x in users.split(",") if x.strip()]
+    except ValueError:
+        _fail(ValueError(f"--users {users!r}: expected user counts like 100000,1000000"))
+    try:
+        res = run(cfg, counts, out, duration=duration, log=_progress("bench scale"))
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        _fail(e)
+    console.print(summary(res))
+
+
 @bench_app.command("loop")
 def bench_loop(
     days: int = typer.Option(7, min=1, help="simulated days"),

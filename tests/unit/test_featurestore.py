@@ -122,3 +122,26 @@ def test_users_written_pruned_and_forgotten_in_a_real_redis(tmp_path, redis_url)
     assert fs.prune(r, "reg1", {"v2"}) == ["fidA"]  # only this registry's, only the unkept version
     assert r.get(keys.user_state("fidA", 8)) is None and fs.ready(r, "fidA") is None
     assert r.get(keys.user_state("fidB", 8)) and r.get(keys.user_state("fidC", 8))
+
+
+def test_the_scale_benchmarks_targets():
+    from recserve.bench.scale import _targets
+
+    w = {
+        "100000": {
+            "router_rss_mb": 500.0,
+            "router_start_s": 12.0,
+            "redis_mb_per_million_users": 300.0,
+            "recommend_vs_noop": 0.1,
+        },
+        "1000000": {
+            "router_rss_mb": 560.0,
+            "router_start_s": 31.0,
+            "redis_mb_per_million_users": 310.0,
+            "recommend_vs_noop": 0.095,
+        },
+    }
+    t = _targets({"worlds": w})["targets"]
+    assert t["rss_1m_vs_100k"] == 1.12 and t["rss_1m_le_1_2x_100k"]
+    assert t["router_start_le_30s_100000"] and not t["router_start_le_30s_1000000"]
+    assert t["recommend_vs_noop_1m_ge_0_9x_100k"] and t["redis_le_1gib_per_million_users_1000000"]
