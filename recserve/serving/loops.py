@@ -81,6 +81,7 @@ class BackgroundLoops:
             try:
                 await self.follow_rollout()  # first: a promoted canary is adopted before its arm is released
                 await self.refresh_experiments()
+                self.svc.arm_series.follow(exps.name if exps.running else None)
                 await exps.flush()
                 if exps.running and time.monotonic() - guard_at >= 5.0:
                     guard_at = time.monotonic()

@@ -82,12 +82,18 @@ class ArmSeries:
         self.name: str | None = None
         self.points: deque[dict] = deque(maxlen=keep)
 
+    def follow(self, running: str | None) -> None:
+        """The experiment running now: another one than the series' starts its own series at once
+        (before its first guardrail check), so the page never shows an earlier one's points under it.
+        None (nothing runs) keeps the last experiment's series."""
+        if running and running != self.name:
+            self.name = running
+            self.points.clear()
+
     def observe(self, now: float, report: dict | None) -> None:
         if not report or not report.get("name"):
             return
-        if report["name"] != self.name:  # another experiment: its own series
-            self.name = report["name"]
-            self.points.clear()
+        self.follow(report["name"])  # another experiment: its own series
         arms = {}
         for arm, a in (report.get("arms") or {}).items():
             f = a.get("reward_per_item") or {}
