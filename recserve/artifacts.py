@@ -35,16 +35,24 @@ def save_embeddings(out_dir: str | Path, **arrays: np.ndarray) -> None:
         np.save(Path(out_dir) / f"{name}.npy", arrays[name])
 
 
+def embedding_array(emb_dir: str | Path, name: str, mmap: bool = False) -> np.ndarray:
+    """One of an embeddings version's arrays (EMBEDDING_ARRAYS) from its directory; `mmap`: read
+    memory-mapped (a replica reads the item side alone, the feature store's writer the user vectors)."""
+    if name not in EMBEDDING_ARRAYS:
+        raise ValueError(f"{name!r} is not one of the embeddings' arrays {EMBEDDING_ARRAYS}")
+    return np.load(Path(emb_dir) / f"{name}.npy", mmap_mode="r" if mmap else None)
+
+
 def load_embeddings(reg, version: str | None = None) -> dict:
     """{user_ids, item_ids, user_vectors, item_vectors, version} of an embeddings version."""
     d = reg.fetch("embeddings", version)
-    return {k: np.load(d / f"{k}.npy") for k in EMBEDDING_ARRAYS} | {"version": reg.resolve("embeddings", version)}
+    return {k: embedding_array(d, k) for k in EMBEDDING_ARRAYS} | {"version": reg.resolve("embeddings", version)}
 
 
 def embedding_ids(reg, version: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(user_ids, item_ids) the embeddings were trained on (the benches' users and items)."""
     d = reg.fetch("embeddings", version)
-    return np.load(d / "user_ids.npy"), np.load(d / "item_ids.npy")
+    return embedding_array(d, "user_ids"), embedding_array(d, "item_ids")
 
 
 def trained_on(reg, version: str | None = None) -> Path:

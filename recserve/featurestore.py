@@ -35,7 +35,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from recserve import keys
-from recserve.ranking.features import COVISIT_TOP, HeldItemStats, ItemStats, SessionContext, top_neighbours
+from recserve.artifacts import embedding_array
+from recserve.ranking.features import COVISIT_TOP, HeldItemStats, ItemStats, SessionContext
 
 USERS_DIR = "users"
 SERVING_DIR = "serving"
@@ -67,6 +68,15 @@ PUBLISH_CHUNK = 2000
 
 
 # ----------------------------------------------------------------------------- one user's state
+def _pairs(counts: dict[int, int]) -> np.ndarray:
+    """{category: count} as int32 [c0, n0, c1, n1, ...], categories sorted."""
+    return np.array([x for kv in sorted(counts.items()) for x in kv], dtype="<i4")
+
+
+def _counts(pairs: np.ndarray) -> dict[int, int]:
+    return {int(pairs[j]): int(pairs[j + 1]) for j in range(0, len(pairs), 2)}
+
+
 @dataclass
 class UserState:
     """What serving needs of one trained user (dense item indexes of the embeddings version)."""
@@ -97,7 +107,7 @@ class UserState:
         )
 
     def encode(self) -> bytes:
-        cats = np.array([x for kv in sorted(self.history_cats.items()) for x in kv], dtype="<i4")
+        cats = _pairs(self.history_cats)
         head = np.array(
             [MAGIC, len(self.vector), len(self.last), len(self.history), len(cats) // 2, len(self.seen)], dtype="<i4"
         )
@@ -125,13 +135,12 @@ class UserState:
         off += 4 * dim
         ints = np.frombuffer(raw, dtype="<i4", offset=off)
         a, b, c = n_last, n_last + n_hist, n_last + n_hist + 2 * n_cats
-        cats = ints[b:c]
         return cls(
             uid,
             vec,
             ints[:a].copy(),
             ints[a:b].copy(),
-            {int(cats[j]): int(cats[j + 1]) for j in range(0, len(cats), 2)},
+            _counts(ints[b:c]),
             last_ts,
             n_events,
             ints[c : c + n_seen].copy(),
@@ -173,9 +182,7 @@ def save_users(out_dir: str | Path, states) -> int:
     arrays: dict[str, np.ndarray] = {"user_ids": np.array([s.user_id for s in states], dtype=np.int64)}
     arrays["last_off"], arrays["last"] = _flat([s.last for s in states], np.int32)
     arrays["hist_off"], arrays["hist"] = _flat([s.history for s in states], np.int32)
-    arrays["cats_off"], arrays["cats"] = _flat(
-        [np.array([x for kv in sorted(s.history_cats.items()) for x in kv], np.int32) for s in states], np.int32
-    )
+    arrays["cats_off"], arrays["cats"] = _flat([_pairs(s.history_cats) for s in states], np.int32)
     arrays["seen_off"], arrays["seen"] = _flat([s.seen for s in states], np.int32)
     arrays["last_ts"] = np.array([s.last_ts for s in states], dtype=np.int64)
     arrays["n_events"] = np.array([s.n_events for s in states], dtype=np.int64)
@@ -192,7 +199,7 @@ def iter_saved_users(emb_dir: str | Path, user_vectors: np.ndarray | None = None
     vecs = (
         user_vectors
         if user_vectors is not None
-        else np.load(own if own.exists() else Path(emb_dir) / "user_vectors.npy", mmap_mode="r")
+        else (np.load(own, mmap_mode="r") if own.exists() else embedding_array(emb_dir, "user_vectors", mmap=True))
     )
     n = len(a["user_ids"])
     for lo in range(0, n, chunk):
@@ -203,14 +210,13 @@ def iter_saved_users(emb_dir: str | Path, user_vectors: np.ndarray | None = None
                 off = a[f"{name}_off"]
                 return np.asarray(a[name][off[u] : off[u + 1]])
 
-            cats = part("cats")
             out.append(
                 UserState(
                     int(a["user_ids"][u]),
                     np.asarray(vecs[u], dtype=np.float32),
                     part("last"),
                     part("hist"),
-                    {int(cats[j]): int(cats[j + 1]) for j in range(0, len(cats), 2)},
+                    _counts(part("cats")),
                     int(a["last_ts"][u]),
                     int(a["n_events"][u]),
                     part("seen"),
@@ -256,7 +262,7 @@ def save_serving(
     d = Path(out_dir) / SERVING_DIR
     d.mkdir(parents=True, exist_ok=True)
     held = stats.for_serving(t_data, window_s)
-    cv = top_neighbours(stats.covisit, COVISIT_TOP)  # already cut by build_item_stats: unchanged
+    cv = stats.covisit.tocsr()  # cut to COVISIT_TOP neighbours by build_item_stats (recserve.ranking.features)
     arrays = {
         "popularity": np.asarray(stats.popularity, np.float32),
         "item_cat": np.asarray(stats.item_cat),
@@ -477,14 +483,16 @@ def write_serving_state(
     item_ids: np.ndarray,
     user_vectors: np.ndarray,
     item_vectors: np.ndarray,
+    data=None,
 ) -> str:
     """An embeddings version's users/ and serving/ arrays from the events it was trained on (what
-    the embeddings job writes beside the vectors); returns the features id."""
+    the embeddings job writes beside the vectors); returns the features id. `data`: the
+    interactions already built over exactly these events (recserve.ranking.interactions), if any."""
     from recserve.ranking.content import mean_pair_score
     from recserve.ranking.interactions import build_interactions
     from recserve.ranking.ranker import ranking_inputs
 
-    data = build_interactions(events, events.iloc[:0], items)
+    data = data if data is not None else build_interactions(events, events.iloc[:0], items)
     if not (np.array_equal(data.item_ids, item_ids) and np.array_equal(data.user_ids, user_ids)):
         raise ValueError(
             "the embeddings were not trained on all of these events (holdout?): serve a version trained with --holdout 0"

@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 
 from recserve import keys
+from recserve.artifacts import embedding_ids
 from recserve.bench.common import percentiles, require_own_serve, write_result
 from recserve.redis_client import connect
 
@@ -101,8 +102,7 @@ def run(
         r.config_set("appendfsync", appendfsync)
     fsync_used = r.config_get("appendfsync")["appendfsync"]
     reg = Registry(cfg.registry_uri, cfg.registry.keep)
-    user_ids = np.load(reg.fetch("embeddings") / "user_ids.npy")
-    item_ids = np.load(reg.fetch("embeddings") / "item_ids.npy")
+    user_ids, item_ids = embedding_ids(reg)
     ensure_ray(cfg)
     require_own_serve("the benchmark")
     log("raw pipelined XADD to the same Redis ...")

@@ -183,7 +183,6 @@ def _serve_forever(cfg: Config, reg, out=None) -> None:
     deletes it. `out`: where the lines go (recserve.cli.quiet; default: all on the console)."""
     import time as _time
 
-    import numpy as np
     import ray
     from ray import serve
 
@@ -219,8 +218,10 @@ def _serve_forever(cfg: Config, reg, out=None) -> None:
 
     sup = get_supervisor(cfg)
     if reg.latest("embeddings") is not None:
-        user = int(np.load(reg.fetch("embeddings") / "user_ids.npy")[0])
-        item = int(np.load(reg.fetch("embeddings") / "item_ids.npy")[0])
+        from recserve.artifacts import embedding_ids
+
+        users, items = embedding_ids(reg)
+        user, item = int(users[0]), int(items[0])
     else:
         user, item = 1, 1
         out.stage(

@@ -126,22 +126,22 @@ class LiveContexts:
             return hit[1]
         self.stats.misses += 1
         raw = await self.r.get(keys.context(user_id, self.prefix))
-        ctx = LiveContext.loads(raw) if raw else None
-        if len(self._cache) >= self.max_entries:
-            self._cache.clear()
-        self._cache[user_id] = (now, ctx)
-        return ctx
+        return self._keep(user_id, raw, now)
 
     async def get_with(self, user_id: int, state_key: str) -> tuple[bytes | None, Any]:
         """(the raw value under `state_key`: the user's feature-store state, their live context) in
         one round trip (MGET)."""
         self.stats.misses += 1
         raw_state, raw = await self.r.mget([state_key, keys.context(user_id, self.prefix)])
+        return raw_state, self._keep(user_id, raw, time.monotonic())
+
+    def _keep(self, user_id: int, raw, now: float):
+        """The live context as read (None: the user has none), kept for `ttl_s`."""
         ctx = LiveContext.loads(raw) if raw else None
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
-        self._cache[user_id] = (time.monotonic(), ctx)
-        return raw_state, ctx
+        self._cache[user_id] = (now, ctx)
+        return ctx
 
     def drop(self, user_id: int) -> None:
         self._cache.pop(user_id, None)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recserve import keys
+from recserve.artifacts import embedding_array
 from recserve.config import Config
 from recserve.explain.templates import POPULAR_REASON
 from recserve.featurestore import UserLRU, UserState, load_serving, serving_files
@@ -82,7 +83,7 @@ class Recommender:
         self.files = serving_files(cfg, registry, version)  # the version's users/ and serving/ arrays
         si = load_serving(self.files)
         self.fid, self.n_users = si.fid, si.n_users
-        self.item_ids = np.load(emb_dir / "item_ids.npy")
+        self.item_ids = embedding_array(emb_dir, "item_ids")
         self.n_items = len(self.item_ids)
         self.stats = si.stats
         self.t_data = si.t_data
@@ -91,7 +92,7 @@ class Recommender:
         self.content = ContentEncoder.load(emb_dir)  # None: trained before it
         # the sequence model trained with these embeddings (None: without one; its feature is then 0)
         self.sequence = SequenceScorer.load(emb_dir)
-        self.item_vectors = np.load(emb_dir / "item_vectors.npy").astype(np.float32)  # [n_items, d + 1] = [v, b]
+        self.item_vectors = embedding_array(emb_dir, "item_vectors").astype(np.float32)  # [n_items, d + 1] = [v, b]
         self._item_norms = np.linalg.norm(self.item_vectors[:, :-1], axis=1)
         self._median_norm = float(np.median(self._item_norms))  # an item added since training, in similar_items
         self.item_category = si.category

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,9 +176,7 @@ def _breakers(cfg: Config):
     )
     # the feature store's opens for a second and closes after two probes: every answer crosses it,
     # and a Redis back after a two-second restart should cost about two seconds of degraded answers
-    store = BreakerSettings(
-        sv.breaker_failure_rate, sv.breaker_min_failures, sv.breaker_window_s, sv.feature_store_open_s, 2
-    )
+    store = dataclasses.replace(general, open_s=sv.feature_store_open_s, half_open_probes=2)
     return Breakers(general, per_name={"feature_store": store})
 
 

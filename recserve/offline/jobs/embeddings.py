@@ -63,7 +63,9 @@ def train_embeddings(
         # and each user's state, which goes into the feature store once published
         from recserve.featurestore import write_serving_state
 
-        write_serving_state(tmp, cfg, train, items, data.user_ids, data.item_ids, res.user_vectors, res.item_vectors)
+        write_serving_state(
+            tmp, cfg, train, items, data.user_ids, data.item_ids, res.user_vectors, res.item_vectors, data=data
+        )
         if cfg.sequence.enabled:  # the sequence model, over the same items in the same dense order
             from recserve.ranking.sequence import save_sequence
 
