@@ -1,5 +1,6 @@
 """`Ranker` deployment: the torch ranking model (recserve.ranking.ranker.ServingRanker) behind dynamic
-batching (`@serve.batch`, up to 256 candidate lists per call, a few ms of wait). The model comes
+batching: the ingress sends the lists of the answers in flight together (`score_many`, one forward
+pass); single lists (`score`) go through `@serve.batch` (up to 256 per call, a few ms of wait). The model comes
 from `user_config` ({model_path, version, quantize, dtype}), so a new registry version reaches
 running replicas through `reconfigure` without a restart; every score names the version that
 computed it. The number of lists waiting is reported to the queue-depth autoscaling policy
@@ -38,6 +39,15 @@ class Ranker:
             return await self._score(x, spec)
         finally:
             self.pending -= 1
+
+    async def score_many(self, lists: list[np.ndarray], spec: dict | None = None) -> list[tuple[np.ndarray, str]]:
+        """Several answers' candidate lists in one call (the ingress batches the answers in flight
+        together, recserve.serving.ports.HandleScore): one forward pass, no wait for more."""
+        self.pending += len(lists)
+        try:
+            return self.versions.score_lists(lists, [spec] * len(lists))
+        finally:
+            self.pending -= len(lists)
 
     @serve.batch(max_batch_size=256, batch_wait_timeout_s=0.003)
     async def _score(self, lists: list[np.ndarray], specs: list[dict | None]) -> list[tuple[np.ndarray, str]]:

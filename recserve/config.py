@@ -126,6 +126,16 @@ class ServeConfig(_Strict):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=1, le=65535)
     index_replicas: int = Field(1, ge=1, le=8, description="replicas per vector-index shard")
+    index_placement: Literal["auto", "router", "actors"] = Field(
+        "auto",
+        description="where the index shards are searched: router = in the ingress process (no actor hop; one "
+        "ingress replica), actors = the VectorShard actors (the scale-out path, shared by several ingress "
+        "replicas), auto = router when the ingress runs as one replica and the index's files are at most "
+        "index_router_max_mb, else actors",
+    )
+    index_router_max_mb: float = Field(
+        256.0, ge=0, description="auto placement: the largest index (MB of shard files) searched in the ingress"
+    )
     user_states: int = Field(
         50_000,
         ge=0,

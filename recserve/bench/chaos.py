@@ -225,7 +225,9 @@ def run(
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     # the cluster topology: ranker, bandit and explainer each a deployment of its own (the faults are
     # theirs), the ingress holding the cache, the ladder, the index client and the live context
-    serve.run(build_app(cfg, name="chaos", colocate=False), name="chaos", route_prefix="/")
+    # (the index on its shard actors, the scale-out placement, whose replica the shard fault kills)
+    split = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"index_placement": "actors"})})
+    serve.run(build_app(split, name="chaos", colocate=False), name="chaos", route_prefix="/")
     sup = get_supervisor(cfg)  # the application's stream supervisor (the builder started it)
     from recserve.auth import KeyStore
 

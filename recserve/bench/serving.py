@@ -412,7 +412,15 @@ def run(
     first = _wait_ready(f"{base}/nocache/v1/recommend", {"user_id": int(user_ids[-1]), "k": 10}, key=key)
     res["first_answer_level"] = first["degradation_level"]
     measure("recommend", f"{base}/nocache/v1/recommend")
+    from recserve.serving.wiring import index_placement
+
+    res["index_placement"] = index_placement(cfg, reg.fetch("index"), shared=False)  # the app's own choice
     delete("nocache")
+    # the same with the index on its shard actors (the scale-out placement): what the actor hop costs
+    actors = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"index_placement": "actors"})})
+    deploy(build_app(actors, cache=False, name="actors"), "actors", "/actors")
+    measure("recommend_actors", f"{base}/actors/v1/recommend")
+    delete("actors")
     # the same without API keys: what the key check and the quota cost per request
     deploy(build_app(noauth, cache=False, name="noauth"), "noauth", "/noauth")
     measure("recommend_noauth", f"{base}/noauth/v1/recommend", key=None)
@@ -458,6 +466,8 @@ def run(
     res["auth_vs_noauth"] = round(rps("recommend") / rps("recommend_noauth"), 3)
     res["auth_p95_ms"] = {"on": cases["recommend"]["4"]["p95_ms"], "off": cases["recommend_noauth"]["4"]["p95_ms"]}
     res["split_vs_noop"] = round(rps("recommend_split") / rps("noop"), 3)
+    res["actors_vs_noop"] = round(rps("recommend_actors") / rps("noop"), 3)
+    res["placement_router_vs_actors"] = round(rps("recommend") / rps("recommend_actors"), 3)
     res["cached_vs_noop"] = round(rps("recommend_cached") / rps("noop"), 3)
     res["cached_vs_default_noop"] = round(rps("recommend_cached") / rps("noop_default"), 3)
     res["noop_vs_default_noop"] = round(rps("noop") / rps("noop_default"), 3)

@@ -23,7 +23,7 @@ import numpy as np
 import ray
 
 from recserve.config import IndexConfig
-from recserve.index import artifact
+from recserve.index import artifact, local
 from recserve.index.hashing import even_ranges, item_hash
 from recserve.index.shard import Filter, check_queries, check_vectors
 from recserve.index.wal import SeqCounter, WriteAheadLog
@@ -78,6 +78,8 @@ class IndexClient:
     ):
         self.root = Path(root)
         self.shard_actor = shard_actor  # a Ray actor class whose body is recserve.index.replica.ShardReplica
+        # (or recserve.index.local.LocalShard: the replicas in this process, index.placement router)
+        self.local = bool(getattr(shard_actor, "in_process", False))
         self.cfg = cfg
         self.dim = dim
         self.n_replicas = replicas
@@ -124,7 +126,7 @@ class IndexClient:
             art = str(files[s]) if files else None
             reps = [self._spawn(s, gen, r, art, metas_path) for r in range(self.n_replicas)]
             groups.append(ShardGroup(s, lo, hi, wal, reps))
-        ray.get([r.handle.ping.remote() for g in groups for r in g.replicas])
+        local.get([r.handle.ping.remote() for g in groups for r in g.replicas])
         return groups
 
     @classmethod
@@ -193,7 +195,7 @@ class IndexClient:
         q = check_queries(queries, self.dim, k)
         for f in filters if isinstance(filters, list) else [filters]:
             Filter.parse(f)  # bad filters fail here, before any shard sees them
-        q_arg = ray.put(q) if q.nbytes > 64 * 1024 else q  # small queries travel inline
+        q_arg = ray.put(q) if q.nbytes > 64 * 1024 and not self.local else q  # small queries travel inline
         pending = {}
         tried: dict[int, set[str]] = {g.shard: set() for g in groups}
         for g in groups:
@@ -222,7 +224,10 @@ class IndexClient:
         while pending:
             for shard, (rep, ref) in list(pending.items()):
                 try:
-                    results[shard] = await asyncio.wait_for(ref, timeout=max(0.01, deadline - time.monotonic()))
+                    if isinstance(ref, local.LocalRef):  # searched in this process already
+                        results[shard] = ref.result()
+                    else:
+                        results[shard] = await asyncio.wait_for(ref, timeout=max(0.01, deadline - time.monotonic()))
                     del pending[shard]
                 except errors as e:
                     pending[shard] = self._retry(groups, shard, rep, e, tried, q_arg, k, filters)
@@ -274,14 +279,14 @@ class IndexClient:
                 rec["metas"] = [metas[j] for j in sel] if metas else None
             seq = g.wal.append(rec)  # durable before anyone is told
             rec["seq"] = seq
-            ref = ray.put(rec)
+            ref = rec if self.local else ray.put(rec)
             calls.append((g, seq, [(r, r.handle.apply.remote(ref)) for r in g.replicas]))
         errors = _actor_errors()
         for g, seq, reps in calls:
             ok = 0
             for rep, ref in reps:
                 try:
-                    rep.version = ray.get(ref, timeout=self.timeout_s)
+                    rep.version = local.get(ref, self.timeout_s)
                     ok += 1
                 except errors:
                     self._mark_bad(rep)
@@ -311,7 +316,7 @@ class IndexClient:
 
     # ------------------------------------------------------------- operations
     def snapshot(self) -> list[dict]:
-        return ray.get([r.handle.snapshot.remote() for g in self.groups for r in g.replicas])
+        return local.get([r.handle.snapshot.remote() for g in self.groups for r in g.replicas])
 
     def stats(self) -> dict:
         out = []
@@ -319,7 +324,7 @@ class IndexClient:
             reps = []
             for r in g.replicas:
                 try:
-                    reps.append(ray.get(r.handle.stats.remote(), timeout=self.timeout_s))
+                    reps.append(local.get(r.handle.stats.remote(), self.timeout_s))
                 except _actor_errors() as e:
                     reps.append({"name": r.name, "error": type(e).__name__})
             out.append({"shard": g.shard, "hash_lo": g.lo, "hash_hi": g.hi, "wal_head": g.wal.head, "replicas": reps})
@@ -344,7 +349,7 @@ class IndexClient:
         """efSearch of every shard replica (HNSW), changed while serving."""
         if ef < 1:
             raise ValueError("ef_search must be >= 1")
-        ray.get([r.handle.set_ef_search.remote(ef) for g in self.groups for r in g.replicas])
+        local.get([r.handle.set_ef_search.remote(ef) for g in self.groups for r in g.replicas])
         self.cfg = self.cfg.model_copy(update={"ef_search": ef})
 
     def refresh(self) -> None:
@@ -353,9 +358,9 @@ class IndexClient:
             head = g.wal.head
             for r in g.replicas:
                 try:
-                    v = ray.get(r.handle.version.remote(), timeout=self.timeout_s)
+                    v = local.get(r.handle.version.remote(), self.timeout_s)
                     if v < head:
-                        v = ray.get(r.handle.catch_up.remote(), timeout=30) and ray.get(
+                        v = local.get(r.handle.catch_up.remote(), 30) and local.get(
                             r.handle.version.remote(), timeout=self.timeout_s
                         )
                     r.version = v
@@ -384,14 +389,14 @@ class IndexClient:
                     if src is None:
                         raise IndexUnavailable(f"shard {og.shard} has no replica to copy from")
                     parts.append(src.handle.export.remote(lo, hi))
-                datas = ray.get(parts)
-                ray.get([r.handle.load_items.remote(d) for d in datas for r in ng.replicas])
+                datas = local.get(parts)
+                local.get([r.handle.load_items.remote(d) for d in datas for r in ng.replicas])
             for ng in new:
                 for r in ng.replicas:
-                    r.version = ray.get(r.handle.version.remote())
+                    r.version = local.get(r.handle.version.remote())
             # what was copied in is in no log of the new generation: a snapshot makes it durable,
             # so a replica restarted later restores it and replays only the log after it
-            ray.get([r.handle.snapshot.remote() for ng in new for r in ng.replicas])
+            local.get([r.handle.snapshot.remote() for ng in new for r in ng.replicas])
             with self._write_lock:
                 old, self.groups, self.generation, self._moving = self.groups, new, gen, None
         except BaseException:
@@ -399,11 +404,11 @@ class IndexClient:
                 self._moving = None
             for ng in new:
                 for r in ng.replicas:
-                    ray.kill(r.handle)
+                    local.kill(r.handle)
             raise
         for og in old:
             for r in og.replicas:
-                ray.kill(r.handle, no_restart=True)
+                local.kill(r.handle)
 
     def _carry_writes(self, nxt: IndexClient, after: int) -> int:
         """Re-apply to `nxt` the catalogue writes logged by this index's shards with seq > after
@@ -447,11 +452,11 @@ class IndexClient:
             self.root, self.generation, self.counter = nxt.root, 0, nxt.counter
         for og in old:
             for r in og.replicas:
-                ray.kill(r.handle, no_restart=True)
+                local.kill(r.handle)
         return self.version
 
     def shutdown(self) -> None:
         for g in self.groups:
             for r in g.replicas:
-                ray.kill(r.handle, no_restart=True)
+                local.kill(r.handle)
         self.groups = []

@@ -182,16 +182,29 @@ class LocalScore:
 
 
 class HandleScore:
-    """The `Ranker` deployment (its own batching, GPU when present)."""
+    """The `Ranker` deployment (GPU when present). Concurrent answers' candidate lists go to it
+    together: one handle call per batch (`score_many`), a batch leaving at once while fewer than
+    `max_inflight` are out, else as soon as one returns (`InflightBatcher`), so the cluster topology
+    pays one hop per batch, not per answer."""
 
-    def __init__(self, handle):
+    def __init__(self, handle, max_batch: int = 64, max_inflight: int = 2):
         self.h = handle
+        self.specs: dict[str | None, dict] = {}  # version -> its spec (the batcher's key is the version)
+        self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=max_inflight)
+
+    async def _batch(self, version: str | None, lists: list) -> list:
+        spec = self.specs.get(version) if version is not None else None
+        return await self.h.score_many.remote(lists, spec)
 
     async def score(self, X: np.ndarray, spec: dict | None = None) -> tuple[np.ndarray, str]:
-        return await (self.h.score.remote(X) if spec is None else self.h.score.remote(X, spec))
+        if spec is None:
+            return await self.batcher.submit(None, X)
+        self.specs.setdefault(spec["version"], spec)
+        return await self.batcher.submit(spec["version"], X)
 
     def keep_only(self, specs: list[dict]) -> None:
-        """The Ranker replicas load an arm's version on its first list."""
+        """The Ranker replicas load an arm's version on its first list (the specs seen are kept:
+        one per version, a handful)."""
 
 
 # ---------------------------------------------------------------------------- select
@@ -218,8 +231,16 @@ class LocalSelect:
 
 
 class HandleSelect:
-    def __init__(self, handle):
+    """The `Bandit` deployment: concurrent answers' slates drawn in one handle call per batch
+    (`select_many`, one batch per exploration share and arm), as `HandleScore` does."""
+
+    def __init__(self, handle, max_batch: int = 64, max_inflight: int = 2):
         self.h = handle
+        self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=max_inflight)
+
+    async def _batch(self, key: tuple, items: list) -> list:
+        share, arm = key
+        return await self.h.select_many.remote(items, share, arm)
 
     async def select(
         self,
@@ -230,9 +251,7 @@ class HandleSelect:
         share: float | None = None,
         arm: str | None = None,
     ):
-        if share is None and arm is None:
-            return await self.h.select.remote(ranked, k, user_id, request_id)
-        return await self.h.select.remote(ranked, k, user_id, request_id, share, arm)
+        return await self.batcher.submit((share, arm), (list(ranked), int(k), int(user_id), request_id))
 
     async def update(self, item_id: int, reward: float) -> tuple[float, float]:
         return await self.h.update.remote(item_id, reward)

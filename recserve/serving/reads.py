@@ -239,6 +239,7 @@ class ReadPaths:
             "index": {
                 "version": s.index.version,
                 "shards": len(s.index.groups),
+                "placement": "router" if s.index.local else "actors",
                 "vectors": {str(k): v for k, v in s.index_sizes.items()},
             },
             "feature_store": {

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from recserve.config import Config
@@ -95,6 +96,27 @@ def load_stage(cfg: Config, reg, versions: dict):
                 )
                 return stage
             time.sleep(1.0)
+
+
+def index_placement(cfg: Config, index_dir, shared: bool) -> str:
+    """Where this replica searches the index (`serve.index_placement`): "router" (its own process)
+    or "actors". `shared`: several ingress replicas share one index (only the actors can)."""
+    from recserve.index import artifact
+
+    placement = cfg.serve.index_placement
+    if placement == "router" and shared:
+        raise ValueError(
+            "serve.index_placement is router, but the application runs several ingress replicas "
+            "(serve.ingress_replicas > 1 or autoscaling): a catalogue write through one of them would "
+            "not reach the others' in-process shards. Set serve.index_placement to actors or auto"
+        )
+    if placement != "auto":
+        return placement
+    if shared:
+        return "actors"
+    index_dir = Path(index_dir)
+    size = sum(p.stat().st_size for p in artifact.shard_paths(index_dir, artifact.read_manifest(index_dir)))
+    return "router" if size <= cfg.serve.index_router_max_mb * 2**20 else "actors"
 
 
 def generation_root(index_root: str, generation: str | None) -> str:
@@ -261,9 +283,14 @@ async def build_service(
         return await build_cold_service(cfg, choice, replica)
     generation = await asyncio.to_thread(serving_generation, reg)
     shard_opts = {"resources": dict(cfg.serve.shard_resources)} if cfg.serve.shard_resources else None
+    index_dir = reg.fetch("index", versions["index"])
+    if index_placement(cfg, index_dir, shared=share_as is not None) == "router":
+        from recserve.index.local import LocalShard
+
+        shard_actor, replicas = LocalShard(), 1  # the shards searched in this process: one copy each
     index = await asyncio.to_thread(
         IndexClient.from_artifact,
-        reg.fetch("index", versions["index"]),
+        index_dir,
         generation_root(index_root, generation),
         shard_actor=shard_actor,
         replicas=replicas,

@@ -172,6 +172,8 @@ def test_canary_rolled_back_by_the_guardrail_then_one_promoted_under_load(loop_w
     from tests.conftest import auth, make_key
 
     cfg, root = loop_world
+    # the index on its shard actors (the scale-out placement), so that the old generation's release is seen
+    cfg = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"index_placement": "actors"})})
     http, _, _ = serving
     reg = Registry(cfg.registry_uri)
     r = redis.Redis.from_url(cfg.redis_url)

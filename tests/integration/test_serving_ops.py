@@ -237,21 +237,30 @@ def test_queue_depth_policy_scales_up_and_back_down(serving):
     serve.delete("scale")
 
 
-def test_colocated_ingress_answers_the_same_contract(serving):
-    """serve.colocate: ranker, bandit and explainer inside the ingress process, model from the
-    ingress's user_config."""
+@pytest.mark.parametrize("colocate", [True, False], ids=["colocated", "split"])
+def test_both_topologies_answer_the_same_contract(serving, colocate):
+    """serve.colocate true: ranker, bandit and explainer inside the ingress process, model from the
+    ingress's user_config; false (the cluster topology): each a deployment of its own, the answers in
+    flight batched through their hops, the Bandit replica drawing from its snapshot and logging the
+    impression (with propensities) in the background."""
+    import json
+
     import httpx
+    import redis
     from ray import serve
 
     from deployments.app import build_app
+    from recserve import keys
 
     http, reg, cfg = serving
-    serve.run(build_app(cfg, str(reg.uri), None, name="colo", colocate=True), name="colo", route_prefix="/colo")
+    name = "colo" if colocate else "split"
+    serve.run(build_app(cfg, str(reg.uri), None, name=name, colocate=colocate), name=name, route_prefix=f"/{name}")
     try:
-        with httpx.Client(base_url=f"{http.base_url}/colo", timeout=30, headers=http.headers) as c:
+        with httpx.Client(base_url=f"{http.base_url}/{name}", timeout=30, headers=http.headers) as c:
             r = c.post("/v1/recommend", json={"user_id": _users(reg, 1)[0], "k": 5, "explain": True})
             assert r.status_code == 200, r.text
             body = r.json()
+            assert body["degradation_level"] <= 1, body
             assert len(body["items"]) == 5 and all(i["reasons"] for i in body["items"])
             assert body["model_versions"]["ranker"] == reg.resolve("ranker")
             assert set(body["hop_ms"]) >= {"vector_index", "ranker", "bandit", "explainer"}
@@ -260,8 +269,20 @@ def test_colocated_ingress_answers_the_same_contract(serving):
                 json={"request_id": body["request_id"], "item_id": body["items"][0]["item_id"], "reward": 0.0},
             )
             assert fb.status_code == 200 and fb.json()["posterior"]["beta"] >= 2.0
+            # the impression reaches the log (batched) with one propensity per shown item
+            rc = redis.Redis.from_url(cfg.redis_url)
+            deadline = time.monotonic() + 10
+            logged = None
+            while time.monotonic() < deadline and logged is None:
+                for _, row in rc.xrevrange(keys.bandit_impressions("bandit"), count=200):
+                    if row[b"request_id"].decode() == body["request_id"]:
+                        logged = row
+                time.sleep(0.2)
+            assert logged is not None, "the answer's impression was never logged"
+            props = json.loads(logged[b"propensities"])
+            assert len(props) == 5 and all(0 < p <= 1 for p in props)
     finally:
-        serve.delete("colo")
+        serve.delete(name)
 
 
 def test_prometheus_endpoint_has_the_recserve_metrics(serving):

@@ -95,3 +95,57 @@ def test_bad_settings_are_refused():
         InflightBatcher(lambda k, i: i, max_batch=0)
     with pytest.raises(ValueError):
         InflightBatcher(lambda k, i: i, max_inflight=0)
+
+
+class _Remote:
+    """A deployment handle's method as the ports see it: `.remote(*args)` returns an awaitable."""
+
+    def __init__(self, fn, delay: float = 0.01):
+        self.fn, self.delay, self.calls = fn, delay, []
+
+    def remote(self, *args):
+        self.calls.append(args)
+
+        async def answer():
+            await asyncio.sleep(self.delay)  # a hop's round trip: the answers behind it gather meanwhile
+            return self.fn(*args)
+
+        return answer()
+
+
+def test_the_cluster_topologys_ranker_and_bandit_hops_carry_the_answers_in_flight_together():
+    """HandleScore / HandleSelect (the split topology's ports): concurrent answers go out in one
+    handle call per batch, each gets its own result back, an arm's spec and share go apart."""
+    import numpy as np
+
+    from recserve.ranking.bandit import Slate
+    from recserve.serving.ports import HandleScore, HandleSelect
+
+    class Handle:
+        def __init__(self):
+            self.score_many = _Remote(
+                lambda lists, spec: [(x[:, 0] * 2, (spec or {}).get("version", "v1")) for x in lists]
+            )
+            self.select_many = _Remote(
+                lambda items, share, arm: [Slate(r[:k], [False] * k, None) for r, k, u, rid in items]
+            )
+
+    h = Handle()
+    score, select = HandleScore(h, max_inflight=1), HandleSelect(h, max_inflight=1)
+
+    async def main():
+        xs = [np.full((3, 2), float(i), dtype=np.float32) for i in range(8)]
+        scored = await asyncio.gather(
+            *[score.score(x) for x in xs], score.score(xs[0], {"version": "arm-b", "model_path": "x"})
+        )
+        slates = await asyncio.gather(*[select.select([i, i + 1, i + 2], 2, i, f"r{i}") for i in range(8)])
+        return scored, slates
+
+    scored, slates = asyncio.run(main())
+    assert [float(s[0][0]) for s in scored[:8]] == [2.0 * i for i in range(8)]
+    assert all(v == "v1" for _, v in scored[:8]) and scored[8][1] == "arm-b"
+    # the first list went alone, the other seven with it in flight gathered into one call; the
+    # arm's version in a call of its own
+    assert sorted(len(c[0]) for c in h.score_many.calls) == [1, 1, 7]
+    assert [s.items for s in slates] == [[i, i + 1] for i in range(8)]
+    assert len(h.select_many.calls) == 2

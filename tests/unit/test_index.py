@@ -57,3 +57,50 @@ def test_nan_vectors_rejected(tmp_path):
     x[3, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         build_sharded(ids, x, IndexConfig(num_shards=2), tmp_path)
+
+
+def test_the_index_searched_in_process_answers_as_its_actors_would_and_keeps_its_writes(tmp_path):
+    """serve.index_placement router: IndexClient over recserve.index.local.LocalShard (the
+    replicas in this process, no Ray): the same top-k as the shard set, writes through the log,
+    a restart (a new client on the same live root) finds them again."""
+    import asyncio
+
+    from recserve.index.client import IndexClient
+    from recserve.index.local import LocalShard
+
+    ids, x = _vecs(n=300)
+    build_sharded(ids, x, IndexConfig(num_shards=3, kind="flat"), tmp_path / "art")
+    ix = IndexClient.from_artifact(tmp_path / "art", tmp_path / "live", shard_actor=LocalShard(), replicas=1)
+    assert ix.local
+    q = x[:5] + 0.01
+    want, _ = ShardSet(tmp_path / "art").search(q, 10)
+    got, _ = asyncio.run(ix.asearch(q, 10))
+    assert (got == want).all()
+    new = np.full((1, x.shape[1]), 0.0, dtype=np.float32)
+    new[0, 0] = 50.0  # far along the first axis: the top answer of a query there
+    ix.upsert([5], new)
+    ix.delete([int(want[0][0])])
+    probe = np.zeros((1, x.shape[1]), dtype=np.float32)
+    probe[0, 0] = 1.0
+    assert asyncio.run(ix.asearch(probe, 3))[0][0][0] == 5
+    assert int(want[0][0]) not in asyncio.run(ix.asearch(q[:1], 10))[0][0]
+    assert sum(asyncio.run(ix.asizes()).values()) == len(ids)  # one in, one out
+    again = IndexClient.from_artifact(tmp_path / "art", tmp_path / "live", shard_actor=LocalShard(), replicas=1)
+    assert asyncio.run(again.asearch(probe, 3))[0][0][0] == 5  # the log replayed
+    assert int(want[0][0]) not in asyncio.run(again.asearch(q[:1], 10))[0][0]
+
+
+def test_auto_placement_searches_a_small_unshared_index_in_process(tmp_path):
+    from recserve.config import Config
+    from recserve.serving.wiring import index_placement
+
+    ids, x = _vecs(n=300)
+    build_sharded(ids, x, IndexConfig(num_shards=2, kind="flat"), tmp_path)
+    cfg = Config()
+    assert index_placement(cfg, tmp_path, shared=False) == "router"
+    assert index_placement(cfg, tmp_path, shared=True) == "actors"  # several ingress replicas share it
+    small = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"index_router_max_mb": 0.001})})
+    assert index_placement(small, tmp_path, shared=False) == "actors"  # too big to sit beside the ingress
+    forced = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"index_placement": "router"})})
+    with pytest.raises(ValueError, match="several ingress replicas"):
+        index_placement(forced, tmp_path, shared=True)
