@@ -242,6 +242,7 @@ def run(
     )
     load.thread.start()
     marks = []
+    back: dict[str, float] = {}  # Redis phases: when Redis answered again
     failed = True
     try:
         for name in FAULTS:
@@ -278,6 +279,7 @@ def run(
                     cfg.redis.maxmemory_mb,
                     password=cfg.redis.password,
                 )
+                back[name] = time.time()  # start_redis returns once Redis answers (its AOF loaded)
                 info.redis_pid = proc.pid
                 st._write_state(info)
             elif name == "host_crash":
@@ -300,6 +302,7 @@ def run(
                     cfg.redis.maxmemory_mb,
                     password=cfg.redis.password,
                 )
+                back[name] = time.time()  # start_redis returns once Redis answers (its AOF loaded)
                 info.redis_pid = proc.pid
                 st._write_state(info)
             elif name == "slow_explainer":
@@ -331,6 +334,13 @@ def run(
         phases[name]["events_lost"] = sum(1 for e in lost if a <= load.acked[e] < b)
     if crash:
         phases["host_crash"].update(crash)
+    for name, _, _, f in marks:  # Redis phases: how long Redis was away, how long the answers took after
+        if name in back and f is not None:
+            p = phases[name]
+            p["redis_back_s"] = round(back[name] - f, 2)
+            p["recovery_after_return_s"] = (
+                round(max(0.0, p["recovery_s"] - p["redis_back_s"]), 2) if p["recovery_s"] is not None else None
+            )
     allrec = load.records
     levels: dict[str, int] = {}
     for _, _, lv, _, _ in allrec:

@@ -428,7 +428,8 @@ def render_index(d: dict) -> list[str]:
 SERVING_CASES = {
     "noop_default": "FastAPI no-op behind Serve's default proxy (a cluster of its own)",
     "noop": "FastAPI no-op, proxy-free (HAProxy)",
-    "recommend": "`/v1/recommend`, cache off, with an API key",
+    "recommend": "`/v1/recommend`, cache off, with an API key (the index where `serve.index_placement` puts it)",
+    "recommend_actors": "the same, the index on its shard actors (`serve.index_placement: actors`)",
     "recommend_noauth": "the same, `auth.enabled: false`",
     "recommend_split": "`/v1/recommend`, cache off, cluster topology (Ranker, Bandit, Explainer deployments)",
     "recommend_cached": "`/v1/recommend`, cache on, Zipf users",
@@ -541,6 +542,17 @@ def render_serving(d: dict) -> list[str]:
             (
                 "cluster topology against the proxy-free no-op (`split_vs_noop`)",
                 ("split_vs_noop",),
+                lambda v: num(v, 3),
+            ),
+            ("where the index was searched (`index_placement`)", ("index_placement",), str),
+            (
+                "the index on its shard actors against the proxy-free no-op (`actors_vs_noop`)",
+                ("actors_vs_noop",),
+                lambda v: num(v, 3),
+            ),
+            (
+                "the index in the ingress against on its actors (`placement_router_vs_actors`)",
+                ("placement_router_vs_actors",),
                 lambda v: num(v, 3),
             ),
             ("with API keys against without (`auth_vs_noauth`)", ("auth_vs_noauth",), lambda v: num(v, 3)),
@@ -743,6 +755,14 @@ def render_chaos(d: dict) -> list[str]:
     extra = []
     if share is not None:
         extra.append(["baseline answers at level 0 or 1", pct(share, 2)])
+    for name, p in ph.items():
+        if isinstance(p, dict) and "redis_back_s" in p:
+            extra.append(
+                [
+                    f"`{name}`: Redis answering again after the kill / full level after its return",
+                    f"{secs(p.get('redis_back_s'))} / {secs(p.get('recovery_after_return_s'))}",
+                ]
+            )
     if crash:
         extra.append(
             [
