@@ -26,6 +26,7 @@ class InflightBatcher:
         self.inflight = 0
         self.calls = 0
         self.items = 0
+        self.abandoned = 0  # calls every caller gave up on before they returned (their slots freed)
 
     async def submit(self, key: Hashable, item: Any) -> Any:
         fut = asyncio.get_running_loop().create_future()
@@ -50,21 +51,47 @@ class InflightBatcher:
             asyncio.get_running_loop().create_task(self._run(key, batch))
 
     async def _run(self, key: Hashable, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        """One call for the batch. Its slot is freed when it returns, or as soon as every caller
+        of the batch has given up (their deadlines): a call that hangs (a replica killed under it)
+        then holds up nobody after them; it finishes, or not, on its own."""
         self.calls += 1
         self.items += len(batch)
+        call = asyncio.ensure_future(self.fn(key, [item for item, _ in batch]))
+        gone = asyncio.get_running_loop().create_future()
+
+        def check(_=None) -> None:
+            if not gone.done() and all(f.done() for _, f in batch):
+                gone.set_result(None)
+
+        for _, fut in batch:
+            fut.add_done_callback(check)
         try:
-            results = await self.fn(key, [item for item, _ in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"batched call returned {len(results)} results for {len(batch)} items")
-        except Exception as e:  # noqa: BLE001 - every caller of the batch sees the failure
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-                    fut.exception()  # retrieved: a caller that gave up is not reported as lost
-        else:
-            for (_, fut), res in zip(batch, results):
-                if not fut.done():
-                    fut.set_result(res)
+            await asyncio.wait((call, gone), return_when=asyncio.FIRST_COMPLETED)
+            if not call.done():  # abandoned by every caller: its outcome is nobody's
+                self.abandoned += 1
+                call.add_done_callback(_quiet)
+                return
+            try:
+                results = call.result()
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batched call returned {len(results)} results for {len(batch)} items")
+            except Exception as e:  # noqa: BLE001 - every caller of the batch sees the failure
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(e)
+                        fut.exception()  # retrieved: a caller that gave up is not reported as lost
+            else:
+                for (_, fut), res in zip(batch, results):
+                    if not fut.done():
+                        fut.set_result(res)
         finally:
+            if not gone.done():
+                gone.cancel()
             self.inflight -= 1
             self._launch()
+
+
+def _quiet(task: asyncio.Future) -> None:
+    """An abandoned call's outcome, retrieved so that a failure is not reported as never retrieved."""
+    if not task.cancelled():
+        task.exception()

@@ -149,3 +149,26 @@ def test_the_cluster_topologys_ranker_and_bandit_hops_carry_the_answers_in_fligh
     assert sorted(len(c[0]) for c in h.score_many.calls) == [1, 1, 7]
     assert [s.items for s in slates] == [[i, i + 1] for i in range(8)]
     assert len(h.select_many.calls) == 2
+
+
+def test_a_call_that_hangs_holds_up_nobody_after_its_callers_gave_up():
+    """A replica killed under a call: the call never returns. Once its callers' deadlines pass, its
+    slot is free and the next answers' calls go out (before, every later caller waited behind it)."""
+    hang = asyncio.Event()
+    seen = []
+
+    async def fn(key, items):
+        seen.append(list(items))
+        if items == ["stuck"]:
+            await hang.wait()  # never set
+        return items
+
+    async def main():
+        b = InflightBatcher(fn, max_batch=8, max_inflight=1)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(b.submit(0, "stuck"), 0.02)
+        got = await asyncio.wait_for(b.submit(0, "next"), 0.5)
+        return b, got
+
+    b, got = asyncio.run(main())
+    assert got == "next" and seen == [["stuck"], ["next"]] and b.abandoned == 1 and b.inflight == 0
