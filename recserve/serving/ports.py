@@ -187,7 +187,7 @@ class HandleScore:
     `max_inflight` are out, else as soon as one returns (`InflightBatcher`), so the cluster topology
     pays one hop per batch, not per answer."""
 
-    def __init__(self, handle, max_batch: int = 64, max_inflight: int = 2):
+    def __init__(self, handle, max_batch: int = 64, max_inflight: int = 1):
         self.h = handle
         self.specs: dict[str | None, dict] = {}  # version -> its spec (the batcher's key is the version)
         self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=max_inflight)
@@ -234,7 +234,7 @@ class HandleSelect:
     """The `Bandit` deployment: concurrent answers' slates drawn in one handle call per batch
     (`select_many`, one batch per exploration share and arm), as `HandleScore` does."""
 
-    def __init__(self, handle, max_batch: int = 64, max_inflight: int = 2):
+    def __init__(self, handle, max_batch: int = 64, max_inflight: int = 1):
         self.h = handle
         self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=max_inflight)
 
