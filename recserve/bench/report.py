@@ -1396,6 +1396,15 @@ BENCHES: tuple[Bench, ...] = (
         render_chaos,
     ),
     Bench(
+        "chaos-b37ab7c.json",
+        "Resilience and regions",
+        "Chaos, the same sitting on the code before the batched hops (b37ab7c)",
+        "git checkout b37ab7c && recserve chaos --duration 120 --out benchmarks/results/chaos-b37ab7c.json",
+        "The same command in the same sitting on the commit before the split topology's hops were batched and the "
+        "batcher freed abandoned calls: what the machine gives the old code, beside `chaos.json`.",
+        render_chaos,
+    ),
+    Bench(
         "chaos-everysec.json",
         "Resilience and regions",
         "Chaos with AOF `everysec`",
