@@ -29,21 +29,10 @@ class Bandit:
             self._task = asyncio.get_running_loop().create_task(self.live.run())
         return self.live
 
-    async def select(
-        self,
-        ranked: list[int],
-        k: int,
-        user_id: int,
-        request_id: str,
-        share: float | None = None,
-        arm: str | None = None,
-    ) -> Slate:
-        """The slate shown to the user; the impression is logged with its propensities (and the
-        experiment's arm; `share`: the arm's exploration share)."""
-        return await self._running().achoose(ranked, k, user_id, request_id, share, arm)
-
     async def select_many(self, items: list[tuple], share: float | None = None, arm: str | None = None) -> list[Slate]:
-        """The slates of several answers at once: `items` of (ranked, k, user_id, request_id)."""
+        """The slates shown for several answers at once, `items` of (ranked, k, user_id, request_id);
+        each impression is logged with its propensities (and the experiment's arm; `share`: the
+        arm's exploration share)."""
         live = self._running()
         return [await live.achoose(r, k, u, rid, share, arm) for r, k, u, rid in items]
 

@@ -54,7 +54,6 @@ class LocalHandle:
     def __init__(self, body: ShardReplica):
         self._body = body
         self._lock = threading.Lock()
-        self.closed = False
 
     def __getattr__(self, name: str) -> _Method:
         if name.startswith("_"):
@@ -62,8 +61,9 @@ class LocalHandle:
         return _Method(getattr(self._body, name), self._lock)
 
     def close(self) -> None:
-        """What `ray.kill` is to an actor: the replica is dropped (its files stay, as an actor's do)."""
-        self.closed = True
+        """What `ray.kill` is to an actor, in process: nothing to stop. The replica goes with the
+        last reference to it (a search still running on a retired table finishes on it); its files
+        stay, as an actor's do."""
 
 
 class LocalShard:
@@ -80,7 +80,7 @@ class LocalShard:
 
 def get(ref, timeout: float | None = None):
     """`ray.get` for a reference (or a list of them) that may be a `LocalRef`."""
-    if isinstance(ref, list):
+    if isinstance(ref, list) and any(isinstance(r, LocalRef) for r in ref):
         return [get(r, timeout) for r in ref]
     if isinstance(ref, LocalRef):
         return ref.result()

@@ -148,7 +148,25 @@ class LiveContexts:
 
 
 # ----------------------------------------------------------------------------- score
-class LocalScore:
+class _VersionBatched:
+    """Candidate lists batched per ranker version (the batcher's key; None: the serving one), the
+    spec of each version seen kept for the batch call (`_batch(version, lists)`, the subclass's)."""
+
+    def __init__(self, max_batch: int, max_inflight: int):
+        self.specs: dict[str | None, dict] = {}  # version -> its spec
+        self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=max_inflight)
+
+    async def _batch(self, version: str | None, lists: list) -> list:
+        raise NotImplementedError
+
+    async def score(self, X: np.ndarray, spec: dict | None = None) -> tuple[np.ndarray, str]:
+        if spec is None:
+            return await self.batcher.submit(None, X)
+        self.specs.setdefault(spec["version"], spec)
+        return await self.batcher.submit(spec["version"], X)
+
+
+class LocalScore(_VersionBatched):
     """The ranker in this process (recserve.ranking.ranker.ServingRanker): concurrent requests'
     lists go through one forward pass (one per model version, when an experiment's arms rank with
     other versions: those are loaded beside the serving one, recserve.ranking.ranker.RankerVersions)."""
@@ -158,8 +176,7 @@ class LocalScore:
 
         self.ranker = ranker
         self.versions = RankerVersions(ranker)
-        self.specs: dict[str | None, dict] = {}  # version -> its spec (the batcher's key is the version)
-        self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=1)
+        super().__init__(max_batch, max_inflight=1)
 
     async def _batch(self, version: str | None, lists: list) -> list:
         return self.versions.get(self.specs.get(version)).score_lists(lists)
@@ -169,19 +186,13 @@ class LocalScore:
         self.versions.keep_only(specs)
         self.specs = {s["version"]: s for s in specs}
 
-    async def score(self, X: np.ndarray, spec: dict | None = None) -> tuple[np.ndarray, str]:
-        if spec is None:
-            return await self.batcher.submit(None, X)
-        self.specs.setdefault(spec["version"], spec)
-        return await self.batcher.submit(spec["version"], X)
-
     def load(self, spec: dict) -> None:
         """A new model version in place (Serve's user_config reaching the ingress)."""
         if spec.get("version") != self.ranker.version:
             self.ranker.load(spec)
 
 
-class HandleScore:
+class HandleScore(_VersionBatched):
     """The `Ranker` deployment (GPU when present). Concurrent answers' candidate lists go to it
     together: one handle call per batch (`score_many`), a batch leaving at once while fewer than
     `max_inflight` are out, else as soon as one returns (`InflightBatcher`), so the cluster topology
@@ -189,18 +200,10 @@ class HandleScore:
 
     def __init__(self, handle, max_batch: int = 64, max_inflight: int = 1):
         self.h = handle
-        self.specs: dict[str | None, dict] = {}  # version -> its spec (the batcher's key is the version)
-        self.batcher = InflightBatcher(self._batch, max_batch=max_batch, max_inflight=max_inflight)
+        super().__init__(max_batch, max_inflight)
 
     async def _batch(self, version: str | None, lists: list) -> list:
-        spec = self.specs.get(version) if version is not None else None
-        return await self.h.score_many.remote(lists, spec)
-
-    async def score(self, X: np.ndarray, spec: dict | None = None) -> tuple[np.ndarray, str]:
-        if spec is None:
-            return await self.batcher.submit(None, X)
-        self.specs.setdefault(spec["version"], spec)
-        return await self.batcher.submit(spec["version"], X)
+        return await self.h.score_many.remote(lists, self.specs.get(version))
 
     def keep_only(self, specs: list[dict]) -> None:
         """The Ranker replicas load an arm's version on its first list (the specs seen are kept:
