@@ -146,6 +146,11 @@ def test_the_replicator_actor_mirrors_both_ways_and_a_restarted_one_resumes(stac
         b.append(_events(15, "b", user0=50))
         assert settled(40), (len(_all(a)), len(_all(b)))
         ray.kill(ab, no_restart=True)
+        # ray.kill is asynchronous: wait until the actor is really gone before writing behind it
+        with pytest.raises(ray.exceptions.RayActorError):
+            for _ in range(100):
+                ray.get(ab.stats.remote(), timeout=10)
+                time.sleep(0.1)
         a.append(_events(10, "a-while-down"))
         time.sleep(1.0)
         assert len(_all(b)) == 40  # nobody mirrors that direction now
