@@ -276,6 +276,13 @@ class ExplainerConfig(_Strict):
         "(0: torch's default, every core): a model writing in the "
         "background leaves the other cores to the serving path",
     )
+    cpu_nice: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="the OS priority (Linux nice) of an Explainer's generation thread on the CPU: "
+        "the model writes with the cycles the serving path leaves (0: the same priority as serving)",
+    )
     faithful: bool | Literal["auto"] = Field(
         "auto",
         description="the lexical check: a sentence passes only when "

@@ -4,6 +4,7 @@ check, the deadline, admission control, model tiers, the cache, a missing model.
 
 import asyncio
 import importlib.util
+import os
 import threading
 import time
 
@@ -208,6 +209,26 @@ def test_generation_runs_all_items_in_one_call(models, grounding):
     assert out["tokens"] > 0 and out["items"] == 10 and len(out["reasons"]) == 10
     assert all(r for r in out["reasons"])  # every item has reasons, LLM or template
     assert out["llm_items"] + out["rejected"] == 10
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="per-thread nice is a Linux feature")
+def test_the_model_generates_at_a_lower_os_priority_than_serving(models, grounding):
+    """explainer.cpu_nice: the generation thread yields the CPU to the serving path; the event loop
+    (the request's own thread) keeps its priority."""
+
+    class Priority(Counting):
+        def generate(self, prompts, max_new_tokens, max_time_s):
+            self.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            return super().generate(prompts, max_new_tokens, max_time_s)
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    be = Priority(TransformersBackend(str(models["random"]), device="cpu"))
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_new_tokens=4, cpu_nice=min(19, mine + 7)))
+    out = run(core.explain(7, [signal(item_id=1)], 300))
+    assert be.calls == 1 and out["items"] == 1
+    assert be.nice == min(19, mine + 7) and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    cfg = load_config(environ={}, overrides={"explainer.backend": "templates", "explainer.model": "null"})
+    assert from_config(cfg, Grounding()).settings.cpu_nice == 10  # recserve.yaml's
 
 
 def test_an_invented_category_is_rejected_for_the_template(models, grounding):
