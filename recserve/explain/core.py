@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import os
@@ -413,10 +414,8 @@ def lower_thread_priority(nice: int) -> int:
     whole core from the ingress and its hops. Returns the thread's nice value."""
     tid = threading.get_native_id()
     if nice > 0 and hasattr(os, "setpriority"):
-        try:
+        with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, tid, nice)
-        except OSError:
-            pass
     return os.getpriority(os.PRIO_PROCESS, tid) if hasattr(os, "getpriority") else 0
 
 
