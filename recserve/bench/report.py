@@ -458,6 +458,9 @@ def _hits(case: dict) -> str:
 
 
 def _cpu_point(case: dict) -> str | None:
+    """The point whose CPU per request the tables show: c=4 (the ratios' point) where it was measured."""
+    if get(case, "4", "cpu_ms_per_request_total") is not None:
+        return "4"
     return next((p for p in _points(case) if get(case, p, "cpu_ms_per_request_total") is not None), None)
 
 
@@ -486,6 +489,15 @@ def serving_cases(d: dict) -> list[str]:
         ]
         rows.append(row)
     out = table(header, rows, "l" + "r" * (len(header) - 5) + "lrrr")
+    # the curve's CPU: every process's CPU per answered request at each point (where measured at more than one)
+    cpu_rows = [
+        [SERVING_CASES.get(c, f"`{c}`")] + [num(get(cases[c], p, "cpu_ms_per_request_total"), 3) for p in points]
+        for c in names
+        if sum(get(cases[c], p, "cpu_ms_per_request_total") is not None for p in points) > 1
+    ]
+    if cpu_rows:
+        out += ["CPU ms per answered request, all processes, at each concurrency:", ""]
+        out += table(["case"] + [f"c={p}" for p in points], cpu_rows, "l" + "r" * len(points))
     for c in ("recommend", "noop_default"):
         cp = _cpu_point(cases.get(c) or {})
         per = get(cases, c, cp, "cpu_ms_per_request") if cp else None
@@ -1297,9 +1309,9 @@ BENCHES: tuple[Bench, ...] = (
         "Serving: `/v1/recommend` against a no-op",
         "recserve bench serving --out benchmarks/results/serving.json",
         "Each case deployed alone on the embedded stack (registry filled by `make demo`) and loaded by "
-        "`recserve/bench/loadgen.py` at concurrency 1, 4 and 16, each point with users of its own; the "
-        "concurrency-4 point of the no-ops and the uncached cases runs several times and the median run is kept. "
-        "CPU per request of every process at concurrency 4.",
+        "`recserve/bench/loadgen.py` at concurrency 1, 4, 16 and 64 (`--concurrency`), each point with users of its "
+        "own; the concurrency-4 point of the no-ops and the uncached cases runs several times and the median run is "
+        "kept. CPU per request of every process at every point; the plot is requests/s against p95 per case.",
         render_serving,
     ),
     Bench(

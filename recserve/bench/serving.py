@@ -15,11 +15,13 @@ Cases, each deployed alone (the one before it is deleted, its shard actors with 
   recommend_cached_2_replicas   two ingress replicas (each its own L1 cache), Zipf users with the
                       routing key (x-session-id: user affinity), then without it: the hit rates
 
-Concurrency 1, 4 and 16, `duration` seconds per point (15 by default; the concurrency-4 point of the
-no-ops and the uncached cases three times, the median run kept), each point with users of its
-own (a seed per point; the cached case draws each point's users from a disjoint pool, so no point
-finds entries an earlier one cached), at the design's settings (the 80 ms budget of recserve.yaml).
-At concurrency 4 the CPU per request of every process (Ray's, HAProxy, Redis, the generator).
+Concurrency 1, 4, 16 and 64 (`--concurrency`), `duration` seconds per point (15 by default; the
+concurrency-4 point of the no-ops and the uncached cases three times, the median run kept), each
+point with users of its own (a seed per point; the cached case draws each point's users from a
+disjoint pool, so no point finds entries an earlier one cached), at the design's settings (the
+80 ms budget of recserve.yaml). At every point the CPU per request of every process (Ray's,
+HAProxy, Redis, the generator); the curve (requests/s against p95 per case) in a PNG beside the
+JSON.
 
 Needs the stack up and the registry filled (`recserve demo --no-serve`), and no other Serve
 application on the cluster."""
@@ -38,7 +40,7 @@ import numpy as np
 from recserve.bench.common import require_own_serve, write_result
 from recserve.redis_client import connect, connect_async
 
-CONCURRENCY = (1, 4, 16)
+CONCURRENCY = (1, 4, 16, 64)
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -178,21 +180,22 @@ def _wait_ready(url: str, body: dict, timeout: float = 120.0, key: str | None = 
     return r.json()
 
 
-def default_noop(duration: float, seed: int) -> dict:
+def default_noop(duration: float, seed: int, concurrency: tuple[int, ...] = CONCURRENCY) -> dict:
     """The no-op behind Serve's default proxy, on a Ray cluster of its own started in a child
     process whose environment has none of the proxy-free settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_SERVE_") and k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"
-    cmd = [sys.executable, "-m", "recserve.bench.serving", "--default-noop", str(duration), str(seed)]
+    cs = ",".join(map(str, concurrency))
+    cmd = [sys.executable, "-m", "recserve.bench.serving", "--default-noop", str(duration), str(seed), cs]
     out = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=len(CONCURRENCY) * (duration + 120) + 300
+        cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=len(concurrency) * (duration + 120) + 300
     )
     if out.returncode != 0:
         raise RuntimeError(f"the default-proxy no-op run failed: {out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _default_noop_child(duration: float, seed: int) -> None:
+def _default_noop_child(duration: float, seed: int, concurrency: tuple[int, ...]) -> None:
     import ray
     from ray import serve
 
@@ -212,7 +215,7 @@ def _default_noop_child(duration: float, seed: int) -> None:
             str(c): _median_point(url, c, duration, users, seed + c, REPEATS)
             if c == 4
             else _point(url, c, duration, users, seed + c, cpu=False)
-            for c in CONCURRENCY
+            for c in concurrency
         }
     finally:
         try:
@@ -286,6 +289,7 @@ def run(
     log=print,
     auth_only: bool = False,
     experiment: bool = False,
+    concurrency: tuple[int, ...] = CONCURRENCY,
 ) -> dict:
     """All the cases; `auth_only`: only what API keys cost, each case beside the same with
     auth.enabled false (uncached: median of three at c=4; cached: disjoint user pools);
@@ -312,6 +316,7 @@ def run(
         "deadline_ms": cfg.serve.deadline_ms,
         "in_ingress_process": colocated(cfg),
         "index_shards": cfg.index.num_shards,
+        "concurrency": list(concurrency),
         "cases": {},
     }
     if not auth_only and not experiment:
@@ -319,7 +324,7 @@ def run(
             f"noop_default: the no-op behind Serve's default proxy (a Ray cluster of its own), {duration:.0f} s "
             f"per point"
         )
-        res["cases"]["noop_default"] = default_noop(duration, seed=100)
+        res["cases"]["noop_default"] = default_noop(duration, seed=100, concurrency=concurrency)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
@@ -336,13 +341,13 @@ def run(
     def measure(case: str, url: str, pools: dict | None = None, **kw) -> None:
         kw.setdefault("key", key)
         cases[case] = {}
-        for c in CONCURRENCY:
+        for c in concurrency:
             users, seed = user_ids if pools is None else pools[c], 1000 * len(cases) + c
             # the cached cases' users must arrive cold: one run per point, its pool its own
             r = (
                 _median_point(url, c, duration, users, seed, REPEATS, **kw)
                 if c == 4 and pools is None
-                else _point(url, c, duration, users, seed, cpu=c == 4, **kw)
+                else _point(url, c, duration, users, seed, cpu=True, **kw)
             )
             cases[case][str(c)] = r
             log(
@@ -374,9 +379,9 @@ def run(
         return res
 
     noauth = cfg.model_copy(update={"auth": cfg.auth.model_copy(update={"enabled": False})})
-    pools = np.array_split(user_ids, 3 * len(CONCURRENCY))
+    pools = np.array_split(user_ids, 3 * len(concurrency))
     pools = [np.arange(p.min(), p.max() + 1) for p in pools]
-    own, aff, spread = ({c: pools[j * len(CONCURRENCY) + i] for i, c in enumerate(CONCURRENCY)} for j in range(3))
+    own, aff, spread = ({c: pools[j * len(concurrency) + i] for i, c in enumerate(concurrency)} for j in range(3))
     if auth_only:
         for name, c, cache in (
             ("recommend", cfg, False),
@@ -458,6 +463,8 @@ def run(
         return round((tot.get("hit", 0) + tot.get("coalesced", 0)) / max(1, sum(tot.values())), 4)
 
     rps = lambda case: cases[case]["4"]["rps"]  # noqa: E731
+    top = str(max(concurrency))
+    res["p95_ms_at_top_concurrency"] = {"concurrency": int(top), **{c: cases[c][top]["p95_ms"] for c in cases}}
     res["cache_hit_rate"] = hit_rate("recommend_cached")
     res["cache_hit_rate_2_replicas"] = hit_rate("recommend_cached_2_replicas")
     res["cache_hit_rate_2_replicas_no_affinity"] = hit_rate("recommend_cached_2_replicas_no_affinity")
@@ -478,6 +485,8 @@ def run(
         "recommend_vs_default_noop_ge_1": res["recommend_vs_default_noop"] >= 1.0,
         "recommend_vs_noop_ge_0_25": res["recommend_vs_noop"] >= 0.25,
         "p95_le_80ms_c4": cases["recommend"]["4"]["p95_ms"] <= 80,
+        f"p95_le_80ms_c{top}": cases["recommend"][top]["p95_ms"] <= 80,
+        "split_vs_noop_ge_half_recommend_vs_noop": res["split_vs_noop"] >= 0.5 * res["recommend_vs_noop"],
         "hit_rate_ge_0_8": res["cache_hit_rate"] >= 0.8,
         "cached_vs_noop_ge_0_9": res["cached_vs_noop"] >= 0.9,
         "first_answer_level_0": res["first_answer_level"] == 0,
@@ -491,11 +500,53 @@ def run(
         f"key, {res['cache_hit_rate_2_replicas_no_affinity']} without"
     )
     write_result(out, res)
+    if out is not None:
+        plot(res, Path(out).with_suffix(".png"))
     return res
 
 
+CURVE_CASES = {
+    "noop": ("the no-op (same ingress)", "k--"),
+    "noop_default": ("the no-op behind the default proxy", "k:"),
+    "recommend": ("recommend", "o-"),
+    "recommend_actors": ("recommend, index on shard actors", "s-"),
+    "recommend_split": ("recommend, cluster topology", "^-"),
+    "recommend_cached": ("recommend, L1 cache on", "d-"),
+}
+
+
+def plot(res: dict, path: Path) -> None:
+    """The curve: requests/s against p95 latency per case, each point labelled with its concurrency,
+    the 80 ms budget as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for case, (label, style) in CURVE_CASES.items():
+        pts = res["cases"].get(case)
+        if not pts:
+            continue
+        cs = sorted(pts, key=int)
+        xs, ys = [pts[c]["rps"] for c in cs], [max(pts[c]["p95_ms"], 0.1) for c in cs]
+        ax.plot(xs, ys, style, label=label, ms=4)
+        for c, x, y in zip(cs, xs, ys):
+            ax.annotate(f"c={c}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
+    ax.axhline(res.get("deadline_ms") or 80, color="#cc6666", lw=0.8, label="request budget")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("requests/s (answered, all levels)")
+    ax.set_ylabel("p95 latency (ms)")
+    ax.legend(loc="best", fontsize=7)
+    ax.set_title(f"recserve bench serving: throughput against latency ({res.get('cpus')} cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--default-noop":
-        _default_noop_child(float(sys.argv[2]), int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--default-noop":
+        _default_noop_child(float(sys.argv[2]), int(sys.argv[3]), tuple(int(c) for c in sys.argv[4].split(",")))
     else:
         sys.exit("internal entry point of `recserve bench serving` (run that instead)")

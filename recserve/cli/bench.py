@@ -60,16 +60,39 @@ def bench_serving(
         "second ranking with another registry ranker version), "
         "alternated",
     ),
+    concurrency: str = typer.Option(
+        "1,4,16,64",
+        help="the curve's points: client concurrencies, comma-separated (4 is always measured: the ratios are at c=4)",
+    ),
     config: Path | None = ConfigOpt,
 ):
     """/v1/recommend (cache off; cache on with Zipf users) against a FastAPI no-op served the same way
-    and behind Serve's default proxy, at concurrency 1, 4, 16, each point with its own users; CPU per
-    request per process. Needs the stack up and the registry filled (recserve demo --no-serve)."""
+    and behind Serve's default proxy, at concurrency 1, 4, 16 and 64, each point with its own users; CPU
+    per request per process at every point; the throughput-against-latency curve as a PNG beside the
+    JSON. Needs the stack up and the registry filled (recserve demo --no-serve)."""
     from recserve.bench.serving import run
 
+    try:
+        cs = tuple(sorted({int(c) for c in concurrency.split(",") if c.strip()} | {4}))
+    except ValueError:
+        raise typer.BadParameter(
+            f"whole numbers separated by commas (e.g. 1,4,16,64), not {concurrency!r}", param_hint="--concurrency"
+        ) from None
+    if min(cs) < 1:
+        raise typer.BadParameter(
+            f"every point needs at least one client, not {concurrency!r}", param_hint="--concurrency"
+        )
     cfg = _cfg(config)
     try:
-        res = run(cfg, duration, out, log=_progress("bench serving"), auth_only=auth_only, experiment=experiment)
+        res = run(
+            cfg,
+            duration,
+            out,
+            log=_progress("bench serving"),
+            auth_only=auth_only,
+            experiment=experiment,
+            concurrency=cs,
+        )
     except RuntimeError as e:
         _fail(e)
     console.print_json(json.dumps({k: v for k, v in res.items() if k != "cases"}))
