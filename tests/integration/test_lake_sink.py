@@ -115,7 +115,11 @@ def test_every_acknowledged_event_is_in_the_lake_once_through_a_sink_kill_and_a_
     assert len(got) == len(set(got)), f"{len(got) - len(set(got))} events written twice"
     st = status(lake, log, r)
     assert st["rows"] == len(got) and st["sink_lag"]["events"] == 0
-    assert _sink_pids(sup)[0] != pids[0]  # Ray brought the killed sink back
+    # Ray brought the killed sink back (the supervisor reads its sinks' reports every 5 s)
+    deadline = time.monotonic() + 30
+    while _sink_pids(sup)[0] in (pids[0], None) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _sink_pids(sup)[0] not in (pids[0], None)
     names = [s["name"] for s in ray.get(sup.stats.remote())["lake"]["sinks"]]
     assert stop_supervisor(cfg, "lake-test")  # the last application goes: the sinks stop too
     for n in names:
