@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,26 +45,45 @@ CONCURRENCY = (1, 4, 16, 64)
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _cpu_seconds() -> dict[str, float]:
-    """CPU seconds so far of the serving processes on this machine: Ray's (by process title),
-    HAProxy and redis-server."""
+def process_name(title: str) -> str:
+    """A Ray worker's name from its process title, without the method it is running: Ray retitles an
+    actor's process `ray::<Class>.<method>` while a method runs (`ray::ServeController.listen_for_change`)
+    and `ray::<Class>` between, so a title is not a stable key for one process."""
+    name = title.split()[0]
+    return re.sub(r"\.[A-Za-z_]\w*$", "", name)
+
+
+def _cpu_seconds() -> dict[int, tuple[str, float]]:
+    """{pid: (name, CPU seconds so far)} of the serving processes on this machine: Ray's (named by
+    `process_name`), HAProxy and redis-server."""
     import psutil
 
-    out: dict[str, float] = {}
+    out: dict[int, tuple[str, float]] = {}
     for p in psutil.process_iter(["cmdline", "name"]):
         try:
             cmd = p.info["cmdline"] or []
             title = " ".join(cmd)
             if title.startswith("ray::"):
-                name = title.split()[0]
+                name = process_name(title)
             elif p.info["name"] in ("haproxy", "redis-server"):
                 name = p.info["name"]
             else:
                 continue
             t = p.cpu_times()
-            out[name] = out.get(name, 0.0) + t.user + t.system
+            out[p.pid] = (name, t.user + t.system)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    return out
+
+
+def cpu_between(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds each process name spent between two `_cpu_seconds` readings, per pid (a process
+    started in between counts from zero), summed over the processes of one name. Keyed by title, a
+    process whose title changed in between (a method started) counted its whole life: that read
+    as Serve's controller spending 1.4 ms per cached answer."""
+    out: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        out[name] = out.get(name, 0.0) + cpu - (before[pid][1] if pid in before else 0.0)
     return out
 
 
@@ -122,12 +142,8 @@ def _point(url: str, c: int, duration: float, users: np.ndarray, seed: int, cpu:
     before = _cpu_seconds() if cpu else None
     r = _load(url, c, duration, users, seed, **kw)
     if before is not None and r["requests"]:
-        after = _cpu_seconds()
-        per = {
-            k: round((after[k] - before.get(k, 0.0)) * 1000 / r["requests"], 3)
-            for k in after
-            if after[k] - before.get(k, 0.0) > 0.002 * duration
-        }
+        spent = cpu_between(before, _cpu_seconds())
+        per = {k: round(v * 1000 / r["requests"], 3) for k, v in spent.items() if v > 0.002 * duration}
         per["loadgen"] = r["client_cpu_ms_per_request"]
         r["cpu_ms_per_request"] = dict(sorted(per.items(), key=lambda kv: -kv[1]))
         r["cpu_ms_per_request_total"] = round(sum(per.values()), 3)
@@ -230,10 +246,9 @@ def _settle(log, quiet: float = 0.05, timeout: float = 30.0) -> None:
     deploy or a delete it replaces and drains replicas for a while, CPU a measurement must not pay."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
-        a = {k: v for k, v in _cpu_seconds().items() if "ServeController" in k}
+        a = _cpu_seconds()
         time.sleep(1.0)
-        b = {k: v for k, v in _cpu_seconds().items() if "ServeController" in k}
-        if sum(b.values()) - sum(a.values()) < quiet:
+        if cpu_between(a, _cpu_seconds()).get("ray::ServeController", 0.0) < quiet:
             return
     log(f"Serve's controller still busy after {timeout:.0f} s; measuring anyway")
 

@@ -133,3 +133,20 @@ def test_the_command_checks_and_writes(copy):
     assert r.exit_code == 1 and "stream.json" in r.output
     r = runner.invoke(app, ["bench", "report", "--results", str(results / "missing"), "--out", str(page)])
     assert r.exit_code == 2 and "no benchmark results" in r.output
+
+
+def test_cpu_per_process_follows_pids_not_titles():
+    """Ray retitles an actor's process while a method runs: a reading keyed by title counted the
+    controller's whole life when its title changed between the two readings."""
+    from recserve.bench.serving import cpu_between, process_name
+
+    assert process_name("ray::ServeController.listen_for_change") == "ray::ServeController"
+    assert process_name("ray::ServeReplica:nocache:Ingress.handle_request --x") == "ray::ServeReplica:nocache:Ingress"
+    before = {10: ("ray::ServeController", 500.0), 11: ("ray::ServeReplica:a:Ingress", 20.0)}
+    after = {
+        10: (process_name("ray::ServeController.listen_for_change"), 500.25),
+        11: ("ray::ServeReplica:a:Ingress", 23.0),
+        12: ("ray::ServeReplica:a:Ingress", 1.0),  # a replica started in between: all of its CPU
+    }
+    got = cpu_between(before, after)
+    assert got == {"ray::ServeController": 0.25, "ray::ServeReplica:a:Ingress": 4.0}
