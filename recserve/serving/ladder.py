@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import Any
 
 from recserve.explain.templates import template_reasons_from
+from recserve.serving.batching import InflightBatcher
 from recserve.serving.breaker import OPEN, Breakers
 from recserve.serving.ports import Ports
 
@@ -65,6 +66,12 @@ def explainer_budget_ms(hop_budget_s: float) -> float:
     return ms - min(20.0, 0.25 * ms)
 
 
+def _retrieved(task: asyncio.Future) -> None:
+    """A task nobody awaits any more: its outcome retrieved (a failure is not reported as lost)."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 2)
 
@@ -94,6 +101,13 @@ class Ladder:
         self.hops: dict[str, str] = {h: "ok" for h in HOPS}
         self.levels: dict[int, int] = {}
         self.ranker_version: str | None = None  # the version the last scored list came from
+        # the sequence model's states of the answers in the stage together, one forward pass per
+        # batch, off the event loop (torch releases the GIL: it runs beside the index search)
+        self.sequences = InflightBatcher(self._sequence_batch, max_batch=64)
+
+    async def _sequence_batch(self, _key, queries: list) -> list:
+        await asyncio.to_thread(self.stage.sequence_states, queries)
+        return [None] * len(queries)
 
     # ---------------------------------------------------------------- pieces
     async def hop(
@@ -318,10 +332,14 @@ class Ladder:
         spec = arm.ranker_spec if arm is not None and arm.ranker_spec else self.ranker_spec
         share, tag = (arm.bandit_share, arm.tag) if arm is not None else (None, None)
         who = -1 if user_id is None else user_id  # the bandit's and explainer's id of an anonymous visitor
+        # the sequence model's state (it needs the history, not the candidates) while the index searches
+        seq = asyncio.ensure_future(self.sequences.submit(None, q)) if stage.sequence_pending(q) else None
         ok, found = await self.hop(
             "vector_index", lambda: ports.search.search(q.vector, q.n, q.filter), left(), timings
         )
         if not ok:
+            if seq is not None:
+                seq.add_done_callback(_retrieved)
             return self.fallback(who, k, q.exclude, filters, rid, versions, timings, t0)
         strangers = stage.unfamiliar(found[0])
         if strangers:
@@ -330,6 +348,11 @@ class Ladder:
             ok, held = await self.hop("vector_index", lambda: ports.search.vectors(strangers), left(), {})
             if ok:
                 stage.learn_items(held)
+        if seq is not None:
+            try:
+                await seq
+            except Exception:  # noqa: BLE001 - features compute the state inline then
+                q.sequence = None
         cands = stage.features(q, *found)
         scores = None
         if len(cands.ids):

@@ -223,6 +223,26 @@ class Recommender:
                 q.sequence = q.state.sequence
         return q.sequence
 
+    def sequence_pending(self, q: Query) -> bool:
+        """Whether `features` would run the sequence model for this query: its state is neither
+        computed yet nor kept with the user's state (a live context always needs a new one)."""
+        if self.sequence is None or q.sequence is not None:
+            return False
+        return q.live or q.state is None or q.state.sequence is None
+
+    def sequence_states(self, queries: list[Query]) -> None:
+        """`sequence_state` of several queries in one forward pass (the ladder's batch of the answers
+        in the stage together). Each row is the computation it would be alone: every history is
+        left-padded to the model's max_len, so a batch changes no state."""
+        need = [q for q in queries if self.sequence_pending(q)]
+        if not need:
+            return
+        seq = self._sequence
+        for q, state in zip(need, seq.states([q.ctx.history for q in need])):
+            q.sequence = (state, seq.normaliser(state))
+            if not q.live and q.state is not None:
+                q.state.sequence = q.sequence
+
     @property
     def _sequence(self) -> SequenceScorer:
         """The sequence model, where the caller has checked that this generation has one."""

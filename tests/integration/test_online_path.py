@@ -252,6 +252,18 @@ def test_a_users_features_agree_online_and_offline(online, stack):
     # the seen items the search excludes are the user's training items
     seen = set(data.item_ids[data.matrix[du].indices].tolist())
     assert seen <= q.exclude
+    if st.sequence is not None:
+        # the ladder's batch (the answers in the stage together, one forward pass) gives each answer
+        # the state it would have alone
+        qs = [st.prepare(online.state(int(x)), 10, None) for x in online.user_ids[7:13]]
+        alone = [st._state_of(qq.ctx.history) for qq in qs]
+        for qq in qs:
+            qq.live = True  # as with a live context: a state of its own, not the user's kept one
+        assert all(st.sequence_pending(qq) for qq in qs)
+        st.sequence_states(qs)
+        for qq, (state, norm) in zip(qs, alone):
+            np.testing.assert_allclose(qq.sequence[0], state, rtol=1e-5, atol=1e-5)
+            assert abs(qq.sequence[1] - norm) < 1e-4 and not st.sequence_pending(qq)
 
 
 def test_the_feature_store_away_serves_recent_users_at_level_2_and_others_their_fallbacks(online):

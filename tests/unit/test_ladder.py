@@ -86,6 +86,9 @@ class Stage:
             live is not None,
         )
 
+    def sequence_pending(self, q):
+        return False  # no sequence model in this stage
+
     def session_query(self, items, k, filters):
         """A session's query when some of its items are in the catalogue (items 100..139)."""
         known = [i for i in items or [] if int(i) in set(ITEMS.tolist())]
