@@ -280,8 +280,8 @@ class ExplainerConfig(_Strict):
         10,
         ge=0,
         le=19,
-        description="the OS priority (Linux nice) of an Explainer's generation thread on the CPU: "
-        "the model writes with the cycles the serving path leaves (0: the same priority as serving)",
+        description="how many steps (Linux nice, up to 19) an Explainer's generation thread on the CPU runs "
+        "below its replica's priority: the model writes with the cycles the serving path leaves (0: the same)",
     )
     faithful: bool | Literal["auto"] = Field(
         "auto",

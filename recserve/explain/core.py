@@ -63,7 +63,7 @@ class ExplainerSettings:
     background_fill: bool = True  # past the deadline: templates now, the sentences into the cache later
     background_s: float = 60.0  # how long a late request's prompts may wait to be generated
     max_background: int = 512  # prompts waiting for the background at most (past it: dropped)
-    cpu_nice: int = 0  # the generation thread's OS priority (Linux nice): > 0 yields the CPU to serving
+    cpu_nice: int = 0  # the generation thread's nice value this much above its process's: yields the CPU to serving
 
 
 @dataclass
@@ -407,16 +407,21 @@ class ExplainerCore:
         }
 
 
-def lower_thread_priority(nice: int) -> int:
-    """The calling thread's nice value set to `nice` (Linux gives each thread its own; elsewhere, or
-    when the OS refuses, nothing changes). A model generating on the CPU in the background then takes
-    only the cycles the serving path leaves: on a 2-core node a CPU LLM at the same priority takes a
-    whole core from the ingress and its hops. Returns the thread's nice value."""
+def lower_thread_priority(by: int) -> int:
+    """The calling thread's nice value raised `by` steps above its process's (at most 19; Linux gives
+    each thread its own; elsewhere, or when the OS refuses, nothing changes). A model generating on
+    the CPU in the background then takes only the cycles the serving path leaves: on a 2-core node a
+    CPU LLM at the same priority takes a whole core from the ingress and its hops. Relative, never
+    absolute: Ray starts its workers at nice 15, so an absolute 10 would put the model *ahead* of
+    every replica (a privileged process may lower its nice value). Returns the thread's nice value."""
+    if not hasattr(os, "getpriority"):
+        return 0
     tid = threading.get_native_id()
-    if nice > 0 and hasattr(os, "setpriority"):
+    now = os.getpriority(os.PRIO_PROCESS, tid)
+    if by > 0:
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-    return os.getpriority(os.PRIO_PROCESS, tid) if hasattr(os, "getpriority") else 0
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, now + by))
+    return os.getpriority(os.PRIO_PROCESS, tid)
 
 
 def from_config(cfg, grounding: Grounding | None = None, registry=None, warm: bool | None = None) -> ExplainerCore:

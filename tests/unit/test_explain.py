@@ -223,10 +223,11 @@ def test_the_model_generates_at_a_lower_os_priority_than_serving(models, groundi
 
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     be = Priority(TransformersBackend(str(models["random"]), device="cpu"))
-    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_new_tokens=4, cpu_nice=min(19, mine + 7)))
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_new_tokens=4, cpu_nice=3))
     out = run(core.explain(7, [signal(item_id=1)], 300))
     assert be.calls == 1 and out["items"] == 1
-    assert be.nice == min(19, mine + 7) and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    # relative to the process's own (Ray's workers start at 15): never above the serving threads
+    assert be.nice == min(19, mine + 3) and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
     cfg = load_config(environ={}, overrides={"explainer.backend": "templates", "explainer.model": "null"})
     assert from_config(cfg, Grounding()).settings.cpu_nice == 10  # recserve.yaml's
 
