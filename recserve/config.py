@@ -181,7 +181,13 @@ class ServeConfig(_Strict):
     breaker_failure_rate: float = Field(0.5, gt=0, le=1, description="circuit breakers: open at this failure share")
     breaker_min_failures: int = Field(10, ge=1, description="...with at least this many failures in the window")
     breaker_window_s: float = Field(30.0, gt=0)
-    breaker_open_s: float = Field(30.0, gt=0, description="how long an open breaker stays open")
+    breaker_open_s: float = Field(30.0, gt=0, description="how long an open breaker stays open (at most)")
+    breaker_first_open_s: float = Field(
+        2.0,
+        gt=0,
+        description="an open breaker's first opening; each reopening before it closes lasts twice as long, "
+        "up to breaker_open_s (a replica restarted in seconds is probed in seconds)",
+    )
     breaker_probes: int = Field(5, ge=1, description="half-open probe calls that must succeed to close")
     feature_store_open_s: float = Field(
         1.0, gt=0, description="the feature store's breaker stays open this long (then 2 probes), not breaker_open_s"

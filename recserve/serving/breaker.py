@@ -1,7 +1,9 @@
 """Circuit breakers for the ingress's remote dependencies, with the seed's settings as defaults:
 open when, within the window, at least 10 calls failed and they were at least 50% of the calls;
 stay open 30 s; then let 5 probe calls through (half-open): all 5 succeed -> closed, any fails ->
-open again. One breaker per dependency (feature store, vector index, ranker, bandit, explainer,
+open again. With `first_open_s`, the first opening lasts that long and each reopening before the
+breaker closes twice as long, up to `open_s` (an outlier ejection's backoff): a replica restarted
+in seconds is probed in seconds, a dependency that stays down is left alone for the seed's 30 s. One breaker per dependency (feature store, vector index, ranker, bandit, explainer,
 event log); states are exported in /v1/status and as a metric.
 
 Async-safe: the ingress's handlers run on one event loop, and a lock covers the odd thread (the
@@ -31,6 +33,7 @@ class BreakerSettings:
     window_s: float = 30.0
     open_s: float = 30.0
     half_open_probes: int = 5
+    first_open_s: float | None = None  # None: every opening lasts open_s
 
     def __post_init__(self) -> None:
         if not 0 < self.failure_rate <= 1:
@@ -39,6 +42,8 @@ class BreakerSettings:
             raise ValueError("min_failures and half_open_probes must be >= 1")
         if self.window_s <= 0 or self.open_s <= 0:
             raise ValueError("window_s and open_s must be > 0")
+        if self.first_open_s is not None and self.first_open_s <= 0:
+            raise ValueError("first_open_s must be > 0 (or None)")
 
 
 class CircuitBreaker:
@@ -53,7 +58,15 @@ class CircuitBreaker:
         self.probes = 0  # probe calls let through while half-open
         self.probe_ok = 0
         self.opens = 0
+        self.streak = 0  # openings since the breaker last closed (the backoff's exponent)
         self._lock = threading.Lock()
+
+    @property
+    def open_for_s(self) -> float:
+        """How long the current opening lasts."""
+        if self.s.first_open_s is None:
+            return self.s.open_s
+        return min(self.s.open_s, self.s.first_open_s * 2 ** max(0, self.streak - 1))
 
     def _prune(self, now: float) -> None:
         while self.calls and now - self.calls[0][0] > self.s.window_s:
@@ -64,7 +77,7 @@ class CircuitBreaker:
         """May a call go out now? (An open breaker turns half-open after open_s.)"""
         with self._lock:
             now = self.clock()
-            if self.state == OPEN and now - self.opened_at >= self.s.open_s:
+            if self.state == OPEN and now - self.opened_at >= self.open_for_s:
                 self.state, self.probes, self.probe_ok = HALF_OPEN, 0, 0
             if self.state == CLOSED:
                 return True
@@ -83,6 +96,7 @@ class CircuitBreaker:
                     self.probe_ok += 1
                     if self.probe_ok >= self.s.half_open_probes:
                         self.state = CLOSED
+                        self.streak = 0
                         self.calls.clear()
                         self.failures = 0
                 return
@@ -97,10 +111,11 @@ class CircuitBreaker:
     def _open(self, now: float) -> None:
         self.state, self.opened_at = OPEN, now
         self.opens += 1
+        self.streak += 1
 
     @property
     def is_open(self) -> bool:
-        return self.state == OPEN and self.clock() - self.opened_at < self.s.open_s
+        return self.state == OPEN and self.clock() - self.opened_at < self.open_for_s
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -111,7 +126,9 @@ class CircuitBreaker:
                 "calls": len(self.calls),
                 "failures": self.failures,
                 "opens": self.opens,
-                "open_for_s": round(max(0.0, self.s.open_s - (now - self.opened_at)), 2) if self.state == OPEN else 0.0,
+                "open_for_s": round(max(0.0, self.open_for_s - (now - self.opened_at)), 2)
+                if self.state == OPEN
+                else 0.0,
             }
 
 

@@ -194,11 +194,16 @@ def _breakers(cfg: Config):
 
     sv = cfg.serve
     general = BreakerSettings(
-        sv.breaker_failure_rate, sv.breaker_min_failures, sv.breaker_window_s, sv.breaker_open_s, sv.breaker_probes
+        sv.breaker_failure_rate,
+        sv.breaker_min_failures,
+        sv.breaker_window_s,
+        sv.breaker_open_s,
+        sv.breaker_probes,
+        first_open_s=min(sv.breaker_first_open_s, sv.breaker_open_s),
     )
     # the feature store's opens for a second and closes after two probes: every answer crosses it,
     # and a Redis back after a two-second restart should cost about two seconds of degraded answers
-    store = dataclasses.replace(general, open_s=sv.feature_store_open_s, half_open_probes=2)
+    store = dataclasses.replace(general, open_s=sv.feature_store_open_s, half_open_probes=2, first_open_s=None)
     return Breakers(general, per_name={"feature_store": store})
 
 

@@ -66,3 +66,37 @@ def test_settings_are_checked_and_every_dependency_has_a_breaker():
     bs = Breakers()
     assert set(bs.snapshot()) == {"feature_store", "vector_index", "ranker", "bandit", "explainer", "event_log"}
     assert all(s["state"] == CLOSED for s in bs.snapshot().values())
+
+
+def test_the_open_period_backs_off_from_the_first_to_the_seeds_30s_and_resets_when_closed():
+    """serve.breaker_first_open_s: a dependency back in seconds (a replica restarted) is probed in
+    seconds; one that keeps failing its probes is left alone twice as long each time, at most 30 s."""
+    c = Clock()
+    b = CircuitBreaker("ranker", BreakerSettings(first_open_s=2.0, half_open_probes=2), clock=c)
+
+    def open_it():
+        for _ in range(10):
+            b.record(False)
+
+    open_it()
+    periods = []
+    for _ in range(6):  # every probe fails: 2, 4, 8, 16, 30, 30 s
+        start = c.t
+        while not b.allow():
+            c.t += 0.5
+        periods.append(c.t - start)
+        assert b.state == HALF_OPEN and b.allow()  # the second probe goes out too
+        b.record(False)
+        assert b.state == OPEN
+    assert periods == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    c.t += 30.0
+    assert b.allow() and b.allow()
+    b.record(True)
+    b.record(True)
+    assert b.state == CLOSED and b.streak == 0
+    open_it()  # a new fault after it closed: the short period again
+    assert b.snapshot()["open_for_s"] == 2.0
+    c.t += 2.0
+    assert b.allow() and b.state == HALF_OPEN
+    with pytest.raises(ValueError):
+        BreakerSettings(first_open_s=0)
