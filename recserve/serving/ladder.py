@@ -101,7 +101,6 @@ class Ladder:
         self.hops: dict[str, str] = {h: "ok" for h in HOPS}
         self.levels: dict[int, int] = {}
         self.ranker_version: str | None = None  # the version the last scored list came from
-        self.in_flight = 0  # answers inside this ladder now (a promotion releases its index after them)
         # the sequence model's states of the answers in the stage together, one forward pass per
         # batch, off the event loop (torch releases the GIL: it runs beside the index search)
         self.sequences = InflightBatcher(self._sequence_batch, max_batch=64)
@@ -193,22 +192,6 @@ class Ladder:
         )
 
     async def similar(self, item_id: int, k: int, filters: dict | None, request_id: str | None = None) -> dict | None:
-        self.in_flight += 1
-        try:
-            return await self._similar(item_id, k, filters, request_id)
-        finally:
-            self.in_flight -= 1
-
-    async def drained(self, timeout_s: float) -> bool:
-        """Wait until no answer is inside this ladder (at most `timeout_s`): a promoted generation
-        stops the old one's index only after the answers that began on it have left. False: some
-        are still inside."""
-        end = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < end:
-            await asyncio.sleep(0.005)
-        return not self.in_flight
-
-    async def _similar(self, item_id: int, k: int, filters: dict | None, request_id: str | None = None) -> dict | None:
         """The items most like `item_id` ("more like this"), None when the index does not hold it.
         Level 0: its vector's neighbours in the index, within the filters, by cosine. The index
         away (breaker, no time left): level 3, the items most often viewed with it in training,
@@ -286,25 +269,6 @@ class Ladder:
 
     # -------------------------------------------------------------- recommend
     async def recommend(
-        self,
-        user_id: int | None,
-        k: int,
-        filters: dict | None,
-        explain: bool,
-        deadline_ms: float | None = None,
-        request_id: str | None = None,
-        session: list[int] | None = None,
-        arm=None,
-    ) -> dict:
-        """A known user's answer, or (`user_id` None) an anonymous visitor's (`_recommend`), counted
-        in `in_flight` while it is inside."""
-        self.in_flight += 1
-        try:
-            return await self._recommend(user_id, k, filters, explain, deadline_ms, request_id, session, arm)
-        finally:
-            self.in_flight -= 1
-
-    async def _recommend(
         self,
         user_id: int | None,
         k: int,

@@ -147,7 +147,6 @@ class RecService:
                 self.canaries[gen] = await self.load_generation.load(gen)
             for gen in sorted(set(self.canaries) - wanted):
                 g = self.canaries.pop(gen)
-                await g.ladder.drained(max(1.0, 4 * g.ladder.deadline_s))  # its arm's answers in flight
                 await asyncio.to_thread(g.release)
 
     async def adopt(self, generation: str) -> bool:
@@ -163,16 +162,13 @@ class RecService:
         if generation == self.generation or self.load_generation is None:
             return False
         g = self.canaries.pop(generation, None) or await self.load_generation.load(generation)
-        old_index, old_ladder = self.index, self.ladder
+        old_index = self.index
         g.ladder.stale = self.ladder.stale
         self.stage, self.index, self.ladder, self.ports = g.stage, g.index, g.ladder, g.ladder.ports
         self.watch.on_stale = g.ladder.set_stale
         self.generation = generation
         self.ranker_version = None
         self.cache.clear()
-        # the answers that began on the old generation finish on its index (within their deadlines:
-        # a warm-up's is longer, hence the bound), then its actors stop
-        await old_ladder.drained(max(1.0, 4 * old_ladder.deadline_s))
         await asyncio.to_thread(g.release_other, old_index)
         return True
 

@@ -273,7 +273,7 @@ def test_canary_rolled_back_by_the_guardrail_then_one_promoted_under_load(loop_w
                     bad_answers.append(got.status_code)
                     continue
                 a = got.json()
-                seen.append((a["degradation_level"], a["model_versions"]["embeddings"], u, a["took_ms"], a["hop_ms"]))
+                seen.append((a["degradation_level"], a["model_versions"]["embeddings"], u))
 
         t = threading.Thread(target=load, daemon=True)
         t.start()
@@ -301,10 +301,9 @@ def test_canary_rolled_back_by_the_guardrail_then_one_promoted_under_load(loop_w
         known = set(embedding_ids(reg, serving_v["embeddings"])[0].tolist()) & set(
             embedding_ids(reg, new_emb)[0].tolist()
         )
-        levels = [lv for lv, _, u, *_ in seen if u in known]
-        slow = [s for s in seen if s[0] > 1 and s[2] in known][:5]  # which hop, if one failed
-        assert levels and max(levels) <= 1, (sorted(set(levels)), slow)
-        assert {s[1] for s in seen} == {serving_v["embeddings"], new_emb}
+        levels = [lv for lv, _, u in seen if u in known]
+        assert levels and max(levels) <= 1, sorted(set(levels))
+        assert {emb for _, emb, _ in seen} == {serving_v["embeddings"], new_emb}
         assert generations.serving_generation(reg) == good["generation"]
         assert reg.note("generation", serving_gen)["state"] == "retired"
         deadline = time.monotonic() + 15

@@ -377,25 +377,3 @@ def test_the_feature_stores_breaker_opens_briefly():
     b = _breakers(Config())
     assert b["feature_store"].s.open_s == 1.0 and b["feature_store"].s.half_open_probes == 2
     assert b["vector_index"].s.open_s == 30.0
-
-
-def test_an_answer_inside_the_ladder_is_waited_for_before_its_generation_is_released():
-    """A promotion stops the old generation's index only after the answers that began on it have
-    left (else one crossing the swap searches a stopped index and climbs down to level 3)."""
-    lad, f = ladder(deadline_ms=500)
-    f.delay["search"] = 0.15
-
-    async def go():
-        answer = asyncio.ensure_future(lad.recommend(1, 5, None, False))
-        await asyncio.sleep(0.02)
-        assert lad.in_flight == 1
-        assert not await lad.drained(0.01)  # still inside: a release now would pull its index away
-        assert await lad.drained(2.0)
-        assert answer.done() and lad.in_flight == 0
-        return answer.result()
-
-    out = asyncio.run(go())
-    assert out["degradation_level"] == 0
-    f.fail.add("search")
-    run(lad, user=2)  # a failing answer leaves the count as it found it
-    assert lad.in_flight == 0
