@@ -406,9 +406,8 @@ class IndexClient:
                 for r in ng.replicas:
                     local.kill(r.handle)
             raise
-        for og in old:
-            for r in og.replicas:
-                local.kill(r.handle)
+        # searches that picked the old assignment before the switch are still running on it
+        local.kill_later([r.handle for og in old for r in og.replicas])
 
     def _carry_writes(self, nxt: IndexClient, after: int) -> int:
         """Re-apply to `nxt` the catalogue writes logged by this index's shards with seq > after
@@ -450,12 +449,18 @@ class IndexClient:
             old = self.groups
             self.groups, self.cfg, self.dim, self.version = nxt.groups, nxt.cfg, nxt.dim, nxt.version
             self.root, self.generation, self.counter = nxt.root, 0, nxt.counter
-        for og in old:
-            for r in og.replicas:
-                local.kill(r.handle)
+        # searches that began on the old index are still running on it: its replicas go a little later
+        local.kill_later([r.handle for og in old for r in og.replicas])
         return self.version
 
-    def shutdown(self) -> None:
+    def shutdown(self, grace_s: float = 0.0) -> None:
+        """Stop every replica: at once, or `grace_s` from now (a generation just replaced, whose
+        last searches are still running)."""
+        if grace_s > 0:
+            t = threading.Timer(grace_s, self.shutdown)
+            t.daemon = True
+            t.start()
+            return
         for g in self.groups:
             for r in g.replicas:
                 local.kill(r.handle)

@@ -89,6 +89,29 @@ def get(ref, timeout: float | None = None):
     return ray.get(ref, timeout=timeout)
 
 
+RETIRE_GRACE_S = 10.0  # a replaced replica's last searches end well inside it (an answer's budget is ms)
+
+
+def kill_later(handles: list, grace_s: float = RETIRE_GRACE_S) -> None:
+    """Kill replicas that were just replaced, `grace_s` from now: a search that picked them
+    before the swap is still running on them, and killing them at once would fail it (the
+    answer would fall to a degraded level). A daemon timer; nothing waits for it."""
+    import contextlib
+    import threading
+
+    if not handles:
+        return
+
+    def run() -> None:
+        for h in handles:
+            with contextlib.suppress(Exception):  # gone already (its process ended first)
+                kill(h)
+
+    t = threading.Timer(grace_s, run)
+    t.daemon = True
+    t.start()
+
+
 def kill(handle) -> None:
     """`ray.kill(handle, no_restart=True)` for an actor or an in-process replica."""
     if isinstance(handle, LocalHandle):

@@ -46,24 +46,22 @@ class GenerationServing:
 
     def release(self) -> None:
         """Stop this generation's index actors (a rolled-back canary)."""
-        _release(self.index, self.shared)
+        _release(self.index)
 
     def release_other(self, index) -> None:
         """Stop the actors of the index this generation replaces (promotion)."""
-        _release(index, self.shared)
+        _release(index)
 
 
-def _release(index, shared: bool) -> None:
-    if not shared:
-        index.shutdown()
-        return
-    import threading
+RELEASE_GRACE_S = 10.0
 
-    # shared by every ingress replica: the others move to the new generation within a second or two
-    # (they read the rollout each second), so the old actors are stopped a little later
-    t = threading.Timer(10.0, index.shutdown)
-    t.daemon = True
-    t.start()
+
+def _release(index) -> None:
+    """Stop a replaced generation's index a little later, never at once: answers that began on
+    its ladder before the swap are still searching it (killing its shards under them would drop
+    them to level 3), and when it is shared the other ingress replicas move to the new generation
+    within a second or two (they read the rollout each second)."""
+    index.shutdown(grace_s=RELEASE_GRACE_S)
 
 
 def load_stage(cfg: Config, reg, versions: dict):

@@ -104,3 +104,24 @@ def test_auto_placement_searches_a_small_unshared_index_in_process(tmp_path):
     forced = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"index_placement": "router"})})
     with pytest.raises(ValueError, match="several ingress replicas"):
         index_placement(forced, tmp_path, shared=True)
+
+
+def test_a_retired_replica_is_killed_after_its_grace_not_at_once():
+    """A swap, a rebalance or a generation's promotion retires replicas a search may still be
+    using: they are killed `grace_s` later, not under that search."""
+    import threading
+
+    from recserve.index import local
+
+    closed = threading.Event()
+
+    class Handle(local.LocalHandle):
+        def __init__(self):
+            pass
+
+        def close(self):
+            closed.set()
+
+    local.kill_later([Handle()], grace_s=0.5)
+    assert not closed.is_set()  # the search that picked it before the switch can still finish
+    assert closed.wait(10)  # and then it goes
