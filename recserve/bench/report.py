@@ -1349,7 +1349,7 @@ BENCHES: tuple[Bench, ...] = (
         "Serving state at 100 k and 1 M users",
         "recserve bench scale --users 100000,1000000 --out benchmarks/results/scale.json",
         "For each generated world (items a tenth of the users, 15 events per user): the users written to the "
-        "feature store (seconds, Redis memory per million users from `INFO memory`), the Router replica's RSS "
+        "feature store (seconds, Redis memory per million users from `INFO memory`), the Ingress replica's RSS "
         "and its start, and `/v1/recommend` at concurrency 4 against the same run's no-op "
         "([users in the feature store](serving.md#users-in-the-feature-store)).",
         render_scale,
@@ -1405,15 +1405,6 @@ BENCHES: tuple[Bench, ...] = (
         "Chaos, an earlier run of the same command",
         "recserve chaos --duration 120 --out benchmarks/results/chaos-repeat.json",
         "The same command run again: the spread between the two runs is the machine's.",
-        render_chaos,
-    ),
-    Bench(
-        "chaos-b37ab7c.json",
-        "Resilience and regions",
-        "Chaos, the same sitting on the code before the batched hops (b37ab7c)",
-        "git checkout b37ab7c && recserve chaos --duration 120 --out benchmarks/results/chaos-b37ab7c.json",
-        "The same command in the same sitting on the commit before the split topology's hops were batched and the "
-        "batcher freed abandoned calls: what the machine gives the old code, beside `chaos.json`.",
         render_chaos,
     ),
     Bench(

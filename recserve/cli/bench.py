@@ -275,7 +275,7 @@ def bench_scale(
 ):
     """Serving state that does not grow with history: for each world (items a tenth of the users, 15
     events per user), the users written to the feature store (seconds, Redis per million users), the
-    Router replica's RSS and start time, and /v1/recommend at c=4 against the same run's no-op. The
+    Ingress replica's RSS and start time, and /v1/recommend at c=4 against the same run's no-op. The
     generation is the world's latent truth and an untrained ranker (the chain cannot train a
     million-user world here yet): serving's state and cost are measured, not quality. Needs the
     stack up (recserve up) and no other Serve application on the cluster."""
