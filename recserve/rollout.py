@@ -16,7 +16,9 @@ reward per shown item against control (one-sided at `retrain.canary_alpha`).
     stopped, the cached answers dropped).
 
 The state is rollout:state in Redis: {state: canary | promoted | rolled_back, generation,
-experiment, since, why}."""
+experiment, since, why, registry}. `registry` names the registry whose generation it is: an
+application on the same Redis that serves another registry (a second application, a test's own)
+does not act on it — it would find a generation of that name in its own registry, or none."""
 
 from __future__ import annotations
 
@@ -46,13 +48,28 @@ def canary_experiment(cfg, generation: str) -> ExperimentConfig:
     )
 
 
-def state(r) -> dict | None:
+def registry_id(reg) -> str:
+    """The registry a rollout state belongs to, the same however its URI was spelled."""
+    return f"{reg.fs.type_name}:{reg.root}"
+
+
+def concerns(st: dict | None, registry: str) -> bool:
+    """Whether rollout state `st` is of the registry `registry` (registry_id); a state written
+    before states named their registry concerns every one."""
+    return bool(st) and st.get("registry") in (None, registry)
+
+
+def state(r, reg=None) -> dict | None:
+    """The rollout's state; with `reg`, only when it is that registry's rollout (else None)."""
     raw = r.get(keys.ROLLOUT_STATE)
-    return json.loads(raw) if raw else None
+    st = json.loads(raw) if raw else None
+    if st is not None and reg is not None and not concerns(st, registry_id(reg)):
+        return None
+    return st
 
 
-def _set(r, **st) -> dict:
-    st = {**st, "since": time.time()}
+def _set(r, reg, **st) -> dict:
+    st = {**st, "registry": registry_id(reg), "since": time.time()}
     r.set(keys.ROLLOUT_STATE, json.dumps(st, default=str))
     return st
 
@@ -71,7 +88,7 @@ def start_canary(cfg, reg, r, generation: str, force: bool = False) -> dict:
         )
     if st in ("serving", "retired"):
         raise ConfigError(f"generation {generation} has served already ({st}): nothing to roll out")
-    cur = state(r)
+    cur = state(r, reg)
     if cur and cur.get("state") == "canary" and cur.get("generation") != generation:
         raise ConfigError(
             f"generation {cur['generation']} is a canary now: promote or roll it back first (recserve rollout)"
@@ -79,7 +96,7 @@ def start_canary(cfg, reg, r, generation: str, force: bool = False) -> dict:
     name = experiment_name(generation)
     experiments.begin(r, name, canary_experiment(cfg, generation), rollout=generation)
     generations.mark(reg, generation, "canary", "forced past the gate" if st == "rejected" else None)
-    return _set(r, state="canary", generation=generation, experiment=name, forced=st == "rejected")
+    return _set(r, reg, state="canary", generation=generation, experiment=name, forced=st == "rejected")
 
 
 def roll_out(cfg, reg, r, generation: str) -> dict:
@@ -88,12 +105,12 @@ def roll_out(cfg, reg, r, generation: str) -> dict:
     gate = reg.manifest(generations.GENERATION, generation).get("gate") or {}
     if gate.get("verdict") == "first":
         generations.promote(reg, generation)
-        return _set(r, state="promoted", generation=generation, experiment=None, why="the first generation")
+        return _set(r, reg, state="promoted", generation=generation, experiment=None, why="the first generation")
     return start_canary(cfg, reg, r, generation)
 
 
 def promote(cfg, reg, r, why: str = "by an operator") -> dict:
-    cur = state(r)
+    cur = state(r, reg)
     if not cur or cur.get("state") != "canary":
         raise ConfigError("no canary is running: nothing to promote (recserve rollout status)")
     from recserve.serving import experiments
@@ -101,27 +118,27 @@ def promote(cfg, reg, r, why: str = "by an operator") -> dict:
     generations.promote(reg, cur["generation"])
     # the state first, then the experiment's end: a replica that sees the experiment gone already
     # knows its canary is to become the serving generation (it adopts it rather than releasing it)
-    out = _set(r, state="promoted", generation=cur["generation"], experiment=cur["experiment"], why=why)
+    out = _set(r, reg, state="promoted", generation=cur["generation"], experiment=cur["experiment"], why=why)
     experiments.stop(r, cur["experiment"])
     return out
 
 
 def rollback(cfg, reg, r, why: str = "by an operator") -> dict:
-    cur = state(r)
+    cur = state(r, reg)
     if not cur or cur.get("state") != "canary":
         raise ConfigError("no canary is running: nothing to roll back (recserve rollout status)")
     from recserve.serving import experiments
 
     experiments.stop(r, cur["experiment"])
     generations.mark(reg, cur["generation"], "rolled_back", why)
-    return _set(r, state="rolled_back", generation=cur["generation"], experiment=cur["experiment"], why=why)
+    return _set(r, reg, state="rolled_back", generation=cur["generation"], experiment=cur["experiment"], why=why)
 
 
 def tick(cfg, reg, r) -> dict | None:
     """The canary's decision now (None: nothing to do). One caller at a time (a lock in Redis)."""
     from recserve.serving import experiments
 
-    cur = state(r)
+    cur = state(r, reg)
     if not cur or cur.get("state") != "canary":
         return None
     if not r.set(keys.ROLLOUT_STATE + ":tick", "1", nx=True, px=2000):
@@ -143,7 +160,7 @@ def status(cfg, reg, r) -> dict:
     """The rollout's state, its experiment's figures per arm, and the generations."""
     from recserve.serving import experiments
 
-    cur = state(r)
+    cur = state(r, reg)
     exp = experiments.status(r, cur["experiment"]) if cur else None
     return {
         "rollout": cur,

@@ -100,13 +100,16 @@ class BackgroundLoops:
         """A promoted canary becomes this replica's serving generation (recserve.rollout)."""
         import json
 
-        from recserve import keys
+        from recserve import keys, rollout
 
         s = self.svc
         if s.load_generation is None:
             return
         raw = await s.r.get(keys.ROLLOUT_STATE)
         st = json.loads(raw) if raw else None
+        # another registry's rollout (an application of its own on this Redis) is not this one's
+        if s.load_generation.registry and not rollout.concerns(st, s.load_generation.registry):
+            return
         # a promotion before this replica started is what it loaded (or what a later deploy replaced)
         if not st or st.get("state") != "promoted" or float(st.get("since", 0)) <= s.started_at:
             return

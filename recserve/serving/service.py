@@ -178,6 +178,8 @@ class RecService:
         load = getattr(self.ports.score, "load", None)
         if spec and load is not None:
             load(spec)
+            # the deployed ranker serves from now on, also where an adopted generation named its own
+            self.ladder.ranker_spec = None
 
     # ------------------------------------------------------------- what the paths share
     def invalidate(self, users: list[int]) -> None:

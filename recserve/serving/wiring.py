@@ -126,10 +126,11 @@ class GenerationLoader:
     """What a replica calls to serve a canary beside its own generation (`load`), and the rollout's
     decision (`tick`, recserve.rollout: promote or roll back), which any replica may take."""
 
-    def __init__(self, load, tick, table=None):
+    def __init__(self, load, tick, table=None, registry: str | None = None):
         self.load = load
         self.tick = tick
-        self.table = table or (lambda: [])  # the registry's newest generations (the status page's table)
+        self.table: Any = table or (lambda: [])  # the registry's newest generations (the status page's table)
+        self.registry = registry  # recserve.rollout.registry_id of the registry it loads from
 
 
 def generation_loader(
@@ -184,7 +185,9 @@ def generation_loader(
 
         return generations_table(reg)[:8]
 
-    return GenerationLoader(load, tick, table)
+    from recserve.rollout import registry_id
+
+    return GenerationLoader(load, tick, table, registry=registry_id(reg))
 
 
 def _breakers(cfg: Config):

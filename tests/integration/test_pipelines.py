@@ -189,8 +189,69 @@ def test_missing_dataset_and_unknown_version(tmp_path, world):
 
 
 @pytest.mark.parametrize(
-    "name", ["generate_world", "import_movielens", "train_embeddings", "build_index", "train_ranker", "evaluate"]
+    "name",
+    [
+        "generate_world",
+        "import_movielens",
+        "import_data",
+        "train_embeddings",
+        "build_index",
+        "train_ranker",
+        "evaluate",
+        "ope",
+        "retrain",
+        "train_on_lake",
+        "backup",
+    ],
 )
 def test_pipeline_help(name):
     res = _cli([f"pipelines.{name}", "--help"], timeout=60)
     assert res.returncode == 0 and "ray job submit" in res.stdout
+
+
+def test_import_data_job_through_ray_data_equals_the_in_process_import(stack, tmp_path):
+    """`python -m pipelines.import_data` on the session's Ray head (its units of work in Ray Data
+    tasks), a folder of CSV files and a mapping file: the same dataset as the in-process import of
+    the same files, and the rejected row named on its output."""
+    from recserve.artifacts import read_events, read_items
+    from recserve.offline.importer import import_data, load_mapping
+
+    src = tmp_path / "events"
+    src.mkdir()
+    for part in range(3):
+        lines = ["uid,sku,action,when"]
+        for i in range(150):
+            lines.append(f"{i % 25},{100 + (i * 7 + part) % 20},{['view', 'add_to_cart'][i % 2]},{1740823200 + i}")
+        if part == 1:
+            lines.append("7,,view,1740823300")  # no item: rejected, and named with its file and line
+        (src / f"part-{part}.csv").write_text("\n".join(lines) + "\n")
+    items = tmp_path / "items.csv"
+    items.write_text("sku,name,dept\n" + "".join(f"{100 + i},Item {i},dept{i % 3}\n" for i in range(20)))
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(
+        "events: {user: uid, item: sku, event_type: action, value: '', ts: when, ts_unit: s}\n"
+        "items: {item_id: sku, title: name, category: dept, attributes: ''}\n"
+        "event_types: {add_to_cart: click}\n"
+    )
+    res = _cli(
+        ["pipelines.import_data", "--events", str(src), "--items", str(items), "--map", str(mapping)]
+        + ["--out", str(tmp_path / "ray"), "--max-bad-fraction", "0.01"]
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    assert "part-1.csv" in out and "skipped" in out, out[-3000:]
+    local = import_data(
+        str(src),
+        tmp_path / "local",
+        items=str(items),
+        mapping=load_mapping(mapping),
+        max_bad_fraction=0.01,
+        use_ray=False,
+    )
+    assert local["n_events"] == 450 and local["n_rejected"] == 1
+    key = ["user_id", "item_id", "ts", "event_type"]
+    a = read_events(tmp_path / "ray").sort_values(key).reset_index(drop=True)
+    b = read_events(tmp_path / "local").sort_values(key).reset_index(drop=True)
+    assert len(a) == 450 and a[key].equals(b[key])
+    assert set(a["event_type"]) == {"view", "click"}
+    assert len(read_items(tmp_path / "ray")) == 20

@@ -206,3 +206,29 @@ def test_an_operator_promotes_or_rolls_back_a_canary_and_the_tick_decides_by_sho
         rollout.start_canary(cfg, reg, r, g5)
     rollout.start_canary(cfg, reg, r, g5, force=True)
     assert rollout.promote(cfg, reg, r)["state"] == "promoted" and generations.serving_generation(reg) == g5
+
+    # another application on the same Redis serving a registry of its own does not act on this
+    # rollout: it has generations of the same names, and would promote or adopt its own
+    other = Registry(tmp_path / "other")
+    (tmp_path / "o").mkdir()
+    for text in "12345678":
+        generations.publish(
+            other,
+            {p: _part(other, tmp_path / "o", p, text) for p in generations.PARTS},
+            gate={"verdict": "pass"},
+            dataset="d",
+            run=text,
+            state="candidate",
+        )
+    g6 = candidate("6")
+    rollout.start_canary(cfg, reg, r, g6)
+    assert g6 in other.versions("generation")
+    r.hset(keys.experiment_stats(rollout.experiment_name(g6)), f"{rollout.CANARY_ARM}:shown", 60)
+    r.delete(keys.ROLLOUT_STATE + ":tick")
+    assert rollout.state(r, other) is None and rollout.state(r, Registry(str(tmp_path / "reg")))["state"] == "canary"
+    assert rollout.tick(cfg, other, r) is None and rollout.state(r)["state"] == "canary"
+    assert rollout.concerns(rollout.state(r), rollout.registry_id(reg))
+    assert not rollout.concerns(rollout.state(r), rollout.registry_id(other))
+    with pytest.raises(ConfigError, match="no canary is running"):
+        rollout.promote(cfg, other, r)
+    assert rollout.tick(cfg, reg, r)["state"] == "promoted" and generations.serving_generation(reg) == g6
