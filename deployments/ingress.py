@@ -134,8 +134,9 @@ class Ingress:
             with contextlib.suppress(Exception):  # best effort: the cluster may be going away
                 await asyncio.to_thread(stop_supervisor, self.svc.cfg, app, 20.0)
 
-    def reconfigure(self, user_config: dict) -> None:
-        """An in-process ranker's new model version arrives here (user_config), in place."""
+    async def reconfigure(self, user_config: dict) -> None:
+        """An in-process ranker's new model version arrives here (user_config), in place: on the
+        replica's event loop (async), so that the response cache it clears is not in use meanwhile."""
         self.svc.reconfigure(user_config)
 
     @api.post("/v1/recommend", response_model=RecommendResponse)

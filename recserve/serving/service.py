@@ -180,6 +180,10 @@ class RecService:
             load(spec)
             # the deployed ranker serves from now on, also where an adopted generation named its own
             self.ladder.ranker_spec = None
+            # and the answers it did not rank go: with every key of a steady load cached (the TTL is
+            # minutes), no miss would come to show the new version and clear them
+            self.ranker_version = None
+            self.cache.clear()
 
     # ------------------------------------------------------------- what the paths share
     def invalidate(self, users: list[int]) -> None:

@@ -46,7 +46,11 @@ def test_hot_model_swap_without_failed_requests(serving, tmp_path):
     t = threading.Thread(target=load)
     t.start()
     try:
-        time.sleep(1.0)
+        # every key of the load (40 users x 7 lengths) answered, so cached, before the swap: the new
+        # model must clear those answers itself (no miss would come to show it)
+        deadline = time.monotonic() + 60
+        while len(codes) < 2 * 40 * 7 and time.monotonic() < deadline:
+            time.sleep(0.1)
         root = http.index_root  # the same application: only the ranker's user_config differs
         t0 = time.monotonic()
         serve.run(build_app(cfg, str(reg.uri), root, ranker_version=new), name="recserve", route_prefix="/")
