@@ -226,16 +226,17 @@ def test_import_data_job_through_ray_data_equals_the_in_process_import(stack, tm
             lines.append("7,,view,1740823300")  # no item: rejected, and named with its file and line
         (src / f"part-{part}.csv").write_text("\n".join(lines) + "\n")
     items = tmp_path / "items.csv"
-    items.write_text("sku,name,dept\n" + "".join(f"{100 + i},Item {i},dept{i % 3}\n" for i in range(20)))
+    items.write_text("sku,name,dept,brand\n" + "".join(f"{100 + i},Item {i},dept{i % 3},b{i % 2}\n" for i in range(20)))
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text(
         "events: {user: uid, item: sku, event_type: action, value: '', ts: when, ts_unit: s}\n"
-        "items: {item_id: sku, title: name, category: dept, attributes: ''}\n"
+        "items: {item_id: sku, title: name, category: dept, attributes: [brand]}\n"
         "event_types: {add_to_cart: click}\n"
     )
     res = _cli(
         ["pipelines.import_data", "--events", str(src), "--items", str(items), "--map", str(mapping)]
-        + ["--out", str(tmp_path / "ray"), "--max-bad-fraction", "0.01"]
+        + ["--out", str(tmp_path / "ray"), "--max-bad-fraction", "0.01"],
+        env_extra={"RAY_ADDRESS": stack[1].ray_address},  # the session's head, not a Ray of its own
     )
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
