@@ -149,8 +149,22 @@ class BackgroundLoops:
             except Exception:  # noqa: BLE001 - metrics never fail serving
                 pass
 
+    async def follow_ranker(self) -> None:
+        """A ranker redeployed in place where this replica's user_config does not reach (the split
+        topology's Ranker deployment) shows here as another version than its cached answers':
+        they go (with every key of a steady load cached, no miss would come to show it). Not while
+        the ladder scores with a ranker of its own (an adopted generation's: the port's is not it)."""
+        s = self.svc
+        version = getattr(s.ports.score, "version", None)
+        if version is None or s.ladder.ranker_spec is not None or s.ranker_version is None:
+            return
+        v = await asyncio.wait_for(version(), timeout=2.0)
+        if v and v != s.ranker_version:
+            s.cache.clear()
+            s.ranker_version = None
+
     async def refresh_slow_stats(self) -> None:
-        """Vectors per index shard, and the explainer's models and queue."""
+        """Vectors per index shard, the explainer's models and queue, and the ranker's version."""
         s = self.svc
         try:
             s.index_sizes = await s.index.asizes()
@@ -159,6 +173,8 @@ class BackgroundLoops:
             pass
         with contextlib.suppress(Exception):  # the explainer's breaker and the ladder deal with it
             s.explainer_stats = await asyncio.wait_for(s.ports.explain.stats(), timeout=2.0)
+        with contextlib.suppress(Exception):  # the ranker away: its breaker and the ladder deal with it
+            await self.follow_ranker()
         if s.load_generation is not None and time.monotonic() - self._table_at >= 5.0:
             self._table_at = time.monotonic()
             with contextlib.suppress(Exception):  # the registry away: the last table is shown

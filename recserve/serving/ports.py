@@ -191,6 +191,10 @@ class LocalScore(_VersionBatched):
         if spec.get("version") != self.ranker.version:
             self.ranker.load(spec)
 
+    async def version(self) -> str | None:
+        """The serving model's version."""
+        return self.ranker.version
+
 
 class HandleScore(_VersionBatched):
     """The `Ranker` deployment (GPU when present). Concurrent answers' candidate lists go to it
@@ -204,6 +208,10 @@ class HandleScore(_VersionBatched):
 
     async def _batch(self, version: str | None, lists: list) -> list:
         return await self.h.score_many.remote(lists, self.specs.get(version))
+
+    async def version(self) -> str | None:
+        """The serving model's version, as a Ranker replica reports it."""
+        return await self.h.get_version.remote()
 
     def keep_only(self, specs: list[dict]) -> None:
         """The Ranker replicas load an arm's version on its first list (the specs seen are kept:
