@@ -42,7 +42,6 @@ class GenerationServing:
     stage: Any
     index: Any
     ladder: Any
-    shared: bool = False
 
     def release(self) -> None:
         """Stop this generation's index actors (a rolled-back canary)."""
@@ -173,7 +172,7 @@ def generation_loader(
             explainer_budget_ms=sv.explainer_budget_ms,
             ranker_spec=await asyncio.to_thread(ranker_spec, cfg, reg, versions["ranker"]),
         )
-        return GenerationServing(generation, versions, stage, index, ladder, shared=share is not None)
+        return GenerationServing(generation, versions, stage, index, ladder)
 
     def tick():
         from recserve import rollout
