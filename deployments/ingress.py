@@ -135,9 +135,9 @@ class Ingress:
                 await asyncio.to_thread(stop_supervisor, self.svc.cfg, app, 20.0)
 
     async def reconfigure(self, user_config: dict) -> None:
-        """An in-process ranker's new model version arrives here (user_config), in place: on the
-        replica's event loop (async), so that the response cache it clears is not in use meanwhile."""
-        self.svc.reconfigure(user_config)
+        """An in-process ranker's new model version arrives here (user_config), in place; the
+        response cache it clears afterwards is cleared on the replica's event loop."""
+        await self.svc.reconfigure(user_config)
 
     @api.post("/v1/recommend", response_model=RecommendResponse)
     async def recommend(self, req: RecommendRequest):

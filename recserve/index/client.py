@@ -456,10 +456,8 @@ class IndexClient:
     def shutdown(self, grace_s: float = 0.0) -> None:
         """Stop every replica: at once, or `grace_s` from now (a generation just replaced, whose
         last searches are still running)."""
-        if grace_s > 0:
-            t = threading.Timer(grace_s, self.shutdown)
-            t.daemon = True
-            t.start()
+        if grace_s > 0:  # the replicas held now, whatever this client holds by then
+            local.kill_later([r.handle for g in self.groups for r in g.replicas], grace_s)
             return
         for g in self.groups:
             for r in g.replicas:

@@ -298,8 +298,8 @@ class ColdService:
     async def warm(self) -> dict:
         return {}
 
-    def reconfigure(self, user_config: dict) -> None:
-        pass
+    async def reconfigure(self, user_config: dict) -> None:
+        """Nothing ranks before a first generation: a ranker's user_config has nothing to change."""
 
     def forget_local(self, users: list[int]) -> None:
         for u in users:

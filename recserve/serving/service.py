@@ -172,12 +172,13 @@ class RecService:
         await asyncio.to_thread(g.release_other, old_index)
         return True
 
-    def reconfigure(self, user_config: dict) -> None:
-        """A new ranker model in place (Serve's user_config), for an in-process ranker."""
+    async def reconfigure(self, user_config: dict) -> None:
+        """A new ranker model in place (Serve's user_config), for an in-process ranker: loaded in a
+        thread (the answers go on meanwhile), then the replica's state moved to it on the loop."""
         spec = (user_config or {}).get("ranker")
         load = getattr(self.ports.score, "load", None)
         if spec and load is not None:
-            load(spec)
+            await asyncio.to_thread(load, spec)
             # the deployed ranker serves from now on, also where an adopted generation named its own
             self.ladder.ranker_spec = None
             # and the answers it did not rank go: with every key of a steady load cached (the TTL is

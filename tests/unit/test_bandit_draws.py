@@ -35,7 +35,7 @@ def test_one_over_the_propensity_is_unbiased_for_one_over_the_policys_probabilit
     flat = rng.random(n) < bandit.uniform
     th[flat] = rng.random((int(flat.sum()), len(rest)))
     p = np.bincount(th.argmax(axis=1), minlength=len(rest)) / n
-    for j in (0, 3, 6):  # a learnt item, one with a and b under 1, one still at the prior
+    for j in (2, 5, 0):  # a learnt item (5, 60), one with a and b under 1 (0.8, 0.9), one at the prior (1, 1)
         item = ranked[int(rest[j])]
         chosen, explored = ranked[:n_keep] + [item], [False] * n_keep + [True]
         inv = [
