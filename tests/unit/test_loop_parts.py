@@ -231,4 +231,8 @@ def test_an_operator_promotes_or_rolls_back_a_canary_and_the_tick_decides_by_sho
     assert not rollout.concerns(rollout.state(r), rollout.registry_id(other))
     with pytest.raises(ConfigError, match="no canary is running"):
         rollout.promote(cfg, other, r)
+    # nor does it start one of its own over it: the running experiment is one per Redis database
+    with pytest.raises(ConfigError, match="a canary of another registry"):
+        rollout.start_canary(cfg, other, r, "v000008")
+    assert experiments.active(r)["name"] == rollout.experiment_name(g6)
     assert rollout.tick(cfg, reg, r)["state"] == "promoted" and generations.serving_generation(reg) == g6
