@@ -88,18 +88,17 @@ def start_canary(cfg, reg, r, generation: str, force: bool = False) -> dict:
         )
     if st in ("serving", "retired"):
         raise ConfigError(f"generation {generation} has served already ({st}): nothing to roll out")
-    cur = state(r, reg)
+    cur = state(r)
+    if cur and cur.get("state") == "canary" and not concerns(cur, registry_id(reg)):
+        # one running experiment per Redis database: a canary of another registry's holds it
+        raise ConfigError(
+            f"a canary of another registry ({cur.get('registry')}: generation {cur.get('generation')}) "
+            f"runs on this Redis database; its application promotes or rolls it back first, or give "
+            f"this registry a Redis database of its own (redis.url)"
+        )
     if cur and cur.get("state") == "canary" and cur.get("generation") != generation:
         raise ConfigError(
             f"generation {cur['generation']} is a canary now: promote or roll it back first (recserve rollout)"
-        )
-    other = state(r)
-    if other and other.get("state") == "canary" and not concerns(other, registry_id(reg)):
-        # one running experiment per Redis database: a canary of another registry's holds it
-        raise ConfigError(
-            f"a canary of another registry ({other.get('registry')}: generation {other.get('generation')}) "
-            f"runs on this Redis database; its application promotes or rolls it back first, or give "
-            f"this registry a Redis database of its own (redis.url)"
         )
     name = experiment_name(generation)
     experiments.begin(r, name, canary_experiment(cfg, generation), rollout=generation)

@@ -456,10 +456,10 @@ class IndexClient:
     def shutdown(self, grace_s: float = 0.0) -> None:
         """Stop every replica: at once, or `grace_s` from now (a generation just replaced, whose
         last searches are still running)."""
+        handles = [r.handle for g in self.groups for r in g.replicas]
         if grace_s > 0:  # the replicas held now, whatever this client holds by then
-            local.kill_later([r.handle for g in self.groups for r in g.replicas], grace_s)
+            local.kill_later(handles, grace_s)
             return
-        for g in self.groups:
-            for r in g.replicas:
-                local.kill(r.handle)
+        for h in handles:
+            local.kill(h)
         self.groups = []

@@ -52,15 +52,15 @@ class GenerationServing:
         _release(index)
 
 
-RELEASE_GRACE_S = 10.0
-
-
 def _release(index) -> None:
-    """Stop a replaced generation's index a little later, never at once: answers that began on
-    its ladder before the swap are still searching it (killing its shards under them would drop
-    them to level 3), and when it is shared the other ingress replicas move to the new generation
-    within a second or two (they read the rollout each second)."""
-    index.shutdown(grace_s=RELEASE_GRACE_S)
+    """Stop a replaced generation's index a little later (recserve.index.local.RETIRE_GRACE_S),
+    never at once: answers that began on its ladder before the swap are still searching it
+    (killing its shards under them would drop them to level 3), and when it is shared the other
+    ingress replicas move to the new generation within a second or two (they read the rollout
+    each second)."""
+    from recserve.index.local import RETIRE_GRACE_S
+
+    index.shutdown(grace_s=RETIRE_GRACE_S)
 
 
 def load_stage(cfg: Config, reg, versions: dict):

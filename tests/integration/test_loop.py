@@ -306,7 +306,7 @@ def test_canary_rolled_back_by_the_guardrail_then_one_promoted_under_load(loop_w
         assert {emb for _, emb, _ in seen} == {serving_v["embeddings"], new_emb}
         assert generations.serving_generation(reg) == good["generation"]
         assert reg.note("generation", serving_gen)["state"] == "retired"
-        deadline = time.monotonic() + 30  # released RELEASE_GRACE_S (10 s) after the swap
+        deadline = time.monotonic() + 30  # released RETIRE_GRACE_S (10 s) after the swap
         while shard_actors() > one_generation and time.monotonic() < deadline:
             time.sleep(0.5)
         assert shard_actors() == one_generation  # the old generation's index released: one generation held
