@@ -141,7 +141,14 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
             ans = http.post("/v1/recommend", json={"user_id": uu, "k": 6}).json()
             fb = {"request_id": ans["request_id"], "item_id": ans["items"][0]["item_id"], "reward": 1.0}
             assert http.post("/v1/feedback", json=fb).status_code == 200
-        _wait(browser, lambda d: int(d.find_element(By.ID, "chart-experiment").get_attribute("data-points") or 0) >= 1)
+        # the replica follows the new experiment within its refresh; until then the chart may still hold the
+        # points of an experiment an earlier test ended, so wait for the legend to name this one
+        _wait(
+            browser,
+            lambda d: "ui-exp" in _text(d, "#experiment-legend")
+            and int(d.find_element(By.ID, "chart-experiment").get_attribute("data-points") or 0) >= 1,
+            timeout=40,
+        )
         assert "ui-exp" in _text(browser, "#experiment-legend")
     finally:
         ex.stop(r)
