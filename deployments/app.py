@@ -132,19 +132,28 @@ def build_app(
         ranker_opts = {"num_gpus": s.ranker_num_gpus, "num_cpus": 0.1} if s.ranker_num_gpus else {"num_cpus": 0.1}
         choice.score = _pinned(
             Ranker.options(
-                **opts("Ranker", user_config=ranker_spec(cfg, reg, ranker_version), ray_actor_options=ranker_opts)
+                **opts(
+                    "Ranker",
+                    user_config=ranker_spec(cfg, reg, ranker_version),
+                    ray_actor_options=ranker_opts,
+                    num_replicas=s.hop_replicas,
+                    health_check_period_s=s.hop_health_check_s,
+                )
             ),
             _version(ranker_opts),
         ).bind()
     if not inproc["select"]:
         choice.select = _pinned(
-            Bandit.options(**opts("Bandit")), _version(cfg.redis_url, s.bandit_share, s.bandit_uniform)
+            Bandit.options(**opts("Bandit", num_replicas=s.hop_replicas, health_check_period_s=s.hop_health_check_s)),
+            _version(cfg.redis_url, s.bandit_share, s.bandit_uniform),
         ).bind(cfg.redis_url, s.bandit_share, uniform=s.bandit_uniform)
     if trained and not inproc["explain"]:
         ec = cfg.explainer
         explainer_opts = {"num_cpus": 0.1, **({"num_gpus": ec.num_gpus} if ec.num_gpus else {})}
         choice.explain = _pinned(
-            Explainer.options(**opts("Explainer", ray_actor_options=explainer_opts)),
+            Explainer.options(
+                **opts("Explainer", ray_actor_options=explainer_opts, health_check_period_s=s.hop_health_check_s)
+            ),
             _version(ec.model_dump(mode="json"), s.explainer_budget_ms, reg.uri),
         ).bind(cfg.model_dump(mode="json"), reg.uri)
     args = (cfg.model_dump(mode="json"), reg.uri, root)

@@ -171,6 +171,20 @@ class ServeConfig(_Strict):
         "ingress replica by consistent hashing",
     )
     ingress_replicas: int = Field(1, ge=1, le=64, description="ingress replicas (without autoscaling)")
+    hop_replicas: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="replicas of the Ranker and Bandit deployments where they run as deployments of their own "
+        "(the cluster topology; without autoscaling): with two, a replica killed costs the calls it held, its "
+        "handle sending the next ones to the other while Serve replaces it",
+    )
+    hop_health_check_s: float = Field(
+        2.0,
+        gt=0,
+        description="how often Serve checks a Ranker, Bandit or Explainer replica (Serve's default is 10 s): a dead "
+        "one is replaced that much sooner",
+    )
     deadline_ms: float = Field(
         80.0,
         gt=0,
@@ -289,6 +303,11 @@ class ExplainerConfig(_Strict):
         description="how many steps (Linux nice, up to 19) an Explainer's generation thread on the CPU runs "
         "below its replica's priority: the model writes with the cycles the serving path leaves (0: the same)",
     )
+    cpu_idle: bool = Field(
+        True,
+        description="an Explainer's generation thread on the CPU also runs under Linux's SCHED_IDLE: it writes "
+        "only when nothing else on the node is runnable (a nice value alone still shares the CPU in proportion)",
+    )
     faithful: bool | Literal["auto"] = Field(
         "auto",
         description="the lexical check: a sentence passes only when "
@@ -326,6 +345,19 @@ class StreamConfig(_Strict):
     max_aggregators: int = Field(8, ge=1, le=256)
     session_len: int = Field(20, ge=1, le=1000, description="events kept per user in the live context")
     context_ttl_s: int = Field(3600, ge=1, description="live user context TTL (the seed's 1 h)")
+    history_events: int = Field(
+        50,
+        ge=0,
+        le=10_000,
+        description="a user's newest events kept past the live context's hour (0: none), folded into their "
+        "trained state at every request: the features keep every event since training, not the last hour's only",
+    )
+    history_ttl_s: int = Field(
+        7 * 86400,
+        ge=1,
+        description="how long a user's events are kept that way after their last one (longer than retrain.every, "
+        "so that the next generation is trained on them first)",
+    )
     vector_decay: float = Field(0.7, ge=0, lt=1, description="weight of the old real-time user vector per event")
     retention_s: float = Field(
         86400.0,

@@ -161,6 +161,26 @@ def _phase_report(records, t0: float, t1: float, fault_at: float | None) -> dict
     }
 
 
+def targets(res: dict) -> dict:
+    """The run against the done-when criteria (issues 31 and 34): the fault-free baseline at least 95 % at
+    level 0 or 1, every fault recovered within 30 s, no 5xx, no acknowledged event lost, and Redis' kill
+    answered at level 2 or 3 while it is away and at full level within 5 s of its return."""
+    base = res["phases"].get("baseline", {}).get("levels", {})
+    n = sum(base.values())
+    full = (base.get("0", 0) + base.get("1", 0)) / n if n else None
+    kr = res["phases"].get("kill_redis", {})
+    after = kr.get("recovery_after_return_s")
+    return {
+        "baseline_level_0_1": round(full, 4) if full is not None else None,
+        "baseline_ge_95pct": full is not None and full >= 0.95,
+        "recovered_within_30s": not res["unrecovered"] and res["max_recovery_s"] <= 30.0,
+        "no_5xx": res["http_5xx"] == 0,
+        "no_events_lost": res["events_lost"] == 0,
+        "redis_kill_level_2_3_while_away": kr.get("levels", {}).get("2", 0) + kr.get("levels", {}).get("3", 0) > 0,
+        "redis_kill_full_within_5s_of_return": after is not None and after <= 5.0,
+    }
+
+
 def _aof_sizes(aof: Path, seconds: float, every: float = 0.05) -> list[tuple[float, int]]:
     """The AOF's size every `every` s for `seconds` (what was written when)."""
     out = []
@@ -361,8 +381,10 @@ def run(
         "events_acknowledged": len(load.acked),
         "events_lost": len(lost),
         "event_errors": load.event_errors,
+        "hop_replicas": cfg.serve.hop_replicas,
         "phases": phases,
     }
+    res["targets"] = targets(res)
     stop_supervisor(cfg, "chaos")
     serve.shutdown()
     connect(cfg.redis_url, timeout=5).config_set("appendfsync", fsync_before)

@@ -64,6 +64,7 @@ class ExplainerSettings:
     background_s: float = 60.0  # how long a late request's prompts may wait to be generated
     max_background: int = 512  # prompts waiting for the background at most (past it: dropped)
     cpu_nice: int = 0  # the generation thread's nice value this much above its process's: yields the CPU to serving
+    cpu_idle: bool = False  # the generation thread under Linux's SCHED_IDLE: only the cycles nothing else wants
 
 
 @dataclass
@@ -290,7 +291,7 @@ class ExplainerCore:
                 max_workers=1,
                 thread_name_prefix=f"explain-{tier.name}",
                 initializer=lower_thread_priority,
-                initargs=(self.settings.cpu_nice,),
+                initargs=(self.settings.cpu_nice, self.settings.cpu_idle),
             )
         fut = loop.create_future()
         waiting = _Waiting(prompts, deadline, fut)
@@ -407,13 +408,17 @@ class ExplainerCore:
         }
 
 
-def lower_thread_priority(by: int) -> int:
+def lower_thread_priority(by: int, idle: bool = False) -> int:
     """The calling thread's nice value raised `by` steps above its process's (at most 19; Linux gives
     each thread its own; elsewhere, or when the OS refuses, nothing changes). A model generating on
     the CPU in the background then takes only the cycles the serving path leaves: on a 2-core node a
     CPU LLM at the same priority takes a whole core from the ingress and its hops. Relative, never
     absolute: Ray starts its workers at nice 15, so an absolute 10 would put the model *ahead* of
-    every replica (a privileged process may lower its nice value). Returns the thread's nice value."""
+    every replica (a privileged process may lower its nice value). `idle`: the thread also goes under
+    SCHED_IDLE (Linux), whose weight is a fifth of nice 19's: a nice value only shares the CPU in
+    proportion (measured in `recserve chaos`, a model at nice 19 beside replicas at 15 still took about
+    half a core from a saturated 2-core node), SCHED_IDLE runs it only when nothing else is runnable.
+    Returns the thread's nice value."""
     if not hasattr(os, "getpriority"):
         return 0
     tid = threading.get_native_id()
@@ -421,6 +426,9 @@ def lower_thread_priority(by: int) -> int:
     if by > 0:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, tid, min(19, now + by))
+    if idle and hasattr(os, "SCHED_IDLE"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # 0: the calling thread
     return os.getpriority(os.PRIO_PROCESS, tid)
 
 
@@ -448,6 +456,7 @@ def from_config(cfg, grounding: Grounding | None = None, registry=None, warm: bo
             cache_entries=ec.cache_entries,
             max_batch_prompts=ec.max_batch_prompts,
             cpu_nice=ec.cpu_nice if not ec.num_gpus else 0,
+            cpu_idle=ec.cpu_idle and not ec.num_gpus,
         ),
     )
     if ec.warmup if warm is None else warm:

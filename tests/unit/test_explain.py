@@ -219,17 +219,21 @@ def test_the_model_generates_at_a_lower_os_priority_than_serving(models, groundi
     class Priority(Counting):
         def generate(self, prompts, max_new_tokens, max_time_s):
             self.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            self.policy = os.sched_getscheduler(0)
             return super().generate(prompts, max_new_tokens, max_time_s)
 
     mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     be = Priority(TransformersBackend(str(models["random"]), device="cpu"))
-    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_new_tokens=4, cpu_nice=3))
+    core = ExplainerCore({"large": be}, grounding, ExplainerSettings(max_new_tokens=4, cpu_nice=3, cpu_idle=True))
     out = run(core.explain(7, [signal(item_id=1)], 300))
     assert be.calls == 1 and out["items"] == 1
     # relative to the process's own (Ray's workers start at 15): never above the serving threads
     assert be.nice == min(19, mine + 3) and os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    # and under SCHED_IDLE, while the event loop's thread keeps its own policy
+    assert be.policy == os.SCHED_IDLE and os.sched_getscheduler(0) != os.SCHED_IDLE
     cfg = load_config(environ={}, overrides={"explainer.backend": "templates", "explainer.model": "null"})
-    assert from_config(cfg, Grounding()).settings.cpu_nice == 10  # recserve.yaml's
+    settings = from_config(cfg, Grounding()).settings
+    assert settings.cpu_nice == 10 and settings.cpu_idle  # recserve.yaml's, the config's default
 
 
 def test_an_invented_category_is_rejected_for_the_template(models, grounding):
