@@ -40,6 +40,8 @@ class StreamAggregator:
             StreamSettings(
                 session_len=c.stream.session_len,
                 context_ttl_s=c.stream.context_ttl_s,
+                history_events=c.stream.history_events,
+                history_ttl_s=c.stream.history_ttl_s,
                 vector_decay=c.stream.vector_decay,
                 batch=c.stream.read_batch,
             ),

@@ -100,6 +100,13 @@ def context(user_id: int, prefix: str = STREAM) -> str:
     return stream_key("ctx", int(user_id), prefix=prefix)
 
 
+def history(user_id: int, prefix: str = STREAM) -> str:
+    """A user's events through the stream beyond the live context's hour (the last
+    `stream.history_events`, kept `stream.history_ttl_s`): what the feature store's trained state
+    lacks until the next generation is trained on them."""
+    return stream_key("hist", int(user_id), prefix=prefix)
+
+
 def window(kind: str, w: str, bucket: int, prefix: str = STREAM) -> str:
     return stream_key(kind, w, bucket, prefix=prefix)
 

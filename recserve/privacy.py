@@ -56,7 +56,7 @@ def sweep_again(client, user_id: int, stream_prefix: str = keys.STREAM) -> dict:
 
 
 def _sweep(client, u: int, prefix: str) -> dict:
-    n_ctx = int(client.delete(keys.context(u, prefix)))
+    n_ctx = int(client.delete(keys.context(u, prefix), keys.history(u, prefix)))
     n_cnt = 0
     for k in client.scan_iter(match=keys.stream_key("user", "*", prefix=prefix), count=1000):
         n_cnt += int(client.hdel(k, str(u)))

@@ -20,7 +20,7 @@ import numpy as np
 
 from recserve import keys
 from recserve.serving.batching import InflightBatcher
-from recserve.streaming.aggregator import LiveContext
+from recserve.streaming.aggregator import LiveContext, with_history
 
 
 class SearchPort(Protocol):
@@ -125,19 +125,22 @@ class LiveContexts:
             self.stats.hits += 1
             return hit[1]
         self.stats.misses += 1
-        raw = await self.r.get(keys.context(user_id, self.prefix))
-        return self._keep(user_id, raw, now)
+        raw, hist = await self.r.mget([keys.context(user_id, self.prefix), keys.history(user_id, self.prefix)])
+        return self._keep(user_id, raw, hist, now)
 
     async def get_with(self, user_id: int, state_key: str) -> tuple[bytes | None, Any]:
         """(the raw value under `state_key`: the user's feature-store state, their live context) in
         one round trip (MGET)."""
         self.stats.misses += 1
-        raw_state, raw = await self.r.mget([state_key, keys.context(user_id, self.prefix)])
-        return raw_state, self._keep(user_id, raw, time.monotonic())
+        raw_state, raw, hist = await self.r.mget(
+            [state_key, keys.context(user_id, self.prefix), keys.history(user_id, self.prefix)]
+        )
+        return raw_state, self._keep(user_id, raw, hist, time.monotonic())
 
-    def _keep(self, user_id: int, raw, now: float):
-        """The live context as read (None: the user has none), kept for `ttl_s`."""
-        ctx = LiveContext.loads(raw) if raw else None
+    def _keep(self, user_id: int, raw, hist, now: float):
+        """The live context as read, with the user's kept events past its hour
+        (recserve.streaming.aggregator.with_history; None: the user has neither), kept for `ttl_s`."""
+        ctx = with_history(LiveContext.loads(raw) if raw else None, LiveContext.loads(hist) if hist else None)
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[user_id] = (now, ctx)

@@ -53,6 +53,8 @@ return 1
 class StreamSettings:
     session_len: int = 20  # events kept per user
     context_ttl_s: int = 3600  # the seed's 1 h for user context
+    history_events: int = 50  # events per user kept past the hour (st:hist:<user>; 0: none)
+    history_ttl_s: int = 7 * 86400
     vector_decay: float = 0.7  # weight of the old real-time vector per new event
     batch: int = 2000  # events read per partition per step
     prefix: str = "st"
@@ -143,10 +145,15 @@ class AggregatorCore:
         """The batch's effect as the commit script's arguments (nothing is written here)."""
         last_ts = max(int(e["ts"]) for e in events)
         users = sorted({int(e["user_id"]) for e in events})
+        keep_hist = self.s.history_events > 0
         pipe = self.r.pipeline(transaction=False)
-        pipe.mget([self.key("ctx", u) for u in users])
+        pipe.mget([keys.context(u, self.s.prefix) for u in users])
         pipe.hmget(keys.FORGOTTEN, [str(u) for u in users])
-        raw, gone = pipe.execute()
+        if keep_hist:
+            pipe.mget([keys.history(u, self.s.prefix) for u in users])
+        got = pipe.execute()
+        raw, gone = got[0], got[1]
+        raw_hist = got[2] if keep_hist else [None] * len(users)
         gone = {u: float(t) for u, t in zip(users, gone) if t is not None}
         if gone:  # forgotten users (recserve.privacy): their events up to then are skipped
             kept = [e for e in events if int(e["ts"]) > gone.get(int(e["user_id"]), -1.0)]
@@ -154,8 +161,10 @@ class AggregatorCore:
             events = kept
             keep_users = {int(e["user_id"]) for e in events}
             raw = [x for u, x in zip(users, raw) if u in keep_users]
+            raw_hist = [x for u, x in zip(users, raw_hist) if u in keep_users]
             users = [u for u in users if u in keep_users]
         ctxs = {u: LiveContext.loads(x) for u, x in zip(users, raw)}
+        hists = {u: LiveContext.loads(x) for u, x in zip(users, raw_hist)} if keep_hist else {}
         item_counts: dict[tuple[str, int], dict[int, int]] = {}
         user_counts: dict[tuple[str, int], dict[int, int]] = {}
         trend: dict[int, dict[int, int]] = {}
@@ -168,6 +177,11 @@ class AggregatorCore:
             c.events.append([i, ts, et])
             c.n += 1
             c.last_ts = max(c.last_ts, ts)
+            if keep_hist:
+                h = hists[u]
+                h.events.append([i, ts, et])
+                h.n += 1
+                h.last_ts = max(h.last_ts, ts)
             v = self.vectors.get(i)
             if v is not None:
                 old = vecs.get(u)
@@ -189,7 +203,10 @@ class AggregatorCore:
             del c.events[: max(0, len(c.events) - self.s.session_len)]
             if u in vecs:
                 c.vec = base64.b64encode(np.asarray(vecs[u], dtype=np.float32).tobytes()).decode()
-            d["set"].append([self.key("ctx", u), c.dumps(), self.s.context_ttl_s])
+            d["set"].append([keys.context(u, self.s.prefix), c.dumps(), self.s.context_ttl_s])
+        for u, h in hists.items():
+            del h.events[: max(0, len(h.events) - self.s.history_events)]
+            d["set"].append([keys.history(u, self.s.prefix), h.dumps(), self.s.history_ttl_s])
         for kind, table in (("item", item_counts), ("user", user_counts)):
             for (w, bucket), counts in table.items():
                 k = self.key(kind, w, bucket)
@@ -207,9 +224,26 @@ class AggregatorCore:
 
 
 # ------------------------------------------------------------------ reading
+def with_history(ctx: LiveContext | None, hist: LiveContext | None) -> LiveContext | None:
+    """The live context with the user's kept events (`keys.history`) where those reach further back:
+    both are the last events of one sequence (each commit appends the same events to both), so the
+    longer list holds the other; the real-time vector is the live context's (it expires with the
+    hour). None: the user has neither."""
+    if hist is None or not hist.events:
+        return ctx
+    if ctx is None or not ctx.events:
+        return LiveContext(events=list(hist.events), n=hist.n, last_ts=hist.last_ts)
+    if len(hist.events) <= len(ctx.events):
+        return ctx
+    return LiveContext(
+        events=list(hist.events), n=max(ctx.n, hist.n), last_ts=max(ctx.last_ts, hist.last_ts), vec=ctx.vec
+    )
+
+
 def live_context(client, user_id: int, prefix: str = "st") -> LiveContext | None:
-    raw = client.get(keys.context(user_id, prefix))
-    return LiveContext.loads(raw) if raw else None
+    """A user's live context with their kept events (`with_history`), one MGET."""
+    raw, hist = client.mget([keys.context(user_id, prefix), keys.history(user_id, prefix)])
+    return with_history(LiveContext.loads(raw) if raw else None, LiveContext.loads(hist) if hist else None)
 
 
 def window_count(client, kind: str, ident: int, window: str, now: int | None = None, prefix: str = "st") -> int:

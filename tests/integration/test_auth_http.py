@@ -115,6 +115,7 @@ def test_forget_a_user_empties_every_store_and_the_next_training_leaves_them_out
     counters = lambda: [k for k in r.scan_iter(match="st:user:*", count=1000) if r.hexists(k, str(u))]  # noqa: E731
     imps = lambda: [e for e, f in r.xrange(keys.bandit_impressions()) if f.get(b"user_id") == str(u).encode()]  # noqa: E731
     assert counters()
+    assert _wait(lambda: r.exists(keys.history(u)))  # the events kept past the live context's hour
     http.post("/v1/recommend", json={"user_id": u, "k": 5})
     assert _wait(lambda: imps()), "no impression of the user was logged"
     log = make_log(cfg, r)
@@ -139,7 +140,8 @@ def test_forget_a_user_empties_every_store_and_the_next_training_leaves_them_out
     assert removed["feature_store"] >= 1 and not r.exists(keys.user_state(fid, u))
     assert removed["log_entries"] >= len(ev)
     # every store: nothing of the user is left
-    assert not r.exists(keys.context(u)) and not counters() and not imps() and not logged()
+    assert not r.exists(keys.context(u)) and not r.exists(keys.history(u))
+    assert not counters() and not imps() and not logged()
     assert r.hexists(keys.FORGOTTEN, str(u))
     # the ingress: no cached list, no personal answer (the user is a stranger now)
     after = http.post("/v1/recommend", json={"user_id": u, "k": 5}).json()

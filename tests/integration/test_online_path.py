@@ -115,6 +115,28 @@ def test_the_live_context_moves_the_answer_and_excludes_what_was_just_seen(onlin
     assert after["live_context"] is True and just_seen not in [i["item_id"] for i in after["items"]]
 
 
+def test_a_users_kept_events_reach_the_answer_after_the_live_contexts_hour(online):
+    """The live context expires after its hour; the events the aggregators keep past it
+    (keys.history, stream.history_events) are still folded into the user's trained state, and a user
+    the generation never saw is still answered from them as a session, not with popular items."""
+    from recserve import keys
+
+    u = int(online.user_ids[4])
+    before = online.recommend(u)
+    seen = [i["item_id"] for i in before["items"][:2]]
+    assert not online.r.exists(f"{online.prefix}:ctx:{u}")
+    hist = LiveContext(events=[[seen[0], 1, "click"], [seen[1], 2, "view"]], n=2, last_ts=2)
+    online.r.set(keys.history(u, online.prefix), hist.dumps())
+    after = online.recommend(u)
+    assert after["live_context"] is True and not set(seen) & {i["item_id"] for i in after["items"]}
+    stranger = 10**9 + 7
+    assert online.recommend(stranger)["degradation_level"] == LEVEL_POPULAR
+    online.r.set(keys.history(stranger, online.prefix), hist.dumps())
+    out = online.recommend(stranger)
+    assert out["degradation_level"] == LEVEL_FULL and out["live_context"] is True
+    assert not set(seen) & {i["item_id"] for i in out["items"]}
+
+
 def test_a_click_changes_the_sequence_models_feature(online):
     """The sequence model trained with the embeddings is served from the live context: one click
     changes its state and so the ranker's sequence_logprob of the same candidates."""

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import redis
 
+from recserve import keys
 from recserve.streaming.aggregator import (
     AggregatorCore,
+    LiveContext,
     StreamSettings,
     assignment,
     lag,
@@ -18,6 +20,7 @@ from recserve.streaming.aggregator import (
     staleness_s,
     trending,
     window_count,
+    with_history,
 )
 from recserve.streaming.eventlog.kafka import KafkaLog
 from recserve.streaming.eventlog.redis import RedisStreamLog
@@ -77,13 +80,57 @@ def test_fold_context_counters_trending_bandit(env):
     assert _run(core) == 40 and core.step() == 0
     assert _item_total(r, s) == 40
     assert window_count(r, "user", 1, "24h", NOW, s.prefix) == 10
+    # the live context keeps the session (its last 5); the user's kept events reach further back, and
+    # what a request reads (live_context: both, one MGET) is the longer list with the live vector
+    raw = LiveContext.loads(r.get(keys.context(1, s.prefix)))
+    assert raw.n == 10 and len(raw.events) == 5
     ctx = live_context(r, 1, s.prefix)
-    assert ctx.n == 10 and len(ctx.events) == 5 and ctx.vector() is not None and len(ctx.vector()) == 20
+    assert ctx.n == 10 and len(ctx.events) == 10 and ctx.vector() is not None and len(ctx.vector()) == 20
+    assert ctx.events[-5:] == raw.events
     top = trending(r, 3, NOW, s.prefix)
     assert len(top) == 3 and top[0][1] == 2.0
     a = float(r.hget(f"{s.bandit_prefix}:params", "a:100"))
     assert a == 1.0 + 2  # prior + two clicks on item 100
     assert lag(r, log, s.prefix) == {0: 0, 1: 0} and staleness_s(r, log, s.prefix) == 0.0
+
+
+def test_a_users_events_outlive_the_live_contexts_hour(env):
+    """stream.history_events: past the live context's TTL (its key gone) a user's events still reach
+    the request, the newest `history_events` of them, kept `history_ttl_s`; 0 keeps none."""
+    r, log, s, ids, vecs = env
+    s.history_events, s.history_ttl_s = 8, 1234
+    log.append(_events(40))
+    core = AggregatorCore(r, log, ids, vecs, s)
+    core.assign(list(range(P)))
+    _run(core)
+    r.delete(keys.context(1, s.prefix))  # the hour is over
+    ctx = live_context(r, 1, s.prefix)
+    assert ctx is not None and len(ctx.events) == 8 and ctx.vec is None  # the real-time vector went with the hour
+    mine = [[e["item_id"], e["ts"], e["event_type"]] for e in _events(40) if e["user_id"] == 1]
+    assert ctx.events == mine[-8:] and 1200 < r.ttl(keys.history(1, s.prefix)) <= 1234
+    # new events after the hour: a new live context, the kept events go on from where they were
+    log.append(_events(4, start=41))  # users 1..4 % 4: user 1 gets one
+    _run(core)
+    ctx = live_context(r, 1, s.prefix)
+    assert len(LiveContext.loads(r.get(keys.context(1, s.prefix))).events) == 1 and len(ctx.events) == 8
+    assert ctx.events[-1][0] == 100 + 41 % 20 and ctx.vec is not None
+    off = StreamSettings(prefix=s.prefix + "-off", bandit_prefix=s.bandit_prefix, session_len=5, history_events=0)
+    core2 = AggregatorCore(r, RedisStreamLog(r, partitions=P, prefix=s.prefix + "-log"), ids, vecs, off)
+    core2.log.append(_events(10))
+    core2.assign(list(range(P)))
+    _run(core2)
+    assert r.get(keys.history(1, off.prefix)) is None and len(live_context(r, 1, off.prefix).events) == 3
+
+
+def test_with_history_takes_the_longer_list():
+    ctx = LiveContext(events=[[3, 30, "view"]], n=3, last_ts=30, vec="v")
+    hist = LiveContext(events=[[1, 10, "view"], [2, 20, "view"], [3, 30, "view"]], n=3, last_ts=30)
+    assert with_history(ctx, None) is ctx and with_history(None, None) is None
+    got = with_history(ctx, hist)
+    assert got.events == hist.events and got.vec == "v" and got.last_ts == 30
+    assert with_history(None, hist).events == hist.events and with_history(None, hist).vec is None
+    short = LiveContext(events=[[3, 30, "view"]], n=1, last_ts=30)  # history_events below session_len
+    assert with_history(hist, short) is hist
 
 
 def test_crash_before_commit_neither_loses_nor_double_counts(env):

@@ -145,8 +145,10 @@ def test_status_page_renders_live_values_in_chromium(serving, browser):
         # points of an experiment an earlier test ended, so wait for the legend to name this one
         _wait(
             browser,
-            lambda d: "ui-exp" in _text(d, "#experiment-legend")
-            and int(d.find_element(By.ID, "chart-experiment").get_attribute("data-points") or 0) >= 1,
+            lambda d: (
+                "ui-exp" in _text(d, "#experiment-legend")
+                and int(d.find_element(By.ID, "chart-experiment").get_attribute("data-points") or 0) >= 1
+            ),
             timeout=40,
         )
         assert "ui-exp" in _text(browser, "#experiment-legend")
