@@ -87,6 +87,7 @@ def start_redis(
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     client = connect(url_of(host, port, password), timeout=None, connect_timeout=0.5)
     deadline = time.monotonic() + timeout
+    progress = None  # (bytes of the AOF loaded so far): a Redis loading a large file is waited for
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise StackError(
@@ -95,11 +96,48 @@ def start_redis(
             )
         try:
             if client.ping():
+                if appendonly:
+                    compact_aof(client)
                 return proc
         except redis.exceptions.BusyLoadingError:
-            pass
+            loaded = _loaded_bytes(client)
+            if loaded is not None and loaded != progress:
+                progress = loaded
+                deadline = time.monotonic() + timeout  # still loading: `timeout` counts from its last progress
         except redis.exceptions.ConnectionError:
             pass
         time.sleep(0.05)
     proc.kill()
-    raise StackError(f"redis-server did not answer PING within {timeout}s; log {log}:\n{tail(log)}")
+    what = f"loading stopped at {progress} bytes of its AOF" if progress is not None else "did not answer PING"
+    raise StackError(f"redis-server {what} for {timeout}s; log {log}:\n{tail(log)}")
+
+
+def _loaded_bytes(client) -> int | None:
+    """How much of its AOF a loading Redis has read (INFO persistence answers while it loads)."""
+    try:
+        return int(client.info("persistence").get("loading_loaded_bytes", 0))
+    except redis.exceptions.RedisError:
+        return None
+
+
+# an AOF this many times the data's memory (and past the minimum) is rewritten at start
+AOF_COMPACT_RATIO = 4.0
+AOF_COMPACT_MIN_BYTES = 64 << 20
+
+
+def compact_aof(client, ratio: float = AOF_COMPACT_RATIO, min_bytes: int = AOF_COMPACT_MIN_BYTES) -> bool:
+    """Start a background AOF rewrite when the file is far bigger than the data it holds. Redis
+    measures its auto-rewrite growth from the size it loaded at start, so an AOF that was never
+    rewritten (every stream entry written and trimmed since) keeps growing, and each restart replays
+    all of it: a 484 MB file for 60 MB of data took 17 s to load in `recserve chaos`. The rewrite
+    forks and writes the data once (with an RDB preamble); the next start loads that. True when
+    one was started."""
+    try:
+        size = int(client.info("persistence").get("aof_current_size", 0))
+        used = int(client.info("memory").get("used_memory", 0))
+        if size < min_bytes or size < ratio * used:
+            return False
+        client.bgrewriteaof()
+        return True
+    except redis.exceptions.RedisError:
+        return False  # a rewrite already running, or a Redis that refuses: it starts all the same

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
@@ -86,6 +87,43 @@ def test_redis_that_dies_at_start_is_reported(tmp_path):
     with pytest.raises(StackError, match="exited at start") as e:
         start_redis(tmp_path, "127.0.0.1", free_port(), appendfsync="bogus")
     assert "appendfsync" in str(e.value)  # the log's last lines say why
+
+
+def test_a_bloated_aof_is_compacted_and_loads_back(tmp_path):
+    """An AOF far bigger than its data (every write and delete since the last rewrite) is rewritten
+    in the background when Redis starts, and the next start loads the data from the compact file."""
+    from recserve.ops.redis_server import compact_aof, start_redis
+
+    port = free_port()
+    proc = start_redis(tmp_path, "127.0.0.1", port, appendfsync="no")
+    try:
+        r = redis.Redis(port=port)
+        blob = b"x" * 4096
+        for k in range(20):
+            pipe = r.pipeline(transaction=False)
+            for j in range(500):
+                pipe.set(f"tmp:{k}:{j}", blob)
+            pipe.execute()
+            r.delete(*[f"tmp:{k}:{j}" for j in range(500)])
+        r.set("kept", "yes")
+        size = int(r.info("persistence")["aof_current_size"])
+        assert size > 20 * 500 * 4096
+        assert not compact_aof(r, min_bytes=10 * size)  # under the minimum: left alone
+        assert compact_aof(r, min_bytes=1 << 20)
+        deadline = time.monotonic() + 30
+        while r.info("persistence")["aof_rewrite_in_progress"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert int(r.info("persistence")["aof_current_size"]) < size / 20
+    finally:
+        proc.kill()
+        proc.wait()
+    proc = start_redis(tmp_path, "127.0.0.1", port)
+    try:
+        assert redis.Redis(port=port).get("kept") == b"yes"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_cli_status_and_help():
