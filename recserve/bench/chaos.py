@@ -217,6 +217,7 @@ def run(
     from actors.supervisor import get_supervisor, stop_supervisor
     from deployments.app import build_app
     from recserve.artifacts import embedding_ids
+    from recserve.bench.serving import _cpu_seconds, cpu_between
     from recserve.ops.procs import free_port
     from recserve.ops.ray_head import ensure_ray
     from recserve.ops.redis_server import start_redis
@@ -262,6 +263,7 @@ def run(
     )
     load.thread.start()
     marks = []
+    baseline_cores: dict[str, float] = {}
     back: dict[str, float] = {}  # Redis phases: when Redis answered again
     failed = True
     try:
@@ -330,7 +332,12 @@ def run(
                 fault_at = time.time()
                 h.set_delay.remote(cfg.serve.explainer_budget_ms * 2).result()
             log(f"phase {name}" + (" (fault injected)" if fault_at else ""))
+            cpu0 = (_cpu_seconds(), time.time()) if name == "baseline" else None
             time.sleep(max(0.0, t_start + phase_s - time.time()))
+            if cpu0 is not None:  # where the fault-free load's CPU goes: cores busy per process
+                wall = time.time() - cpu0[1]
+                used = cpu_between(cpu0[0], _cpu_seconds())
+                baseline_cores = {n: round(v / wall, 3) for n, v in sorted(used.items(), key=lambda x: -x[1]) if v > 0}
             if name == "slow_explainer":
                 serve.get_deployment_handle("Explainer", app_name="chaos").set_delay.remote(0).result()
             marks.append((name, t_start, time.time(), fault_at))
@@ -354,6 +361,8 @@ def run(
         phases[name]["events_lost"] = sum(1 for e in lost if a <= load.acked[e] < b)
     if crash:
         phases["host_crash"].update(crash)
+    if "baseline" in phases:
+        phases["baseline"]["cores_per_process"] = baseline_cores
     for name, _, _, f in marks:  # Redis phases: how long Redis was away, how long the answers took after
         if name in back and f is not None:
             p = phases[name]

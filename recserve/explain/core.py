@@ -416,8 +416,8 @@ def lower_thread_priority(by: int, idle: bool = False) -> int:
     absolute: Ray starts its workers at nice 15, so an absolute 10 would put the model *ahead* of
     every replica (a privileged process may lower its nice value). `idle`: the thread also goes under
     SCHED_IDLE (Linux), whose weight is a fifth of nice 19's: a nice value only shares the CPU in
-    proportion (measured in `recserve chaos`, a model at nice 19 beside replicas at 15 still took about
-    half a core from a saturated 2-core node), SCHED_IDLE runs it only when nothing else is runnable.
+    proportion (nice 19 against the replicas' 15 is about 15 to 36), SCHED_IDLE runs it only when
+    nothing else is runnable.
     Returns the thread's nice value."""
     if not hasattr(os, "getpriority"):
         return 0
