@@ -30,6 +30,7 @@ import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -64,7 +65,9 @@ ITEM_ARRAYS = (
     "covisit_data",
 )
 MAGIC = 0x55530001  # "US", format 1
+MAGIC_SEQ = 0x55530002  # format 2: format 1 and the sequence model's state after the history, with its normaliser
 PUBLISH_CHUNK = 2000
+STATE_FORMAT = 2  # what publish_users writes now: a version published in an older one is written again
 
 
 # ----------------------------------------------------------------------------- one user's state
@@ -90,7 +93,9 @@ class UserState:
     n_events: int
     seen: np.ndarray  # int32: every item the user interacted with in training (sorted)
     query: np.ndarray | None = field(default=None, repr=False)  # the trained-context query, once computed
-    sequence: tuple | None = field(default=None, repr=False)  # the sequence model's state, once computed
+    # the sequence model's (state, normaliser) after `history`: written with the state when the version has
+    # a sequence model (publish_users), else computed once by the replica that serves the user
+    sequence: tuple | None = field(default=None, repr=False)
 
     def context(self, item_cat: np.ndarray) -> SessionContext:
         """The session context as the offline fold leaves it (recserve.ranking.features.session_context)."""
@@ -107,35 +112,41 @@ class UserState:
         )
 
     def encode(self) -> bytes:
+        """Format 1, or 2 with the sequence model's state (its dimension in a seventh head field, the
+        state and its normaliser after the seen items)."""
         cats = _pairs(self.history_cats)
-        head = np.array(
-            [MAGIC, len(self.vector), len(self.last), len(self.history), len(cats) // 2, len(self.seen)], dtype="<i4"
-        )
-        return b"".join(
-            (
-                head.tobytes(),
-                np.array([self.user_id, self.last_ts, self.n_events], dtype="<i8").tobytes(),
-                np.asarray(self.vector, dtype="<f4").tobytes(),
-                np.asarray(self.last, dtype="<i4").tobytes(),
-                np.asarray(self.history, dtype="<i4").tobytes(),
-                cats.tobytes(),
-                np.asarray(self.seen, dtype="<i4").tobytes(),
-            )
-        )
+        seq = self.sequence
+        head = [len(self.vector), len(self.last), len(self.history), len(cats) // 2, len(self.seen)]
+        head = [MAGIC, *head] if seq is None else [MAGIC_SEQ, *head, len(seq[0])]
+        parts = [
+            np.array(head, dtype="<i4").tobytes(),
+            np.array([self.user_id, self.last_ts, self.n_events], dtype="<i8").tobytes(),
+            np.asarray(self.vector, dtype="<f4").tobytes(),
+            np.asarray(self.last, dtype="<i4").tobytes(),
+            np.asarray(self.history, dtype="<i4").tobytes(),
+            cats.tobytes(),
+            np.asarray(self.seen, dtype="<i4").tobytes(),
+        ]
+        if seq is not None:
+            parts += [np.asarray(seq[0], dtype="<f4").tobytes(), np.array([seq[1]], dtype="<f8").tobytes()]
+        return b"".join(parts)
 
     @classmethod
     def decode(cls, raw: bytes) -> UserState:
-        head = np.frombuffer(raw, dtype="<i4", count=6)
-        if int(head[0]) != MAGIC:
-            raise ValueError("not a recserve user state (format 1)")
-        dim, n_last, n_hist, n_cats, n_seen = (int(x) for x in head[1:])
-        uid, last_ts, n_events = (int(x) for x in np.frombuffer(raw, dtype="<i8", count=3, offset=24))
-        off = 48
+        magic = int(np.frombuffer(raw, dtype="<i4", count=1)[0])
+        if magic not in (MAGIC, MAGIC_SEQ):
+            raise ValueError("not a recserve user state (format 1 or 2)")
+        n_head = 6 if magic == MAGIC else 7
+        head = np.frombuffer(raw, dtype="<i4", count=n_head)
+        dim, n_last, n_hist, n_cats, n_seen = (int(x) for x in head[1:6])
+        off = 4 * n_head
+        uid, last_ts, n_events = (int(x) for x in np.frombuffer(raw, dtype="<i8", count=3, offset=off))
+        off += 24
         vec = np.frombuffer(raw, dtype="<f4", count=dim, offset=off).astype(np.float32)
         off += 4 * dim
         ints = np.frombuffer(raw, dtype="<i4", offset=off)
         a, b, c = n_last, n_last + n_hist, n_last + n_hist + 2 * n_cats
-        return cls(
+        state = cls(
             uid,
             vec,
             ints[:a].copy(),
@@ -145,6 +156,13 @@ class UserState:
             n_events,
             ints[c : c + n_seen].copy(),
         )
+        if magic == MAGIC_SEQ:
+            n_seq = int(head[6])
+            off += 4 * (n_last + n_hist + 2 * n_cats + n_seen)
+            seq = np.frombuffer(raw, dtype="<f4", count=n_seq, offset=off).astype(np.float32)
+            norm = float(np.frombuffer(raw, dtype="<f8", count=1, offset=off + 4 * n_seq)[0])
+            state.sequence = (seq, norm)
+        return state
 
 
 # ----------------------------------------------------------------------------- offline: build
@@ -322,18 +340,37 @@ def serving_fid(emb_dir: str | Path) -> str | None:
 
 
 # ----------------------------------------------------------------------------- Redis
-def publish_users(r, fid: str, emb_dir: str | Path, *, source: dict | None = None, log=None) -> dict:
+def with_sequence_states(states: list[UserState], scorer) -> None:
+    """Each state's sequence model (state, normaliser) after its history, in one forward pass for the
+    list: what a replica would compute for the user's first request, computed once when the version
+    is published (the transformer's forward was the largest share of an ingress's CPU)."""
+    if scorer is None or not states:
+        return
+    seqs = scorer.states([s.history for s in states])
+    for s, v in zip(states, seqs):
+        s.sequence = (v, scorer.normaliser(v))
+
+
+def publish_users(
+    r, fid: str, emb_dir: str | Path, *, source: dict | None = None, log=None, sequence: Any = "load"
+) -> dict:
     """Write an embeddings version's users into Redis (pipelined, PUBLISH_CHUNK per round trip),
-    leaving out the users forgotten since (recserve.privacy), then mark the version ready."""
+    leaving out the users forgotten since (recserve.privacy), then mark the version ready. With the
+    version's sequence model (`sequence`: a SequenceScorer, None, or "load" it from `emb_dir`), each
+    state carries the model's state after its history (format 2)."""
     t0 = time.perf_counter()
+    if isinstance(sequence, str):
+        from recserve.ranking.sequence import SequenceScorer
+
+        sequence = SequenceScorer.load(emb_dir, device="cpu")
     gone = {int(u) for u in r.hkeys(keys.FORGOTTEN)}
     n = nbytes = 0
     r.hset(keys.FEATURE_IDS, fid, json.dumps({**(source or {}), "at": time.time(), "state": "writing"}))
     for chunk in iter_saved_users(emb_dir):
+        chunk = [s for s in chunk if s.user_id not in gone]
+        with_sequence_states(chunk, sequence)
         pipe = r.pipeline(transaction=False)
         for s in chunk:
-            if s.user_id in gone:
-                continue
             raw = s.encode()
             pipe.set(keys.user_state(fid, s.user_id), raw)
             n += 1
@@ -341,7 +378,14 @@ def publish_users(r, fid: str, emb_dir: str | Path, *, source: dict | None = Non
         pipe.execute()
         if log is not None and n and n % (PUBLISH_CHUNK * 50) < PUBLISH_CHUNK:
             log(f"feature store: {n} users written")
-    ready = {"users": n, "bytes": nbytes, "at": time.time(), "seconds": round(time.perf_counter() - t0, 2)}
+    ready = {
+        "users": n,
+        "bytes": nbytes,
+        "at": time.time(),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "format": STATE_FORMAT,
+        "sequence": sequence is not None,
+    }
     r.set(keys.user_states_ready(fid), json.dumps(ready))
     r.hset(keys.FEATURE_IDS, fid, json.dumps({**(source or {}), **ready, "state": "ready"}))
     return ready
@@ -352,16 +396,26 @@ def ready(r, fid: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def ensure_users(r, fid: str, emb_dir: str | Path, *, source: dict | None = None, timeout_s: float = 600.0, log=None):
-    """The version's users in Redis: written here when missing (one writer: the others wait for it)."""
+def ensure_users(
+    r,
+    fid: str,
+    emb_dir: str | Path,
+    *,
+    source: dict | None = None,
+    timeout_s: float = 600.0,
+    log=None,
+    sequence: Any = "load",
+):
+    """The version's users in Redis: written here when missing or written in an older format (one
+    writer: the others wait for it)."""
     deadline = time.monotonic() + timeout_s
     while True:
         got = ready(r, fid)
-        if got is not None:
+        if got is not None and int(got.get("format", 1)) >= STATE_FORMAT:
             return got
         if r.set(keys.user_states_lock(fid), "1", nx=True, ex=120):
             try:
-                return publish_users(r, fid, emb_dir, source=source, log=log)
+                return publish_users(r, fid, emb_dir, source=source, log=log, sequence=sequence)
             finally:
                 r.delete(keys.user_states_lock(fid))
         if time.monotonic() > deadline:

@@ -81,7 +81,9 @@ def load_stage(cfg: Config, reg, versions: dict):
     deadline = time.monotonic() + 60
     while True:
         try:
-            ensure_users(connect(cfg.redis_url, timeout=30), stage.fid, stage.files, source=source)
+            ensure_users(
+                connect(cfg.redis_url, timeout=30), stage.fid, stage.files, source=source, sequence=stage.sequence
+            )
             return stage
         except (redis.RedisError, OSError) as e:
             if time.monotonic() > deadline:

@@ -137,6 +137,24 @@ def test_a_users_kept_events_reach_the_answer_after_the_live_contexts_hour(onlin
     assert not set(seen) & {i["item_id"] for i in out["items"]}
 
 
+def test_the_published_state_carries_the_sequence_models_state(online):
+    """publish_users writes each user's sequence-model state after their history (format 2): the same
+    state and normaliser the replica would compute, so a user without live events needs no forward
+    pass; a live context still gets a fresh one."""
+    st = online.stage
+    assert st.sequence is not None
+    for u in (int(online.user_ids[6]), int(online.user_ids[7])):
+        state = online.state(u)
+        assert state.sequence is not None
+        want = st._state_of([int(i) for i in state.history.tolist()])
+        np.testing.assert_allclose(state.sequence[0], want[0], rtol=1e-4, atol=1e-5)
+        assert abs(state.sequence[1] - want[1]) < 1e-3
+        q = st.prepare(state, 10, None)
+        assert not st.sequence_pending(q)
+        live = LiveContext(events=[[int(st.item_ids[0]), 10**10, "click"]], n=1, last_ts=10**10)
+        assert st.sequence_pending(st.prepare(state, 10, None, live))
+
+
 def test_a_click_changes_the_sequence_models_feature(online):
     """The sequence model trained with the embeddings is served from the live context: one click
     changes its state and so the ranker's sequence_logprob of the same candidates."""

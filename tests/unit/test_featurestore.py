@@ -51,6 +51,20 @@ def test_a_state_round_trips_and_gives_the_offline_context():
         fs.UserState.decode(b"\0" * 64)
 
 
+def test_a_state_with_its_sequence_model_state_round_trips_format_2():
+    st, ctx, _ = _state(n=12)
+    seq = (np.linspace(-1, 1, 16).astype(np.float32), 3.25)
+    st.sequence = seq
+    raw = st.encode()
+    back = fs.UserState.decode(raw)
+    assert int(np.frombuffer(raw, "<i4", count=1)[0]) == fs.MAGIC_SEQ
+    np.testing.assert_array_equal(back.sequence[0], seq[0])
+    assert back.sequence[1] == 3.25 and back.context(np.arange(50) % 5) == ctx and back.n_events == 12
+    np.testing.assert_array_equal(back.seen, st.seen)
+    st.sequence = None  # format 1 still reads: no sequence state, computed by the replica
+    assert fs.UserState.decode(st.encode()).sequence is None
+
+
 def test_covisitation_keeps_each_items_top_neighbours():
     m = sp.random(60, 60, density=0.6, format="csr", random_state=3, dtype=np.float32)
     t = top_neighbours(m, 7)
