@@ -96,6 +96,8 @@ class UserState:
     # the sequence model's (state, normaliser) after `history`: written with the state when the version has
     # a sequence model (publish_users), else computed once by the replica that serves the user
     sequence: tuple | None = field(default=None, repr=False)
+    # (the live history it was computed after, (state, normaliser)): the last live context's, in the replica only
+    live_sequence: tuple | None = field(default=None, repr=False)
 
     def context(self, item_cat: np.ndarray) -> SessionContext:
         """The session context as the offline fold leaves it (recserve.ranking.features.session_context)."""

@@ -49,13 +49,20 @@ def beta_draws(rng: np.random.Generator, a: np.ndarray, b: np.ndarray, n: int) -
     """n rows of Beta(a, b) draws (a column per item). Where both a and b are at most 1 — a prior
     of (1, 1) is every item's until it is shown — numpy's beta takes Johnk's rejection sampler,
     several times slower than Ga / (Ga + Gb) of two Gamma draws, the same distribution: those
-    columns are drawn that way, the others by `rng.beta` (its own Gamma ratio, in C)."""
-    johnk = (a <= 1.0) & (b <= 1.0)
-    if not johnk.any():
+    columns are drawn that way, the others by `rng.beta` (its own Gamma ratio, in C). Beta(1, 1) itself
+    is the uniform distribution: those columns are uniform draws, a fraction of two Gamma draws' cost."""
+    flat = (a == 1.0) & (b == 1.0)
+    johnk = (a <= 1.0) & (b <= 1.0) & ~flat
+    if not johnk.any() and not flat.any():
         return rng.beta(a, b, size=(n, len(a)))
     out = np.empty((n, len(a)))
-    if not johnk.all():
-        out[:, ~johnk] = rng.beta(a[~johnk], b[~johnk], size=(n, int((~johnk).sum())))
+    if flat.any():
+        out[:, flat] = rng.random((n, int(flat.sum())))
+    other = ~johnk & ~flat
+    if other.any():
+        out[:, other] = rng.beta(a[other], b[other], size=(n, int(other.sum())))
+    if not johnk.any():
+        return out
     ga = rng.standard_gamma(a[johnk], size=(n, int(johnk.sum())))
     gb = rng.standard_gamma(b[johnk], size=ga.shape)
     tot = ga + gb

@@ -214,9 +214,10 @@ class Recommender:
         like `_trained_query`'s."""
         if self.sequence is None:
             return None
-        if q.sequence is None:
+        if q.sequence is None and not self._reuse_live(q):
             if q.live or q.state is None:
                 q.sequence = self._state_of(q.ctx.history)
+                self._keep_live(q)
             else:
                 if q.state.sequence is None:
                     q.state.sequence = self._state_of(q.ctx.history)
@@ -226,9 +227,28 @@ class Recommender:
     def sequence_pending(self, q: Query) -> bool:
         """Whether `features` would run the sequence model for this query: its state is neither
         computed yet nor kept with the user's state (a live context always needs a new one)."""
-        if self.sequence is None or q.sequence is not None:
+        if self.sequence is None or q.sequence is not None or self._reuse_live(q):
             return False
         return q.live or q.state is None or q.state.sequence is None
+
+    def _live_key(self, q: Query) -> tuple:
+        """What the sequence model's state after a live context depends on: the history it reads."""
+        return tuple(q.ctx.history[-self._sequence.settings.max_len :])
+
+    def _reuse_live(self, q: Query) -> bool:
+        """A known user's live state computed for the same history by an earlier request (kept with their
+        state in the LRU until their next event): a user who asks again between events runs no forward."""
+        if not q.live or q.state is None or q.state.live_sequence is None:
+            return False
+        key, val = q.state.live_sequence
+        if key != self._live_key(q):
+            return False
+        q.sequence = val
+        return True
+
+    def _keep_live(self, q: Query) -> None:
+        if q.live and q.state is not None and q.sequence is not None:
+            q.state.live_sequence = (self._live_key(q), q.sequence)
 
     def sequence_states(self, queries: list[Query]) -> None:
         """`sequence_state` of several queries in one forward pass (the ladder's batch of the answers
@@ -242,6 +262,7 @@ class Recommender:
             q.sequence = (state, seq.normaliser(state))
             if not q.live and q.state is not None:
                 q.state.sequence = q.sequence
+            self._keep_live(q)
 
     @property
     def _sequence(self) -> SequenceScorer:

@@ -152,6 +152,14 @@ def test_the_published_state_carries_the_sequence_models_state(online):
         q = st.prepare(state, 10, None)
         assert not st.sequence_pending(q)
         live = LiveContext(events=[[int(st.item_ids[0]), 10**10, "click"]], n=1, last_ts=10**10)
+        q1 = st.prepare(state, 10, None, live)
+        assert st.sequence_pending(q1)
+        st.sequence_states([q1])
+        # the same live history again (a user asking between events): the state computed for it, no forward
+        q2 = st.prepare(state, 10, None, live)
+        assert not st.sequence_pending(q2) and q2.sequence is q1.sequence
+        assert not np.allclose(q1.sequence[0], state.sequence[0])  # the click moved it
+        live.events.append([int(st.item_ids[1]), 10**10 + 1, "view"])  # a new event: a new forward
         assert st.sequence_pending(st.prepare(state, 10, None, live))
 
 

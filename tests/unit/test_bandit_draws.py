@@ -12,7 +12,7 @@ from recserve.ranking.bandit import ThompsonBandit, beta_draws
 def test_beta_draws_have_the_beta_distribution_on_both_paths():
     rng = np.random.default_rng(0)
     a = np.array([1.0, 0.5, 3.0, 1.0, 40.0])
-    b = np.array([1.0, 0.7, 2.0, 9.0, 300.0])  # the first two by the Gamma ratio, the others by rng.beta
+    b = np.array([1.0, 0.7, 2.0, 9.0, 300.0])  # (1, 1) uniform, (0.5, 0.7) by the Gamma ratio, the others by rng.beta
     x = beta_draws(rng, a, b, 200_000)
     assert x.shape == (200_000, 5) and ((x >= 0) & (x <= 1)).all()
     mean = a / (a + b)
