@@ -20,7 +20,7 @@ import numpy as np
 
 from recserve import keys
 from recserve.serving.batching import InflightBatcher
-from recserve.streaming.aggregator import LiveContext, with_history
+from recserve.streaming.aggregator import read_live
 
 
 class SearchPort(Protocol):
@@ -140,7 +140,7 @@ class LiveContexts:
     def _keep(self, user_id: int, raw, hist, now: float):
         """The live context as read, with the user's kept events past its hour
         (recserve.streaming.aggregator.with_history; None: the user has neither), kept for `ttl_s`."""
-        ctx = with_history(LiveContext.loads(raw) if raw else None, LiveContext.loads(hist) if hist else None)
+        ctx = read_live(raw, hist)
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         self._cache[user_id] = (now, ctx)

@@ -68,6 +68,12 @@ class LiveContext:
     last_ts: int = 0
     vec: str | None = None  # base64 of the float32 real-time vector
 
+    def add(self, item_id: int, ts: int, event_type: str) -> None:
+        """One event folded in (the caller trims `events` to its length)."""
+        self.events.append([item_id, ts, event_type])
+        self.n += 1
+        self.last_ts = max(self.last_ts, ts)
+
     def vector(self) -> np.ndarray | None:
         return None if self.vec is None else np.frombuffer(base64.b64decode(self.vec), dtype=np.float32)
 
@@ -174,14 +180,9 @@ class AggregatorCore:
         for e in events:
             u, i, ts, et = int(e["user_id"]), int(e["item_id"]), int(e["ts"]), e["event_type"]
             c = ctxs[u]
-            c.events.append([i, ts, et])
-            c.n += 1
-            c.last_ts = max(c.last_ts, ts)
+            c.add(i, ts, et)
             if keep_hist:
-                h = hists[u]
-                h.events.append([i, ts, et])
-                h.n += 1
-                h.last_ts = max(h.last_ts, ts)
+                hists[u].add(i, ts, et)
             v = self.vectors.get(i)
             if v is not None:
                 old = vecs.get(u)
@@ -240,10 +241,14 @@ def with_history(ctx: LiveContext | None, hist: LiveContext | None) -> LiveConte
     )
 
 
+def read_live(raw, raw_hist) -> LiveContext | None:
+    """`with_history` of the raw values under `keys.context` and `keys.history` (None where absent)."""
+    return with_history(LiveContext.loads(raw) if raw else None, LiveContext.loads(raw_hist) if raw_hist else None)
+
+
 def live_context(client, user_id: int, prefix: str = "st") -> LiveContext | None:
     """A user's live context with their kept events (`with_history`), one MGET."""
-    raw, hist = client.mget([keys.context(user_id, prefix), keys.history(user_id, prefix)])
-    return with_history(LiveContext.loads(raw) if raw else None, LiveContext.loads(hist) if hist else None)
+    return read_live(*client.mget([keys.context(user_id, prefix), keys.history(user_id, prefix)]))
 
 
 def window_count(client, kind: str, ident: int, window: str, now: int | None = None, prefix: str = "st") -> int:
